@@ -1,0 +1,56 @@
+"""In-memory image datasets: uint8 tensors (N, C, H, W) plus integer labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageDataset:
+    """A whole split held in memory.
+
+    images: uint8 (N, C, H, W); targets: int64 (N,); mean/std: per channel, in [0, 1] units.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = ""
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.targets):
+            raise ValueError(f"{len(self.images)} images but {len(self.targets)} labels")
+        self.targets = self.targets.long()
+        if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
+            raise ValueError(f"mean/std need {self.images.shape[1]} channel values")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+    def subset(self, index: torch.Tensor | slice, name: str | None = None) -> "ImageDataset":
+        return ImageDataset(self.images[index], self.targets[index], self.num_classes,
+                            self.mean, self.std, name or self.name)
+
+
+def stratified_indices(targets: torch.Tensor, per_class: int, generator: torch.Generator) -> torch.Tensor:
+    """``per_class`` random indices of every class, sorted."""
+    picks = []
+    for c in torch.unique(targets):
+        idx = torch.nonzero(targets == c).flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"class {int(c)} has {len(idx)} samples, fewer than {per_class}")
+        picks.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
+    return torch.cat(picks).sort().values

@@ -1,0 +1,48 @@
+"""Batches straight from in-memory tensors: no worker processes, no PIL."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .augment import Augment
+from .dataset import ImageDataset
+
+
+class BatchLoader:
+    """Iterates ``dataset`` in batches of dicts ``{'image', 'target', 'index'}``.
+
+    Shuffling and augmentation draw from a generator seeded with ``(seed, epoch)``, so epoch e
+    is the same sequence whether or not the run was interrupted before it.
+    """
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, train: bool, device="cpu",
+                 crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.train = train
+        self.device = torch.device(device)
+        self.augment = Augment(dataset.mean, dataset.std, crop_padding if train else 0, flip and train)
+        self.seed = seed
+        self.drop_last = train if drop_last is None else drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        n = len(self.dataset)
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self.dataset.images[idx].to(self.device, non_blocking=True)
+            yield {
+                "image": self.augment(images, g),
+                "target": self.dataset.targets[idx].to(self.device, non_blocking=True),
+                "index": idx.to(self.device),
+            }

@@ -1,0 +1,14 @@
+"""Model zoo: CIFAR and ImageNet architectures with reference parameter names, and hook-based taps.
+
+Every module of this package is imported here, so a new architecture file registers itself.
+"""
+import importlib
+import pkgutil
+
+from .registry import available, create, register
+from .taps import FeatureTap, TapSpec, spec_for
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["available", "create", "register", "FeatureTap", "TapSpec", "spec_for"]
