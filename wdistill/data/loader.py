@@ -18,6 +18,8 @@ class BatchLoader:
 
     def __init__(self, dataset: ImageDataset, batch_size: int, train: bool, device="cpu",
                  crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.train = train
@@ -25,6 +27,10 @@ class BatchLoader:
         self.augment = Augment(dataset.mean, dataset.std, crop_padding if train else 0, flip and train)
         self.seed = seed
         self.drop_last = train if drop_last is None else drop_last
+        if self.drop_last and len(dataset) < batch_size:
+            # otherwise every epoch would silently have zero steps
+            raise ValueError(f"{dataset.name or 'dataset'} has {len(dataset)} samples, fewer than batch_size "
+                             f"{batch_size}, and drop_last is on: lower batch_size or pass drop_last=False")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

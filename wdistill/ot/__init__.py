@@ -1,0 +1,15 @@
+"""Optimal-transport building blocks: pure, batched, differentiable tensor functions.
+
+Every solver runs in float32 (float64 if given float64) whatever the autocast dtype.
+"""
+from .costs import class_cka_matrix, classifier_cost, cka_cost, cosine_cost, linear_cka
+from .gaussian import gaussian_w2, gaussian_w2_diag, sqrtm_psd
+from .ipot import ipot
+from .sinkhorn import sinkhorn, sinkhorn2, sinkhorn_log, sinkhorn_log2
+
+__all__ = [
+    "class_cka_matrix", "classifier_cost", "cka_cost", "cosine_cost", "linear_cka",
+    "gaussian_w2", "gaussian_w2_diag", "sqrtm_psd",
+    "ipot",
+    "sinkhorn", "sinkhorn2", "sinkhorn_log", "sinkhorn_log2",
+]

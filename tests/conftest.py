@@ -1,0 +1,17 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture
+def fmnist_dir():
+    if not os.path.isdir(FMNIST_DIR) and not os.environ.get("WDISTILL_FMNIST"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's dataset-fashion-mnist (scripts/setup.sh does)")
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return os.environ.get("WDISTILL_FMNIST", FMNIST_DIR)

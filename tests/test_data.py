@@ -1,0 +1,477 @@
+"""Data pipelines: files in their genuine on-disk formats are generated in tmp_path, never fetched."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2
+
+from wdistill.data import cifar, download as dl, folder
+from wdistill.data.augment import Augment, random_crop, random_flip
+from wdistill.data.benchmark_splits import fmnist_kd_v1
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.idx import DEBIAN_FMNIST, fashion_mnist, fashion_mnist_root, read_idx
+from wdistill.data.loader import BatchLoader
+from wdistill.data.registry import load_dataset
+from wdistill.data.sample import bundled_sample
+
+HAVE_DEBIAN_FMNIST = Path(DEBIAN_FMNIST, "train-images-idx3-ubyte.gz").is_file()
+
+
+# ---------------------------------------------------------------- writers of the genuine formats
+class Py2Pickler(pickle._Pickler):
+    """Writes what Python 2's cPickle wrote for the CIFAR files: protocol 2, str as BINSTRING
+    (so keys and array data load as bytes with encoding='bytes'), numpy.core global names."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        b = obj.encode("latin1") if isinstance(obj, str) else obj
+        head = pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256 else pickle.BINSTRING + struct.pack("<i", len(b))
+        self.write(head + b)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        module = obj.__module__.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+
+def py2_pickle(obj) -> bytes:
+    f = io.BytesIO()
+    Py2Pickler(f, protocol=2).dump(obj)
+    return f.getvalue()
+
+
+def write_tree(root: Path, members: dict[str, bytes], as_tar: bool) -> Path:
+    if not as_tar:
+        for name, blob in members.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(blob)
+        return root
+    path = root / ("cifar-10-python.tar.gz" if "cifar-10-batches-py/test_batch" in members else "cifar-100-python.tar.gz")
+    with tarfile.open(path, "w:gz") as tar:
+        folder_info = tarfile.TarInfo(next(iter(members)).split("/")[0])
+        folder_info.type = tarfile.DIRTYPE
+        tar.addfile(folder_info)
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def cifar10_members(rng, n=6):
+    batches = {}
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[f] = {b"batch_label": f"batch {f}", b"labels": rng.integers(0, 10, n).tolist(),
+                      b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
+    meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": n, b"num_vis": 3072}
+    members = {f"cifar-10-batches-py/{f}": py2_pickle(d) for f, d in batches.items()}
+    members["cifar-10-batches-py/batches.meta"] = py2_pickle(meta)
+    return members, batches
+
+
+def cifar100_members(rng, n=9):
+    splits = {}
+    for f in ("train", "test"):
+        fine = rng.integers(0, 100, n)
+        splits[f] = {b"filenames": [b"x.png"] * n, b"batch_label": b"b", b"fine_labels": fine.tolist(),
+                     b"coarse_labels": (fine // 5).tolist(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}
+    members = {f"cifar-100-python/{f}": py2_pickle(d) for f, d in splits.items()}
+    members["cifar-100-python/meta"] = py2_pickle(meta)
+    return members, splits
+
+
+def write_idx(path: Path, arr: np.ndarray, code: int = 0x08) -> Path:
+    dtype = {0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}[code]
+    blob = bytes([0, 0, code, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    blob += arr.astype(dtype).tobytes()
+    path.write_bytes(gzip.compress(blob) if path.suffix == ".gz" else blob)
+    return path
+
+
+def write_fmnist(root: Path, n_train: int, n_test: int) -> None:
+    """Images of 2x2 pixels whose first two pixels encode the image's position in its file."""
+    root.mkdir(exist_ok=True)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        i = np.arange(n)
+        images = np.zeros((n, 2, 2), np.uint8)
+        images[:, 0, 0], images[:, 0, 1] = i % 256, i // 256
+        write_idx(root / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{stem}-labels-idx1-ubyte.gz", (i % 10).astype(np.uint8))
+
+
+def encoded_index(ds: ImageDataset) -> np.ndarray:
+    px = ds.images[:, 0].numpy().astype(np.int64)
+    return px[:, 0, 0] + 256 * px[:, 0, 1]
+
+
+# ---------------------------------------------------------------- CIFAR
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_cifar10_layout_and_labels(tmp_path, as_tar):
+    rng = np.random.default_rng(0)
+    members, batches = cifar10_members(rng)
+    batches["data_batch_3"][b"data"][2, 1 * 1024 + 5 * 32 + 7] = 201  # green, row 5, column 7
+    members["cifar-10-batches-py/data_batch_3"] = py2_pickle(batches["data_batch_3"])
+    src = write_tree(tmp_path, members, as_tar)
+    train, test = load_dataset("cifar10", src)
+    assert train.images.shape == (30, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and train.num_classes == 10 and train.classes[3] == "class3"
+    assert train.mean == cifar.CIFAR10_MEAN and train.std == cifar.CIFAR10_STD
+    assert train.images[2 * 6 + 2, 1, 5, 7] == 201
+    data = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    for k, c, r, col in rng.integers(0, [30, 3, 32, 32], (500, 4)):
+        assert train.images[k, c, r, col] == data[k, c * 1024 + r * 32 + col]
+    labels = sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
+    assert train.targets.tolist() == labels and test.targets.tolist() == batches["test_batch"][b"labels"]
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_cifar100_fine_and_coarse(tmp_path, as_tar):
+    members, splits = cifar100_members(np.random.default_rng(1))
+    src = write_tree(tmp_path, members, as_tar)
+    fine = cifar.cifar100("test", src)
+    coarse = cifar.cifar100("test", src, labels="coarse")
+    assert fine.num_classes == 100 and coarse.num_classes == 20 and fine.classes[7] == "f7"
+    assert fine.targets.tolist() == splits["test"][b"fine_labels"]
+    assert coarse.targets.tolist() == splits["test"][b"coarse_labels"]
+    assert torch.equal(fine.images.reshape(9, -1), torch.from_numpy(splits["test"][b"data"]))
+    assert fine.mean == cifar.CIFAR100_MEAN and fine.std == cifar.CIFAR100_STD
+    if not as_tar:  # the extracted folder itself is accepted as root too
+        assert torch.equal(cifar.cifar100("test", src / "cifar-100-python").images, fine.images)
+
+
+def test_cifar_refuses_foreign_pickles(tmp_path):
+    members, batches = cifar10_members(np.random.default_rng(2))
+    marker = tmp_path / "executed"
+
+    class Evil:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    members["cifar-10-batches-py/test_batch"] = pickle.dumps({b"data": Evil()}, protocol=2)
+    write_tree(tmp_path, members, as_tar=False)
+    with pytest.raises(ValueError, match="refusing global"):
+        cifar.cifar10("test", tmp_path)
+    assert not marker.exists()
+    bad = dict(batches["test_batch"])
+    del bad[b"labels"]
+    (tmp_path / "cifar-10-batches-py/test_batch").write_bytes(py2_pickle(bad))
+    with pytest.raises(ValueError, match="missing key b'labels'"):
+        cifar.cifar10("test", tmp_path)
+    bad[b"labels"], bad[b"data"] = [0] * 6, np.zeros((6, 1024), np.uint8)
+    (tmp_path / "cifar-10-batches-py/test_batch").write_bytes(py2_pickle(bad))
+    with pytest.raises(ValueError, match=r"\(N, 3072\)"):
+        cifar.cifar10("test", tmp_path)
+    bad[b"labels"], bad[b"data"] = [0] * 5 + [10], np.zeros((6, 3072), np.uint8)
+    (tmp_path / "cifar-10-batches-py/test_batch").write_bytes(py2_pickle(bad))
+    with pytest.raises(ValueError, match="outside 0..9"):
+        cifar.cifar10("test", tmp_path)
+
+
+def test_missing_cifar_names_files_and_fix(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        cifar.cifar10("train", tmp_path / "nowhere")
+    msg = str(e.value)
+    for part in ("cifar-10-python.tar.gz", "cifar-10-batches-py/", "download=True", "https://www.cs.toronto.edu/",
+                 str(tmp_path / "nowhere")):
+        assert part in msg
+    with pytest.raises(FileNotFoundError, match="cifar-100-python.tar.gz"):
+        load_dataset("cifar100", tmp_path)
+
+
+def test_missing_fmnist_names_files_and_fix(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        fashion_mnist_root(tmp_path)
+    msg = str(e.value)
+    for part in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz", "apt-get install dataset-fashion-mnist", "download=True", str(tmp_path)):
+        assert part in msg
+
+
+# ---------------------------------------------------------------- downloads (file:// only)
+def test_download_file_url_and_md5(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3000))
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    dest = dl.download(src.as_uri(), tmp_path / "out" / "f.bin", md5, progress=False)
+    assert dest.read_bytes() == src.read_bytes() and not Path(str(dest) + ".part").exists()
+    # a complete file is kept without fetching: the URL no longer exists
+    assert dl.download((tmp_path / "gone").as_uri(), dest, md5, progress=False) == dest
+    with pytest.raises(ValueError, match="expected 0{32}"):
+        dl.download(src.as_uri(), tmp_path / "bad.bin", "0" * 32, progress=False)
+    assert not (tmp_path / "bad.bin").exists() and not (tmp_path / "bad.bin.part").exists()
+    # junk left by an interrupted run: file:// ignores Range, so the download restarts cleanly
+    (tmp_path / "j.bin.part").write_bytes(b"junk" * 1000)
+    assert dl.download(src.as_uri(), tmp_path / "j.bin", md5, progress=False).read_bytes() == src.read_bytes()
+
+
+def test_download_resumes_with_range(tmp_path, monkeypatch):
+    payload = os.urandom(5000)
+    (tmp_path / "f.bin.part").write_bytes(payload[:1234])
+    seen = []
+
+    class Partial(io.BytesIO):
+        status = 206
+        headers = {"Content-Length": str(len(payload) - 1234)}
+
+    def fake_urlopen(request, timeout):
+        seen.append(request.get_header("Range"))
+        return Partial(payload[1234:])
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", fake_urlopen)
+    out = dl.download("https://example.invalid/f.bin", tmp_path / "f.bin", hashlib.md5(payload).hexdigest(), False)
+    assert seen == ["bytes=1234-"] and out.read_bytes() == payload
+
+
+def test_cifar_download_end_to_end_and_failure(tmp_path, monkeypatch):
+    members, _ = cifar10_members(np.random.default_rng(3))
+    (tmp_path / "mirror").mkdir()
+    archive = write_tree(tmp_path / "mirror", members, as_tar=True)
+    good = dl.Resource(archive.name, dl.file_md5(archive), ((tmp_path / "x").as_uri(), archive.as_uri()))
+    monkeypatch.setitem(dl.RESOURCES, "cifar10", (good,))
+    test = cifar.cifar10("test", tmp_path / "data", download=True)  # first mirror fails, second works
+    assert len(test) == 6 and (tmp_path / "data" / archive.name).is_file()
+    monkeypatch.setitem(dl.RESOURCES, "cifar10", (dl.Resource(archive.name, good.md5, ((tmp_path / "x").as_uri(),)),))
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz.*Fetch it by hand"):
+        cifar.cifar10("test", tmp_path / "other", download=True)
+
+
+# ---------------------------------------------------------------- IDX
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_read_idx_roundtrip_and_errors(tmp_path, suffix):
+    imgs = np.random.default_rng(4).integers(0, 256, (5, 3, 4), dtype=np.uint8)
+    assert np.array_equal(read_idx(write_idx(tmp_path / f"i{suffix}", imgs)), imgs)
+    ints = np.array([[-7, 70000], [1, 2]], dtype=np.int64)
+    assert np.array_equal(read_idx(write_idx(tmp_path / f"l{suffix}", ints, 0x0C)), ints)
+    raw = bytes([0, 0, 0x08, 3]) + struct.pack(">III", 5, 3, 4) + imgs.tobytes()
+    cases = {"bad magic": b"\x08\x03" + raw[2:], "header says": raw[:-1], "truncated IDX header": raw[:9]}
+    for match, blob in cases.items():
+        p = tmp_path / f"bad{suffix}"
+        p.write_bytes(gzip.compress(blob) if suffix else blob)
+        with pytest.raises(ValueError, match=match):
+            read_idx(p)
+    if suffix:
+        p.write_bytes(gzip.compress(raw)[:-12])
+        with pytest.raises(ValueError, match="gzip"):
+            read_idx(p)
+
+
+@pytest.mark.skipif(not HAVE_DEBIAN_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+def test_real_debian_fashion_mnist():
+    train, test = fashion_mnist("train"), fashion_mnist("test")
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(train.targets).tolist() == [6000] * 10 and torch.bincount(test.targets).tolist() == [1000] * 10
+    assert abs(train.images.double().mean().item() / 255 - 0.2860) < 5e-4
+    # the bundled sample is drawn from these files: every sample image is an official one
+    official = {bytes(row) for row in train.images.reshape(60000, -1).numpy()}
+    assert all(bytes(row) in official for row in bundled_sample("train").images.reshape(6000, -1).numpy())
+
+
+def test_fmnist_kd_v1_split(tmp_path):
+    write_fmnist(tmp_path, n_train=15300, n_test=700)
+    train, val, test = fmnist_kd_v1(tmp_path)
+    assert np.array_equal(encoded_index(train), np.arange(10000))
+    assert np.array_equal(encoded_index(val), np.arange(10000, 15000))
+    assert np.array_equal(encoded_index(test), np.arange(700))
+    assert not set(encoded_index(train)) & set(encoded_index(val))
+    quick, quick_val, _ = fmnist_kd_v1(tmp_path, quick=True)
+    assert np.array_equal(encoded_index(quick), np.arange(5000)) and torch.equal(quick_val.images, val.images)
+    assert train.targets.tolist() == [i % 10 for i in range(10000)]
+    tr, ev = load_dataset("fashion_mnist", tmp_path, protocol="kd_v1", eval_split="val")
+    assert torch.equal(ev.images, val.images) and len(tr) == 10000
+    write_fmnist(tmp_path / "small", n_train=14999, n_test=10)
+    with pytest.raises(ValueError, match="at least 15000"):
+        fmnist_kd_v1(tmp_path / "small")
+
+
+def test_registry_options(tmp_path):
+    write_fmnist(tmp_path, n_train=40, n_test=10)
+    train, test = load_dataset("fashion_mnist", tmp_path, train_subset=25)
+    assert np.array_equal(encoded_index(train), np.arange(25)) and len(test) == 10
+    with pytest.raises(ValueError, match="no option colour.*protocol"):
+        load_dataset("fashion_mnist", tmp_path, colour=True)
+    with pytest.raises(ValueError, match="train_subset must be in 1..40"):
+        load_dataset("fashion_mnist", tmp_path, train_subset=41)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet22k")
+
+
+# ---------------------------------------------------------------- image folders
+def test_image_folder_decode_cache_and_errors(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "train"
+    wide = rng.integers(0, 256, (32, 43, 3), dtype=np.uint8)  # no resize; crop columns 5..36
+    gray = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    big = np.zeros((64, 80, 3), np.uint8) + np.array([10, 200, 30], np.uint8)
+    for cls, name, arr in (("dog", "a.png", wide), ("cat", "b.PNG", gray), ("cat", "c.npy", wide[:, :32]),
+                           ("ant", "d.bmp", big)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        np.save(root / cls / name, arr) if name.endswith(".npy") else Image.fromarray(arr).save(root / cls / name)
+    (root / "dog" / "notes.txt").write_text("not an image")
+    calls = []
+    real = folder._decode
+    monkeypatch.setattr(folder, "_decode", lambda p, s: calls.append(p) or real(p, s))
+    ds = folder.image_folder(root, size=32, progress=False)
+    assert ds.classes == ("ant", "cat", "dog") and ds.targets.tolist() == [0, 1, 1, 2]
+    assert ds.images.shape == (4, 3, 32, 32) and ds.mean == folder.IMAGENET_MEAN and len(calls) == 4
+    assert (ds.images[0].permute(1, 2, 0) == torch.tensor([10, 200, 30], dtype=torch.uint8)).all()
+    assert np.array_equal(ds.images[1].numpy(), np.stack([gray] * 3))
+    assert np.array_equal(ds.images[2].numpy(), wide[:, :32].transpose(2, 0, 1))
+    assert np.array_equal(ds.images[3].numpy(), wide[:, 5:37].transpose(2, 0, 1))
+    again = folder.image_folder(root, size=32, progress=False)
+    assert len(calls) == 4 and torch.equal(again.images, ds.images)  # served from the cache
+    os.utime(root / "ant" / "d.bmp", ns=(1, 1))
+    folder.image_folder(root, size=32, progress=False)
+    assert len(calls) == 8  # a changed file invalidates the cache
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder.image_folder(tmp_path / "nope")
+    (root / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty holds no images"):
+        folder.image_folder(root)
+    (root / "empty").rmdir()
+    (root / "ant" / "e.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="e.jpg"):
+        folder.image_folder(root, progress=False)
+    with pytest.raises(FileNotFoundError, match="no class folders"):
+        folder.image_folder(root / "ant")
+
+
+def test_image_folder_registry_val_follows_train_classes(tmp_path):
+    from PIL import Image
+
+    for split, classes in (("train", "abc"), ("val", "ac")):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (ord(c), 0, 0)).save(tmp_path / split / c / "x.png")
+    train, val = load_dataset("image_folder", tmp_path, size=8)
+    assert train.classes == val.classes == ("a", "b", "c") and val.targets.tolist() == [0, 2]
+    assert val.images[:, 0, 0, 0].tolist() == [ord("a"), ord("c")]
+
+
+# ---------------------------------------------------------------- augmentation
+def padded_windows(x: np.ndarray, p: int) -> np.ndarray:
+    """(N, 2p+1, 2p+1, C, H, W): every crop of the zero-padded images, by slicing."""
+    n, c, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    return np.stack([np.stack([padded[:, :, dy:dy + h, dx:dx + w] for dx in range(2 * p + 1)], 1)
+                     for dy in range(2 * p + 1)], 1)
+
+
+def distinct_images(n, c=2, h=6, w=6, seed=6):
+    """Images whose pixels are a permutation of 1..c*h*w, so every crop/flip is distinguishable."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(c * h * w).reshape(c, h, w) + 1 for _ in range(n)]).astype(np.uint8)
+
+
+def test_random_crop_offsets_uniform_and_exact():
+    p, n = 2, 5000
+    x = distinct_images(n)
+    out = random_crop(torch.from_numpy(x), p, torch.Generator().manual_seed(0)).numpy()
+    match = (padded_windows(x, p) == out[:, None, None]).all(axis=(3, 4, 5))  # (N, 5, 5)
+    assert (match.sum(axis=(1, 2)) == 1).all()  # every crop is exactly one padded slice
+    counts = match.sum(axis=0).flatten()
+    expected = n / counts.size
+    assert ((counts - expected) ** 2 / expected).sum() < chi2.ppf(0.999, counts.size - 1)
+
+
+def test_flip_rate_and_combined_crop_flip():
+    n = 4000
+    x = distinct_images(n)
+    out = random_flip(torch.from_numpy(x), torch.Generator().manual_seed(1)).numpy()
+    flipped, same = (out == x[..., ::-1]).all(axis=(1, 2, 3)), (out == x).all(axis=(1, 2, 3))
+    assert (flipped ^ same).all()
+    assert abs(flipped.mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+    aug = Augment(mean=(0.0, 0.0), std=(1 / 255, 1 / 255), crop_padding=1, flip=True)  # normalise = identity
+    got = aug(torch.from_numpy(x), torch.Generator().manual_seed(2)).numpy()
+    windows = padded_windows(x, 1).astype(np.float32)
+    plain = (windows == got[:, None, None]).all(axis=(3, 4, 5))
+    mirrored = (windows[..., ::-1] == got[:, None, None]).all(axis=(3, 4, 5))
+    assert (plain.sum(axis=(1, 2)) + mirrored.sum(axis=(1, 2)) == 1).all()
+    assert abs(mirrored.any(axis=(1, 2)).mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+
+
+def test_normalise_and_determinism():
+    rng = np.random.default_rng(7)
+    x = np.stack([rng.normal(60, 10, (500, 8, 8)), rng.normal(180, 30, (500, 8, 8))], 1).clip(0, 255).astype(np.uint8)
+    mean, std = x.mean(axis=(0, 2, 3)) / 255, x.std(axis=(0, 2, 3)) / 255
+    y = Augment(tuple(mean), tuple(std))(torch.from_numpy(x)).double()
+    assert y.mean(dim=(0, 2, 3)).abs().max() < 1e-4 and (y.std(dim=(0, 2, 3), correction=0) - 1).abs().max() < 1e-4
+    ref = (x / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
+    assert np.allclose(y.numpy(), ref, atol=1e-4)
+    aug = Augment(tuple(mean), tuple(std), crop_padding=4, flip=True)
+    xt = torch.from_numpy(x)
+    a, b = (aug(xt, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(a, b) and not torch.equal(a, aug(xt, torch.Generator().manual_seed(4)))
+    f = torch.rand(2, 2, 4, 4) * 255
+    before = f.clone()
+    Augment((0.5, 0.5), (0.2, 0.2))(f)
+    assert torch.equal(f, before)  # a float input is not scaled in place
+    with pytest.raises(ValueError, match="std must be positive"):
+        Augment((0.5,), (0.0,))
+    with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
+        aug(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------- loader and sample
+def toy_dataset(n=103):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    return ImageDataset(images, torch.randint(0, 7, (n,), generator=torch.Generator().manual_seed(0)), 7,
+                        (0.0,), (1 / 255,))
+
+
+def epoch_of(loader, epoch):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def test_batch_loader_epochs_and_batches():
+    ds = toy_dataset()
+    loader = BatchLoader(ds, 10, train=True, drop_last=False, seed=5)
+    batches = epoch_of(loader, 0)
+    assert len(batches) == len(loader) == 11 and [len(b["index"]) for b in batches] == [10] * 10 + [3]
+    idx = torch.cat([b["index"] for b in batches])
+    assert sorted(idx.tolist()) == list(range(103)) and idx.tolist() != list(range(103))
+    for b in batches:
+        assert torch.equal(b["target"], ds.targets[b["index"]])
+        assert torch.equal(b["image"][:, 0, 0, 0], b["index"].float())  # identity normalisation
+    again = BatchLoader(ds, 10, train=True, drop_last=False, seed=5)
+    assert torch.equal(torch.cat([b["index"] for b in epoch_of(again, 0)]), idx)
+    assert not torch.equal(torch.cat([b["index"] for b in epoch_of(again, 1)]), idx)
+    other_seed = BatchLoader(ds, 10, train=True, drop_last=False, seed=6)
+    assert not torch.equal(torch.cat([b["index"] for b in epoch_of(other_seed, 0)]), idx)
+    dropped = epoch_of(BatchLoader(ds, 10, train=True), 0)  # drop_last defaults to True in training
+    kept = torch.cat([b["index"] for b in dropped])
+    assert len(dropped) == 10 and len(set(kept.tolist())) == 100
+    evaluation = epoch_of(BatchLoader(ds, 10, train=False, crop_padding=4, flip=True), 0)
+    assert torch.cat([b["index"] for b in evaluation]).tolist() == list(range(103))
+    assert torch.equal(torch.cat([b["image"] for b in evaluation]), ds.images.float())  # no augmentation
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        BatchLoader(ds, 200, train=True)
+
+
+def test_bundled_sample():
+    train, test = bundled_sample("train"), bundled_sample("test")
+    assert train.images.shape == (6000, 1, 28, 28) and test.images.shape == (1000, 1, 28, 28)
+    assert train.images.dtype == torch.uint8 and test.images.dtype == torch.uint8
+    assert torch.bincount(train.targets).tolist() == [600] * 10
+    assert torch.bincount(test.targets).tolist() == [100] * 10
+    with pytest.raises(ValueError, match="split must be"):
+        bundled_sample("val")

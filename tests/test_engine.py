@@ -1,0 +1,190 @@
+"""Engine: config validation, distiller wiring, exact resume, non-finite guard, CLI, real-data learning."""
+import json
+
+import pytest
+import torch
+
+from wdistill import cli, losses, models
+from wdistill.engine import ConfigError, Distiller, NonFiniteLoss, Trainer, load_config
+from wdistill.engine.distiller import lr_at
+
+
+def _base(tmp_path, **over):
+    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 3},
+           "data": {"name": "fmnist_sample", "train_subset": 256, "test_subset": 200, "batch_size": 64,
+                    "crop_padding": 2},
+           "student": {"model": "resnet8"},
+           "optim": {"epochs": 3, "lr": 0.05, "schedule": "cosine"},
+           "train": {"progress": False}}
+    for k, v in over.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.fixture
+def teacher_ckpt(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pt"
+    torch.save({"model": models.create("resnet14", num_classes=10, in_channels=1).state_dict()}, path)
+    return str(path)
+
+
+def test_config_errors_name_the_key_and_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"student.foo: unknown key; valid keys here: checkpoint"):
+        load_config(_base(tmp_path, student={"model": "resnet8", "foo": 1}))
+    with pytest.raises(ConfigError, match=r"optim.lr: .*valid number.*'fast'"):
+        load_config(_base(tmp_path), ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(_base(tmp_path), ["optim.lr"])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("student: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad_yaml)
+
+
+def test_overrides_reach_nested_lists(tmp_path):
+    cfg = load_config(_base(tmp_path, loss=[{"name": "ce"}, {"name": "kd", "weight": 0.9, "T": 4}]),
+                      ["loss.1.T=2", "loss.0.weight=0.1", "optim.milestones=[1,2]"])
+    assert cfg.loss[1].params == {"T": 2} and cfg.loss[0].weight == 0.1 and cfg.optim.milestones == [1, 2]
+
+
+def test_unknown_model_method_and_parameter(tmp_path, teacher_ckpt):
+    with pytest.raises(ConfigError, match="unknown model 'resnet9'.*resnet"):
+        Trainer(load_config(_base(tmp_path, student={"model": "resnet9"})))
+    t = {"model": "resnet14", "checkpoint": teacher_ckpt}
+    with pytest.raises(ConfigError, match="unknown method 'kdd'.*Did you mean kd"):
+        Trainer(load_config(_base(tmp_path, teacher=t, loss=[{"name": "kdd"}])))
+    with pytest.raises(ConfigError, match="has no parameter.*'temperature'.*valid: \\['T'\\]"):
+        Trainer(load_config(_base(tmp_path, teacher=t, loss=[{"name": "kd", "temperature": 4}])))
+    with pytest.raises(ConfigError, match="need a teacher"):
+        Trainer(load_config(_base(tmp_path, loss=[{"name": "kd"}])))
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        Trainer(load_config(_base(tmp_path, teacher={"model": "resnet14"}, loss=[{"name": "kd"}])))
+
+
+def test_teacher_checkpoint_for_another_architecture(tmp_path, teacher_ckpt):
+    cfg = load_config(_base(tmp_path, teacher={"model": "resnet20", "checkpoint": teacher_ckpt},
+                            loss=[{"name": "kd"}]))
+    with pytest.raises(ValueError, match="resnet20"):
+        Trainer(cfg)
+
+
+def test_lr_schedules():
+    assert lr_at(0, 0.05, "multistep", 240, [150, 180, 210], 0.1) == 0.05
+    assert lr_at(150, 0.05, "multistep", 240, [150, 180, 210], 0.1) == pytest.approx(0.005)
+    assert lr_at(239, 0.05, "multistep", 240, [150, 180, 210], 0.1) == pytest.approx(0.00005)
+    assert lr_at(5, 0.1, "cosine", 10, [], 0.1) == pytest.approx(0.05)
+    assert lr_at(0, 0.1, "cosine", 10, [], 0.1, warmup_epochs=2) == pytest.approx(0.05)
+
+
+def test_distiller_freezes_teacher_and_trains_term_parameters():
+    torch.manual_seed(0)
+    student, teacher = models.create("resnet8", 10, 1), models.create("resnet14", 10, 1)
+
+    class Scaled(losses.Term):
+        name = "test_scaled_kd"
+
+        def setup(self, ctx):
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, s, t, batch):
+            return self.scale * (s["logits"] - t["logits"]).pow(2).mean()
+
+    d = Distiller(student, [teacher], [("ce", 1.0, losses.create("ce")), ("scaled", 0.5, Scaled())])
+    batch = {"image": torch.randn(8, 1, 28, 28), "target": torch.randint(0, 10, (8,)), "index": torch.arange(8)}
+    d.setup(dict(num_classes=10, num_samples=8, train_targets=batch["target"], device=torch.device("cpu")), batch)
+    d.train()
+    assert not teacher.training
+    total, parts, _ = d(batch)
+    assert torch.allclose(total, parts["ce"] + parts["scaled"])
+    total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert d.terms["scaled"].scale.grad is not None
+    assert any(p is d.terms["scaled"].scale for p in d.trainable_parameters())
+
+
+def test_non_finite_loss_names_term_and_keeps_last_checkpoint(tmp_path, teacher_ckpt):
+    class Exploding(losses.Term):
+        name = "test_exploding"
+
+        def forward(self, s, t, batch):
+            return s["logits"].sum() * (float("nan") if batch["epoch"] >= 1 else 0.0)
+
+    losses.registry._TERMS.setdefault("test_exploding", Exploding)
+    cfg = load_config(_base(tmp_path, teacher={"model": "resnet14", "checkpoint": teacher_ckpt},
+                            loss=[{"name": "ce"}, {"name": "test_exploding"}]))
+    with pytest.raises(NonFiniteLoss, match="test_exploding.*epoch 1"):
+        Trainer(cfg).fit()
+    state = torch.load(tmp_path / "runs" / "r" / "last.pt", weights_only=False)
+    assert state["epoch"] == 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, teacher_ckpt):
+    t = {"model": "resnet14", "checkpoint": teacher_ckpt}
+    loss = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}]
+    full = Trainer(load_config(_base(tmp_path, teacher=t, loss=loss))).fit()
+
+    def stop_after_two(msg):
+        if msg.startswith("epoch 2/3"):
+            raise _Stop
+
+    cfg2 = load_config(_base(tmp_path, teacher=t, loss=loss), ["run.name=r2"])
+    with pytest.raises(_Stop):
+        Trainer(cfg2, log=stop_after_two).fit()
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(cfg2)
+    resumed = Trainer(cfg2, resume=True).fit()
+    assert resumed["final_top1"] == full["final_top1"]
+    runs = tmp_path / "runs"
+    rows = [_strip([json.loads(l) for l in (runs / n / "metrics.jsonl").read_text().splitlines()]) for n in ("r", "r2")]
+    assert rows[0] == rows[1]
+    a, b = (torch.load(runs / n / "student.pt", weights_only=False)["model"] for n in ("r", "r2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_train_eval_export_and_errors(tmp_path, capsys):
+    import yaml
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(_base(tmp_path, optim={"epochs": 1, "lr": 0.05})))
+    assert cli.main(["train", str(cfg_path), "run.name=cli"]) == 0
+    run = tmp_path / "runs" / "cli"
+    assert {"config.yaml", "metrics.csv", "metrics.jsonl", "last.pt", "best.pt", "student.pt", "summary.json"} \
+        <= {p.name for p in run.iterdir()}
+    summary = json.loads((run / "summary.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", str(run / "student.pt"), "--data", "fmnist_sample", "--subset", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["arch"] == "resnet8" and out["top1"] == pytest.approx(summary["final_top1"])
+    assert cli.main(["export", str(run), "--which", "last"]) == 0
+    exported = torch.load(run / "student_last.pt", weights_only=False)
+    m = models.create("resnet8", 10, 1)
+    m.load_state_dict(exported["model"], strict=True)
+    assert cli.main(["distill", str(cfg_path)]) == 2
+    assert "needs a 'teacher:' section" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kd_learns_on_real_fashion_mnist(tmp_path, fmnist_dir):
+    """Teacher then KD student on real Fashion-MNIST (2,000 training images): far above chance."""
+    data = {"name": "fashion_mnist", "root": fmnist_dir, "train_subset": 2000, "test_subset": 1000,
+            "batch_size": 64, "crop_padding": 2}
+    t = Trainer(load_config(_base(tmp_path, data=data, student={"model": "resnet14"},
+                                  optim={"epochs": 3, "lr": 0.05, "schedule": "cosine"}),
+                            ["run.name=teacher"])).fit()
+    assert t["final_top1"] > 50 and t["best_top1"] > 60
+    s = Trainer(load_config(_base(tmp_path, data=data, teacher={"model": "resnet14",
+                                  "checkpoint": str(tmp_path / "runs" / "teacher" / "student.pt")},
+                                  loss=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}],
+                                  optim={"epochs": 3, "lr": 0.05, "schedule": "cosine"}),
+                            ["run.name=kd"])).fit()
+    assert s["final_top1"] > 50 and s["best_top1"] > 60 and s["teacher_top1"] == pytest.approx(t["final_top1"])

@@ -1,0 +1,161 @@
+"""WCoRD term: GCKT against a brute-force loop, memory buffers, negatives, LCKT against POT."""
+import math
+
+import ot as pot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wdistill import losses, ot
+from wdistill.losses import SetupContext
+
+N, C, B, DS, DT = 30, 3, 6, 5, 7
+
+
+def make(seed=0, **kw):
+    torch.manual_seed(seed)
+    s_out = {"embed": torch.randn(B, DS)}
+    t_out = {"embed": torch.randn(B, DT)}
+    ctx = SetupContext(student_out=s_out, teacher_out=t_out, num_classes=C, num_samples=N,
+                       train_targets=torch.arange(N) % C, device=torch.device("cpu"))
+    kw.setdefault("num_negatives", 8)
+    term = losses.create("wcord", **kw)
+    term.setup(ctx)
+    return term.train()
+
+
+def batch(idx):
+    idx = torch.as_tensor(idx)
+    return {"index": idx, "target": idx % C, "epoch": 0, "num_epochs": 1}
+
+
+def heads(term, e_s, e_t):
+    """Head outputs with the weights of the last forward (eval: no further power iteration)."""
+    was_training = term.training
+    term.eval()
+    with torch.no_grad():
+        out = term.embed_s(e_s), term.embed_t(e_t)
+    term.train(was_training)
+    return out
+
+
+def test_gckt_matches_bruteforce_loop():
+    term = make(tau=0.1)
+    e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
+    h_s, h_t = heads(term, e_s, e_t)
+    neg = torch.randint(0, N, (B, 8))
+    value = float(term.gckt(h_s, h_t, neg))
+    expected = 0.0
+    for i in range(B):
+        pos = float(h_s[i] @ h_t[i]) / 0.1
+        for anchor, bank in ((h_s[i], term.memory_t), (h_t[i], term.memory_s)):
+            z = math.exp(pos) + sum(math.exp(float(anchor @ bank[k]) / 0.1) for k in neg[i].tolist())
+            expected += -(pos - math.log(z)) / B
+    assert abs(value - expected) < 1e-5
+    full = make(tau=0.1, bank_scoring="full")
+    gather = make(tau=0.1, bank_scoring="gather")
+    torch.testing.assert_close(full.gckt(h_s, h_t, neg), gather.gckt(h_s, h_t, neg))
+
+
+def test_full_loss_is_weighted_sum_of_parts():
+    term = make(lambda1=0.8, lambda2=0.1, lipschitz="none")
+    e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
+    b = batch(range(B))
+    b["contrast_index"] = torch.cat([torch.arange(B)[:, None], torch.randint(0, N, (B, 8))], 1)
+    value = term({"embed": e_s}, {"embed": e_t}, b)
+    h_s, h_t = heads(term, e_s, e_t)
+    expected = 0.8 * term.gckt(h_s, h_t, b["contrast_index"][:, 1:]) + 0.1 * term.lckt(h_s, h_t)
+    torch.testing.assert_close(value.detach(), expected)
+
+
+def test_memory_update_momentum_and_state_dict_flush():
+    term = make(momentum=0.5)
+    old_s, old_t = term.memory_s.clone(), term.memory_t.clone()
+    e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
+    idx = torch.tensor([3, 7, 11, 20, 25, 29])
+    term({"embed": e_s}, {"embed": e_t}, batch(idx)).backward()  # update is deferred past backward
+    h_s, h_t = heads(term, e_s, e_t)
+    state = term.state_dict()  # flushes the pending update
+    for bank, old, h, key in ((term.memory_s, old_s, h_s, "memory_s"), (term.memory_t, old_t, h_t, "memory_t")):
+        for r in range(N):
+            if r in idx.tolist():
+                i = idx.tolist().index(r)
+                mixed = 0.5 * old[r] + 0.5 * h[i]
+                torch.testing.assert_close(bank[r], mixed / mixed.norm(), atol=2e-6, rtol=0)
+            else:
+                assert torch.equal(bank[r], old[r])
+        assert torch.equal(state[key], bank)
+
+
+def test_other_class_negatives():
+    term = make(num_negatives=3000)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    neg = term.sample_negatives({"target": y})
+    labels = neg % C  # train_targets = arange(N) % C
+    assert neg.shape == (6, 3000) and (labels != y[:, None]).all()
+    # uniform over the other classes' samples: each of the 20 candidates ~ 150 times
+    counts = torch.bincount(neg[0], minlength=N)
+    assert counts[y[0].item()::C].sum() == 0 and counts[counts > 0].min() > 90
+    given = torch.randint(0, N, (6, 5))
+    assert torch.equal(term.sample_negatives({"target": y, "contrast_index": given}), given[:, 1:])
+    with pytest.raises(ValueError, match="negatives='uniform'"):
+        one_class = SetupContext(student_out={"embed": torch.zeros(1, DS)}, teacher_out={"embed": torch.zeros(1, DT)},
+                                 num_classes=1, num_samples=4, train_targets=torch.zeros(4, dtype=torch.long),
+                                 device=torch.device("cpu"))
+        losses.create("wcord").setup(one_class)
+
+
+def test_lckt_plan_and_value_against_emd():
+    term = make(ipot_iters=2000)
+    h_s, h_t = F.normalize(torch.randn(B, 4), dim=1), F.normalize(torch.randn(B, 4), dim=1)
+    cost = ot.cosine_cost(h_s, h_t).double()
+    w = torch.full((B,), 1.0 / B, dtype=torch.float64)
+    exact = pot.emd2(w.numpy(), w.numpy(), cost.numpy())
+    assert abs(float(term.lckt(h_s, h_t)) - exact) < 1e-5
+    plan = ot.ipot(w, w, cost, 0.5, 50)
+    torch.testing.assert_close(plan.sum(0), w, atol=1e-12, rtol=0)  # the last scaling fixes columns
+    torch.testing.assert_close(plan.sum(1), w, atol=1e-3, rtol=0)
+    assert abs(float((plan * cost).sum()) - exact) < 1e-2
+    sk = make(lckt_solver="sinkhorn", sinkhorn_reg=0.01)
+    assert abs(float(sk.lckt(h_s, h_t)) - exact) < 0.05
+
+
+@pytest.mark.parametrize("lipschitz", ["spectral", "gp", "none"])
+def test_gradients_reach_student_and_heads_not_teacher(lipschitz):
+    term = make(lipschitz=lipschitz)
+    e_s = torch.randn(B, DS, requires_grad=True)
+    e_t = torch.randn(B, DT, requires_grad=True)
+    term({"embed": e_s}, {"embed": e_t}, batch(range(B))).backward()
+    assert e_s.grad is not None and e_s.grad.abs().sum() > 0
+    assert e_t.grad is None
+    for head in (term.embed_s, term.embed_t):
+        grads = [p.grad for p in head.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_lckt_gradient_reaches_student_only():
+    term = make(lambda1=0.0, lambda2=1.0, lipschitz="none")
+    e_s = torch.randn(B, DS, requires_grad=True)
+    term({"embed": e_s}, {"embed": torch.randn(B, DT)}, batch(range(B))).backward()
+    assert e_s.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in term.parameters())
+
+
+def test_spectral_norm_bounds_head_and_gradient_penalty_value():
+    term = make(lipschitz="spectral")
+    for _ in range(30):  # power iterations run in training forwards
+        term({"embed": torch.randn(B, DS)}, {"embed": torch.randn(B, DT)}, batch(range(B)))
+    term.eval()  # read the weight without another power iteration
+    for head in (term.embed_s, term.embed_t):
+        assert abs(float(torch.linalg.matrix_norm(head.linear.weight.detach(), 2)) - 1) < 1e-2
+    term.train()
+    gp = make(lipschitz="gp", gp_weight=10.0)
+    e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
+    value = float(gp.gradient_penalty(e_s, e_t).detach())
+    expected = 0.0
+    pairs = [(e_t[i], e_s[i]) for i in range(B)] + [(e_t[i], e_s[(i - 1) % B]) for i in range(B)]
+    for t, s in pairs:  # one critic evaluation and gradient per point
+        t, s = t[None].clone().requires_grad_(), s[None].clone().requires_grad_()
+        gt, gs = torch.autograd.grad(gp.critic(t, s).sum(), [t, s])
+        expected += 10.0 * (math.sqrt(float(gt.pow(2).sum() + gs.pow(2).sum())) - 1) ** 2 / len(pairs)
+    assert abs(value - expected) < 1e-4 * max(1.0, expected)

@@ -1,0 +1,137 @@
+"""The `wdistill` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .engine.config import ConfigError
+
+
+def _cmd_train(args, require_teacher: bool) -> int:
+    from .engine import Trainer, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if require_teacher and not cfg.teacher_sections():
+        raise ConfigError("`wdistill distill` needs a 'teacher:' section (model + checkpoint); "
+                          "to train without a teacher use `wdistill train`")
+    summary = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    import torch
+
+    from . import models
+    from .data import BatchLoader, load_dataset
+    from .engine import evaluate
+    from .engine.checkpoint import load
+    from .models.checkpoint import load_checkpoint
+
+    state = load(args.checkpoint)
+    arch = args.model or state.get("arch")
+    if not arch:
+        raise ConfigError(f"{args.checkpoint} does not record its architecture: pass --model NAME")
+    _, test = load_dataset(args.data, args.root)
+    if args.subset:
+        test = test.subset(slice(0, args.subset))
+    model = models.create(arch, num_classes=state.get("num_classes", test.num_classes),
+                          in_channels=state.get("in_channels", test.channels))
+    load_checkpoint(model, state)
+    device = torch.device(args.device)
+    metrics = evaluate(model.to(device), BatchLoader(test, args.batch_size, False, device))
+    print(json.dumps({"checkpoint": args.checkpoint, "arch": arch, "data": args.data, **metrics}, indent=2))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .engine.checkpoint import atomic_save, load
+
+    run = Path(args.run_dir)
+    state = load(run / f"{args.which}.pt")
+    prefix = "student."
+    model = {k[len(prefix):]: v for k, v in state["distiller"].items() if k.startswith(prefix)}
+    cfg = state["config"]
+    out = Path(args.output or run / f"student_{args.which}.pt")
+    atomic_save({"model": model, "arch": state["arch"], "taps": cfg["student"].get("taps"),
+                 "metrics": state["history"][-1] if state["history"] else {}}, out)
+    print(f"wrote {out} ({len(model)} tensors, arch {state['arch']})")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import bar_chart, leaderboard_table, run_demo
+
+    methods = args.methods.split(",") if args.methods else None
+    rows = run_demo(args.out, methods, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs)
+    table = leaderboard_table(rows)
+    out = Path(args.out)
+    (out / "leaderboard.md").write_text(table + "\n")
+    bar_chart(rows, out / "leaderboard.png", "wdistill demo: resnet20 -> resnet8, Fashion-MNIST sample")
+    print("\n" + table)
+    print(f"\nwrote {out / 'leaderboard.md'} and {out / 'leaderboard.png'}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from . import losses, models
+
+    print("models: " + ", ".join(models.available()))
+    print("methods: " + ", ".join(losses.available()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wdistill", description="Knowledge distillation built around optimal transport.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    for name, helptext in (("train", "train a model with the configured loss (a teacher or a vanilla student)"),
+                           ("distill", "distill a student from a teacher (config needs a teacher section)")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("config", help="YAML run config")
+        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 loss.1.T=2")
+        s.add_argument("--resume", action="store_true", help="continue the run in run.out_dir/run.name")
+        s.add_argument("--overwrite", action="store_true", help="start again over an existing run directory")
+        s.set_defaults(func=lambda a, n=name: _cmd_train(a, require_teacher=(n == "distill")))
+
+    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a dataset's test split")
+    s.add_argument("checkpoint")
+    s.add_argument("--data", default="fmnist_sample")
+    s.add_argument("--root", default=None)
+    s.add_argument("--model", default=None, help="architecture, if the checkpoint does not record it")
+    s.add_argument("--subset", type=int, default=None, help="evaluate on the first N test images only")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("export", help="write the student-only weights of a run")
+    s.add_argument("run_dir")
+    s.add_argument("--which", choices=["best", "last"], default="best")
+    s.add_argument("-o", "--output", default=None)
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("demo", help="teacher + distilled students on the bundled Fashion-MNIST sample")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--methods", default=None, help="comma-separated, e.g. vanilla,kd,wkd_l")
+    s.add_argument("--teacher-epochs", type=int, default=10)
+    s.add_argument("--student-epochs", type=int, default=8)
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("list", help="available models and methods")
+    s.set_defaults(func=_cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""ImageNet-style image folders (``root/<class>/<image>``), decoded once into a uint8 tensor cache.
+
+Each image is converted to RGB, resized so its shorter side is ``size`` (bilinear, antialiased
+when shrinking, as Pillow does), and centre-cropped to ``size`` x ``size`` (crop origin
+``floor((side - size) / 2)``). Classes are the sub-folder names in sorted order, label = rank.
+The decoded split is saved as one ``.npz`` keyed by the file list, sizes and modification
+times, so a later load skips Pillow entirely and any change to the folder re-decodes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .dataset import ImageDataset
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".npy")
+_CACHE_VERSION = 1
+_LAYOUT = "expected root/<class_name>/<image> with images ending in " + "|".join(EXTENSIONS)
+
+
+def scan(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], list[Path], list[int]]:
+    """(class names, image paths, labels) of an image folder. With ``classes`` given (e.g. the
+    training split's), labels follow that list and a class folder may be absent."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist: {_LAYOUT}")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise FileNotFoundError(f"{root} has no class folders: {_LAYOUT}")
+    if classes is None:
+        classes = tuple(found)
+    else:
+        classes = tuple(classes)
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise ValueError(f"{root} has class folders {unknown} that the training split lacks: "
+                             "both splits need the same class names")
+    files, labels = [], []
+    for label, c in enumerate(classes):
+        if c not in found:
+            continue
+        these = sorted(p for p in (root / c).iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not these:
+            raise ValueError(f"class folder {root / c} holds no images: add some or remove the folder ({_LAYOUT})")
+        files += these
+        labels += [label] * len(these)
+    return classes, files, labels
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """One image file -> uint8 (3, size, size): RGB, shorter side resized to ``size``, centre crop."""
+    from PIL import Image  # only needed when a folder is decoded, never in the training loop
+
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[..., 0]
+            if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+                raise ValueError(f"an .npy image must be uint8 (H, W) or (H, W, 3|4), got {arr.dtype} {arr.shape}")
+            img = Image.fromarray(arr)
+        else:
+            with Image.open(path) as im:
+                im.load()
+                img = im
+        img = img.convert("RGB")
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {e}; delete or replace the file") from e
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _cache_key(root: Path, files: list[Path], labels: list[int], classes: tuple[str, ...], size: int) -> str:
+    stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps([_CACHE_VERSION, size, list(classes), labels, stats]).encode()
+    return hashlib.sha1(blob, usedforsecurity=False).hexdigest()[:16]
+
+
+def _save(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write the decoded-image cache {path} ({e}); the folder will be decoded "
+                      "again next time: pass a writable cache_dir to avoid that", stacklevel=3)
+
+
+def image_folder(root: str | os.PathLike, size: int = 32, cache_dir: str | os.PathLike | None = None,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, classes: tuple[str, ...] | None = None,
+                 progress: bool = True) -> ImageDataset:
+    """The image folder ``root`` as uint8 (N, 3, size, size) tensors in memory.
+
+    The decoded tensors are cached as ``<cache_dir or root>/.wdistill-<size>px-<key>.npz``.
+    ``classes`` fixes the label order (pass the training split's to a validation split).
+    """
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int (pixels), got {size!r}")
+    root = Path(root)
+    classes, files, labels = scan(root, classes)
+    key = _cache_key(root, files, labels, classes, size)
+    cache = Path(cache_dir or root) / f".wdistill-{size}px-{key}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            images, targets = z["images"], z["targets"]
+    else:
+        images = np.empty((len(files), 3, size, size), dtype=np.uint8)
+        for i, p in enumerate(tqdm(files, desc=f"decoding {root.name} ({size}px)", unit="img", disable=not progress)):
+            images[i] = _decode(p, size)
+        targets = np.asarray(labels, dtype=np.int64)
+        _save(cache, images=images, targets=targets)
+    return ImageDataset(torch.from_numpy(images), torch.from_numpy(targets), len(classes), tuple(mean), tuple(std),
+                        root.name, classes)

@@ -1,0 +1,201 @@
+"""Run configuration: one YAML file, validated by pydantic, with ``key=value`` overrides."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(_Strict):
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
+class DataSection(_Strict):
+    name: str = "fmnist_sample"
+    root: str | None = None
+    train_subset: int | None = None  # keep the first N training images
+    test_subset: int | None = None
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    crop_padding: int = Field(4, ge=0)
+    flip: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the loader
+
+
+class ModelSection(_Strict):
+    model: str
+    checkpoint: str | None = None
+    taps: dict[str, Any] | None = None  # TapSpec for a non-zoo model: feats, preact, embed
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TermSection(BaseModel):
+    """One loss term: ``name``, ``weight`` and the term's own parameters as further keys."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimSection(_Strict):
+    epochs: int = Field(240, ge=0)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+class TrainSection(_Strict):
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+    eval_every: int = Field(1, gt=0)
+
+
+class RunConfig(_Strict):
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    student: ModelSection
+    teacher: ModelSection | None = None
+    teachers: list[ModelSection] | None = None  # an ensemble; logits are averaged
+    loss: list[TermSection] = Field(default_factory=lambda: [TermSection(name="ce")])
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+    @field_validator("loss")
+    @classmethod
+    def _non_empty(cls, v):
+        if not v:
+            raise ValueError("loss needs at least one term, e.g. [{name: ce}]")
+        return v
+
+    def teacher_sections(self) -> list[ModelSection]:
+        if self.teacher and self.teachers:
+            raise ConfigError("give either 'teacher' or 'teachers' (an ensemble), not both")
+        return list(self.teachers or ([self.teacher] if self.teacher else []))
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the key and the fix."""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config{f' ({source})' if source else ''}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            section = _section_model(e["loc"][:-1])
+            valid = sorted(section.model_fields) if section else []
+            msg = f"unknown key; valid keys here: {', '.join(valid)}"
+        elif "input" in e and e["type"] != "missing":
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _section_model(loc) -> type[BaseModel] | None:
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        model = next((a for a in _flatten_annotation(field.annotation)
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model
+
+
+def _flatten_annotation(a):
+    args = getattr(a, "__args__", None)
+    if not args:
+        return [a]
+    return [x for arg in args for x in _flatten_annotation(arg)]
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML; list items by index) to a raw dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. optim.lr=0.1")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            node = _child(node, p, parts[i + 1], key)
+        last = parts[-1]
+        parsed = yaml.safe_load(value) if value != "" else None
+        if isinstance(node, list):
+            idx = _index(node, last, key, allow_append=True)
+            node[idx:idx + 1] = [parsed]
+        else:
+            node[last] = parsed
+    return raw
+
+
+def _index(node: list, p: str, key: str, allow_append: bool = False) -> int:
+    if not p.isdigit() or int(p) > len(node) - (0 if allow_append else 1):
+        raise ConfigError(f"override {key!r}: {p!r} is not an index of a list of {len(node)} items")
+    return int(p)
+
+
+def _child(node, p, nxt, key):
+    if isinstance(node, list):
+        idx = _index(node, p, key, allow_append=True)
+        if idx == len(node):
+            node.append({})
+        return node[idx]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    if node.get(p) is None:
+        node[p] = [] if nxt.isdigit() else {}
+    return node[p]
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or a dict), apply overrides, validate. Errors name key and fix."""
+    if isinstance(source, dict):
+        raw, where = source, ""
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (configs live under configs/, e.g. "
+                              "configs/fmnist/kd.yaml)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        where = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {where} must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,74 @@
+"""Decoupled knowledge distillation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import ConfigError, Term
+from .registry import register
+
+
+def dkd_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor,
+              T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD), each ``T^2 * KL(teacher || student)`` summed over classes, batch-mean.
+
+    Everything is in log space: the binary log-probabilities are
+    ``log_softmax([z_target, logsumexp(z_non-target)] / T)`` and the non-target ones are
+    ``log_softmax`` over the C-1 non-target logits, so no probability is ever logged.
+    """
+    b, c = s_logits.shape
+    gt = F.one_hot(target, c).bool()
+
+    def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = z / T
+        z_gt = z[gt].view(b, 1)
+        z_other = z[~gt].view(b, c - 1)
+        binary = torch.cat([z_gt, torch.logsumexp(z_other, dim=1, keepdim=True)], dim=1)
+        return F.log_softmax(binary, dim=1), F.log_softmax(z_other, dim=1)
+
+    s_bin, s_other = split(s_logits)
+    t_bin, t_other = split(t_logits)
+    tckd = F.kl_div(s_bin, t_bin, reduction="sum", log_target=True) * T * T / b
+    nckd = F.kl_div(s_other, t_other, reduction="sum", log_target=True) * T * T / b
+    return tckd, nckd
+
+
+@register
+class DKD(Term):
+    """Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
+
+    With ``p = softmax(z / T)``: TCKD = KL of the binary distributions [p_target, 1 - p_target],
+    NCKD = KL of the non-target distributions renormalised over the C-1 other classes, both
+    times T^2 and batch-averaged;
+    ``L = min((epoch + 1) / warmup, 1) * (alpha * TCKD + beta * NCKD)``.
+    mdistiller counts epochs from 1 and uses ``min(epoch / warmup, 1)``; our ``batch['epoch']``
+    counts from 0, hence the ``+ 1`` (the first epoch is weighted 1/warmup in both).
+    CE is a separate term (weight 1 in the DKD recipe).
+
+    Args:
+        alpha: TCKD weight (1), beta: NCKD weight (8; 2 for res56->res20 and res110->res32,
+        6 for vgg13->vgg8, vgg13->MobileNetV2, wrn40_2->wrn16_2, wrn40_2->wrn40_1),
+        T: temperature (4), warmup: warm-up epochs (20; 0 = none).
+
+    Recommended weight: 1.
+    """
+
+    name = "dkd"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20):
+        super().__init__()
+        if T <= 0:
+            raise ConfigError(f"dkd T={T} must be > 0 (published: 4)")
+        if warmup < 0:
+            raise ConfigError(f"dkd warmup={warmup} must be >= 0 epochs (published: 20)")
+        self.alpha, self.beta, self.T, self.warmup = alpha, beta, T, warmup
+
+    def warmup_factor(self, epoch: int) -> float:
+        return 1.0 if self.warmup == 0 else min((epoch + 1) / self.warmup, 1.0)
+
+    def forward(self, student, teacher, batch):
+        s_logits = student["logits"]
+        if s_logits.shape[1] < 2:
+            raise ConfigError("dkd needs at least 2 classes (it splits target from non-target)")
+        tckd, nckd = dkd_parts(s_logits, teacher["logits"].detach(), batch["target"], self.T)
+        return self.warmup_factor(int(batch["epoch"])) * (self.alpha * tckd + self.beta * nckd)

@@ -1,0 +1,29 @@
+"""Similarity-preserving knowledge distillation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .at import upcast
+from .base import Term
+from .registry import register
+
+
+@register
+class SP(Term):
+    """Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019.
+
+    On the last feature map ``feats[-1]`` flattened to (B, D): ``G = f f^T`` (B x B) with each row
+    l2-normalised, ``L = ||G_t - G_s||_F^2 / B^2``. Student and teacher widths may differ.
+
+    Recommended weight: 3000 (RepDistiller, CIFAR-100).
+    """
+
+    name = "sp"
+
+    def forward(self, student, teacher, batch):
+        f_s, f_t = upcast(student["feats"][-1].flatten(1), teacher["feats"][-1].detach().flatten(1))
+        with torch.autocast(f_s.device.type, enabled=False):  # f f^T overflows float16
+            g_s = F.normalize(f_s @ f_s.t(), dim=1)
+            g_t = F.normalize(f_t @ f_t.t(), dim=1)
+            return (g_t - g_s).pow(2).sum() / f_s.shape[0] ** 2

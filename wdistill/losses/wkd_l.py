@@ -1,0 +1,190 @@
+"""WKD-L: logit distillation by discrete Wasserstein distance (Lv, Yang, Li, NeurIPS 2024)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import ot
+from .base import ConfigError, SetupContext, Term
+from .registry import register
+from .wkd_cost import classifier_weight, load_or_build_cka
+
+# Published CIFAR-100 decay start: epoch 150 of 240.
+DEFAULT_DECAY_FRAC = 150 / 240
+
+
+def decay_start_epoch(decay_start: float | None, decay_start_frac: float | None, num_epochs: int | None) -> float | None:
+    """The epoch at which WKD's cosine decay starts (None: no decay)."""
+    if decay_start is not None:
+        return float(decay_start)
+    if decay_start_frac is None:
+        return None
+    if num_epochs is None:
+        raise ValueError("WKD's weight decay needs batch['num_epochs'] (and batch['epoch']); "
+                         "set decay_start_frac=None to train without the decay")
+    return decay_start_frac * num_epochs
+
+
+def cosine_decayed(weight: float, epoch: int, num_epochs: int | None, start: float | None) -> float:
+    """WKD schedule: ``w`` before epoch s, then ``w * 0.5 * (1 + cos(pi (e - s) / (E - s)))``."""
+    if start is None or epoch < start or num_epochs is None or num_epochs <= start:
+        return weight
+    return weight * 0.5 * (1 + math.cos(math.pi * (epoch - start) / (num_epochs - start)))
+
+
+def check_decay_args(decay_start, decay_start_frac) -> None:
+    if decay_start is not None and decay_start_frac not in (None, DEFAULT_DECAY_FRAC):
+        raise ConfigError("give decay_start (epochs) or decay_start_frac (fraction of training), not both")
+    if decay_start is not None and decay_start < 0:
+        raise ConfigError(f"decay_start must be >= 0, got {decay_start}")
+    if decay_start_frac is not None and not 0 <= decay_start_frac <= 1:
+        raise ConfigError(f"decay_start_frac must be in [0, 1], got {decay_start_frac}")
+
+
+def _labels(target: torch.Tensor) -> torch.Tensor:
+    # Soft targets (mixup/cutmix) count as their arg-max class, as in the reference code.
+    return target.argmax(1) if target.dim() == 2 else target
+
+
+def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,
+                tau: float, reg: float = 0.05, num_iters: int = 10, solver: str = "plain",
+                **log_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """WKD-L's two parts: (target term, batch-mean Wasserstein distance of the non-target parts).
+
+    Target separation: ``loss_t = -mean_b(pT_y * log pS_y)`` with T=1 softmaxes, teacher detached.
+    Non-target parts: softmax at ``tau`` over the C-1 non-target classes for both models; the
+    discrete WD between them under the category cost is solved with the full (C, C) cost and the
+    target's mass set to 0 in both marginals, which equals the per-sample (C-1)x(C-1) problem
+    (see :func:`wkd_l_reference`) without forming per-sample costs. WD = <P, cost>, no entropy term.
+
+    Args:
+        s_logits, t_logits: (B, C) logits (teacher is detached here).
+        target: (B,) labels (or (B, C) soft labels, arg-max taken).
+        cost: (C, C) category cost.
+        tau: temperature of the non-target distributions.
+        reg, num_iters: Sinkhorn regularisation and plain-domain iteration count.
+        solver: "plain" (published, fixed iterations) or "log" (converged log-domain).
+        log_kwargs: tol / max_iters / backprop_iters for the "log" solver.
+    """
+    y = _labels(target).unsqueeze(1)
+    t_logits = t_logits.detach()
+    if cost.shape != (s_logits.shape[1],) * 2:
+        raise ValueError(f"WKD-L cost is {tuple(cost.shape)} but the logits have {s_logits.shape[1]} classes")
+    log_ps = F.log_softmax(s_logits, dim=1)
+    pt = F.softmax(t_logits, dim=1)
+    loss_t = -(pt.gather(1, y) * log_ps.gather(1, y)).mean()
+    # -inf at the target gives the renormalised non-target softmax with an exact 0 there.
+    ps_nt = F.softmax(s_logits.scatter(1, y, float("-inf")) / tau, dim=1)
+    pt_nt = F.softmax(t_logits.scatter(1, y, float("-inf")) / tau, dim=1)
+    cost = cost.to(ps_nt.dtype)
+    if solver == "plain":
+        wd = ot.sinkhorn2(ps_nt, pt_nt, cost, reg, num_iters)
+    elif solver == "log":
+        wd = ot.sinkhorn_log2(ps_nt, pt_nt, cost, reg, **log_kwargs)
+    else:
+        raise ValueError(f"unknown WKD-L solver {solver!r}; use 'plain' or 'log'")
+    return loss_t, wd.mean()
+
+
+def wkd_l_reference(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,
+                    tau: float, reg: float = 0.05, num_iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straightforward WKD-L: drop the target column, gather a (C-1)x(C-1) cost per sample and run
+    the plain Sinkhorn recursion on each. O(B C^2) memory; for tests and speed comparisons only."""
+    y = _labels(target)
+    B, C = s_logits.shape
+    keep = torch.ones(B, C, dtype=torch.bool, device=s_logits.device).scatter(1, y.unsqueeze(1), False)
+    log_ps = F.log_softmax(s_logits, dim=1)
+    pt = F.softmax(t_logits.detach(), dim=1)
+    loss_t = -(pt[torch.arange(B), y] * log_ps[torch.arange(B), y]).mean()
+    ps = F.softmax(s_logits[keep].reshape(B, C - 1) / tau, dim=1)
+    pt_nt = F.softmax(t_logits.detach()[keep].reshape(B, C - 1) / tau, dim=1)
+    costs = cost.to(ps.dtype).expand(B, C, C)[keep.unsqueeze(2) & keep.unsqueeze(1)].reshape(B, C - 1, C - 1)
+    K = torch.exp(-costs / reg)
+    u = torch.full_like(ps, 1.0 / (C - 1))
+    for _ in range(num_iters):
+        v = pt_nt / ((K.transpose(1, 2) @ u.unsqueeze(2)).squeeze(2) + 1e-8)
+        u = ps / ((K @ v.unsqueeze(2)).squeeze(2) + 1e-8)
+    plan = u.unsqueeze(2) * K * v.unsqueeze(1)
+    return loss_t, (plan * costs).sum((1, 2)).mean()
+
+
+@register
+class WKDLogits(Term):
+    """WKD-L (Lv, Yang, Li, "Wasserstein Distance Rivals Kullback-Leibler Divergence for Knowledge
+    Distillation", NeurIPS 2024, section 3.1).
+
+    ``L = loss_t + lambda_L(e) * WD(pS_nt, pT_nt)``: target separation at T=1 (weight 1, never
+    decayed) plus the entropic discrete Wasserstein distance between the non-target distributions
+    at temperature tau, under the category cost ``c_ij = 1 - exp(-kappa (1 - CKA_ij))``
+    (see :func:`wkd_l_parts`). ``lambda_L(e)`` is cosine-decayed to 0 from epoch s on:
+    ``lambda_L * 0.5 * (1 + cos(pi (e - s) / (E - s)))``.
+
+    Defaults are the paper's CIFAR-100 resnet32x4 -> resnet8x4 setting: lambda_l=600, tau=8,
+    kappa=1, decay from epoch 150 of 240 (``decay_start_frac=150/240``; or give ``decay_start`` in
+    epochs), Sinkhorn reg=0.05 with 10 plain-domain iterations (``solver="log"`` runs to convergence).
+
+    cost: "cka" (teacher class features, built in setup and cached by the teacher's checksum;
+    ``cka_mode`` "features" = last-stage map rows as on CIFAR, "logits" as on ImageNet),
+    "cosine_classifier" (1 - cosine of the teacher's classifier rows), a path to a saved (C, C)
+    tensor, or a tensor.
+    """
+
+    name = "wkd_l"
+
+    def __init__(self, lambda_l: float = 600.0, tau: float = 8.0, kappa: float = 1.0, reg: float = 0.05,
+                 num_iters: int = 10, solver: str = "plain", tol: float = 1e-5, max_iters: int = 1000,
+                 decay_start: float | None = None, decay_start_frac: float | None = DEFAULT_DECAY_FRAC,
+                 cost: str | torch.Tensor = "cka", cka_mode: str = "features", max_per_class: int | None = None):
+        super().__init__()
+        if solver not in ("plain", "log"):
+            raise ConfigError(f"unknown solver {solver!r}; use 'plain' (published) or 'log' (converged)")
+        if tau <= 0 or reg <= 0 or kappa <= 0:
+            raise ConfigError(f"tau, reg and kappa must be > 0, got tau={tau}, reg={reg}, kappa={kappa}")
+        if cka_mode not in ("features", "logits"):
+            raise ConfigError(f"unknown cka_mode {cka_mode!r}; use 'features' or 'logits'")
+        check_decay_args(decay_start, decay_start_frac)
+        self.lambda_l, self.tau, self.kappa, self.reg, self.num_iters = lambda_l, tau, kappa, reg, num_iters
+        self.solver, self.tol, self.max_iters = solver, tol, max_iters
+        self.decay_start, self.decay_start_frac = decay_start, decay_start_frac
+        self.cost_spec, self.cka_mode, self.max_per_class = cost, cka_mode, max_per_class
+        self.register_buffer("cost", torch.as_tensor(cost).float() if isinstance(cost, torch.Tensor) else None)
+
+    def setup(self, ctx: SetupContext) -> None:
+        if self.cost is None:
+            self.cost = self._build_cost(ctx).float().to(ctx.device)
+        if self.cost.shape != (ctx.num_classes, ctx.num_classes):
+            raise ConfigError(f"WKD-L cost is {tuple(self.cost.shape)} but the data has {ctx.num_classes} classes")
+
+    def _build_cost(self, ctx: SetupContext) -> torch.Tensor:
+        spec = self.cost_spec
+        if spec == "cka":
+            return ot.cka_cost(load_or_build_cka(ctx, self.cka_mode, self.max_per_class), self.kappa)
+        if spec == "cosine_classifier":
+            if ctx.teacher is None:
+                raise ConfigError("cost='cosine_classifier' needs a teacher")
+            return ot.classifier_cost(classifier_weight(ctx.teacher, ctx.num_classes).float())
+        if isinstance(spec, str):
+            try:
+                return torch.load(spec, map_location="cpu")
+            except FileNotFoundError:
+                raise ConfigError(f"WKD-L cost {spec!r} is neither 'cka', 'cosine_classifier' nor an existing "
+                                  "file holding a (C, C) tensor") from None
+        raise ConfigError(f"unsupported cost {spec!r}")
+
+    def weight_at(self, batch: dict) -> float:
+        start = decay_start_epoch(self.decay_start, self.decay_start_frac, batch.get("num_epochs"))
+        return cosine_decayed(self.lambda_l, batch.get("epoch", 0), batch.get("num_epochs"), start)
+
+    def forward(self, student, teacher, batch):
+        if self.cost is None:
+            raise RuntimeError("WKD-L has no cost matrix: call setup(ctx) first (the engine does)")
+        s = student["logits"]
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+            loss_t, wd = wkd_l_parts(
+                s.to(dtype), teacher["logits"].detach().to(dtype), batch["target"], self.cost, self.tau,
+                self.reg, self.num_iters, self.solver, **({"tol": self.tol, "max_iters": self.max_iters}
+                                                          if self.solver == "log" else {}))
+        return loss_t + self.weight_at(batch) * wd
