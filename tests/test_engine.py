@@ -121,6 +121,18 @@ def test_non_finite_loss_names_term_and_keeps_last_checkpoint(tmp_path, teacher_
     assert state["epoch"] == 1
 
 
+def test_amp_and_channels_last_run(tmp_path, teacher_ckpt):
+    cfg = load_config(_base(tmp_path, teacher={"model": "resnet14", "checkpoint": teacher_ckpt},
+                            loss=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}]),
+                      ["optim.epochs=1", "data.train_subset=128", "train.amp=true", "train.channels_last=true"])
+    tr = Trainer(cfg)
+    out = tr.fit()
+    assert out["final_top1"] is not None
+    assert tr.student.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    row = json.loads((tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(v == v for v in row.values())  # no NaN in any logged value
+
+
 class _Stop(Exception):
     pass
 

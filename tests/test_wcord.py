@@ -159,3 +159,44 @@ def test_spectral_norm_bounds_head_and_gradient_penalty_value():
         gt, gs = torch.autograd.grad(gp.critic(t, s).sum(), [t, s])
         expected += 10.0 * (math.sqrt(float(gt.pow(2).sum() + gs.pow(2).sum())) - 1) ** 2 / len(pairs)
     assert abs(value - expected) < 1e-4 * max(1.0, expected)
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        term = make(seed=0)  # same initial heads and banks on every rank
+        g = torch.Generator().manual_seed(100)
+        e_s, e_t = torch.randn(world * B, DS, generator=g), torch.randn(world * B, DT, generator=g)
+        local = slice(rank * B, (rank + 1) * B)
+        h_s, h_t = heads(term, e_s, e_t)
+        lckt_local_call = float(term.lckt(h_s[local], h_t[local]))  # gathers the global batch inside
+        term({"embed": e_s[local]}, {"embed": e_t[local]}, batch(range(rank * B, (rank + 1) * B))).backward()
+        term.flush_memory()
+        torch.save({"memory_s": term.memory_s, "memory_t": term.memory_t, "lckt": lckt_local_call,
+                    "h_s": h_s, "h_t": h_t}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_memory_banks_and_lckt_see_the_global_batch_under_ddp(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    initial = make(seed=0)
+    for key in ("memory_s", "memory_t"):
+        assert torch.equal(r0[key], r1[key])
+        changed = (r0[key] != getattr(initial, key)).any(1)
+        assert changed[: 2 * B].all() and not changed[2 * B:].any()  # both ranks' rows, nothing else
+    w = torch.full((2 * B,), 1 / (2 * B))
+    cost = ot.cosine_cost(r0["h_s"], r0["h_t"])
+    expected = float((ot.ipot(w, w, cost, 0.5, 50) * cost).sum())
+    assert abs(r0["lckt"] - expected) < 1e-6 and abs(r1["lckt"] - expected) < 1e-6

@@ -230,6 +230,19 @@ def test_cosine_classifier_cost_and_setup():
         losses.create("wkd_l", cost="/no/such/cost.pt").setup(ctx_for({}, {}, 4))
 
 
+def test_saved_cost_file(tmp_path):
+    cost = random_cost(4).float()
+    torch.save(cost, tmp_path / "cost.pt")
+    term = losses.create("wkd_l", cost=str(tmp_path / "cost.pt"))
+    term.setup(ctx_for({}, {}, 4))
+    assert torch.equal(term.cost, cost)
+    with pytest.raises(ValueError, match="classes"):
+        losses.create("wkd_l", cost=str(tmp_path / "cost.pt")).setup(ctx_for({}, {}, 5))
+    torch.save({"cost": cost}, tmp_path / "dict.pt")
+    with pytest.raises(ValueError, match="not a"):
+        losses.create("wkd_l", cost=str(tmp_path / "dict.pt")).setup(ctx_for({}, {}, 4))
+
+
 # --------------------------------------------------------------------------------------- WKD-F
 def wkd_f_loop(fs, ft, grid):
     """float64 loop over samples, cells and channels (adaptive-pool cells), autograd-able."""
@@ -305,7 +318,7 @@ def test_wkd_f_projectors_and_decay():
     assert isinstance(term.projector, ConvReg) and term.projector(fs).shape == ft.shape
     full = term({"feats": [fs]}, {"feats": [ft]}, batch(torch.zeros(2, dtype=torch.long), 0))
     half = term({"feats": [fs]}, {"feats": [ft]}, batch(torch.zeros(2, dtype=torch.long), 195))
-    assert abs(float(half) - 0.5 * float(full)) < 1e-5 * float(full)
+    assert abs(float(half.detach()) - 0.5 * float(full.detach())) < 1e-5 * float(full.detach())
     bott = losses.create("wkd_f", projector="bottleneck")
     bott.setup(ctx_for({"feats": [torch.randn(2, 4, 4, 4)]}, {"feats": [ft]}, 3))
     assert bott.projector(torch.randn(2, 4, 4, 4)).shape == ft.shape

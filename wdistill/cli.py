@@ -75,6 +75,35 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_cost_matrix(args) -> int:
+    import torch
+
+    from .data import BatchLoader
+    from .engine.checkpoint import atomic_save
+    from .engine.trainer import build_model, load_data, resolve_device
+    from .losses.wkd_cost import build_cost_matrix, teacher_checksum
+    from .models import FeatureTap
+    from .engine import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    sections = cfg.teacher_sections()
+    if len(sections) != 1:
+        raise ConfigError("cost-matrix needs exactly one 'teacher:' section (model + checkpoint) in the config")
+    train, _ = load_data(cfg)
+    device = resolve_device(cfg.run.device)
+    teacher = build_model(sections[0], train.num_classes, train.channels, "teacher").to(device).eval()
+    tap = FeatureTap(teacher, sections[0].taps)
+    batches = BatchLoader(train, cfg.data.eval_batch_size, False, device)
+    cost = build_cost_matrix(tap, batches, train.num_classes, kappa=args.kappa, mode=args.mode,
+                             max_per_class=args.max_per_class).cpu()
+    out = args.output or f"wkd_cost_{sections[0].model}_{teacher_checksum(teacher)[:12]}_{args.mode}_k{args.kappa:g}.pt"
+    atomic_save(cost, out)
+    off = cost[~torch.eye(len(cost), dtype=torch.bool)]
+    print(f"wrote {out}: ({len(cost)}, {len(cost)}) cost, off-diagonal min {off.min():.4f} "
+          f"mean {off.mean():.4f} max {off.max():.4f}; use it with `cost: {out}` in a wkd_l term")
+    return 0
+
+
 def _cmd_list(args) -> int:
     from . import losses, models
 
@@ -119,8 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--student-epochs", type=int, default=8)
     s.set_defaults(func=_cmd_demo)
 
+    s = sub.add_parser("cost-matrix", help="build the WKD-L category cost from a trained teacher")
+    s.add_argument("config", help="a run config with a teacher section and the training data")
+    s.add_argument("overrides", nargs="*", help="key=value overrides")
+    s.add_argument("--mode", choices=["features", "logits"], default="features",
+                   help="class-conditional last-stage features (CIFAR-like) or logits (ImageNet-like)")
+    s.add_argument("--kappa", type=float, default=1.0, help="sharpening: c = 1 - exp(-kappa (1 - CKA))")
+    s.add_argument("--max-per-class", type=int, default=None, help="cap the images per class")
+    s.add_argument("-o", "--output", default=None)
+    s.set_defaults(func=_cmd_cost_matrix)
+
     s = sub.add_parser("list", help="available models and methods")
     s.set_defaults(func=_cmd_list)
+
+    from .bench.cli import add_parsers as add_bench_parsers  # `bench` and `plot`
+    add_bench_parsers(sub)
     return p
 
 

@@ -1,7 +1,12 @@
 """Named method recipes: the loss-term lists that the demo and the benchmark rows use.
 
-A recipe is what a user would write under ``loss:`` in a config. Weights follow REFERENCE.md
-(CE/KD 0.1/0.9 in the classic recipe) unless a small-data preset in configs/fmnist overrides them.
+A recipe is what a user would write under ``loss:`` in a config. They start from the CIFAR-100
+defaults of REFERENCE.md in the classic form ``gamma*CE + alpha*KD + beta*method``
+(RepDistiller: gamma=1, alpha=0 for the feature methods; CE 0.1 / KD 0.9 for KD; CRD+KD and
+WCoRD+KD add KD with alpha=1). Epoch-valued settings are in CIFAR epochs (init stages 30 of 240,
+DKD warm-up 20); the benchmark scales them to its schedule (``bench.protocol.scale_epoch_params``).
+WKD's decay start is a fraction of training, 150/240, whatever the schedule.
+Small-data presets tuned on the FMNIST-KD v1 validation split live in ``configs/fmnist``.
 """
 from __future__ import annotations
 
@@ -9,12 +14,54 @@ from pathlib import Path
 
 import yaml
 
+WKD_DECAY_FRAC = 150 / 240
+CE = {"name": "ce", "weight": 1.0}
+
 RECIPES: dict[str, list[dict]] = {
-    "vanilla": [{"name": "ce", "weight": 1.0}],
+    "vanilla": [CE],
     "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "T": 4}],
+    "fitnet": [CE, {"name": "fitnet", "weight": 100.0}],
+    "at": [CE, {"name": "at", "weight": 1000.0}],
+    "sp": [CE, {"name": "sp", "weight": 3000.0}],
+    "cc": [CE, {"name": "cc", "weight": 0.02}],
+    "vid": [CE, {"name": "vid", "weight": 1.0}],
+    "rkd": [CE, {"name": "rkd", "weight": 1.0}],
+    "pkt": [CE, {"name": "pkt", "weight": 30000.0}],
+    # AB / FSP: an init stage (30 CIFAR epochs) on the method's loss, then CE only (main_weight 0).
+    "ab": [CE, {"name": "ab", "weight": 1.0, "init_epochs": 30, "main_weight": 0.0}],
+    "ft": [CE, {"name": "ft", "weight": 200.0, "init_epochs": 30}],
+    "fsp": [CE, {"name": "fsp", "weight": 1.0, "init_epochs": 30, "main_weight": 0.0}],
+    "nst": [CE, {"name": "nst", "weight": 50.0}],
+    "crd": [CE, {"name": "crd", "weight": 0.8, "num_negatives": 4096}],
+    "crd_kd": [CE, {"name": "kd", "weight": 1.0, "T": 4}, {"name": "crd", "weight": 0.8, "num_negatives": 4096}],
+    "dkd": [CE, {"name": "dkd", "weight": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4, "warmup": 20}],
+    "wkd_l": [CE, {"name": "wkd_l", "weight": 1.0, "lambda_l": 600.0, "tau": 8.0, "kappa": 1.0,
+                   "decay_start_frac": WKD_DECAY_FRAC}],
+    "wkd_f": [CE, {"name": "wkd_f", "weight": 1.0, "lambda_f": 0.08, "gamma": 4.0, "grid": 1,
+                   "decay_start_frac": WKD_DECAY_FRAC}],
+    "wkd_lf": [CE, {"name": "wkd_l", "weight": 1.0, "lambda_l": 200.0, "tau": 8.0, "kappa": 1.0,
+                    "decay_start_frac": WKD_DECAY_FRAC},
+               {"name": "wkd_f", "weight": 1.0, "lambda_f": 0.08, "gamma": 8.0, "grid": 1,
+                "decay_start_frac": WKD_DECAY_FRAC}],
+    "wcord": [CE, {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096}],
+    "wcord_kd": [CE, {"name": "kd", "weight": 1.0, "T": 4},
+                 {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096}],
 }
 
+# Row labels of the benchmark tables, in protocol order (BENCHMARK.md A).
+LABELS = {"vanilla": "vanilla", "kd": "KD", "fitnet": "FitNet", "at": "AT", "sp": "SP", "cc": "CC", "vid": "VID",
+          "rkd": "RKD", "pkt": "PKT", "ab": "AB", "ft": "FT", "fsp": "FSP", "nst": "NST", "crd": "CRD",
+          "crd_kd": "CRD+KD", "dkd": "DKD", "wkd_l": "WKD-L", "wkd_f": "WKD-F", "wkd_lf": "WKD-L+WKD-F",
+          "wcord": "WCoRD", "wcord_kd": "WCoRD+KD"}
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
+
+
+def default_recipe(method: str) -> list[dict]:
+    """The REFERENCE.md (CIFAR-100) recipe of ``method``, ignoring any preset."""
+    if method not in RECIPES:
+        raise ValueError(f"unknown method recipe {method!r}; known: {', '.join(RECIPES)}")
+    return [dict(t) for t in RECIPES[method]]
 
 
 def recipe(method: str) -> list[dict]:
@@ -22,6 +69,4 @@ def recipe(method: str) -> list[dict]:
     preset = PRESET_DIR / f"{method}.yaml"
     if preset.is_file():
         return yaml.safe_load(preset.read_text())["loss"]
-    if method not in RECIPES:
-        raise ValueError(f"unknown method recipe {method!r}; known: {', '.join(sorted(RECIPES))}")
-    return [dict(t) for t in RECIPES[method]]
+    return default_recipe(method)

@@ -105,6 +105,9 @@ class Trainer:
         self.distiller = Distiller(self.student, self.teachers, terms, cfg.student.taps, t_taps).to(self.device)
         if cfg.train.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            # The hooks stay on the original submodules; dynamo traces them into the graph.
+            self.distiller.student_tap.model = torch.compile(self.student)
         d = cfg.data
         self.train_loader = BatchLoader(self.train_set, d.batch_size, True, self.device, d.crop_padding, d.flip,
                                         seed=cfg.run.seed)

@@ -145,6 +145,9 @@ class WCoRD(Term):
             if self.lipschitz == "gp" and self.training:
                 loss = loss + self.gradient_penalty(e_s, e_t)
         if self.training:
+            if "index" not in batch:
+                raise KeyError("WCoRD needs batch['index'] (the dataset row of each sample) to update its memory "
+                               "buffers; use a loader that yields it (the wdistill loaders do)")
             idx = batch["index"].to(h_s.device)
             self._pending = (_all_gather(idx), _all_gather(h_s.detach()), _all_gather(h_t.detach()))
         return loss

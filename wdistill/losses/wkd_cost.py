@@ -81,7 +81,7 @@ def build_cost_matrix(teacher_tap: Callable[[torch.Tensor], dict], batches: Iter
                       device: torch.device | str | None = None, progress: bool = True) -> torch.Tensor:
     """WKD-L category cost ``c_ij = 1 - exp(-kappa (1 - CKA_ij))`` from teacher features (C, C).
 
-    Lv et al., NeurIPS 2024, section 3.1: linear CKA between the teacher's class-conditional
+    Lv et al., NeurIPS 2024 (WKD-L): linear CKA between the teacher's class-conditional
     features (see :func:`collect_class_features` for the rows), sharpened by kappa.
     """
     feats = collect_class_features(teacher_tap, batches, num_classes, mode, max_per_class, device, progress)

@@ -1,5 +1,5 @@
 """WKD-F: feature distillation by continuous Wasserstein distance between Gaussians
-(Lv, Yang, Li, NeurIPS 2024, section 3.2)."""
+(Lv, Yang, Li, NeurIPS 2024)."""
 from __future__ import annotations
 
 import torch
@@ -89,7 +89,7 @@ class Bottleneck(nn.Module):
 @register
 class WKDFeatures(Term):
     """WKD-F (Lv, Yang, Li, "Wasserstein Distance Rivals Kullback-Leibler Divergence for Knowledge
-    Distillation", NeurIPS 2024, section 3.2).
+    Distillation", NeurIPS 2024), the feature part.
 
     The student's last-stage map ``feats[layer]`` goes through a projector to the teacher's shape;
     each map is modelled per grid cell by a channel Gaussian, and

@@ -113,7 +113,7 @@ def wkd_l_reference(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torc
 @register
 class WKDLogits(Term):
     """WKD-L (Lv, Yang, Li, "Wasserstein Distance Rivals Kullback-Leibler Divergence for Knowledge
-    Distillation", NeurIPS 2024, section 3.1).
+    Distillation", NeurIPS 2024), the logit part.
 
     ``L = loss_t + lambda_L(e) * WD(pS_nt, pT_nt)``: target separation at T=1 (weight 1, never
     decayed) plus the entropic discrete Wasserstein distance between the non-target distributions
@@ -167,10 +167,14 @@ class WKDLogits(Term):
             return ot.classifier_cost(classifier_weight(ctx.teacher, ctx.num_classes).float())
         if isinstance(spec, str):
             try:
-                return torch.load(spec, map_location="cpu")
+                cost = torch.load(spec, map_location="cpu")
             except FileNotFoundError:
                 raise ConfigError(f"WKD-L cost {spec!r} is neither 'cka', 'cosine_classifier' nor an existing "
                                   "file holding a (C, C) tensor") from None
+            if not isinstance(cost, torch.Tensor):
+                raise ConfigError(f"{spec} holds a {type(cost).__name__}, not a (C, C) cost tensor; save one with "
+                                  "torch.save(cost, path)")
+            return cost
         raise ConfigError(f"unsupported cost {spec!r}")
 
     def weight_at(self, batch: dict) -> float:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .registry import register
 from .taps import TapSpec
+from .resnet_cifar import BasicBlock
 
 
 def _init_he(model: nn.Module) -> None:
@@ -97,25 +98,7 @@ def ResNet50(**kw): return CifarResNet([3, 4, 6, 3], **kw)
 
 
 # --- ImageNet ResNets (torchvision names) ------------------------------------------------------
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-        self.out_relu = nn.ReLU()
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.out_relu(out + identity)
-
+# BasicBlock is the CIFAR one: torchvision uses the same parameter names.
 
 class Bottleneck(nn.Module):
     expansion = 4

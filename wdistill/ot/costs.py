@@ -25,7 +25,7 @@ def cosine_cost(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
 
 def classifier_cost(weight: torch.Tensor) -> torch.Tensor:
     """``1 - cos(w_i, w_j)`` between the rows of a classifier weight (C, d): the (C, C) category cost
-    WKD-L offers as an alternative to CKA (Lv et al., NeurIPS 2024, section 4 ablation)."""
+    WKD-L offers as an alternative to CKA (Lv et al., NeurIPS 2024)."""
     if weight.dim() != 2:
         raise ValueError(f"classifier_cost expects a (num_classes, d) weight, got shape {tuple(weight.shape)}")
     return cosine_cost(weight, weight).clamp_min(0)
@@ -33,7 +33,7 @@ def classifier_cost(weight: torch.Tensor) -> torch.Tensor:
 
 @full_precision
 def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Linear centred kernel alignment (Kornblith et al., ICML 2019, eq. 5) of paired rows.
+    """Linear centred kernel alignment (Kornblith et al., ICML 2019) of paired rows.
 
     ``CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` with column-centred Xc, Yc;
     equivalently ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with linear kernels K = X X^T,
@@ -94,7 +94,7 @@ def class_cka_matrix(feats: torch.Tensor, block: int = 8) -> torch.Tensor:
 def cka_cost(cka: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
     """Sharpened CKA cost of WKD-L: ``c_ij = 1 - exp(-kappa (1 - CKA_ij))``, in [0, 1), zero diagonal.
 
-    Lv et al., NeurIPS 2024, section 3.1 (category interrelations); kappa=1 on CIFAR-100.
+    Lv et al., NeurIPS 2024 (category interrelations of WKD-L); kappa=1 on CIFAR-100.
     """
     if kappa <= 0:
         raise ValueError(f"kappa must be > 0, got {kappa}")

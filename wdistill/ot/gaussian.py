@@ -55,7 +55,7 @@ def gaussian_w2_diag(mu1: torch.Tensor, std1: torch.Tensor, mu2: torch.Tensor, s
 
     ``W2^2(N(mu1, diag(std1^2)), N(mu2, diag(std2^2))) = ||mu1 - mu2||^2 + ||std1 - std2||^2``
     (Dowson & Landau 1982; the commuting-covariance case of the Bures formula). WKD-F (Lv et al.,
-    NeurIPS 2024, eq. for the diagonal case) weighs the two parts separately.
+    NeurIPS 2024) uses this diagonal form and weighs the two parts separately.
 
     Args:
         mu1, std1, mu2, std2: (..., d) means and standard deviations.

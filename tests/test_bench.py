@@ -1,0 +1,205 @@
+"""Benchmarks: results-table math, resumable runs, results/speed files with their stamp, plots."""
+import csv
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from wdistill import cli, losses
+from wdistill.bench import accuracy, diagnostics, kernels, plots, protocol, report, runs, speed, tuning
+from wdistill.bench.measure import peak_memory
+from wdistill.bench.speed_report import run_speed
+from wdistill.recipes import LABELS, RECIPES
+
+TINY_DATA = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=64", "data.test_subset=32",
+             "data.eval_batch_size=32"]
+TINY = protocol.Schedule("tiny", False, 1, "test", (0, 1))
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    """teacher + vanilla + kd, 1 epoch each on 64 bundled images, seeds 0 and 1."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(protocol, "TEACHER", "resnet8")
+    root = tmp_path_factory.mktemp("bench")
+    logs = []
+    table = accuracy.run_accuracy(TINY, ["kd"], None, root / "runs", root / "out", preset_dir=root / "presets",
+                                  command=["wdistill", "bench", "accuracy", "--tiny"], log=logs.append,
+                                  overrides=TINY_DATA, teacher_overrides=TINY_DATA + ["optim.epochs=1"])
+    yield root, table
+    mp.undo()
+
+
+def test_mean_std_gain_match_hand_computation():
+    assert report.mean_std([2.0]) == (2.0, None)
+    m, s = report.mean_std([87.5, 88.0, 88.9])
+    assert m == pytest.approx((87.5 + 88.0 + 88.9) / 3)
+    assert s == pytest.approx(math.sqrt(((87.5 - m) ** 2 + (88.0 - m) ** 2 + (88.9 - m) ** 2) / 2))
+    rows = {"vanilla": [{"final_top1": 87.0, "best_top1": 87.5, "wall_seconds": 10.0},
+                        {"final_top1": 88.0, "best_top1": 88.1, "wall_seconds": 14.0}],
+            "kd": [{"final_top1": 89.0, "best_top1": 89.2, "wall_seconds": 20.0},
+                   {"final_top1": 90.0, "best_top1": 90.4, "wall_seconds": 22.0}]}
+    by = {r["method"]: r for r in report.summarise(rows)}
+    assert by["kd"]["gain"] == pytest.approx(89.5 - 87.5)
+    assert by["kd"]["best_mean"] == pytest.approx(89.8) and by["kd"]["wall_seconds"] == pytest.approx(21.0)
+    assert by["vanilla"]["final_std"] == pytest.approx(statistics.stdev([87.0, 88.0]))
+    assert by["vanilla"]["gain"] is None
+    with pytest.raises(ValueError, match="no values"):
+        report.mean_std([])
+
+
+def test_every_protocol_row_has_a_recipe_that_builds():
+    assert list(RECIPES) == list(LABELS)
+    for method, terms in RECIPES.items():
+        for t in protocol.scale_epoch_params(terms, 12):
+            losses.create(t["name"], **{k: v for k, v in t.items() if k not in ("name", "weight")})
+    tuning.check_budget()
+    for method, cands in tuning.CANDIDATES.items():
+        assert cands[0] == {}, f"{method}: the first candidate must be the published recipe"
+        for c in cands:
+            for t in tuning.apply_candidate(RECIPES[method], c):
+                losses.create(t["name"], **{k: v for k, v in t.items() if k not in ("name", "weight")})
+    with pytest.raises(ValueError, match="term.param"):
+        tuning.apply_candidate(RECIPES["kd"], {"wkd_l.tau": 2})
+
+
+def test_epoch_settings_scale_with_the_schedule():
+    terms = [{"name": "ab", "init_epochs": 30}, {"name": "dkd", "warmup": 20}, {"name": "wkd_l", "tau": 4}]
+    assert protocol.scale_epoch_params(terms, 12) == [{"name": "ab", "init_epochs": 2}, {"name": "dkd", "warmup": 1},
+                                                      {"name": "wkd_l", "tau": 4}]
+    assert protocol.scale_epoch_params(terms, 240)[0]["init_epochs"] == 30
+    assert terms[0]["init_epochs"] == 30  # input untouched
+
+
+def test_accuracy_files_and_table(bench_dir):
+    root, table = bench_dir
+    md = (root / "out" / "tiny.md").read_text()
+    assert "commit `" in md and f"torch {torch.__version__}" in md and "Command: `wdistill bench accuracy --tiny`" in md
+    assert "| KD |" in md and "| teacher |" in md and "## Targets" in md
+    assert (root / "out" / "tiny.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (root / "out" / "tiny.csv").read_text().splitlines()
+    assert any(line.startswith("# commit:") for line in lines)
+    rows = {r["method"]: r for r in csv.DictReader(line for line in lines if not line.startswith("#"))}
+    finals = [json.loads((root / "runs" / "tiny" / "kd" / f"seed{s}" / "summary.json").read_text())["final_top1"]
+              for s in (0, 1)]
+    assert float(rows["kd"]["final_top1_mean"]) == pytest.approx(np.mean(finals), abs=1e-3)
+    assert float(rows["kd"]["final_top1_std"]) == pytest.approx(np.std(finals, ddof=1), abs=1e-3)
+    van = [json.loads((root / "runs" / "tiny" / "vanilla" / f"seed{s}" / "summary.json").read_text())["final_top1"]
+           for s in (0, 1)]
+    assert float(rows["kd"]["gain_vs_vanilla"]) == pytest.approx(np.mean(finals) - np.mean(van), abs=1e-3)
+    assert rows["teacher"]["runs"] == "1" and {r["method"] for r in table} == {"teacher", "vanilla", "kd"}
+
+
+def test_finished_runs_are_skipped_and_interrupted_ones_resume(bench_dir, monkeypatch):
+    root, _ = bench_dir
+    monkeypatch.setattr(protocol, "TEACHER", "resnet8")
+    cfg = protocol.student_config("kd", RECIPES["kd"], TINY, 0, root / "runs", overrides=TINY_DATA)
+    done = json.loads((runs.run_dir_of(cfg) / "summary.json").read_text())
+    calls = []
+
+    class Spy(runs.Trainer):
+        def __init__(self, cfg, **kw):
+            calls.append(kw)
+            super().__init__(cfg, **kw)
+
+    monkeypatch.setattr(runs, "Trainer", Spy)
+    assert runs.run_or_load(cfg)["final_top1"] == done["final_top1"] and calls == []
+    (runs.run_dir_of(cfg) / "summary.json").unlink()  # as if killed after the last checkpoint
+    again = runs.run_or_load(cfg, log=lambda m: None)
+    assert calls[-1]["resume"] is True and again["final_top1"] == done["final_top1"]
+    changed = protocol.student_config("kd", tuning.apply_candidate(RECIPES["kd"], {"kd.T": 2}), TINY, 0,
+                                      root / "runs", overrides=TINY_DATA)
+    runs.run_or_load(changed, log=lambda m: None)  # another config in the same directory: started again
+    assert calls[-1]["resume"] is False and calls[-1]["overwrite"] is True
+
+
+def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tmp_path):
+    root, _ = bench_dir
+    monkeypatch.setattr(protocol, "TEACHER", "resnet8")
+    monkeypatch.setattr(protocol, "TUNE", protocol.Schedule("tiny-tune", False, 1, "val", (0,)))
+    monkeypatch.setattr(accuracy, "TUNE", protocol.TUNE)
+    monkeypatch.setitem(tuning.CANDIDATES, "kd", [{}, {"kd.T": 2}])
+    seen = []
+
+    def fake_run(cfg, log=print, data=None):  # val top-1 from the candidate: T=2 wins
+        seen.append(cfg["data"]["options"])
+        t = next(x for x in cfg["loss"] if x["name"] == "kd")["T"]
+        return {"final_top1": 50.0 + (10 if t == 2 else 0), "best_top1": 61.0}
+
+    monkeypatch.setattr(accuracy, "run_or_load", fake_run)
+    monkeypatch.setattr(accuracy, "ensure_teacher", lambda *a, **k: {})
+    choices = accuracy.run_tuning(["kd"], root / "runs", tmp_path, preset_dir=tmp_path / "presets")
+    assert choices["kd"]["candidate"] == 1
+    assert seen == [{"protocol": "kd_v1", "quick": False, "eval_split": "val"}] * 2  # never the test split
+    preset = (tmp_path / "presets" / "kd.yaml").read_text()
+    assert "T: 2" in preset and "*" in preset and (tmp_path / "fmnist-kd-v1-tuning.md").is_file()
+
+
+def test_speed_ratio_is_step_over_mean_bound(monkeypatch):
+    bounds = iter([{"student_ce_step": 0.1, "teacher_forward": 0.2, "lower_bound": 0.3},
+                   {"student_ce_step": 0.2, "teacher_forward": 0.3, "lower_bound": 0.5}])
+    monkeypatch.setattr(speed, "SyntheticTask", lambda setup: None)
+    monkeypatch.setattr(speed, "lower_bound", lambda task, steps, warmup: next(bounds))
+    monkeypatch.setattr(speed, "method_step", lambda task, m, steps, warmup: {"kd": 0.5, "crd": 0.44}[m])
+    bound, rows = speed.step_table(["kd", "crd"])
+    assert bound["lower_bound"] == pytest.approx(0.4) and bound["drift"] == pytest.approx(0.5 / 0.3)
+    kd, crd = rows
+    assert kd["ratio"] == pytest.approx(1.25) and kd["target"] == 1.10 and not kd["met"]
+    assert crd["ratio"] == pytest.approx(1.1) and crd["target"] == 1.25 and crd["met"]
+
+
+def test_speed_bench_runs_on_tiny_shapes(tmp_path):
+    setup = speed.SpeedSetup(teacher="resnet8", student="resnet8", batch=4, image=16, channels=1, classes=10,
+                             num_samples=300, steps=1, warmup=0)
+    shapes = {"wkd_l": [(4, 10)], "lckt": (8, 16), "wkd_f": (4, 8, 4), "crd": (4, 64, 300), "aug": (8, 32),
+              "steps": 1}
+    with pytest.warns(UserWarning, match="fewer than num_negatives"):  # K=16384 of 300 samples
+        res = run_speed(tmp_path, ["kd", "crd", "wkd_l"], setup, shapes, command=["wdistill", "bench", "speed"])
+    for r in res["rows"]:
+        assert r["ratio"] == pytest.approx(r["step_s"] / res["bound"]["lower_bound"])
+    wkd = [x for x in res["kernels"] if x["kernel"].startswith("WKD-L")]
+    assert wkd[0]["value"] == pytest.approx(wkd[1]["value"], rel=1e-5)  # ours == per-sample reference
+    crd = [x for x in res["kernels"] if x["kernel"].startswith("CRD")]
+    assert crd[0]["value"] == pytest.approx(crd[1]["value"], rel=1e-5)  # matmul == gather scoring
+    _, full_ours, full_pot = [x for x in res["kernels"] if x["kernel"].startswith("WKD-F")]
+    assert full_ours["value"] == pytest.approx(full_pot["value"], rel=1e-3)  # ours == POT Bures-Wasserstein
+    md = (tmp_path / "speed.md").read_text()
+    assert "commit `" in md and "Command: `wdistill bench speed`" in md and "## Targets missed" in md
+    assert "images/s" in md and (tmp_path / "speed.csv").read_text().startswith("# date:")
+
+
+def test_peak_memory_counts_a_known_allocation():
+    peak = peak_memory(lambda: torch.ones(1_000_000, dtype=torch.float32) * 2)
+    # ones (4 MB) and the product (4 MB) are alive together
+    assert 8_000_000 <= peak < 8_200_000
+
+
+def test_plot_writes_png_and_rejects_non_runs(bench_dir, tmp_path):
+    root, _ = bench_dir
+    run_dir = root / "runs" / "tiny" / "vanilla" / "seed0"
+    assert cli.main(["plot", str(run_dir), "-o", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plots.plot_run(tmp_path)
+
+
+def test_logit_correlation_matches_numpy_and_diagnostics_write(bench_dir, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    assert np.allclose(diagnostics.logit_correlation(z).numpy(), np.corrcoef(z.numpy().T))
+    assert diagnostics.correlation_difference(z, z).abs().max() == 0
+    with pytest.raises(ValueError, match="constant"):
+        diagnostics.logit_correlation(torch.ones(5, 3))
+    root, _ = bench_dir
+    t = root / "runs" / "fmnist-kd-v1" / "teacher" / "seed0" / "student.pt"
+    s = root / "runs" / "tiny" / "kd" / "seed0" / "student.pt"
+    paths = diagnostics.run_diagnostics(t, s, tmp_path, data="fmnist_sample", subset=200)
+    assert [p.read_bytes()[:4] for p in paths] == [b"\x89PNG"] * 2
+
+
+def test_kernel_rows_agree_with_independent_solvers():
+    rows = kernels.lckt_rows(B=6, d=5, steps=1, warmup=0)
+    assert rows[0]["value"] == pytest.approx(rows[1]["value"], abs=2e-2)  # IPOT 50 it. vs exact EMD

@@ -1,0 +1,33 @@
+"""CLI commands beyond train/eval/export (those are in test_engine.py)."""
+import pytest
+import torch
+import yaml
+
+from wdistill import cli, losses, models
+
+
+def test_cost_matrix_command_builds_a_cost_the_wkd_term_loads(tmp_path, capsys):
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", num_classes=10, in_channels=1)
+    torch.save({"model": teacher.state_dict()}, tmp_path / "t.pt")
+    cfg = {"run": {"out_dir": str(tmp_path)}, "data": {"name": "fmnist_sample", "train_subset": 400},
+           "student": {"model": "resnet8"}, "teacher": {"model": "resnet8", "checkpoint": str(tmp_path / "t.pt")},
+           "loss": [{"name": "wkd_l"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cost.pt"
+    assert cli.main(["cost-matrix", str(tmp_path / "c.yaml"), "--kappa", "2", "-o", str(out)]) == 0
+    cost = torch.load(out)
+    assert cost.shape == (10, 10)
+    assert torch.allclose(cost, cost.T, atol=1e-5)
+    assert cost.diagonal().abs().max() < 1e-5
+    # c = 1 - exp(-kappa (1 - CKA)) with CKA in [0, 1] bounds the off-diagonal entries
+    assert cost.min() >= -1e-6 and cost.max() <= 1 - torch.exp(torch.tensor(-2.0)) + 1e-6
+    term = losses.create("wkd_l", cost=str(out))
+    assert torch.equal(term._build_cost(None), cost)
+    assert "use it with `cost:" in capsys.readouterr().out
+
+
+def test_cost_matrix_without_teacher_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"student": {"model": "resnet8"}}))
+    assert cli.main(["cost-matrix", str(tmp_path / "c.yaml")]) == 2
+    assert "needs exactly one 'teacher:' section" in capsys.readouterr().err

@@ -1,0 +1,39 @@
+"""A few lines of Python: distill any nn.Module into any other."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .data import ImageDataset
+from .engine import Trainer, load_config
+
+
+def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, train_data: ImageDataset,
+            test_data: ImageDataset, loss: list[dict] | None = None, *, epochs: int = 10, lr: float = 0.05,
+            batch_size: int = 64, schedule: str = "cosine", student_taps: dict | None = None,
+            teacher_taps: dict | list[dict] | None = None, out_dir: str = "runs", name: str = "distill",
+            seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
+            **config) -> dict:
+    """Train ``student`` on ``train_data`` with the given loss terms, distilling from ``teacher``.
+
+    ``loss`` is a list like ``[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}]``
+    (default: that KD recipe, or CE alone without a teacher). Non-zoo models need taps naming
+    their stage modules, e.g. ``{"feats": ["stem", "layer1", "layer2"], "embed": "fc:in"}``.
+    Further keyword arguments are config sections (``data=``, ``train=``, ``optim=``) merged in.
+    Returns the run summary; the run directory is ``out_dir/name``.
+    """
+    teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    if loss is None:
+        loss = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}] if teachers else [{"name": "ce"}]
+    if isinstance(teacher_taps, dict) or teacher_taps is None:
+        teacher_taps = [teacher_taps] * len(teachers)
+    raw = {"run": {"name": name, "out_dir": out_dir, "seed": seed, "device": device},
+           "data": {"batch_size": batch_size, **config.pop("data", {})},
+           "student": {"model": type(student).__name__, "taps": student_taps},
+           "loss": loss,
+           "optim": {"epochs": epochs, "lr": lr, "schedule": schedule, **config.pop("optim", {})}}
+    if teachers:
+        raw["teachers"] = [{"model": type(t).__name__, "taps": tp} for t, tp in zip(teachers, teacher_taps)]
+    raw.update(config)
+    cfg = load_config(raw)
+    return Trainer(cfg, student=student, teachers=teachers, data=(train_data, test_data), resume=resume,
+                   overwrite=overwrite).fit()

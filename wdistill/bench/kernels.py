@@ -1,0 +1,150 @@
+"""Kernel benchmarks of `wdistill bench speed`: OT losses beside a straightforward formulation,
+CRD bank scoring, augmentation throughput. Every pair is also checked to give the same value."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import ot
+from ..data.augment import Augment
+from ..losses.crd import bank_scores, nce_loss
+from ..losses.wcord import WCoRD
+from ..losses.wkd_f import wkd_f_parts
+from ..losses.wkd_l import wkd_l_parts, wkd_l_reference
+from .measure import median_time, peak_memory
+
+
+def _fwd_bwd(loss_fn, leaf: torch.Tensor):
+    def run():
+        leaf.grad = None
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach()
+    return run
+
+
+def _entry(name, shape, impl, fn, steps, warmup, value=None):
+    sec, _ = median_time(fn, steps, warmup)
+    return {"kernel": name, "shape": shape, "impl": impl, "ms": 1e3 * sec, "peak_mb": peak_memory(fn) / 2 ** 20,
+            "value": float(fn() if value is None else value)}
+
+
+def wkd_l_rows(B: int, C: int, steps: int = 10, warmup: int = 2, seed: int = 0) -> list[dict]:
+    """WKD-L loss forward+backward: full CxC cost with the target's mass zeroed (ours) vs per-sample
+    (C-1)x(C-1) costs (``wkd_l_reference``), tau=8, reg=0.05, 10 iterations."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, C, generator=g).requires_grad_(True)
+    t = torch.randn(B, C, generator=g)
+    y = torch.randint(0, C, (B,), generator=g)
+    cost = ot.cka_cost(_sym_cka(C, g))
+
+    def ours():
+        lt, wd = wkd_l_parts(s, t, y, cost, 8.0)
+        return lt + wd
+
+    def reference():
+        lt, wd = wkd_l_reference(s, t, y, cost, 8.0)
+        return lt + wd
+
+    shape = f"B={B}, C={C}"
+    return [_entry("WKD-L loss fwd+bwd", shape, "full CxC cost, target mass 0 (ours)", _fwd_bwd(ours, s), steps, warmup),
+            _entry("WKD-L loss fwd+bwd", shape, "per-sample (C-1)x(C-1) costs", _fwd_bwd(reference, s), steps, warmup)]
+
+
+def _sym_cka(C: int, g: torch.Generator) -> torch.Tensor:
+    """A symmetric CKA-like matrix: 1 on the diagonal, (0, 1) elsewhere."""
+    m = torch.rand(C, C, generator=g)
+    m = (m + m.T) / 2
+    return m.fill_diagonal_(1.0)
+
+
+def lckt_rows(B: int = 64, d: int = 128, steps: int = 10, warmup: int = 2, seed: int = 0) -> list[dict]:
+    """WCoRD's LCKT: cosine cost + IPOT plan (beta 0.5, 50 iterations) + <T, C>, forward+backward,
+    beside POT's exact network-simplex solver ``ot.emd`` on the same cost (forward only, NumPy)."""
+    import ot as pot
+
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.nn.functional.normalize(torch.randn(B, d, generator=g), dim=1).requires_grad_(True)
+    ht = torch.nn.functional.normalize(torch.randn(B, d, generator=g), dim=1)
+    term = WCoRD()
+    w = np.full(B, 1.0 / B)
+    cost_np = ot.cosine_cost(hs.detach(), ht).double().numpy()
+    emd_value = float(pot.emd2(w, w, cost_np))
+    shape = f"B={B}, d={d}"
+    return [_entry("LCKT (batch OT)", shape, "IPOT 50 it., torch fwd+bwd (ours)",
+                   _fwd_bwd(lambda: term.lckt(hs, ht), hs), steps, warmup),
+            _entry("LCKT (batch OT)", shape, "POT ot.emd2 exact, fwd only", lambda: pot.emd2(w, w, cost_np),
+                   steps, warmup, value=emd_value)]
+
+
+def wkd_f_rows(B: int = 64, C: int = 256, H: int = 8, steps: int = 10, warmup: int = 2, seed: int = 0) -> list[dict]:
+    """WKD-F Gaussian W2 forward+backward: diagonal (published) and full covariance (option), beside
+    POT's Bures-Wasserstein distance per sample (full covariance, straightforward loop)."""
+    import ot as pot
+
+    g = torch.Generator().manual_seed(seed)
+    fs = torch.randn(B, C, H, H, generator=g).requires_grad_(True)
+    ft = torch.randn(B, C, H, H, generator=g)
+
+    def diag():
+        m, c = wkd_f_parts(fs, ft, cov="diag")
+        return m + c
+
+    def full():
+        m, c = wkd_f_parts(fs, ft, cov="full")
+        return m + c
+
+    def pot_loop():
+        total = 0.0
+        for b in range(B):
+            xs, xt = fs[b].detach().flatten(1).T.double(), ft[b].flatten(1).T.double()
+            ms, mt = xs.mean(0), xt.mean(0)
+            cs = torch.cov(xs.T) + 1e-5 * torch.eye(C, dtype=torch.float64)
+            ct = torch.cov(xt.T) + 1e-5 * torch.eye(C, dtype=torch.float64)
+            total += float(pot.gaussian.bures_wasserstein_distance(mt, ms, ct, cs) ** 2)
+        return torch.tensor(total / B)
+
+    shape = f"B={B}, C={C}, {H}x{H}"
+    return [_entry("WKD-F Gaussian W2 fwd+bwd", shape, "diagonal (ours, published)", _fwd_bwd(diag, fs), steps, warmup),
+            _entry("WKD-F Gaussian W2 fwd+bwd", shape, "full covariance (ours, option)", _fwd_bwd(full, fs),
+                   max(1, steps // 2), 1),
+            _entry("WKD-F Gaussian W2", shape, "POT bures_wasserstein_distance per sample, fwd only", pot_loop,
+                   max(1, steps // 5), 0)]
+
+
+def crd_rows(B: int = 64, K: int = 16384, N: int = 50_000, d: int = 128, steps: int = 10, warmup: int = 2,
+             seed: int = 0) -> list[dict]:
+    """CRD NCE loss (both anchors) forward+backward with matmul scoring vs gather scoring."""
+    g = torch.Generator().manual_seed(seed)
+    bank_s = torch.nn.functional.normalize(torch.randn(N, d, generator=g), dim=1)
+    bank_t = torch.nn.functional.normalize(torch.randn(N, d, generator=g), dim=1)
+    es = torch.nn.functional.normalize(torch.randn(B, d, generator=g), dim=1).requires_grad_(True)
+    et = torch.nn.functional.normalize(torch.randn(B, d, generator=g), dim=1).requires_grad_(True)
+    idx = torch.randint(0, N, (B, K + 1), generator=g)
+    Z = float(torch.exp(bank_scores(bank_t, es.detach(), idx, "matmul") / 0.07).mean() * N)
+
+    def loss(scoring):
+        out_s = torch.exp(bank_scores(bank_t, es, idx, scoring) / 0.07) / Z
+        out_t = torch.exp(bank_scores(bank_s, et, idx, scoring) / 0.07) / Z
+        return nce_loss(out_s, N) + nce_loss(out_t, N)
+
+    def run(scoring):
+        def f():
+            es.grad = et.grad = None
+            value = loss(scoring)
+            value.backward()
+            return value.detach()
+        return f
+
+    shape = f"B={B}, K={K}, N={N}"
+    return [_entry("CRD NCE loss fwd+bwd", shape, "matmul scoring (B x N, then pick)", run("matmul"), steps, warmup),
+            _entry("CRD NCE loss fwd+bwd", shape, "gather scoring (B x K x d rows)", run("gather"), steps, warmup)]
+
+
+def augment_throughput(batch: int = 64, size: int = 32, steps: int = 50, warmup: int = 5, seed: int = 0) -> dict:
+    """Images/s of crop(pad 4) + flip + normalise on uint8 (batch, 3, size, size) batches."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
+    aug = Augment((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 4, True)
+    sec, _ = median_time(lambda: aug(x, g), steps, warmup)
+    return {"batch_s": sec, "images_per_s": batch / sec}

@@ -1,0 +1,121 @@
+"""Results tables: per-row statistics over seeds, the stamp, markdown, CSV and the bar chart."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1 in the denominator; None for a single value)."""
+    if not values:
+        raise ValueError("mean_std of no values")
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def summarise(rows: dict[str, list[dict]], baseline: str = "vanilla") -> list[dict]:
+    """One table row per method from its runs' summaries (``final_top1``, ``best_top1``,
+    ``wall_seconds``): final mean/std, best-epoch mean, gain of the final mean over ``baseline``'s."""
+    out = []
+    for method, runs in rows.items():
+        final_mean, final_std = mean_std([r["final_top1"] for r in runs])
+        best_mean, _ = mean_std([r["best_top1"] for r in runs])
+        wall, _ = mean_std([r["wall_seconds"] for r in runs])
+        out.append({"method": method, "n": len(runs), "final_mean": final_mean, "final_std": final_std,
+                    "best_mean": best_mean, "wall_seconds": wall, "seeds": [r.get("seed") for r in runs]})
+    base = next((r for r in out if r["method"] == baseline), None)
+    for r in out:
+        r["gain"] = None if base is None or r["method"] in (baseline, "teacher") else r["final_mean"] - base["final_mean"]
+    return out
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    return (head or "unknown") + (" (with uncommitted changes)" if dirty else "")
+
+
+def stamp(device: str = "cpu", command: list[str] | None = None) -> dict:
+    """Where and how a result was produced (BENCHMARK.md: date, commit, torch, device, threads)."""
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _git_commit(),
+            "torch": torch.__version__, "device": device, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "command": shlex.join(command if command is not None else ["wdistill"] + sys.argv[1:])}
+
+
+def stamp_markdown(s: dict) -> str:
+    return (f"Date {s['date']} · commit `{s['commit']}` · torch {s['torch']} · device {s['device']} "
+            f"({s['cpus']} CPUs, {s['threads']} torch threads)\n\nCommand: `{s['command']}`\n")
+
+
+def _pm(mean: float, std: float | None, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} (n={n})"
+
+
+def results_markdown(table: list[dict], labels: dict[str, str], settings: dict[str, str]) -> str:
+    lines = ["| row | top-1 final (mean ± std) | top-1 best epoch (mean) | gain vs vanilla | wall s / run | runs | settings |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in table:
+        gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
+        lines.append(f"| {labels.get(r['method'], r['method'])} | {_pm(r['final_mean'], r['final_std'], r['n'])} | "
+                     f"{r['best_mean']:.2f} | {gain} | {r['wall_seconds']:.0f} | {r['n']} | "
+                     f"{settings.get(r['method'], '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(table: list[dict], settings: dict[str, str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "runs", "final_top1_mean", "final_top1_std", "best_top1_mean", "gain_vs_vanilla",
+                "wall_seconds_per_run", "settings"])
+    for r in table:
+        w.writerow([r["method"], r["n"], f"{r['final_mean']:.4f}",
+                    "" if r["final_std"] is None else f"{r['final_std']:.4f}", f"{r['best_mean']:.4f}",
+                    "" if r["gain"] is None else f"{r['gain']:.4f}", f"{r['wall_seconds']:.1f}",
+                    settings.get(r["method"], "")])
+    return buf.getvalue()
+
+
+def bar_chart(table: list[dict], labels: dict[str, str], path: str | Path, title: str) -> None:
+    """Final-epoch top-1 per row, error bars = sample std over seeds (none for single runs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [labels.get(r["method"], r["method"]) for r in table]
+    vals = [r["final_mean"] for r in table]
+    errs = [r["final_std"] or 0.0 for r in table]
+    colors = ["#888888" if r["method"] in ("teacher", "vanilla") else
+              "#c44e52" if r["method"].startswith(("wkd", "wcord")) else "#4c72b0" for r in table]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(table) + 2), 4.0))
+    ax.bar(range(len(table)), vals, yerr=errs, capsize=3, color=colors)
+    ax.set_xticks(range(len(table)), names, rotation=45, ha="right", fontsize=8)
+    lo, hi = min(v - e for v, e in zip(vals, errs)), max(v + e for v, e in zip(vals, errs))
+    ax.set_ylim(max(0.0, lo - 2), min(100.0, hi + 1))
+    base = next((r["final_mean"] for r in table if r["method"] == "vanilla"), None)
+    if base is not None:
+        ax.axhline(base, color="#444444", lw=0.8, ls="--")
+    ax.set_ylabel("test top-1 (%), final epoch")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

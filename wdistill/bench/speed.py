@@ -1,0 +1,146 @@
+"""`wdistill bench speed` (BENCHMARK.md, section B): per-method training-step time at CIFAR-100
+shapes on synthetic tensors, against the lower bound of a distillation step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import losses, models
+from ..engine.distiller import Distiller
+from ..recipes import RECIPES
+from .measure import median_time
+
+# Issue targets: method step / lower bound.
+LOGIT_METHODS = ("kd", "dkd", "wkd_l")
+RATIO_TARGET = {"logit": 1.10, "feature": 1.25}
+
+
+@dataclass(frozen=True)
+class SpeedSetup:
+    """The shapes of the step benchmark; defaults are BENCHMARK.md B (CIFAR-100, res32x4 -> res8x4)."""
+
+    teacher: str = "resnet32x4"
+    student: str = "resnet8x4"
+    batch: int = 64
+    image: int = 32
+    channels: int = 3
+    classes: int = 100
+    num_samples: int = 50_000  # CIFAR-100 training set: CRD/WCoRD memory banks
+    steps: int = 20
+    warmup: int = 3
+
+
+def speed_terms(method: str) -> list[dict]:
+    """The method's recipe with CIFAR-100 settings (CRD/WCoRD at the published K=16384)."""
+    out = []
+    for t in RECIPES[method]:
+        t = dict(t)
+        if t["name"] in ("crd", "wcord"):
+            t["num_negatives"] = 16384
+        out.append(t)
+    return out
+
+
+class SyntheticTask:
+    """Models, a fixed synthetic batch and the training-set stand-ins the terms' setup needs."""
+
+    def __init__(self, setup: SpeedSetup, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        s = setup
+        self.setup_ = s
+        torch.manual_seed(seed)
+        self.teacher = models.create(s.teacher, num_classes=s.classes, in_channels=s.channels)
+        self.student_state = models.create(s.student, num_classes=s.classes, in_channels=s.channels).state_dict()
+        self.batch = {"image": torch.randn(s.batch, s.channels, s.image, s.image, generator=g),
+                      "target": torch.randint(0, s.classes, (s.batch,), generator=g),
+                      "index": torch.randperm(s.num_samples, generator=g)[: s.batch],
+                      "epoch": 0, "num_epochs": 240, "step": 0}
+        self.train_targets = torch.arange(s.num_samples) % s.classes
+        # Two images per class: enough rows for WKD-L's CKA cost (every class present).
+        n = 2 * s.classes
+        self._setup_batch = {"image": torch.randn(n, s.channels, s.image, s.image, generator=g),
+                             "target": torch.arange(n) % s.classes, "index": torch.arange(n)}
+
+    def new_student(self):
+        st = models.create(self.setup_.student, num_classes=self.setup_.classes, in_channels=self.setup_.channels)
+        st.load_state_dict(self.student_state)
+        return st
+
+    def distiller(self, method: str) -> Distiller:
+        """Teacher + fresh student + the method's terms, set up exactly as the Trainer does."""
+        terms = [(t["name"], t.get("weight", 1.0),
+                  losses.create(t["name"], **{k: v for k, v in t.items() if k not in ("name", "weight")}))
+                 for t in speed_terms(method)]
+        d = Distiller(self.new_student(), [self.teacher], terms)
+        ctx = dict(num_classes=self.setup_.classes, num_samples=self.setup_.num_samples,
+                   train_targets=self.train_targets, device=torch.device("cpu"),
+                   train_batches=lambda: iter([dict(self._setup_batch)]), cache_dir=None)
+        d.setup(ctx, self.batch)
+        return d.train()
+
+
+def _train_step(distiller: Distiller, opt: torch.optim.Optimizer, batch: dict) -> None:
+    total, _, _ = distiller(batch)
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+
+
+def lower_bound(task: SyntheticTask, steps: int, warmup: int) -> dict:
+    """Median student CE-only training step and median teacher no-grad forward (seconds)."""
+    student = task.new_student().train()
+    opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x, y = task.batch["image"], task.batch["target"]
+
+    def ce_step():
+        loss = F.cross_entropy(student(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def teacher_fwd():
+        with torch.no_grad():
+            task.teacher(x)
+
+    s, _ = median_time(ce_step, steps, warmup)
+    t, _ = median_time(teacher_fwd, steps, warmup)
+    return {"student_ce_step": s, "teacher_forward": t, "lower_bound": s + t}
+
+
+def method_step(task: SyntheticTask, method: str, steps: int, warmup: int) -> float:
+    d = task.distiller(method)
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    batch = dict(task.batch)
+    try:
+        sec, _ = median_time(lambda: _train_step(d, opt, batch), steps, warmup)
+    finally:  # the teacher is shared by every method: leave no hooks on it
+        for tap in [d.student_tap, *d.teacher_taps]:
+            tap.remove()
+    return sec
+
+
+def ratio_target(method: str) -> float:
+    return RATIO_TARGET["logit" if method in LOGIT_METHODS else "feature"]
+
+
+def step_table(methods: list[str], setup: SpeedSetup = SpeedSetup(), progress=None) -> tuple[dict, list[dict]]:
+    """Lower bound (measured before and after the methods; their mean is the bound) and one row
+    per method: median step seconds, ratio to the bound, the issue's target and whether it is met."""
+    task = SyntheticTask(setup)
+    before = lower_bound(task, setup.steps, setup.warmup)
+    rows = []
+    for m in methods:
+        if progress:
+            progress(m)
+        sec = method_step(task, m, setup.steps, setup.warmup)
+        rows.append({"method": m, "step_s": sec})
+    after = lower_bound(task, setup.steps, setup.warmup)
+    bound = {k: (before[k] + after[k]) / 2 for k in before}
+    bound["drift"] = after["lower_bound"] / before["lower_bound"]
+    for r in rows:
+        r["ratio"] = r["step_s"] / bound["lower_bound"]
+        r["target"] = ratio_target(r["method"])
+        r["met"] = r["ratio"] <= r["target"]
+    return bound, rows
