@@ -203,3 +203,23 @@ def test_logit_correlation_matches_numpy_and_diagnostics_write(bench_dir, tmp_pa
 def test_kernel_rows_agree_with_independent_solvers():
     rows = kernels.lckt_rows(B=6, d=5, steps=1, warmup=0)
     assert rows[0]["value"] == pytest.approx(rows[1]["value"], abs=2e-2)  # IPOT 50 it. vs exact EMD
+
+
+def test_run_lock_waits_for_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / runs.LOCK_FILE).write_text(dead)
+    with runs.run_lock(tmp_path, log=lambda m: None, poll=0.05):
+        assert (tmp_path / runs.LOCK_FILE).read_text() == str(os.getpid())
+    assert not (tmp_path / runs.LOCK_FILE).exists()
+    (tmp_path / runs.LOCK_FILE).write_text(str(os.getppid()))  # alive: must wait until released
+    timer = threading.Timer(0.3, lambda: (tmp_path / runs.LOCK_FILE).unlink())
+    said = []
+    timer.start()
+    with runs.run_lock(tmp_path, log=said.append, poll=0.05):
+        assert said and "waiting" in said[0]

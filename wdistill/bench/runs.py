@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -12,6 +14,53 @@ from ..engine.checkpoint import atomic_write_text
 from ..engine.config import dump_config
 
 WALL_FILE = "bench_wall.json"  # wall seconds of every session that worked on the run, summed
+LOCK_FILE = ".bench.lock"  # PID of the process running the job (benchmark shards may share a teacher)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run_dir: Path, log=print, poll: float = 30.0):
+    """Hold ``run_dir/.bench.lock`` while training; wait while another live process holds it (a
+    lock left by a dead process is taken over)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    said = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (OSError, ValueError):
+                pid = 0
+            if not pid and time.time() - lock.stat().st_mtime < 10:
+                time.sleep(0.2)  # just created: its owner has not written its PID yet
+                continue
+            if pid and pid != os.getpid() and _alive(pid):
+                if not said:
+                    log(f"{run_dir}: process {pid} is running this job; waiting for it")
+                    said = True
+                time.sleep(poll)
+                continue
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def run_dir_of(cfg_dict: dict) -> Path:
@@ -33,6 +82,11 @@ def run_or_load(cfg_dict: dict, log=print, data=None) -> dict:
     """
     cfg = load_config(cfg_dict)
     run_dir = run_dir_of(cfg_dict)
+    with run_lock(run_dir, log):
+        return _run_or_load(cfg, run_dir, log, data)
+
+
+def _run_or_load(cfg, run_dir: Path, log, data) -> dict:
     same = _same_config(run_dir, cfg)
     if same and (run_dir / "summary.json").is_file():
         return _with_wall(run_dir, json.loads((run_dir / "summary.json").read_text()))

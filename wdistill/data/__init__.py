@@ -2,7 +2,6 @@
 from .benchmark_splits import fmnist_kd_v1
 from .cifar import cifar10, cifar100
 from .dataset import ImageDataset, stratified_indices
-from .download import download
 from .folder import image_folder
 from .idx import fashion_mnist, mnist, read_idx
 from .loader import BatchLoader
@@ -10,5 +9,5 @@ from .registry import DATASETS, load_dataset
 from .sample import bundled_sample
 
 __all__ = ["ImageDataset", "stratified_indices", "fashion_mnist", "mnist", "read_idx", "BatchLoader",
-           "bundled_sample", "load_dataset", "DATASETS", "cifar10", "cifar100", "image_folder", "download",
+           "bundled_sample", "load_dataset", "DATASETS", "cifar10", "cifar100", "image_folder",
            "fmnist_kd_v1"]

@@ -17,7 +17,11 @@ class BatchLoader:
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, train: bool, device="cpu",
-                 crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None):
+                 crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None,
+                 rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.rank, self.world_size = rank, world_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
@@ -27,7 +31,7 @@ class BatchLoader:
         self.augment = Augment(dataset.mean, dataset.std, crop_padding if train else 0, flip and train)
         self.seed = seed
         self.drop_last = train if drop_last is None else drop_last
-        if self.drop_last and len(dataset) < batch_size:
+        if self.drop_last and len(dataset) < batch_size * world_size:
             # otherwise every epoch would silently have zero steps
             raise ValueError(f"{dataset.name or 'dataset'} has {len(dataset)} samples, fewer than batch_size "
                              f"{batch_size}, and drop_last is on: lower batch_size or pass drop_last=False")
@@ -37,18 +41,24 @@ class BatchLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, step = len(self.dataset), self.batch_size * self.world_size
+        return n // step if self.drop_last else -(-n // step)
 
     def __iter__(self) -> Iterator[dict]:
         n = len(self.dataset)
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        # Under torch.distributed every rank draws the same order and takes its slice of each
+        # global batch; augmentation then draws from a per-rank stream.
+        aug_g = g if self.world_size == 1 else torch.Generator().manual_seed(
+            self.seed * 100003 + self.epoch + 7919 * (self.rank + 1))
+        step = self.batch_size * self.world_size
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            start = b * step + self.rank * self.batch_size
+            idx = order[start:min(start + self.batch_size, (b + 1) * step)]
             images = self.dataset.images[idx].to(self.device, non_blocking=True)
             yield {
-                "image": self.augment(images, g),
+                "image": self.augment(images, aug_g),
                 "target": self.dataset.targets[idx].to(self.device, non_blocking=True),
                 "index": idx.to(self.device),
             }

@@ -1,13 +1,14 @@
 """The training loop: stages, epochs, evaluation, metrics, atomic checkpoints, exact resume."""
 from __future__ import annotations
 
-import csv
 import json
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
@@ -18,9 +19,21 @@ from .config import ConfigError, RunConfig, dump_config
 from .distiller import Distiller, lr_at
 
 
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
+    GPUs, gloo on CPUs. Gradients are averaged across ranks after every backward."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device={name!r} but CUDA is not available here; use run.device=cpu")
@@ -52,7 +65,8 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, amp_ctx=nullcontext) -> dict:
-    """top-1, top-5 (%) and mean cross-entropy of ``model`` over ``loader``."""
+    """top-1, top-5 (%) and mean cross-entropy of ``model`` over ``loader`` (summed over ranks
+    when the loader is sharded)."""
     was = model.training
     model.eval()
     n, correct1, correct5, loss = 0, 0, 0, 0.0
@@ -66,7 +80,16 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp_ctx=nullcontext) -> dict
         correct5 += (top == target[:, None]).any(1).sum().item()
         n += len(target)
     model.train(was)
+    n, correct1, correct5, loss = _all_sum([n, correct1, correct5, loss], loader.world_size)
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss / n}
+
+
+def _all_sum(values: list[float], world_size: int) -> list[float]:
+    if world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 class Trainer:
@@ -78,6 +101,7 @@ class Trainer:
                  overwrite: bool = False, log=print):
         self.cfg = cfg
         self.log = log
+        self.rank, self.world_size = init_distributed()
         self.device = resolve_device(cfg.run.device)
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.resume = resume
@@ -96,7 +120,7 @@ class Trainer:
         if not self.teachers and any(n not in ("ce",) for n, _, _ in terms):
             raise ConfigError(f"loss terms {[n for n, _, _ in terms if n != 'ce']} need a teacher: "
                               "add a 'teacher:' section (model + checkpoint)")
-        if (self.run_dir / "last.pt").exists() and not (resume or overwrite):
+        if self.rank == 0 and (self.run_dir / "last.pt").exists() and not (resume or overwrite):
             raise ConfigError(f"run directory {self.run_dir} already holds a run: pass --resume to continue it, "
                               "--overwrite to start again, or choose another run.name")
         if resume and not (self.run_dir / "last.pt").exists():
@@ -109,9 +133,11 @@ class Trainer:
             # The hooks stay on the original submodules; dynamo traces them into the graph.
             self.distiller.student_tap.model = torch.compile(self.student)
         d = cfg.data
+        shard = dict(rank=self.rank, world_size=self.world_size)
         self.train_loader = BatchLoader(self.train_set, d.batch_size, True, self.device, d.crop_padding, d.flip,
-                                        seed=cfg.run.seed)
-        self.test_loader = BatchLoader(self.test_set, d.eval_batch_size, False, self.device)
+                                        seed=cfg.run.seed, **shard)
+        self.test_loader = BatchLoader(self.test_set, d.eval_batch_size, False, self.device, **shard)
+        self.progress = cfg.train.progress and self.rank == 0
         self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
         self.history: list[dict] = []
@@ -181,7 +207,7 @@ class Trainer:
             self.train_loader.set_epoch(-(e + 1))
             self.student.train(stage.train_student)
             bar = tqdm(self.train_loader, desc=f"stage {stage.name} {e + 1}/{stage.epochs}", leave=False,
-                       disable=None if self.cfg.train.progress else True)
+                       disable=None if self.progress else True)
             for step, batch in enumerate(bar):
                 batch = self._prepare(batch)
                 batch.update(epoch=-1, num_epochs=self.cfg.optim.epochs, step=step)
@@ -191,6 +217,7 @@ class Trainer:
                     loss = stage.loss(s_out, t_out, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self._average_gradients(params)
                 opt.step()
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         self.student.train()
@@ -206,7 +233,7 @@ class Trainer:
         sums: dict[str, float] = {}
         n, correct = 0, 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False,
-                   disable=None if self.cfg.train.progress else True)
+                   disable=None if self.progress else True)
         for step, batch in enumerate(bar):
             batch = self._prepare(batch)
             batch.update(epoch=epoch, num_epochs=o.epochs, step=epoch * len(self.train_loader) + step)
@@ -214,6 +241,7 @@ class Trainer:
                 total, parts, s_out = self.distiller(batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
+            self._average_gradients(self.optimizer_params)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             b = len(batch["target"])
@@ -223,10 +251,24 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.item() * b
             bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", acc=f"{100 * correct / n:.1f}")
+        keys = list(sums)
+        *totals, n, correct = _all_sum([sums[k] for k in keys] + [n, correct], self.world_size)
         row = {"epoch": epoch + 1, "lr": lr}
-        row.update({f"train_{k}": v / n for k, v in sums.items()})
+        row.update({f"train_{k}": v / n for k, v in zip(keys, totals)})
         row["train_top1"] = 100.0 * correct / n
         return row
+
+    def _average_gradients(self, params) -> None:
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def _write_metrics(self) -> None:
         keys = list(dict.fromkeys(k for row in self.history for k in row))
@@ -235,11 +277,16 @@ class Trainer:
         ckpt.atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
 
     def fit(self) -> dict:
-        """Run (or resume) the job; returns the summary also written to ``summary.json``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(dump_config(self.cfg), self.run_dir / "config.yaml")
+        """Run (or resume) the job; returns the summary also written to ``summary.json``.
+        Under torch.distributed every rank trains; rank 0 alone writes files and logs."""
+        main = self.rank == 0
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(dump_config(self.cfg), self.run_dir / "config.yaml")
         self._setup_terms()
-        self.optimizer = self._optimizer(self.distiller.trainable_parameters(), self.cfg.optim.lr)
+        self._broadcast_state()
+        self.optimizer_params = self.distiller.trainable_parameters()
+        self.optimizer = self._optimizer(self.optimizer_params, self.cfg.optim.lr)
         if self.resume:
             self._load_state(ckpt.load(self.run_dir / "last.pt", self.device))
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
@@ -248,15 +295,18 @@ class Trainer:
             for stage in term.stages():
                 if stage.name in self.stages_done:
                     continue
-                self.log(f"stage {stage.name}: {stage.epochs} epochs")
+                if main:
+                    self.log(f"stage {stage.name}: {stage.epochs} epochs")
                 self._run_stage(stage)
                 self.stages_done.append(stage.name)
-                ckpt.atomic_save(self._state(self.start_epoch), self.run_dir / "last.pt")
-        writer = self._tensorboard()
+                if main:
+                    ckpt.atomic_save(self._state(self.start_epoch), self.run_dir / "last.pt")
+        writer = self._tensorboard() if main else None
         t0 = time.time()
         for epoch in range(self.start_epoch, self.cfg.optim.epochs):
             start = time.time()
             row = self._train_epoch(epoch)
+            self._broadcast_buffers()
             if (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.optim.epochs:
                 row.update({f"test_{k}": v for k, v in evaluate(self.student, self.test_loader, self.amp_ctx).items()})
             row["seconds"] = time.time() - start
@@ -264,27 +314,45 @@ class Trainer:
             improved = row.get("test_top1", -1) > self.best_top1
             if improved:
                 self.best_top1 = row["test_top1"]
-            self._write_metrics()
-            state = self._state(epoch + 1)
-            ckpt.atomic_save(state, self.run_dir / "last.pt")
-            if improved:
-                ckpt.atomic_save(state, self.run_dir / "best.pt")
-            if writer:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-            self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs} " + " ".join(
-                f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("epoch",)))
+            if main:
+                self._write_metrics()
+                state = self._state(epoch + 1)
+                ckpt.atomic_save(state, self.run_dir / "last.pt")
+                if improved:
+                    ckpt.atomic_save(state, self.run_dir / "best.pt")
+                if writer:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, v, epoch + 1)
+                self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs} " + " ".join(
+                    f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("epoch",)))
         last = self.history[-1] if self.history else {}
         summary = {"run": self.cfg.run.name, "final_top1": last.get("test_top1"), "final_top5": last.get("test_top5"),
                    "best_top1": self.best_top1 if self.history else None, "epochs": self.cfg.optim.epochs,
                    "teacher_top1": teacher_metrics["top1"] if teacher_metrics else None,
-                   "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0}
-        self.export_student(self.run_dir / "student.pt", summary)
-        ckpt.atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / "summary.json")
+                   "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0,
+                   "world_size": self.world_size}
+        if main:
+            self.export_student(self.run_dir / "student.pt", summary)
+            ckpt.atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / "summary.json")
         if writer:
             writer.close()
         return summary
+
+    def _broadcast_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm statistics (as DDP's broadcast_buffers does)."""
+        if self.world_size > 1:
+            for b in self.student.buffers():
+                dist.broadcast(b, 0)
+
+    def _broadcast_state(self) -> None:
+        """Start every rank from rank 0's student and term state (parameters and buffers)."""
+        if self.world_size == 1:
+            return
+        for t in self.distiller.state_dict().values():
+            if isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dim() == 0:
+                continue  # num_batches_tracked counters: identical anyway
+            dist.broadcast(t, 0)
 
     def _tensorboard(self):
         if not self.cfg.train.tensorboard:

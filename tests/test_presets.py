@@ -1,0 +1,193 @@
+"""Every YAML preset under configs/ loads, builds (teacher + student + loss terms) and trains one
+step on random data of its dataset's shape: finite loss, every distillation term's gradient reaches
+the student, the optimiser moves it. Plus: the committed CIFAR-100/ImageNet presets are exactly what
+scripts/make_presets.py writes, and the pairs without an FSP preset really cannot run FSP.
+
+Teachers are random-init (no checkpoint files needed), built once per (architecture, classes) and
+shared by all presets that use them; WKD-L's CKA cost is cached across presets of one teacher.
+"""
+import functools
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wdistill import losses, models
+from wdistill.data import ImageDataset
+from wdistill.engine import Trainer, load_config
+from wdistill.losses.base import ConfigError, SetupContext
+from wdistill.models.taps import FeatureTap
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+PRESETS = sorted(CONFIGS.rglob("*.yaml"))
+
+# Random data shaped like each dataset a preset may name: (channels, size, classes, images per class).
+# ImageNet runs at 160x160 (not 224): the smallest size at which the last maps are 5x5, so that
+# WKD-F's published grid 4 still leaves >= 2 positions per cell.
+DATA_SHAPES = {"cifar100": (3, 32, 100, 2), "cifar10": (3, 32, 10, 10), "image_folder": (3, 160, 10, 3),
+               "fashion_mnist": (1, 28, 10, 10), "fmnist_sample": (1, 28, 10, 10), "mnist": (1, 28, 10, 10)}
+# Batch size per teacher: heavy teachers (or large inputs) at 4, the rest at 8.
+HEAVY = {"ResNet50", "resnet32x4", "vgg13", "resnet34", "resnet50"}
+WARN_FILTERS = ["ignore:crd. some class has only:UserWarning"]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_make_presets():
+    spec = importlib.util.spec_from_file_location("make_presets", ROOT / "scripts" / "make_presets.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["make_presets"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@functools.lru_cache(maxsize=None)
+def _data(name: str) -> tuple[ImageDataset, ImageDataset]:
+    if name not in DATA_SHAPES:
+        raise AssertionError(f"test_presets has no data shape for dataset {name!r}: add it to DATA_SHAPES")
+    c, size, k, per_class = DATA_SHAPES[name]
+    g = torch.Generator().manual_seed(0)
+    n = k * per_class
+    images = torch.randint(0, 256, (n + 8, c, size, size), dtype=torch.uint8, generator=g)
+    targets = torch.arange(n + 8) % k
+    full = ImageDataset(images, targets, k, (0.5,) * c, (0.25,) * c, name=f"random-{name}")
+    return full.subset(slice(0, n)), full.subset(slice(n, n + 8))
+
+
+@functools.lru_cache(maxsize=None)
+def _teacher(model: str, num_classes: int, channels: int) -> torch.nn.Module:
+    torch.manual_seed(1)
+    return models.create(model, num_classes=num_classes, in_channels=channels).eval()
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("preset_runs")
+
+
+def _grads(loss: torch.Tensor, params: list) -> list:
+    return torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+
+
+def _reaches(grads) -> bool:
+    return any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def _step_batch(trainer: Trainer, epoch: int) -> dict:
+    batch = next(iter(trainer.train_loader))
+    batch.update(epoch=epoch, num_epochs=trainer.cfg.optim.epochs, step=0)
+    return batch
+
+
+def _one_training_step(trainer: Trainer) -> None:
+    """What Trainer.fit does before and in its first step, cut to one batch per stage."""
+    d = trainer.distiller
+    trainer._setup_terms()
+    student_params = [p for p in trainer.student.parameters() if p.requires_grad]
+    optimizer = trainer._optimizer(d.trainable_parameters(), trainer.cfg.optim.lr)
+    for name, term in d.terms.items():
+        for stage in term.stages():  # init stages (AB, FSP, FT): one step each
+            trainer.student.train(stage.train_student)
+            batch = _step_batch(trainer, -1)
+            loss = stage.loss(d.student_tap(batch["image"]), d.teacher_forward(batch["image"]), batch)
+            assert torch.isfinite(loss), f"stage {stage.name}: loss {loss}"
+            params = list(stage.parameters()) + (student_params if stage.train_student else [])
+            assert params and _reaches(_grads(loss, params)), f"stage {stage.name} trains nothing"
+            for p in params:
+                p.grad = None
+    d.train()
+    total, parts, _ = d(_step_batch(trainer, 0))
+    assert torch.isfinite(total), parts
+    for name, value in parts.items():
+        if name == "ce":
+            continue
+        if not value.requires_grad:  # AB/FSP: by the published recipe the main stage is CE only
+            assert d.terms[name].stages() and float(value) == 0.0, f"{name} has no gradient and no stage"
+            continue
+        assert _reaches(_grads(value, student_params)), f"term {name}'s gradient does not reach the student"
+    before = [p.detach().clone() for p in student_params]
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in student_params if p.grad is not None)
+    optimizer.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, student_params)), "the student did not move"
+
+
+@pytest.mark.filterwarnings(*WARN_FILTERS)
+@pytest.mark.parametrize("path", PRESETS, ids=[str(p.relative_to(CONFIGS)) for p in PRESETS])
+def test_preset_builds_and_trains_one_step(path, out_dir):
+    run_name = re.sub(r"[^\w.-]", "_", str(path.relative_to(CONFIGS)))
+    cfg = load_config(path)
+    heavy = any(s.model in HEAVY for s in cfg.teacher_sections() + [cfg.student])
+    cfg = load_config(path, [f"run.out_dir={out_dir}", f"run.name={run_name}", "run.device=cpu",
+                             f"data.batch_size={4 if heavy else 8}", "train.progress=false"])
+    train, test = _data(cfg.data.name)
+    teachers = [_teacher(s.model, train.num_classes, train.channels) for s in cfg.teacher_sections()]
+    for s in cfg.teacher_sections():
+        assert s.checkpoint, f"{path}: teacher {s.model} has no checkpoint path"
+    trainer = Trainer(cfg, teachers=teachers or None, data=(train, test), log=lambda *_: None)
+    try:
+        _one_training_step(trainer)
+    finally:
+        for tap in trainer.distiller.teacher_taps:  # shared teachers must not keep this run's hooks
+            tap.remove()
+
+
+# ---------------------------------------------------------------------------------- consistency
+def test_presets_are_what_the_generator_writes():
+    mp = _load_make_presets()
+    files = mp.all_presets()
+    on_disk = {str(p.relative_to(CONFIGS)) for p in mp.owned(CONFIGS)}
+    assert on_disk == set(files), (f"missing: {sorted(set(files) - on_disk)[:5]}, "
+                                   f"extra: {sorted(on_disk - set(files))[:5]}: run scripts/make_presets.py")
+    stale = [rel for rel, text in files.items() if (CONFIGS / rel).read_text() != text]
+    assert not stale, f"{stale[:5]} differ from scripts/make_presets.py: run it"
+    assert mp.main(["--check"]) == 0
+
+
+def test_every_pair_has_every_method_and_fsp_only_where_widths_match():
+    mp = _load_make_presets()
+    pair_dirs = {f"{t}-{s}" for t, s in mp.SAME_ARCH + mp.CROSS_ARCH}
+    assert len(pair_dirs) == 13
+    readme = (CONFIGS / "cifar100" / "README.md").read_text()
+    for d in sorted(pair_dirs):
+        methods = {p.stem for p in (CONFIGS / "cifar100" / d).glob("*.yaml")}
+        assert set(mp.CIFAR_METHODS) - {"fsp"} <= methods <= set(mp.CIFAR_METHODS), (d, methods)
+        if "fsp" not in methods:
+            assert f"`{d}`" in readme, f"configs/cifar100/README.md must say why {d} has no FSP preset"
+    models_dir = {p.stem for p in (CONFIGS / "cifar100" / "models").glob("*.yaml")}
+    assert models_dir == {m for d in pair_dirs for m in d.split("-")}
+    for d in ("resnet34-resnet18", "resnet50-MobileNetV1"):
+        assert {p.stem for p in (CONFIGS / "imagenet" / d).glob("*.yaml")} == {"kd", "wkd_l", "wkd_f", "wkd_lf"}
+
+
+def _probe(model: str) -> dict:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return FeatureTap(models.create(model, 100, 3).eval())(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("pair", ["wrn_40_2-wrn_40_1", "vgg13-MobileNetV2", "ResNet50-MobileNetV2",
+                                  "ResNet50-vgg8", "resnet32x4-ShuffleV1", "resnet32x4-ShuffleV2",
+                                  "wrn_40_2-ShuffleV1"])
+def test_pairs_without_fsp_preset_really_cannot_run_fsp(pair):
+    """Independent of the generator's width rule: the FSP term itself refuses these pairs."""
+    assert not (CONFIGS / "cifar100" / pair / "fsp.yaml").exists()
+    t, s = pair.split("-")
+    ctx = SetupContext(student_out=_probe(s), teacher_out=_probe(t), num_classes=100, num_samples=1,
+                       train_targets=torch.zeros(1, dtype=torch.long), device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="equal student/teacher channel counts"):
+        losses.create("fsp").setup(ctx)
+
+
+def test_headers_name_their_sources():
+    mp = _load_make_presets()
+    for path in mp.owned(CONFIGS):
+        text = path.read_text()
+        header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
+        assert text.startswith("# "), f"{path} has no header comment"
+        assert "scripts/make_presets.py" in header and "Recipe:" in header, path
+        assert "REFERENCE.md" in header, f"{path}: header does not cite REFERENCE.md"
