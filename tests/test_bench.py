@@ -93,6 +93,16 @@ def test_accuracy_files_and_table(bench_dir):
     assert rows["teacher"]["runs"] == "1" and {r["method"] for r in table} == {"teacher", "vanilla", "kd"}
 
 
+def test_report_only_trains_nothing_and_lists_missing_rows(bench_dir, monkeypatch, tmp_path):
+    root, table = bench_dir
+    monkeypatch.setattr(protocol, "TEACHER", "resnet8")
+    monkeypatch.setattr(runs, "Trainer", None)  # any training attempt would fail
+    again = accuracy.run_accuracy(TINY, ["kd", "dkd"], None, root / "runs", tmp_path, preset_dir=root / "presets",
+                                  overrides=TINY_DATA, teacher_overrides=TINY_DATA + ["optim.epochs=1"], train=False)
+    assert again == table
+    assert "not finished yet (resume with the same command): dkd seed 0, dkd seed 1" in (tmp_path / "tiny.md").read_text()
+
+
 def test_finished_runs_are_skipped_and_interrupted_ones_resume(bench_dir, monkeypatch):
     root, _ = bench_dir
     monkeypatch.setattr(protocol, "TEACHER", "resnet8")

@@ -10,8 +10,8 @@ from tqdm.auto import tqdm
 from ..engine.checkpoint import atomic_write_text
 from ..recipes import LABELS, PRESET_DIR, RECIPES, default_recipe, recipe
 from . import protocol, report
-from .protocol import FULL, QUICK, TUNE, Schedule
-from .runs import run_or_load
+from .protocol import FULL, TUNE, Schedule
+from .runs import load_finished, run_or_load
 from .tuning import CANDIDATES, apply_candidate, check_budget, describe
 
 METHODS = [m for m in RECIPES if m != "vanilla"]
@@ -112,26 +112,34 @@ def _tuned(method: str, preset_dir) -> bool:
 
 def run_accuracy(schedule: Schedule, methods: list[str], seeds: list[int] | None = None, runs_root="runs/bench",
                  out="benchmarks", root=None, preset_dir=PRESET_DIR, command: list[str] | None = None,
-                 log=print, overrides=None, teacher_overrides=None) -> list[dict]:
-    """Teacher, vanilla and every method under ``schedule``; writes ``out/<schedule>.md|csv|png``."""
+                 log=print, overrides=None, teacher_overrides=None, train: bool = True) -> list[dict]:
+    """Teacher, vanilla and every method under ``schedule``; writes ``out/<schedule>.md|csv|png``.
+
+    ``train=False`` trains nothing: the files report the runs finished so far and list the rest.
+    """
     methods = ["vanilla"] + [m for m in check_methods(methods) if m != "vanilla"]
     seeds = list(seeds if seeds is not None else schedule.seeds)
-    teacher = ensure_teacher(runs_root, root, log, teacher_overrides)
-    rows: dict[str, list[dict]] = {"teacher": [{**teacher, "seed": 0}]}
+    get = run_or_load if train else (lambda cfg, log=None: load_finished(cfg))
+    teacher = get(protocol.teacher_config(runs_root, root, 0, teacher_overrides), log=log)
+    rows: dict[str, list[dict]] = {"teacher": [{**teacher, "seed": 0}]} if teacher else {}
     settings = {"teacher": f"{protocol.TEACHER}, {protocol.TEACHER_EPOCHS} epochs, seed 0",
                 "vanilla": "CE only"}
+    missing = [] if teacher else ["teacher"]
     jobs = [(m, s) for m in methods for s in seeds]
-    bar = tqdm(jobs, desc=schedule.name, unit="run")
+    bar = tqdm(jobs, desc=schedule.name, unit="run", disable=not train)
     for m, seed in bar:
         bar.set_postfix_str(f"{m} seed {seed}")
         terms = recipe(m) if _tuned(m, preset_dir) else default_recipe(m)
         if m != "vanilla":
             settings[m] = describe(terms) + ("" if _tuned(m, preset_dir) else " (untuned: CIFAR-100 default)")
-        summary = run_or_load(protocol.student_config(m, terms, schedule, seed, runs_root, root,
-                                                              overrides=overrides), _log_to(bar))
-        rows.setdefault(m, []).append({**summary, "seed": seed})
+        summary = get(protocol.student_config(m, terms, schedule, seed, runs_root, root, overrides=overrides),
+                      log=_log_to(bar))
+        if summary:
+            rows.setdefault(m, []).append({**summary, "seed": seed})
+        else:
+            missing.append(f"{m} seed {seed}")
     table = report.summarise(rows)
-    write_results(table, schedule, seeds, Path(out), settings, command)
+    write_results(table, schedule, seeds, Path(out), settings, command, missing)
     return table
 
 
@@ -163,7 +171,7 @@ def findings(table: list[dict]) -> list[str]:
 
 
 def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: Path, settings: dict,
-                  command: list[str] | None = None) -> None:
+                  command: list[str] | None = None, missing: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = out / schedule.name
     s = report.stamp(command=command)
@@ -177,11 +185,16 @@ def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: 
     notes_file = out / f"{schedule.name}.notes.md"
     md = [f"# {schedule.name}\n", report.stamp_markdown(s), desc + "\n",
           report.results_markdown(table, LABELS | {"teacher": "teacher"}, settings),
-          f"![top-1]({base.name}.png)\n", "## Targets\n", *[f"- {n}" for n in findings(table)], ""]
+          f"![top-1]({base.name}.png)\n"]
+    if missing:
+        md += [f"**Incomplete:** not finished yet (resume with the same command): {', '.join(missing)}.\n"]
+    md += ["## Targets\n", *[f"- {n}" for n in findings(table)], ""]
     if notes_file.is_file():
         md += ["## Findings\n", notes_file.read_text()]
     atomic_write_text("\n".join(md) + "\n", base.with_suffix(".md"))
     csv_stamp = "".join(f"# {k}: {v}\n" for k, v in s.items())
     atomic_write_text(csv_stamp + report.results_csv(table, settings), base.with_suffix(".csv"))
+    if not table:
+        return
     report.bar_chart(table, LABELS | {"teacher": "teacher"}, base.with_suffix(".png"),
                      f"{schedule.name}: final-epoch top-1, mean ± std over {len(seeds)} seed(s)")

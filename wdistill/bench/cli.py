@@ -28,7 +28,8 @@ def _cmd_accuracy(args) -> int:
     methods = args.methods.split(",") if args.methods else [m for m in RECIPES if m != "vanilla"]
     schedule = QUICK if args.quick else FULL
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    table = run_accuracy(schedule, methods, seeds, args.runs, args.out, args.root, command=command)
+    table = run_accuracy(schedule, methods, seeds, args.runs, args.out, args.root, command=command,
+                         train=not args.report_only)
     for r in table:
         print(f"{r['method']:>10s} {r['final_mean']:6.2f} best {r['best_mean']:6.2f}")
     print(f"wrote {Path(args.out) / schedule.name}.md/.csv/.png")
@@ -79,6 +80,8 @@ def add_parsers(sub) -> None:
     a.add_argument("--methods", default=None, help="comma-separated subset, e.g. kd,wkd_l")
     a.add_argument("--tune", action="store_true",
                    help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist")
+    a.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the results files from the runs finished so far")
     a.add_argument("--out", default="benchmarks", help="where the results files go")
     a.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
     a.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")

@@ -105,11 +105,11 @@ def wkd_f_rows(B: int = 64, C: int = 256, H: int = 8, steps: int = 10, warmup: i
         return torch.tensor(total / B)
 
     shape = f"B={B}, C={C}, {H}x{H}"
-    return [_entry("WKD-F Gaussian W2 fwd+bwd", shape, "diagonal (ours, published)", _fwd_bwd(diag, fs), steps, warmup),
-            _entry("WKD-F Gaussian W2 fwd+bwd", shape, "full covariance (ours, option)", _fwd_bwd(full, fs),
+    return [_entry("WKD-F W2 diagonal (published)", shape, "ours, fwd+bwd", _fwd_bwd(diag, fs), steps, warmup),
+            _entry("WKD-F W2 full covariance (option)", shape, "ours, batched, fwd+bwd", _fwd_bwd(full, fs),
                    max(1, steps // 2), 1),
-            _entry("WKD-F Gaussian W2", shape, "POT bures_wasserstein_distance per sample, fwd only", pot_loop,
-                   max(1, steps // 5), 0)]
+            _entry("WKD-F W2 full covariance (option)", shape, "POT bures_wasserstein_distance per sample, fwd only",
+                   pot_loop, max(1, steps // 5), 0)]
 
 
 def crd_rows(B: int = 64, K: int = 16384, N: int = 50_000, d: int = 128, steps: int = 10, warmup: int = 2,

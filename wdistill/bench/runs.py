@@ -86,6 +86,14 @@ def run_or_load(cfg_dict: dict, log=print, data=None) -> dict:
         return _run_or_load(cfg, run_dir, log, data)
 
 
+def load_finished(cfg_dict: dict) -> dict | None:
+    """The summary of a finished run of exactly this config, or None (nothing is trained)."""
+    run_dir = run_dir_of(cfg_dict)
+    if _same_config(run_dir, load_config(cfg_dict)) and (run_dir / "summary.json").is_file():
+        return _with_wall(run_dir, json.loads((run_dir / "summary.json").read_text()))
+    return None
+
+
 def _run_or_load(cfg, run_dir: Path, log, data) -> dict:
     same = _same_config(run_dir, cfg)
     if same and (run_dir / "summary.json").is_file():

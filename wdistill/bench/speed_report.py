@@ -63,7 +63,7 @@ def _pairs(kern: list[dict]) -> list[tuple[dict, dict]]:
     """(ours, straightforward) pairs: consecutive rows of the same kernel and shape."""
     by: dict[tuple, list[dict]] = {}
     for k in kern:
-        by.setdefault((k["kernel"].split(" fwd")[0], k["shape"]), []).append(k)
+        by.setdefault((k["kernel"], k["shape"]), []).append(k)
     return [(v[0], v[-1]) for v in by.values() if len(v) >= 2]
 
 
@@ -117,7 +117,7 @@ def speed_markdown(res: dict) -> str:
     lines = ["# Speed (CIFAR-100 shapes, synthetic tensors)\n", report.stamp_markdown(res["stamp"]),
              f"Teacher {s.teacher}, student {s.student}, batch {s.batch}, {s.channels}x{s.image}x{s.image}, "
              f"{s.classes} classes; median of {s.steps} timed steps after {s.warmup} warm-up steps; each method "
-             "built through the same Distiller/term.setup path as training (CRD/WCoRD: N=50,000, K=16,384). "
+             f"built through the same Distiller/term.setup path as training (CRD/WCoRD: N={s.num_samples:,}, K=16,384). "
              "A step = teacher no-grad forward + student forward + loss terms + backward + SGD step. "
              "The machine was shared with other jobs while this ran: absolute times are inflated and noisy, "
              "ratios come from the same run."
@@ -143,7 +143,8 @@ def speed_markdown(res: dict) -> str:
     for k in res["kernels"]:
         mem = "n/a" if k["impl"].startswith(NUMPY_IMPLS) else f"{k['peak_mb']:.2f}"
         lines.append(f"| {k['kernel']} | {k['shape']} | {k['impl']} | {k['ms']:.2f} | {mem} | {k['value']:.6g} |")
-    lines += ["", "| comparison | speed-up | memory saving |", "|---|---:|---:|"]
+    lines += ["", "Speed-up = baseline ms / ours ms; memory saving = baseline peak / ours peak (> 1: ours is "
+              "better).\n", "| ours vs baseline | speed-up | memory saving |", "|---|---:|---:|"]
     for a, b2 in _pairs(res["kernels"]):
         mem = "n/a" if b2["impl"].startswith(NUMPY_IMPLS) else f"{b2['peak_mb'] / max(a['peak_mb'], 1e-9):.1f}x"
         lines.append(f"| {a['kernel']} {a['shape']}: {a['impl']} vs {b2['impl']} | {b2['ms'] / a['ms']:.2f}x | {mem} |")
