@@ -15,6 +15,7 @@ at least 2x2 positions per cell) are read from the zoo models themselves on the 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -104,7 +105,8 @@ def feature_shapes(model: str, num_classes: int = 100, size: int = 32) -> list[t
     return [tuple(int(d) for d in f.shape[1:]) for f in out["feats"]]
 
 
-def pairs() -> list[Pair]:
+@functools.lru_cache(maxsize=None)
+def pairs() -> tuple[Pair, ...]:
     shapes: dict[str, list] = {}
     out = []
     for group, cross in ((SAME_ARCH, False), (CROSS_ARCH, True)):
@@ -113,7 +115,7 @@ def pairs() -> list[Pair]:
                 if m not in shapes:
                     shapes[m] = feature_shapes(m)
             out.append(Pair(t, s, cross, shapes[t], shapes[s]))
-    return out
+    return tuple(out)
 
 
 # -------------------------------------------------------------------------------- loss recipes

@@ -100,7 +100,8 @@ def test_report_only_trains_nothing_and_lists_missing_rows(bench_dir, monkeypatc
     again = accuracy.run_accuracy(TINY, ["kd", "dkd"], None, root / "runs", tmp_path, preset_dir=root / "presets",
                                   overrides=TINY_DATA, teacher_overrides=TINY_DATA + ["optim.epochs=1"], train=False)
     assert again == table
-    assert "not finished yet (resume with the same command): dkd seed 0, dkd seed 1" in (tmp_path / "tiny.md").read_text()
+    md = (tmp_path / "tiny.md").read_text()
+    assert "without --report-only trains them, skipping finished runs): dkd seed 0, dkd seed 1" in md
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resume(bench_dir, monkeypatch):
@@ -148,17 +149,27 @@ def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tm
     assert "T: 2" in preset and "*" in preset and (tmp_path / "fmnist-kd-v1-tuning.md").is_file()
 
 
-def test_speed_ratio_is_step_over_mean_bound(monkeypatch):
-    bounds = iter([{"student_ce_step": 0.1, "teacher_forward": 0.2, "lower_bound": 0.3},
-                   {"student_ce_step": 0.2, "teacher_forward": 0.3, "lower_bound": 0.5}])
+def test_speed_ratio_is_step_over_its_interleaved_bound(monkeypatch):
+    timings = {"kd": {"step_s": 0.5, "student_ce_step": 0.1, "teacher_forward": 0.3},
+               "crd": {"step_s": 0.55, "student_ce_step": 0.2, "teacher_forward": 0.3},
+               "at": {"step_s": 1.0, "student_ce_step": 0.4, "teacher_forward": 0.6}}
     monkeypatch.setattr(speed, "SyntheticTask", lambda setup: None)
-    monkeypatch.setattr(speed, "lower_bound", lambda task, steps, warmup: next(bounds))
-    monkeypatch.setattr(speed, "method_step", lambda task, m, steps, warmup: {"kd": 0.5, "crd": 0.44}[m])
-    bound, rows = speed.step_table(["kd", "crd"])
-    assert bound["lower_bound"] == pytest.approx(0.4) and bound["drift"] == pytest.approx(0.5 / 0.3)
-    kd, crd = rows
-    assert kd["ratio"] == pytest.approx(1.25) and kd["target"] == 1.10 and not kd["met"]
+    monkeypatch.setattr(speed, "measure_method", lambda task, m, steps, warmup: dict(timings[m]))
+    bound, rows = speed.step_table(["kd", "crd", "at"])
+    kd, crd, at = rows
+    assert kd["ratio"] == pytest.approx(0.5 / 0.4) and kd["target"] == 1.10 and not kd["met"]
     assert crd["ratio"] == pytest.approx(1.1) and crd["target"] == 1.25 and crd["met"]
+    assert bound["lower_bound"] == pytest.approx(0.5) and (bound["min"], bound["max"]) == pytest.approx((0.4, 1.0))
+    assert bound["teacher_forward"] == pytest.approx(0.3) and bound["student_ce_step"] == pytest.approx(0.2)
+
+
+def test_interleaved_measurement_times_every_part(monkeypatch):
+    setup = speed.SpeedSetup(teacher="resnet8", student="resnet8", batch=2, image=8, channels=1, classes=4,
+                             num_samples=20, steps=2, warmup=1)
+    task = speed.SyntheticTask(setup)
+    r = speed.measure_method(task, "kd", 2, 1)
+    assert set(r) == {"step_s", "student_ce_step", "teacher_forward"} and all(v > 0 for v in r.values())
+    assert not task.teacher._forward_hooks  # no hooks left on the shared teacher
 
 
 def test_speed_bench_runs_on_tiny_shapes(tmp_path):
@@ -169,7 +180,7 @@ def test_speed_bench_runs_on_tiny_shapes(tmp_path):
     with pytest.warns(UserWarning, match="fewer than num_negatives"):  # K=16384 of 300 samples
         res = run_speed(tmp_path, ["kd", "crd", "wkd_l"], setup, shapes, command=["wdistill", "bench", "speed"])
     for r in res["rows"]:
-        assert r["ratio"] == pytest.approx(r["step_s"] / res["bound"]["lower_bound"])
+        assert r["ratio"] == pytest.approx(r["step_s"] / (r["student_ce_step"] + r["teacher_forward"]))
     wkd = [x for x in res["kernels"] if x["kernel"].startswith("WKD-L")]
     assert wkd[0]["value"] == pytest.approx(wkd[1]["value"], rel=1e-5)  # ours == per-sample reference
     crd = [x for x in res["kernels"] if x["kernel"].startswith("CRD")]

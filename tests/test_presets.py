@@ -28,9 +28,10 @@ PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 # Random data shaped like each dataset a preset may name: (channels, size, classes, images per class).
 # ImageNet runs at 160x160 (not 224): the smallest size at which the last maps are 5x5, so that
 # WKD-F's published grid 4 still leaves >= 2 positions per cell.
-DATA_SHAPES = {"cifar100": (3, 32, 100, 2), "cifar10": (3, 32, 10, 10), "image_folder": (3, 160, 10, 3),
+DATA_SHAPES = {"cifar100": (3, 32, 100, 1), "cifar10": (3, 32, 10, 10), "image_folder": (3, 160, 10, 2),
                "fashion_mnist": (1, 28, 10, 10), "fmnist_sample": (1, 28, 10, 10), "mnist": (1, 28, 10, 10)}
-# Batch size per teacher: heavy teachers (or large inputs) at 4, the rest at 8.
+# Batch size: 3 with a heavy teacher (FT's paraphraser alone has 130M weights on ResNet50), else 4.
+# Never 2: RKD's distance and angle potentials are constant for two samples, so no gradient.
 HEAVY = {"ResNet50", "resnet32x4", "vgg13", "resnet34", "resnet50"}
 WARN_FILTERS = ["ignore:crd. some class has only:UserWarning"]
 
@@ -123,7 +124,7 @@ def test_preset_builds_and_trains_one_step(path, out_dir):
     cfg = load_config(path)
     heavy = any(s.model in HEAVY for s in cfg.teacher_sections() + [cfg.student])
     cfg = load_config(path, [f"run.out_dir={out_dir}", f"run.name={run_name}", "run.device=cpu",
-                             f"data.batch_size={4 if heavy else 8}", "train.progress=false"])
+                             f"data.batch_size={3 if heavy else 4}", "train.progress=false"])
     train, test = _data(cfg.data.name)
     teachers = [_teacher(s.model, train.num_classes, train.channels) for s in cfg.teacher_sections()]
     for s in cfg.teacher_sections():
@@ -165,9 +166,8 @@ def test_every_pair_has_every_method_and_fsp_only_where_widths_match():
 
 
 def _probe(model: str) -> dict:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        return FeatureTap(models.create(model, 100, 3).eval())(torch.randn(1, 3, 32, 32))
+    with torch.device("meta"):  # the FSP check reads shapes only
+        return FeatureTap(models.create(model, 100, 3).eval())(torch.zeros(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("pair", ["wrn_40_2-wrn_40_1", "vgg13-MobileNetV2", "ResNet50-MobileNetV2",
@@ -191,3 +191,84 @@ def test_headers_name_their_sources():
         assert text.startswith("# "), f"{path} has no header comment"
         assert "scripts/make_presets.py" in header and "Recipe:" in header, path
         assert "REFERENCE.md" in header, f"{path}: header does not cite REFERENCE.md"
+
+
+# Published values typed in from REFERENCE.md independently of scripts/make_presets.py's tables.
+EXPECTED_BETA = {"fitnet": 100, "at": 1000, "sp": 3000, "cc": 0.02, "vid": 1, "rkd": 1, "pkt": 30000,
+                 "ft": 200, "nst": 50}
+EXPECTED_DKD_BETA = {"resnet56-resnet20": 2, "resnet110-resnet32": 2, "vgg13-vgg8": 6, "vgg13-MobileNetV2": 6,
+                     "wrn_40_2-wrn_16_2": 6, "wrn_40_2-wrn_40_1": 6, "resnet32x4-resnet8x4": 8,
+                     "wrn_40_2-ShuffleV1": 8, "ResNet50-MobileNetV2": 8}
+EXPECTED_WKD = {  # (pair, method): {term: {param: value}}
+    ("resnet32x4-resnet8x4", "wkd_l"): {"wkd_l": dict(lambda_l=600, tau=8, kappa=1, decay_start=150)},
+    ("wrn_40_2-ShuffleV1", "wkd_l"): {"wkd_l": dict(lambda_l=200, tau=6, kappa=1, decay_start=150)},
+    ("resnet32x4-resnet8x4", "wkd_f"): {"wkd_f": dict(lambda_f=0.08, gamma=4, grid=1, decay_start=150)},
+    ("wrn_40_2-ShuffleV1", "wkd_f"): {"wkd_f": dict(lambda_f=0.3, gamma=3, grid=4, decay_start=150)},
+    ("resnet32x4-resnet8x4", "wkd_lf"): {"wkd_l": dict(lambda_l=200, tau=8, kappa=1),
+                                         "wkd_f": dict(lambda_f=0.08, gamma=8, grid=1)},
+    ("wrn_40_2-ShuffleV1", "wkd_lf"): {"wkd_l": dict(lambda_l=60, tau=4, kappa=1),
+                                       "wkd_f": dict(lambda_f=0.5, gamma=3, grid=4)},
+    ("resnet34-resnet18", "wkd_l"): {"wkd_l": dict(lambda_l=30, tau=2, kappa=1, decay_start=0, cka_mode="logits")},
+    ("resnet34-resnet18", "wkd_f"): {"wkd_f": dict(lambda_f=0.02, gamma=2, grid=4, decay_start=0,
+                                                   projector="bottleneck")},
+    ("resnet34-resnet18", "wkd_lf"): {"wkd_l": dict(lambda_l=10, tau=2, kappa=1),
+                                      "wkd_f": dict(lambda_f=1.0, gamma=2, grid=4)},
+    ("resnet50-MobileNetV1", "wkd_l"): {"wkd_l": dict(lambda_l=25, tau=2, kappa=2, decay_start=0)},
+    ("resnet50-MobileNetV1", "wkd_f"): {"wkd_f": dict(lambda_f=0.005, gamma=2, grid=4, decay_start=30)},
+    ("resnet50-MobileNetV1", "wkd_lf"): {"wkd_l": dict(lambda_l=25, tau=2, kappa=2, decay_start=0),
+                                         "wkd_f": dict(lambda_f=0.005, gamma=2, grid=4, decay_start=0)},
+}
+
+
+def _terms(cfg) -> dict:
+    return {t.name: {"weight": t.weight, **t.params} for t in cfg.loss}
+
+
+def test_presets_hold_the_published_numbers():
+    for path in sorted((CONFIGS / "cifar100").glob("*-*/*.yaml")):
+        pair, method = path.parent.name, path.stem
+        cfg = load_config(path)
+        terms = _terms(cfg)
+        t, s = pair.split("-")
+        assert (cfg.teacher.model, cfg.student.model) == (t, s), path
+        assert cfg.teacher.checkpoint == f"checkpoints/cifar100/{t}.pth", path
+        o = cfg.optim
+        assert (o.epochs, o.milestones, o.gamma, o.momentum, o.weight_decay, cfg.data.batch_size) == \
+            (240, [150, 180, 210], 0.1, 0.9, 5e-4, 64), path
+        assert o.lr == (0.01 if s in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05), path
+        assert o.nesterov == method.startswith("wkd"), path
+        assert (cfg.data.name, cfg.data.crop_padding, cfg.data.flip) == ("cifar100", 4, True), path
+        if method == "kd":
+            assert terms == {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4}}, path
+        elif method in EXPECTED_BETA:
+            assert terms["ce"]["weight"] == 1 and terms[method]["weight"] == EXPECTED_BETA[method], path
+            assert set(terms) == {"ce", method}, path
+        elif method in ("crd", "crd_kd"):
+            assert terms["crd"]["weight"] == 0.8 and terms["crd"]["num_negatives"] == 16384, path
+            assert terms["crd"]["tau"] == 0.07 and terms["crd"]["momentum"] == 0.5, path
+            assert ("kd" in terms) == (method == "crd_kd") and terms.get("kd", {"weight": 1})["weight"] == 1, path
+        elif method == "dkd":
+            assert terms["dkd"]["beta"] == EXPECTED_DKD_BETA.get(pair, 8), path
+            assert (terms["dkd"]["alpha"], terms["dkd"]["T"], terms["dkd"]["warmup"]) == (1, 4, 20), path
+        elif method in ("wcord", "wcord_kd"):
+            assert (terms["wcord"]["lambda1"], terms["wcord"]["lambda2"]) == (0.8, 0.1), path
+            assert ("kd" in terms) == (method == "wcord_kd"), path
+        elif method in ("ab", "fsp"):
+            assert terms[method]["init_epochs"] == 30 and terms[method]["main_weight"] == 0, path
+        if (pair, method) in EXPECTED_WKD:
+            for term, params in EXPECTED_WKD[(pair, method)].items():
+                assert {k: terms[term][k] for k in params} == params, (path, term)
+    for (pair, method), expected in EXPECTED_WKD.items():
+        path = CONFIGS / ("cifar100" if (CONFIGS / "cifar100" / pair).is_dir() else "imagenet") / pair / f"{method}.yaml"
+        terms = _terms(load_config(path))
+        for term, params in expected.items():
+            assert {k: terms[term][k] for k in params} == params, (path, term)
+    for pair in ("resnet34-resnet18", "resnet50-MobileNetV1"):
+        for method in ("kd", "wkd_l", "wkd_f", "wkd_lf"):
+            cfg = load_config(CONFIGS / "imagenet" / pair / f"{method}.yaml")
+            o = cfg.optim
+            assert (o.epochs, o.lr, o.milestones, o.weight_decay, cfg.data.batch_size) == (100, 0.1, [30, 60, 90],
+                                                                                         1e-4, 256)
+            assert cfg.data.name == "image_folder"
+        assert _terms(load_config(CONFIGS / "imagenet" / pair / "kd.yaml")) == {
+            "ce": {"weight": 0.5}, "kd": {"weight": 0.5, "T": 1}}

@@ -29,8 +29,9 @@ RECIPES: dict[str, list[dict]] = {
     "pkt": [CE, {"name": "pkt", "weight": 30000.0}],
     # AB / FSP: an init stage (30 CIFAR epochs) on the method's loss, then CE only (main_weight 0).
     "ab": [CE, {"name": "ab", "weight": 1.0, "init_epochs": 30, "main_weight": 0.0}],
-    "ft": [CE, {"name": "ft", "weight": 200.0, "init_epochs": 30}],
-    "fsp": [CE, {"name": "fsp", "weight": 1.0, "init_epochs": 30, "main_weight": 0.0}],
+    # FT: RepDistiller pre-trains the paraphraser at lr 0.01 for resnet students (pretrain.py).
+    "ft": [CE, {"name": "ft", "weight": 200.0, "init_epochs": 30, "init_lr": 0.01}],
+    "fsp": [CE, {"name": "fsp", "weight": 50.0, "init_epochs": 30, "main_weight": 0.0}],
     "nst": [CE, {"name": "nst", "weight": 50.0}],
     "crd": [CE, {"name": "crd", "weight": 0.8, "num_negatives": 4096}],
     "crd_kd": [CE, {"name": "kd", "weight": 1.0, "T": 4}, {"name": "crd", "weight": 0.8, "num_negatives": 4096}],

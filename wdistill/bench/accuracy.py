@@ -148,6 +148,9 @@ def findings(table: list[dict]) -> list[str]:
     by = {r["method"]: r for r in table}
     notes = []
     van, kd = by.get("vanilla"), by.get("kd")
+    if by.get("teacher"):
+        t = by["teacher"]["final_mean"]
+        notes.append(f"teacher: {t:.2f} vs reference {REFERENCE['teacher']:.1f} (difference {t - REFERENCE['teacher']:+.2f}).")
     for name, row in (("vanilla", van), ("kd", kd)):
         if row:
             ref, ref_std = REFERENCE[name]
@@ -175,6 +178,9 @@ def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: 
     out.mkdir(parents=True, exist_ok=True)
     base = out / schedule.name
     s = report.stamp(command=command)
+    run_threads = sorted({r for row in table for r in row.get("threads", []) if r})
+    if run_threads:  # the runs' own thread counts, not this (possibly report-only) process's
+        s["threads"] = "/".join(map(str, run_threads))
     n_train = "5,000" if schedule.quick else "10,000"
     desc = (f"resnet32 teacher -> resnet8 student, Fashion-MNIST, first {n_train} training images, "
             f"{schedule.epochs} epochs, seeds {', '.join(map(str, seeds))}; test = all 10,000 test images. "
@@ -187,7 +193,8 @@ def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: 
           report.results_markdown(table, LABELS | {"teacher": "teacher"}, settings),
           f"![top-1]({base.name}.png)\n"]
     if missing:
-        md += [f"**Incomplete:** not finished yet (resume with the same command): {', '.join(missing)}.\n"]
+        md += ["**Incomplete:** not finished yet (the same command without --report-only trains them, "
+               f"skipping finished runs): {', '.join(missing)}.\n"]
     md += ["## Targets\n", *[f"- {n}" for n in findings(table)], ""]
     if notes_file.is_file():
         md += ["## Findings\n", notes_file.read_text()]

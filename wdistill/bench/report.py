@@ -35,7 +35,8 @@ def summarise(rows: dict[str, list[dict]], baseline: str = "vanilla") -> list[di
         best_mean, _ = mean_std([r["best_top1"] for r in runs])
         wall, _ = mean_std([r["wall_seconds"] for r in runs])
         out.append({"method": method, "n": len(runs), "final_mean": final_mean, "final_std": final_std,
-                    "best_mean": best_mean, "wall_seconds": wall, "seeds": [r.get("seed") for r in runs]})
+                    "best_mean": best_mean, "wall_seconds": wall, "seeds": [r.get("seed") for r in runs],
+                    "threads": [r.get("threads") for r in runs]})
     base = next((r for r in out if r["method"] == baseline), None)
     for r in out:
         r["gain"] = None if base is None or r["method"] in (baseline, "teacher") else r["final_mean"] - base["final_mean"]

@@ -7,6 +7,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..engine import Trainer, load_config
@@ -106,15 +107,23 @@ def _run_or_load(cfg, run_dir: Path, log, data) -> dict:
     t0 = time.time()
     summary = Trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data).fit()
     wall = _wall(run_dir) + time.time() - t0
-    atomic_write_text(json.dumps({"wall_seconds": wall}) + "\n", run_dir / WALL_FILE)
+    atomic_write_text(json.dumps({"wall_seconds": wall, "threads": torch.get_num_threads()}) + "\n",
+                      run_dir / WALL_FILE)
     return _with_wall(run_dir, summary)
 
 
-def _wall(run_dir: Path) -> float:
+def _wall_record(run_dir: Path) -> dict:
     f = run_dir / WALL_FILE
-    return json.loads(f.read_text())["wall_seconds"] if f.is_file() else 0.0
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _wall(run_dir: Path) -> float:
+    return _wall_record(run_dir).get("wall_seconds", 0.0)
 
 
 def _with_wall(run_dir: Path, summary: dict) -> dict:
-    # A run resumed after a crash lost the crashed session's time: then fall back to epoch time.
-    return {**summary, "wall_seconds": _wall(run_dir) or summary.get("train_seconds")}
+    """``summary`` + ``wall_seconds`` (sessions summed; epoch time if a crashed session lost it) and
+    ``threads`` (torch threads of the last session, None if unknown)."""
+    rec = _wall_record(run_dir)
+    return {**summary, "wall_seconds": rec.get("wall_seconds") or summary.get("train_seconds"),
+            "threads": rec.get("threads")}
