@@ -60,7 +60,7 @@ def bar_chart(rows: list[dict], path: str | Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.8 * len(rows) + 2), 3.8))
     names = [r["method"] for r in rows]
     vals = [r["top1"] for r in rows]
     ax.bar(range(len(rows)), vals, color=["#888"] + ["#3b75af"] * (len(rows) - 1))
@@ -70,7 +70,7 @@ def bar_chart(rows: list[dict], path: str | Path, title: str) -> None:
     for i, v in enumerate(vals):
         ax.text(i, v + 0.2, f"{v:.1f}", ha="center", fontsize=8)
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
