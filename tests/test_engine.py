@@ -203,15 +203,17 @@ def test_cli_train_eval_export_and_errors(tmp_path, capsys):
 @pytest.mark.slow
 def test_kd_learns_on_real_fashion_mnist(tmp_path, fmnist_dir):
     """Teacher then KD student on real Fashion-MNIST (2,000 training images): far above chance."""
+    # A last epoch at lr/10 lets BatchNorm's running statistics catch up with the weights, so the
+    # eval-mode accuracy measures what was learned (see tests/test_methods_learn.py).
     data = {"name": "fashion_mnist", "root": fmnist_dir, "train_subset": 2000, "test_subset": 1000,
-            "batch_size": 64, "crop_padding": 2}
-    t = Trainer(load_config(_base(tmp_path, data=data, student={"model": "resnet14"},
-                                  optim={"epochs": 3, "lr": 0.05, "schedule": "cosine"}),
+            "batch_size": 32, "crop_padding": 2}
+    optim = {"epochs": 3, "lr": 0.05, "schedule": "multistep", "milestones": [2], "gamma": 0.1}
+    t = Trainer(load_config(_base(tmp_path, data=data, student={"model": "resnet14"}, optim=optim),
                             ["run.name=teacher"])).fit()
-    assert t["final_top1"] > 50 and t["best_top1"] > 60
+    assert t["final_top1"] > 60
     s = Trainer(load_config(_base(tmp_path, data=data, teacher={"model": "resnet14",
                                   "checkpoint": str(tmp_path / "runs" / "teacher" / "student.pt")},
                                   loss=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}],
-                                  optim={"epochs": 3, "lr": 0.05, "schedule": "cosine"}),
+                                  optim=optim),
                             ["run.name=kd"])).fit()
-    assert s["final_top1"] > 50 and s["best_top1"] > 60 and s["teacher_top1"] == pytest.approx(t["final_top1"])
+    assert s["final_top1"] > 60 and s["teacher_top1"] == pytest.approx(t["final_top1"])

@@ -89,7 +89,7 @@ def _one_training_step(trainer: Trainer) -> None:
     trainer._setup_terms()
     student_params = [p for p in trainer.student.parameters() if p.requires_grad]
     optimizer = trainer._optimizer(d.trainable_parameters(), trainer.cfg.optim.lr)
-    for name, term in d.terms.items():
+    for term in d.terms.values():
         for stage in term.stages():  # init stages (AB, FSP, FT): one step each
             trainer.student.train(stage.train_student)
             batch = _step_batch(trainer, -1)
