@@ -56,6 +56,10 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
         raise ConfigError(f"{role}.model: {e}") from None
     if section.checkpoint:
         from ..models.checkpoint import load_checkpoint
+        if not os.path.isfile(section.checkpoint):
+            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} does not exist: put the trained weights "
+                              "there (configs/cifar100/README.md names the published files) or train them with "
+                              "`wdistill train`")
         load_checkpoint(model, section.checkpoint)
     elif role == "teacher":
         raise ConfigError(f"teacher {section.model!r} has no checkpoint: train one first "
