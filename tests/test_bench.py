@@ -244,3 +244,35 @@ def test_run_lock_waits_for_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
     timer.start()
     with runs.run_lock(tmp_path, log=said.append, poll=0.05):
         assert said and "waiting" in said[0]
+
+
+def test_busy_run_is_deferred_to_the_back_of_the_queue(bench_dir, monkeypatch, tmp_path):
+    """A run held by another live process is skipped once (RunBusy), trained after the others."""
+    import os
+
+    root, _ = bench_dir
+    with pytest.raises(runs.RunBusy):
+        (tmp_path / runs.LOCK_FILE).write_text(str(os.getppid()))
+        with runs.run_lock(tmp_path, wait=False):
+            pass
+    monkeypatch.setattr(protocol, "TEACHER", "resnet8")
+    busy_dir = root / "runs" / TINY.name / "kd" / "seed1"
+    order = []
+    real = runs.run_or_load
+
+    def fake(cfg, log=print, data=None, wait=True):
+        name = cfg["run"]["name"]
+        order.append((name, wait))
+        if name == "kd/seed1" and not wait:
+            raise runs.RunBusy(f"{busy_dir}: busy")
+        return real(cfg, log, data, wait)
+
+    monkeypatch.setattr(accuracy, "run_or_load", fake)
+    table = accuracy.run_accuracy(TINY, ["kd"], None, root / "runs", tmp_path / "out", preset_dir=root / "presets",
+                                  log=lambda m: None, overrides=TINY_DATA,
+                                  teacher_overrides=TINY_DATA + ["optim.epochs=1"])
+    students = [o for o in order if not o[0].startswith("teacher")]
+    assert students == [("vanilla/seed0", False), ("vanilla/seed1", False), ("kd/seed0", False),
+                        ("kd/seed1", False), ("kd/seed1", True)]
+    assert [r["method"] for r in table] == ["teacher", "vanilla", "kd"]
+    assert next(r for r in table if r["method"] == "kd")["seeds"] == [0, 1]

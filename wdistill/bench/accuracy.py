@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 
 import yaml
@@ -11,7 +12,7 @@ from ..engine.checkpoint import atomic_write_text
 from ..recipes import LABELS, PRESET_DIR, RECIPES, default_recipe, recipe
 from . import protocol, report
 from .protocol import FULL, TUNE, Schedule
-from .runs import load_finished, run_or_load
+from .runs import RunBusy, load_finished, run_or_load
 from .tuning import CANDIDATES, apply_candidate, check_budget, describe
 
 METHODS = [m for m in RECIPES if m != "vanilla"]
@@ -119,25 +120,37 @@ def run_accuracy(schedule: Schedule, methods: list[str], seeds: list[int] | None
     """
     methods = ["vanilla"] + [m for m in check_methods(methods) if m != "vanilla"]
     seeds = list(seeds if seeds is not None else schedule.seeds)
-    get = run_or_load if train else (lambda cfg, log=None: load_finished(cfg))
+    get = run_or_load if train else (lambda cfg, log=None, wait=True: load_finished(cfg))
     teacher = get(protocol.teacher_config(runs_root, root, 0, teacher_overrides), log=log)
     rows: dict[str, list[dict]] = {"teacher": [{**teacher, "seed": 0}]} if teacher else {}
     settings = {"teacher": f"{protocol.TEACHER}, {protocol.TEACHER_EPOCHS} epochs, seed 0",
                 "vanilla": "CE only"}
     missing = [] if teacher else ["teacher"]
-    jobs = [(m, s) for m in methods for s in seeds]
-    bar = tqdm(jobs, desc=schedule.name, unit="run", disable=not train)
-    for m, seed in bar:
+    # A run another process (a second shard) is training goes to the back of the queue once;
+    # the second time round this process waits for it.
+    pending = deque((m, s, False) for m in methods for s in seeds)
+    bar = tqdm(total=len(pending), desc=schedule.name, unit="run", disable=not train)
+    while pending:
+        m, seed, deferred = pending.popleft()
         bar.set_postfix_str(f"{m} seed {seed}")
         terms = recipe(m) if _tuned(m, preset_dir) else default_recipe(m)
         if m != "vanilla":
             settings[m] = describe(terms) + ("" if _tuned(m, preset_dir) else " (untuned: CIFAR-100 default)")
-        summary = get(protocol.student_config(m, terms, schedule, seed, runs_root, root, overrides=overrides),
-                      log=_log_to(bar))
+        cfg = protocol.student_config(m, terms, schedule, seed, runs_root, root, overrides=overrides)
+        try:
+            summary = get(cfg, log=_log_to(bar), wait=deferred)
+        except RunBusy as busy:
+            bar.write(f"{busy}; coming back to it later")
+            pending.append((m, seed, True))
+            continue
+        bar.update()
         if summary:
             rows.setdefault(m, []).append({**summary, "seed": seed})
         else:
             missing.append(f"{m} seed {seed}")
+    bar.close()
+    order = ["teacher"] + methods
+    rows = {m: sorted(rows[m], key=lambda r: r["seed"]) for m in order if m in rows}
     table = report.summarise(rows)
     write_results(table, schedule, seeds, Path(out), settings, command, missing)
     return table

