@@ -49,3 +49,6 @@ def test_distill_user_models_with_feature_methods(tmp_path):
     assert out["final_top1"] > 10  # above chance after one epoch on 512 images
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     assert (tmp_path / "s" / "student.pt").exists()
+    # The caller's models come back without the forward hooks distill() put on them.
+    hooked = [name for model in (student, teacher) for name, m in model.named_modules() if m._forward_hooks]
+    assert not hooked, hooked

@@ -86,9 +86,9 @@ def _step_batch(trainer: Trainer, epoch: int) -> dict:
 def _one_training_step(trainer: Trainer) -> None:
     """What Trainer.fit does before and in its first step, cut to one batch per stage."""
     d = trainer.distiller
-    trainer._setup_terms()
+    trainer.setup_terms()
     student_params = [p for p in trainer.student.parameters() if p.requires_grad]
-    optimizer = trainer._optimizer(d.trainable_parameters(), trainer.cfg.optim.lr)
+    optimizer = trainer.make_optimizer(d.trainable_parameters(), trainer.cfg.optim.lr)
     for term in d.terms.values():
         for stage in term.stages():  # init stages (AB, FSP, FT): one step each
             trainer.student.train(stage.train_student)

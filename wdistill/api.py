@@ -35,5 +35,9 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
         raw["teachers"] = [{"model": type(t).__name__, "taps": tp} for t, tp in zip(teachers, teacher_taps)]
     raw.update(config)
     cfg = load_config(raw)
-    return Trainer(cfg, student=student, teachers=teachers, data=(train_data, test_data), resume=resume,
-                   overwrite=overwrite).fit()
+    trainer = Trainer(cfg, student=student, teachers=teachers, data=(train_data, test_data), resume=resume,
+                      overwrite=overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()  # the caller's models get their forward hooks back off

@@ -62,13 +62,14 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import bar_chart, leaderboard_table, run_demo
+    from .demo import bar_chart, demo_methods, leaderboard_table, run_demo
+    from .engine.checkpoint import atomic_write_text
 
-    methods = args.methods.split(",") if args.methods else None
+    methods = demo_methods(args.methods)
     rows = run_demo(args.out, methods, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs)
     table = leaderboard_table(rows)
     out = Path(args.out)
-    (out / "leaderboard.md").write_text(table + "\n")
+    atomic_write_text(table + "\n", out / "leaderboard.md")
     bar_chart(rows, out / "leaderboard.png", "wdistill demo: resnet20 -> resnet8, Fashion-MNIST sample")
     print("\n" + table)
     print(f"\nwrote {out / 'leaderboard.md'} and {out / 'leaderboard.png'}")
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="teacher + distilled students on the bundled Fashion-MNIST sample")
     s.add_argument("--out", default="runs/demo")
-    s.add_argument("--methods", default=None, help="comma-separated, e.g. vanilla,kd,wkd_l")
+    s.add_argument("--methods", default=None, help="comma-separated, e.g. vanilla,kd,wkd_l, or 'all' "
+                   "(default: vanilla,kd,dkd,crd,wkd_l,wkd_f,wcord_kd)")
     s.add_argument("--teacher-epochs", type=int, default=10)
     s.add_argument("--student-epochs", type=int, default=8)
     s.set_defaults(func=_cmd_demo)
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # bad input: message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

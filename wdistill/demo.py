@@ -1,48 +1,61 @@
 """`wdistill demo`: teacher + distilled students on the bundled Fashion-MNIST sample."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .engine import Trainer, load_config
-from .recipes import recipe
+from .bench.runs import run_or_load
+from .recipes import LABELS, RECIPES, recipe_for
+
+# One method of each family beside KD: decoupled logits, contrastive, and the three Wasserstein ones.
+DEMO_METHODS = ["vanilla", "kd", "dkd", "crd", "wkd_l", "wkd_f", "wcord_kd"]
 
 
-def _run(cfg_dict: dict, log) -> dict:
-    cfg = load_config(cfg_dict)
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    if (run_dir / "summary.json").exists():
-        log(f"{cfg.run.name}: already done, reusing {run_dir}")
-        return json.loads((run_dir / "summary.json").read_text())
-    resume = (run_dir / "last.pt").exists()
-    return Trainer(cfg, resume=resume, log=log).fit()
+def demo_methods(spec: str | None) -> list[str]:
+    """``None`` -> DEMO_METHODS; ``"all"`` -> every recipe; else a comma-separated list, checked."""
+    if not spec:
+        return list(DEMO_METHODS)
+    if spec == "all":
+        return list(RECIPES)
+    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in methods if m not in RECIPES]
+    if bad:
+        raise ValueError(f"unknown demo method(s) {bad}; choose from {', '.join(RECIPES)} (or 'all')")
+    return methods
 
 
 def run_demo(out_dir: str = "runs/demo", methods: list[str] | None = None, teacher: str = "resnet20",
              student: str = "resnet8", teacher_epochs: int = 10, student_epochs: int = 8, seed: int = 0,
-             log=print) -> list[dict]:
-    """Train ``teacher`` then one ``student`` per method; returns leaderboard rows (best first).
+             log=print, train_subset: int | None = None, test_subset: int | None = None) -> list[dict]:
+    """Train ``teacher`` then one ``student`` per method; returns leaderboard rows (teacher first).
 
-    Interrupted demos resume: finished runs are reused, an unfinished one continues from last.pt.
+    Method settings are ``recipes.recipe``: the presets tuned on the FMNIST-KD v1 validation split
+    (configs/fmnist) where present, else the CIFAR-100 defaults, with epoch-valued settings (init
+    stages, warm-up) scaled to ``student_epochs``. Interrupted demos resume: finished runs of the
+    same configuration are reused, an unfinished one continues from last.pt. ``train_subset`` /
+    ``test_subset`` use only that many images (tests).
     """
-    methods = methods or ["vanilla", "kd"]
-    base = {"data": {"name": "fmnist_sample", "crop_padding": 2, "batch_size": 64},
-            "optim": {"lr": 0.05, "schedule": "cosine"}, "run": {"out_dir": out_dir, "seed": seed}}
+    methods = methods or list(DEMO_METHODS)
+    data = {"name": "fmnist_sample", "crop_padding": 2, "batch_size": 64}
+    data.update({k: v for k, v in (("train_subset", train_subset), ("test_subset", test_subset)) if v})
+    base = {"data": data,
+            "optim": {"lr": 0.05, "schedule": "cosine"}, "run": {"out_dir": out_dir, "seed": seed},
+            "train": {"channels_last": True}}
     log(f"[demo] training teacher {teacher} for {teacher_epochs} epochs on the bundled Fashion-MNIST sample")
     t_cfg = {**base, "run": {**base["run"], "name": "teacher"}, "student": {"model": teacher},
              "optim": {**base["optim"], "epochs": teacher_epochs}}
-    t_summary = _run(t_cfg, log)
+    t_summary = run_or_load(t_cfg, log)
     teacher_ckpt = str(Path(out_dir) / "teacher" / "student.pt")
     rows = [{"method": f"teacher ({teacher})", "top1": t_summary["final_top1"], "best": t_summary["best_top1"],
              "seconds": t_summary["train_seconds"]}]
-    for m in methods:
-        log(f"[demo] student {student}, method {m}, {student_epochs} epochs")
+    for i, m in enumerate(methods, 1):
+        log(f"[demo] student {i}/{len(methods)}: {student}, {LABELS.get(m, m)}, {student_epochs} epochs")
         cfg = {**base, "run": {**base["run"], "name": f"student_{m}"}, "student": {"model": student},
-               "optim": {**base["optim"], "epochs": student_epochs}, "loss": recipe(m)}
+               "optim": {**base["optim"], "epochs": student_epochs}, "loss": recipe_for(m, student_epochs)}
         if m != "vanilla":
             cfg["teacher"] = {"model": teacher, "checkpoint": teacher_ckpt}
-        s = _run(cfg, log)
-        rows.append({"method": m, "top1": s["final_top1"], "best": s["best_top1"], "seconds": s["train_seconds"]})
+        s = run_or_load(cfg, log)
+        rows.append({"method": LABELS.get(m, m), "top1": s["final_top1"], "best": s["best_top1"],
+                     "seconds": s["train_seconds"]})
     return rows
 
 

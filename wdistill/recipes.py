@@ -4,7 +4,7 @@ A recipe is what a user would write under ``loss:`` in a config. They start from
 defaults of REFERENCE.md in the classic form ``gamma*CE + alpha*KD + beta*method``
 (RepDistiller: gamma=1, alpha=0 for the feature methods; CE 0.1 / KD 0.9 for KD; CRD+KD and
 WCoRD+KD add KD with alpha=1). Epoch-valued settings are in CIFAR epochs (init stages 30 of 240,
-DKD warm-up 20); the benchmark scales them to its schedule (``bench.protocol.scale_epoch_params``).
+DKD warm-up 20); ``scale_epoch_params`` scales them to a schedule.
 WKD's decay start is a fraction of training, 150/240, whatever the schedule.
 Small-data presets tuned on the FMNIST-KD v1 validation split live in ``configs/fmnist``.
 """
@@ -12,9 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import copy
+
 import yaml
 
 WKD_DECAY_FRAC = 150 / 240
+CIFAR_EPOCHS = 240  # the published recipes' length; epoch-valued settings scale by E / 240
+# Epoch-valued parameters of the CIFAR-100 recipes (REFERENCE.md), in CIFAR epochs.
+EPOCH_PARAMS = {"init_epochs": 30, "warmup": 20}
 CE = {"name": "ce", "weight": 1.0}
 
 RECIPES: dict[str, list[dict]] = {
@@ -71,3 +76,20 @@ def recipe(method: str) -> list[dict]:
     if preset.is_file():
         return yaml.safe_load(preset.read_text())["loss"]
     return default_recipe(method)
+
+
+def scale_epoch_params(terms: list[dict], epochs: int) -> list[dict]:
+    """Epoch-valued settings (init stages of AB/FSP/FT: 30; DKD warm-up: 20, in CIFAR's 240
+    epochs) set to the same fraction of an ``epochs``-long schedule, at least 1.
+    WKD's decay start is already a fraction (``decay_start_frac``)."""
+    out = copy.deepcopy(terms)
+    for t in out:
+        for key, cifar_value in EPOCH_PARAMS.items():
+            if key in t:
+                t[key] = max(1, round(cifar_value * epochs / CIFAR_EPOCHS))
+    return out
+
+
+def recipe_for(method: str, epochs: int) -> list[dict]:
+    """``recipe(method)`` with its epoch-valued settings scaled to an ``epochs``-long run."""
+    return scale_epoch_params(recipe(method), epochs)

@@ -5,16 +5,13 @@ re-run with `wdistill train RUN_DIR/config.yaml --resume`.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.config import apply_overrides
+from ..recipes import scale_epoch_params  # noqa: F401  (re-exported: the protocol scales every recipe)
 
 TEACHER, STUDENT = "resnet32", "resnet8"
-CIFAR_EPOCHS = 240  # the published recipes' length; epoch-valued settings scale by E / 240
-# Epoch-valued parameters of the CIFAR-100 recipes (REFERENCE.md), in CIFAR epochs.
-EPOCH_PARAMS = {"init_epochs": 30, "warmup": 20}
 
 
 @dataclass(frozen=True)
@@ -57,18 +54,6 @@ def teacher_config(runs_root: str | Path, root: str | None = None, seed: int = 0
 
 def teacher_checkpoint(runs_root: str | Path, seed: int = 0) -> Path:
     return Path(runs_root) / FULL.name / f"teacher/seed{seed}" / "student.pt"
-
-
-def scale_epoch_params(terms: list[dict], epochs: int) -> list[dict]:
-    """Epoch-valued settings (init stages of AB/FSP/FT: 30; DKD warm-up: 20, in CIFAR's 240
-    epochs) scaled to the same fraction of an ``epochs``-long schedule, at least 1.
-    WKD's decay start is already a fraction (``decay_start_frac``)."""
-    out = copy.deepcopy(terms)
-    for t in out:
-        for key, cifar_value in EPOCH_PARAMS.items():
-            if key in t:
-                t[key] = max(1, round(cifar_value * epochs / CIFAR_EPOCHS))
-    return out
 
 
 def student_config(method: str, terms: list[dict], schedule: Schedule, seed: int, runs_root: str | Path,

@@ -52,6 +52,11 @@ class Distiller(nn.Module):
         teacher_taps = teacher_taps or [None] * len(teachers)
         self.teacher_taps = [FeatureTap(t, s) for t, s in zip(teachers, teacher_taps)]
 
+    def close(self) -> None:
+        """Remove the feature hooks from the student and teachers (they stay usable as plain models)."""
+        for tap in [self.student_tap, *self.teacher_taps]:
+            tap.remove()
+
     def train(self, mode: bool = True):
         super().train(mode)
         for t in self.teachers:

@@ -164,7 +164,8 @@ class Trainer:
         loader = BatchLoader(self.train_set, self.cfg.data.eval_batch_size, False, self.device)
         return iter(loader)
 
-    def _setup_terms(self) -> None:
+    def setup_terms(self) -> None:
+        """Probe one batch and let every loss term build its parts (done by ``fit``)."""
         probe = self._prepare(next(iter(self.train_loader)))
         ctx = dict(num_classes=self.train_set.num_classes, num_samples=len(self.train_set),
                    train_targets=self.train_set.targets.to(self.device), device=self.device,
@@ -172,9 +173,13 @@ class Trainer:
         self.distiller.setup(ctx, probe)
         self.distiller.to(self.device)
 
-    def _optimizer(self, params, lr) -> torch.optim.Optimizer:
+    def make_optimizer(self, params, lr) -> torch.optim.Optimizer:
         o = self.cfg.optim
         return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+
+    def close(self) -> None:
+        """Remove the feature hooks this trainer put on the models."""
+        self.distiller.close()
 
     def _state(self, epoch: int) -> dict:
         trainable = {k: v for k, v in self.distiller.state_dict().items() if not k.startswith("teachers.")}
@@ -205,7 +210,7 @@ class Trainer:
         params = list(stage.parameters())
         if stage.train_student:
             params = [p for p in self.student.parameters() if p.requires_grad] + params
-        opt = self._optimizer(params, stage.lr or self.cfg.optim.lr)
+        opt = self.make_optimizer(params, stage.lr or self.cfg.optim.lr)
         for e in range(stage.epochs):
             torch.manual_seed(self.cfg.run.seed * 1000003 + 7919 * (e + 1))
             self.train_loader.set_epoch(-(e + 1))
@@ -287,10 +292,10 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(dump_config(self.cfg), self.run_dir / "config.yaml")
-        self._setup_terms()
+        self.setup_terms()
         self._broadcast_state()
         self.optimizer_params = self.distiller.trainable_parameters()
-        self.optimizer = self._optimizer(self.optimizer_params, self.cfg.optim.lr)
+        self.optimizer = self.make_optimizer(self.optimizer_params, self.cfg.optim.lr)
         if self.resume:
             self._load_state(ckpt.load(self.run_dir / "last.pt", self.device))
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
