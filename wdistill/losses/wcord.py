@@ -54,14 +54,18 @@ class WCoRD(Term):
 
     * Heads: CRD's embeddings, Linear(embed -> feat_dim=128) then l2-normalisation, one per model.
     * Lipschitz control: ``lipschitz="spectral"`` (default) wraps both head Linears in spectral
-      normalisation, so each linear map is 1-Lipschitz by construction; the l2-normalised outputs
-      keep every score in [-1/tau, 1/tau]. It costs one power iteration per step and needs no
-      second-order backward pass, unlike ``lipschitz="gp"`` (WGAN-GP style penalty
+      normalisation, so each linear map is 1-Lipschitz and the l2-normalised outputs keep every
+      score in [-1/tau, 1/tau]. This is a bound on the critic, not a proof that it is 1-Lipschitz:
+      the l2 normalisation after the Linear ignores the weight's scale (its own Lipschitz constant
+      is 1/||W x + b||), so the set of critics it can represent is the same as CRD's; what changes
+      is the training dynamics. It is the default because it costs one power iteration per step
+      and no second-order backward. ``lipschitz="gp"`` (WGAN-GP penalty
       ``gp_weight * E(||grad_(t,s) g|| - 1)^2`` at positive and shuffled pairs, gp_weight=10 as in
-      Gulrajani et al. 2017), which only enforces the constraint softly at sampled points.
+      Gulrajani et al. 2017) constrains the gradient itself, softly and at sampled points only.
       ``"none"`` disables both (the critic is then CRD's).
-    * tau = 0.07, memory momentum 0.5, K = 16384 negatives: CRD's settings, which the WCoRD
-      supplementary says its setup follows. Negatives are drawn from other classes than the
+    * tau = 0.07, memory momentum 0.5, K = 16384 negatives: CRD's settings. The WCoRD
+      supplementary says its *baselines* follow CRD's setup; WCoRD's own values are not in the
+      parts of the paper available here. Negatives are drawn from other classes than the
       anchor's (CRD's sampling) unless ``negatives="uniform"``; a loader-supplied
       ``batch['contrast_index']`` (CRD layout, positive in column 0) is used when present.
     * Positives are the current batch's teacher/student pair (not memory rows), so the critic's
@@ -70,8 +74,9 @@ class WCoRD(Term):
     * LCKT runs on the heads' outputs: raw embeddings of teacher and student may differ in width,
       and the heads give both the same 128-d space. Its gradient reaches the student only (the
       heads' parameters are detached on that path), per Algorithm 1.
-    * lambda1 = 0.8, lambda2 = 0.1 are the paper's values; the engine's term weight (default 1)
-      multiplies the whole.
+    * lambda1 = 0.8, lambda2 = 0.1: the supplementary's sweep (lambda2 fixed at 0.1, lambda1 in
+      [0, 1], best at 0.8, "fairly robust"); the main paper's CIFAR-100 values could not be read
+      here. The engine's term weight (default 1) multiplies the whole.
 
     Memory update: applied at the start of the next forward (and before any ``state_dict()``), so
     the current step's backward still sees the memory it used, in place and without copying the
