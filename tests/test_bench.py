@@ -137,6 +137,8 @@ def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tm
 
     def fake_run(cfg, log=print, data=None):  # val top-1 from the candidate: T=2 wins
         seen.append(cfg["data"]["options"])
+        if cfg["run"]["name"].startswith("vanilla"):
+            return {"final_top1": 44.0, "best_top1": 45.0}
         t = next(x for x in cfg["loss"] if x["name"] == "kd")["T"]
         return {"final_top1": 50.0 + (10 if t == 2 else 0), "best_top1": 61.0}
 
@@ -144,9 +146,11 @@ def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tm
     monkeypatch.setattr(accuracy, "ensure_teacher", lambda *a, **k: {})
     choices = accuracy.run_tuning(["kd"], root / "runs", tmp_path, preset_dir=tmp_path / "presets")
     assert choices["kd"]["candidate"] == 1
-    assert seen == [{"protocol": "kd_v1", "quick": False, "eval_split": "val"}] * 2  # never the test split
+    # vanilla (the reference) + 2 candidates, all on the validation split, never the test split
+    assert seen == [{"protocol": "kd_v1", "quick": False, "eval_split": "val"}] * 3
     preset = (tmp_path / "presets" / "kd.yaml").read_text()
-    assert "T: 2" in preset and "*" in preset and (tmp_path / "fmnist-kd-v1-tuning.md").is_file()
+    assert "T: 2" in preset and "*" in preset
+    assert "| vanilla (reference) | CE only | 44.00 | 45.00 |" in (tmp_path / "fmnist-kd-v1-tuning.md").read_text()
 
 
 def test_speed_ratio_is_step_over_its_interleaved_bound(monkeypatch):

@@ -45,6 +45,9 @@ def run_tuning(methods: list[str], runs_root="runs/bench", out="benchmarks", roo
     check_budget()
     methods = [m for m in check_methods(methods) if m in CANDIDATES]
     ensure_teacher(runs_root, root, log, teacher_overrides)
+    # The vanilla student on the same split and schedule: the reference every candidate is read against.
+    reference = run_or_load(protocol.student_config("vanilla", default_recipe("vanilla"), TUNE, 0, runs_root,
+                                                    root, overrides=overrides), log)
     jobs = [(m, i, c) for m in methods for i, c in enumerate(CANDIDATES[m])]
     tried: dict[str, list[tuple[dict, dict]]] = {}
     choices = {}
@@ -58,7 +61,8 @@ def run_tuning(methods: list[str], runs_root="runs/bench", out="benchmarks", roo
         if len(tried[m]) == len(CANDIDATES[m]):
             choices[m] = choose(m, tried[m])
             write_preset(m, choices[m]["terms"], tried[m], choices[m]["candidate"], runs_root, root, preset_dir)
-            write_tuning_report(collect_tuning(runs_root), Path(out) / "fmnist-kd-v1-tuning.md")
+            write_tuning_report(collect_tuning(runs_root), Path(out) / "fmnist-kd-v1-tuning.md",
+                               reference)
     return choices
 
 
@@ -95,11 +99,13 @@ def write_preset(method: str, terms: list[dict], tried, best: int, runs_root, ro
     return path
 
 
-def write_tuning_report(choices: dict, path: Path) -> None:
+def write_tuning_report(choices: dict, path: Path, reference: dict | None = None) -> None:
     lines = ["# FMNIST-KD v1 tuning (validation split, seed 0, quick schedule)\n", report.stamp_markdown(report.stamp()),
              "Validation = official training images 10,000..14,999; training = the first 5,000; 6 epochs. "
              "The test set is not used. The chosen settings go to configs/fmnist/<method>.yaml.\n",
              "| method | candidate settings | val top-1 final | val top-1 best | chosen |", "|---|---|---:|---:|:-:|"]
+    if reference:
+        lines.append(f"| vanilla (reference) | CE only | {reference['final_top1']:.2f} | {reference['best_top1']:.2f} | |")
     for m, c in choices.items():
         for i, t in enumerate(c["tried"]):
             lines.append(f"| {LABELS[m]} | {t['settings']} | {t['val_final']:.2f} | {t['val_best']:.2f} | "
