@@ -11,7 +11,7 @@ from wdistill.recipes import RECIPES, recipe_for
 
 def test_demo_methods_default_all_and_unknown():
     assert demo_methods(None) == DEMO_METHODS
-    assert {"kd", "dkd", "crd", "wkd_l", "wkd_f", "wcord_kd"} <= set(DEMO_METHODS)
+    assert {"kd", "dkd", "crd_kd", "wkd_l", "wkd_lf", "wcord_kd"} <= set(DEMO_METHODS)
     assert demo_methods("all") == list(RECIPES)
     assert demo_methods("kd, wkd_l") == ["kd", "wkd_l"]
     with pytest.raises(ValueError, match="bogus.*choose from"):

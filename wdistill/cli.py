@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="teacher + distilled students on the bundled Fashion-MNIST sample")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--methods", default=None, help="comma-separated, e.g. vanilla,kd,wkd_l, or 'all' "
-                   "(default: vanilla,kd,dkd,crd,wkd_l,wkd_f,wcord_kd)")
+                   "(default: vanilla,kd,dkd,crd_kd,wkd_l,wkd_lf,wcord_kd)")
     s.add_argument("--teacher-epochs", type=int, default=10)
     s.add_argument("--student-epochs", type=int, default=8)
     s.set_defaults(func=_cmd_demo)
