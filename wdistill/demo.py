@@ -64,7 +64,7 @@ def leaderboard_table(rows: list[dict], vanilla: str = "vanilla") -> str:
     base = next((r["top1"] for r in rows if r["method"] == vanilla), None)
     lines = ["| method | top-1 (final) | best | gain vs vanilla | train s |", "|---|---:|---:|---:|---:|"]
     for r in rows:
-        gain = "" if base is None or r["method"].startswith("teacher") else f"{r['top1'] - base:+.2f}"
+        gain = "" if base is None or r["method"].startswith("teacher") or r["method"] == vanilla else f"{r['top1'] - base:+.2f}"
         lines.append(f"| {r['method']} | {r['top1']:.2f} | {r['best']:.2f} | {gain} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
