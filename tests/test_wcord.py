@@ -52,6 +52,15 @@ def test_gckt_matches_bruteforce_loop():
             z = math.exp(pos) + sum(math.exp(float(anchor @ bank[k]) / 0.1) for k in neg[i].tolist())
             expected += -(pos - math.log(z)) / B
     assert abs(value - expected) < 1e-5
+    index = torch.tensor([3, 7, 11, 20, 25, 29])  # positives="memory": the other model's memory row
+    value = float(term.gckt(h_s, h_t, neg, index))
+    expected = 0.0
+    for i in range(B):
+        for anchor, bank in ((h_s[i], term.memory_t), (h_t[i], term.memory_s)):
+            pos = float(anchor @ bank[index[i]]) / 0.1
+            z = math.exp(pos) + sum(math.exp(float(anchor @ bank[k]) / 0.1) for k in neg[i].tolist())
+            expected += -(pos - math.log(z)) / B
+    assert abs(value - expected) < 1e-5
     full = make(tau=0.1, bank_scoring="full")
     gather = make(tau=0.1, bank_scoring="gather")
     torch.testing.assert_close(full.gckt(h_s, h_t, neg), gather.gckt(h_s, h_t, neg))

@@ -69,7 +69,9 @@ class WCoRD(Term):
       anchor's (CRD's sampling) unless ``negatives="uniform"``; a loader-supplied
       ``batch['contrast_index']`` (CRD layout, positive in column 0) is used when present.
     * Positives are the current batch's teacher/student pair (not memory rows), so the critic's
-      positive term sees both heads' gradients; negatives come from the memory buffers
+      positive term sees both heads' gradients (``positives="memory"``: CRD's choice, the other
+      model's memory row of the same sample, so each head's positive is a fixed target); negatives
+      come from the memory buffers
       (N x feat_dim, indexed by ``batch['index']``, rows <- normalise(0.5 row + 0.5 new)).
     * LCKT runs on the heads' outputs: raw embeddings of teacher and student may differ in width,
       and the heads give both the same 128-d space. Its gradient reaches the student only (the
@@ -90,7 +92,7 @@ class WCoRD(Term):
                  num_negatives: int = 16384, momentum: float = 0.5, lipschitz: str = "spectral",
                  gp_weight: float = 10.0, negatives: str = "other_class", lckt_solver: str = "ipot",
                  ipot_beta: float = 0.5, ipot_iters: int = 50, sinkhorn_reg: float = 0.05,
-                 bank_scoring: str = "auto"):
+                 bank_scoring: str = "auto", positives: str = "batch"):
         super().__init__()
         if lipschitz not in ("spectral", "gp", "none"):
             raise ConfigError(f"unknown lipschitz {lipschitz!r}; use 'spectral', 'gp' or 'none'")
@@ -98,6 +100,8 @@ class WCoRD(Term):
             raise ConfigError(f"unknown negatives {negatives!r}; use 'other_class' or 'uniform'")
         if lckt_solver not in ("ipot", "sinkhorn"):
             raise ConfigError(f"unknown lckt_solver {lckt_solver!r}; use 'ipot' or 'sinkhorn'")
+        if positives not in ("batch", "memory"):
+            raise ConfigError(f"unknown positives {positives!r}; use 'batch' or 'memory'")
         if bank_scoring not in ("auto", "full", "gather"):
             raise ConfigError(f"unknown bank_scoring {bank_scoring!r}; use 'auto', 'full' or 'gather'")
         if num_negatives < 1 or tau <= 0 or not 0 <= momentum < 1:
@@ -105,7 +109,7 @@ class WCoRD(Term):
         self.lambda1, self.lambda2, self.feat_dim, self.tau = lambda1, lambda2, feat_dim, tau
         self.num_negatives, self.momentum, self.lipschitz, self.gp_weight = num_negatives, momentum, lipschitz, gp_weight
         self.negatives, self.lckt_solver, self.ipot_beta, self.ipot_iters = negatives, lckt_solver, ipot_beta, ipot_iters
-        self.sinkhorn_reg, self.bank_scoring = sinkhorn_reg, bank_scoring
+        self.sinkhorn_reg, self.bank_scoring, self.positives = sinkhorn_reg, bank_scoring, positives
         self.embed_s = self.embed_t = None
         self._pending = None
 
@@ -146,7 +150,8 @@ class WCoRD(Term):
                 h_t = F.normalize(F.linear(e_t, wt, bt), dim=1)
                 h_s_student_only = F.normalize(F.linear(e_s, ws.detach(), bs.detach()), dim=1)
             neg = self.sample_negatives(batch)
-            loss = self.lambda1 * self.gckt(h_s, h_t, neg) + self.lambda2 * self.lckt(h_s_student_only, h_t.detach())
+            index = batch["index"].to(h_s.device).long() if self.positives == "memory" else None
+            loss = self.lambda1 * self.gckt(h_s, h_t, neg, index) + self.lambda2 * self.lckt(h_s_student_only, h_t.detach())
             if self.lipschitz == "gp" and self.training:
                 loss = loss + self.gradient_penalty(e_s, e_t)
         if self.training:
@@ -161,11 +166,16 @@ class WCoRD(Term):
         """g(t, s) = <h_t(t), h_s(s)> / tau for paired rows: (B, dt), (B, ds) -> (B,)."""
         return (self.embed_t(e_t) * self.embed_s(e_s)).sum(1) / self.tau
 
-    def gckt(self, h_s: torch.Tensor, h_t: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        """Negative contrastive bound of both anchors; h_* (B, d) normalised, neg (B, K) indices."""
-        pos = (h_s * h_t).sum(1, keepdim=True) / self.tau
+    def gckt(self, h_s: torch.Tensor, h_t: torch.Tensor, neg: torch.Tensor,
+             index: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative contrastive bound of both anchors; h_* (B, d) normalised, neg (B, K) indices.
+
+        Positive of each anchor: the other model's head output for the same input (``index`` None,
+        ``positives="batch"``), or, as in CRD, the other model's memory row ``index`` of it."""
         loss = 0.0
-        for anchor, bank in ((h_s, self.memory_t), (h_t, self.memory_s)):
+        for anchor, other, bank in ((h_s, h_t, self.memory_t), (h_t, h_s, self.memory_s)):
+            partner = other if index is None else bank[index]
+            pos = (anchor * partner).sum(1, keepdim=True) / self.tau
             scores = torch.cat([pos, self._bank_scores(anchor, bank, neg) / self.tau], 1)
             loss = loss + (torch.logsumexp(scores, 1) - pos.squeeze(1)).mean()
         return loss
