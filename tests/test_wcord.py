@@ -73,7 +73,7 @@ def test_full_loss_is_weighted_sum_of_parts():
     b["contrast_index"] = torch.cat([torch.arange(B)[:, None], torch.randint(0, N, (B, 8))], 1)
     value = term({"embed": e_s}, {"embed": e_t}, b)
     h_s, h_t = heads(term, e_s, e_t)
-    expected = 0.8 * term.gckt(h_s, h_t, b["contrast_index"][:, 1:]) + 0.1 * term.lckt(h_s, h_t)
+    expected = 0.8 * term.gckt(h_s, h_t, b["contrast_index"][:, 1:], b["index"]) + 0.1 * term.lckt(h_s, h_t)
     torch.testing.assert_close(value.detach(), expected)
 
 

@@ -49,9 +49,11 @@ RECIPES: dict[str, list[dict]] = {
                     "decay_start_frac": WKD_DECAY_FRAC},
                {"name": "wkd_f", "weight": 1.0, "lambda_f": 0.08, "gamma": 8.0, "grid": 1,
                 "decay_start_frac": WKD_DECAY_FRAC}],
-    "wcord": [CE, {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096}],
+    "wcord": [CE, {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096,
+                   "positives": "memory"}],
     "wcord_kd": [CE, {"name": "kd", "weight": 1.0, "T": 4},
-                 {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096}],
+                 {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096,
+                  "positives": "memory"}],
 }
 
 # Row labels of the benchmark tables, in protocol order (BENCHMARK.md A).

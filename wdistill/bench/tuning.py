@@ -63,7 +63,8 @@ def apply_candidate(terms: list[dict], candidate: dict) -> list[dict]:
 
 def describe(terms: list[dict]) -> str:
     """Short settings string of the non-CE terms, e.g. ``kd w=0.9 T=4``."""
-    keys = ("T", "lambda_l", "tau", "lambda_f", "gamma", "beta", "main_weight", "lambda1", "lambda2", "num_negatives")
+    keys = ("T", "lambda_l", "tau", "lambda_f", "gamma", "beta", "main_weight", "lambda1", "lambda2", "num_negatives",
+            "positives")
     parts = []
     for t in terms:
         if t["name"] == "ce":
