@@ -280,3 +280,17 @@ def test_busy_run_is_deferred_to_the_back_of_the_queue(bench_dir, monkeypatch, t
                         ("kd/seed1", False), ("kd/seed1", True)]
     assert [r["method"] for r in table] == ["teacher", "vanilla", "kd"]
     assert next(r for r in table if r["method"] == "kd")["seeds"] == [0, 1]
+
+
+def test_findings_check_the_issue_targets_on_a_hand_made_table():
+    def row(m, v):
+        return {"method": m, "final_mean": v}
+
+    table = [row("teacher", 91.0), row("vanilla", 87.0), row("kd", 88.5), row("at", 86.9), row("wkd_lf", 89.0),
+             row("wcord", 87.5), row("fitnet", 88.0)]
+    notes = "\n".join(accuracy.findings(table))
+    assert "NO — below vanilla: AT." in notes
+    assert "Best row >= vanilla + 1.5: yes (WKD-L+WKD-F 89.00, gain +2.00)" in notes
+    assert "A Wasserstein method >= KD: yes (WKD-L+WKD-F 89.00 vs KD 88.50)" in notes
+    # 5 distillers: top third = ranks 1-2; WKD-L+WKD-F is #1, WCoRD #4
+    assert "top third (ranks 1-2 of 5 distillers): 1 of 2 (WKD-L+WKD-F #1, WCoRD #4)" in notes

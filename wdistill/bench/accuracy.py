@@ -189,6 +189,13 @@ def findings(table: list[dict]) -> list[str]:
         top_w = max(w, key=lambda r: r["final_mean"])
         notes.append(f"A Wasserstein method >= KD: {'yes' if top_w['final_mean'] >= kd['final_mean'] else 'NO'} "
                      f"({LABELS[top_w['method']]} {top_w['final_mean']:.2f} vs KD {kd['final_mean']:.2f}).")
+    if w and students:
+        ranked = [r["method"] for r in sorted(students, key=lambda r: -r["final_mean"])]
+        third = -(-len(ranked) // 3)  # the top third, rounded up
+        ranks = ", ".join(f"{LABELS[r['method']]} #{ranked.index(r['method']) + 1}" for r in w)
+        inside = sum(ranked.index(r["method"]) < third for r in w)
+        notes.append(f"Wasserstein methods in the top third (ranks 1-{third} of {len(ranked)} distillers): "
+                     f"{inside} of {len(w)} ({ranks}).")
     return notes
 
 
