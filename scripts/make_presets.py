@@ -302,7 +302,7 @@ IMAGENET_RECIPE_SRC = ("REFERENCE.md 'WKD' ImageNet recipe: 100 epochs, batch 25
                        "x0.1 at 30/60/90, wd 1e-4 (REFERENCE.md states Nesterov for CIFAR-100 only, so plain "
                        "momentum here)")
 IMAGENET_DATA = {"name": "image_folder", "root": "data/imagenet", "batch_size": 256, "eval_batch_size": 256,
-                 "crop_padding": 0, "flip": True, "options": {"size": 224}}
+                 "crop_padding": 0, "flip": True, "random_resized_crop": 224, "options": {"size": 256}}
 
 
 def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
@@ -337,8 +337,8 @@ def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
                      "schedule": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
     header = [f"ImageNet, teacher {t} -> student {s}, method {method}.", GENERATED,
               f"Recipe: {IMAGENET_RECIPE_SRC}.", *notes,
-              "Data: image_folder at 224x224 centre crops + flips; the published RandomResizedCrop is not",
-              "  in wdistill.data yet (see configs/imagenet/README.md).",
+              "Data: images stored at 256 (shorter side 256, centre square); training RandomResizedCrop(224)",
+              "  + flip; evaluation centre crop 224 (= resize 256, crop 224); configs/imagenet/README.md.",
               f"Teacher checkpoint: torchvision's {t} ImageNet weights (see configs/imagenet/README.md)."]
     return f"imagenet/{t}-{s}/{method}.yaml", cfg, header
 

@@ -127,6 +127,30 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resume(bench_dir, monkey
     assert calls[-1]["resume"] is False and calls[-1]["overwrite"] is True
 
 
+def test_a_setting_added_since_does_not_orphan_finished_runs(bench_dir, monkeypatch, tmp_path):
+    """A config.yaml written before a defaulted setting existed still matches; a changed value does not."""
+    import shutil
+
+    import yaml
+
+    root, _ = bench_dir
+    monkeypatch.setattr(protocol, "TEACHER", "resnet8")
+    cfg = protocol.student_config("kd", RECIPES["kd"], TINY, 1, root / "runs", overrides=TINY_DATA)
+    old = tmp_path / "kd" / "seed1"
+    shutil.copytree(runs.run_dir_of(cfg), old)
+    cfg["run"]["out_dir"] = str(tmp_path)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    assert saved["data"].pop("random_resized_crop", "absent") is None  # as written before that setting
+    saved["run"]["out_dir"] = str(tmp_path)
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert runs.load_finished(cfg) is not None
+    saved["data"]["flip"] = not saved["data"]["flip"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert runs.load_finished(cfg) is None
+    (old / "config.yaml").write_text("data: {no_such_key: 1}\n")  # a schema that no longer validates
+    assert runs.load_finished(cfg) is None
+
+
 def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tmp_path):
     root, _ = bench_dir
     monkeypatch.setattr(protocol, "TEACHER", "resnet8")
@@ -180,7 +204,7 @@ def test_speed_bench_runs_on_tiny_shapes(tmp_path):
     setup = speed.SpeedSetup(teacher="resnet8", student="resnet8", batch=4, image=16, channels=1, classes=10,
                              num_samples=300, steps=1, warmup=0)
     shapes = {"wkd_l": [(4, 10)], "lckt": (8, 16), "wkd_f": (4, 8, 4), "crd": (4, 64, 300), "aug": (8, 32),
-              "steps": 1}
+              "aug_imagenet": (4, 40, 32), "steps": 1}
     with pytest.warns(UserWarning, match="fewer than num_negatives"):  # K=16384 of 300 samples
         res = run_speed(tmp_path, ["kd", "crd", "wkd_l"], setup, shapes, command=["wdistill", "bench", "speed"])
     for r in res["rows"]:
@@ -194,6 +218,8 @@ def test_speed_bench_runs_on_tiny_shapes(tmp_path):
     md = (tmp_path / "speed.md").read_text()
     assert "commit `" in md and "Command: `wdistill bench speed`" in md and "## Targets missed" in md
     assert "images/s" in md and (tmp_path / "speed.csv").read_text().startswith("# date:")
+    a = res["augment_imagenet"]
+    assert a["share"] == pytest.approx(a["batch_s"] / a["step_s"]) and "ImageNet augmentation" in md
 
 
 def test_peak_memory_counts_a_known_allocation():

@@ -16,7 +16,8 @@ import torch
 from scipy.stats import chi2
 
 from wdistill.data import cifar, download as dl, folder
-from wdistill.data.augment import Augment, random_crop, random_flip
+from wdistill.data.augment import (Augment, center_crop, draw_resized_crop_boxes, random_crop, random_flip,
+                                   resized_crop_flip)
 from wdistill.data.benchmark_splits import fmnist_kd_v1
 from wdistill.data.dataset import ImageDataset
 from wdistill.data.idx import DEBIAN_FMNIST, fashion_mnist, fashion_mnist_root, read_idx
@@ -428,6 +429,103 @@ def test_normalise_and_determinism():
         Augment((0.5,), (0.0,))
     with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
         aug(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------- RandomResizedCrop (ImageNet recipe)
+def reference_boxes(n, height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop.get_params written out one image at a time (numpy RNG)."""
+    out = []
+    for _ in range(n):
+        for _ in range(10):
+            area = height * width * rng.uniform(*scale)
+            aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+            w, h = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                out.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w))
+                break
+        else:
+            r = width / height
+            w, h = (width, int(round(width / ratio[0]))) if r < ratio[0] else \
+                ((int(round(height * ratio[1])), height) if r > ratio[1] else (width, height))
+            out.append(((height - h) // 2, (width - w) // 2, h, w))
+    return np.array(out)
+
+
+def test_resized_crop_boxes_have_torchvisions_distribution():
+    from scipy.stats import ks_2samp
+
+    n, height, width = 20000, 24, 40  # wide images: some draws do not fit and are tried again
+    ours = draw_resized_crop_boxes(n, height, width, generator=torch.Generator().manual_seed(0)).numpy()
+    ref = reference_boxes(n, height, width, np.random.default_rng(0))
+    top, left, h, w = ours.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+    assert (h >= 1).all() and (w >= 1).all()
+    for name, a, b in [("area", h * w, ref[:, 2] * ref[:, 3]), ("aspect", w / h, ref[:, 3] / ref[:, 2]),
+                       ("top", top, ref[:, 0]), ("left", left, ref[:, 1])]:
+        assert ks_2samp(a, b).pvalue > 1e-3, name
+    # A shifted recipe is told apart by the same test (it can fail).
+    other = reference_boxes(n, height, width, np.random.default_rng(1), scale=(0.2, 1.0))
+    assert ks_2samp(h * w, other[:, 2] * other[:, 3]).pvalue < 1e-6
+
+
+def test_resized_crop_positions_are_uniform_and_fallback_is_centred():
+    boxes = draw_resized_crop_boxes(5000, 8, 8, scale=(0.25, 0.25), ratio=(1, 1),
+                                    generator=torch.Generator().manual_seed(1)).numpy()
+    assert (boxes[:, 2:] == 4).all()  # area 16 of 64, square
+    counts = np.bincount(boxes[:, 0] * 5 + boxes[:, 1], minlength=25)
+    expected = 5000 / 25
+    assert ((counts - expected) ** 2 / expected).sum() < chi2.ppf(0.999, 24)
+    # No try fits (a 2:1 box of the whole area cannot lie in a square): the largest centred 2:1 box.
+    fallback = draw_resized_crop_boxes(3, 10, 10, scale=(1, 1), ratio=(2, 2))
+    assert fallback.tolist() == [[2, 0, 5, 10]] * 3
+    with pytest.raises(ValueError, match="scale"):
+        draw_resized_crop_boxes(1, 8, 8, scale=(0.5, 0.1))
+
+
+def test_resized_crop_equals_crop_then_interpolate():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(12, 3, 20, 24, generator=g, dtype=torch.float64) * 255
+    boxes = draw_resized_crop_boxes(12, 20, 24, generator=g)
+    flips = torch.arange(12) % 2 == 0
+    got = resized_crop_flip(x, boxes, 9, flips)
+    for i, (t, l, h, w) in enumerate(boxes.tolist()):
+        want = torch.nn.functional.interpolate(x[i:i + 1, :, t:t + h, l:l + w], size=(9, 9), mode="bilinear",
+                                               align_corners=False)[0]
+        want = want.flip(-1) if flips[i] else want
+        assert torch.allclose(got[i], want, atol=1e-9), (i, (t, l, h, w))
+    whole = torch.tensor([[0, 0, 20, 24]])
+    assert torch.allclose(resized_crop_flip(x[:1, :, :, :20].contiguous(), torch.tensor([[0, 0, 20, 20]]), 20, None),
+                          x[:1, :, :, :20])  # the whole image at its own size is the image
+    assert resized_crop_flip(x[:1], whole, 7, None).shape == (1, 3, 7, 7)
+
+
+def test_center_crop_and_resized_crop_loaders():
+    x = torch.arange(2 * 7 * 9, dtype=torch.float64).view(2, 1, 7, 9)
+    assert torch.equal(center_crop(x, 4), x[..., 1:5, 2:6])
+    with pytest.raises(ValueError, match="larger than the 7x9"):
+        center_crop(x, 8)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=g)
+    ds = ImageDataset(images, torch.arange(40) % 4, 4, (0.0,) * 3, (1 / 255,) * 3)
+    evaluation = torch.cat([b["image"] for b in BatchLoader(ds, 16, train=False, resized_crop=8)])
+    assert torch.equal(evaluation, images[..., 2:10, 2:10].float())
+    train = [b["image"] for b in BatchLoader(ds, 16, train=True, resized_crop=8, flip=True, seed=4)]
+    again = [b["image"] for b in BatchLoader(ds, 16, train=True, resized_crop=8, flip=True, seed=4)]
+    assert all(b.shape == (16, 3, 8, 8) for b in train) and all(torch.equal(a, b) for a, b in zip(train, again))
+    assert not torch.equal(train[0], evaluation[:16])
+    with pytest.raises(ValueError, match="both crop"):
+        BatchLoader(ds, 16, train=True, crop_padding=4, resized_crop=8)
+
+
+def test_config_rejects_two_crops():
+    from wdistill.engine import load_config
+    from wdistill.engine.config import ConfigError
+
+    base = {"student": {"model": "resnet8"}, "data": {"random_resized_crop": 224}}
+    with pytest.raises(ConfigError, match="crop_padding: 0"):
+        load_config(base)  # crop_padding defaults to 4 (the CIFAR recipe)
+    cfg = load_config({**base, "data": {"random_resized_crop": 224, "crop_padding": 0}})
+    assert cfg.data.crop_kwargs()["resized_crop"] == 224
 
 
 # ---------------------------------------------------------------- loader and sample

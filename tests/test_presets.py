@@ -26,9 +26,10 @@ CONFIGS = ROOT / "configs"
 PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 
 # Random data shaped like each dataset a preset may name: (channels, size, classes, images per class).
-# ImageNet runs at 160x160 (not 224): the smallest size at which the last maps are 5x5, so that
-# WKD-F's published grid 4 still leaves >= 2 positions per cell.
-DATA_SHAPES = {"cifar100": (3, 32, 100, 1), "cifar10": (3, 32, 10, 10), "image_folder": (3, 160, 10, 2),
+# ImageNet runs at 160x160 crops (not 224) of 176x176 images (not 256): the smallest size at which
+# the last maps are 5x5, so that WKD-F's published grid 4 still leaves >= 2 positions per cell.
+IMAGENET_TEST_CROP = 160
+DATA_SHAPES = {"cifar100": (3, 32, 100, 1), "cifar10": (3, 32, 10, 10), "image_folder": (3, 176, 10, 2),
                "fashion_mnist": (1, 28, 10, 10), "fmnist_sample": (1, 28, 10, 10), "mnist": (1, 28, 10, 10)}
 # Batch size: 3 with a heavy teacher (FT's paraphraser alone has 130M weights on ResNet50), else 4.
 # Never 2: RKD's distance and angle potentials are constant for two samples, so no gradient.
@@ -123,8 +124,9 @@ def test_preset_builds_and_trains_one_step(path, out_dir):
     run_name = re.sub(r"[^\w.-]", "_", str(path.relative_to(CONFIGS)))
     cfg = load_config(path)
     heavy = any(s.model in HEAVY for s in cfg.teacher_sections() + [cfg.student])
+    crop = [f"data.random_resized_crop={IMAGENET_TEST_CROP}"] if cfg.data.random_resized_crop else []
     cfg = load_config(path, [f"run.out_dir={out_dir}", f"run.name={run_name}", "run.device=cpu",
-                             f"data.batch_size={3 if heavy else 4}", "train.progress=false"])
+                             f"data.batch_size={3 if heavy else 4}", "train.progress=false"] + crop)
     train, test = _data(cfg.data.name)
     teachers = [_teacher(s.model, train.num_classes, train.channels) for s in cfg.teacher_sections()]
     for s in cfg.teacher_sections():
@@ -269,6 +271,27 @@ def test_presets_hold_the_published_numbers():
             o = cfg.optim
             assert (o.epochs, o.lr, o.milestones, o.weight_decay, cfg.data.batch_size) == (100, 0.1, [30, 60, 90],
                                                                                          1e-4, 256)
-            assert cfg.data.name == "image_folder"
+            d = cfg.data
+            assert (d.name, d.crop_padding, d.random_resized_crop, d.rrc_scale, d.options["size"]) == (
+                "image_folder", 0, 224, (0.08, 1.0), 256)
         assert _terms(load_config(CONFIGS / "imagenet" / pair / "kd.yaml")) == {
             "ce": {"weight": 0.5}, "kd": {"weight": 0.5, "T": 1}}
+
+
+def test_a_built_wheel_ships_every_preset(tmp_path):
+    """`pip install wdistill` (not editable) must carry configs/: recipe() reads the tuned
+    FMNIST presets from inside the package. Builds the wheel and lists what it holds."""
+    import subprocess
+    import zipfile
+
+    from wdistill import recipes
+
+    assert recipes.PRESET_DIR.is_relative_to(Path(recipes.__file__).resolve().parent)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(ROOT)], check=True)
+    (wheel,) = tmp_path.glob("wdistill-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    package = ROOT / "wdistill"
+    wanted = {p.resolve().relative_to(package.parent).as_posix() for p in PRESETS}
+    assert wanted and any("/fmnist/" in w for w in wanted)
+    assert wanted <= shipped, f"missing from the wheel: {sorted(wanted - shipped)[:5]}"

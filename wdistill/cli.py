@@ -41,7 +41,7 @@ def _cmd_eval(args) -> int:
                           in_channels=state.get("in_channels", test.channels))
     load_checkpoint(model, state)
     device = torch.device(args.device)
-    metrics = evaluate(model.to(device), BatchLoader(test, args.batch_size, False, device))
+    metrics = evaluate(model.to(device), BatchLoader(test, args.batch_size, False, device, resized_crop=args.center_crop))
     print(json.dumps({"checkpoint": args.checkpoint, "arch": arch, "data": args.data, **metrics}, indent=2))
     return 0
 
@@ -94,7 +94,7 @@ def _cmd_cost_matrix(args) -> int:
     device = resolve_device(cfg.run.device)
     teacher = build_model(sections[0], train.num_classes, train.channels, "teacher").to(device).eval()
     tap = FeatureTap(teacher, sections[0].taps)
-    batches = BatchLoader(train, cfg.data.eval_batch_size, False, device)
+    batches = BatchLoader(train, cfg.data.eval_batch_size, False, device, **cfg.data.crop_kwargs())
     cost = build_cost_matrix(tap, batches, train.num_classes, kappa=args.kappa, mode=args.mode,
                              max_per_class=args.max_per_class).cpu()
     out = args.output or f"wkd_cost_{sections[0].model}_{teacher_checksum(teacher)[:12]}_{args.mode}_k{args.kappa:g}.pt"
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="architecture, if the checkpoint does not record it")
     s.add_argument("--subset", type=int, default=None, help="evaluate on the first N test images only")
     s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--center-crop", type=int, default=None,
+                   help="evaluate on the centre NxN crop (the ImageNet recipe: images stored at 256, --center-crop 224)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=_cmd_eval)
 

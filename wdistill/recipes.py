@@ -62,7 +62,9 @@ LABELS = {"vanilla": "vanilla", "kd": "KD", "fitnet": "FitNet", "at": "AT", "sp"
           "crd_kd": "CRD+KD", "dkd": "DKD", "wkd_l": "WKD-L", "wkd_f": "WKD-F", "wkd_lf": "WKD-L+WKD-F",
           "wcord": "WCoRD", "wcord_kd": "WCoRD+KD"}
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
+# Shipped inside the package (the repo's top-level configs/ is a link to it), so a plain
+# `pip install` finds the tuned presets too.
+PRESET_DIR = Path(__file__).resolve().parent / "configs" / "fmnist"
 
 
 def default_recipe(method: str) -> list[dict]:

@@ -150,3 +150,28 @@ def augment_throughput(batch: int = 64, size: int = 32, steps: int = 50, warmup:
     aug = Augment((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 4, True)
     sec, _ = median_time(lambda: aug(x, g), steps, warmup)
     return {"batch_s": sec, "images_per_s": batch / sec}
+
+
+def imagenet_augment_share(batch: int = 64, stored: int = 256, crop: int = 224, model: str = "resnet18",
+                           steps: int = 3, warmup: int = 1, seed: int = 0) -> dict:
+    """RandomResizedCrop(``crop``) + flip + normalise of uint8 (batch, 3, stored, stored) batches,
+    beside one CE training step of ``model`` on such a batch (same run): time and share of it."""
+    from ..models import create
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (batch, 3, stored, stored), dtype=torch.uint8, generator=g)
+    aug = Augment((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, resized_crop=crop)
+    aug_s, _ = median_time(lambda: aug(x, g), max(steps, 5), warmup)
+    net = create(model, num_classes=1000).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    images = aug(x, g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), generator=g)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(images), y)
+        loss.backward()
+        opt.step()
+    step_s, _ = median_time(step, steps, warmup)
+    return {"batch_s": aug_s, "images_per_s": batch / aug_s, "step_s": step_s, "share": aug_s / step_s,
+            "shape": f"{batch}x3x{stored}x{stored} uint8 -> {crop}", "model": model}

@@ -12,7 +12,7 @@ import yaml
 
 from ..engine import Trainer, load_config
 from ..engine.checkpoint import atomic_write_text
-from ..engine.config import dump_config
+from ..engine.config import ConfigError, dump_config
 
 WALL_FILE = "bench_wall.json"  # wall seconds of every session that worked on the run, summed
 LOCK_FILE = ".bench.lock"  # PID of the process running the job (benchmark shards may share a teacher)
@@ -75,8 +75,16 @@ def run_dir_of(cfg_dict: dict) -> Path:
 
 
 def _same_config(run_dir: Path, cfg) -> bool:
+    """Whether ``run_dir`` holds a run of ``cfg``. The saved config is read through the current
+    schema, so a setting added since (with its default) does not make old runs look different."""
     saved = run_dir / "config.yaml"
-    return saved.is_file() and yaml.safe_load(saved.read_text()) == yaml.safe_load(dump_config(cfg))
+    if not saved.is_file():
+        return False
+    try:
+        then = load_config(yaml.safe_load(saved.read_text()))
+    except (ConfigError, ValueError):
+        return False  # written by a schema that no longer validates: not this config
+    return yaml.safe_load(dump_config(then)) == yaml.safe_load(dump_config(cfg))
 
 
 def run_or_load(cfg_dict: dict, log=print, data=None, wait: bool = True) -> dict:

@@ -1,11 +1,25 @@
-"""Batched tensor augmentation on the training device: random crop with padding, flip, normalise.
+"""Batched tensor augmentation on the training device: random crop with padding, flip, normalise;
+and, for ImageNet-style data, RandomResizedCrop for training with a centre crop for evaluation.
 
 The CIFAR recipe (He et al. 2016, section 4.2): pad 4 px with zeros, crop back to 32x32 at a random
 offset, mirror horizontally with probability 1/2, then per-channel ``(x / 255 - mean) / std``.
 Crop and flip are one ``gather`` over the padded batch: output pixel (i, j) of image n is
 ``padded[n, :, dy_n + i, dx_n + j]``, or column ``dx_n + (W - 1 - j)`` when n is mirrored.
+
+The ImageNet recipe (Szegedy et al. 2015, as torchvision's RandomResizedCrop): per image, a box of
+area ``U(scale) * H * W`` and aspect ratio ``exp(U(log ratio))`` at a uniform position (up to 10
+tries, first fitting one wins; else the whole image, clamped to the ratio range), resized to S x S
+bilinearly (half-pixel centres, as ``F.interpolate(align_corners=False)``), mirrored with
+probability 1/2. The whole batch is one ``affine_grid`` + ``grid_sample``: the output pixel centre
+``u`` in [-1, 1] maps to input ``(w / W) u + (2 j + w) / W - 1`` (and likewise for rows), with the
+sign of ``w / W`` flipped for a mirrored image, clamped to the box's edge pixel centres (resizing
+the cropped image clamps there too). Unlike torchvision no antialiasing filter is used
+when a box is shrunk (boxes larger than S are at most ``H / S`` times larger: x1.14 for images
+stored at 256 and cropped to 224).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +59,67 @@ def crop_flip(x: torch.Tensor, padding: int, offsets: torch.Tensor | None, flips
     return padded.reshape(n, c, hp * wp).gather(2, flat).view(n, c, h, w)
 
 
+def draw_resized_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                            generator: torch.Generator | None = None, tries: int = 10) -> torch.Tensor:
+    """(n, 4) integer boxes (top, left, height, width) as RandomResizedCrop draws them."""
+    if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"resized crop needs 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
+                         f"got scale={tuple(scale)}, ratio={tuple(ratio)} (published: (0.08, 1.0), (3/4, 4/3))")
+    area = height * width
+    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=generator, dtype=torch.float64))
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(n, tries, generator=generator, dtype=torch.float64))
+    w = torch.sqrt(target * aspect).round().long()
+    h = torch.sqrt(target / aspect).round().long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(fits.any(1), fits.long().argmax(1), -1)
+    # Fallback (no try fits): the largest centred box whose aspect ratio is inside ``ratio``.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    rows = torch.arange(n)
+    pick = first.clamp(min=0)
+    bh = torch.where(first >= 0, h[rows, pick], fh)
+    bw = torch.where(first >= 0, w[rows, pick], fw)
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top = torch.where(first >= 0, (u[:, 0] * (height - bh + 1)).long().clamp(max=height - 1), (height - fh) // 2)
+    left = torch.where(first >= 0, (u[:, 1] * (width - bw + 1)).long().clamp(max=width - 1), (width - fw) // 2)
+    return torch.stack([top, left, bh, bw], 1)
+
+
+def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, size: int, flips: torch.Tensor | None) -> torch.Tensor:
+    """Crop each image of ``x`` (N, C, H, W, float) to its box (top, left, h, w), resize to
+    ``size`` x ``size`` bilinearly and mirror where ``flips`` is true: one grid_sample."""
+    n, _, height, width = x.shape
+    b = boxes.to(torch.float64)
+    sx, sy = b[:, 3] / width, b[:, 2] / height
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = sx if flips is None else torch.where(flips, -sx, sx)
+    theta[:, 0, 2] = (2 * b[:, 1] + b[:, 3]) / width - 1
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = (2 * b[:, 0] + b[:, 2]) / height - 1
+    grid = F.affine_grid(theta.to(x.dtype).to(x.device), [n, 1, size, size], align_corners=False)
+    # Sample only inside the box, as resizing the cropped image would: clamp to its edge pixel centres.
+    lo = torch.stack([(2 * b[:, 1] + 1) / width, (2 * b[:, 0] + 1) / height], 1) - 1
+    hi = torch.stack([(2 * (b[:, 1] + b[:, 3]) - 1) / width, (2 * (b[:, 0] + b[:, 2]) - 1) / height], 1) - 1
+    grid = torch.clamp(grid, lo.to(grid).view(n, 1, 1, 2), hi.to(grid).view(n, 1, 1, 2))
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window (origin ``floor((side - size) / 2)``)."""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"centre crop {size} is larger than the {h}x{w} images: store the images at >= {size} px "
+                         "(data.options.size) or lower data.random_resized_crop")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero-pad by ``padding`` then crop back to the input size at a random offset per image."""
     if padding == 0:
@@ -58,13 +133,16 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> to
 
 
 class Augment:
-    """uint8 batch -> normalised float batch, with optional crop(padding) and flip.
+    """uint8 batch -> normalised float batch, with optional crop(padding) and flip; or, with
+    ``resized_crop=S``, RandomResizedCrop to S x S (+ flip); or, with ``center_crop=S``, the
+    centre S x S window (the evaluation view of a resized-crop training recipe).
 
-    Random draws happen in a fixed order (crop offsets, then flips) from ``generator``, so a
-    seeded generator reproduces the batch exactly.
+    Random draws happen in a fixed order (crop offsets or boxes, then flips) from ``generator``, so
+    a seeded generator reproduces the batch exactly.
     """
 
-    def __init__(self, mean, std, crop_padding: int = 0, flip: bool = False):
+    def __init__(self, mean, std, crop_padding: int = 0, flip: bool = False, resized_crop: int | None = None,
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), center_crop: int | None = None):
         mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
         std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
         if (std <= 0).any():
@@ -72,17 +150,31 @@ class Augment:
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         # (x - mean) / std as x * scale + shift: one fused in-place pass instead of a division.
-        self.scale, self.shift = 1.0 / std, -mean / std
+        self.norm_mul, self.norm_add = 1.0 / std, -mean / std
+        if resized_crop is not None and crop_padding:
+            raise ValueError(f"crop_padding={crop_padding} and resized_crop={resized_crop} both crop: use one "
+                             "(set crop_padding: 0 for the ImageNet recipe)")
+        for name, v in (("resized_crop", resized_crop), ("center_crop", center_crop)):
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be a positive size in pixels, got {v}")
         self.crop_padding = crop_padding
         self.flip = flip
+        self.resized_crop, self.scale, self.ratio, self.center_crop = resized_crop, tuple(scale), tuple(ratio), center_crop
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != self.scale.shape[1]:
-            raise ValueError(f"expected a (N, {self.scale.shape[1]}, H, W) batch, got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1] != self.norm_mul.shape[1]:
+            raise ValueError(f"expected a (N, {self.norm_mul.shape[1]}, H, W) batch, got {tuple(images.shape)}")
         n = images.shape[0]
+        dev = images.device
+        if self.resized_crop is not None:
+            boxes = draw_resized_crop_boxes(n, images.shape[2], images.shape[3], self.scale, self.ratio, generator)
+            flips = _draw_flips(n, generator) if self.flip else None
+            x = resized_crop_flip(images.to(torch.float32), boxes, self.resized_crop, flips)
+            return x.mul_(self.norm_mul.to(dev)).add_(self.norm_add.to(dev))
         offsets = _draw_offsets(n, self.crop_padding, generator) if self.crop_padding else None
         flips = _draw_flips(n, generator) if self.flip else None
         x = crop_flip(images, self.crop_padding, offsets, flips)
-        dev = x.device
+        if self.center_crop is not None:
+            x = center_crop(x, self.center_crop)
         # copy=True: a float input must not be scaled in place under the caller.
-        return x.to(torch.float32, copy=True).mul_(self.scale.to(dev)).add_(self.shift.to(dev))
+        return x.to(torch.float32, copy=True).mul_(self.norm_mul.to(dev)).add_(self.norm_add.to(dev))

@@ -14,11 +14,15 @@ class BatchLoader:
 
     Shuffling and augmentation draw from a generator seeded with ``(seed, epoch)``, so epoch e
     is the same sequence whether or not the run was interrupted before it.
+
+    ``resized_crop=S`` (the ImageNet recipe): training batches are RandomResizedCrops to S x S
+    (``rrc_scale``, ``rrc_ratio``), evaluation batches the centre S x S crop.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, train: bool, device="cpu",
                  crop_padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, resized_crop: int | None = None,
+                 rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3)):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.rank, self.world_size = rank, world_size
@@ -28,7 +32,10 @@ class BatchLoader:
         self.batch_size = batch_size
         self.train = train
         self.device = torch.device(device)
-        self.augment = Augment(dataset.mean, dataset.std, crop_padding if train else 0, flip and train)
+        if train:
+            self.augment = Augment(dataset.mean, dataset.std, crop_padding, flip, resized_crop, rrc_scale, rrc_ratio)
+        else:
+            self.augment = Augment(dataset.mean, dataset.std, center_crop=resized_crop)
         self.seed = seed
         self.drop_last = train if drop_last is None else drop_last
         if self.drop_last and len(dataset) < batch_size * world_size:

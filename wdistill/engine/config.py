@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -29,7 +29,23 @@ class DataSection(_Strict):
     eval_batch_size: int = Field(256, gt=0)
     crop_padding: int = Field(4, ge=0)
     flip: bool = True
+    # ImageNet recipe: training RandomResizedCrop to this size, evaluation centre crop to it
+    # (store the images larger, e.g. options.size 256 with random_resized_crop 224).
+    random_resized_crop: int | None = Field(None, gt=0)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the loader
+
+    @model_validator(mode="after")
+    def _one_crop(self):
+        if self.random_resized_crop is not None and self.crop_padding:
+            raise ValueError(f"data.crop_padding={self.crop_padding} and data.random_resized_crop="
+                             f"{self.random_resized_crop} both crop: set data.crop_padding: 0 for the ImageNet recipe")
+        return self
+
+    def crop_kwargs(self) -> dict[str, Any]:
+        """The resized-crop settings every BatchLoader of a run takes (eval loaders centre-crop)."""
+        return dict(resized_crop=self.random_resized_crop, rrc_scale=self.rrc_scale, rrc_ratio=self.rrc_ratio)
 
 
 class ModelSection(_Strict):

@@ -137,7 +137,7 @@ class Trainer:
             # The hooks stay on the original submodules; dynamo traces them into the graph.
             self.distiller.student_tap.model = torch.compile(self.student)
         d = cfg.data
-        shard = dict(rank=self.rank, world_size=self.world_size)
+        shard = dict(rank=self.rank, world_size=self.world_size, **d.crop_kwargs())
         self.train_loader = BatchLoader(self.train_set, d.batch_size, True, self.device, d.crop_padding, d.flip,
                                         seed=cfg.run.seed, **shard)
         self.test_loader = BatchLoader(self.test_set, d.eval_batch_size, False, self.device, **shard)
@@ -161,7 +161,8 @@ class Trainer:
         return batch
 
     def _plain_batches(self):
-        loader = BatchLoader(self.train_set, self.cfg.data.eval_batch_size, False, self.device)
+        loader = BatchLoader(self.train_set, self.cfg.data.eval_batch_size, False, self.device,
+                             **self.cfg.data.crop_kwargs())
         return iter(loader)
 
     def setup_terms(self) -> None:
