@@ -55,3 +55,18 @@ def test_two_ranks_train_in_lockstep(tmp_path):
     assert r0["summary"]["world_size"] == 2
     written = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert written["final_top1"] == r0["summary"]["final_top1"] > 10
+
+
+def test_sync_bn_converts_every_batchnorm_and_refuses_cpu():
+    from wdistill import models
+    from wdistill.engine.config import ConfigError
+    from wdistill.engine.trainer import sync_batchnorm
+
+    net = models.create("resnet8", num_classes=10)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert n_bn > 0 and sync_batchnorm(net, torch.device("cpu"), 1) is net  # one process: nothing to sync
+    with pytest.raises(ConfigError, match="train.sync_bn=false"):
+        sync_batchnorm(net, torch.device("cpu"), 2)
+    converted = sync_batchnorm(net, torch.device("cuda"), 2)  # conversion itself needs no GPU
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == n_bn
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())

@@ -83,6 +83,7 @@ class TrainSection(_Strict):
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # student BatchNorm statistics over all ranks (GPU runs under torchrun)
     tensorboard: bool = False
     progress: bool = True
     eval_every: int = Field(1, gt=0)

@@ -40,6 +40,17 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def sync_batchnorm(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """``train.sync_bn``: under torch.distributed, every BatchNorm of ``model`` becomes a
+    SyncBatchNorm (batch statistics over the global batch, as multi-GPU ImageNet recipes do)."""
+    if world_size == 1:
+        return model
+    if device.type == "cpu":
+        raise ConfigError("train.sync_bn needs GPUs: torch's SyncBatchNorm has no CPU kernel. "
+                          "Set train.sync_bn=false for a CPU (gloo) run")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def load_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
     train, test = load_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
     if cfg.data.train_subset:
@@ -114,6 +125,8 @@ class Trainer:
         nc, ch = self.train_set.num_classes, self.train_set.channels
         t_sections = cfg.teacher_sections()
         self.student = student if student is not None else build_model(cfg.student, nc, ch, "student")
+        if cfg.train.sync_bn:
+            self.student = sync_batchnorm(self.student, self.device, self.world_size)
         self.teachers = teachers if teachers is not None else [build_model(s, nc, ch, "teacher") for s in t_sections]
         terms = []
         for t in cfg.loss:
