@@ -320,3 +320,62 @@ def test_findings_check_the_issue_targets_on_a_hand_made_table():
     assert "A Wasserstein method >= KD: yes (WKD-L+WKD-F 89.00 vs KD 88.50)" in notes
     # 5 distillers: top third = ranks 1-2; WKD-L+WKD-F is #1, WCoRD #4
     assert "top third (ranks 1-2 of 5 distillers): 1 of 2 (WKD-L+WKD-F #1, WCoRD #4)" in notes
+
+
+def _results_part(tmp_path, name, per_seed, seeds, settings):
+    rows = {m: [v[s] for s in seeds if s in v] for m, v in per_seed.items()}
+    table = report.summarise({m: r for m, r in rows.items() if r})
+    accuracy.write_results(table, TINY, seeds, tmp_path / name, settings, ["wdistill", "bench", name])
+    return tmp_path / name / "tiny.csv"
+
+
+def test_merge_pools_disjoint_seed_files_as_if_from_the_raw_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    per_seed = {"teacher": {0: {"final_top1": 91.0, "best_top1": 91.2, "wall_seconds": 500.0}}}
+    for m in ("vanilla", "kd", "dkd"):
+        per_seed[m] = {s: {"final_top1": 85 + 5 * rng.random(), "best_top1": 86 + 5 * rng.random(),
+                           "wall_seconds": 100 * rng.random()} for s in range(4)}
+    del per_seed["dkd"][3]  # dkd seed 3 never ran
+    settings = {"teacher": "t", "vanilla": "CE only", "kd": "kd w=1", "dkd": "dkd w=1"}
+    a = _results_part(tmp_path, "a", per_seed, [0], settings)
+    b = _results_part(tmp_path, "b", per_seed, [1, 2, 3], settings)
+    merged = {r["method"]: r for r in accuracy.merge_results([a, b], TINY, tmp_path / "m", ["wdistill", "m"])}
+    # independent: the same statistics computed directly from every raw run
+    direct = {r["method"]: r for r in report.summarise({m: list(v.values()) for m, v in per_seed.items()})}
+    for m in per_seed:
+        for key in ("n", "final_mean", "final_std", "best_mean", "wall_seconds", "gain"):
+            want, got = direct[m][key], merged[m][key]
+            tol = 0.06 if key == "wall_seconds" else 2e-4  # the CSV keeps 0.1 s and 1e-4 points
+            assert (got is None) == (want is None) and (want is None or got == pytest.approx(want, abs=tol)), (m, key)
+    assert merged["dkd"]["n"] == 3 and merged["kd"]["seeds"] == [0, 1, 2, 3] and merged["teacher"]["n"] == 1
+    md = (tmp_path / "m" / "tiny.md").read_text()
+    assert "Pooled from" in md and md.count("- `tiny.csv` (") == 2 and "dkd: 2 of seeds 1,2,3 in" in md
+    stamp, table, _ = report.read_results_csv(tmp_path / "m" / "tiny.csv")
+    assert stamp["seeds"] == "0,1,2,3" and len(table) == 4
+
+    with pytest.raises(ValueError, match="seed 0 is in both"):
+        accuracy.merge_results([a, a], TINY, tmp_path / "x")
+    other = _results_part(tmp_path, "c", per_seed, [1], settings | {"kd": "kd w=2"})
+    with pytest.raises(ValueError, match="kd has different settings"):
+        accuracy.merge_results([a, other], TINY, tmp_path / "x")
+    (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a results CSV"):
+        accuracy.merge_results([tmp_path / "junk.csv"], TINY, tmp_path / "x")
+
+
+def test_committed_leaderboard_is_the_merge_of_the_committed_parts(tmp_path):
+    """benchmarks/fmnist-kd-v1.csv must be what `--merge` makes of benchmarks/parts/ (older files name
+    their seeds only through their command)."""
+    from pathlib import Path
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    parts = sorted((bench / "parts").glob("fmnist-kd-v1.*.csv"))
+    if not parts:
+        pytest.skip("no results parts in this checkout")
+    merged = accuracy.merge_results(parts, protocol.FULL, tmp_path)
+    _, committed, _ = report.read_results_csv(bench / "fmnist-kd-v1.csv")
+    assert [r["method"] for r in merged] == [r["method"] for r in committed]
+    for got, want in zip(merged, committed):
+        assert got["n"] == want["n"] and got["final_mean"] == pytest.approx(want["final_mean"], abs=1e-4)
+        assert (got["final_std"] is None) == (want["final_std"] is None)
+        if want["final_std"] is not None:
+            assert got["final_std"] == pytest.approx(want["final_std"], abs=1e-4)

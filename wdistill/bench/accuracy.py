@@ -199,11 +199,86 @@ def findings(table: list[dict]) -> list[str]:
     return notes
 
 
+def _part_seeds(stamp: dict, path, schedule: Schedule) -> list[int]:
+    """The seeds a results file covers: its ``seeds`` stamp line, else its command's ``--seeds``."""
+    if "seeds" in stamp:
+        return [int(x) for x in stamp["seeds"].split(",")]
+    words = stamp.get("command", "").split()
+    if "--seeds" in words and words.index("--seeds") + 1 < len(words):
+        return [int(x) for x in words[words.index("--seeds") + 1].split(",")]
+    if "command" in stamp:
+        return list(schedule.seeds)
+    raise ValueError(f"{path}: its stamp names neither its seeds nor its command; cannot tell which seeds it holds")
+
+
+def merge_results(paths: list, schedule: Schedule = FULL, out="benchmarks", command: list[str] | None = None) -> list[dict]:
+    """One results table from results CSVs of disjoint seeds (e.g. seed 0 run by one session, seeds 1-2
+    by another, their run directories gone): each row's mean and sample std are pooled exactly from
+    the parts' (runs, mean, std); best-epoch mean and wall time are run-weighted means. A method must
+    have the same settings in every part; the single-seed teacher must be the same run in every part."""
+    parts = []
+    for path in paths:
+        st, table, settings = report.read_results_csv(path)
+        parts.append((path, st, _part_seeds(st, path, schedule), table, settings))
+    seen: dict[int, str] = {}
+    for path, _, seeds, _, _ in parts:
+        for sd in seeds:
+            if sd in seen:
+                raise ValueError(f"seed {sd} is in both {seen[sd]} and {path}: merge only files of disjoint seeds")
+            seen[sd] = str(path)
+    order, groups, settings, row_seeds, threads, partial = [], {}, {}, {}, {}, []
+    for path, st, seeds, table, sets in parts:
+        for r in table:
+            m = r["method"]
+            if m not in groups:
+                order.append(m)
+                groups[m], settings[m], row_seeds[m], threads[m] = [], sets[m], [], []
+            elif sets[m] != settings[m]:
+                raise ValueError(f"{m} has different settings in the parts ({settings[m]!r} vs {sets[m]!r} in "
+                                 f"{path}): these are different experiments and cannot be pooled")
+            if m == "teacher":
+                if groups[m] and groups[m][0]["final_mean"] != r["final_mean"]:
+                    raise ValueError(f"the teacher differs between the parts ({groups[m][0]['final_mean']} vs "
+                                     f"{r['final_mean']} in {path}): the students did not share one teacher")
+                if groups[m]:
+                    continue
+                row_seeds[m] = [0]
+            elif r["n"] == len(seeds):
+                row_seeds[m] += seeds
+            else:  # an incomplete part: its CSV does not say which of its seeds ran
+                partial.append(f"{m}: {r['n']} of seeds {','.join(map(str, seeds))} in {path}")
+            groups[m].append(r)
+            if str(st.get("threads", "")).isdigit():
+                threads[m].append(int(st["threads"]))
+    rank = {m: i for i, m in enumerate(["teacher", "vanilla", *RECIPES])}
+    order.sort(key=lambda m: rank.get(m, len(rank)))  # the protocol's row order, whatever the parts' order
+    merged = []
+    for m in order:
+        g = groups[m]
+        n, mean, std = report.pool([(r["n"], r["final_mean"], r["final_std"]) for r in g])
+        merged.append({"method": m, "n": n, "final_mean": mean, "final_std": std,
+                       "best_mean": sum(r["n"] * r["best_mean"] for r in g) / n,
+                       "wall_seconds": sum(r["n"] * r["wall_seconds"] for r in g) / n,
+                       "seeds": sorted(row_seeds[m]), "threads": threads[m]})
+    base = next((r for r in merged if r["method"] == "vanilla"), None)
+    for r in merged:
+        r["gain"] = None if base is None or r["method"] in ("vanilla", "teacher") else r["final_mean"] - base["final_mean"]
+    all_seeds = sorted(seen)
+    missing = partial + [f"{m} seed {sd}" for m in order if m != "teacher" for sd in all_seeds
+                         if sd not in row_seeds[m] and not any(x.startswith(f"{m}: ") for x in partial)]
+    sources = [f"`{Path(p).name}` ({len(sd)} seed(s): {', '.join(map(str, sd))}; {st.get('date', '?')}, commit "
+               f"`{st.get('commit', '?')}`, `{st.get('command', '?')}`)" for p, st, sd, _, _ in parts]
+    write_results(merged, schedule, all_seeds, Path(out), settings, command, missing, sources)
+    return merged
+
+
 def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: Path, settings: dict,
-                  command: list[str] | None = None, missing: list[str] | None = None) -> None:
+                  command: list[str] | None = None, missing: list[str] | None = None,
+                  sources: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = out / schedule.name
     s = report.stamp(command=command)
+    s["seeds"] = ",".join(map(str, seeds))
     run_threads = sorted({r for row in table for r in row.get("threads", []) if r})
     if run_threads:  # the runs' own thread counts, not this (possibly report-only) process's
         s["threads"] = "/".join(map(str, run_threads))
@@ -215,7 +290,11 @@ def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: 
             "(never the test set) where marked tuned; epoch-valued settings scaled by "
             f"{schedule.epochs}/240, WKD decay from 150/240 of training.")
     notes_file = out / f"{schedule.name}.notes.md"
-    md = [f"# {schedule.name}\n", report.stamp_markdown(s), desc + "\n",
+    md = [f"# {schedule.name}\n", report.stamp_markdown(s)]
+    if sources:
+        md += ["Pooled from results files of disjoint seeds (their run directories are not kept):\n",
+               *[f"- {x}" for x in sources], ""]
+    md += [desc + "\n",
           report.results_markdown(table, LABELS | {"teacher": "teacher"}, settings),
           f"![top-1]({base.name}.png)\n"]
     if missing:

@@ -25,8 +25,18 @@ def _cmd_accuracy(args) -> int:
         for m, c in choices.items():
             print(f"{m}: chose candidate {c['candidate']} ({c['tried'][c['candidate']]['settings']})")
         return 0
-    methods = args.methods.split(",") if args.methods else [m for m in RECIPES if m != "vanilla"]
     schedule = QUICK if args.quick else FULL
+    if args.merge:
+        from .accuracy import merge_results
+        missing = [p for p in args.merge if not Path(p).is_file()]
+        if missing:
+            raise SystemExit(f"--merge: no such results file(s): {', '.join(missing)}")
+        table = merge_results(args.merge, schedule, args.out, command)
+        for r in table:
+            print(f"{r['method']:>10s} {r['final_mean']:6.2f} (n={r['n']})")
+        print(f"wrote {Path(args.out) / schedule.name}.md/.csv/.png")
+        return 0
+    methods = args.methods.split(",") if args.methods else [m for m in RECIPES if m != "vanilla"]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     table = run_accuracy(schedule, methods, seeds, args.runs, args.out, args.root, command=command,
                          train=not args.report_only)
@@ -82,6 +92,8 @@ def add_parsers(sub) -> None:
                    help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist")
     a.add_argument("--report-only", action="store_true",
                    help="train nothing: write the results files from the runs finished so far")
+    a.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="train nothing: pool results CSVs of disjoint seeds into one results file")
     a.add_argument("--out", default="benchmarks", help="where the results files go")
     a.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
     a.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")

@@ -120,3 +120,33 @@ def bar_chart(table: list[dict], labels: dict[str, str], path: str | Path, title
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pool(groups: list[tuple[int, float, float | None]]) -> tuple[int, float, float | None]:
+    """Count, mean and sample std of the union of groups given only as (n, mean, sample std):
+    the within-group sums of squares plus the between-group term, as if from the raw values."""
+    n = sum(g[0] for g in groups)
+    if n == 0:
+        raise ValueError("pool of no values")
+    mean = sum(k * m for k, m, _ in groups) / n
+    if n == 1:
+        return n, mean, None
+    ss = sum((k - 1) * (s or 0.0) ** 2 + k * (m - mean) ** 2 for k, m, s in groups)
+    return n, mean, math.sqrt(ss / (n - 1))
+
+
+def read_results_csv(path: str | Path) -> tuple[dict, list[dict], dict[str, str]]:
+    """A results CSV written by :func:`results_csv` with its ``# key: value`` stamp: (stamp, table, settings)."""
+    lines = Path(path).read_text().splitlines()
+    stamp_ = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)
+    need = {"method", "runs", "final_top1_mean", "final_top1_std", "best_top1_mean", "wall_seconds_per_run"}
+    reader = csv.DictReader(line for line in lines if not line.startswith("#"))
+    if not need <= set(reader.fieldnames or []):
+        raise ValueError(f"{path}: not a results CSV of `wdistill bench accuracy` (columns {sorted(need)} expected)")
+    table, settings = [], {}
+    for r in reader:
+        table.append({"method": r["method"], "n": int(r["runs"]), "final_mean": float(r["final_top1_mean"]),
+                      "final_std": float(r["final_top1_std"]) if r["final_top1_std"] else None,
+                      "best_mean": float(r["best_top1_mean"]), "wall_seconds": float(r["wall_seconds_per_run"])})
+        settings[r["method"]] = r.get("settings", "")
+    return stamp_, table, settings
