@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import statistics
+import time
 
 import numpy as np
 import pytest
@@ -200,6 +201,18 @@ def test_interleaved_measurement_times_every_part(monkeypatch):
     assert not task.teacher._forward_hooks  # no hooks left on the shared teacher
 
 
+def test_interleaved_medians_alternate_calls_and_extend_short_kernels():
+    from wdistill.bench.measure import interleaved_medians
+    calls = []
+    out = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 1)
+    assert calls == ["a", "b"] * 4 and set(out) == {"a", "b"}  # 1 warm-up round + 3 timed rounds, alternating
+    calls.clear()
+    interleaved_medians({"slow": lambda: (calls.append(1), time.sleep(0.01))}, steps=1, warmup=0, min_seconds=0.05)
+    assert len(calls) >= 5  # each call sleeps 10 ms: 50 ms of rounds need at least 5
+    with pytest.raises(ValueError, match="min_seconds"):
+        interleaved_medians({"a": calls.clear}, 1, 0, min_seconds=-1)
+
+
 def test_speed_bench_runs_on_tiny_shapes(tmp_path):
     setup = speed.SpeedSetup(teacher="resnet8", student="resnet8", batch=4, image=16, channels=1, classes=10,
                              num_samples=300, steps=1, warmup=0)
@@ -329,7 +342,7 @@ def _results_part(tmp_path, name, per_seed, seeds, settings):
     return tmp_path / name / "tiny.csv"
 
 
-def test_merge_pools_disjoint_seed_files_as_if_from_the_raw_runs(tmp_path):
+def test_merge_pools_disjoint_seed_files_as_if_from_the_raw_runs(tmp_path, capsys):
     rng = np.random.default_rng(0)
     per_seed = {"teacher": {0: {"final_top1": 91.0, "best_top1": 91.2, "wall_seconds": 500.0}}}
     for m in ("vanilla", "kd", "dkd"):
@@ -358,6 +371,8 @@ def test_merge_pools_disjoint_seed_files_as_if_from_the_raw_runs(tmp_path):
     other = _results_part(tmp_path, "c", per_seed, [1], settings | {"kd": "kd w=2"})
     with pytest.raises(ValueError, match="kd has different settings"):
         accuracy.merge_results([a, other], TINY, tmp_path / "x")
+    assert cli.main(["bench", "accuracy", "--merge", str(a), str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
+    assert "no such results file" in capsys.readouterr().err
     (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a results CSV"):
         accuracy.merge_results([tmp_path / "junk.csv"], TINY, tmp_path / "x")

@@ -30,7 +30,7 @@ def _cmd_accuracy(args) -> int:
         from .accuracy import merge_results
         missing = [p for p in args.merge if not Path(p).is_file()]
         if missing:
-            raise SystemExit(f"--merge: no such results file(s): {', '.join(missing)}")
+            raise FileNotFoundError(f"--merge: no such results file(s): {', '.join(missing)}")
         table = merge_results(args.merge, schedule, args.out, command)
         for r in table:
             print(f"{r['method']:>10s} {r['final_mean']:6.2f} (n={r['n']})")

@@ -11,7 +11,7 @@ from ..losses.crd import bank_scores, nce_loss
 from ..losses.wcord import WCoRD
 from ..losses.wkd_f import wkd_f_parts
 from ..losses.wkd_l import wkd_l_parts, wkd_l_reference
-from .measure import median_time, peak_memory
+from .measure import interleaved_medians, median_time, peak_memory
 
 
 def _fwd_bwd(loss_fn, leaf: torch.Tensor):
@@ -21,6 +21,19 @@ def _fwd_bwd(loss_fn, leaf: torch.Tensor):
         loss.backward()
         return loss.detach()
     return run
+
+
+def _pair(name, shape, ours, baseline, steps, warmup, min_seconds=1.0):
+    """Two implementations of one kernel, ``(impl, fn[, value])`` each, timed interleaved (same
+    machine load for both, at least ``min_seconds`` of rounds), then peak memory and value of each."""
+    ms = interleaved_medians({"ours": ours[1], "baseline": baseline[1]}, steps, warmup, min_seconds)
+    rows = []
+    for key, (impl, fn, *value) in (("ours", ours), ("baseline", baseline)):
+        out = {}
+        peak = peak_memory(lambda: out.setdefault("value", fn()))
+        rows.append({"kernel": name, "shape": shape, "impl": impl, "ms": 1e3 * ms[key], "peak_mb": peak / 2 ** 20,
+                     "value": float(value[0] if value else out["value"])})
+    return rows
 
 
 def _entry(name, shape, impl, fn, steps, warmup, value=None):
@@ -49,8 +62,8 @@ def wkd_l_rows(B: int, C: int, steps: int = 10, warmup: int = 2, seed: int = 0) 
         return lt + wd
 
     shape = f"B={B}, C={C}"
-    return [_entry("WKD-L loss fwd+bwd", shape, "full CxC cost, target mass 0 (ours)", _fwd_bwd(ours, s), steps, warmup),
-            _entry("WKD-L loss fwd+bwd", shape, "per-sample (C-1)x(C-1) costs", _fwd_bwd(reference, s), steps, warmup)]
+    return _pair("WKD-L loss fwd+bwd", shape, ("full CxC cost, target mass 0 (ours)", _fwd_bwd(ours, s)),
+                 ("per-sample (C-1)x(C-1) costs", _fwd_bwd(reference, s)), steps, warmup)
 
 
 def _sym_cka(C: int, g: torch.Generator) -> torch.Tensor:
@@ -73,10 +86,8 @@ def lckt_rows(B: int = 64, d: int = 128, steps: int = 10, warmup: int = 2, seed:
     cost_np = ot.cosine_cost(hs.detach(), ht).double().numpy()
     emd_value = float(pot.emd2(w, w, cost_np))
     shape = f"B={B}, d={d}"
-    return [_entry("LCKT (batch OT)", shape, "IPOT 50 it., torch fwd+bwd (ours)",
-                   _fwd_bwd(lambda: term.lckt(hs, ht), hs), steps, warmup),
-            _entry("LCKT (batch OT)", shape, "POT ot.emd2 exact, fwd only", lambda: pot.emd2(w, w, cost_np),
-                   steps, warmup, value=emd_value)]
+    return _pair("LCKT (batch OT)", shape, ("IPOT 50 it., torch fwd+bwd (ours)", _fwd_bwd(lambda: term.lckt(hs, ht), hs)),
+                 ("POT ot.emd2 exact, fwd only", lambda: pot.emd2(w, w, cost_np), emd_value), steps, warmup)
 
 
 def wkd_f_rows(B: int = 64, C: int = 256, H: int = 8, steps: int = 10, warmup: int = 2, seed: int = 0) -> list[dict]:
@@ -139,8 +150,8 @@ def crd_rows(B: int = 64, K: int = 16384, N: int = 50_000, d: int = 128, steps: 
         return f
 
     shape = f"B={B}, K={K}, N={N}"
-    return [_entry("CRD NCE loss fwd+bwd", shape, "matmul scoring (B x N, then pick)", run("matmul"), steps, warmup),
-            _entry("CRD NCE loss fwd+bwd", shape, "gather scoring (B x K x d rows)", run("gather"), steps, warmup)]
+    return _pair("CRD NCE loss fwd+bwd", shape, ("matmul scoring (B x N, then pick)", run("matmul")),
+                 ("gather scoring (B x K x d rows)", run("gather")), steps, warmup)
 
 
 def augment_throughput(batch: int = 64, size: int = 32, steps: int = 50, warmup: int = 5, seed: int = 0) -> dict:

@@ -22,6 +22,26 @@ def median_time(fn: Callable[[], object], steps: int, warmup: int) -> tuple[floa
     return statistics.median(times), times
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], steps: int, warmup: int,
+                        min_seconds: float = 0.0) -> dict[str, float]:
+    """Median wall seconds of each function, called in turn (one call of each per round) so that all
+    see the same machine load: ``warmup`` untimed rounds, then ``steps`` timed rounds, and more until
+    the timed rounds have taken ``min_seconds`` (millisecond kernels: enough calls for a stable median)."""
+    if steps < 1 or warmup < 0 or min_seconds < 0:
+        raise ValueError(f"need steps >= 1, warmup >= 0, min_seconds >= 0, got {steps}, {warmup}, {min_seconds}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    while len(next(iter(times.values()))) < steps or time.perf_counter() - start < min_seconds:
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def peak_memory(fn: Callable[[], object]) -> int:
     """Peak bytes allocated by ``fn`` on the CPU above what was live when it started.
 

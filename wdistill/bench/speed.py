@@ -3,7 +3,6 @@ shapes on synthetic tensors, against the lower bound of a distillation step."""
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from .. import losses, models
 from ..engine.distiller import Distiller
 from ..recipes import RECIPES
+from .measure import interleaved_medians
 
 # Issue targets: method step / lower bound.
 LOGIT_METHODS = ("kd", "dkd", "wkd_l")
@@ -119,18 +119,11 @@ def measure_method(task: SyntheticTask, method: str, steps: int, warmup: int) ->
     batch = dict(task.batch)
     ce_step, teacher_fwd = _bound_fns(task)
     fns = {"step_s": lambda: _train_step(d, opt, batch), "student_ce_step": ce_step, "teacher_forward": teacher_fwd}
-    times: dict[str, list[float]] = {k: [] for k in fns}
     try:
-        for i in range(warmup + steps):
-            for key, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                if i >= warmup:
-                    times[key].append(time.perf_counter() - t0)
+        return interleaved_medians(fns, steps, warmup)
     finally:  # the teacher is shared by every method: leave no hooks on it
         for tap in [d.student_tap, *d.teacher_taps]:
             tap.remove()
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def ratio_target(method: str) -> float:
