@@ -88,6 +88,34 @@ def test_plain_sinkhorn_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, C: ot.sinkhorn(a, b, C, 0.1, 10), (a, b, C))
 
 
+def test_shared_constant_cost_reverse_pass_equals_unrolled_autograd():
+    """A constant shared cost takes the hand-written reverse pass; a per-sample copy of the same
+    cost takes the autograd loop. Values and gradients w.r.t. both marginals must agree, with
+    zero masses in a (WKD-L's target) and in b."""
+    a = simplex(3, 6, zeros=1, seed=16)
+    b = simplex(3, 6, zeros=2, seed=17)
+    b[1] = b[1].roll(2)
+    a, b = a.requires_grad_(), b.requires_grad_()
+    C = rand_cost(6, 6, seed=18)
+    wa, wb = torch.randn(3, 6, dtype=D64), torch.randn(3)
+    outs = []
+    for cost in (C, C.expand(3, 6, 6).clone()):
+        P = ot.sinkhorn(a, b, cost, 0.05, 10)
+        w = ot.sinkhorn2(a, b, cost, 0.05, 10)
+        loss = (P.sum(2) * wa).sum() + (w * wb).sum()
+        outs.append((P.detach(), w.detach(), *torch.autograd.grad(loss, (a, b))))
+    for x, y in zip(*outs):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-13)
+    # and against finite differences (strictly positive masses: the support must not change)
+    ap, bp = simplex(2, 5, seed=19).requires_grad_(), simplex(2, 4, seed=20).requires_grad_()
+    Cp = rand_cost(5, 4, seed=21)
+    assert torch.autograd.gradcheck(lambda a, b: ot.sinkhorn2(a, b, Cp, 0.1, 10), (ap, bp))
+    assert torch.autograd.gradcheck(lambda a, b: ot.sinkhorn(a, b, Cp, 0.1, 10), (ap, bp))
+    # only a needs a gradient (WKD-L: the teacher side is detached)
+    g = torch.autograd.grad(ot.sinkhorn2(ap, bp.detach(), Cp, 0.1, 10).sum(), ap)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(ot.sinkhorn2(ap, bp, Cp, 0.1, 10).sum(), ap)[0])
+
+
 # ------------------------------------------------------------------------------- log Sinkhorn
 def test_log_sinkhorn_matches_pot():
     a, b, C = simplex(3, 6, seed=16), simplex(3, 5, seed=17), rand_cost(6, 5, seed=18)

@@ -60,11 +60,65 @@ def _plain_scalings(a, b, K, num_iters: int, eps: float):
     # result equals the problem restricted to the support (same 1/n_support start).
     support = (a > 0).to(a.dtype)
     u = support / support.sum(1, keepdim=True).clamp_min(1)
+    if K.dim() == 2 and not K.requires_grad and num_iters > 0:
+        return _SharedCostScalings.apply(a, b, K, u, num_iters, eps)
     v = torch.zeros_like(b)
     for _ in range(num_iters):
         v = b / (_kt_u(K, u) + eps)
         u = a / (_k_v(K, v) + eps)
     return u, v
+
+
+class _SharedCostScalings(torch.autograd.Function):
+    """The plain recursion with a shared, constant K, and its exact reverse pass written out.
+
+    Same values and gradients (w.r.t. ``a`` and ``b``) as unrolling the loop under autograd, in
+    about half the operations: per iteration the reverse pass is two matrix products and a few
+    elementwise ops, with no autograd bookkeeping. WKD-L's loss is ~200 such small ops at B=64,
+    C=100, where op count, not arithmetic, sets the time. For iteration k, with
+    ``e_k = u_{k-1} K + eps``, ``v_k = b / e_k``, ``d_k = v_k K^T + eps``, ``u_k = a / d_k``:
+    ``ga += gu_k / d_k``, ``gv_k += -(gu_k / d_k * u_k) K``, ``gb += gv_k / e_k``,
+    ``gu_{k-1} = -(gv_k / e_k * v_k) K^T``.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, K, u0, num_iters, eps):
+        Kt = K.T
+        eps_m, eps_n = K.new_full((1, K.shape[1]), eps), K.new_full((1, K.shape[0]), eps)
+        u, saved = u0, []
+        for _ in range(num_iters):
+            e = torch.addmm(eps_m, u, K)
+            v = b / e
+            d = torch.addmm(eps_n, v, Kt)
+            u = a / d
+            saved += [e, v, d, u]
+        ctx.save_for_backward(K, *saved)
+        ctx.num_iters = num_iters
+        return u, v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gu, gv):
+        K, *saved = ctx.saved_tensors
+        want_a, want_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gu = torch.zeros_like(saved[3]) if gu is None else gu
+        gv = torch.zeros_like(saved[1]) if gv is None else gv
+        ga = torch.zeros_like(gu) if want_a else None
+        gb = torch.zeros_like(gv) if want_b else None
+        for k in reversed(range(ctx.num_iters)):
+            e, v, d, u = saved[4 * k: 4 * k + 4]
+            t = gu / d
+            if want_a:
+                ga += t
+            gv = torch.addmm(gv, t * u, K, alpha=-1)
+            s = gv / e
+            if want_b:
+                gb += s
+            if k == 0:
+                break
+            gu = torch.mm(s * v, K.T).neg_()
+            gv = torch.zeros_like(gv)
+        return ga, gb, None, None, None, None
 
 
 @full_precision
