@@ -207,6 +207,9 @@ def test_interleaved_medians_alternate_calls_and_extend_short_kernels():
     out = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 1)
     assert calls == ["a", "b"] * 4 and set(out) == {"a", "b"}  # 1 warm-up round + 3 timed rounds, alternating
     calls.clear()
+    interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 0, block=3)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # blocks of 3, first of each untimed
+    calls.clear()
     interleaved_medians({"slow": lambda: (calls.append(1), time.sleep(0.01))}, steps=1, warmup=0, min_seconds=0.05)
     assert len(calls) >= 5  # each call sleeps 10 ms: 50 ms of rounds need at least 5
     with pytest.raises(ValueError, match="min_seconds"):

@@ -23,22 +23,28 @@ def median_time(fn: Callable[[], object], steps: int, warmup: int) -> tuple[floa
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], steps: int, warmup: int,
-                        min_seconds: float = 0.0) -> dict[str, float]:
-    """Median wall seconds of each function, called in turn (one call of each per round) so that all
-    see the same machine load: ``warmup`` untimed rounds, then ``steps`` timed rounds, and more until
-    the timed rounds have taken ``min_seconds`` (millisecond kernels: enough calls for a stable median)."""
-    if steps < 1 or warmup < 0 or min_seconds < 0:
-        raise ValueError(f"need steps >= 1, warmup >= 0, min_seconds >= 0, got {steps}, {warmup}, {min_seconds}")
+                        min_seconds: float = 0.0, block: int = 1) -> dict[str, float]:
+    """Median wall seconds of each function, called in turn so that all see the same machine load:
+    ``warmup`` untimed rounds, then ``steps`` timed rounds, and more until the timed rounds have taken
+    ``min_seconds`` (millisecond kernels: enough calls for a stable median). Per round each function
+    runs ``block`` times in a row; with ``block > 1`` the first call of each block is not timed, so
+    a small kernel is timed warm rather than right after a large one has flushed the caches."""
+    if steps < 1 or warmup < 0 or min_seconds < 0 or block < 1:
+        raise ValueError(f"need steps >= 1, warmup >= 0, min_seconds >= 0, block >= 1, got {steps}, {warmup}, "
+                         f"{min_seconds}, {block}")
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    while len(next(iter(times.values()))) < steps or time.perf_counter() - start < min_seconds:
+    start, rounds = time.perf_counter(), 0
+    while rounds < steps or time.perf_counter() - start < min_seconds:
         for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
+            for i in range(block):
+                t0 = time.perf_counter()
+                fn()
+                if block == 1 or i > 0:
+                    times[key].append(time.perf_counter() - t0)
+        rounds += 1
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -150,6 +150,10 @@ def speed_markdown(res: dict) -> str:
     lines += ["", "AB and FSP train their connectors / the student in an init stage; their main stage is CE only, "
               "so their step is the bound plus the zero term.\n",
               "## Kernels\n",
+              "Time: median ms per call. The WKD-L, LCKT and CRD pairs (ours beside the baseline) are timed "
+              "interleaved, so both see the same machine load, for at least 1 s: millisecond kernels in blocks of "
+              "4 calls whose first call is not timed (warm caches after the other kernel), kernels of a second "
+              "or more one call at a time. "
               "Peak memory: torch.profiler(profile_memory=True) allocator events of the call (allocations minus "
               "frees, running sum in time order, maximum), tensors only; NumPy (POT) memory is not visible to it "
               "and is shown as n/a. Values: the loss each implementation returns (pairs must agree).\n",
