@@ -49,10 +49,12 @@ def _git_commit() -> str:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10).stdout  # "XY path" lines
     except (OSError, subprocess.SubprocessError):
         return "unknown (git not available)"
-    return (head or "unknown") + (" (with uncommitted changes)" if dirty else "")
+    paths = [line[3:] for line in dirty.splitlines() if line.strip()]
+    listed = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return (head or "unknown") + (f" (with uncommitted changes to {listed})" if paths else "")
 
 
 def stamp(device: str = "cpu", command: list[str] | None = None) -> dict:
