@@ -215,6 +215,11 @@ def test_cka_cache_keyed_by_teacher_checksum(tmp_path):
     assert teacher_checksum(teacher) != checksum
     load_or_build_cka(make_ctx(), "features", None)
     assert len(calls) == 2 and len(os.listdir(tmp_path)) == 2
+    for name in os.listdir(tmp_path):  # a corrupt cache (truncated write, tampering) is rebuilt, not trusted
+        with open(tmp_path / name, "wb") as f:
+            f.write(b"garbage")
+    rebuilt = load_or_build_cka(make_ctx(), "features", None)
+    assert len(calls) == 3 and torch.isfinite(rebuilt).all()
 
 
 def test_cosine_classifier_cost_and_setup():
@@ -226,7 +231,7 @@ def test_cosine_classifier_cost_and_setup():
         for j in range(4):
             expected = 0.0 if i == j else 1 - float(W[i] @ W[j] / W[i].norm() / W[j].norm())
             assert abs(float(term.cost[i, j]) - expected) < 1e-6
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ValueError, match="cost file /no/such/cost.pt does not exist: give cost='cka'"):
         losses.create("wkd_l", cost="/no/such/cost.pt").setup(ctx_for({}, {}, 4))
 
 

@@ -1,37 +1,22 @@
-"""Atomic checkpoint files."""
+"""Run checkpoints: written atomically, read back with the weights-only loader.
+
+A checkpoint holds tensors and plain data only (dicts, lists, str, int, float, bool, None):
+``last.pt``/``best.pt`` = {epoch, distiller, optimizer, best_top1, history, stages_done, config,
+arch}; ``student.pt`` = {model, arch, num_classes, in_channels, taps, metrics}.
+"""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import torch
+from .._io import FileLoadError, atomic_save, atomic_write_text, safe_load
+
+__all__ = ["atomic_save", "atomic_write_text", "load", "FileLoadError"]
 
 
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file in the same directory, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load(path: str | Path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=False)
+def load(path: str | Path, map_location="cpu", what: str = "checkpoint") -> dict:
+    """A checkpoint as a dict; never unpickles objects (a crafted file cannot run code)."""
+    obj = safe_load(path, map_location, what,
+                    fix="use a file written by wdistill (last.pt, best.pt, student.pt) or a plain state_dict")
+    if not isinstance(obj, dict):
+        raise FileLoadError(f"{what} {path} holds a {type(obj).__name__}, not a dict of tensors")
+    return obj

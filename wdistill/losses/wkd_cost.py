@@ -11,6 +11,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .. import ot
+from .._io import FileLoadError, atomic_save, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,13 @@ def load_or_build_cka(ctx, mode: str, max_per_class: int | None) -> torch.Tensor
         key = f"{teacher_checksum(ctx.teacher)[:16]}_{mode}_{max_per_class or 'all'}_n{ctx.num_samples}"
         path = os.path.join(ctx.cache_dir, f"wkd_cka_{key}.pt")
         if os.path.exists(path):
-            cka = torch.load(path, map_location="cpu")
-            if cka.shape == (ctx.num_classes, ctx.num_classes):
+            try:
+                cka = safe_load(path, what="cached WKD-L CKA matrix")
+            except FileLoadError as e:  # a corrupt cache is rebuilt, never trusted
+                _say(f"WKD-L: {e}; rebuilding it")
+                cka = None
+            if isinstance(cka, torch.Tensor) and cka.shape == (ctx.num_classes, ctx.num_classes) \
+                    and torch.isfinite(cka).all():
                 _say(f"WKD-L: loaded the CKA matrix from {path}")
                 return cka
     _say(f"WKD-L: building the CKA matrix from teacher {mode} ({ctx.num_classes} classes)")
@@ -112,9 +118,7 @@ def load_or_build_cka(ctx, mode: str, max_per_class: int | None) -> torch.Tensor
     cka = ot.class_cka_matrix(feats).cpu()
     if path is not None:
         os.makedirs(ctx.cache_dir, exist_ok=True)
-        tmp = path + ".tmp"
-        torch.save(cka, tmp)
-        os.replace(tmp, path)
+        atomic_save(cka, path)
         _say(f"WKD-L: saved the CKA matrix to {path}")
     return cka
 

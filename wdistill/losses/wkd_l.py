@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ot
+from .._io import FileLoadError, safe_load
 from .base import ConfigError, SetupContext, Term
 from .registry import register
 from .wkd_cost import classifier_weight, load_or_build_cka
@@ -167,10 +168,11 @@ class WKDLogits(Term):
             return ot.classifier_cost(classifier_weight(ctx.teacher, ctx.num_classes).float())
         if isinstance(spec, str):
             try:
-                cost = torch.load(spec, map_location="cpu")
-            except FileNotFoundError:
-                raise ConfigError(f"WKD-L cost {spec!r} is neither 'cka', 'cosine_classifier' nor an existing "
-                                  "file holding a (C, C) tensor") from None
+                cost = safe_load(spec, what="WKD-L cost file",
+                                 fix="give cost='cka', cost='cosine_classifier' or a file written by "
+                                     "`wdistill cost-matrix`")
+            except FileLoadError as e:
+                raise ConfigError(str(e)) from None
             if not isinstance(cost, torch.Tensor):
                 raise ConfigError(f"{spec} holds a {type(cost).__name__}, not a (C, C) cost tensor; save one with "
                                   "torch.save(cost, path)")
