@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,15 +17,32 @@ class _Strict(BaseModel):
 class RunSection(_Strict):
     name: str = "run"
     out_dir: str = "runs"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        parts = v.split("/")
+        if len(v) > 250 or not all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*", p) for p in parts):
+            raise ValueError(f"run.name {v!r} must be a plain directory name (letters, digits, _ . + = -; "
+                             "sub/dir allowed), never an absolute path or '..': the run directory is "
+                             "run.out_dir/run.name")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"run.device {v!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return v
 
 
 class DataSection(_Strict):
     name: str = "fmnist_sample"
     root: str | None = None
-    train_subset: int | None = None  # keep the first N training images
-    test_subset: int | None = None
+    train_subset: int | None = Field(None, gt=0)  # keep the first N training images
+    test_subset: int | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     crop_padding: int = Field(4, ge=0)
@@ -56,11 +74,24 @@ class ModelSection(_Strict):
 
 
 class TermSection(BaseModel):
-    """One loss term: ``name``, ``weight`` and the term's own parameters as further keys."""
+    """One loss term: ``name``, ``weight`` and the term's own parameters as further keys.
+
+    The parameters are validated and coerced against the term's ``__init__`` signature, and the
+    defaults are filled in, so ``config.yaml`` records every value in force."""
 
     model_config = ConfigDict(extra="allow")
     name: str
-    weight: float = 1.0
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _typed_params(self):
+        from ..losses import registry  # every term module registers itself on import
+        try:
+            resolved = registry.resolve_params(self.name, dict(self.model_extra or {}))
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        self.__pydantic_extra__ = resolved
+        return self
 
     @property
     def params(self) -> dict[str, Any]:
@@ -68,15 +99,23 @@ class TermSection(BaseModel):
 
 
 class OptimSection(_Strict):
-    epochs: int = Field(240, ge=0)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = 0.9
+    epochs: int = Field(240, ge=1)
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False)
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"
     milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
-    warmup_epochs: int = 0
+    gamma: float = Field(0.1, gt=0, allow_inf_nan=False)
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _schedule_fits(self):
+        if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
+            raise ValueError(f"optim.milestones {self.milestones} must be increasing epochs >= 1")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            raise ValueError(f"optim.warmup_epochs={self.warmup_epochs} must be below optim.epochs={self.epochs}")
+        return self
 
 
 class TrainSection(_Strict):
@@ -87,6 +126,13 @@ class TrainSection(_Strict):
     tensorboard: bool = False
     progress: bool = True
     eval_every: int = Field(1, gt=0)
+    # gradient accumulation: each optimiser step sums this many micro-batches (data.batch_size is
+    # still the batch of one optimiser step; micro-batch = batch_size / (world size * accumulate))
+    accumulate: int = Field(1, ge=1)
+    # loss and accuracy are summed on the device and read (a host sync) every this many steps
+    log_every: int = Field(50, ge=1)
+    # stop each epoch after this many steps (smoke tests of large presets); None = the whole epoch
+    max_steps: int | None = Field(None, gt=0)
 
 
 class RunConfig(_Strict):
@@ -125,6 +171,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             section = _section_model(e["loc"][:-1])
             valid = sorted(section.model_fields) if section else []
             msg = f"unknown key; valid keys here: {', '.join(valid)}"
+        elif e["type"] == "value_error":  # our own validators already name the value
+            msg = msg.removeprefix("Value error, ")
         elif "input" in e and e["type"] != "missing":
             msg += f" (got {e['input']!r})"
         lines.append(f"  {loc}: {msg}")
@@ -163,7 +211,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for i, p in enumerate(parts[:-1]):
             node = _child(node, p, parts[i + 1], key)
         last = parts[-1]
-        parsed = yaml.safe_load(value) if value != "" else None
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key part; write section.key=value, e.g. optim.lr=0.1")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              "quote it or fix the brackets, e.g. optim.milestones=[30,60]") from None
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:-1])!r} is a value, not a section")
         if isinstance(node, list):
             idx = _index(node, last, key, allow_append=True)
             node[idx:idx + 1] = [parsed]
@@ -186,6 +242,8 @@ def _child(node, p, nxt, key):
         return node[idx]
     if not isinstance(node, dict):
         raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    if node.get(p) is not None and not isinstance(node[p], (dict, list)):
+        raise ConfigError(f"override {key!r}: {p!r} is a value ({node[p]!r}), not a section")
     if node.get(p) is None:
         node[p] = [] if nxt.isdigit() else {}
     return node[p]

@@ -1,8 +1,18 @@
-"""Name -> loss-term class registry."""
+"""Name -> loss-term class registry, and typed term parameters.
+
+A term's ``__init__`` signature is its parameter schema: :func:`resolve_params` validates and
+coerces configured values against the annotations (``T: float`` accepts ``10``, ``1e1`` and the
+string ``"1e1"`` that YAML reads from ``T=1e1``; ``T=abc`` is an error naming the term, the
+parameter and its type) and fills in the defaults, so a run's config records every value in force.
+"""
 from __future__ import annotations
 
 import difflib
 import inspect
+import typing
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError, create_model
 
 from .base import Term
 
@@ -30,13 +40,53 @@ def get(name: str) -> type[Term]:
     return _TERMS[name]
 
 
-def create(name: str, **params) -> Term:
-    """Instantiate term ``name``; unknown parameters raise an error listing the valid ones."""
-    cls = get(name)
+def _schema(cls: type[Term]):
+    """(pydantic model of the parameters, accepts **kwargs) from ``cls.__init__``."""
     sig = inspect.signature(cls.__init__)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    valid = [p for p in sig.parameters if p != "self"]
-    bad = [k for k in params if k not in valid]
-    if bad and not accepts_any:
-        raise ValueError(f"method {name!r} has no parameter(s) {bad}; valid: {valid}")
-    return cls(**params)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation is simply not checked
+        hints = {}
+    fields, var_kw = {}, False
+    for p in list(sig.parameters.values())[1:]:
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        fields[p.name] = (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
+    model = create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra="allow" if var_kw else "forbid",
+                                                                         arbitrary_types_allowed=True), **fields)
+    return model, var_kw
+
+
+def _type_name(ann) -> str:
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def resolve_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` validated and coerced against term ``name``'s signature, defaults included."""
+    cls = get(name)
+    model, _ = _schema(cls)
+    valid = list(model.model_fields)
+    try:
+        return model.model_validate(params).model_dump()
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            key = ".".join(str(x) for x in e["loc"])
+            if e["type"] == "extra_forbidden":
+                msgs.append(f"method {name!r} has no parameter(s) [{key!r}]; valid: {valid}")
+            elif e["type"] == "missing":
+                msgs.append(f"method {name!r} needs parameter {key!r}")
+            else:
+                ann = model.model_fields[e["loc"][0]].annotation if e["loc"] and e["loc"][0] in model.model_fields \
+                    else None
+                msgs.append(f"method {name!r} parameter {key!r} must be {_type_name(ann)}, got {e.get('input')!r} "
+                            f"({e['msg']})")
+        raise ValueError("; ".join(msgs)) from None
+
+
+def create(name: str, **params) -> Term:
+    """Instantiate term ``name`` with validated, typed parameters."""
+    return get(name)(**resolve_params(name, params))
