@@ -30,7 +30,7 @@ def _cmd_eval(args) -> int:
     from .engine.checkpoint import load
     from .models.checkpoint import load_checkpoint
 
-    state = load(args.checkpoint)
+    state = load(args.checkpoint, what="checkpoint to evaluate")
     arch = args.model or state.get("arch")
     if not arch:
         raise ConfigError(f"{args.checkpoint} does not record its architecture: pass --model NAME")
@@ -40,7 +40,8 @@ def _cmd_eval(args) -> int:
     model = models.create(arch, num_classes=state.get("num_classes", test.num_classes),
                           in_channels=state.get("in_channels", test.channels))
     load_checkpoint(model, state)
-    device = torch.device(args.device)
+    from .engine.build import resolve_device
+    device = resolve_device(args.device)
     metrics = evaluate(model.to(device), BatchLoader(test, args.batch_size, False, device, resized_crop=args.center_crop))
     print(json.dumps({"checkpoint": args.checkpoint, "arch": arch, "data": args.data, **metrics}, indent=2))
     return 0
@@ -50,7 +51,10 @@ def _cmd_export(args) -> int:
     from .engine.checkpoint import atomic_save, load
 
     run = Path(args.run_dir)
-    state = load(run / f"{args.which}.pt")
+    state = load(run / f"{args.which}.pt", what="run checkpoint")
+    if not isinstance(state.get("distiller"), dict) or "arch" not in state:
+        raise ConfigError(f"{run / f'{args.which}.pt'} is not a run checkpoint written by wdistill (no distiller "
+                          "state): export takes a run directory")
     prefix = "student."
     model = {k[len(prefix):]: v for k, v in state["distiller"].items() if k.startswith(prefix)}
     cfg = state["config"]
@@ -81,7 +85,7 @@ def _cmd_cost_matrix(args) -> int:
 
     from .data import BatchLoader
     from .engine.checkpoint import atomic_save
-    from .engine.trainer import build_model, load_data, resolve_device
+    from .engine.build import build_model, load_data, resolve_device
     from .losses.wkd_cost import build_cost_matrix, teacher_checksum
     from .models import FeatureTap
     from .engine import load_config
@@ -115,6 +119,7 @@ def _cmd_list(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wdistill", description="Knowledge distillation built around optimal transport.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     for name, helptext in (("train", "train a model with the configured loss (a teacher or a vanilla student)"),
@@ -131,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="fmnist_sample")
     s.add_argument("--root", default=None)
     s.add_argument("--model", default=None, help="architecture, if the checkpoint does not record it")
-    s.add_argument("--subset", type=int, default=None, help="evaluate on the first N test images only")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--subset", type=positive_int, default=None, help="evaluate on the first N test images only")
+    s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--center-crop", type=int, default=None,
                    help="evaluate on the centre NxN crop (the ImageNet recipe: images stored at 256, --center-crop 224)")
     s.add_argument("--device", default="cpu")
@@ -170,13 +175,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 internal error, 2 bad input (config, file, argument), 3 the loss
+    became non-finite, 130 interrupted. Errors are one paragraph; ``--debug`` (or
+    WDISTILL_DEBUG=1) adds the traceback."""
+    import os
+
+    from ._io import FileLoadError
+    from .engine.loop import NonFiniteLoss
+
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("WDISTILL_DEBUG") == "1"
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:  # bad input: message, no traceback
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: every finished epoch is saved; continue with the same command and --resume",
+              file=sys.stderr)
+        return 130
+    except NonFiniteLoss as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (ConfigError, FileLoadError, FileNotFoundError, ValueError) as e:  # bad input: message, no traceback
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a bug of ours: still one paragraph, the traceback on request
+        if debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e}. This is a wdistill bug; run again with --debug for the "
+              "traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""The training loop: stages, epochs, evaluation, metrics, atomic checkpoints, exact resume."""
+"""The training loop: stages, epochs, evaluation, metrics, atomic checkpoints, exact resume.
+
+Building (``build.py``), the run directory (``rundir.py``), one optimisation step (``loop.py``)
+and scale-out (``ddp.py``) live beside this file; the Trainer puts them in order.
+"""
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,114 +15,74 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import losses, models
-from ..data import BatchLoader, ImageDataset, load_dataset
+from ..data import BatchLoader, ImageDataset
 from . import checkpoint as ckpt
-from .config import ConfigError, RunConfig, dump_config
+from . import ddp
+from .build import build_model, build_terms, load_data, resolve_device
+from .config import ConfigError, RunConfig
 from .distiller import Distiller, lr_at
+from .ddp import init_distributed, sync_batchnorm
+from .evaluate import Ensemble, evaluate
+from .loop import Guard, Meter, NonFiniteLoss, Stepper
+from .rundir import RunDir
+
+__all__ = ["Trainer", "evaluate", "build_model", "load_data", "resolve_device", "init_distributed",
+           "sync_batchnorm", "NonFiniteLoss"]
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
-    GPUs, gloo on CPUs. Gradients are averaged across ranks after every backward."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class _StageLoss(nn.Module):
+    """A pre-training stage as a module, so DDP can average its gradients like the main loss."""
 
+    def __init__(self, distiller: Distiller, stage):
+        super().__init__()
+        self.distiller, self.stage = distiller, stage
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name!r} but CUDA is not available here; use run.device=cpu")
-    return dev
-
-
-def sync_batchnorm(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
-    """``train.sync_bn``: under torch.distributed, every BatchNorm of ``model`` becomes a
-    SyncBatchNorm (batch statistics over the global batch, as multi-GPU ImageNet recipes do)."""
-    if world_size == 1:
-        return model
-    if device.type == "cpu":
-        raise ConfigError("train.sync_bn needs GPUs: torch's SyncBatchNorm has no CPU kernel. "
-                          "Set train.sync_bn=false for a CPU (gloo) run")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-def load_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
-    train, test = load_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
-    if cfg.data.train_subset:
-        train = train.subset(slice(0, cfg.data.train_subset))
-    if cfg.data.test_subset:
-        test = test.subset(slice(0, cfg.data.test_subset))
-    return train, test
-
-
-def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
-    try:
-        model = models.create(section.model, num_classes=num_classes, in_channels=in_channels, **section.kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{role}.model: {e}") from None
-    if section.checkpoint:
-        from ..models.checkpoint import load_checkpoint
-        if not os.path.isfile(section.checkpoint):
-            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} does not exist: put the trained weights "
-                              "there (configs/cifar100/README.md names the published files) or train them with "
-                              "`wdistill train`")
-        load_checkpoint(model, section.checkpoint)
-    elif role == "teacher":
-        raise ConfigError(f"teacher {section.model!r} has no checkpoint: train one first "
-                          "(`wdistill train CONFIG`) and set teacher.checkpoint=RUN_DIR/student.pt")
-    return model
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp_ctx=nullcontext) -> dict:
-    """top-1, top-5 (%) and mean cross-entropy of ``model`` over ``loader`` (summed over ranks
-    when the loader is sharded)."""
-    was = model.training
-    model.eval()
-    n, correct1, correct5, loss = 0, 0, 0, 0.0
-    for batch in loader:
-        with amp_ctx():
-            logits = model(batch["image"]).float()
-        target = batch["target"]
-        loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == target).sum().item()
-        correct5 += (top == target[:, None]).any(1).sum().item()
-        n += len(target)
-    model.train(was)
-    n, correct1, correct5, loss = _all_sum([n, correct1, correct5, loss], loader.world_size)
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss / n}
-
-
-def _all_sum(values: list[float], world_size: int) -> list[float]:
-    if world_size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+    def forward(self, batch: dict):
+        t_out = self.distiller.teacher_forward(batch["image"])
+        s_out = self.distiller.student_tap(batch["image"])
+        loss = self.stage.loss(s_out, t_out, batch)
+        return loss, {f"stage_{self.stage.name}": loss}, None
 
 
 class Trainer:
     """Runs one configured job. Models and data may be passed in (Python API, benchmarks);
-    otherwise they are built from ``cfg``."""
+    otherwise they are built from ``cfg``. Everything is validated here, before any training;
+    the run directory is locked from here until :meth:`fit` ends or :meth:`close`."""
 
     def __init__(self, cfg: RunConfig, *, student: nn.Module | None = None, teachers: list[nn.Module] | None = None,
                  data: tuple[ImageDataset, ImageDataset] | None = None, resume: bool = False,
                  overwrite: bool = False, log=print):
-        self.cfg = cfg
-        self.log = log
+        self.cfg, self.log, self.resume, self.overwrite = cfg, log, resume, overwrite
         self.rank, self.world_size = init_distributed()
         self.device = resolve_device(cfg.run.device)
-        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
-        self.resume = resume
+        self.rundir = RunDir(cfg)
+        self.run_dir = self.rundir.path
+        self._claim_run_dir()
+        try:
+            self._build(student, teachers, data)
+        except BaseException:
+            self.rundir.release()
+            raise
+
+    def _claim_run_dir(self) -> None:
+        """Rank 0 locks and checks the directory; every rank learns the verdict (so a refused
+        distributed run stops on all ranks at once instead of hanging in a collective)."""
+        error = None
+        if self.rank == 0:
+            try:
+                self.rundir.claim(self.resume, self.overwrite)
+            except ConfigError as e:
+                error = str(e)
+        if self.world_size > 1:
+            box = [error]
+            dist.broadcast_object_list(box, 0)
+            error = box[0]
+        if error:
+            raise ConfigError(error)
+
+    def _build(self, student, teachers, data) -> None:
+        cfg = self.cfg
+        self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size, cfg.train.accumulate)
         torch.manual_seed(cfg.run.seed)
         self.train_set, self.test_set = data or load_data(cfg)
         nc, ch = self.train_set.num_classes, self.train_set.channels
@@ -128,22 +91,16 @@ class Trainer:
         if cfg.train.sync_bn:
             self.student = sync_batchnorm(self.student, self.device, self.world_size)
         self.teachers = teachers if teachers is not None else [build_model(s, nc, ch, "teacher") for s in t_sections]
-        terms = []
-        for t in cfg.loss:
-            try:
-                terms.append((t.name, t.weight, losses.create(t.name, **t.params)))
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"loss term {t.name!r}: {e}") from None
+        terms = build_terms(cfg)
         if not self.teachers and any(n not in ("ce",) for n, _, _ in terms):
             raise ConfigError(f"loss terms {[n for n, _, _ in terms if n != 'ce']} need a teacher: "
                               "add a 'teacher:' section (model + checkpoint)")
-        if self.rank == 0 and (self.run_dir / "last.pt").exists() and not (resume or overwrite):
-            raise ConfigError(f"run directory {self.run_dir} already holds a run: pass --resume to continue it, "
-                              "--overwrite to start again, or choose another run.name")
-        if resume and not (self.run_dir / "last.pt").exists():
-            raise ConfigError(f"nothing to resume: {self.run_dir / 'last.pt'} does not exist")
         t_taps = [s.taps for s in t_sections] if t_sections else None
-        self.distiller = Distiller(self.student, self.teachers, terms, cfg.student.taps, t_taps).to(self.device)
+        try:
+            self.distiller = Distiller(self.student, self.teachers, terms, cfg.student.taps, t_taps).to(self.device)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"student/teacher taps: {e!s}. A tap spec needs 'feats' (module paths) and 'embed' "
+                              "(e.g. 'fc:in'); `wdistill list` names the zoo models, which need none") from None
         if cfg.train.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         if cfg.train.compile:
@@ -151,9 +108,15 @@ class Trainer:
             self.distiller.student_tap.model = torch.compile(self.student)
         d = cfg.data
         shard = dict(rank=self.rank, world_size=self.world_size, **d.crop_kwargs())
-        self.train_loader = BatchLoader(self.train_set, d.batch_size, True, self.device, d.crop_padding, d.flip,
-                                        seed=cfg.run.seed, **shard)
-        self.test_loader = BatchLoader(self.test_set, d.eval_batch_size, False, self.device, **shard)
+        # data.batch_size is the global batch of one optimiser step: each rank loads its share.
+        per_rank = self.micro_batch * cfg.train.accumulate
+        try:
+            self.train_loader = BatchLoader(self.train_set, per_rank, True, self.device, d.crop_padding, d.flip,
+                                            seed=cfg.run.seed, **shard)
+            self.test_loader = BatchLoader(self.test_set, max(1, d.eval_batch_size // self.world_size), False,
+                                           self.device, **shard)
+        except ValueError as e:
+            raise ConfigError(f"data: {e}") from None
         self.progress = cfg.train.progress and self.rank == 0
         self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
@@ -161,6 +124,7 @@ class Trainer:
         self.best_top1 = -1.0
         self.start_epoch = 0
         self.stages_done: list[str] = []
+        self._terms_ready = False
 
     # ---- helpers -------------------------------------------------------------------------
     def amp_ctx(self):
@@ -186,14 +150,16 @@ class Trainer:
                    train_batches=self._plain_batches, cache_dir=str(Path(self.cfg.run.out_dir) / "cache"))
         self.distiller.setup(ctx, probe)
         self.distiller.to(self.device)
+        self._terms_ready = True
 
     def make_optimizer(self, params, lr) -> torch.optim.Optimizer:
         o = self.cfg.optim
         return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
     def close(self) -> None:
-        """Remove the feature hooks this trainer put on the models."""
+        """Remove the feature hooks this trainer put on the models and unlock the run directory."""
         self.distiller.close()
+        self.rundir.release()
 
     def _state(self, epoch: int) -> dict:
         trainable = {k: v for k, v in self.distiller.state_dict().items() if not k.startswith("teachers.")}
@@ -201,18 +167,36 @@ class Trainer:
                 "best_top1": self.best_top1, "history": self.history, "stages_done": self.stages_done,
                 "config": self.cfg.model_dump(mode="json"), "arch": self.cfg.student.model}
 
+    def _save(self, state: dict, *names: str) -> None:
+        """Write a checkpoint after checking that every tensor in it is finite."""
+        floats = {k: v for k, v in state["distiller"].items() if v.is_floating_point() and v.numel()}
+        finite = torch.stack([torch.isfinite(v).all() for v in floats.values()]) if floats else torch.ones(1, dtype=bool)
+        if not bool(finite.all()):  # one host sync per save
+            bad = [k for k, ok in zip(floats, finite.tolist()) if not ok]
+            raise NonFiniteLoss(f"refusing to save non-finite weights ({', '.join(bad[:5])}); the last checkpoint "
+                                "in the run directory is the last good state. Lower the learning rate or the "
+                                "terms' weights")
+        for name in names:
+            ckpt.atomic_save(state, self.run_dir / name)
+
     def _load_state(self, state: dict) -> None:
-        missing, unexpected = self.distiller.load_state_dict(state["distiller"], strict=False)
-        missing = [k for k in missing if not k.startswith("teachers.")]
-        if missing or unexpected:
-            raise ConfigError(f"{self.run_dir / 'last.pt'} does not match this configuration "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]}): resume with the run's own "
-                              f"config ({self.run_dir / 'config.yaml'})")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.best_top1 = state["best_top1"]
-        self.history = state["history"]
-        self.stages_done = state["stages_done"]
-        self.start_epoch = state["epoch"]
+        try:
+            missing, unexpected = self.distiller.load_state_dict(state["distiller"], strict=False)
+            missing = [k for k in missing if not k.startswith("teachers.")]
+            if missing or unexpected:
+                raise ConfigError(f"{self.run_dir / 'last.pt'} does not match this configuration "
+                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]}): resume with the run's own "
+                                  f"config ({self.run_dir / 'config.yaml'})")
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.best_top1 = float(state["best_top1"])
+            self.history = list(state["history"])
+            self.stages_done = list(state["stages_done"])
+            self.start_epoch = int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{self.run_dir / 'last.pt'} is not a complete wdistill checkpoint ({type(e).__name__}: "
+                              f"{e}); start again with --overwrite") from None
 
     def export_student(self, path: Path, metrics: dict) -> None:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
@@ -220,29 +204,48 @@ class Trainer:
                           "taps": self.cfg.student.taps, "metrics": metrics}, path)
 
     # ---- stages and epochs -------------------------------------------------------------------
+    def _steps(self, loader) -> int:
+        return min(len(loader), self.cfg.train.max_steps or len(loader))
+
+    def _run_loop(self, stepper: Stepper, desc: str, where: str, first_step: int = 0) -> dict:
+        """Every batch of one pass of the training loader through ``stepper``; returns the sums."""
+        n_steps = self._steps(self.train_loader)
+        every = self.cfg.train.log_every
+        bar = tqdm(total=n_steps, desc=desc, leave=False, disable=None if self.progress else True)
+        for step, batch in enumerate(self.train_loader):
+            if step == n_steps:
+                break
+            batch = self._prepare(batch)
+            batch["step"] = first_step + step
+            stepper.step(batch, first_step + step)
+            bar.update(1)
+            if (step + 1) % every == 0 and step + 1 < n_steps:
+                stepper.guard.check(where)
+                if self.progress:  # a host sync, once per interval
+                    s = stepper.meter.read()
+                    post = {"loss": f"{s['loss'] / s['n']:.4f}"}
+                    if "correct" in s:
+                        post["acc"] = f"{100 * s['correct'] / s['n']:.1f}"
+                    bar.set_postfix(post)
+        bar.close()
+        stepper.guard.check(where)
+        return stepper.meter.read(self.world_size)
+
     def _run_stage(self, stage) -> None:
         params = list(stage.parameters())
         if stage.train_student:
             params = [p for p in self.student.parameters() if p.requires_grad] + params
         opt = self.make_optimizer(params, stage.lr or self.cfg.optim.lr)
+        module = ddp.wrap(_StageLoss(self.distiller, stage), self.device, self.world_size, find_unused=True)
         for e in range(stage.epochs):
             torch.manual_seed(self.cfg.run.seed * 1000003 + 7919 * (e + 1))
             self.train_loader.set_epoch(-(e + 1))
             self.student.train(stage.train_student)
-            bar = tqdm(self.train_loader, desc=f"stage {stage.name} {e + 1}/{stage.epochs}", leave=False,
-                       disable=None if self.progress else True)
-            for step, batch in enumerate(bar):
-                batch = self._prepare(batch)
-                batch.update(epoch=-1, num_epochs=self.cfg.optim.epochs, step=step)
-                with self.amp_ctx():
-                    t_out = self.distiller.teacher_forward(batch["image"])
-                    s_out = self.distiller.student_tap(batch["image"])
-                    loss = stage.loss(s_out, t_out, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self._average_gradients(params)
-                opt.step()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            stepper = Stepper(module, lambda b: module(dict(b, epoch=-1, num_epochs=self.cfg.optim.epochs)), opt,
+                              torch.amp.GradScaler(self.device.type, enabled=False), self.amp_ctx,
+                              self.cfg.train.accumulate, params, Meter(self.device),
+                              Guard([], {}, self.device))
+            self._run_loop(stepper, f"stage {stage.name} {e + 1}/{stage.epochs}", f"stage {stage.name!r} epoch {e + 1}")
         self.student.train()
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -253,45 +256,24 @@ class Trainer:
         torch.manual_seed(self.cfg.run.seed * 1000003 + epoch)
         self.train_loader.set_epoch(epoch)
         self.distiller.train()
-        sums: dict[str, float] = {}
-        n, correct = 0, 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False,
-                   disable=None if self.progress else True)
-        for step, batch in enumerate(bar):
-            batch = self._prepare(batch)
-            batch.update(epoch=epoch, num_epochs=o.epochs, step=epoch * len(self.train_loader) + step)
-            with self.amp_ctx():
-                total, parts, s_out = self.distiller(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self._average_gradients(self.optimizer_params)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            b = len(batch["target"])
-            n += b
-            correct += (s_out["logits"].argmax(1) == batch["target"]).sum().item()
-            sums["loss"] = sums.get("loss", 0.0) + total.item() * b
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v.item() * b
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", acc=f"{100 * correct / n:.1f}")
-        keys = list(sums)
-        *totals, n, correct = _all_sum([sums[k] for k in keys] + [n, correct], self.world_size)
+        module = self.train_module
+        names = list(self.distiller.terms)
+
+        def forward(batch):
+            total, parts, s_out = module(dict(batch, epoch=epoch, num_epochs=o.epochs))
+            return total, parts, s_out["logits"]
+
+        stepper = Stepper(module, forward, self.optimizer, self.scaler, self.amp_ctx, self.cfg.train.accumulate,
+                          self.optimizer_params, Meter(self.device),
+                          Guard(names, dict(self.distiller.weights), self.device))
+        sums = self._run_loop(stepper, f"epoch {epoch + 1}/{o.epochs}", f"epoch {epoch + 1}",
+                              first_step=epoch * len(self.train_loader))
+        n = sums.pop("n")
+        correct = sums.pop("correct", 0.0)
         row = {"epoch": epoch + 1, "lr": lr}
-        row.update({f"train_{k}": v / n for k, v in zip(keys, totals)})
+        row.update({f"train_{k}": v / n for k, v in sums.items()})
         row["train_top1"] = 100.0 * correct / n
         return row
-
-    def _average_gradients(self, params) -> None:
-        if self.world_size == 1:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
 
     def _write_metrics(self) -> None:
         keys = list(dict.fromkeys(k for row in self.history for k in row))
@@ -302,18 +284,23 @@ class Trainer:
     def fit(self) -> dict:
         """Run (or resume) the job; returns the summary also written to ``summary.json``.
         Under torch.distributed every rank trains; rank 0 alone writes files and logs."""
+        try:
+            return self._fit()
+        finally:
+            self.rundir.release()
+
+    def _fit(self) -> dict:
         main = self.rank == 0
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(dump_config(self.cfg), self.run_dir / "config.yaml")
-        self.setup_terms()
-        self._broadcast_state()
+            self.rundir.begin(self.overwrite, self.resume)
+        if not self._terms_ready:
+            self.setup_terms()
         self.optimizer_params = self.distiller.trainable_parameters()
         self.optimizer = self.make_optimizer(self.optimizer_params, self.cfg.optim.lr)
         if self.resume:
-            self._load_state(ckpt.load(self.run_dir / "last.pt", self.device))
+            self._load_state(ckpt.load(self.run_dir / "last.pt", self.device, what="run checkpoint"))
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
-        teacher_metrics = evaluate(_Ensemble(self.teachers), self.test_loader, self.amp_ctx) if self.teachers else None
+        teacher_metrics = evaluate(Ensemble(self.teachers), self.test_loader, self.amp_ctx) if self.teachers else None
         for term in self.distiller.terms.values():
             for stage in term.stages():
                 if stage.name in self.stages_done:
@@ -323,13 +310,20 @@ class Trainer:
                 self._run_stage(stage)
                 self.stages_done.append(stage.name)
                 if main:
-                    ckpt.atomic_save(self._state(self.start_epoch), self.run_dir / "last.pt")
+                    self._save(self._state(self.start_epoch), "last.pt")
         writer = self._tensorboard() if main else None
+        # DDP broadcasts rank 0's parameters and buffers once here, then averages gradients in
+        # the backward pass. Stage-only parameters take no part in the main loss.
+        has_stages = any(term.stages() for term in self.distiller.terms.values())
+        self.train_module = ddp.wrap(self.distiller, self.device, self.world_size, find_unused=has_stages)
+        if main and self.world_size > 1:
+            self.log(f"distributed: {self.world_size} processes, global batch {self.cfg.data.batch_size} = "
+                     f"{self.world_size} x {self.micro_batch * self.cfg.train.accumulate} per process")
         t0 = time.time()
         for epoch in range(self.start_epoch, self.cfg.optim.epochs):
             start = time.time()
             row = self._train_epoch(epoch)
-            self._broadcast_buffers()
+            ddp.broadcast_buffers(self.student, self.world_size)
             if (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.optim.epochs:
                 row.update({f"test_{k}": v for k, v in evaluate(self.student, self.test_loader, self.amp_ctx).items()})
             row["seconds"] = time.time() - start
@@ -340,9 +334,7 @@ class Trainer:
             if main:
                 self._write_metrics()
                 state = self._state(epoch + 1)
-                ckpt.atomic_save(state, self.run_dir / "last.pt")
-                if improved:
-                    ckpt.atomic_save(state, self.run_dir / "best.pt")
+                self._save(state, *(("last.pt", "best.pt") if improved else ("last.pt",)))
                 if writer:
                     for k, v in row.items():
                         if k != "epoch":
@@ -362,21 +354,6 @@ class Trainer:
             writer.close()
         return summary
 
-    def _broadcast_buffers(self) -> None:
-        """Give every rank rank 0's BatchNorm statistics (as DDP's broadcast_buffers does)."""
-        if self.world_size > 1:
-            for b in self.student.buffers():
-                dist.broadcast(b, 0)
-
-    def _broadcast_state(self) -> None:
-        """Start every rank from rank 0's student and term state (parameters and buffers)."""
-        if self.world_size == 1:
-            return
-        for t in self.distiller.state_dict().values():
-            if isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dim() == 0:
-                continue  # num_batches_tracked counters: identical anyway
-            dist.broadcast(t, 0)
-
     def _tensorboard(self):
         if not self.cfg.train.tensorboard:
             return None
@@ -386,20 +363,6 @@ class Trainer:
             raise ConfigError("train.tensorboard=true needs the tensorboard package: "
                               "pip install 'wdistill[tensorboard]'") from None
         return SummaryWriter(str(self.run_dir / "tb"))
-
-
-class _Ensemble(nn.Module):
-    """Mean logits of frozen models (a single teacher is an ensemble of one)."""
-
-    def __init__(self, members):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x):
-        return torch.stack([m(x) for m in self.members]).mean(0)
-
-    def train(self, mode: bool = True):
-        return super().train(False)
 
 
 def _fmt(v) -> str:

@@ -47,13 +47,18 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _row_counts(t: torch.Tensor) -> list[int]:
+    """Every rank's row count of ``t``."""
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    return [int(s) for s in sizes]
+
+
 def gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """Concatenate every rank's rows of each tensor (ranks may hold different row counts)."""
     world = dist.get_world_size()
-    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
+    sizes = _row_counts(tensors[0])
     out = []
     for t in tensors:
         padded = t.new_zeros((max(sizes),) + tuple(t.shape[1:]))
@@ -149,7 +154,20 @@ class CRD(Term):
         self.Z = self.Z.to(dev)
 
     def sample_contrast(self, index: torch.Tensor) -> torch.Tensor:
-        """(B, K+1) bank rows: column 0 the positive, then K negatives of other classes."""
+        """(B, K+1) bank rows: column 0 the positive, then K negatives of other classes.
+
+        Under torch.distributed (with ``sync_bank``) every rank draws the rows of the whole global
+        batch from the same random stream and keeps its own slice, so the draws do not depend on
+        how the global batch is split over processes."""
+        if self.sync_bank and _distributed():
+            sizes = _row_counts(index)
+            rank = dist.get_rank()
+            (everyone,) = gather_rows(index)
+            start = sum(sizes[:rank])
+            return self._sample(everyone)[start:start + sizes[rank]]
+        return self._sample(index)
+
+    def _sample(self, index: torch.Tensor) -> torch.Tensor:
         b, k, n = index.shape[0], self.num_negatives, self._targets.shape[0]
         y = self._targets[index]
         count, start = self._counts[y], self._starts[y]

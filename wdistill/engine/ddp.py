@@ -1,0 +1,77 @@
+"""Scale-out: torchrun + torch.nn.parallel.DistributedDataParallel.
+
+``data.batch_size`` is the global batch of one optimiser step, the same number on one process or
+many: each of the N ranks takes batch_size / N rows of it (and splits those into
+``train.accumulate`` micro-batches). DDP averages the gradients while the backward pass runs, so
+one step on N ranks equals one step on one process with the whole batch (up to float rounding and
+BatchNorm, whose statistics are per rank unless ``train.sync_bn``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .config import ConfigError
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
+    GPUs, gloo on CPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def per_rank_batch(global_batch: int, world_size: int, accumulate: int = 1) -> int:
+    """Rows one rank feeds through one forward; errors name the fix when it does not divide."""
+    parts = world_size * accumulate
+    if global_batch % parts:
+        raise ConfigError(f"data.batch_size={global_batch} is the global batch and must divide into "
+                          f"{world_size} process(es) x train.accumulate={accumulate} equal micro-batches; "
+                          f"use a multiple of {parts}, e.g. {max(parts, global_batch // parts * parts)}")
+    return global_batch // parts
+
+
+def wrap(module: nn.Module, device: torch.device, world_size: int, find_unused: bool) -> nn.Module:
+    """``module`` under DistributedDataParallel when several ranks train, else itself.
+
+    Buffers are not re-broadcast on every forward (memory banks are kept consistent by their
+    terms, BatchNorm statistics at epoch ends or by SyncBatchNorm); DDP broadcasts rank 0's
+    parameters and buffers once, here."""
+    if world_size == 1:
+        return module
+    ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                   find_unused_parameters=find_unused)
+
+
+def all_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Sum of ``t`` over ranks (``t`` itself on one process)."""
+    if world_size > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_buffers(model: nn.Module, world_size: int) -> None:
+    """Give every rank rank 0's buffers of ``model`` (BatchNorm running statistics)."""
+    if world_size > 1:
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """``train.sync_bn``: under torch.distributed every BatchNorm of ``model`` becomes a
+    SyncBatchNorm (statistics over the global batch, as multi-GPU ImageNet recipes do)."""
+    if world_size == 1:
+        return model
+    if device.type == "cpu":
+        raise ConfigError("train.sync_bn needs GPUs: torch's SyncBatchNorm has no CPU kernel. "
+                          "Set train.sync_bn=false for a CPU (gloo) run")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

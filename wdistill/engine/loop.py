@@ -1,0 +1,144 @@
+"""One optimisation step, shared by pre-training stages and main epochs, with no host sync.
+
+Loss parts, accuracy and the non-finite check stay on the device: :class:`Meter` sums them and
+:class:`Guard` remembers the first step whose total, any weighted term or the gradient was not
+finite. Both are read (one host sync) every ``train.log_every`` steps and at the end of a stage
+or an epoch, before anything is saved, so a non-finite value never reaches a checkpoint.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from . import ddp
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or its gradient became NaN or inf; the message names the step, the terms and
+    their weights, and what to change."""
+
+
+class Guard:
+    """Device-side record of the first non-finite step of a stage or an epoch."""
+
+    def __init__(self, names: list[str], weights: dict[str, float], device: torch.device):
+        self.names, self.weights = names, weights
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_values = torch.zeros(len(names) + 2, device=device)  # terms, total, grad norm
+        self.peak = torch.zeros(len(names), device=device)  # largest |weighted value| while finite
+
+    def observe(self, step: int, total: torch.Tensor, parts: dict[str, torch.Tensor],
+                grad_norm: torch.Tensor | None) -> None:
+        terms = torch.stack([parts[n].detach().float().reshape(()) for n in self.names]) if self.names \
+            else total.new_zeros(0)
+        g = grad_norm.detach().float().reshape(()) if grad_norm is not None else total.new_zeros(())
+        values = torch.cat([terms, total.detach().float().reshape(1), g.reshape(1)])
+        bad = ~torch.isfinite(values).all()
+        first = bad & (self.bad_step < 0)
+        self.bad_step = torch.where(first, torch.full_like(self.bad_step, step), self.bad_step)
+        self.bad_values = torch.where(first, values, self.bad_values)
+        if self.names:
+            ok = (self.bad_step < 0)
+            self.peak = torch.where(ok & torch.isfinite(terms), torch.maximum(self.peak, terms.abs()), self.peak)
+
+    def check(self, where: str) -> None:
+        """Raise :class:`NonFiniteLoss` if any observed step was not finite (one host sync)."""
+        step = int(self.bad_step)
+        if step < 0:
+            return
+        vals = self.bad_values.tolist()
+        terms = dict(zip(self.names, vals[:len(self.names)]))
+        total, gnorm = vals[-2], vals[-1]
+        bad_terms = [n for n, v in terms.items() if v != v or abs(v) == float("inf")]
+        peak = dict(zip(self.names, self.peak.tolist()))
+        described = ", ".join(f"{n} (weight {self.weights[n]:g}) = {terms[n]:.4g}" for n in self.names)
+        if bad_terms:
+            what = "weighted loss term(s) " + ", ".join(f"{n!r} (weight {self.weights[n]:g})" for n in bad_terms)
+        elif total != total or abs(total) == float("inf"):
+            what = "the total loss (each term finite, their sum overflowed)"
+        else:
+            what = "the gradient (every loss value finite)"
+        # The likely culprit when every value was finite (a too-large weight blows up the gradient),
+        # or when values grew before turning NaN: the largest weighted term.
+        sizes = {n: max(peak[n], abs(v) if v == v and abs(v) != float("inf") else 0.0) for n, v in terms.items()}
+        suspect = max(sizes, key=sizes.get) if sizes else None
+        hint = ""
+        if suspect and sizes[suspect] > 1e6:
+            hint = (f" The largest weighted term is {suspect!r} (weight {self.weights[suspect]:g}) at "
+                    f"{sizes[suspect]:.3g}: its weight is the likely cause.")
+        raise NonFiniteLoss(
+            f"{what} became non-finite in {where}, step {step}: {described}; total {total:.4g}, gradient norm "
+            f"{gnorm:.4g}.{hint} Lower the learning rate or that term's weight, or use a log-domain solver; "
+            "nothing non-finite was saved, the last checkpoint is the last good state.")
+
+
+class Meter:
+    """Sums of per-batch values on the device, read once per interval."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        v = value.detach().float().reshape(())
+        self.sums[key] = self.sums[key] + v if key in self.sums else v.clone()
+
+    def read(self, world_size: int = 1) -> dict[str, float]:
+        """{key: sum over steps (and ranks)} with one host sync."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        total = ddp.all_sum(torch.stack([self.sums[k] for k in keys]).double(), world_size)
+        return dict(zip(keys, total.tolist()))
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """``parts`` micro-batches of equal size (tensors split on dim 0, other entries shared)."""
+    if parts == 1:
+        return [batch]
+    n = len(batch["target"])
+    size = n // parts
+    out = []
+    for i in range(parts):
+        out.append({k: v[i * size:(i + 1) * size] if isinstance(v, torch.Tensor) and v.dim() and len(v) == n else v
+                    for k, v in batch.items()})
+    return out
+
+
+class Stepper:
+    """Forward (under autocast), backward with DDP's gradient averaging (``no_sync`` on all but the
+    last micro-batch), optimiser step. ``forward(batch) -> (total, {name: weighted value},
+    logits or None)``."""
+
+    def __init__(self, module: nn.Module, forward: Callable, optimizer: torch.optim.Optimizer, scaler,
+                 amp_ctx: Callable, accumulate: int, params: list[torch.Tensor], meter: Meter, guard: Guard):
+        self.module, self.forward, self.optimizer, self.scaler = module, forward, optimizer, scaler
+        self.amp_ctx, self.accumulate, self.params = amp_ctx, accumulate, params
+        self.meter, self.guard = meter, guard
+
+    def step(self, batch: dict, step: int) -> None:
+        micro = split_batch(batch, self.accumulate)
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = nullcontext() if last or not hasattr(self.module, "no_sync") else self.module.no_sync()
+            with sync:
+                with self.amp_ctx():
+                    total, parts, logits = self.forward(mb)
+                self.scaler.scale(total / self.accumulate).backward()
+            b = torch.tensor(float(len(mb["target"])), device=total.device)
+            self.meter.add("n", b)
+            self.meter.add("loss", total * b)
+            for k, v in parts.items():
+                self.meter.add(k, v * b)
+            if logits is not None:
+                self.meter.add("correct", (logits.argmax(1) == mb["target"]).sum())
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        gnorm = torch.nn.utils.get_total_norm(grads) if grads else None
+        self.guard.observe(step, total, parts, gnorm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
