@@ -16,8 +16,10 @@ def _cmd_train(args, require_teacher: bool) -> int:
     if require_teacher and not cfg.teacher_sections():
         raise ConfigError("`wdistill distill` needs a 'teacher:' section (model + checkpoint); "
                           "to train without a teacher use `wdistill train`")
-    summary = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
-    print(json.dumps(summary, indent=2))
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    summary = trainer.fit()
+    if trainer.rank == 0:  # under torchrun, one summary, not one per process
+        print(json.dumps(summary, indent=2))
     return 0
 
 

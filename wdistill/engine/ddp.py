@@ -39,7 +39,8 @@ def per_rank_batch(global_batch: int, world_size: int, accumulate: int = 1) -> i
 
 
 def wrap(module: nn.Module, device: torch.device, world_size: int, find_unused: bool) -> nn.Module:
-    """``module`` under DistributedDataParallel when several ranks train, else itself.
+    """``module`` under DistributedDataParallel when several ranks train, else itself (buckets of
+    gradients are all-reduced while the backward pass runs).
 
     Buffers are not re-broadcast on every forward (memory banks are kept consistent by their
     terms, BatchNorm statistics at epoch ends or by SyncBatchNorm); DDP broadcasts rank 0's
@@ -47,7 +48,7 @@ def wrap(module: nn.Module, device: torch.device, world_size: int, find_unused: 
     if world_size == 1:
         return module
     ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+    return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False,
                                    find_unused_parameters=find_unused)
 
 
