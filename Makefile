@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench-quick
+.PHONY: setup demo test bench-quick mutation
 
 setup:
 	bash scripts/setup.sh
@@ -13,3 +13,7 @@ test: setup
 
 bench-quick: setup
 	.venv/bin/wdistill bench accuracy --quick
+
+# Plant each known bug of tests/mutations.yaml in a copy of the package; fails if one survives.
+mutation: setup
+	.venv/bin/python scripts/mutation.py
