@@ -39,14 +39,17 @@ def test_distill_user_models_with_feature_methods(tmp_path):
     torch.manual_seed(0)
     train, test = bundled_sample("train").subset(slice(0, 512)), bundled_sample("test").subset(slice(0, 200))
     teacher, student = TinyNet(16), TinyNet(8)
-    wdistill.distill(teacher, None, train, test, epochs=1, out_dir=str(tmp_path), name="t",
+    t_out = wdistill.distill(teacher, None, train, test, epochs=3, out_dir=str(tmp_path), name="t",
                      student_taps=TAPS, train={"progress": False})
     before = {k: v.clone() for k, v in student.state_dict().items()}
     out = wdistill.distill(student, teacher, train, test,
                            loss=[{"name": "ce"}, {"name": "kd", "weight": 0.9}, {"name": "at", "weight": 1000}],
-                           epochs=1, out_dir=str(tmp_path), name="s", student_taps=TAPS, teacher_taps=TAPS,
+                           epochs=3, out_dir=str(tmp_path), name="s", student_taps=TAPS, teacher_taps=TAPS,
                            train={"progress": False})
-    assert out["final_top1"] > 10  # above chance after one epoch on 512 images
+    # A constant prediction scores at most 13.5% on these 200 images; measured here: teacher 33.0,
+    # student 26.5 after 3 epochs on 512 images.
+    majority = 100 * test.targets.bincount().max().item() / len(test)
+    assert t_out["final_top1"] > majority + 10 and out["final_top1"] > majority + 7, (majority, t_out, out)
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     assert (tmp_path / "s" / "student.pt").exists()
     # The caller's models come back without the forward hooks distill() put on them.

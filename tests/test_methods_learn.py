@@ -92,8 +92,11 @@ def test_method_learns_on_fashion_mnist(method, fmnist_teacher, _session_store):
     assert teacher["best_top1"] > 60, f"the teacher itself did not learn: {teacher}"
     cfg = load_config(_config(method, _session_store["dir"], 2, "resnet8", method_loss(method),
                               None if method == "vanilla" else checkpoint))
-    s = Trainer(cfg, data=data, log=lambda *_: None).fit()
+    trainer = Trainer(cfg, data=data, log=lambda *_: None)
+    s = trainer.fit()
     assert s["best_top1"] > CHANCE_MARGIN_TOP1, f"{method}: {s}"
+    _session_store.setdefault("top1", {})[method] = s["best_top1"]
+    _terms_move_the_student(trainer, method)
     if method != "vanilla":
         assert s["teacher_top1"] == pytest.approx(teacher["final_top1"])
     rows = [json.loads(line) for line in
@@ -103,3 +106,39 @@ def test_method_learns_on_fashion_mnist(method, fmnist_teacher, _session_store):
     for term in cfg.loss:  # each distillation term took part (AB/FSP act in their init stage only)
         if term.name not in ("ce", "ab", "fsp"):
             assert rows[0][f"train_{term.name}"] != 0, (term.name, rows[0])
+
+
+# AB and FSP act in their init stage only (the published main stage is CE alone).
+STAGE_ONLY = {"ab", "fsp"}
+MIN_GRADIENT_RATIO = 0.01
+
+
+def _terms_move_the_student(trainer, method: str) -> None:
+    """A dead or mis-scaled term fails: on one fixed training batch, every distillation term's
+    weighted gradient on the student is at least 1% of cross-entropy's (measured here: 0.1x to
+    10x), and it points somewhere else than CE's (not a rescaled copy)."""
+    import torch
+    d = trainer.distiller
+    d.train()
+    batch = next(iter(trainer.train_loader))
+    batch.update(epoch=0, num_epochs=trainer.cfg.optim.epochs, step=0)
+    total, parts, _ = d(batch)
+    params = [p for p in trainer.student.parameters() if p.requires_grad]
+
+    def grad(value):
+        g = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        return torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)])
+
+    ce = grad(parts["ce"]) if "ce" in parts else None
+    for name, value in parts.items():
+        if name == "ce" or name in STAGE_ONLY:
+            continue
+        g = grad(value)
+        assert torch.isfinite(g).all(), (method, name)
+        if ce is not None:
+            ratio = float(g.norm() / ce.norm())
+            assert ratio > MIN_GRADIENT_RATIO, f"{method}: term {name}'s gradient is {ratio:.2e} of CE's (dead?)"
+            cos = float(torch.nn.functional.cosine_similarity(g, ce, dim=0))
+            assert cos < 0.999, f"{method}: term {name}'s gradient is CE's up to scale (cos {cos:.4f})"
+        else:
+            assert float(g.norm()) > 0, (method, name)

@@ -241,7 +241,8 @@ def test_presets_hold_the_published_numbers():
         assert o.nesterov == method.startswith("wkd"), path
         assert (cfg.data.name, cfg.data.crop_padding, cfg.data.flip) == ("cifar100", 4, True), path
         if method == "kd":
-            assert terms == {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "T": 4}}, path
+            assert set(terms) == {"ce", "kd"} and terms["ce"]["weight"] == 0.1, path
+            assert (terms["kd"]["weight"], terms["kd"]["T"]) == (0.9, 4), path
         elif method in EXPECTED_BETA:
             assert terms["ce"]["weight"] == 1 and terms[method]["weight"] == EXPECTED_BETA[method], path
             assert set(terms) == {"ce", method}, path
@@ -274,8 +275,8 @@ def test_presets_hold_the_published_numbers():
             d = cfg.data
             assert (d.name, d.crop_padding, d.random_resized_crop, d.rrc_scale, d.options["size"]) == (
                 "image_folder", 0, 224, (0.08, 1.0), 256)
-        assert _terms(load_config(CONFIGS / "imagenet" / pair / "kd.yaml")) == {
-            "ce": {"weight": 0.5}, "kd": {"weight": 0.5, "T": 1}}
+        kd = _terms(load_config(CONFIGS / "imagenet" / pair / "kd.yaml"))
+        assert set(kd) == {"ce", "kd"} and kd["ce"]["weight"] == 0.5 and (kd["kd"]["weight"], kd["kd"]["T"]) == (0.5, 1)
 
 
 def test_a_built_wheel_ships_every_preset(tmp_path):
