@@ -220,6 +220,8 @@ def test_huge_weight_is_named_with_its_weight_and_cli_exits_3_without_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: ")
     assert "'kd' (weight 1e+30)" in err, err
+    # caught where it starts: the first step's gradient, while every loss value is still finite
+    assert err.startswith("error: the gradient (every loss value finite) became non-finite in epoch 1, step 0"), err
     assert not (tmp_path / "runs" / "r" / "last.pt").exists()  # nothing non-finite was saved
 
 
