@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import losses, models
 from ..data import BatchLoader, ImageDataset, load_dataset
+from ..data import build as data_build  # module, not name: data.build imports engine.config
 from . import checkpoint as ckpt
 from .config import ConfigError, RunConfig, dump_config
 from .distiller import Distiller, lr_at
@@ -121,8 +122,12 @@ class Trainer:
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.resume = resume
         torch.manual_seed(cfg.run.seed)
-        self.train_set, self.test_set = data or load_data(cfg)
-        nc, ch = self.train_set.num_classes, self.train_set.channels
+        self.data = data_build.build_loaders(cfg.data, data=data, seed=cfg.run.seed, device=self.device, rank=self.rank,
+                                             world_size=self.world_size, batch_size=cfg.data.batch_size,
+                                             need_targets=any(t.name in ("crd", "wcord") for t in cfg.loss),
+                                             log=self.log if self.rank == 0 else (lambda msg: None))
+        self.train_set, self.test_set = self.data.train_set, self.data.test_set
+        nc, ch = self.data.num_classes, self.data.channels
         t_sections = cfg.teacher_sections()
         self.student = student if student is not None else build_model(cfg.student, nc, ch, "student")
         if cfg.train.sync_bn:
@@ -149,11 +154,7 @@ class Trainer:
         if cfg.train.compile:
             # The hooks stay on the original submodules; dynamo traces them into the graph.
             self.distiller.student_tap.model = torch.compile(self.student)
-        d = cfg.data
-        shard = dict(rank=self.rank, world_size=self.world_size, **d.crop_kwargs())
-        self.train_loader = BatchLoader(self.train_set, d.batch_size, True, self.device, d.crop_padding, d.flip,
-                                        seed=cfg.run.seed, **shard)
-        self.test_loader = BatchLoader(self.test_set, d.eval_batch_size, False, self.device, **shard)
+        self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
         self.progress = cfg.train.progress and self.rank == 0
         self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
@@ -174,15 +175,14 @@ class Trainer:
         return batch
 
     def _plain_batches(self):
-        loader = BatchLoader(self.train_set, self.cfg.data.eval_batch_size, False, self.device,
-                             **self.cfg.data.crop_kwargs())
-        return iter(loader)
+        return self.data.plain_batches()
 
     def setup_terms(self) -> None:
         """Probe one batch and let every loss term build its parts (done by ``fit``)."""
         probe = self._prepare(next(iter(self.train_loader)))
-        ctx = dict(num_classes=self.train_set.num_classes, num_samples=len(self.train_set),
-                   train_targets=self.train_set.targets.to(self.device), device=self.device,
+        targets = self.data.train_targets
+        ctx = dict(num_classes=self.data.num_classes, num_samples=self.data.num_samples,
+                   train_targets=None if targets is None else targets.to(self.device), device=self.device,
                    train_batches=self._plain_batches, cache_dir=str(Path(self.cfg.run.out_dir) / "cache"))
         self.distiller.setup(ctx, probe)
         self.distiller.to(self.device)
@@ -216,7 +216,7 @@ class Trainer:
 
     def export_student(self, path: Path, metrics: dict) -> None:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
-                          "num_classes": self.train_set.num_classes, "in_channels": self.train_set.channels,
+                          "num_classes": self.data.num_classes, "in_channels": self.data.channels,
                           "taps": self.cfg.student.taps, "metrics": metrics}, path)
 
     # ---- stages and epochs -------------------------------------------------------------------
