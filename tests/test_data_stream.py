@@ -159,7 +159,7 @@ def test_resized_crop_geometry_hand_computed():
     t = ImageTransform(True, resized_crop=4, scale=(0.25, 0.25), ratio=(1.0, 1.0))  # a 4x4 box, no resize
     seen = set()
     for seed in range(200):
-        out = t(img, torch.Generator().manual_seed(seed))[0]
+        out = t(img, seed)[0]
         top, left = divmod(int(out[0, 0]), 8)
         assert torch.equal(out, torch.arange(64, dtype=torch.uint8).view(8, 8)[top:top + 4, left:left + 4])
         seen.add((top, left))
@@ -167,14 +167,33 @@ def test_resized_crop_geometry_hand_computed():
     # the whole image (area 1, its own ratio) resized 20x10 -> 5x5 equals Pillow's own resize
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 20, 3), dtype=np.uint8))
     full = ImageTransform(True, resized_crop=5, scale=(1, 1), ratio=(2, 2), flip=True)
-    outs = {bool(torch.equal(full(wide, torch.Generator().manual_seed(s)),
+    outs = {bool(torch.equal(full(wide, s),
                              torch.from_numpy(np.asarray(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1)))
             for s in range(20)}
     assert outs == {True, False}  # flipped half of the time, otherwise exactly the resize
     for s in range(20):
-        out = full(wide, torch.Generator().manual_seed(s))
+        out = full(wide, s)
         ref = torch.from_numpy(np.asarray(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1)
         assert torch.equal(out, ref) or torch.equal(out, ref.flip(2))
+
+
+def test_per_image_box_has_the_batched_boxes_distribution():
+    import random
+    from scipy.stats import chi2_contingency
+    from wdistill.data.augment import draw_resized_crop_boxes
+    from wdistill.data.stream import draw_box
+    rng = random.Random(0)
+    ours = torch.tensor([draw_box(rng, 10, 13) for _ in range(20000)])
+    ref = draw_resized_crop_boxes(20000, 10, 13, generator=torch.Generator().manual_seed(0))
+    for cols in ([2, 3], [0, 1]):  # box sizes (h, w), then positions (top, left)
+        codes = [(x[:, cols[0]] * 100 + x[:, cols[1]]).numpy() for x in (ours, ref)]
+        keys = np.unique(np.concatenate(codes))
+        table = np.array([[(c == k).sum() for k in keys] for c in codes])
+        table = table[:, table.sum(0) >= 10]
+        assert chi2_contingency(table)[1] > 1e-3  # the same distribution (fails at p < 0.001)
+    # no try fits: the centred box clamped to the ratio range, as the batched version
+    fallback = draw_box(random.Random(1), 10, 10, scale=(1, 1), ratio=(2, 2))
+    assert fallback == (2, 0, 5, 10) == tuple(draw_resized_crop_boxes(1, 10, 10, (1, 1), (2, 2))[0].tolist())
 
 
 def test_eval_centre_crop_and_normalisation(tmp_path):

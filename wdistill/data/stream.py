@@ -6,12 +6,12 @@ folder, the file list and labels). Batches are the same mapping as ``BatchLoader
 
 Determinism without caring which worker runs what: the sampler (in the main process) gives every
 sample of an epoch its own seed, a function of ``(seed, epoch, position in the epoch's global
-order)``, and the worker draws that sample's crop and flip from a generator seeded with it. So
+order)``, and the worker draws that sample's crop and flip from ``random.Random(seed)``. So
 epoch e is identical whatever the number of workers, after a resume, and on every rank (rank r
 gets exactly the samples, and augmentations, at its slice of each global batch).
 
 Per-image geometry (PIL, no torchvision):
-- training, ``resized_crop=S``: RandomResizedCrop (``augment.draw_resized_crop_boxes``: area
+- training, ``resized_crop=S``: RandomResizedCrop (``draw_box``, as ``augment.draw_resized_crop_boxes``: area
   U(scale) x H x W, log-uniform aspect ratio, 10 tries, else the centred box clamped to the ratio
   range), resized to S x S bilinearly by Pillow (antialiased when shrinking, as torchvision's PIL
   path), mirrored with probability 1/2 when ``flip``;
@@ -24,7 +24,9 @@ in the main process on the training device, on 4x fewer bytes than float would m
 """
 from __future__ import annotations
 
+import math
 import os
+import random
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import _draw_flips, _draw_offsets, center_crop, crop_flip, draw_resized_crop_boxes, resized_crop_flip
+from .augment import center_crop, crop_flip, resized_crop_flip
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -102,25 +104,49 @@ def to_tensor(image) -> torch.Tensor:
     return t.contiguous()
 
 
+def draw_box(rng: random.Random, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+             tries: int = 10) -> tuple[int, int, int, int]:
+    """One RandomResizedCrop box (top, left, h, w): the distribution of
+    ``augment.draw_resized_crop_boxes`` (area U(scale) x H x W, aspect exp(U(log ratio)), first of
+    10 tries that fits, at a uniform position; else the centred box clamped to the ratio range),
+    drawn with Python's ``random`` -- one image at a time, ~100x cheaper than small torch ops."""
+    area = height * width
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(tries):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(lo, hi))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class ImageTransform:
-    """One image -> cropped (C, S, S) tensor, drawing from a per-sample generator (see module doc)."""
+    """One image -> cropped (C, S, S) tensor, drawing from a per-sample seed (see module doc)."""
 
     def __init__(self, train: bool, crop_padding: int = 0, flip: bool = False, resized_crop: int | None = None,
                  resize: int | None = None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), rgb: bool = False):
         self.train, self.crop_padding, self.flip = train, crop_padding, flip
         self.resized_crop, self.resize, self.scale, self.ratio, self.rgb = resized_crop, resize, scale, ratio, rgb
 
-    def __call__(self, image, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, image, seed: int) -> torch.Tensor:
+        rng = random.Random(seed)
         s = self.resized_crop
         if not isinstance(image, (torch.Tensor, np.ndarray)):  # PIL: crop and resize in Pillow
             from PIL import Image
             if self.rgb and image.mode != "RGB":
                 image = image.convert("RGB")
             if s is not None and self.train:
-                top, left, h, w = draw_resized_crop_boxes(1, image.height, image.width, self.scale, self.ratio,
-                                                          generator)[0].tolist()
+                top, left, h, w = draw_box(rng, image.height, image.width, self.scale, self.ratio)
                 image = image.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
-                if self.flip and bool(_draw_flips(1, generator)[0]):
+                if self.flip and rng.random() < 0.5:
                     image = image.transpose(Image.FLIP_LEFT_RIGHT)
                 return to_tensor(image)
             if s is not None or self.resize is not None:
@@ -129,16 +155,17 @@ class ImageTransform:
         else:
             x = to_tensor(image)
             if s is not None and self.train:
-                box = draw_resized_crop_boxes(1, x.shape[1], x.shape[2], self.scale, self.ratio, generator)
-                flips = _draw_flips(1, generator) if self.flip else None
+                box = torch.tensor([draw_box(rng, x.shape[1], x.shape[2], self.scale, self.ratio)])
+                flips = torch.tensor([rng.random() < 0.5]) if self.flip else None
                 y = resized_crop_flip(x[None].float(), box, s, flips)[0]
                 return y.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
             if s is not None:
                 return center_crop(x, s).contiguous()
         if self.train and (self.crop_padding or self.flip):
-            offsets = _draw_offsets(1, self.crop_padding, generator) if self.crop_padding else None
-            flips = _draw_flips(1, generator) if self.flip else None
-            x = crop_flip(x[None], self.crop_padding, offsets, flips)[0]
+            p = self.crop_padding
+            offsets = torch.tensor([[rng.randint(0, 2 * p)], [rng.randint(0, 2 * p)]]) if p else None
+            flips = torch.tensor([rng.random() < 0.5]) if self.flip else None
+            x = crop_flip(x[None], p, offsets, flips)[0]
         return x
 
 
@@ -195,7 +222,7 @@ class _Keyed(Dataset):
         if not (isinstance(item, (tuple, list)) and len(item) >= 2):
             raise TypeError(f"dataset item {i} is a {type(item).__name__}: a dataset must return (image, target)")
         image, target = item[0], item[1]
-        x = self.transform(image, torch.Generator().manual_seed(seed))
+        x = self.transform(image, seed)
         return x, int(target), i
 
 
