@@ -168,12 +168,12 @@ def test_resized_crop_geometry_hand_computed():
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 20, 3), dtype=np.uint8))
     full = ImageTransform(True, resized_crop=5, scale=(1, 1), ratio=(2, 2), flip=True)
     outs = {bool(torch.equal(full(wide, s),
-                             torch.from_numpy(np.asarray(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1)))
+                             torch.from_numpy(np.array(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1)))
             for s in range(20)}
     assert outs == {True, False}  # flipped half of the time, otherwise exactly the resize
     for s in range(20):
         out = full(wide, s)
-        ref = torch.from_numpy(np.asarray(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1)
+        ref = torch.from_numpy(np.array(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1)
         assert torch.equal(out, ref) or torch.equal(out, ref.flip(2))
 
 
@@ -216,7 +216,7 @@ def test_eval_centre_crop_and_normalisation(tmp_path):
     assert torch.allclose(x[0], solid.view(3, 1, 1).expand(3, 12, 12), atol=1e-5)
     # a 30x20 picture: shorter side to 16 -> 24x16, centre 12x12 at (left 6, top 2)
     pic = Image.open(root / "val" / "c1" / "b.png").resize((24, 16), Image.BILINEAR).crop((6, 2, 18, 14))
-    ref = (torch.from_numpy(np.asarray(pic)).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
+    ref = (torch.from_numpy(np.array(pic)).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
         / torch.tensor(STD).view(3, 1, 1)
     assert torch.allclose(x[3], ref, atol=1e-5)
 
