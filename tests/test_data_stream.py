@@ -253,6 +253,10 @@ def test_sampler_matches_batch_loader_order():
         sampler.set_epoch(e)
         assert [b["index"].tolist() for b in bl] == [[i for i, _ in batch] for batch in sampler]
     assert len(sampler) == len(bl) == 3
+    # evaluation, 5 samples over 2 ranks x 2: rank 1 holds sample 3 then nothing (no empty batch)
+    shards = [list(ShardedBatchSampler(5, 2, False, rank=r, world_size=2)) for r in range(2)]
+    assert [[i for i, _ in b] for b in shards[0]] == [[0, 1], [4]]
+    assert [[i for i, _ in b] for b in shards[1]] == [[2, 3]]
 
 
 # ------------------------------------------------------------------ CRD / resume on the streaming path
@@ -350,3 +354,35 @@ def test_run_log_states_path_and_augmentation():
     rd = build_loaders(cfg.data, log=logs.append)
     assert rd.path == "memory" and "memory path" in logs[0]
     assert logs[1].startswith("augmentation: pad 2 + random crop, horizontal flip [recipe: FMNIST-KD v1")
+
+
+# ------------------------------------------------------------------ two ranks on the streaming path
+def _stream_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = load_config({"run": {"name": "ddp", "out_dir": out_dir, "seed": 0, "device": "cpu"},
+                       "data": {"name": "python", "batch_size": 8, "workers": 0, "flip": True, "crop_padding": 1},
+                       "student": {"model": "resnet8"}, "optim": {"epochs": 2}, "train": {"progress": False}})
+    trainer = Trainer(cfg, data=(Blobs(64, kind="uint8"), Blobs(20, kind="uint8", seed=1)), log=lambda m: None)
+    summary = trainer.fit()
+    assert trainer.data.path == "stream" and len(trainer.train_loader) == 64 // (8 * world)
+    torch.save({"student": trainer.student.state_dict(), "summary": summary}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_stream_in_lockstep(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_stream_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(v, r1["student"][k]) for k, v in r0["student"].items() if v.is_floating_point())
+    assert r0["summary"]["final_top1"] == r1["summary"]["final_top1"]  # test set summed over both shards

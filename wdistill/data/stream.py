@@ -54,7 +54,8 @@ class ShardedBatchSampler(Sampler):
 
     Every rank draws the same order from (seed, epoch); global batch b is positions
     ``[b * B * W, (b + 1) * B * W)`` and rank r takes ``[b * B * W + r * B, ... + B)`` of it, as
-    ``BatchLoader`` does. ``len()`` is the number of steps per epoch.
+    ``BatchLoader`` does. ``len()`` is the number of steps per epoch (without drop_last, a rank
+    whose slice of the last partial batch is empty skips it instead of yielding an empty batch).
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
@@ -80,7 +81,8 @@ class ShardedBatchSampler(Sampler):
         for b in range(len(self)):
             start = b * step + self.rank * self.batch_size
             stop = min(start + self.batch_size, (b + 1) * step, self.n)
-            yield [(order[p], sample_seed(self.seed, self.epoch, p)) for p in range(start, stop)]
+            if start < stop:  # a rank's slice of the last partial (evaluation) batch may be empty
+                yield [(order[p], sample_seed(self.seed, self.epoch, p)) for p in range(start, stop)]
 
 
 def to_tensor(image) -> torch.Tensor:
