@@ -523,7 +523,9 @@ def test_config_rejects_two_crops():
 
     base = {"student": {"model": "resnet8"}, "data": {"random_resized_crop": 224}}
     with pytest.raises(ConfigError, match="crop_padding: 0"):
-        load_config(base)  # crop_padding defaults to 4 (the CIFAR recipe)
+        load_config({**base, "data": {"random_resized_crop": 224, "crop_padding": 4}})
+    # crop_padding unset = the data set's recipe, which never pads under a resized crop
+    assert load_config(base).data.crop_padding is None
     cfg = load_config({**base, "data": {"random_resized_crop": 224, "crop_padding": 0}})
     assert cfg.data.crop_kwargs()["resized_crop"] == 224
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from .data import ImageDataset
 from .engine import Trainer, load_config
 
 
-def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, train_data: ImageDataset,
-            test_data: ImageDataset, loss: list[dict] | None = None, *, epochs: int = 10, lr: float = 0.05,
+def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, train_data: ImageDataset | Dataset,
+            test_data: ImageDataset | Dataset, loss: list[dict] | None = None, *, epochs: int = 10, lr: float = 0.05,
             batch_size: int = 64, schedule: str = "cosine", student_taps: dict | None = None,
             teacher_taps: dict | list[dict] | None = None, out_dir: str = "runs", name: str = "distill",
             seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
@@ -20,6 +21,12 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
     their stage modules, e.g. ``{"feats": ["stem", "layer1", "layer2"], "embed": "fc:in"}``.
     Further keyword arguments are config sections (``data=``, ``train=``, ``optim=``) merged in.
     Returns the run summary; the run directory is ``out_dir/name``.
+
+    ``train_data``/``test_data``: in-memory ``ImageDataset`` splits (augmented with their data set's
+    recipe), or any map-style ``torch.utils.data.Dataset`` returning ``(image, target)`` with a PIL
+    image, a uint8 or a float tensor (streamed through DataLoader workers, no augmentation unless
+    ``data={"crop_padding": ..., "flip": ...}``; ``num_classes`` from ``.classes``/``.targets`` or
+    ``data={"num_classes": N}``).
     """
     teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     if loss is None:
@@ -27,7 +34,8 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
     if isinstance(teacher_taps, dict) or teacher_taps is None:
         teacher_taps = [teacher_taps] * len(teachers)
     raw = {"run": {"name": name, "out_dir": out_dir, "seed": seed, "device": device},
-           "data": {"batch_size": batch_size, **config.pop("data", {})},
+           "data": {"name": train_data.name if isinstance(train_data, ImageDataset) else "python",
+                    "batch_size": batch_size, **config.pop("data", {})},
            "student": {"model": type(student).__name__, "taps": student_taps},
            "loss": loss,
            "optim": {"epochs": epochs, "lr": lr, "schedule": schedule, **config.pop("optim", {})}}

@@ -85,9 +85,9 @@ def _cmd_demo(args) -> int:
 def _cmd_cost_matrix(args) -> int:
     import torch
 
-    from .data import BatchLoader
+    from .data.build import build_loaders
     from .engine.checkpoint import atomic_save
-    from .engine.build import build_model, load_data, resolve_device
+    from .engine.build import build_model, resolve_device
     from .losses.wkd_cost import build_cost_matrix, teacher_checksum
     from .models import FeatureTap
     from .engine import load_config
@@ -96,12 +96,11 @@ def _cmd_cost_matrix(args) -> int:
     sections = cfg.teacher_sections()
     if len(sections) != 1:
         raise ConfigError("cost-matrix needs exactly one 'teacher:' section (model + checkpoint) in the config")
-    train, _ = load_data(cfg)
     device = resolve_device(cfg.run.device)
-    teacher = build_model(sections[0], train.num_classes, train.channels, "teacher").to(device).eval()
+    data = build_loaders(cfg.data, seed=cfg.run.seed, device=device)  # memory or streaming, as training
+    teacher = build_model(sections[0], data.num_classes, data.channels, "teacher").to(device).eval()
     tap = FeatureTap(teacher, sections[0].taps)
-    batches = BatchLoader(train, cfg.data.eval_batch_size, False, device, **cfg.data.crop_kwargs())
-    cost = build_cost_matrix(tap, batches, train.num_classes, kappa=args.kappa, mode=args.mode,
+    cost = build_cost_matrix(tap, data.plain_batches(), data.num_classes, kappa=args.kappa, mode=args.mode,
                              max_per_class=args.max_per_class).cpu()
     out = args.output or f"wkd_cost_{sections[0].model}_{teacher_checksum(teacher)[:12]}_{args.mode}_k{args.kappa:g}.pt"
     atomic_save(cost, out)

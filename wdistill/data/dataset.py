@@ -40,6 +40,10 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """(uint8 (C, H, W) image, label): lets the streaming path read an in-memory split too."""
+        return self.images[i], int(self.targets[i])
+
     @property
     def channels(self) -> int:
         return self.images.shape[1]

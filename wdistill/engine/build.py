@@ -1,4 +1,4 @@
-"""Building a run from its config: device, data, models, loss terms. Every error is a
+"""Building a run from its config: device, models, loss terms (data: ``wdistill.data.build``). Every error is a
 ConfigError that names the key and the fix, raised before any long work starts."""
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 
 from .. import losses, models
-from ..data import ImageDataset, load_dataset
 from .config import ConfigError, RunConfig
 
 
@@ -27,27 +26,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} but MPS is not available here; use cpu")
     return dev
-
-
-def load_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
-    try:
-        train, test = load_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"data: {e}") from None
-    for key, split in (("train_subset", train), ("test_subset", test)):
-        n = getattr(cfg.data, key)
-        if n is not None and n > len(split):
-            raise ConfigError(f"data.{key}={n} but the split has only {len(split)} samples: lower it or remove it")
-    if cfg.data.train_subset:
-        train = train.subset(slice(0, cfg.data.train_subset))
-    if cfg.data.test_subset:
-        test = test.subset(slice(0, cfg.data.test_subset))
-    side = min(train.size)
-    pad = cfg.data.crop_padding or 0
-    if pad > side // 2:
-        raise ConfigError(f"data.crop_padding={pad} on {side}-pixel images would crop mostly padding: use at "
-                          f"most {side // 2} (the CIFAR recipe pads 4 on 32 px)")
-    return train, test
 
 
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:

@@ -39,26 +39,43 @@ class RunSection(_Strict):
 
 
 class DataSection(_Strict):
-    name: str = "fmnist_sample"
+    name: str = "fmnist_sample"  # a built-in data set, image_folder, or python (with factory)
     root: str | None = None
     train_subset: int | None = Field(None, gt=0)  # keep the first N training images
     test_subset: int | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
-    crop_padding: int = Field(4, ge=0)
-    flip: bool = True
+    # Augmentation: None = the data set's own recipe (wdistill/data/recipe.py; the run log states it).
+    crop_padding: int | None = Field(None, ge=0)
+    flip: bool | None = None
     # ImageNet recipe: training RandomResizedCrop to this size, evaluation centre crop to it
-    # (store the images larger, e.g. options.size 256 with random_resized_crop 224).
+    # (store/resize the images larger, e.g. options.size 256 with random_resized_crop 224).
     random_resized_crop: int | None = Field(None, gt=0)
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the loader
+    # memory: uint8 tensors in RAM, batched augmentation (fast path); stream: DataLoader workers
+    # decode and crop; auto: memory when the decoded split fits in memory_limit_gb, else stream.
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    memory_limit_gb: float = Field(4.0, gt=0)
+    workers: int | None = Field(None, ge=0)  # streaming worker processes; None = CPU cores, at most 8
+    prefetch_factor: int = Field(2, gt=0)  # batches each streaming worker prepares ahead
+    # name: python -- a user's datasets from `factory: "pkg.module:function"` returning (train, test)
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for the factory
+    num_classes: int | None = Field(None, gt=0)  # when the dataset has no `classes`/`targets`
+    mean: tuple[float, ...] | None = None  # user data: per-channel normalisation of uint8/PIL images
+    std: tuple[float, ...] | None = None
 
     @model_validator(mode="after")
     def _one_crop(self):
         if self.random_resized_crop is not None and self.crop_padding:
             raise ValueError(f"data.crop_padding={self.crop_padding} and data.random_resized_crop="
                              f"{self.random_resized_crop} both crop: set data.crop_padding: 0 for the ImageNet recipe")
+        if self.factory is not None and self.name != "python":
+            raise ValueError(f"data.factory is for data.name: python (got name {self.name!r})")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give data.mean and data.std together (per-channel values in [0, 1] units)")
         return self
 
     def crop_kwargs(self) -> dict[str, Any]:

@@ -15,10 +15,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..data import BatchLoader, ImageDataset
+from ..data import ImageDataset
+from ..data import build as data_build  # module, not name: data.build imports engine.config
 from . import checkpoint as ckpt
 from . import ddp
-from .build import build_model, build_terms, load_data, resolve_device
+from .build import build_model, build_terms, resolve_device
 from .config import ConfigError, RunConfig
 from .distiller import Distiller, lr_at
 from .ddp import init_distributed, sync_batchnorm
@@ -26,7 +27,7 @@ from .evaluate import Ensemble, evaluate
 from .loop import Guard, Meter, NonFiniteLoss, Stepper
 from .rundir import RunDir
 
-__all__ = ["Trainer", "evaluate", "build_model", "load_data", "resolve_device", "init_distributed",
+__all__ = ["Trainer", "evaluate", "build_model", "resolve_device", "init_distributed",
            "sync_batchnorm", "NonFiniteLoss"]
 
 
@@ -84,8 +85,15 @@ class Trainer:
         cfg = self.cfg
         self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size, cfg.train.accumulate)
         torch.manual_seed(cfg.run.seed)
-        self.train_set, self.test_set = data or load_data(cfg)
-        nc, ch = self.train_set.num_classes, self.train_set.channels
+        # data.batch_size is the global batch of one optimiser step: each rank loads its share.
+        self.data = data_build.build_loaders(cfg.data, data=data, seed=cfg.run.seed, device=self.device, rank=self.rank,
+                                             world_size=self.world_size,
+                                             batch_size=self.micro_batch * cfg.train.accumulate,
+                                             eval_batch_size=max(1, cfg.data.eval_batch_size // self.world_size),
+                                             need_targets=any(t.name in ("crd", "wcord") for t in cfg.loss),
+                                             log=self.log if self.rank == 0 else (lambda msg: None))
+        self.train_set, self.test_set = self.data.train_set, self.data.test_set
+        nc, ch = self.data.num_classes, self.data.channels
         t_sections = cfg.teacher_sections()
         self.student = student if student is not None else build_model(cfg.student, nc, ch, "student")
         if cfg.train.sync_bn:
@@ -106,17 +114,7 @@ class Trainer:
         if cfg.train.compile:
             # The hooks stay on the original submodules; dynamo traces them into the graph.
             self.distiller.student_tap.model = torch.compile(self.student)
-        d = cfg.data
-        shard = dict(rank=self.rank, world_size=self.world_size, **d.crop_kwargs())
-        # data.batch_size is the global batch of one optimiser step: each rank loads its share.
-        per_rank = self.micro_batch * cfg.train.accumulate
-        try:
-            self.train_loader = BatchLoader(self.train_set, per_rank, True, self.device, d.crop_padding, d.flip,
-                                            seed=cfg.run.seed, **shard)
-            self.test_loader = BatchLoader(self.test_set, max(1, d.eval_batch_size // self.world_size), False,
-                                           self.device, **shard)
-        except ValueError as e:
-            raise ConfigError(f"data: {e}") from None
+        self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
         self.progress = cfg.train.progress and self.rank == 0
         self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
@@ -138,15 +136,14 @@ class Trainer:
         return batch
 
     def _plain_batches(self):
-        loader = BatchLoader(self.train_set, self.cfg.data.eval_batch_size, False, self.device,
-                             **self.cfg.data.crop_kwargs())
-        return iter(loader)
+        return self.data.plain_batches()
 
     def setup_terms(self) -> None:
         """Probe one batch and let every loss term build its parts (done by ``fit``)."""
         probe = self._prepare(next(iter(self.train_loader)))
-        ctx = dict(num_classes=self.train_set.num_classes, num_samples=len(self.train_set),
-                   train_targets=self.train_set.targets.to(self.device), device=self.device,
+        targets = self.data.train_targets
+        ctx = dict(num_classes=self.data.num_classes, num_samples=self.data.num_samples,
+                   train_targets=None if targets is None else targets.to(self.device), device=self.device,
                    train_batches=self._plain_batches, cache_dir=str(Path(self.cfg.run.out_dir) / "cache"))
         self.distiller.setup(ctx, probe)
         self.distiller.to(self.device)
@@ -200,7 +197,7 @@ class Trainer:
 
     def export_student(self, path: Path, metrics: dict) -> None:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
-                          "num_classes": self.train_set.num_classes, "in_channels": self.train_set.channels,
+                          "num_classes": self.data.num_classes, "in_channels": self.data.channels,
                           "taps": self.cfg.student.taps, "metrics": metrics}, path)
 
     # ---- stages and epochs -------------------------------------------------------------------

@@ -1,0 +1,215 @@
+"""One entry point from a ``data:`` config section (or datasets passed in) to a run's loaders.
+
+Which path runs (``data.loader``):
+- ``memory``: the split lives in RAM as uint8 tensors, augmented in batches on the training device
+  (``BatchLoader``), the fast path;
+- ``stream``: ``torch.utils.data.DataLoader`` worker processes decode and crop (``StreamLoader``);
+- ``auto`` (default): built-in tensor data sets (CIFAR, MNIST-like, the bundled sample) are in
+  memory already; an image folder goes to memory when its decoded uint8 train + test splits at
+  ``options.size`` take at most ``data.memory_limit_gb`` (default 4 GiB: CIFAR-100 is 0.18 GB, so
+  every small benchmark set fits many times over, and a node running 8 ranks still holds 8
+  copies in 32 GB; ImageNet at 256 px, ~250 GB, streams); a user's own Dataset streams, since its
+  ``__getitem__`` may augment (a decoded copy would freeze one draw) -- ``memory`` reads it once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from ..engine.config import ConfigError
+from .dataset import ImageDataset
+from .folder import IMAGENET_MEAN, IMAGENET_STD
+from .loader import BatchLoader
+from .recipe import Augmentation, recipe_for, resolve
+from .registry import load_dataset
+from .stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
+from .user import (check_dataset, infer_num_classes, known_targets, load_factory, materialize, probe_channels,
+                   scan_targets)
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class RunData:
+    """What a run needs from its data: the loaders and the facts about the training split."""
+
+    train_loader: Any
+    test_loader: Any
+    plain_batches: Callable  # -> iterator of un-augmented, normalised training batches (unsharded)
+    num_classes: int
+    channels: int
+    num_samples: int
+    train_targets: torch.Tensor | None  # None: unknown (no `targets` and no term needed them)
+    path: str  # "memory" or "stream"
+    augmentation: Augmentation
+    train_set: Any
+    test_set: Any
+
+
+class _Head(Dataset):
+    """The first ``n`` items of a dataset (``data.train_subset``), keeping ``classes``/``targets``."""
+
+    def __init__(self, ds, n: int):
+        self.ds, self.n = ds, n
+        self.classes = getattr(ds, "classes", None)
+        t = known_targets(ds)
+        if t is not None:
+            self.targets = t[:n]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.ds[i]
+
+
+def _head(ds, n: int | None, what: str):
+    if n is None:
+        return ds
+    if not 0 < n <= len(ds):
+        raise ConfigError(f"data.{what} must be in 1..{len(ds)}, got {n}")
+    if isinstance(ds, ImageDataset):
+        return ds.subset(slice(0, n))
+    if isinstance(ds, FolderImages):
+        return FolderImages(ds.files[:n], ds.targets[:n].tolist(), ds.classes, ds.name)
+    return _Head(ds, n)
+
+
+def open_datasets(d) -> tuple[Any, Any]:
+    """(train, test) of a data section; image folders are only listed here, never decoded."""
+    if d.name == "python":
+        return load_factory(d.factory, d.kwargs)
+    if d.name == "image_folder" and d.loader != "memory":
+        if d.root is None:
+            raise ConfigError("data.name=image_folder needs data.root: a directory holding train/<class>/* "
+                              "and val/<class>/*")
+        unknown = sorted(set(d.options) - {"size", "cache_dir", "mean", "std"})
+        if unknown:
+            raise ConfigError(f"image_folder has no option {', '.join(unknown)}; its options: size, cache_dir, "
+                              "mean, std")
+        try:
+            train = folder_images(Path(d.root) / "train")
+            return train, folder_images(Path(d.root) / "val", train.classes)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.root: {e}") from None
+    try:
+        return load_dataset(d.name, d.root, **d.options)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"data: {e}") from None
+
+
+def _to_memory(d, train, test, num_classes: int, mean, std) -> tuple[ImageDataset, ImageDataset]:
+    if isinstance(train, FolderImages):  # decode once (with its .npz cache) at options.size
+        options = {k: v for k, v in d.options.items()}
+        full_train, full_test = load_dataset("image_folder", d.root, **options)
+        return full_train.subset(slice(0, len(train))), full_test.subset(slice(0, len(test)))
+    return (materialize(train, "train", num_classes, mean, std), materialize(test, "test", num_classes, mean, std))
+
+
+def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", rank: int = 0,
+                  world_size: int = 1, batch_size: int | None = None, eval_batch_size: int | None = None,
+                  need_targets: bool = False, log: Callable[[str], None] = print) -> RunData:
+    """Loaders for data section ``d`` (or the ``(train, test)`` datasets given), sharded for ``rank``.
+
+    ``batch_size``/``eval_batch_size``: per rank (default: the section's). ``need_targets``: a term
+    samples by label (CRD, WCoRD), so labels are read even when the dataset does not list them.
+    """
+    batch_size = batch_size or d.batch_size
+    eval_batch_size = eval_batch_size or d.eval_batch_size
+    if data is not None:
+        train, test = data
+        for role, ds in (("train_data", train), ("test_data", test)):
+            check_dataset(ds, role)
+        recipe_name = train.name if isinstance(train, ImageDataset) else "python"
+    else:
+        train, test = open_datasets(d)
+        recipe_name = d.name
+    train, test = _head(train, d.train_subset, "train_subset"), _head(test, d.test_subset, "test_subset")
+    num_classes = infer_num_classes(train, d.num_classes)
+    folder = isinstance(train, FolderImages)
+    stored = d.options.get("size", 32) if folder else None
+
+    if isinstance(train, ImageDataset):
+        path = "stream" if d.loader == "stream" else "memory"
+        why = "in-memory data set" if path == "memory" else "data.loader=stream"
+    elif folder:
+        est = (len(train) + len(test)) * 3 * stored * stored
+        path = d.loader if d.loader != "auto" else ("memory" if est <= d.memory_limit_gb * GIB else "stream")
+        why = (f"data.loader={d.loader}" if d.loader != "auto" else
+               f"decoded size {est / GIB:.2f} GiB {'<=' if path == 'memory' else '>'} "
+               f"data.memory_limit_gb={d.memory_limit_gb:g}")
+    else:
+        path = "memory" if d.loader == "memory" else "stream"
+        why = "data.loader=memory" if path == "memory" else "a user Dataset streams (data.loader=memory loads it)"
+
+    if isinstance(train, ImageDataset):
+        mean, std = train.mean, train.std
+    elif folder:
+        mean, std = d.options.get("mean", IMAGENET_MEAN), d.options.get("std", IMAGENET_STD)
+    else:
+        mean = d.mean if d.mean is not None else getattr(train, "mean", None)
+        std = d.std if d.std is not None else getattr(train, "std", None)
+    if path == "memory" and not isinstance(train, ImageDataset):
+        train, test = _to_memory(d, train, test, num_classes, mean, std)
+
+    channels = probe_channels(train)
+    side = train.size[0] if isinstance(train, ImageDataset) else 0
+    aug = resolve(d, recipe_for(recipe_name), side, stored)
+    if side and aug.crop_padding > side // 2:
+        raise ConfigError(f"data.crop_padding={aug.crop_padding} on {side}-pixel images would crop mostly padding: "
+                          f"use at most {side // 2} (the CIFAR recipe pads 4 on 32 px)")
+    targets = train.targets if isinstance(train, ImageDataset) else known_targets(train)
+    workers = d.workers if d.workers is not None else max(1, default_workers() // world_size)
+    if targets is None and need_targets:
+        targets = scan_targets(train, workers if path == "stream" else 0, progress=rank == 0)
+    if targets is not None and len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
+        raise ConfigError(f"training labels span [{int(targets.min())}, {int(targets.max())}] but num_classes="
+                          f"{num_classes}: labels must lie in [0, num_classes)")
+
+    try:
+        return _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_classes, channels,
+                        recipe_name, seed, device, rank, world_size, batch_size, eval_batch_size, log)
+    except ValueError as e:  # a loader refusing its settings (batch larger than the split, ...)
+        raise ConfigError(f"data: {e}") from None
+
+
+def _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_classes, channels, recipe_name,
+             seed, device, rank, world_size, batch_size, eval_batch_size, log) -> RunData:
+    shard = dict(rank=rank, world_size=world_size)
+    folder = isinstance(train, FolderImages)
+    stored = d.options.get("size", 32) if folder else None
+    if path == "memory":
+        crop = dict(resized_crop=aug.resized_crop, rrc_scale=aug.scale, rrc_ratio=aug.ratio)
+        train_loader = BatchLoader(train, batch_size, True, device, aug.crop_padding, aug.flip, seed=seed,
+                                   **shard, **crop)
+        test_loader = BatchLoader(test, eval_batch_size, False, device, **shard, resized_crop=aug.resized_crop)
+
+        def plain_batches():
+            return iter(BatchLoader(train, eval_batch_size, False, device, **crop))
+        detail = "uint8 tensors in memory, batched augmentation on the device"
+    else:
+        rgb = folder
+        t_train = ImageTransform(True, aug.crop_padding, aug.flip, aug.resized_crop, None, aug.scale, aug.ratio, rgb)
+        t_eval = ImageTransform(False, resized_crop=aug.resized_crop,
+                                resize=stored if folder else None, rgb=rgb)
+        common = dict(mean=mean, std=std, workers=workers, prefetch_factor=d.prefetch_factor)
+        train_loader = StreamLoader(train, batch_size, True, device, t_train, seed=seed, **shard, **common,
+                                    name="the training split")
+        test_loader = StreamLoader(test, eval_batch_size, False, device, t_eval, **shard, **common)
+
+        def plain_batches():
+            return iter(StreamLoader(train, eval_batch_size, False, device, t_eval, **common))
+        detail = (f"torch DataLoader, {workers} worker{'s' * (workers != 1)}, prefetch {d.prefetch_factor}, "
+                  f"pin_memory={torch.device(device).type == 'cuda'}"
+                  + ("" if mean is not None else "; uint8 images scaled to [0, 1], no mean/std (set data.mean/std)"))
+    log(f"data: {recipe_name} -- {len(train):,} train / {len(test):,} test images, {num_classes} classes, "
+        f"{channels} channel{'s' * (channels != 1)}; {path} path ({why}): {detail}")
+    log(f"augmentation: {aug.describe}")
+    return RunData(train_loader, test_loader, plain_batches, num_classes, channels, len(train), targets, path, aug,
+                   train, test)
