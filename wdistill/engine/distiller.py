@@ -18,10 +18,10 @@ def _describe(out: dict | None) -> str:
     if out is None:
         return "none"
     parts = []
-    for key in ("logits", "embed"):
+    for key in [k for k in ("logits", "embed") if k in out]:  # no embed without taps
         t = out[key].detach().float()
         parts.append(f"{key}: finite={bool(torch.isfinite(t).all())} absmax={t.abs().max().item():.3g}")
-    for i, f in enumerate(out["feats"]):
+    for i, f in enumerate(out.get("feats", [])):
         t = f.detach().float()
         parts.append(f"feats[{i}] absmax={t.abs().max().item():.3g}")
     return ", ".join(parts)

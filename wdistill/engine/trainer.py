@@ -61,17 +61,22 @@ def load_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
 
 
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
+    from ..models.specs import build, resolve_path
+    from ..models.checkpoint import load_checkpoint
     try:
-        model = models.create(section.model, num_classes=num_classes, in_channels=in_channels, **section.kwargs)
+        model = build(section.model, num_classes, in_channels, section.kwargs, section.pretrained)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{role}.model: {e}") from None
     if section.checkpoint:
-        from ..models.checkpoint import load_checkpoint
-        if not os.path.isfile(section.checkpoint):
-            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} does not exist: put the trained weights "
-                              "there (configs/cifar100/README.md names the published files) or train them with "
-                              "`wdistill train`")
-        load_checkpoint(model, section.checkpoint)
+        path = resolve_path(section.checkpoint)
+        if not path.is_file():
+            from ..models.teachers import missing_checkpoint_hint
+            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: "
+                              + missing_checkpoint_hint(section.model, path))
+        try:
+            load_checkpoint(model, path)
+        except ValueError as e:
+            raise ConfigError(f"{role}.checkpoint: {e}") from None
     elif role == "teacher":
         raise ConfigError(f"teacher {section.model!r} has no checkpoint: train one first "
                           "(`wdistill train CONFIG`) and set teacher.checkpoint=RUN_DIR/student.pt")
@@ -218,6 +223,9 @@ class Trainer:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
                           "num_classes": self.train_set.num_classes, "in_channels": self.train_set.channels,
                           "taps": self.cfg.student.taps, "metrics": metrics}, path)
+        models.save_student_safetensors(self.student, path.with_suffix(".safetensors"), {
+            "arch": self.cfg.student.model, "num_classes": self.train_set.num_classes,
+            "in_channels": self.train_set.channels, "kwargs": self.cfg.student.kwargs})
 
     # ---- stages and epochs -------------------------------------------------------------------
     def _run_stage(self, stage) -> None:
