@@ -235,3 +235,20 @@ def test_presets_by_name(capsys):
     assert main(["list", "--presets"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert name in printed and len(printed) - 1 == len(list_presets()) == len(list(preset_path(name).parents[2].rglob("*.yaml")))
+
+
+def test_eval_command_reads_safetensors(tmp_path, capsys):
+    from wdistill.data import load_dataset
+    from wdistill.engine import evaluate
+    from wdistill.data import BatchLoader
+
+    torch.manual_seed(0)
+    m = models.create("resnet8", num_classes=10, in_channels=1).eval()
+    path = models.save_student_safetensors(m, tmp_path / "student.safetensors",
+                                           {"arch": "resnet8", "num_classes": 10, "in_channels": 1})
+    assert main(["eval", str(path), "--data", "fmnist_sample", "--subset", "64"]) == 0
+    import json
+    got = json.loads(capsys.readouterr().out)
+    _, test = load_dataset("fmnist_sample")
+    want = evaluate(m, BatchLoader(test.subset(slice(0, 64)), 256, False, torch.device("cpu")))
+    assert got["arch"] == "resnet8" and got["top1"] == want["top1"] and got["loss"] == pytest.approx(want["loss"])

@@ -70,8 +70,12 @@ class FeatureTap:
         if given is not None:
             self._attach(given)
 
+    def _base(self) -> nn.Module:
+        # torch.compile wraps the model: paths and hooks belong to the original module
+        return getattr(self.model, "_orig_mod", self.model)
+
     def _attach(self, spec: TapSpec) -> None:
-        modules = dict(self.model.named_modules())
+        modules = dict(self._base().named_modules())
         points = set(spec.feats) | set(spec.preact) | {spec.embed}
         for point in sorted(points):
             path, _, where = point.partition(":")
@@ -80,7 +84,7 @@ class FeatureTap:
             if path not in modules:
                 close = [n for n in modules if n and (path in n or n in path)][:5]
                 raise ValueError(
-                    f"tap point {point!r}: no module {path!r} in {type(self.model).__name__}"
+                    f"tap point {point!r}: no module {path!r} in {type(self._base()).__name__}"
                     + (f" (similar: {close})" if close else "")
                     + "; paths come from model.named_modules()")
         self.spec = spec
@@ -93,9 +97,9 @@ class FeatureTap:
         from .autotap import auto_spec
 
         try:
-            self._attach(auto_spec(self.model, x))
+            self._attach(auto_spec(self._base(), x))
         except ValueError as e:
-            self._why = (f"{e}. {type(self.model).__name__} is not a zoo model: give taps, e.g. "
+            self._why = (f"{e}. {type(self._base()).__name__} is not a zoo model: give taps, e.g. "
                          "taps: {feats: [layer1, layer2], embed: 'fc:in'} with paths from `wdistill inspect`")
 
     def _hook(self, module: nn.Module, key: str, at_input: bool):
