@@ -252,3 +252,17 @@ def test_eval_command_reads_safetensors(tmp_path, capsys):
     _, test = load_dataset("fmnist_sample")
     want = evaluate(m, BatchLoader(test.subset(slice(0, 64)), 256, False, torch.device("cpu")))
     assert got["arch"] == "resnet8" and got["top1"] == want["top1"] and got["loss"] == pytest.approx(want["loss"])
+
+
+def test_logit_only_student_without_linear_trains_with_kd(tmp_path, user_module):
+    torch.manual_seed(1)
+    teacher_ckpt = tmp_path / "teacher.pt"
+    torch.save({"model": user_module.make_net(4, 3, width=8).state_dict()}, teacher_ckpt)
+    cfg = _cfg(tmp_path, [{"name": "kd", "weight": 1.0, "T": 4}], teacher_ckpt, "kd")
+    cfg.student.model, cfg.student.kwargs = "wd_user_models:no_linear", {}
+    tr = Trainer(cfg, data=_data(), log=lambda *_: None)
+    before = tr.student[0].weight.clone()
+    tr.fit()
+    assert tr.distiller.student_tap.spec is None  # no taps could be found, and none were needed
+    assert not torch.equal(tr.student[0].weight, before)
+    assert tr.history[-1]["train_kd"] > 0

@@ -222,7 +222,7 @@ class Trainer:
     def export_student(self, path: Path, metrics: dict) -> None:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
                           "num_classes": self.train_set.num_classes, "in_channels": self.train_set.channels,
-                          "taps": self.cfg.student.taps, "metrics": metrics}, path)
+                          "taps": self.cfg.student.taps, "kwargs": self.cfg.student.kwargs, "metrics": metrics}, path)
         models.save_student_safetensors(self.student, path.with_suffix(".safetensors"), {
             "arch": self.cfg.student.model, "num_classes": self.train_set.num_classes,
             "in_channels": self.train_set.channels, "kwargs": self.cfg.student.kwargs})

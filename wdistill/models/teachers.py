@@ -178,11 +178,11 @@ def fetch(names: list[str] | None = None, base_url: str | None = None, sha256: s
         try:
             download(url, archive, progress)
         except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
-            where = ", ".join(str(folder / f"{n}.pth") for n in todo)
+            where = ", ".join(f"its {member_name(n)} at {folder / f'{n}.pth'}" for n in todo)
             raise FetchError(
                 f"could not download {url} ({e}). Offline? On a machine with internet fetch {url} and put it at "
-                f"{archive} (a partial {archive.name}.part resumes), or put each teacher's {member_name('<name>')} "
-                f"from it at {where}; then run `wdistill teachers fetch` again to verify. Another mirror: "
+                f"{archive} (a partial {archive.name}.part resumes), or put {where}; then run "
+                f"`wdistill teachers fetch {' '.join(todo)}` again to verify. Another mirror: "
                 f"--url BASE or {BASE_URL_ENV}=BASE") from None
     expected = sha256 or PUBLISHED_SHA256.get(ARCHIVE)
     if expected:
