@@ -3,9 +3,9 @@
     python scripts/make_presets.py            # (re)write configs/cifar100/** and configs/imagenet/**
     python scripts/make_presets.py --check    # exit 1 if a committed preset differs from the table
 
-Every number in a preset comes from a source named in that file's header: REFERENCE.md (the
-project's digest of the papers), RepDistiller's scripts (classic baselines and CRD), mdistiller's
-configs (DKD, ImageNet KD) or the WKD paper's settings table. Where no published setting exists for
+Every number in a preset comes from a source named in that file's header, always a public
+one: a paper (its table or text, named in words), RepDistiller's scripts (classic baselines and
+CRD), mdistiller's configs (DKD, ImageNet KD) or the official WKD code's configs. Where no published setting exists for
 a pair, the header says which published setting was carried over and why. Edit this script, not
 the YAML files: tests/test_presets.py fails when the two disagree.
 
@@ -38,18 +38,18 @@ SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # lr 0.01 (RepDis
 FT_LR_001_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
                       "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
 
-RECIPE_SRC = ("REFERENCE.md 'Common training recipe' (RepDistiller train_student.py): 240 epochs, "
+RECIPE_SRC = ("RepDistiller train_student.py defaults (the CRD paper's CIFAR-100 recipe): 240 epochs, "
               "batch 64, SGD momentum 0.9, wd 5e-4, lr 0.05 (0.01 for MobileNetV2/ShuffleV1/ShuffleV2 "
               "students), x0.1 at 150/180/210, crop padding 4 + flip")
 REPD = "RepDistiller scripts/run_cifar_distill.sh"
 
-# DKD NCKD weight beta per pair: REFERENCE.md "DKD" = mdistiller configs/cifar100/dkd/*.yaml.
+# DKD NCKD weight beta per pair: mdistiller configs/cifar100/dkd/*.yaml.
 DKD_BETA = {("resnet56", "resnet20"): 2, ("resnet110", "resnet32"): 2, ("vgg13", "vgg8"): 6,
             ("vgg13", "MobileNetV2"): 6, ("wrn_40_2", "wrn_16_2"): 6, ("wrn_40_2", "wrn_40_1"): 6,
             ("resnet32x4", "resnet8x4"): 8, ("resnet32x4", "ShuffleV1"): 8, ("resnet32x4", "ShuffleV2"): 8,
             ("ResNet50", "MobileNetV2"): 8, ("wrn_40_2", "ShuffleV1"): 8}
 
-# WKD settings table (REFERENCE.md "WKD", from the WKD paper), decay start in epochs.
+# WKD settings table (the WKD paper's hyper-parameter table), decay start in epochs.
 WKD_CIFAR = {
     "homogeneous": {"pair": "resnet32x4 -> resnet8x4",
                     "L": dict(lambda_l=600, tau=8, kappa=1),
@@ -62,7 +62,7 @@ WKD_CIFAR = {
 }
 WKD_PUBLISHED = {("resnet32x4", "resnet8x4"): "homogeneous", ("wrn_40_2", "ShuffleV1"): "heterogeneous"}
 WKD_DECAY_CIFAR = 150
-SINKHORN = dict(reg=0.05, num_iters=10)  # REFERENCE.md WKD-L: published entropic setting (not converged)
+SINKHORN = dict(reg=0.05, num_iters=10)  # official WKD code: published entropic setting (not converged)
 
 CIFAR_METHODS = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd",
                  "crd_kd", "dkd", "wkd_l", "wkd_f", "wkd_lf", "wcord", "wcord_kd"]
@@ -130,12 +130,13 @@ def feature_method(name: str, beta: float, params: dict | None = None) -> list[d
 
 CRD_PARAMS = dict(feat_dim=128, num_negatives=16384, tau=0.07, momentum=0.5, positive="exact")
 CRD_SRC = ("CRD: feat_dim 128, K=16384 negatives, tau 0.07, memory momentum 0.5, exact positives "
-           "(RepDistiller train_student.py defaults; REFERENCE.md 'CRD')")
+           "(RepDistiller train_student.py defaults)")
 WCORD_PARAMS = dict(lambda1=0.8, lambda2=0.1, feat_dim=128, tau=0.07, num_negatives=16384, momentum=0.5,
                     lipschitz="spectral", lckt_solver="ipot", ipot_beta=0.5, ipot_iters=50)
-WCORD_SRC = ["WCoRD: lambda1 0.8 (GCKT), lambda2 0.1 (LCKT) (WCoRD paper; REFERENCE.md 'WCoRD');",
+WCORD_SRC = ["WCoRD: lambda1 0.8 (GCKT), lambda2 0.1 (LCKT) (WCoRD paper and its supplementary);",
              "  critic heads, tau 0.07, K=16384, momentum 0.5: CRD's settings, which the WCoRD",
-             "  supplementary follows; IPOT beta 0.5, 50 iterations (REFERENCE.md); spectral-norm",
+             "  supplementary follows; IPOT beta 0.5, 50 iterations (the IPOT paper, Xie et al. 2019; no",
+             "  official WCoRD code is public); spectral-norm",
              "  Lipschitz control (wdistill's default, see wdistill/losses/wcord.py). Term weight 1."]
 
 
@@ -143,9 +144,9 @@ def wkd_setting(p: Pair) -> tuple[str, list[str]]:
     kind = "heterogeneous" if p.cross else "homogeneous"
     src = WKD_CIFAR[kind]["pair"]
     if p.key in WKD_PUBLISHED:
-        return kind, [f"WKD settings: the published {src} row of the WKD paper's table (REFERENCE.md 'WKD')."]
+        return kind, [f"WKD settings: the published {src} row of the WKD paper's hyper-parameter table."]
     return kind, [f"WKD settings: no published row for this pair; carried over from the {src} row",
-                  f"  (REFERENCE.md 'WKD'), the published {'cross' if p.cross else 'same'}-architecture pair."]
+                  f"  (WKD paper's table), the published {'cross' if p.cross else 'same'}-architecture pair."]
 
 
 def wkd_grid(p: Pair, published: int) -> tuple[int, list[str]]:
@@ -171,16 +172,16 @@ def wkd_f_terms(setting: dict, grid: int) -> dict:
 
 WKD_COMMON_SRC = ["WKD-L: CE 1 + target term (weight 1) + lambda_L * WD; Sinkhorn reg 0.05, 10 plain",
                   "  iterations; CKA cost over the teacher's last-stage class features; lambda cosine-decayed",
-                  "  from epoch 150 (REFERENCE.md 'WKD'). SGD with Nesterov momentum (REFERENCE.md 'WKD' recipe)."]
+                  "  from epoch 150 (WKD paper). SGD with Nesterov momentum (official WKD code's CIFAR-100 configs)."]
 WKD_F_SRC = ["WKD-F: CE 1 + lambda_F * (gamma * mean part + std part) of the diagonal-Gaussian W2 on the",
-             "  last-stage map, ConvReg projector, cosine decay from epoch 150 (REFERENCE.md 'WKD')."]
+             "  last-stage map, ConvReg projector, cosine decay from epoch 150 (WKD paper)."]
 
 
 def cifar_recipe(method: str, p: Pair) -> tuple[list[dict], list[str], dict]:
     """(loss terms, header notes, optim overrides) of ``method`` on pair ``p``."""
     if method == "kd":
         return ([ce(0.1), {"name": "kd", "weight": 0.9, "T": 4}],
-                ["KD (Hinton et al. 2015): CE 0.1 + KD 0.9, T=4 (REFERENCE.md 'KD'; "
+                ["KD (Hinton et al. 2015): CE 0.1 + KD 0.9, T=4 ("
                  f"{REPD}: -r 0.1 -a 0.9)."], {})
     simple = {
         "fitnet": (100, {"hint_layer": 2}, "FitNet (Romero et al. 2015): CE + 100 * hint MSE on feats[2]"),
@@ -195,19 +196,19 @@ def cifar_recipe(method: str, p: Pair) -> tuple[list[dict], list[str], dict]:
     }
     if method in simple:
         beta, params, text = simple[method]
-        return feature_method(method, beta, params), [f"{text} (REFERENCE.md; {REPD}: -a 0 -b {beta})."], {}
+        return feature_method(method, beta, params), [f"{text} ({REPD}: -a 0 -b {beta})."], {}
     if method == "ab":
         return (feature_method("ab", 1, {"margin": 1.0, "init_epochs": 30, "main_weight": 0.0}),
                 ["AB (Heo et al. 2019): 30-epoch init stage on the AB loss (margin 1), then CE only",
-                 f"  (REFERENCE.md 'AB'; {REPD}: -a 0 -b 1; RepDistiller train_student.py init_epochs 30)."], {})
+                 f"  ({REPD}: -a 0 -b 1; RepDistiller train_student.py init_epochs 30)."], {})
     if method == "fsp":
         return (feature_method("fsp", 50, {"init_epochs": 30, "main_weight": 0.0}),
                 ["FSP (Yim et al. 2017): 30-epoch init stage on the FSP loss, then CE only",
-                 f"  (REFERENCE.md 'FSP'; {REPD}: -a 0 -b 50; RepDistiller train_student.py init_epochs 30)."], {})
+                 f"  ({REPD}: -a 0 -b 50; RepDistiller train_student.py init_epochs 30)."], {})
     if method == "ft":
         params = {"k": 0.5, "p1": 2, "p2": 1, "init_epochs": 30}
         notes = ["FT (Kim et al. 2018): paraphraser (rate 0.5) pre-trained 30 epochs, then CE + 200 * FT",
-                 f"  (REFERENCE.md 'FT'; {REPD}: -a 0 -b 200)."]
+                 f"  ({REPD}: -a 0 -b 200)."]
         if p.student in FT_LR_001_STUDENTS:
             params["init_lr"] = 0.01
             notes.append("  Paraphraser lr 0.01 for this student (RepDistiller helper/pretrain.py).")
@@ -220,8 +221,8 @@ def cifar_recipe(method: str, p: Pair) -> tuple[list[dict], list[str], dict]:
         return terms, [f"CRD+KD: CE + 1 * KD (T=4) + 0.8 * CRD ({REPD}: -a 1 -b 0.8).", CRD_SRC], {}
     if method == "dkd":
         beta = DKD_BETA.get(p.key, 8)
-        src = (f"mdistiller configs/cifar100/dkd (REFERENCE.md 'DKD')" if p.key in DKD_BETA else
-               "no mdistiller config for this pair: REFERENCE.md's default beta 8")
+        src = (f"mdistiller configs/cifar100/dkd" if p.key in DKD_BETA else
+               "no mdistiller config for this pair: the DKD paper's default beta 8")
         return ([ce(), {"name": "dkd", "weight": 1.0, "alpha": 1, "beta": beta, "T": 4, "warmup": 20}],
                 ["DKD (Zhao et al. 2022): CE 1 + warm-up(20 epochs) * (1 * TCKD + beta * NCKD), T=4;",
                  f"  beta={beta}: {src}."], {})
@@ -264,13 +265,13 @@ def cifar_preset(method: str, p: Pair) -> tuple[str, dict, list[str]]:
     cfg = {"run": {"name": f"cifar100/{p.dirname}/{method}", "out_dir": "runs", "seed": 0},
            "data": dict(CIFAR_DATA),
            "student": {"model": p.student},
-           "teacher": {"model": p.teacher, "checkpoint": f"checkpoints/cifar100/{p.teacher}.pth"},
+           "teacher": {"model": p.teacher, "checkpoint": f"cache:teachers/cifar100/{p.teacher}.pth"},
            "loss": terms,
            "optim": cifar_optim(p.lr, **optim_over)}
     header = [f"CIFAR-100, teacher {p.teacher} -> student {p.student}, method {method}.", GENERATED,
               f"Recipe: {RECIPE_SRC}; lr {p.lr} here."] + notes + [
-              f"Teacher checkpoint: RepDistiller's published {p.teacher}_vanilla/ckpt_epoch_240.pth "
-              "(see configs/cifar100/README.md)."]
+              f"Teacher checkpoint: RepDistiller's published {p.teacher}_vanilla/ckpt_epoch_240.pth, put in "
+              f"wdistill's cache by `wdistill teachers fetch {p.teacher}` (configs/cifar100/README.md)."]
     return f"cifar100/{p.dirname}/{method}.yaml", cfg, header
 
 
@@ -288,7 +289,7 @@ def model_preset(model: str) -> tuple[str, dict, list[str]]:
 
 # ------------------------------------------------------------------------------------- ImageNet
 IMAGENET_PAIRS = [("resnet34", "resnet18"), ("resnet50", "MobileNetV1")]
-# REFERENCE.md 'WKD' table, ImageNet rows: decay start 0 except WKD-F alone on R50 -> MV1 (30).
+# The WKD paper's table, ImageNet rows: decay start 0 except WKD-F alone on R50 -> MV1 (30).
 WKD_IMAGENET = {
     ("resnet34", "resnet18"): {"L": dict(lambda_l=30, tau=2, kappa=1, decay_start=0),
                                "F": dict(lambda_f=0.02, gamma=2, grid=4, decay_start=0),
@@ -298,8 +299,8 @@ WKD_IMAGENET = {
                                   "LF": dict(lambda_l=25, tau=2, kappa=2, lambda_f=0.005, gamma=2, grid=4,
                                              decay_start=0)},
 }
-IMAGENET_RECIPE_SRC = ("REFERENCE.md 'WKD' ImageNet recipe: 100 epochs, batch 256, SGD momentum 0.9, lr 0.1 "
-                       "x0.1 at 30/60/90, wd 1e-4 (REFERENCE.md states Nesterov for CIFAR-100 only, so plain "
+IMAGENET_RECIPE_SRC = ("the WKD paper's ImageNet recipe: 100 epochs, batch 256, SGD momentum 0.9, lr 0.1 "
+                       "x0.1 at 30/60/90, wd 1e-4 (Nesterov is stated for CIFAR-100 only, so plain "
                        "momentum here)")
 IMAGENET_DATA = {"name": "image_folder", "root": "data/imagenet", "batch_size": 256, "eval_batch_size": 256,
                  "crop_padding": 0, "flip": True, "random_resized_crop": 224, "options": {"size": 256}}
@@ -324,7 +325,7 @@ def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
             terms.append({"name": "wkd_f", "weight": 1.0, "lambda_f": row["lambda_f"], "gamma": row["gamma"],
                           "grid": row["grid"], "projector": "bottleneck", "decay_start": row["decay_start"]})
         notes += [f"WKD ({'L' if part == 'L' else 'F' if part == 'F' else 'L+F'}): the ImageNet {t} -> {s} row of "
-                  "the WKD paper's table (REFERENCE.md 'WKD'): CE 1 + WKD term(s);",
+                  "the WKD paper's table: CE 1 + WKD term(s);",
                   "  WKD-L cost = CKA over teacher logits (ImageNet mode), Sinkhorn reg 0.05, 10 iterations;",
                   "  WKD-F: bottleneck projector (ImageNet setting), diagonal Gaussians;",
                   f"  cosine decay from epoch {row['decay_start']}."]

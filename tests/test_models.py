@@ -400,8 +400,9 @@ def test_user_model_bad_spec_errors():
         FeatureTap(m, {"feats": ["layer1", "layer3"], "embed": "fc:in"})
     with pytest.raises(ValueError, match="suffix"):
         FeatureTap(m, {"feats": ["layer1:pre"], "embed": "fc:in"})
-    with pytest.raises(ValueError, match="not a zoo model"):
-        FeatureTap(m)
+    tap = FeatureTap(m)  # no spec: found at the first call, where the resolution changes
+    tap(torch.randn(1, 3, 16, 16))
+    assert (tap.spec.feats, tap.spec.embed) == (["relu", "layer1", "layer2"], "fc:in")
 
 
 if __name__ == "__main__" and "--write-fixture" in sys.argv:

@@ -29,18 +29,17 @@ def _cmd_eval(args) -> int:
     from . import models
     from .data import BatchLoader, load_dataset
     from .engine import evaluate
-    from .engine.checkpoint import load
-    from .models.checkpoint import load_checkpoint
+    from .models.checkpoint import load_checkpoint, read_checkpoint
 
-    state = load(args.checkpoint, what="checkpoint to evaluate")
+    state = read_checkpoint(args.checkpoint)  # .pt or .safetensors
     arch = args.model or state.get("arch")
     if not arch:
         raise ConfigError(f"{args.checkpoint} does not record its architecture: pass --model NAME")
     _, test = load_dataset(args.data, args.root)
     if args.subset:
         test = test.subset(slice(0, args.subset))
-    model = models.create(arch, num_classes=state.get("num_classes", test.num_classes),
-                          in_channels=state.get("in_channels", test.channels))
+    model = models.build(arch, num_classes=state.get("num_classes", test.num_classes),
+                         in_channels=state.get("in_channels", test.channels), kwargs=state.get("kwargs"))
     load_checkpoint(model, state)
     from .engine.build import resolve_device
     device = resolve_device(args.device)
@@ -113,6 +112,10 @@ def _cmd_cost_matrix(args) -> int:
 def _cmd_list(args) -> int:
     from . import losses, models
 
+    if args.presets:
+        from .cli_models import cmd_list_presets
+        return cmd_list_presets()
+
     print("models: " + ", ".join(models.available()))
     print("methods: " + ", ".join(losses.available()))
     return 0
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("train", "train a model with the configured loss (a teacher or a vanilla student)"),
                            ("distill", "distill a student from a teacher (config needs a teacher section)")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("config", help="YAML run config")
+        s.add_argument("config", help="YAML run config, or a shipped preset name (`wdistill list --presets`)")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 loss.1.T=2")
         s.add_argument("--resume", action="store_true", help="continue the run in run.out_dir/run.name")
         s.add_argument("--overwrite", action="store_true", help="start again over an existing run directory")
@@ -168,8 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=_cmd_cost_matrix)
 
-    s = sub.add_parser("list", help="available models and methods")
+    s = sub.add_parser("list", help="available models and methods (--presets: the shipped preset names)")
+    s.add_argument("--presets", action="store_true", help="list the presets `wdistill distill NAME` accepts")
     s.set_defaults(func=_cmd_list)
+
+    from .cli_models import add_parsers as add_model_parsers  # `inspect` and `teachers`
+    add_model_parsers(sub)
 
     from .bench.cli import add_parsers as add_bench_parsers  # `bench` and `plot`
     add_bench_parsers(sub)

@@ -82,7 +82,7 @@ def _cmd_plot(args) -> int:
 
 def add_parsers(sub) -> None:
     """Register `bench` (with accuracy, speed, diagnostics) and `plot` on the main CLI."""
-    b = sub.add_parser("bench", help="benchmarks (BENCHMARK.md): accuracy on FMNIST-KD v1, speed, diagnostics")
+    b = sub.add_parser("bench", help="benchmarks (protocols: benchmarks/PROTOCOL.md): accuracy on FMNIST-KD v1, speed, diagnostics")
     bs = b.add_subparsers(dest="bench_command", required=True)
     a = bs.add_parser("accuracy", help="FMNIST-KD v1: teacher, vanilla and every method; results in --out")
     a.add_argument("--quick", action="store_true", help="first 5,000 images, 6 epochs, seed 0")

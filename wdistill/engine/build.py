@@ -7,7 +7,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .. import losses, models
+from .. import losses
 from .config import ConfigError, RunConfig
 
 
@@ -29,17 +29,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
+    """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
+    ``wdistill.models.specs``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
+    from ..models.checkpoint import load_checkpoint
+    from ..models.specs import build, resolve_path
     try:
-        model = models.create(section.model, num_classes=num_classes, in_channels=in_channels, **section.kwargs)
+        model = build(section.model, num_classes, in_channels, section.kwargs, section.pretrained)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{role}.model: {e}") from None
     if section.checkpoint:
-        from ..models.checkpoint import load_checkpoint
-        if not os.path.isfile(section.checkpoint):
-            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} does not exist: put the trained weights "
-                              "there or train them with `wdistill train` (its run directory holds student.pt)")
+        path = resolve_path(section.checkpoint)
+        if not path.is_file():
+            from ..models.teachers import missing_checkpoint_hint
+            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: "
+                              + missing_checkpoint_hint(section.model, path))
         try:
-            load_checkpoint(model, section.checkpoint)
+            load_checkpoint(model, path)
         except ValueError as e:
             raise ConfigError(f"{role}.checkpoint: {e}") from None
     elif role == "teacher":

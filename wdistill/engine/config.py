@@ -84,10 +84,26 @@ class DataSection(_Strict):
 
 
 class ModelSection(_Strict):
+    """``model``: a zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``"pkg.module:factory"``
+    (called with ``kwargs``, plus num_classes/in_channels when it accepts them).
+    ``checkpoint``: trained weights loaded strictly (``cache:REL`` = wdistill's cache dir, where
+    ``wdistill teachers fetch`` puts the published teachers). ``pretrained``: initial weights for a
+    timm/torchvision/factory model, a local file or ``true`` for the cache (never downloaded).
+    ``taps``: feats/preact/embed module paths; default: declared by zoo models, else automatic."""
+
     model: str
     checkpoint: str | None = None
-    taps: dict[str, Any] | None = None  # TapSpec for a non-zoo model: feats, preact, embed
+    pretrained: str | bool | None = None
+    taps: dict[str, Any] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _model_spec(cls, v: str) -> str:
+        head, sep, tail = v.partition(":")
+        if sep and (not head or not tail):
+            raise ValueError("model must be a zoo name, timm:<name>, torchvision:<name> or 'pkg.module:factory'")
+        return v
 
 
 class TermSection(BaseModel):
@@ -266,6 +282,27 @@ def _child(node, p, nxt, key):
     return node[p]
 
 
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with the package, e.g. ``cifar100/resnet32x4-resnet8x4/wkd_l``."""
+    return sorted(p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in PRESETS_DIR.rglob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of shipped preset ``name`` (with or without ``.yaml``, ``configs/`` prefix allowed)."""
+    key = name.removeprefix("configs/").removesuffix(".yaml")
+    path = PRESETS_DIR / f"{key}.yaml"
+    if key and ".." not in Path(key).parts and path.is_file():
+        return path
+    import difflib
+    close = difflib.get_close_matches(key, list_presets(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"config {name!r} does not exist: it is neither a file nor a shipped preset.{hint} "
+                      "`wdistill list --presets` prints the preset names (e.g. cifar100/resnet32x4-resnet8x4/kd)")
+
+
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML file (or a dict), apply overrides, validate. Errors name key and fix."""
     if isinstance(source, dict):
@@ -273,8 +310,7 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     else:
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (configs live under configs/, e.g. "
-                              "configs/fmnist/kd.yaml)")
+            path = preset_path(str(source))
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .. import models
 from ..data import ImageDataset
 from ..data import build as data_build  # module, not name: data.build imports engine.config
 from . import checkpoint as ckpt
@@ -198,7 +199,10 @@ class Trainer:
     def export_student(self, path: Path, metrics: dict) -> None:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
                           "num_classes": self.data.num_classes, "in_channels": self.data.channels,
-                          "taps": self.cfg.student.taps, "metrics": metrics}, path)
+                          "taps": self.cfg.student.taps, "kwargs": self.cfg.student.kwargs, "metrics": metrics}, path)
+        models.save_student_safetensors(self.student, path.with_suffix(".safetensors"), {
+            "arch": self.cfg.student.model, "num_classes": self.data.num_classes,
+            "in_channels": self.data.channels, "kwargs": self.cfg.student.kwargs})
 
     # ---- stages and epochs -------------------------------------------------------------------
     def _steps(self, loader) -> int:

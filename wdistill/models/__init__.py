@@ -6,9 +6,12 @@ import importlib
 import pkgutil
 
 from .registry import available, create, register
+from .checkpoint import load_checkpoint, read_checkpoint, save_student_safetensors
+from .specs import build, cache_dir, resolve_path
 from .taps import FeatureTap, TapSpec, spec_for
 
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["available", "create", "register", "FeatureTap", "TapSpec", "spec_for"]
+__all__ = ["available", "create", "register", "build", "cache_dir", "resolve_path", "load_checkpoint",
+           "read_checkpoint", "save_student_safetensors", "FeatureTap", "TapSpec", "spec_for"]

@@ -2,9 +2,12 @@
 say what went wrong and which zoo model the checkpoint belongs to."""
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections import OrderedDict
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -107,7 +110,9 @@ def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
     Raises ValueError listing missing, unexpected and wrongly-shaped keys, and naming the zoo
     models whose layout the checkpoint does match.
     """
-    if isinstance(path_or_dict, (str, os.PathLike)):
+    if isinstance(path_or_dict, (str, os.PathLike)) and str(path_or_dict).endswith(".safetensors"):
+        obj = read_safetensors(path_or_dict)[0]
+    elif isinstance(path_or_dict, (str, os.PathLike)):
         try:
             obj = torch.load(path_or_dict, map_location="cpu", weights_only=not trusted)
         except FileNotFoundError:
@@ -150,4 +155,95 @@ def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ValueError(f"loading into {name or type(model).__name__} failed: {e}") from e
+    return model
+
+
+# ---- safetensors export and reading ---------------------------------------------------------------
+
+def save_student_safetensors(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
+    """Write ``model``'s state_dict to ``path`` (.safetensors), atomically. ``meta`` (e.g. arch,
+    num_classes, in_channels) is stored as string metadata; non-strings are JSON-encoded."""
+    from safetensors.torch import save_file
+
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        if key in seen:  # safetensors refuses tensors sharing memory (tied weights): store a copy
+            v = v.clone()
+        seen.add(key)
+        tensors[k] = v
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items() if v is not None}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state_dict, metadata) of a .safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable .safetensors file: {e}") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A student checkpoint as a dict: ``model`` (state_dict) plus what the file records
+    (``arch``, ``num_classes``, ``in_channels``, ``kwargs``...), from a .pt written by
+    ``torch.save`` (weights-only load) or a .safetensors file (its metadata)."""
+    if str(path).endswith(".safetensors"):
+        sd, meta = read_safetensors(path)
+        out = {"model": sd}
+        for k, v in meta.items():
+            try:
+                out[k] = v if k == "arch" else json.loads(v)
+            except json.JSONDecodeError:
+                out[k] = v
+        return out
+    from .._io import safe_load
+    obj = safe_load(path, what="checkpoint", fix="use a file written by wdistill or a plain state_dict")
+    return obj if isinstance(obj, dict) and "model" in obj else {"model": _extract_state_dict(obj)}
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load pretrained weights (e.g. ImageNet) into ``model``: every key must match, except the
+    final classifier, which is left at its initialisation when its shape differs (another class
+    count). Safe loaders only (safetensors or ``weights_only=True``)."""
+    if str(path).endswith(".safetensors"):
+        sd = read_safetensors(path)[0]
+    else:
+        try:
+            sd = _extract_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise ValueError(f"could not load pretrained weights {path} with the safe loader: {e}") from e
+    sd = _strip_module(sd)
+    own = model.state_dict()
+    _, last = _first_last(model)
+    head = {f"{last}.weight", f"{last}.bias"} if last else set()
+    skipped = [k for k in head if k in sd and k in own and sd[k].shape != own[k].shape]
+    for k in skipped:
+        del sd[k]
+    missing = [k for k in _key_set(own) if k not in sd and k not in skipped]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"pretrained weights {path} do not fit {type(model).__name__}: "
+                         f"missing {_examples(missing) or 'none'}; unexpected {_examples(unexpected) or 'none'}; "
+                         f"other shape {_examples(wrong, 3) or 'none'}")
+    model.load_state_dict(sd, strict=not skipped)
     return model

@@ -33,19 +33,24 @@ class TapSpec:
         return cls(feats=list(d["feats"]), embed=d["embed"], preact=list(d.get("preact") or []))
 
 
-def spec_for(model: nn.Module, spec: TapSpec | dict | None = None) -> TapSpec:
-    """The spec to use: the one given, else the one a zoo model declares."""
+def spec_for(model: nn.Module, spec: TapSpec | dict | None = None) -> TapSpec | None:
+    """The spec to use: the one given, else the one a zoo model declares, else None (found
+    automatically at the first forward, see :mod:`wdistill.models.autotap`)."""
     if isinstance(spec, dict):
         return TapSpec.from_dict(spec)
     if spec is not None:
         return spec
     declared = getattr(model, "tap_spec", None)
-    if declared is None:
-        raise ValueError(
-            f"{type(model).__name__} is not a zoo model, so its feature layers are unknown: "
-            "give a tap spec, e.g. {'feats': ['stem', 'layer1', 'layer2'], 'embed': 'fc:in'} "
-            "with the module paths of model.named_modules()")
-    return declared()
+    return declared() if declared is not None else None
+
+
+class TapOutputs(dict):
+    """Forward outputs; a key the taps could not provide raises an error that says why."""
+
+    why: str = ""
+
+    def __missing__(self, key):
+        raise ValueError(f"this loss term needs the model's {key!r}, but no taps are known: {self.why}")
 
 
 class FeatureTap:
@@ -57,11 +62,21 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, spec: TapSpec | dict | None = None):
         self.model = model
-        self.spec = spec_for(model, spec)
         self._store: dict[str, torch.Tensor] = {}
         self._handles = []
-        modules = dict(model.named_modules())
-        points = set(self.spec.feats) | set(self.spec.preact) | {self.spec.embed}
+        self.spec: TapSpec | None = None
+        self._why = ""  # why automatic taps failed (logit-only methods do not care)
+        given = spec_for(model, spec)
+        if given is not None:
+            self._attach(given)
+
+    def _base(self) -> nn.Module:
+        # torch.compile wraps the model: paths and hooks belong to the original module
+        return getattr(self.model, "_orig_mod", self.model)
+
+    def _attach(self, spec: TapSpec) -> None:
+        modules = dict(self._base().named_modules())
+        points = set(spec.feats) | set(spec.preact) | {spec.embed}
         for point in sorted(points):
             path, _, where = point.partition(":")
             if where not in ("", "in", "out"):
@@ -69,10 +84,23 @@ class FeatureTap:
             if path not in modules:
                 close = [n for n in modules if n and (path in n or n in path)][:5]
                 raise ValueError(
-                    f"tap point {point!r}: no module {path!r} in {type(model).__name__}"
+                    f"tap point {point!r}: no module {path!r} in {type(self._base()).__name__}"
                     + (f" (similar: {close})" if close else "")
                     + "; paths come from model.named_modules()")
+        self.spec = spec
+        for point in sorted(points):
+            path, _, where = point.partition(":")
             self._handles.append(self._hook(modules[path], point, where == "in"))
+
+    def _resolve(self, x: torch.Tensor) -> None:
+        """Find taps automatically on the first call (one extra dummy forward, no grad)."""
+        from .autotap import auto_spec
+
+        try:
+            self._attach(auto_spec(self._base(), x))
+        except ValueError as e:
+            self._why = (f"{e}. {type(self._base()).__name__} is not a zoo model: give taps, e.g. "
+                         "taps: {feats: [layer1, layer2], embed: 'fc:in'} with paths from `wdistill inspect`")
 
     def _hook(self, module: nn.Module, key: str, at_input: bool):
         store = self._store
@@ -81,6 +109,12 @@ class FeatureTap:
         return module.register_forward_hook(lambda m, args, out: store.__setitem__(key, out))
 
     def __call__(self, x: torch.Tensor) -> dict:
+        if self.spec is None and not self._why:
+            self._resolve(x)
+        if self.spec is None:  # logits only: enough for KD, DKD, WKD-L
+            out = TapOutputs(logits=self.model(x))
+            out.why = self._why
+            return out
         self._store.clear()
         logits = self.model(x)
         s = self._store
@@ -88,12 +122,12 @@ class FeatureTap:
         if missing:
             raise RuntimeError(f"tap points {missing} were not reached by the forward pass")
         feats = [s[p] for p in self.spec.feats]
-        out = {
-            "feats": feats,
-            "preact_feats": [s[p] for p in self.spec.preact] if self.spec.preact else feats,
-            "embed": s[self.spec.embed].flatten(1),
-            "logits": logits,
-        }
+        out = TapOutputs(
+            feats=feats,
+            preact_feats=[s[p] for p in self.spec.preact] if self.spec.preact else feats,
+            embed=s[self.spec.embed].flatten(1),
+            logits=logits,
+        )
         s.clear()
         return out
 
