@@ -176,7 +176,7 @@ class Trainer:
     def _plain_batches(self):
         loader = BatchLoader(self.train_set, self.cfg.data.eval_batch_size, False, self.device,
                              **self.cfg.data.crop_kwargs())
-        return iter(loader)
+        return loader  # iterable with a length, so progress bars over it have a total
 
     def setup_terms(self) -> None:
         """Probe one batch and let every loss term build its parts (done by ``fit``)."""
