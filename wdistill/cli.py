@@ -21,31 +21,6 @@ def _cmd_train(args, require_teacher: bool) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
-    import torch
-
-    from . import models
-    from .data import BatchLoader, load_dataset
-    from .engine import evaluate
-    from .engine.checkpoint import load
-    from .models.checkpoint import load_checkpoint
-
-    state = load(args.checkpoint)
-    arch = args.model or state.get("arch")
-    if not arch:
-        raise ConfigError(f"{args.checkpoint} does not record its architecture: pass --model NAME")
-    _, test = load_dataset(args.data, args.root)
-    if args.subset:
-        test = test.subset(slice(0, args.subset))
-    model = models.create(arch, num_classes=state.get("num_classes", test.num_classes),
-                          in_channels=state.get("in_channels", test.channels))
-    load_checkpoint(model, state)
-    device = torch.device(args.device)
-    metrics = evaluate(model.to(device), BatchLoader(test, args.batch_size, False, device, resized_crop=args.center_crop))
-    print(json.dumps({"checkpoint": args.checkpoint, "arch": arch, "data": args.data, **metrics}, indent=2))
-    return 0
-
-
 def _cmd_export(args) -> int:
     from .engine.checkpoint import atomic_save, load
 
@@ -56,6 +31,7 @@ def _cmd_export(args) -> int:
     cfg = state["config"]
     out = Path(args.output or run / f"student_{args.which}.pt")
     atomic_save({"model": model, "arch": state["arch"], "taps": cfg["student"].get("taps"),
+                 "kwargs": cfg["student"].get("kwargs") or {}, "data": cfg.get("data"),  # eval's defaults
                  "metrics": state["history"][-1] if state["history"] else {}}, out)
     print(f"wrote {out} ({len(model)} tensors, arch {state['arch']})")
     return 0
@@ -105,14 +81,6 @@ def _cmd_cost_matrix(args) -> int:
     return 0
 
 
-def _cmd_list(args) -> int:
-    from . import losses, models
-
-    print("models: " + ", ".join(models.available()))
-    print("methods: " + ", ".join(losses.available()))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wdistill", description="Knowledge distillation built around optimal transport.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,17 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--overwrite", action="store_true", help="start again over an existing run directory")
         s.set_defaults(func=lambda a, n=name: _cmd_train(a, require_teacher=(n == "distill")))
 
-    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a dataset's test split")
-    s.add_argument("checkpoint")
-    s.add_argument("--data", default="fmnist_sample")
-    s.add_argument("--root", default=None)
-    s.add_argument("--model", default=None, help="architecture, if the checkpoint does not record it")
-    s.add_argument("--subset", type=int, default=None, help="evaluate on the first N test images only")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--center-crop", type=int, default=None,
-                   help="evaluate on the centre NxN crop (the ImageNet recipe: images stored at 256, --center-crop 224)")
-    s.add_argument("--device", default="cpu")
-    s.set_defaults(func=_cmd_eval)
+    from .cli_front import add_eval_parser  # eval reads every file a run writes
+    add_eval_parser(sub)
 
     s = sub.add_parser("export", help="write the student-only weights of a run")
     s.add_argument("run_dir")
@@ -162,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=_cmd_cost_matrix)
 
-    s = sub.add_parser("list", help="available models and methods")
-    s.set_defaults(func=_cmd_list)
+    from .cli_front import add_config_parser, add_list_parser  # config show/check/reference, list
+    add_config_parser(sub)
+    add_list_parser(sub)
 
     from .bench.cli import add_parsers as add_bench_parsers  # `bench` and `plot`
     add_bench_parsers(sub)

@@ -217,7 +217,9 @@ class Trainer:
     def export_student(self, path: Path, metrics: dict) -> None:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
                           "num_classes": self.train_set.num_classes, "in_channels": self.train_set.channels,
-                          "taps": self.cfg.student.taps, "metrics": metrics}, path)
+                          "taps": self.cfg.student.taps, "kwargs": self.cfg.student.kwargs,
+                          "data": self.cfg.data.model_dump(mode="json"),  # `wdistill eval` scores on this data
+                          "metrics": metrics}, path)
 
     # ---- stages and epochs -------------------------------------------------------------------
     def _run_stage(self, stage) -> None:
