@@ -1,15 +1,21 @@
-.PHONY: setup demo test bench-quick
+.PHONY: setup setup-test demo test bench-quick
 
+# The package only: what `make demo` needs.
 setup:
 	bash scripts/setup.sh
 
-# Set up, then train a teacher and distilled students on the bundled Fashion-MNIST sample.
+# The package, the test dependencies and (as root) Debian's Fashion-MNIST for the real-data tests.
+setup-test:
+	bash scripts/setup.sh --test
+
+# Set up, then distil students from the shipped teacher on the bundled Fashion-MNIST sample
+# (`.venv/bin/wdistill demo --full` trains the teacher too).
 demo: setup
 	.venv/bin/wdistill demo
 
-# Set up, then run the whole test suite.
-test: setup
+# Set up for the tests, then run the whole test suite.
+test: setup-test
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
-bench-quick: setup
+bench-quick: setup-test
 	.venv/bin/wdistill bench accuracy --quick
