@@ -91,3 +91,17 @@ def test_list_shows_data_sets_with_options_and_methods_with_defaults(capsys):
     assert cli.main(["list", "--methods"]) == 0
     only = capsys.readouterr().out
     assert "wkd_l:" in only and "models:" not in only and "fashion_mnist" not in only
+
+
+def test_missing_teacher_message_points_to_where_the_teacher_comes_from(tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    assert cli.main(["config", "check", str(PRESETS[0])]) == 2
+    err = capsys.readouterr().err
+    assert "`wdistill bench accuracy`" in err and "cifar100" not in err  # a Fashion-MNIST preset
+    assert cli.main(["distill", str(PRESETS[0]), f"run.out_dir={out}"]) == 2
+    assert "`wdistill bench accuracy`" in capsys.readouterr().err
+    plain = _write(tmp_path, {"student": {"model": "resnet8"},
+                              "teacher": {"model": "resnet8", "checkpoint": str(tmp_path / "mine.pt")},
+                              "loss": [{"name": "kd"}]})
+    assert cli.main(["config", "check", str(plain)]) == 2
+    assert "wdistill train CONFIG" in capsys.readouterr().err

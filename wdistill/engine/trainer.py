@@ -60,6 +60,20 @@ def load_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
     return train, test
 
 
+# Where the teacher checkpoints the shipped presets expect come from, by path prefix.
+_CHECKPOINT_SOURCES = {
+    "runs/bench/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
+    "checkpoints/cifar100/": "configs/cifar100/README.md names the published files to put there",
+    "checkpoints/imagenet/": "configs/imagenet/README.md names the published files to put there",
+}
+
+
+def missing_checkpoint_message(role: str, path: str) -> str:
+    where = next((hint for prefix, hint in _CHECKPOINT_SOURCES.items() if path.replace("\\", "/").startswith(prefix)),
+                 "train one with `wdistill train CONFIG` (its run's student.pt is the checkpoint)")
+    return f"{role}.checkpoint {path!r} does not exist: {where}, or set {role}.checkpoint=PATH"
+
+
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     try:
         model = models.create(section.model, num_classes=num_classes, in_channels=in_channels, **section.kwargs)
@@ -68,9 +82,7 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
     if section.checkpoint:
         from ..models.checkpoint import load_checkpoint
         if not os.path.isfile(section.checkpoint):
-            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} does not exist: put the trained weights "
-                              "there (configs/cifar100/README.md names the published files) or train them with "
-                              "`wdistill train`")
+            raise ConfigError(missing_checkpoint_message(role, section.checkpoint))
         load_checkpoint(model, section.checkpoint)
     elif role == "teacher":
         raise ConfigError(f"teacher {section.model!r} has no checkpoint: train one first "
