@@ -37,21 +37,6 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from .demo import bar_chart, demo_methods, leaderboard_table, run_demo
-    from .engine.checkpoint import atomic_write_text
-
-    methods = demo_methods(args.methods)
-    rows = run_demo(args.out, methods, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs)
-    table = leaderboard_table(rows)
-    out = Path(args.out)
-    atomic_write_text(table + "\n", out / "leaderboard.md")
-    bar_chart(rows, out / "leaderboard.png", "wdistill demo: resnet20 -> resnet8, Fashion-MNIST sample")
-    print("\n" + table)
-    print(f"\nwrote {out / 'leaderboard.md'} and {out / 'leaderboard.png'}")
-    return 0
-
-
 def _cmd_cost_matrix(args) -> int:
     import torch
 
@@ -103,13 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=_cmd_export)
 
-    s = sub.add_parser("demo", help="teacher + distilled students on the bundled Fashion-MNIST sample")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--methods", default=None, help="comma-separated, e.g. vanilla,kd,wkd_l, or 'all' "
-                   "(default: vanilla,kd,dkd,crd_kd,wkd_l,wkd_lf,wcord_kd)")
-    s.add_argument("--teacher-epochs", type=int, default=10)
-    s.add_argument("--student-epochs", type=int, default=8)
-    s.set_defaults(func=_cmd_demo)
+    from .cli_front import add_demo_parser  # quick demo with the shipped teacher; --full
+    add_demo_parser(sub)
 
     s = sub.add_parser("cost-matrix", help="build the WKD-L category cost from a trained teacher")
     s.add_argument("config", help="a run config with a teacher section and the training data")
