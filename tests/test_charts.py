@@ -81,11 +81,18 @@ def test_curves_title_and_decay_mark(tmp_path):
     ax_l = fig.axes[0]
     spans = [p for p in ax_l.patches if p.get_label().endswith("decaying")]
     assert len(spans) == 1 and spans[0].get_x() == pytest.approx(6.0)
-    assert any("cosine" in t.get_text() and "after epoch 6" in t.get_text() for t in ax_l.texts)
+    assert any("cosine" in t.get_text() and "after epoch 6 the WKD-F weight" in t.get_text() for t in fig.texts)
     assert plot_run(run).is_file()
 
 
 def test_curves_without_decay_have_no_mark(tmp_path):
     run = _fake_run(tmp_path, frac=None)
     fig = curves_figure(run)
-    assert not [p for p in fig.axes[0].patches if p.get_label().endswith("decaying")] and not fig.axes[0].texts
+    assert not [p for p in fig.axes[0].patches if p.get_label().endswith("decaying")]
+    assert not [t for t in fig.texts if "cosine" in t.get_text()]
+
+
+def test_decay_span_starts_after_the_last_full_weight_epoch():
+    # 5 epochs, decay from 0.625 * 5 = 3.125: 0-based epochs 0..3 at full weight (plotted 1..4), 4 decayed
+    cfg = {"optim": {"epochs": 5}, "loss": [{"name": "wkd_l"}, {"name": "wkd_f", "decay_start": 4}]}
+    assert decay_spans(cfg) == [("wkd_l", 4.0, 5)]  # decay_start 4 of 5: no epoch e > 4, nothing decays

@@ -285,8 +285,8 @@ def demo_chart(rows: list[dict], path, student_epochs: int) -> None:
     from .bench.plots import leaderboard_chart
 
     leaderboard_chart([{"name": r["method"], "top1": r["top1"], "std": None} for r in rows], path,
-                      f"wdistill demo: resnet8 students ({student_epochs} epochs) distilled from a resnet20 teacher, "
-                      "Fashion-MNIST sample", "One run each (seed 0), final epoch, on the sample's 1,000 test "
+                      f"wdistill demo: resnet20 teacher -> resnet8 students ({student_epochs} epochs), "
+                      "bundled Fashion-MNIST sample", "One run each (seed 0), final epoch, on the sample's 1,000 test "
                       "images: differences under about 1 point are noise.")
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import textwrap
 from pathlib import Path
 
 
@@ -38,7 +40,8 @@ def curves_title(run_dir: Path, cfg: dict) -> str:
 def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
     """(term, first plotted epoch of decayed weight, last epoch) for WKD terms with cosine decay.
     The weight of 0-based epoch e is w * 0.5 (1 + cos(pi (e - s) / (E - s))) once e > s
-    (losses/wkd_l.py, cosine_decayed); epochs are plotted 1-based, so decay shows after epoch s + 1."""
+    (losses/wkd_l.py, cosine_decayed); epochs are plotted 1-based, so the last full-weight epoch
+    shown is floor(s) + 1 and the decay shows after it."""
     from ..losses.wkd_l import decay_start_epoch
 
     epochs = (cfg.get("optim") or {}).get("epochs")
@@ -47,8 +50,8 @@ def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
         if t.get("name") not in ("wkd_l", "wkd_f") or not epochs:
             continue
         start = decay_start_epoch(t.get("decay_start"), t.get("decay_start_frac", 150 / 240), epochs)
-        if start is not None and start < epochs - 1:
-            out.append((t["name"], start + 1, epochs))
+        if start is not None and math.floor(start) + 1 < epochs:  # some epoch e > start exists
+            out.append((t["name"], float(math.floor(start) + 1), epochs))
     return out
 
 
@@ -97,10 +100,11 @@ def curves_figure(run_dir: str | Path):
         for ax in (ax_l, ax_a):
             ax.axvspan(first, max(e for _, _, e in spans) + 0.3, color="#f3e3c3", zorder=0,
                        label=f"{names} weight{'s' if plural else ''} decaying")
-        ax_l.text(first - 0.1, 0.03, f"after epoch {first:g} the {names} weight{'s' if plural else ''}\n"
-                  f"decay{'' if plural else 's'} to 0 (cosine, as in WKD):\nthe drop is the schedule,\n"
-                  "not a closer match", transform=ax_l.get_xaxis_transform(), fontsize=7, ha="right",
-                  va="bottom", color="#7a5a1a")
+        # a caption under the panels: inside them it would cover the curves
+        fig.text(0.5, 0.01, textwrap.fill(f"Shaded: after epoch {first:g} the {names} weight{'s' if plural else ''} "
+                 f"decay{'' if plural else 's'} to 0 on a cosine schedule (as in WKD), so "
+                 f"{'their' if plural else 'its'} weighted loss falls by design there, not because the student "
+                 "matches the teacher better.", 120), ha="center", va="bottom", fontsize=7.5, color="#7a5a1a")
     ax_l.legend(fontsize=7, loc="upper right")
     for key, label in (("train_top1", "train (augmented, running)"), ("test_top1", "test")):
         pts = [(r["epoch"], r[key]) for r in rows if key in r]
@@ -111,7 +115,7 @@ def curves_figure(run_dir: str | Path):
     ax_a.set_title("accuracy", fontsize=9)
     ax_a.legend(fontsize=7)
     fig.suptitle(curves_title(run_dir, cfg), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 if spans else 0, 1, 1))
     return fig
 
 
@@ -157,7 +161,8 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
     vals = [r["top1"] for r in rows]
     errs = [r.get("std") for r in rows]
     kinds = [row_kind(n) for n in names]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 3), 4.6))
+    # room for the legend right of the bars and for long row names under them
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(rows) + 5.5), 4.8))
     x = range(len(rows))
     ax.bar(x, vals, color=[KIND_COLORS[k] for k in kinds], zorder=2)
     with_err = [(i, v, e) for i, (v, e) in enumerate(zip(vals, errs)) if e]
@@ -166,7 +171,7 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
         ax.errorbar(i, v, yerr=e, fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
     for i, (v, e) in enumerate(zip(vals, errs)):
         ax.text(i, v + (e or 0) + 0.15, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(list(x), names, rotation=40 if len(rows) > 6 else 20, ha="right", fontsize=8)
+    ax.set_xticks(list(x), names, rotation=40 if len(rows) > 8 else 30, ha="right", fontsize=8)
     lo = min(v - (e or 0) for v, e in zip(vals, errs))
     hi = max(v + (e or 0) for v, e in zip(vals, errs))
     bottom = max(0.0, float(int(lo - 2)))
@@ -187,7 +192,7 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
         for dy in (0.0, 0.025):
             ax.plot((-0.012, 0.012), (0.02 + dy, 0.035 + dy), **kw)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
     fig.text(0.01, 0.01, note, fontsize=7, ha="left", va="bottom", color="#333333")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
