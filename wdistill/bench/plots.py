@@ -162,7 +162,7 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
     errs = [r.get("std") for r in rows]
     kinds = [row_kind(n) for n in names]
     # room for the legend right of the bars and for long row names under them
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(rows) + 5.5), 4.8))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.5 * len(rows) + 4.0), 4.8))
     x = range(len(rows))
     ax.bar(x, vals, color=[KIND_COLORS[k] for k in kinds], zorder=2)
     with_err = [(i, v, e) for i, (v, e) in enumerate(zip(vals, errs)) if e]
