@@ -1,19 +1,25 @@
-.PHONY: setup demo test bench-quick mutation
+.PHONY: setup setup-test demo test bench-quick mutation
 
+# The package only: what `make demo` needs.
 setup:
 	bash scripts/setup.sh
 
-# Set up, then train a teacher and distilled students on the bundled Fashion-MNIST sample.
+# The package, the test dependencies and (as root) Debian's Fashion-MNIST for the real-data tests.
+setup-test:
+	bash scripts/setup.sh --test
+
+# Set up, then distil students from the shipped teacher on the bundled Fashion-MNIST sample
+# (`.venv/bin/wdistill demo --full` trains the teacher too).
 demo: setup
 	.venv/bin/wdistill demo
 
-# Set up, then run the whole test suite.
-test: setup
+# Set up for the tests, then run the whole test suite.
+test: setup-test
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
-bench-quick: setup
+bench-quick: setup-test
 	.venv/bin/wdistill bench accuracy --quick
 
 # Plant each known bug of tests/mutations.yaml in a copy of the package; fails if one survives.
-mutation: setup
+mutation: setup-test
 	.venv/bin/python scripts/mutation.py

@@ -23,31 +23,6 @@ def _cmd_train(args, require_teacher: bool) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
-    import torch
-
-    from . import models
-    from .data import BatchLoader, load_dataset
-    from .engine import evaluate
-    from .models.checkpoint import load_checkpoint, read_checkpoint
-
-    state = read_checkpoint(args.checkpoint)  # .pt or .safetensors
-    arch = args.model or state.get("arch")
-    if not arch:
-        raise ConfigError(f"{args.checkpoint} does not record its architecture: pass --model NAME")
-    _, test = load_dataset(args.data, args.root)
-    if args.subset:
-        test = test.subset(slice(0, args.subset))
-    model = models.build(arch, num_classes=state.get("num_classes", test.num_classes),
-                         in_channels=state.get("in_channels", test.channels), kwargs=state.get("kwargs"))
-    load_checkpoint(model, state)
-    from .engine.build import resolve_device
-    device = resolve_device(args.device)
-    metrics = evaluate(model.to(device), BatchLoader(test, args.batch_size, False, device, resized_crop=args.center_crop))
-    print(json.dumps({"checkpoint": args.checkpoint, "arch": arch, "data": args.data, **metrics}, indent=2))
-    return 0
-
-
 def _cmd_export(args) -> int:
     from .engine.checkpoint import atomic_save, load
 
@@ -61,23 +36,9 @@ def _cmd_export(args) -> int:
     cfg = state["config"]
     out = Path(args.output or run / f"student_{args.which}.pt")
     atomic_save({"model": model, "arch": state["arch"], "taps": cfg["student"].get("taps"),
+                 "kwargs": cfg["student"].get("kwargs") or {}, "data": cfg.get("data"),  # eval's defaults
                  "metrics": state["history"][-1] if state["history"] else {}}, out)
     print(f"wrote {out} ({len(model)} tensors, arch {state['arch']})")
-    return 0
-
-
-def _cmd_demo(args) -> int:
-    from .demo import bar_chart, demo_methods, leaderboard_table, run_demo
-    from .engine.checkpoint import atomic_write_text
-
-    methods = demo_methods(args.methods)
-    rows = run_demo(args.out, methods, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs)
-    table = leaderboard_table(rows)
-    out = Path(args.out)
-    atomic_write_text(table + "\n", out / "leaderboard.md")
-    bar_chart(rows, out / "leaderboard.png", "wdistill demo: resnet20 -> resnet8, Fashion-MNIST sample")
-    print("\n" + table)
-    print(f"\nwrote {out / 'leaderboard.md'} and {out / 'leaderboard.png'}")
     return 0
 
 
@@ -109,18 +70,6 @@ def _cmd_cost_matrix(args) -> int:
     return 0
 
 
-def _cmd_list(args) -> int:
-    from . import losses, models
-
-    if args.presets:
-        from .cli_models import cmd_list_presets
-        return cmd_list_presets()
-
-    print("models: " + ", ".join(models.available()))
-    print("methods: " + ", ".join(losses.available()))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wdistill", description="Knowledge distillation built around optimal transport.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -135,17 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--overwrite", action="store_true", help="start again over an existing run directory")
         s.set_defaults(func=lambda a, n=name: _cmd_train(a, require_teacher=(n == "distill")))
 
-    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a dataset's test split")
-    s.add_argument("checkpoint")
-    s.add_argument("--data", default="fmnist_sample")
-    s.add_argument("--root", default=None)
-    s.add_argument("--model", default=None, help="architecture, if the checkpoint does not record it")
-    s.add_argument("--subset", type=positive_int, default=None, help="evaluate on the first N test images only")
-    s.add_argument("--batch-size", type=positive_int, default=256)
-    s.add_argument("--center-crop", type=int, default=None,
-                   help="evaluate on the centre NxN crop (the ImageNet recipe: images stored at 256, --center-crop 224)")
-    s.add_argument("--device", default="cpu")
-    s.set_defaults(func=_cmd_eval)
+    from .cli_front import add_eval_parser  # eval reads every file a run writes
+    add_eval_parser(sub)
 
     s = sub.add_parser("export", help="write the student-only weights of a run")
     s.add_argument("run_dir")
@@ -153,13 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=_cmd_export)
 
-    s = sub.add_parser("demo", help="teacher + distilled students on the bundled Fashion-MNIST sample")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--methods", default=None, help="comma-separated, e.g. vanilla,kd,wkd_l, or 'all' "
-                   "(default: vanilla,kd,dkd,crd_kd,wkd_l,wkd_lf,wcord_kd)")
-    s.add_argument("--teacher-epochs", type=int, default=10)
-    s.add_argument("--student-epochs", type=int, default=8)
-    s.set_defaults(func=_cmd_demo)
+    from .cli_front import add_demo_parser  # quick demo with the shipped teacher; --full
+    add_demo_parser(sub)
 
     s = sub.add_parser("cost-matrix", help="build the WKD-L category cost from a trained teacher")
     s.add_argument("config", help="a run config with a teacher section and the training data")
@@ -171,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=_cmd_cost_matrix)
 
-    s = sub.add_parser("list", help="available models and methods (--presets: the shipped preset names)")
-    s.add_argument("--presets", action="store_true", help="list the presets `wdistill distill NAME` accepts")
-    s.set_defaults(func=_cmd_list)
+    from .cli_front import add_config_parser, add_list_parser  # config show/check/reference, list
+    add_config_parser(sub)
+    add_list_parser(sub)
 
     from .cli_models import add_parsers as add_model_parsers  # `inspect` and `teachers`
     add_model_parsers(sub)
@@ -207,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("WDISTILL_DEBUG") == "1"
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         if debug:
             raise

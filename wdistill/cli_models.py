@@ -70,16 +70,6 @@ def cmd_teachers(args) -> int:
     return 0
 
 
-def cmd_list_presets() -> int:
-    from .engine.config import list_presets
-
-    names = list_presets()
-    for name in names:
-        print(name)
-    print(f"{len(names)} presets; run one with `wdistill distill NAME` (or `wdistill train NAME` for models/*)")
-    return 0
-
-
 def add_parsers(sub) -> None:
     s = sub.add_parser("inspect", help="module paths and output shapes of a model, and the taps wdistill would use")
     s.add_argument("model", help="zoo name, timm:<name>, torchvision:<name> or pkg.module:factory")

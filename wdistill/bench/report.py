@@ -100,28 +100,16 @@ def results_csv(table: list[dict], settings: dict[str, str]) -> str:
 
 def bar_chart(table: list[dict], labels: dict[str, str], path: str | Path, title: str) -> None:
     """Final-epoch top-1 per row, error bars = sample std over seeds (none for single runs)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import leaderboard_chart
 
-    names = [labels.get(r["method"], r["method"]) for r in table]
-    vals = [r["final_mean"] for r in table]
-    errs = [r["final_std"] or 0.0 for r in table]
-    colors = ["#888888" if r["method"] in ("teacher", "vanilla") else
-              "#c44e52" if r["method"].startswith(("wkd", "wcord")) else "#4c72b0" for r in table]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(table) + 2), 4.0))
-    ax.bar(range(len(table)), vals, yerr=errs, capsize=3, color=colors)
-    ax.set_xticks(range(len(table)), names, rotation=45, ha="right", fontsize=8)
-    lo, hi = min(v - e for v, e in zip(vals, errs)), max(v + e for v, e in zip(vals, errs))
-    ax.set_ylim(max(0.0, lo - 2), min(100.0, hi + 1))
-    base = next((r["final_mean"] for r in table if r["method"] == "vanilla"), None)
-    if base is not None:
-        ax.axhline(base, color="#444444", lw=0.8, ls="--")
-    ax.set_ylabel("test top-1 (%), final epoch")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    runs = sorted({r["n"] for r in table if r["method"] != "teacher"})
+    seeds = "/".join(map(str, runs)) if runs else "?"
+    teacher = next((r["n"] for r in table if r["method"] == "teacher"), None)
+    note = (f"Students: mean of {seeds} seeds, error bar = sample std over seeds"
+            + (f"; teacher: {teacher} run{'s' if teacher != 1 else ''}, no error bar." if teacher else "."))
+    rows = [{"name": labels.get(r["method"], r["method"]), "top1": r["final_mean"], "std": r["final_std"]}
+            for r in table]
+    leaderboard_chart(rows, path, title, note)
 
 
 def pool(groups: list[tuple[int, float, float | None]]) -> tuple[int, float, float | None]:

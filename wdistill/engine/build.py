@@ -28,6 +28,14 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+# Where the teacher checkpoints of shipped presets come from, by path prefix (the CIFAR-100
+# teachers live in wdistill's cache: `wdistill teachers fetch`).
+_CHECKPOINT_SOURCES = {
+    "runs/bench/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
+    "checkpoints/imagenet/": "configs/imagenet/README.md names the published files to put there",
+}
+
+
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
     ``wdistill.models.specs``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
@@ -41,8 +49,10 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
         path = resolve_path(section.checkpoint)
         if not path.is_file():
             from ..models.teachers import missing_checkpoint_hint
-            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: "
-                              + missing_checkpoint_hint(section.model, path))
+            given = section.checkpoint.replace("\\", "/")
+            hint = next((h for prefix, h in _CHECKPOINT_SOURCES.items() if given.startswith(prefix)),
+                        None) or missing_checkpoint_hint(section.model, path)
+            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: {hint}")
         try:
             load_checkpoint(model, path)
         except ValueError as e:

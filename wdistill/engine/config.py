@@ -15,10 +15,12 @@ class _Strict(BaseModel):
 
 
 class RunSection(_Strict):
-    name: str = "run"
-    out_dir: str = "runs"
-    seed: int = Field(0, ge=0)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    name: str = Field("run", description="Run name; the run directory is out_dir/name (sub/dir allowed, never "
+                      "absolute or '..').")
+    out_dir: str = Field("runs", description="Directory that holds run directories (and the WKD-L cost cache, "
+                         "out_dir/cache).")
+    seed: int = Field(0, ge=0, description="Seed of weight initialisation, data order and augmentation.")
+    device: str = Field("auto", description="auto (first GPU if any, else CPU) | cpu | cuda | cuda:N | mps.")
 
     @field_validator("name")
     @classmethod
@@ -39,33 +41,44 @@ class RunSection(_Strict):
 
 
 class DataSection(_Strict):
-    name: str = "fmnist_sample"  # a built-in data set, image_folder, or python (with factory)
-    root: str | None = None
-    train_subset: int | None = Field(None, gt=0)  # keep the first N training images
-    test_subset: int | None = Field(None, gt=0)
-    batch_size: int = Field(64, gt=0)
-    eval_batch_size: int = Field(256, gt=0)
-    # Augmentation: None = the data set's own recipe (wdistill/data/recipe.py; the run log states it).
-    crop_padding: int | None = Field(None, ge=0)
-    flip: bool | None = None
-    # ImageNet recipe: training RandomResizedCrop to this size, evaluation centre crop to it
-    # (store/resize the images larger, e.g. options.size 256 with random_resized_crop 224).
-    random_resized_crop: int | None = Field(None, gt=0)
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
-    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the loader
-    # memory: uint8 tensors in RAM, batched augmentation (fast path); stream: DataLoader workers
-    # decode and crop; auto: memory when the decoded split fits in memory_limit_gb, else stream.
-    loader: Literal["auto", "memory", "stream"] = "auto"
-    memory_limit_gb: float = Field(4.0, gt=0)
-    workers: int | None = Field(None, ge=0)  # streaming worker processes; None = CPU cores, at most 8
-    prefetch_factor: int = Field(2, gt=0)  # batches each streaming worker prepares ahead
-    # name: python -- a user's datasets from `factory: "pkg.module:function"` returning (train, test)
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for the factory
-    num_classes: int | None = Field(None, gt=0)  # when the dataset has no `classes`/`targets`
-    mean: tuple[float, ...] | None = None  # user data: per-channel normalisation of uint8/PIL images
-    std: tuple[float, ...] | None = None
+    name: str = Field("fmnist_sample", description="Data set: one of `wdistill list` (fmnist_sample is the "
+                      "Fashion-MNIST sample bundled in the package), image_folder, or python (with factory).")
+    root: str | None = Field(None, description="Directory (or archive) of the data set; not needed for "
+                             "fmnist_sample.")
+    train_subset: int | None = Field(None, gt=0, description="Keep only the first N training images.")
+    test_subset: int | None = Field(None, gt=0, description="Keep only the first N test images.")
+    batch_size: int = Field(64, gt=0, description="Global batch of one optimiser step: under torchrun each of N "
+                            "processes takes batch_size / N rows (it must divide).")
+    eval_batch_size: int = Field(256, gt=0, description="Batch size of evaluation and of statistics passes "
+                                 "(e.g. the WKD-L cost), split over processes.")
+    crop_padding: int | None = Field(None, ge=0, description="Training augmentation: pad by this many pixels, then "
+                                     "random crop back to size (0: no crop). None: the data set's own recipe "
+                                     "(the run log states it).")
+    flip: bool | None = Field(None, description="Training augmentation: random horizontal flip. None: the data "
+                              "set's own recipe.")
+    random_resized_crop: int | None = Field(None, gt=0, description="ImageNet recipe: RandomResizedCrop to "
+                                            "this size in training, centre crop in evaluation (needs "
+                                            "crop_padding: 0; store or resize the images larger, e.g. "
+                                            "options.size 256 with 224 here).")
+    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range.")
+    rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of the data set's loader "
+                                    "(`wdistill list` shows each data set's), e.g. {protocol: kd_v1}.")
+    loader: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: uint8 tensors in RAM with batched augmentation (fast path); stream: "
+        "DataLoader workers decode and crop; auto: memory when the decoded split fits in memory_limit_gb.")
+    memory_limit_gb: float = Field(4.0, gt=0, description="auto loader: largest decoded data kept in memory.")
+    workers: int | None = Field(None, ge=0, description="Streaming worker processes (None: the CPU cores, at "
+                                "most 8, divided over processes).")
+    prefetch_factor: int = Field(2, gt=0, description="Batches each streaming worker prepares ahead.")
+    factory: str | None = Field(None, description="name: python -- 'pkg.module:function' returning (train, test) "
+                                "torch Datasets of (image, target).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the factory.")
+    num_classes: int | None = Field(None, gt=0, description="Class count of a user Dataset that has no "
+                                    "`classes` or `targets`.")
+    mean: tuple[float, ...] | None = Field(None, description="User data: per-channel mean of uint8/PIL images, "
+                                           "in [0, 1] units (give std too).")
+    std: tuple[float, ...] | None = Field(None, description="User data: per-channel std, in [0, 1] units.")
 
     @model_validator(mode="after")
     def _one_crop(self):
@@ -76,6 +89,22 @@ class DataSection(_Strict):
             raise ValueError(f"data.factory is for data.name: python (got name {self.name!r})")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give data.mean and data.std together (per-channel values in [0, 1] units)")
+        return self
+
+    @model_validator(mode="after")
+    def _options_fit_the_data_set(self):
+        # Checked here, before any work: a preset written for one data set (configs/fmnist/* set
+        # protocol/quick/eval_split) must not fail deep inside the loader when data.name changes.
+        from ..data.registry import DATASETS, options
+
+        if self.name in DATASETS:
+            unknown = sorted(set(self.options) - set(options(self.name)))
+            if unknown:
+                raise ValueError(
+                    f"data.options sets {', '.join(unknown)}, which data set {self.name!r} does not take (its "
+                    f"options: {', '.join(options(self.name)) or 'none'}). They come from the config file, which "
+                    f"was written for another data set: delete them there, or override the whole mapping on the "
+                    f"command line, e.g. data.options={{}}")
         return self
 
     def crop_kwargs(self) -> dict[str, Any]:
@@ -91,11 +120,17 @@ class ModelSection(_Strict):
     timm/torchvision/factory model, a local file or ``true`` for the cache (never downloaded).
     ``taps``: feats/preact/embed module paths; default: declared by zoo models, else automatic."""
 
-    model: str
-    checkpoint: str | None = None
-    pretrained: str | bool | None = None
-    taps: dict[str, Any] | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    model: str = Field(description="Architecture: a zoo name from `wdistill list`, timm:<name>, "
+                       "torchvision:<name> or 'pkg.module:factory'.")
+    checkpoint: str | None = Field(None, description="Weights to load (required for a teacher): a run's "
+                                   "student.pt, a published checkpoint, or cache:REL in wdistill's cache.")
+    pretrained: str | bool | None = Field(None, description="Initial weights of a timm/torchvision/factory "
+                                          "model: a local file, or true for the cache (never downloaded).")
+    taps: dict[str, Any] | None = Field(None, description="Feature taps: {feats: [module paths], preact: [...], "
+                                        "embed: 'module:in'}; zoo models declare theirs, others are found "
+                                        "automatically (`wdistill inspect MODEL`).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model "
+                                   "constructor or factory.")
 
     @field_validator("model")
     @classmethod
@@ -113,8 +148,9 @@ class TermSection(BaseModel):
     defaults are filled in, so ``config.yaml`` records every value in force."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
-    weight: float = Field(1.0, ge=0, allow_inf_nan=False)
+    name: str = Field(description="Loss term: ce or a method of `wdistill list`; its parameters are further "
+                      "keys of the same item, typed by the method (see the method parameters below).")
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of the term in the total loss.")
 
     @model_validator(mode="after")
     def _typed_params(self):
@@ -132,15 +168,17 @@ class TermSection(BaseModel):
 
 
 class OptimSection(_Strict):
-    epochs: int = Field(240, ge=1)
-    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False)
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
-    gamma: float = Field(0.1, gt=0, allow_inf_nan=False)
-    warmup_epochs: int = Field(0, ge=0)
+    epochs: int = Field(240, ge=1, description="Training epochs (the CIFAR-100 recipe: 240).")
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False, description="Initial SGD learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(False, description="Nesterov momentum.")
+    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="SGD weight decay.")
+    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate "
+                                                                 "schedule.")
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210], description="multistep: increasing "
+                                  "epochs at which the rate is multiplied by gamma.")
+    gamma: float = Field(0.1, gt=0, allow_inf_nan=False, description="multistep: factor at each milestone.")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule (< epochs).")
 
     @model_validator(mode="after")
     def _schedule_fits(self):
@@ -152,31 +190,33 @@ class OptimSection(_Strict):
 
 
 class TrainSection(_Strict):
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False  # student BatchNorm statistics over all ranks (GPU runs under torchrun)
-    tensorboard: bool = False
-    progress: bool = True
-    eval_every: int = Field(1, gt=0)
-    # gradient accumulation: each optimiser step sums this many micro-batches (data.batch_size is
-    # still the batch of one optimiser step; micro-batch = batch_size / (world size * accumulate))
-    accumulate: int = Field(1, ge=1)
-    # loss and accuracy are summed on the device and read (a host sync) every this many steps
-    log_every: int = Field(50, ge=1)
-    # stop each epoch after this many steps (smoke tests of large presets); None = the whole epoch
-    max_steps: int | None = Field(None, gt=0)
+    amp: bool = Field(False, description="Mixed precision (bfloat16 on CPU, float16 with loss scaling on GPU).")
+    channels_last: bool = Field(False, description="channels_last memory format (usually faster on CPU and GPU).")
+    compile: bool = Field(False, description="torch.compile the student.")
+    sync_bn: bool = Field(False, description="SyncBatchNorm over all processes (GPU runs under torchrun).")
+    tensorboard: bool = Field(False, description="Also log to run_dir/tb (needs the tensorboard extra).")
+    progress: bool = Field(True, description="Progress bars (shown on a terminal only).")
+    eval_every: int = Field(1, gt=0, description="Evaluate on the test split every N epochs (and after the last).")
+    accumulate: int = Field(1, ge=1, description="Gradient accumulation: each optimiser step sums this many "
+                            "micro-batches (batch_size stays the batch of one step).")
+    log_every: int = Field(50, ge=1, description="Loss, accuracy and the non-finite check are read from the "
+                           "device (a host sync) every this many steps.")
+    max_steps: int | None = Field(None, gt=0, description="Stop each epoch after this many steps (smoke tests "
+                                  "of large presets); None: the whole epoch.")
 
 
 class RunConfig(_Strict):
-    run: RunSection = Field(default_factory=RunSection)
-    data: DataSection = Field(default_factory=DataSection)
-    student: ModelSection
-    teacher: ModelSection | None = None
-    teachers: list[ModelSection] | None = None  # an ensemble; logits are averaged
-    loss: list[TermSection] = Field(default_factory=lambda: [TermSection(name="ce")])
-    optim: OptimSection = Field(default_factory=OptimSection)
-    train: TrainSection = Field(default_factory=TrainSection)
+    run: RunSection = Field(default_factory=RunSection, description="Name, output directory, seed, device.")
+    data: DataSection = Field(default_factory=DataSection, description="Data set, batches and augmentation.")
+    student: ModelSection = Field(description="The model trained (required).")
+    teacher: ModelSection | None = Field(None, description="The frozen teacher (distill needs it).")
+    teachers: list[ModelSection] | None = Field(None, description="An ensemble of teachers instead; "
+                                                "their logits are averaged.")
+    loss: list[TermSection] = Field(default_factory=lambda: [TermSection(name="ce")],
+                                    description="Weighted loss terms, summed.")
+    optim: OptimSection = Field(default_factory=OptimSection, description="SGD and its schedule.")
+    train: TrainSection = Field(default_factory=TrainSection, description="Precision, memory format, "
+                                "scale-out, logging.")
 
     @field_validator("loss")
     @classmethod

@@ -199,7 +199,9 @@ class Trainer:
     def export_student(self, path: Path, metrics: dict) -> None:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
                           "num_classes": self.data.num_classes, "in_channels": self.data.channels,
-                          "taps": self.cfg.student.taps, "kwargs": self.cfg.student.kwargs, "metrics": metrics}, path)
+                          "taps": self.cfg.student.taps, "kwargs": self.cfg.student.kwargs,
+                          "data": self.cfg.data.model_dump(mode="json"),  # `wdistill eval` scores on this data
+                          "metrics": metrics}, path)
         models.save_student_safetensors(self.student, path.with_suffix(".safetensors"), {
             "arch": self.cfg.student.model, "num_classes": self.data.num_classes,
             "in_channels": self.data.channels, "kwargs": self.cfg.student.kwargs})

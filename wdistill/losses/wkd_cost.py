@@ -36,20 +36,25 @@ def teacher_checksum(model: nn.Module) -> str:
 
 def collect_class_features(teacher_tap: Callable[[torch.Tensor], dict], batches: Iterable[dict],
                            num_classes: int, mode: str = "features", max_per_class: int | None = None,
-                           device: torch.device | str | None = None, progress: bool = True) -> torch.Tensor:
+                           device: torch.device | str | None = None, progress: bool | None = True) -> torch.Tensor:
     """Teacher features of every class, rows paired across classes: (C, n, D).
 
     mode "features": the last-stage map ``feats[-1]`` (B, D, H, W) of each image, each spatial
     position a row (CIFAR-100 in WKD); mode "logits": one row of teacher logits per image (ImageNet
     in WKD). Images of a class are ordered by dataset index and the k-th image of every class is
     paired with the k-th of every other; all classes are cut to the smallest class count (or to
-    ``max_per_class``), as in the reference construction.
+    ``max_per_class``), as in the reference construction. ``progress``: True shows a bar, None
+    only on a terminal (as the trainer's bars), False never.
     """
     if mode not in MODES:
         raise ValueError(f"unknown CKA feature mode {mode!r}; use one of {MODES}")
     per_class: list[list[tuple[int, torch.Tensor]]] = [[] for _ in range(num_classes)]
     with torch.no_grad():
-        for batch in tqdm(batches, desc=f"WKD cost: teacher {mode}", disable=not progress, leave=False):
+        # A bar with a total (a loader has a length) so it shows real progress, not a bare "0it".
+        total = len(batches) if hasattr(batches, "__len__") else None
+        bar = tqdm(batches, desc=f"WKD cost: teacher {mode}", total=total, leave=False,
+                   disable=None if progress is None else not progress)
+        for batch in bar:
             x = batch["image"] if device is None else batch["image"].to(device)
             out = teacher_tap(x)
             if mode == "features":
@@ -79,7 +84,7 @@ def collect_class_features(teacher_tap: Callable[[torch.Tensor], dict], batches:
 
 def build_cost_matrix(teacher_tap: Callable[[torch.Tensor], dict], batches: Iterable[dict], num_classes: int,
                       kappa: float = 1.0, mode: str = "features", max_per_class: int | None = None,
-                      device: torch.device | str | None = None, progress: bool = True) -> torch.Tensor:
+                      device: torch.device | str | None = None, progress: bool | None = True) -> torch.Tensor:
     """WKD-L category cost ``c_ij = 1 - exp(-kappa (1 - CKA_ij))`` from teacher features (C, C).
 
     Lv et al., NeurIPS 2024 (WKD-L): linear CKA between the teacher's class-conditional
@@ -89,8 +94,9 @@ def build_cost_matrix(teacher_tap: Callable[[torch.Tensor], dict], batches: Iter
     return ot.cka_cost(ot.class_cka_matrix(feats), kappa)
 
 
-def load_or_build_cka(ctx, mode: str, max_per_class: int | None) -> torch.Tensor:
+def load_or_build_cka(ctx, mode: str, max_per_class: int | None, progress: bool | None = None) -> torch.Tensor:
     """The (C, C) CKA matrix for ``ctx``'s teacher: loaded from ``ctx.cache_dir`` or built and saved.
+    Only a build shows a progress bar (``progress`` as in :func:`collect_class_features`).
 
     The cache key holds the teacher's state_dict checksum, the mode, the row cap and the
     training-set size, so a different teacher or data set never reuses a stale matrix.
@@ -114,7 +120,7 @@ def load_or_build_cka(ctx, mode: str, max_per_class: int | None) -> torch.Tensor
                 return cka
     _say(f"WKD-L: building the CKA matrix from teacher {mode} ({ctx.num_classes} classes)")
     feats = collect_class_features(ctx.teacher_tap, ctx.train_batches(), ctx.num_classes, mode,
-                                   max_per_class, ctx.device)
+                                   max_per_class, ctx.device, progress)
     cka = ot.class_cka_matrix(feats).cpu()
     if path is not None:
         os.makedirs(ctx.cache_dir, exist_ok=True)
