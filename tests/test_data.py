@@ -273,7 +273,8 @@ def test_read_idx_roundtrip_and_errors(tmp_path, suffix):
             read_idx(p)
 
 
-@pytest.mark.skipif(not HAVE_DEBIAN_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not HAVE_DEBIAN_FMNIST and not os.environ.get("CI"),  # CI must have it: fail there, never skip
+                    reason="Debian package dataset-fashion-mnist not installed")
 def test_real_debian_fashion_mnist():
     train, test = fashion_mnist("train"), fashion_mnist("test")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
