@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .data import ImageDataset
+from .data import DATASETS, ImageDataset
 from .engine import Trainer, load_config
 
 
@@ -34,7 +34,8 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
     if isinstance(teacher_taps, dict) or teacher_taps is None:
         teacher_taps = [teacher_taps] * len(teachers)
     raw = {"run": {"name": name, "out_dir": out_dir, "seed": seed, "device": device},
-           "data": {"name": train_data.name if isinstance(train_data, ImageDataset) else "python",
+           "data": {"name": train_data.name if isinstance(train_data, ImageDataset) and train_data.name in DATASETS
+                    else "python",  # data handed in: the recipe comes from the data set object itself
                     "batch_size": batch_size, **config.pop("data", {})},
            "student": {"model": type(student).__name__, "taps": student_taps},
            "loss": loss,

@@ -208,11 +208,13 @@ def check_config(cfg) -> list[str]:
     from . import losses, models
 
     for role, section in [("student", cfg.student)] + [("teacher", s) for s in cfg.teacher_sections()]:
-        if section.model not in models.available():
+        if ":" not in section.model and section.model not in models.available():  # timm:/torchvision:/factory
             raise ConfigError(f"{role}.model {section.model!r} is not a zoo model; `wdistill list` names them")
-        if section.checkpoint and not Path(section.checkpoint).is_file():
-            from .engine.trainer import missing_checkpoint_message
-            raise ConfigError(missing_checkpoint_message(role, section.checkpoint))
+        if section.checkpoint:
+            from .engine.build import missing_checkpoint
+            problem = missing_checkpoint(section, role)
+            if problem:
+                raise ConfigError(problem)
     if not cfg.teacher_sections() and any(t.name != "ce" for t in cfg.loss):
         raise ConfigError(f"loss terms {[t.name for t in cfg.loss if t.name != 'ce']} need a teacher: add a "
                           "'teacher:' section (model + checkpoint)")

@@ -36,6 +36,19 @@ _CHECKPOINT_SOURCES = {
 }
 
 
+def missing_checkpoint(section, role: str) -> str | None:
+    """What is wrong with ``section.checkpoint`` and where the file comes from, or None if it exists."""
+    from ..models.specs import resolve_path
+    from ..models.teachers import missing_checkpoint_hint
+    path = resolve_path(section.checkpoint)
+    if path.is_file():
+        return None
+    given = section.checkpoint.replace("\\", "/")
+    hint = next((h for prefix, h in _CHECKPOINT_SOURCES.items() if given.startswith(prefix)),
+                None) or missing_checkpoint_hint(section.model, path)
+    return f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: {hint}"
+
+
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
     ``wdistill.models.specs``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
@@ -47,12 +60,9 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
         raise ConfigError(f"{role}.model: {e}") from None
     if section.checkpoint:
         path = resolve_path(section.checkpoint)
-        if not path.is_file():
-            from ..models.teachers import missing_checkpoint_hint
-            given = section.checkpoint.replace("\\", "/")
-            hint = next((h for prefix, h in _CHECKPOINT_SOURCES.items() if given.startswith(prefix)),
-                        None) or missing_checkpoint_hint(section.model, path)
-            raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: {hint}")
+        problem = missing_checkpoint(section, role)
+        if problem:
+            raise ConfigError(problem)
         try:
             load_checkpoint(model, path)
         except ValueError as e:

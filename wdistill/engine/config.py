@@ -97,6 +97,9 @@ class DataSection(_Strict):
         # protocol/quick/eval_split) must not fail deep inside the loader when data.name changes.
         from ..data.registry import DATASETS, options
 
+        if self.name not in DATASETS and self.name != "python":
+            raise ValueError(f"unknown data set {self.name!r}; available: {', '.join(sorted(DATASETS))}, or python "
+                             "(a user factory); `wdistill list` shows their options")
         if self.name in DATASETS:
             unknown = sorted(set(self.options) - set(options(self.name)))
             if unknown:
