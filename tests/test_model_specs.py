@@ -111,7 +111,9 @@ def test_logit_only_model_runs_kd_and_feature_terms_say_why(user_module):
 def _cfg(tmp_path, loss, teacher_ckpt, name):
     return load_config({
         "run": {"name": name, "out_dir": str(tmp_path / "runs"), "seed": 0},
-        "data": {"batch_size": 8, "eval_batch_size": 8, "crop_padding": 0, "flip": False},
+        # CRD runs on the streaming path (DataLoader workers, labels from the dataset), WKD-F in memory
+        "data": {"batch_size": 8, "eval_batch_size": 8, "crop_padding": 0, "flip": False,
+                 "loader": "stream" if name == "crd" else "memory", "workers": 1},
         "student": {"model": "wd_user_models:make_net", "kwargs": {"width": 4}},
         "teacher": {"model": "wd_user_models:make_net", "kwargs": {"width": 8}, "checkpoint": str(teacher_ckpt)},
         "loss": loss,
@@ -128,7 +130,9 @@ def test_factory_models_with_automatic_taps_train_by_feature_methods(tmp_path, u
     torch.save({"model": user_module.make_net(4, 3, width=8).state_dict()}, teacher_ckpt)
     # The feature term alone (no CE, no weight decay): the student's stages can only move through
     # the automatic taps, and its classifier must not move at all.
-    tr = Trainer(_cfg(tmp_path, [term], teacher_ckpt, term["name"]), data=_data(), log=lambda *_: None)
+    said = []
+    tr = Trainer(_cfg(tmp_path, [term], teacher_ckpt, term["name"]), data=_data(), log=said.append)
+    assert any(("stream path" if term["name"] == "crd" else "memory path") in m for m in said), said
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}
     summary = tr.fit()
     spec = tr.distiller.student_tap.spec
