@@ -30,7 +30,8 @@ def test_every_config_key_is_documented():
         for k in m.model_fields:
             assert f"| `{k}` |" in text, k
     for name in losses.available():
-        assert f"| `{name}` |" in text, name
+        if losses.get(name).__module__.startswith("wdistill."):  # not terms other tests register
+            assert f"| `{name}` |" in text, name
 
 
 def _write(tmp_path, cfg):

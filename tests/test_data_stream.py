@@ -134,9 +134,9 @@ def test_user_dataset_from_yaml_factory(tmp_path, monkeypatch):
     summary = t.fit()
     assert json.loads((tmp_path / "runs" / "yaml" / "summary.json").read_text())["final_top1"] == summary["final_top1"]
     with pytest.raises(ConfigError, match="cannot import module 'nope'"):
-        Trainer(load_config({**raw, "data": {**raw["data"], "factory": "nope:make"}}))
+        Trainer(load_config({**raw, "run": {**raw["run"], "name": "bad1"}, "data": {**raw["data"], "factory": "nope:make"}}))
     with pytest.raises(ConfigError, match="rejected data.kwargs"):
-        Trainer(load_config({**raw, "data": {**raw["data"], "kwargs": {"size": 3}}}))
+        Trainer(load_config({**raw, "run": {**raw["run"], "name": "bad2"}, "data": {**raw["data"], "kwargs": {"size": 3}}}))
 
 
 def test_num_classes_inference_and_error():
@@ -369,7 +369,8 @@ def _stream_rank(rank: int, world: int, port: int, out_dir: str) -> None:
                        "student": {"model": "resnet8"}, "optim": {"epochs": 2}, "train": {"progress": False}})
     trainer = Trainer(cfg, data=(Blobs(64, kind="uint8"), Blobs(20, kind="uint8", seed=1)), log=lambda m: None)
     summary = trainer.fit()
-    assert trainer.data.path == "stream" and len(trainer.train_loader) == 64 // (8 * world)
+    # data.batch_size is the global batch: 8 steps per epoch on any number of processes
+    assert trainer.data.path == "stream" and len(trainer.train_loader) == 64 // 8
     torch.save({"student": trainer.student.state_dict(), "summary": summary}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -83,13 +83,16 @@ def data_sets() -> dict[str, dict[str, Any]]:
     return out
 
 
-def methods() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Loss term name -> (one-line summary, {parameter: default})."""
+def methods(shipped_only: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Loss term name -> (one-line summary, {parameter: default}); ``shipped_only`` leaves out
+    terms registered at run time (by a user or a test), as the committed reference must."""
     from . import losses
 
     out = {}
     for name in losses.available():
         cls = losses.get(name)
+        if shipped_only and not cls.__module__.startswith("wdistill."):
+            continue
         params = {p.name: (None if p.default is p.empty else p.default)
                   for p in inspect.signature(cls.__init__).parameters.values()
                   if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
@@ -145,5 +148,5 @@ def reference_markdown() -> str:
               "are the published settings.", ""]
     lines += _table(("term", "parameters (default)", "what it is"),
                     [(f"`{n}`", ", ".join(f"`{k}` ({_flow(v)})" for k, v in params.items()) or "none", doc)
-                     for n, (doc, params) in methods().items()])
+                     for n, (doc, params) in methods(shipped_only=True).items()])
     return "\n".join(lines) + "\n"

@@ -15,21 +15,23 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp_ctx=nullcontext) -> dict
     when the loader is sharded). Sums stay on the device until the end."""
     was = model.training
     model.eval()
-    meter = None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    meter = Meter(device)
+    for key in ("n", "loss", "top1", "top5"):  # every rank sums every key, even with no batch of its own
+        meter.add(key, torch.zeros((), device=device))
     for batch in loader:
         with amp_ctx():
             logits = model(batch["image"]).float()
         target = batch["target"]
-        meter = meter or Meter(logits.device)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         meter.add("n", torch.tensor(float(len(target)), device=logits.device))
         meter.add("loss", nn.functional.cross_entropy(logits, target, reduction="sum"))
         meter.add("top1", (top[:, 0] == target).sum())
         meter.add("top5", (top == target[:, None]).any(1).sum())
     model.train(was)
-    s = meter.read(loader.world_size) if meter else {}
-    n = s.get("n", 0) or float("nan")
-    return {"top1": 100.0 * s.get("top1", 0) / n, "top5": 100.0 * s.get("top5", 0) / n, "loss": s.get("loss", 0) / n}
+    s = meter.read(loader.world_size)
+    n = s["n"] or float("nan")
+    return {"top1": 100.0 * s["top1"] / n, "top5": 100.0 * s["top5"] / n, "loss": s["loss"] / n}
 
 
 class Ensemble(nn.Module):
