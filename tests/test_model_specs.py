@@ -182,7 +182,8 @@ def test_model_spec_errors_name_the_fix(tmp_path, user_module):
     data = _data()
 
     def build(model, **extra):
-        cfg = load_config({"run": {"out_dir": str(tmp_path)}, "student": {"model": model, **extra}})
+        cfg = load_config({"run": {"out_dir": str(tmp_path)}, "data": {"batch_size": 8},
+                           "student": {"model": model, **extra}})
         return Trainer(cfg, data=data)
 
     with pytest.raises(ConfigError, match="cannot import module 'no_such_pkg_xyz.models'.*Install the package"):
@@ -237,8 +238,8 @@ def test_presets_by_name(capsys):
     with pytest.raises(ConfigError, match="does not exist: it is neither a file nor a shipped preset"):
         load_config("imagenet/no_such_pair/kd")
     assert main(["list", "--presets"]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    assert name in printed and len(printed) - 1 == len(list_presets()) == len(list(preset_path(name).parents[2].rglob("*.yaml")))
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()[1:-1]]  # header, names, count
+    assert name in printed and len(printed) == len(list_presets()) == len(list(preset_path(name).parents[2].rglob("*.yaml")))
 
 
 def test_eval_command_reads_safetensors(tmp_path, capsys):

@@ -266,7 +266,7 @@ def test_out_dir_that_is_a_file_and_eval_on_missing_cuda(tmp_path, capsys):
     if not torch.cuda.is_available():
         good = tmp_path / "m.pt"
         torch.save({"model": models.create("resnet8", 10, 1).state_dict(), "arch": "resnet8"}, good)
-        assert cli.main(["eval", str(good), "--device", "cuda"]) == 2
+        assert cli.main(["eval", str(good), "--data", "fmnist_sample", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # argparse: usage and one line
         cli.main(["eval", "x.pt", "--subset", "0"])
