@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from ..engine.config import ConfigError
+from ..errors import ConfigError
 from .dataset import ImageDataset
 from .folder import IMAGENET_MEAN, IMAGENET_STD
 from .loader import BatchLoader

@@ -15,7 +15,7 @@ import importlib
 import torch
 from tqdm.auto import tqdm
 
-from ..engine.config import ConfigError
+from ..errors import ConfigError
 from .dataset import ImageDataset
 from .stream import to_tensor
 

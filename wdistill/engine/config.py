@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -232,10 +234,6 @@ class RunConfig(_Strict):
         if self.teacher and self.teachers:
             raise ConfigError("give either 'teacher' or 'teachers' (an ensemble), not both")
         return list(self.teachers or ([self.teacher] if self.teacher else []))
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be run; the message names the key and the fix."""
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

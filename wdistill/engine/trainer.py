@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import models
+from .. import losses, models
 from ..data import ImageDataset
 from ..data import build as data_build  # module, not name: data.build imports engine.config
 from . import checkpoint as ckpt
@@ -91,7 +91,7 @@ class Trainer:
                                              world_size=self.world_size,
                                              batch_size=self.micro_batch * cfg.train.accumulate,
                                              eval_batch_size=max(1, cfg.data.eval_batch_size // self.world_size),
-                                             need_targets=any(t.name in ("crd", "wcord") for t in cfg.loss),
+                                             need_targets=any(losses.get(t.name).needs_train_targets for t in cfg.loss),
                                              log=self.log if self.rank == 0 else (lambda msg: None))
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         nc, ch = self.data.num_classes, self.data.channels

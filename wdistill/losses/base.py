@@ -69,6 +69,9 @@ class Term(nn.Module):
     """Base class of every loss term. Subclasses set ``name`` and implement ``forward``."""
 
     name: str = ""
+    # True when the term samples by label (CRD/WCoRD negatives): the engine then makes sure the
+    # training labels are known, even for a streamed dataset that does not list them.
+    needs_train_targets: bool = False
 
     def setup(self, ctx: SetupContext) -> None:  # noqa: D401 - optional hook
         """Build shape-dependent parts. Default: nothing to build."""

@@ -104,6 +104,7 @@ class CRD(Term):
     """
 
     name = "crd"
+    needs_train_targets = True
 
     def __init__(self, feat_dim: int = 128, num_negatives: int = 16384, tau: float = 0.07,
                  momentum: float = 0.5, positive: str = "exact", scoring: str = "auto",

@@ -91,6 +91,7 @@ class WCoRD(Term):
     """
 
     name = "wcord"
+    needs_train_targets = True
 
     def __init__(self, lambda1: float = 0.8, lambda2: float = 0.1, feat_dim: int = 128, tau: float = 0.07,
                  num_negatives: int = 16384, momentum: float = 0.5, lipschitz: str = "spectral",
