@@ -157,9 +157,12 @@ def test_bank_update_after_the_loss(m):
     old_s, old_t = term.bank_s.clone(), term.bank_t.clone()
     term.eval()
     term(s, t, batch())
+    term.after_step(None, None, None)
     assert torch.equal(term.bank_s, old_s) and torch.equal(term.bank_t, old_t)  # no update in eval
     term.train()
     term(s, t, batch())
+    assert torch.equal(term.bank_s, old_s) and torch.equal(term.bank_t, old_t)  # not before the step ends
+    term.after_step(None, None, None)
     es, et = embed_bf(term.embed_s, s["embed"]), embed_bf(term.embed_t, t["embed"])
     for old, new, e in ((old_s, term.bank_s, es), (old_t, term.bank_t, et)):
         for b, i in enumerate(INDEX.tolist()):
@@ -234,6 +237,7 @@ def _ddp_worker(rank, path, out):
     s = {"embed": s["embed"][: len(index)]}
     t = {"embed": t["embed"][: len(index)]}
     term(s, t, batch(index=index))
+    term.after_step(None, None, None)
     torch.save({"bank_s": term.bank_s, "bank_t": term.bank_t, "Z": term.Z}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -340,7 +340,10 @@ def test_ft_paraphraser_stage_then_frozen():
     for p in params:
         p.grad = torch.ones_like(p)  # a stale gradient left by the stage's last step
     v = term(s, t, batch())
+    assert all(p.requires_grad for p in term.paraphraser.parameters())  # forward does not watch the stage
+    term.on_stage_end(stage)
     assert all(not p.requires_grad and p.grad is None for p in term.paraphraser.parameters())
+    v = term(s, t, batch())
     fs = term.translator(s["feats"][-1])
     with torch.no_grad():
         ftac = term.paraphraser.encoder(ft)

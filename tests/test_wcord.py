@@ -77,14 +77,16 @@ def test_full_loss_is_weighted_sum_of_parts():
     torch.testing.assert_close(value.detach(), expected)
 
 
-def test_memory_update_momentum_and_state_dict_flush():
+def test_memory_update_momentum_after_the_step():
     term = make(momentum=0.5)
     old_s, old_t = term.memory_s.clone(), term.memory_t.clone()
     e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
     idx = torch.tensor([3, 7, 11, 20, 25, 29])
     term({"embed": e_s}, {"embed": e_t}, batch(idx)).backward()  # update is deferred past backward
     h_s, h_t = heads(term, e_s, e_t)
-    state = term.state_dict()  # flushes the pending update
+    assert torch.equal(term.memory_s, old_s) and torch.equal(term.memory_t, old_t)
+    term.after_step(None, None, None)
+    state = term.state_dict()
     for bank, old, h, key in ((term.memory_s, old_s, h_s, "memory_s"), (term.memory_t, old_t, h_t, "memory_t")):
         for r in range(N):
             if r in idx.tolist():
@@ -183,7 +185,7 @@ def _ddp_worker(rank, world, port, out_dir):
         h_s, h_t = heads(term, e_s, e_t)
         lckt_local_call = float(term.lckt(h_s[local], h_t[local]))  # gathers the global batch inside
         term({"embed": e_s[local]}, {"embed": e_t[local]}, batch(range(rank * B, (rank + 1) * B))).backward()
-        term.flush_memory()
+        term.after_step(None, None, None)
         torch.save({"memory_s": term.memory_s, "memory_t": term.memory_t, "lckt": lckt_local_call,
                     "h_s": h_s, "h_t": h_t}, f"{out_dir}/rank{rank}.pt")
     finally:

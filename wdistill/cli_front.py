@@ -215,9 +215,8 @@ def check_config(cfg) -> list[str]:
             problem = missing_checkpoint(section, role)
             if problem:
                 raise ConfigError(problem)
-    if not cfg.teacher_sections() and any(t.name != "ce" for t in cfg.loss):
-        raise ConfigError(f"loss terms {[t.name for t in cfg.loss if t.name != 'ce']} need a teacher: add a "
-                          "'teacher:' section (model + checkpoint)")
+    from .engine.build import check_teacher_needs
+    check_teacher_needs(cfg)
     for i, t in enumerate(cfg.loss):
         try:
             losses.create(t.name, **t.params)

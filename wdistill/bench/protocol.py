@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import losses
 from ..engine.config import apply_overrides
 from ..recipes import scale_epoch_params  # noqa: F401  (re-exported: the protocol scales every recipe)
 
@@ -67,7 +68,7 @@ def student_config(method: str, terms: list[dict], schedule: Schedule, seed: int
            "data": _data(schedule.quick, schedule.eval_split, root), "student": {"model": STUDENT},
            "loss": scale_epoch_params(terms, schedule.epochs), "optim": _optim(schedule.epochs),
            "train": {"progress": False, "channels_last": True}}
-    if any(t["name"] != "ce" for t in terms):
+    if any(losses.get(t["name"]).requires_teacher for t in terms):
         cfg["teacher"] = {"model": TEACHER, "checkpoint": str(teacher_checkpoint(runs_root))}
     # `key=value` overrides (tests: a tiny dataset and models) go through the config's own parser.
     return apply_overrides(cfg, overrides or [])

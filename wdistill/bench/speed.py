@@ -34,12 +34,13 @@ class SpeedSetup:
 
 
 def speed_terms(method: str) -> list[dict]:
-    """The method's recipe with CIFAR-100 settings (CRD/WCoRD at the published K=16384)."""
+    """The method's recipe with CIFAR-100 settings (contrastive terms at the published K=16384)."""
     out = []
     for t in RECIPES[method]:
         t = dict(t)
-        if t["name"] in ("crd", "wcord"):
-            t["num_negatives"] = 16384
+        key = losses.get(t["name"]).num_negatives_param
+        if key:
+            t[key] = 16384
         out.append(t)
     return out
 
@@ -87,6 +88,7 @@ def _train_step(distiller: Distiller, opt: torch.optim.Optimizer, batch: dict) -
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
+    distiller.after_step()  # memory-bank updates are part of a step
 
 
 def _bound_fns(task: SyntheticTask):

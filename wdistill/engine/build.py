@@ -81,3 +81,13 @@ def build_terms(cfg: RunConfig) -> list[tuple[str, float, losses.Term]]:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"loss term {t.name!r}: {e}") from None
     return terms
+
+
+def check_teacher_needs(cfg: RunConfig) -> None:
+    """ConfigError if a loss term needs a teacher (``Term.requires_teacher``) and the config names none."""
+    if cfg.teacher_sections():
+        return
+    needy = [t.name for t in cfg.loss if losses.get(t.name).requires_teacher]
+    if needy:
+        raise ConfigError(f"loss terms {needy} need a teacher: add a 'teacher:' section (model + checkpoint), "
+                          "or train with terms that need none (e.g. ce)")

@@ -35,6 +35,9 @@ class Distiller(nn.Module):
         self.student_tap = FeatureTap(student, student_taps)
         teacher_taps = teacher_taps or [None] * len(teachers)
         self.teacher_taps = [FeatureTap(t, s) for t, s in zip(teachers, teacher_taps)]
+        # Terms with an after_step hook, and the last training forward's (outputs, batch) for them.
+        self._after_step = [n for n, t in self.terms.items() if type(t).after_step is not Term.after_step]
+        self._last_step: tuple | None = None
 
     def close(self) -> None:
         """Remove the feature hooks from the student and teachers (they stay usable as plain models)."""
@@ -89,7 +92,30 @@ class Distiller(nn.Module):
             value = term(student, teacher, batch)
             parts[name] = self.weights[name] * value
             total = total + parts[name]
+        if self.training and self._after_step:
+            self._last_step = (_detached(student), _detached(teacher), batch)
         return total, parts, student
+
+    def after_step(self) -> None:
+        """Call every term's ``after_step`` hook (once per optimiser step, after it; the training loop
+        does) with the last training forward's detached outputs and batch."""
+        if self._last_step is None:
+            return
+        student, teacher, batch = self._last_step
+        self._last_step = None
+        for name in self._after_step:
+            self.terms[name].after_step(student, teacher, batch)
+
+
+def _detached(out):
+    """A model's tap outputs (dicts and lists of tensors) without their autograd graph."""
+    if isinstance(out, torch.Tensor):
+        return out.detach()
+    if isinstance(out, dict):
+        return {k: _detached(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_detached(v) for v in out)
+    return out
 
 
 def lr_at(epoch: int, base_lr: float, schedule: str, num_epochs: int, milestones, gamma: float,

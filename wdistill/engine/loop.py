@@ -110,14 +110,15 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
 
 class Stepper:
     """Forward (under autocast), backward with DDP's gradient averaging (``no_sync`` on all but the
-    last micro-batch), optimiser step. ``forward(batch) -> (total, {name: weighted value},
-    logits or None)``."""
+    last micro-batch), optimiser step, then ``after_step()`` (the terms' hooks: memory banks) once.
+    ``forward(batch) -> (total, {name: weighted value}, logits or None)``."""
 
     def __init__(self, module: nn.Module, forward: Callable, optimizer: torch.optim.Optimizer, scaler,
-                 amp_ctx: Callable, accumulate: int, params: list[torch.Tensor], meter: Meter, guard: Guard):
+                 amp_ctx: Callable, accumulate: int, params: list[torch.Tensor], meter: Meter, guard: Guard,
+                 after_step: Callable[[], None] | None = None):
         self.module, self.forward, self.optimizer, self.scaler = module, forward, optimizer, scaler
         self.amp_ctx, self.accumulate, self.params = amp_ctx, accumulate, params
-        self.meter, self.guard = meter, guard
+        self.meter, self.guard, self.after_step = meter, guard, after_step
 
     def step(self, batch: dict, step: int) -> None:
         micro = split_batch(batch, self.accumulate)
@@ -142,3 +143,5 @@ class Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.after_step is not None:
+            self.after_step()

@@ -20,7 +20,7 @@ from ..data import ImageDataset
 from ..data import build as data_build  # module, not name: data.build imports engine.config
 from . import checkpoint as ckpt
 from . import ddp
-from .build import build_model, build_terms, resolve_device
+from .build import build_model, build_terms, check_teacher_needs, resolve_device
 from .config import ConfigError, RunConfig
 from .distiller import Distiller, lr_at
 from .ddp import init_distributed, sync_batchnorm
@@ -84,6 +84,8 @@ class Trainer:
 
     def _build(self, student, teachers, data) -> None:
         cfg = self.cfg
+        if not teachers:
+            check_teacher_needs(cfg)  # before the data loads
         self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size, cfg.train.accumulate)
         torch.manual_seed(cfg.run.seed)
         # data.batch_size is the global batch of one optimiser step: each rank loads its share.
@@ -101,9 +103,6 @@ class Trainer:
             self.student = sync_batchnorm(self.student, self.device, self.world_size)
         self.teachers = teachers if teachers is not None else [build_model(s, nc, ch, "teacher") for s in t_sections]
         terms = build_terms(cfg)
-        if not self.teachers and any(n not in ("ce",) for n, _, _ in terms):
-            raise ConfigError(f"loss terms {[n for n, _, _ in terms if n != 'ce']} need a teacher: "
-                              "add a 'teacher:' section (model + checkpoint)")
         t_taps = [s.taps for s in t_sections] if t_sections else None
         try:
             self.distiller = Distiller(self.student, self.teachers, terms, cfg.student.taps, t_taps).to(self.device)
@@ -268,7 +267,7 @@ class Trainer:
 
         stepper = Stepper(module, forward, self.optimizer, self.scaler, self.amp_ctx, self.cfg.train.accumulate,
                           self.optimizer_params, Meter(self.device),
-                          Guard(names, dict(self.distiller.weights), self.device))
+                          Guard(names, dict(self.distiller.weights), self.device), self.distiller.after_step)
         sums = self._run_loop(stepper, f"epoch {epoch + 1}/{o.epochs}", f"epoch {epoch + 1}",
                               first_step=epoch * len(self.train_loader))
         n = sums.pop("n")
@@ -311,6 +310,7 @@ class Trainer:
                 if main:
                     self.log(f"stage {stage.name}: {stage.epochs} epochs")
                 self._run_stage(stage)
+                term.on_stage_end(stage)
                 self.stages_done.append(stage.name)
                 if main:
                     self._save(self._state(self.start_epoch), "last.pt")

@@ -41,6 +41,7 @@ class AB(Term):
     """
 
     name = "ab"
+    built_by_setup = ("connectors",)
 
     def __init__(self, margin: float = 1.0, init_epochs: int = 30, main_weight: float = 0.0,
                  init_lr: float | None = None):
@@ -69,8 +70,7 @@ class AB(Term):
 
     def ab_loss(self, student: dict, teacher: dict, batch: dict | None = None) -> torch.Tensor:
         """The AB loss itself (the init stage minimises this)."""
-        if self.connectors is None:
-            raise RuntimeError("ab: call setup(ctx) before the first forward")
+        self.check_ready()  # the init stage calls this directly
         pairs = paired_maps(self.name, student, teacher, key="preact_feats")
         n, b = len(pairs), pairs[0][0].shape[0]
         loss = 0.0

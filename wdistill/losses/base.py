@@ -5,14 +5,30 @@ A term is an ``nn.Module``. The engine calls, in order:
 1. ``setup(ctx)`` once, before the optimiser exists, with a :class:`SetupContext` holding one
    probe forward of both models. Terms build shape-dependent parts here (connectors,
    embeddings, memory banks, cost matrices); parameters created here are optimised with the
-   student, buffers are checkpointed.
-2. ``stages()`` -> pre-training stages (FSP/AB init, FT paraphraser) run before the main loop.
-3. ``forward(student, teacher, batch) -> scalar`` every step. ``student``/``teacher`` are the
-   mappings of :class:`wdistill.models.FeatureTap` (``feats``, ``preact_feats``, ``embed``,
-   ``logits``); ``batch`` holds ``image``, ``target``, ``index`` (dataset row of each sample),
-   ``epoch`` (0-based int), ``num_epochs``, ``step`` and, if the loader samples them,
-   ``contrast_index``. The engine multiplies the result by the term's configured weight.
-   Schedules that are part of a method's definition (DKD warm-up, WKD decay) live in forward.
+   student, buffers are checkpointed. A term lists in ``built_by_setup`` the attributes setup
+   builds: calling it before they exist raises one clear error naming the term (the base class
+   checks, so no term repeats the check).
+2. ``stages()`` -> pre-training stages (FSP/AB init, FT paraphraser) run before the main loop;
+   after each of them the engine calls ``on_stage_end(stage)`` on the term that asked for it
+   (e.g. FT freezes its paraphraser there).
+3. ``forward(student, teacher, batch) -> scalar`` every forward pass (one per micro-batch with
+   ``train.accumulate``). ``student``/``teacher`` are the mappings of
+   :class:`wdistill.models.FeatureTap` (``feats``, ``preact_feats``, ``embed``, ``logits``);
+   ``batch`` holds ``image``, ``target``, ``index`` (dataset row of each sample), ``epoch``
+   (0-based int), ``num_epochs``, ``step`` and, if the loader samples them, ``contrast_index``.
+   The engine multiplies the result by the term's configured weight. Schedules that are part of
+   a method's definition (DKD warm-up, WKD decay) live in forward.
+4. ``after_step(student, teacher, batch)`` once per optimiser step, after the step, with the
+   last forward's (detached) outputs and batch. State that follows the training (memory banks)
+   changes here, never in ``forward``, so a step's backward sees the state its forward used and
+   micro-batches of one step see the same state. Values it needs from every micro-batch are
+   recorded by ``forward`` in training mode. Under torch.distributed every rank calls it, so it
+   may use collectives.
+
+Class attributes the engine reads instead of naming methods: ``requires_teacher`` (False: the
+term trains without a teacher, like ``ce``), ``needs_train_targets`` (the training labels must
+be known, for class-aware sampling) and ``num_negatives_param`` (the parameter holding the
+number of contrastive negatives, which benchmarks set to the published value).
 """
 from __future__ import annotations
 
@@ -66,12 +82,19 @@ class Stage:
 
 
 class Term(nn.Module):
-    """Base class of every loss term. Subclasses set ``name`` and implement ``forward``."""
+    """Base class of every loss term. Subclasses set ``name`` and implement ``forward``; the other
+    hooks are optional (see the module docstring)."""
 
     name: str = ""
+    # False for a term that needs no teacher (cross-entropy): a run of such terms only is plain training.
+    requires_teacher: bool = True
     # True when the term samples by label (CRD/WCoRD negatives): the engine then makes sure the
     # training labels are known, even for a streamed dataset that does not list them.
     needs_train_targets: bool = False
+    # The __init__ parameter holding the number of contrastive negatives, if any (benchmarks set it).
+    num_negatives_param: str | None = None
+    # Attributes that setup() builds (None until then); forward before setup is one clear error.
+    built_by_setup: tuple[str, ...] = ()
 
     def setup(self, ctx: SetupContext) -> None:  # noqa: D401 - optional hook
         """Build shape-dependent parts. Default: nothing to build."""
@@ -79,6 +102,23 @@ class Term(nn.Module):
     def stages(self) -> list[Stage]:
         """Pre-training stages. Default: none."""
         return []
+
+    def on_stage_end(self, stage: Stage) -> None:
+        """Called after ``stage`` (one of this term's ``stages()``) ran. Default: nothing."""
+
+    def after_step(self, student: dict, teacher: dict | None, batch: dict) -> None:
+        """Called once per optimiser step, after it. Default: nothing."""
+
+    def check_ready(self) -> None:
+        """Raise if ``setup`` has not built this term's parts yet."""
+        missing = [a for a in self.built_by_setup if getattr(self, a, None) is None]
+        if missing:
+            raise RuntimeError(f"loss term {self.name!r} is not set up ({', '.join(missing)} missing): call "
+                               "setup(ctx) before the first forward (the Trainer and Distiller.setup do)")
+
+    def __call__(self, *args, **kwargs):
+        self.check_ready()
+        return super().__call__(*args, **kwargs)
 
     def forward(self, student: dict, teacher: dict, batch: dict) -> torch.Tensor:
         raise NotImplementedError

@@ -38,6 +38,7 @@ class CC(Term):
     """
 
     name = "cc"
+    built_by_setup = ("embed_s",)
 
     def __init__(self, feat_dim: int = 128, form: str = "reference", gamma: float = 0.4,
                  order: int = 2):
@@ -60,8 +61,6 @@ class CC(Term):
         return sum(c * g.pow(p) for p, c in enumerate(coef))
 
     def forward(self, student, teacher, batch):
-        if self.embed_s is None:
-            raise RuntimeError("cc: call setup(ctx) before the first forward")
         e_s = self.embed_s(student["embed"].flatten(1))
         e_t = self.embed_t(teacher["embed"].detach().flatten(1))
         if self.form == "paper":

@@ -84,8 +84,9 @@ class CRD(Term):
     ``p_s = exp(<bank_t[idx], e_s> / tau) / Z_s`` (student anchor) and
     ``p_t = exp(<bank_s[idx], e_t> / tau) / Z_t`` (teacher anchor), with each Z fixed once, on the
     first batch, to ``mean(exp(...)) * N`` and kept in the ``Z`` buffer.
-    ``L = NCE(p_s) + NCE(p_t)`` (see :func:`nce_loss`). After the loss, in training mode, the rows
-    of the batch are updated: ``bank[i] <- normalise(m * bank[i] + (1 - m) * e)``; with
+    ``L = NCE(p_s) + NCE(p_t)`` (see :func:`nce_loss`). In training mode forward records the batch's
+    embeddings and ``after_step`` (after the optimiser step) updates their rows:
+    ``bank[i] <- normalise(m * bank[i] + (1 - m) * e)``; with
     ``sync_bank`` and torch.distributed running, the banks start from rank 0's, every rank applies
     every rank's rows and Z is the mean over ranks (the reference does not synchronise).
 
@@ -104,6 +105,8 @@ class CRD(Term):
     """
 
     name = "crd"
+    built_by_setup = ("embed_s",)
+    num_negatives_param = "num_negatives"
     needs_train_targets = True
 
     def __init__(self, feat_dim: int = 128, num_negatives: int = 16384, tau: float = 0.07,
@@ -122,6 +125,7 @@ class CRD(Term):
         self.embed_s = self.embed_t = None
         self.register_buffer("Z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: unset
         self._z_ready = False
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this step's rows
 
     def setup(self, ctx):
         n, dev = ctx.num_samples, ctx.device
@@ -203,18 +207,20 @@ class CRD(Term):
         super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
-    def _update_banks(self, index: torch.Tensor, e_s: torch.Tensor, e_t: torch.Tensor) -> None:
+    def after_step(self, student, teacher, batch) -> None:
+        """Update the bank rows of this step's samples (every micro-batch, every rank's with ``sync_bank``)."""
+        if not self._pending:
+            return
+        index, e_s, e_t = (torch.cat(x) for x in zip(*self._pending))
+        self._pending = []
         if self.sync_bank and _distributed():
             index, e_s, e_t = gather_rows(index, e_s, e_t)
-        # Out of place: the matmul scoring saved the old bank for this step's backward.
-        for name, e in (("bank_s", e_s), ("bank_t", e_t)):
-            bank = getattr(self, name)
+        # In place: the step's backward, which needed the old bank, is over.
+        for bank, e in ((self.bank_s, e_s), (self.bank_t, e_t)):
             rows = bank[index] * self.momentum + e.to(bank.dtype) * (1 - self.momentum)
-            setattr(self, name, bank.index_copy(0, index, F.normalize(rows, dim=1)))
+            bank.index_copy_(0, index, F.normalize(rows, dim=1))
 
     def forward(self, student, teacher, batch):
-        if self.embed_s is None:
-            raise RuntimeError("crd: call setup(ctx) before the first forward")
         index = batch["index"].to(self.bank_s.device).long()
         idx = batch.get("contrast_index")
         if idx is None:
@@ -234,5 +240,5 @@ class CRD(Term):
             self._set_z(out_s, out_t)
             loss = nce_loss(out_s / self.Z[0], n) + nce_loss(out_t / self.Z[1], n)
         if self.training:
-            self._update_banks(index, e_s.detach(), e_t.detach())
+            self._pending.append((index, e_s.detach(), e_t.detach()))
         return loss

@@ -24,6 +24,7 @@ class FitNet(Term):
     """
 
     name = "fitnet"
+    built_by_setup = ("regressor",)
 
     def __init__(self, hint_layer: int = 2):
         super().__init__()
@@ -45,7 +46,5 @@ class FitNet(Term):
             raise ConfigError(f"fitnet hint_layer={self.hint_layer}: {e}") from e
 
     def forward(self, student, teacher, batch):
-        if self.regressor is None:
-            raise RuntimeError("fitnet: call setup(ctx) before the first forward")
         f_s = self.regressor(student["feats"][self.hint_layer])
         return F.mse_loss(f_s, teacher["feats"][self.hint_layer].detach())

@@ -58,7 +58,7 @@ class FT(Term):
     Stage "ft_paraphraser" (``init_epochs``, student untouched): a paraphraser auto-encoder is
     trained on the teacher's last feature map ``feats[-1]`` with ``mean((P(t) - t)^2)``.
     The paraphraser is built frozen (so a main optimiser made before the stages leaves it out),
-    the stage un-freezes it, and the first main step freezes it again and drops its stale
+    the stage un-freezes it, and ``on_stage_end`` freezes it again and drops its stale
     gradients; in the main stage it runs without gradient. Main stage: the
     teacher factor ``F_t = enc(t)`` and student factor ``F_s = Translator(s)``, each mapped to
     ``l2norm(flatten(mean_c F^p1))``; ``L = mean |F_t' - F_s'|^p2`` (the larger map pooled to the
@@ -73,6 +73,7 @@ class FT(Term):
     """
 
     name = "ft"
+    built_by_setup = ("paraphraser",)
 
     def __init__(self, k: float = 0.5, p1: float = 2.0, p2: float = 1.0, init_epochs: int = 30,
                  init_lr: float | None = None):
@@ -91,18 +92,14 @@ class FT(Term):
         self.paraphraser = Paraphraser(c_t, self.k).to(ctx.device).requires_grad_(False)
         self.translator = Translator(c_s, c_t, self.k).to(ctx.device)
 
-    def _check(self):
-        if self.paraphraser is None:
-            raise RuntimeError("ft: call setup(ctx) before the first forward")
-
     def paraphraser_parameters(self) -> list[nn.Parameter]:
         """The pre-training stage's parameters (un-frozen for it)."""
-        self._check()
+        self.check_ready()
         return list(self.paraphraser.requires_grad_(True).parameters())
 
     def reconstruction_loss(self, student: dict, teacher: dict, batch: dict | None = None):
         """MSE reconstruction of the teacher's last feature map (the stage's loss)."""
-        self._check()
+        self.check_ready()
         self.paraphraser.requires_grad_(True)  # the stage is running: the paraphraser learns
         t = teacher["feats"][-1].detach()
         return F.mse_loss(self.paraphraser(t), t)
@@ -111,14 +108,14 @@ class FT(Term):
         return [Stage(name="ft_paraphraser", epochs=self.init_epochs, loss=self.reconstruction_loss,
                       parameters=self.paraphraser_parameters, train_student=False, lr=self.init_lr)]
 
+    def on_stage_end(self, stage):
+        # Pre-training is over: freeze, and drop the stage's last gradients so no optimiser
+        # moves the paraphraser with them.
+        for p in self.paraphraser.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+
     def forward(self, student, teacher, batch):
-        self._check()
-        if self.paraphraser.encoder[0].weight.requires_grad:
-            # First main-stage step after pre-training: freeze, and drop the stage's last
-            # gradients so no optimiser moves the paraphraser with them.
-            for p in self.paraphraser.parameters():
-                p.requires_grad_(False)
-                p.grad = None
         with torch.no_grad():
             f_t = self.paraphraser.encoder(teacher["feats"][-1].detach())
         f_s = self.translator(student["feats"][-1])

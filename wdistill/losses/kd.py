@@ -13,6 +13,7 @@ class CrossEntropy(Term):
     """Cross-entropy of the student's logits with the labels."""
 
     name = "ce"
+    requires_teacher = False
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()

@@ -35,6 +35,7 @@ class VID(Term):
     """
 
     name = "vid"
+    built_by_setup = ("regressors",)
 
     def __init__(self, init_pred_var: float = 5.0, eps: float = 1e-5):
         super().__init__()
@@ -57,8 +58,6 @@ class VID(Term):
         self.log_scales = nn.ParameterList(scales).to(ctx.device)
 
     def forward(self, student, teacher, batch):
-        if self.regressors is None:
-            raise RuntimeError("vid: call setup(ctx) before the first forward")
         pairs = paired_maps(self.name, student, teacher)
         loss = 0.0
         for (f_s, f_t), reg, log_scale in zip(pairs, self.regressors, self.log_scales):

@@ -84,13 +84,15 @@ class WCoRD(Term):
       [0, 1], best at 0.8, "fairly robust"); the main paper's CIFAR-100 values could not be read
       here. The engine's term weight (default 1) multiplies the whole.
 
-    Memory update: applied at the start of the next forward (and before any ``state_dict()``), so
-    the current step's backward still sees the memory it used, in place and without copying the
-    bank. Under torch.distributed, the update and the LCKT batch are gathered over all ranks
-    (equal per-rank batches required: use drop_last).
+    Memory update: forward records the step's head outputs and ``after_step`` (after the optimiser
+    step) applies them, so the step's backward still sees the memory it used, in place and without
+    copying the bank. Under torch.distributed, the update and the LCKT batch are gathered over all
+    ranks (equal per-rank batches required: use drop_last).
     """
 
     name = "wcord"
+    built_by_setup = ("embed_s",)
+    num_negatives_param = "num_negatives"
     needs_train_targets = True
 
     def __init__(self, lambda1: float = 0.8, lambda2: float = 0.1, feat_dim: int = 128, tau: float = 0.07,
@@ -116,7 +118,7 @@ class WCoRD(Term):
         self.negatives, self.lckt_solver, self.ipot_beta, self.ipot_iters = negatives, lckt_solver, ipot_beta, ipot_iters
         self.sinkhorn_reg, self.bank_scoring, self.positives = sinkhorn_reg, bank_scoring, positives
         self.embed_s = self.embed_t = None
-        self._pending = None
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this step's rows
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, ctx: SetupContext) -> None:
@@ -142,9 +144,6 @@ class WCoRD(Term):
 
     # --------------------------------------------------------------------------------- forward
     def forward(self, student, teacher, batch):
-        if self.embed_s is None:
-            raise RuntimeError("WCoRD has no heads: call setup(ctx) first (the engine does)")
-        self.flush_memory()
         e_s, e_t = student["embed"], teacher["embed"].detach()
         with torch.autocast(device_type=e_s.device.type, enabled=False):
             e_s, e_t = e_s.float(), e_t.float()
@@ -163,8 +162,7 @@ class WCoRD(Term):
             if "index" not in batch:
                 raise KeyError("WCoRD needs batch['index'] (the dataset row of each sample) to update its memory "
                                "buffers; use a loader that yields it (the wdistill loaders do)")
-            idx = batch["index"].to(h_s.device)
-            self._pending = (_all_gather(idx), _all_gather(h_s.detach()), _all_gather(h_t.detach()))
+            self._pending.append((batch["index"].to(h_s.device), h_s.detach(), h_t.detach()))
         return loss
 
     def critic(self, e_t: torch.Tensor, e_s: torch.Tensor) -> torch.Tensor:
@@ -230,15 +228,11 @@ class WCoRD(Term):
 
     # ----------------------------------------------------------------------------------- memory
     @torch.no_grad()
-    def flush_memory(self) -> None:
-        """Apply the last step's memory update: rows <- normalise(m * row + (1 - m) * new)."""
-        if self._pending is None:
+    def after_step(self, student, teacher, batch) -> None:
+        """This step's memory update (every micro-batch, every rank's): rows <- normalise(m * row + (1 - m) * new)."""
+        if not self._pending:
             return
-        idx, h_s, h_t = self._pending
-        self._pending = None
+        idx, h_s, h_t = (_all_gather(torch.cat(x)) for x in zip(*self._pending))
+        self._pending = []
         for bank, h in ((self.memory_s, h_s), (self.memory_t, h_t)):
             bank.index_copy_(0, idx, F.normalize(self.momentum * bank[idx] + (1 - self.momentum) * h, dim=1))
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.flush_memory()
-        super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -104,6 +104,7 @@ class WKDFeatures(Term):
     """
 
     name = "wkd_f"
+    built_by_setup = ("projector",)
 
     def __init__(self, lambda_f: float = 0.08, gamma: float = 4.0, grid: int = 1, eps: float = 1e-5,
                  projector: str = "convreg", cov: str = "diag", layer: int = -1,
@@ -139,8 +140,6 @@ class WKDFeatures(Term):
         self.projector.to(ctx.device)
 
     def forward(self, student, teacher, batch):
-        if self.projector is None:
-            raise RuntimeError("WKD-F has no projector: call setup(ctx) first (the engine does)")
         f_s = self.projector(student["feats"][self.layer])
         f_t = teacher["feats"][self.layer].detach()
         with torch.autocast(device_type=f_s.device.type, enabled=False):

@@ -133,6 +133,7 @@ class WKDLogits(Term):
     """
 
     name = "wkd_l"
+    built_by_setup = ("cost",)
 
     def __init__(self, lambda_l: float = 600.0, tau: float = 8.0, kappa: float = 1.0, reg: float = 0.05,
                  num_iters: int = 10, solver: str = "plain", tol: float = 1e-5, max_iters: int = 1000,
@@ -184,8 +185,6 @@ class WKDLogits(Term):
         return cosine_decayed(self.lambda_l, batch.get("epoch", 0), batch.get("num_epochs"), start)
 
     def forward(self, student, teacher, batch):
-        if self.cost is None:
-            raise RuntimeError("WKD-L has no cost matrix: call setup(ctx) first (the engine does)")
         s = student["logits"]
         with torch.autocast(device_type=s.device.type, enabled=False):
             dtype = torch.float64 if s.dtype == torch.float64 else torch.float32

@@ -1,0 +1,199 @@
+"""The loss-term contract: after_step, on_stage_end, requires_teacher, the base-class setup guard."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wdistill import losses
+from wdistill.engine import ConfigError, Distiller, Trainer, load_config
+from wdistill.losses.base import SetupContext
+
+TAPS = {"feats": ["conv1", "conv2"], "embed": "fc:in"}
+
+
+class TinyNet(nn.Module):
+    """BatchNorm-free: an extra forward changes nothing, so reference embeddings are exact."""
+
+    def __init__(self, width: int = 8, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.fc = nn.Linear(2 * width, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+EVENTS: list = []
+
+
+class Recorder(losses.Term):
+    """Records the engine's calls: forward (with its batch size), after_step, on_stage_end."""
+
+    name = "test_recorder"
+
+    def setup(self, ctx):
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def stages(self):
+        def loss(s, t, batch):
+            EVENTS.append(("stage_forward", len(batch["target"])))
+            return (s["logits"] * self.scale).pow(2).mean()
+        return [losses.Stage("rec_init", 1, loss, lambda: [self.scale])]
+
+    def on_stage_end(self, stage):
+        EVENTS.append(("stage_end", stage.name))
+
+    def after_step(self, student, teacher, batch):
+        assert not student["logits"].requires_grad  # detached outputs
+        EVENTS.append(("after_step", len(batch["target"])))
+
+    def forward(self, s, t, batch):
+        EVENTS.append(("forward", len(batch["target"])))
+        return (s["logits"] - t["logits"]).pow(2).mean() * self.scale
+
+
+class NoTeacher(losses.Term):
+    name = "test_no_teacher"
+    requires_teacher = False
+
+    def forward(self, s, t, batch):
+        return s["logits"].pow(2).mean()
+
+
+losses.registry._TERMS.setdefault("test_recorder", Recorder)
+losses.registry._TERMS.setdefault("test_no_teacher", NoTeacher)
+
+
+def _cfg(tmp_path, loss, teacher=True, **train):
+    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 0, "device": "cpu"},
+           "data": {"batch_size": 32, "crop_padding": 0, "flip": False},
+           "student": {"model": "TinyNet", "taps": TAPS},
+           "loss": loss, "optim": {"epochs": 1, "lr": 0.05, "schedule": "constant"},
+           "train": {"progress": False, "max_steps": 3, **train}}
+    if teacher:
+        cfg["teacher"] = {"model": "TinyNet", "taps": TAPS}
+    return load_config(cfg)
+
+
+def _data():
+    from wdistill.data import bundled_sample
+    return bundled_sample("train").subset(slice(0, 128)), bundled_sample("test").subset(slice(0, 64))
+
+
+def test_after_step_once_per_optimiser_step_and_stage_end_before_main_loop(tmp_path):
+    EVENTS.clear()
+    cfg = _cfg(tmp_path, [{"name": "ce"}, {"name": "test_recorder"}], accumulate=2)
+    torch.manual_seed(0)
+    Trainer(cfg, student=TinyNet(), teachers=[TinyNet(16)], data=_data(), log=lambda m: None).fit()
+    stage = [e for e in EVENTS if e[0].startswith("stage")]
+    main = [e for e in EVENTS if not e[0].startswith("stage")]
+    # The stage (3 steps of 2 micro-batches) ends once, before the main loop starts.
+    assert stage == [("stage_forward", 16)] * 6 + [("stage_end", "rec_init")]
+    assert EVENTS.index(("stage_end", "rec_init")) < EVENTS.index(("forward", 16))
+    # Main loop: 3 optimiser steps of 2 micro-batches of 16; after_step after each step, not per micro-batch.
+    assert main == [("forward", 16), ("forward", 16), ("after_step", 16)] * 3
+
+
+def _crd_distiller(momentum=0.5):
+    torch.manual_seed(0)
+    student, teacher = TinyNet(), TinyNet(16)
+    crd = losses.create("crd", feat_dim=8, num_negatives=6, momentum=momentum)
+    d = Distiller(student, [teacher], [("ce", 1.0, losses.create("ce")), ("crd", 0.8, crd)], TAPS, [TAPS])
+    n = 40
+    g = torch.Generator().manual_seed(1)
+    images, targets = torch.randn(n, 1, 12, 12, generator=g), torch.arange(n) % 4
+    d.setup(dict(num_classes=4, num_samples=n, train_targets=targets, device=torch.device("cpu")),
+            {"image": images[:8], "target": targets[:8], "index": torch.arange(8)})
+    return d.train(), crd, images, targets
+
+
+def test_crd_banks_after_steps_equal_the_update_on_each_steps_embeddings():
+    """The bank rows after N steps are normalise(m * old + (1 - m) * e), e the embedding of the step's
+    forward (before the optimiser moved the heads), rows of other samples untouched."""
+    d, crd, images, targets = _crd_distiller(momentum=0.3)
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(2)
+    for step in range(3):
+        index = torch.randperm(40, generator=g)[:8]
+        batch = {"image": images[index], "target": targets[index], "index": index, "epoch": 0, "num_epochs": 1}
+        with torch.no_grad():  # the old in-forward update used these values
+            e_s = F.normalize(crd.embed_s(d.student_tap(batch["image"])["embed"]), dim=1)
+            e_t = F.normalize(crd.embed_t(d.teacher_forward(batch["image"])["embed"]), dim=1)
+        old_s, old_t = crd.bank_s.clone(), crd.bank_t.clone()
+        total, _, _ = d(batch)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        assert torch.equal(crd.bank_s, old_s)  # the step itself leaves the banks alone
+        d.after_step()
+        for bank, old, e in ((crd.bank_s, old_s, e_s), (crd.bank_t, old_t, e_t)):
+            expected = old.clone()
+            expected[index] = F.normalize(0.3 * old[index] + 0.7 * e, dim=1)
+            torch.testing.assert_close(bank, expected, rtol=1e-6, atol=1e-7)
+        updated = crd.bank_s.clone()
+        d.after_step()  # nothing pending: a second call changes nothing
+        assert torch.equal(crd.bank_s, updated)
+
+
+def test_ft_stage_end_freezes_the_paraphraser_in_a_run(tmp_path):
+    cfg = _cfg(tmp_path, [{"name": "ce"}, {"name": "ft", "weight": 1.0, "init_epochs": 1}])
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, student=TinyNet(), teachers=[TinyNet(16)], data=_data(), log=lambda m: None)
+    ends = []
+    ft = trainer.distiller.terms["ft"]
+    original = ft.on_stage_end
+
+    def spy(stage):
+        ends.append([p.requires_grad for p in ft.paraphraser.parameters()])
+        original(stage)
+        snapshot.extend(p.detach().clone() for p in ft.paraphraser.parameters())
+
+    snapshot: list = []
+    ft.on_stage_end = spy
+    trainer.fit()
+    assert len(ends) == 1 and all(ends[0])  # called once, while the stage's parameters were learning
+    params = list(ft.paraphraser.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in params)
+    assert all(torch.equal(p, s) for p, s in zip(params, snapshot))  # the main loop never moved it
+
+
+def test_requires_teacher_decides_without_naming_terms(tmp_path, monkeypatch):
+    from wdistill.data import build as data_build
+
+    def no_loading(*a, **k):
+        raise AssertionError("the data was loaded before the config error")
+
+    with monkeypatch.context() as m:
+        m.setattr(data_build, "build_loaders", no_loading)
+        with pytest.raises(ConfigError, match=r"\['kd'\] need a teacher"):
+            Trainer(_cfg(tmp_path, [{"name": "ce"}, {"name": "kd"}], teacher=False), student=TinyNet(),
+                    log=lambda m: None)
+    assert losses.get("ce").requires_teacher is False and losses.get("kd").requires_teacher is True
+    # A term that declares it needs no teacher trains without one, like ce.
+    summary = Trainer(_cfg(tmp_path, [{"name": "ce"}, {"name": "test_no_teacher", "weight": 0.1}], teacher=False),
+                      student=TinyNet(), data=_data(), log=lambda m: None).fit()
+    assert summary["teacher_top1"] is None and summary["final_top1"] is not None
+
+
+@pytest.mark.parametrize("name", [n for n in losses.available() if losses.get(n).built_by_setup])
+def test_forward_before_setup_is_one_clear_error(name):
+    term = losses.create(name)
+    with pytest.raises(RuntimeError, match=rf"loss term '{name}' is not set up .*call setup\(ctx\) before the first"):
+        term({"logits": torch.zeros(2, 3)}, {"logits": torch.zeros(2, 3)}, {"target": torch.zeros(2).long()})
+
+
+def test_guard_follows_what_setup_builds():
+    # WKD-L given its cost matrix needs no setup; FT's stage functions are guarded too.
+    term = losses.create("wkd_l", cost=torch.zeros(3, 3), decay_start_frac=None)
+    value = term({"logits": torch.randn(2, 3)}, {"logits": torch.randn(2, 3)}, {"target": torch.tensor([0, 1])})
+    assert torch.isfinite(value)
+    (stage,) = losses.create("ft").stages()
+    with pytest.raises(RuntimeError, match="'ft' is not set up"):
+        stage.parameters()
+    ctx = SetupContext(student_out={"feats": [torch.zeros(2, 4, 4, 4)]}, teacher_out={"feats": [torch.zeros(2, 4, 4, 4)]},
+                       num_classes=3, num_samples=2, train_targets=torch.zeros(2).long(), device=torch.device("cpu"))
+    ft = losses.create("ft")
+    ft.setup(ctx)
+    ft.check_ready()  # set up: no error
