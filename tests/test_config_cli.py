@@ -47,7 +47,7 @@ def test_config_show_prints_the_resolved_config_with_defaults(tmp_path, capsys):
     assert shown["optim"] == {**shown["optim"], "epochs": 3, "lr": 0.2, "momentum": 0.9, "schedule": "multistep"}
     assert shown["train"]["amp"] is False and shown["data"]["name"] == "fmnist_sample"
     # term parameters resolved with their defaults (typed by the term signature)
-    assert shown["loss"] == [{"name": "ce", "weight": 1.0, "label_smoothing": 0.0}] and shown["train"]["eval_every"] == 2
+    assert shown["loss"] == [{"name": "ce", "id": "ce", "weight": 1.0, "label_smoothing": 0.0}] and shown["train"]["eval_every"] == 2
     assert load_config(shown).model_dump() == load_config(str(p), ["optim.lr=0.2", "train.eval_every=2"]).model_dump()
 
 

@@ -1,4 +1,7 @@
-"""The loss-term contract: after_step, on_stage_end, requires_teacher, the base-class setup guard."""
+"""The loss-term contract: after_step, on_stage_end, requires_teacher, the base-class setup guard,
+term ids (two instances of one method)."""
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -66,11 +69,11 @@ losses.registry._TERMS.setdefault("test_recorder", Recorder)
 losses.registry._TERMS.setdefault("test_no_teacher", NoTeacher)
 
 
-def _cfg(tmp_path, loss, teacher=True, **train):
-    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 0, "device": "cpu"},
+def _cfg(tmp_path, loss, teacher=True, name="r", epochs=1, **train):
+    cfg = {"run": {"name": name, "out_dir": str(tmp_path / "runs"), "seed": 0, "device": "cpu"},
            "data": {"batch_size": 32, "crop_padding": 0, "flip": False},
            "student": {"model": "TinyNet", "taps": TAPS},
-           "loss": loss, "optim": {"epochs": 1, "lr": 0.05, "schedule": "constant"},
+           "loss": loss, "optim": {"epochs": epochs, "lr": 0.05, "schedule": "constant"},
            "train": {"progress": False, "max_steps": 3, **train}}
     if teacher:
         cfg["teacher"] = {"model": "TinyNet", "taps": TAPS}
@@ -197,3 +200,78 @@ def test_guard_follows_what_setup_builds():
     ft = losses.create("ft")
     ft.setup(ctx)
     ft.check_ready()  # set up: no error
+
+
+# ---- two instances of one method ------------------------------------------------------------
+
+def _kd_by_hand(s_logits, t_logits, T):
+    """T^2 * mean_b sum_c p_t log(p_t / p_s), softmaxes at temperature T, in float64."""
+    s, t = s_logits.double() / T, t_logits.double() / T
+    log_ps = s - s.logsumexp(1, keepdim=True)
+    log_pt = t - t.logsumexp(1, keepdim=True)
+    return float((log_pt.exp() * (log_pt - log_ps)).sum(1).mean() * T * T)
+
+
+def test_two_kd_instances_train_together_and_log_apart(tmp_path):
+    loss = [{"name": "ce", "weight": 0.2}, {"name": "kd", "id": "kd_t2", "T": 2, "weight": 0.3},
+            {"name": "kd", "id": "kd_t8", "T": 8, "weight": 0.5}]
+    torch.manual_seed(0)
+    teacher = TinyNet(16)
+    with torch.no_grad():
+        teacher.fc.weight.mul_(30)  # confident logits: KD at T=2 and T=8 differ clearly
+    trainer = Trainer(_cfg(tmp_path, loss), student=TinyNet(), teachers=[teacher], data=_data(), log=lambda m: None)
+    trainer.fit()
+    d = trainer.distiller
+    assert list(d.terms) == ["ce", "kd_t2", "kd_t8"] and d.terms["kd_t2"].T == 2 and d.terms["kd_t8"].T == 8
+    d.train()
+    batch = dict(next(iter(trainer.train_loader)), epoch=0, num_epochs=1)
+    with torch.no_grad():
+        total, parts, s_out = d(batch)
+        t_logits = d.teacher_forward(batch["image"])["logits"]
+    for key, T, w in (("kd_t2", 2, 0.3), ("kd_t8", 8, 0.5)):
+        assert float(parts[key]) == pytest.approx(w * _kd_by_hand(s_out["logits"], t_logits, T), rel=1e-5)
+    kd2, kd8 = float(parts["kd_t2"]) / 0.3, float(parts["kd_t8"]) / 0.5
+    assert abs(kd2 - kd8) > 0.05 * kd8  # really two temperatures
+    run = tmp_path / "runs" / "r"
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_ce", "train_kd_t2", "train_kd_t8"} <= set(row) and row["train_kd_t2"] != row["train_kd_t8"]
+    import yaml
+    stored = yaml.safe_load((run / "config.yaml").read_text())["loss"]
+    assert [(t["name"], t["id"]) for t in stored] == [("ce", "ce"), ("kd", "kd_t2"), ("kd", "kd_t8")]
+
+
+def test_duplicate_ids_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"share the id 'kd': give each an `id`"):
+        _cfg(tmp_path, [{"name": "kd", "T": 2}, {"name": "kd", "T": 8}])
+    with pytest.raises(ConfigError, match=r"share the id 'a'"):
+        _cfg(tmp_path, [{"name": "kd", "id": "a"}, {"name": "ce", "id": "a"}])
+    with pytest.raises(ConfigError, match=r"id 'kd.2' must be letters"):
+        _cfg(tmp_path, [{"name": "kd", "id": "kd.2"}])
+
+
+def test_ids_key_checkpoints_and_stages_and_old_checkpoints_resume(tmp_path):
+    EVENTS.clear()
+    loss = [{"name": "ce"}, {"name": "test_recorder"}, {"name": "test_recorder", "id": "rec_b"}]
+    torch.manual_seed(0)
+    Trainer(_cfg(tmp_path, loss), student=TinyNet(), teachers=[TinyNet(16)], data=_data(), log=lambda m: None).fit()
+    assert [e for e in EVENTS if e[0] == "stage_end"] == [("stage_end", "rec_init")] * 2  # each instance's stage
+    last = tmp_path / "runs" / "r" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert {"terms.test_recorder.scale", "terms.rec_b.scale"} <= set(state["distiller"])
+    assert state["stages_done"] == ["rec_init", "rec_b.rec_init"]
+    # A run written before ids existed: no `id` in its config; its terms keyed by name.
+    old_loss = [{"name": "ce"}, {"name": "test_recorder"}]
+    torch.manual_seed(0)
+    Trainer(_cfg(tmp_path, old_loss, name="old"), student=TinyNet(), teachers=[TinyNet(16)], data=_data(),
+            log=lambda m: None).fit()
+    old_last = tmp_path / "runs" / "old" / "last.pt"
+    state = torch.load(old_last, weights_only=True)
+    for t in state["config"]["loss"]:
+        del t["id"]
+    torch.save(state, old_last)
+    EVENTS.clear()
+    cfg = _cfg(tmp_path, old_loss, name="old", epochs=2)
+    summary = Trainer(cfg, student=TinyNet(), teachers=[TinyNet(16)], data=_data(), resume=True,
+                      log=lambda m: None).fit()
+    assert summary["epochs"] == 2 and not [e for e in EVENTS if e[0].startswith("stage")]  # stage not rerun
+    assert len((tmp_path / "runs" / "old" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -237,7 +237,7 @@ def test_term_parameters_are_typed_and_recorded_with_defaults(tmp_path):
         load_config(_cfg(tmp_path, loss=[{"name": "crd", "num_negatives": 2.5}]))
     cfg = load_config(_cfg(tmp_path, loss=[{"name": "ab", "init_lr": "1e-3"}]))
     dumped = yaml.safe_load(__import__("wdistill.engine.config", fromlist=["dump_config"]).dump_config(cfg))
-    assert dumped["loss"][0] == {"name": "ab", "weight": 1.0, "margin": 1.0, "init_epochs": 30,
+    assert dumped["loss"][0] == {"name": "ab", "id": "ab", "weight": 1.0, "margin": 1.0, "init_epochs": 30,
                                  "main_weight": 0.0, "init_lr": 0.001}
 
 

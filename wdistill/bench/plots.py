@@ -32,7 +32,8 @@ def curves_title(run_dir: Path, cfg: dict) -> str:
     """What was trained, from the run's config.yaml: student, teacher, weighted loss terms."""
     student = (cfg.get("student") or {}).get("model", "?")
     teacher = (cfg.get("teacher") or {}).get("model")
-    terms = " + ".join(f"{t.get('weight', 1):g}*{t['name']}" for t in cfg.get("loss") or [] if "name" in t)
+    terms = " + ".join(f"{t.get('weight', 1):g}*{t.get('id') or t['name']}"
+                       for t in cfg.get("loss") or [] if "name" in t)
     who = f"{student} student" + (f" distilled from {teacher}" if teacher else "")
     return f"{run_dir.name}: {who}" + (f", loss = {terms}" if terms else "")
 
@@ -51,7 +52,7 @@ def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
             continue
         start = decay_start_epoch(t.get("decay_start"), t.get("decay_start_frac", 150 / 240), epochs)
         if start is not None and math.floor(start) + 1 < epochs:  # some epoch e > start exists
-            out.append((t["name"], float(math.floor(start) + 1), epochs))
+            out.append((t.get("id") or t["name"], float(math.floor(start) + 1), epochs))
     return out
 
 

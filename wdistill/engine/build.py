@@ -74,12 +74,13 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
 
 
 def build_terms(cfg: RunConfig) -> list[tuple[str, float, losses.Term]]:
+    """(id, weight, term) of every configured loss term; the id keys logs, metrics and checkpoints."""
     terms = []
     for t in cfg.loss:
         try:
-            terms.append((t.name, t.weight, losses.create(t.name, **t.params)))
+            terms.append((t.id, t.weight, losses.create(t.name, **t.params)))
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"loss term {t.name!r}: {e}") from None
+            raise ConfigError(f"loss term {t.id!r}: {e}") from None
     return terms
 
 

@@ -155,6 +155,9 @@ class TermSection(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(description="Loss term: ce or a method of `wdistill list`; its parameters are further "
                       "keys of the same item, typed by the method (see the method parameters below).")
+    id: str | None = Field(None, description="Key of the term in logs, metrics, curves and checkpoints "
+                           "(default: its name). Give two terms of one method different ids, e.g. "
+                           "{name: kd, id: kd_t2, T: 2} and {name: kd, id: kd_t8, T: 8}.")
     weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of the term in the total loss.")
 
     @model_validator(mode="after")
@@ -165,6 +168,11 @@ class TermSection(BaseModel):
         except ValueError as e:
             raise ValueError(str(e)) from None
         self.__pydantic_extra__ = resolved
+        if self.id is None:
+            self.id = self.name
+        elif not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.id):
+            raise ValueError(f"loss term id {self.id!r} must be letters, digits, '_' or '-' (no dots: it keys "
+                             "checkpoints), e.g. kd_t8")
         return self
 
     @property
@@ -228,6 +236,11 @@ class RunConfig(_Strict):
     def _non_empty(cls, v):
         if not v:
             raise ValueError("loss needs at least one term, e.g. [{name: ce}]")
+        ids = [t.id for t in v]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"loss terms share the id {', '.join(map(repr, dup))}: give each an `id`, e.g. "
+                             f"{{name: {dup[0]}, id: {dup[0]}_2, ...}} (the id keys logs and checkpoints)")
         return v
 
     def teacher_sections(self) -> list[ModelSection]:

@@ -303,15 +303,18 @@ class Trainer:
             self._load_state(ckpt.load(self.run_dir / "last.pt", self.device, what="run checkpoint"))
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
         teacher_metrics = evaluate(Ensemble(self.teachers), self.test_loader, self.amp_ctx) if self.teachers else None
-        for term in self.distiller.terms.values():
+        for term_id, term in self.distiller.terms.items():
             for stage in term.stages():
-                if stage.name in self.stages_done:
+                # A second instance of a method (its own id) has its own stage; the first keeps the
+                # stage's plain name, so checkpoints written before ids existed resume.
+                key = stage.name if term_id == term.name else f"{term_id}.{stage.name}"
+                if key in self.stages_done:
                     continue
                 if main:
-                    self.log(f"stage {stage.name}: {stage.epochs} epochs")
+                    self.log(f"stage {key}: {stage.epochs} epochs")
                 self._run_stage(stage)
                 term.on_stage_end(stage)
-                self.stages_done.append(stage.name)
+                self.stages_done.append(key)
                 if main:
                     self._save(self._state(self.start_epoch), "last.pt")
         writer = self._tensorboard() if main else None
