@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..losses import dist as helpers
 from .config import ConfigError
 
 
@@ -23,9 +24,7 @@ def init_distributed() -> tuple[int, int]:
     GPUs, gloo on CPUs."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return helpers.rank(), helpers.world_size()
 
 
 def per_rank_batch(global_batch: int, world_size: int, accumulate: int = 1) -> int:

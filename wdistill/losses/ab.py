@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .at import paired_maps
+from ._common import paired_maps
 from .base import ConfigError, Stage, Term
 from .heads import ConvReg
 from .registry import register

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .at import match_spatial, upcast
+from ._common import match_spatial, upcast
 from .base import ConfigError, Stage, Term
 from .registry import register
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .at import match_spatial
+from ._common import attention_map, match_spatial
 from .base import ConfigError, Stage, Term
 from .registry import register
 
@@ -43,11 +43,6 @@ class Translator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
-
-
-def factor(f: torch.Tensor, p: float) -> torch.Tensor:
-    """l2-normalise(flatten(mean_c f^p)), (B, H*W)."""
-    return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
 
 
 @register
@@ -120,4 +115,5 @@ class FT(Term):
             f_t = self.paraphraser.encoder(teacher["feats"][-1].detach())
         f_s = self.translator(student["feats"][-1])
         f_s, f_t = match_spatial(f_s, f_t)
-        return (factor(f_s, self.p1) - factor(f_t, self.p1)).abs().pow(self.p2).mean()
+        # The factor map l2norm(flatten(mean_c F^p1)) is AT's attention map.
+        return (attention_map(f_s, self.p1) - attention_map(f_t, self.p1)).abs().pow(self.p2).mean()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .at import match_spatial, paired_maps
+from ._common import match_spatial, paired_maps
 from .base import Term
 from .registry import register
 

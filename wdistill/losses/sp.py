@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .at import upcast
+from ._common import upcast
 from .base import Term
 from .registry import register
 

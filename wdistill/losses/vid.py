@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .at import match_spatial, paired_maps
+from ._common import match_spatial, paired_maps
 from .base import ConfigError, Term
 from .registry import register
 

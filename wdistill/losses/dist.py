@@ -1,0 +1,80 @@
+"""torch.distributed helpers shared by the terms (memory banks, batch-wide OT) and the engine.
+
+Each is the identity on one process, so callers need no ``if distributed`` branches of their own.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """Processes in the default group (1 without torch.distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def distributed() -> bool:
+    return world_size() > 1
+
+
+def row_counts(t: torch.Tensor) -> list[int]:
+    """Every rank's row count of ``t``."""
+    if not distributed():
+        return [t.shape[0]]
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    return [int(s) for s in sizes]
+
+
+def gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's rows of each tensor, concatenated in rank order (ranks may hold different row
+    counts; no gradient)."""
+    if not distributed():
+        return list(tensors)
+    sizes = row_counts(tensors[0])
+    out = []
+    for t in tensors:
+        padded = t.new_zeros((max(sizes),) + tuple(t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(world_size())]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
+    return out
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` over ranks (no gradient); every rank must give the same shape (drop_last)."""
+    if not distributed():
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+def all_gather_keep_local_grad(x: torch.Tensor) -> torch.Tensor:
+    """Like :func:`all_gather`, with this rank's slice still attached to the graph."""
+    if not distributed():
+        return x
+    parts = list(all_gather(x.detach()).chunk(world_size()))
+    parts[rank()] = x
+    return torch.cat(parts)
+
+
+def all_mean_(t: torch.Tensor) -> torch.Tensor:
+    """``t`` replaced, in place, by its mean over ranks."""
+    if distributed():
+        dist.all_reduce(t)
+        t /= world_size()
+    return t
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``t`` replaced, in place, by rank ``src``'s."""
+    if distributed():
+        dist.broadcast(t, src)
+    return t
