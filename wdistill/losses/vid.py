@@ -51,8 +51,8 @@ class VID(Term):
         regs, scales = [], []
         for f_s, f_t in pairs:
             c_s, c_t = f_s.shape[1], f_t.shape[1]
-            regs.append(nn.Sequential(_conv1x1(c_s, c_t), nn.ReLU(inplace=True), _conv1x1(c_t, c_t), nn.ReLU(inplace=True),
-                                      _conv1x1(c_t, c_t)))
+            regs.append(nn.Sequential(_conv1x1(c_s, c_t), nn.ReLU(inplace=True), _conv1x1(c_t, c_t),
+                                      nn.ReLU(inplace=True), _conv1x1(c_t, c_t)))
             scales.append(nn.Parameter(torch.full((c_t,), init)))
         self.regressors = nn.ModuleList(regs).to(ctx.device)
         self.log_scales = nn.ParameterList(scales).to(ctx.device)
