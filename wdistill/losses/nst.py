@@ -2,16 +2,32 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ._common import match_spatial, paired_maps
 from .base import Term
 from .registry import register
 
 
-def _poly_kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """mean over samples and channel pairs of (a_i . b_j)^2; a (B, Ca, HW), b (B, Cb, HW)."""
-    return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+def _norms(gram: torch.Tensor) -> torch.Tensor:
+    """max(||x_i||, 1e-12) (F.normalize's rule) from the diagonal of a Gram matrix, (B, C)."""
+    return gram.diagonal(dim1=1, dim2=2).clamp_min(1e-24).sqrt()
+
+
+def nst_mmd(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """Squared polynomial-kernel MMD between the l2-normalised channel maps of f_s and f_t.
+
+    The Gram matrices of the raw maps, divided by the outer products of the channel norms (their
+    diagonals), equal those of the normalised maps: no normalised copy of a map is made, and the
+    backward pass touches the maps only through the three matrix products."""
+    s, t = f_s.flatten(2), f_t.flatten(2)
+    g_ss, g_st = torch.bmm(s, s.transpose(1, 2)), torch.bmm(s, t.transpose(1, 2))
+    with torch.no_grad():
+        g_tt = torch.bmm(t, t.transpose(1, 2))
+    n_s, n_t = _norms(g_ss), _norms(g_tt)
+    k_ss = g_ss / (n_s.unsqueeze(2) * n_s.unsqueeze(1))
+    k_st = g_st / (n_s.unsqueeze(2) * n_t.unsqueeze(1))
+    k_tt = g_tt / (n_t.unsqueeze(2) * n_t.unsqueeze(1))
+    return k_tt.pow(2).mean() + k_ss.pow(2).mean() - 2 * k_st.pow(2).mean()
 
 
 @register
@@ -32,9 +48,5 @@ class NST(Term):
     def forward(self, student, teacher, batch):
         loss = 0.0
         for f_s, f_t in paired_maps(self.name, student, teacher):
-            f_s, f_t = match_spatial(f_s, f_t)
-            s = F.normalize(f_s.flatten(2), dim=2)
-            t = F.normalize(f_t.flatten(2), dim=2)
-            loss = loss + (_poly_kernel_mean(t, t) + _poly_kernel_mean(s, s)
-                           - 2 * _poly_kernel_mean(s, t))
+            loss = loss + nst_mmd(*match_spatial(f_s, f_t))
         return loss
