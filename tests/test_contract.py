@@ -275,3 +275,60 @@ def test_ids_key_checkpoints_and_stages_and_old_checkpoints_resume(tmp_path):
                       log=lambda m: None).fit()
     assert summary["epochs"] == 2 and not [e for e in EVENTS if e[0].startswith("stage")]  # stage not rerun
     assert len((tmp_path / "runs" / "old" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+# ---- shared memory pieces -------------------------------------------------------------------
+
+def _contrastive(name, **kw):
+    torch.manual_seed(0)
+    n, c = 30, 3
+    ctx = SetupContext(student_out={"embed": torch.randn(4, 5)}, teacher_out={"embed": torch.randn(4, 7)},
+                       num_classes=c, num_samples=n, train_targets=torch.arange(n) % c, device=torch.device("cpu"))
+    term = losses.create(name, num_negatives=8, **kw)
+    term.setup(ctx)
+    return term
+
+
+def test_crd_and_wcord_share_one_sampler_and_one_vocabulary():
+    from wdistill.losses import memory
+    crd, wcord = _contrastive("crd"), _contrastive("wcord")
+    assert isinstance(crd.sampler, memory.ClassSampler) and isinstance(wcord.sampler, memory.ClassSampler)
+    y = torch.tensor([0, 1, 2, 0])
+    # The same random stream gives the same negatives through either term.
+    torch.manual_seed(5)
+    via_crd = crd.sample_contrast(torch.tensor([0, 1, 2, 3]))[:, 1:]  # rows 0..3 have labels 0, 1, 2, 0
+    torch.manual_seed(5)
+    via_wcord = wcord.sample_negatives({"target": y})
+    assert torch.equal(via_crd, via_wcord) and ((via_crd % 3) != y[:, None]).all()
+    shared = {"num_negatives", "momentum", "scoring", "sync_bank", "feat_dim", "tau"}
+    for name in ("crd", "wcord"):
+        params = losses.registry.resolve_params(name, {})
+        assert shared <= set(params), (name, shared - set(params))
+        assert losses.get(name).num_negatives_param == "num_negatives"
+
+
+def test_old_option_name_is_a_deprecated_alias():
+    with pytest.warns(FutureWarning, match=r"bank_scoring='full' is deprecated; write scoring='matmul'"):
+        params = losses.registry.resolve_params("wcord", {"bank_scoring": "full"})
+    assert params["scoring"] == "matmul" and "bank_scoring" not in params
+    with pytest.raises(ValueError, match="give only 'scoring'"):
+        losses.registry.resolve_params("wcord", {"bank_scoring": "gather", "scoring": "gather"})
+    with pytest.raises(ValueError, match=r"wcord scoring='dense' is unknown"):
+        losses.create("wcord", scoring="dense")
+
+
+def test_pending_rows_gather_every_micro_batch_once():
+    from wdistill.losses.memory import PendingRows, momentum_update_
+    p = PendingRows()
+    assert p.take() is None
+    p.add(torch.tensor([1, 2]), torch.ones(2, 3, requires_grad=True))
+    p.add(torch.tensor([4]), torch.full((1, 3), 2.0))
+    index, values = p.take()
+    assert index.tolist() == [1, 2, 4] and values[:, 0].tolist() == [1, 1, 2] and not values.requires_grad
+    assert p.take() is None  # taken once
+    bank = torch.zeros(5, 3)
+    bank[:, 0] = 1
+    momentum_update_(bank, index, values, 0.5)
+    assert torch.equal(bank[[0, 3]], torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]))  # rows not in the step
+    assert torch.allclose(bank[[1, 2]], F.normalize(torch.tensor([[1.0, 0.5, 0.5]]), dim=1).expand(2, 3))
+    assert torch.allclose(bank[4], F.normalize(torch.tensor([1.5, 1.0, 1.0]), dim=0))

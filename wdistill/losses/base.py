@@ -95,6 +95,8 @@ class Term(nn.Module):
     num_negatives_param: str | None = None
     # Attributes that setup() builds (None until then); forward before setup is one clear error.
     built_by_setup: tuple[str, ...] = ()
+    # Deprecated parameter names still accepted: old -> (new, {old value: new value}); a warning names the new.
+    renamed_params: dict[str, tuple[str, dict]] = {}
 
     def setup(self, ctx: SetupContext) -> None:  # noqa: D401 - optional hook
         """Build shape-dependent parts. Default: nothing to build."""

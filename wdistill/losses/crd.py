@@ -1,20 +1,18 @@
 """Contrastive representation distillation (memory banks, class-aware sampling, NCE)."""
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
+from . import dist as ddist
 from .base import ConfigError, Term
 from .heads import Embed
+from .memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401
+                     check_options, init_bank, momentum_update_, resolve_scoring)
 from .registry import register
 
 POSITIVES = ("exact", "relax")
-SCORINGS = ("auto", "gather", "matmul")
-MATMUL_MAX_ELEMENTS = 2 ** 26  # "auto" builds the N x B score matrix up to 64M entries (256 MB)
 NCE_EPS = 1e-7
 
 
@@ -29,44 +27,6 @@ def nce_loss(p: torch.Tensor, num_samples: int) -> torch.Tensor:
     log_d1 = torch.log(p[:, 0] / (p[:, 0] + m + NCE_EPS))
     log_d0 = torch.log(m / (p[:, 1:] + m + NCE_EPS))
     return -(log_d1.sum() + log_d0.sum()) / p.shape[0]
-
-
-def bank_scores(bank: torch.Tensor, anchor: torch.Tensor, idx: torch.Tensor, scoring: str) -> torch.Tensor:
-    """``<bank[idx[b, k]], anchor[b]>``, (B, K+1).
-
-    "gather" copies the B x (K+1) x d bank rows (the reference's way); "matmul" scores the whole
-    bank once (B x N) and picks the columns: the same numbers from far less memory traffic when
-    K+1 is large next to N / B.
-    """
-    if scoring == "gather":
-        return torch.bmm(bank[idx], anchor.unsqueeze(2)).squeeze(2)
-    return (anchor @ bank.t()).gather(1, idx)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _row_counts(t: torch.Tensor) -> list[int]:
-    """Every rank's row count of ``t``."""
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    return [int(s) for s in sizes]
-
-
-def gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Concatenate every rank's rows of each tensor (ranks may hold different row counts)."""
-    world = dist.get_world_size()
-    sizes = _row_counts(tensors[0])
-    out = []
-    for t in tensors:
-        padded = t.new_zeros((max(sizes),) + tuple(t.shape[1:]))
-        padded[: t.shape[0]] = t
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
-    return out
 
 
 @register
@@ -115,17 +75,16 @@ class CRD(Term):
         super().__init__()
         if positive not in POSITIVES:
             raise ConfigError(f"crd positive={positive!r} is unknown; use one of {POSITIVES}")
-        if scoring not in SCORINGS:
-            raise ConfigError(f"crd scoring={scoring!r} is unknown; use one of {SCORINGS}")
-        if num_negatives < 1 or tau <= 0 or not 0 <= momentum < 1:
-            raise ConfigError(f"crd needs num_negatives >= 1, tau > 0 and 0 <= momentum < 1; got "
-                              f"{num_negatives}, {tau}, {momentum} (published: 16384, 0.07, 0.5)")
+        check_options("crd", num_negatives, momentum, scoring)
+        if tau <= 0:
+            raise ConfigError(f"crd needs tau > 0, got {tau} (published: 0.07)")
         self.feat_dim, self.num_negatives, self.tau, self.momentum = feat_dim, num_negatives, tau, momentum
         self.positive, self.scoring, self.sync_bank = positive, scoring, sync_bank
         self.embed_s = self.embed_t = None
         self.register_buffer("Z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: unset
         self._z_ready = False
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this step's rows
+        self.sampler: ClassSampler | None = None
+        self._pending = PendingRows()  # this step's rows, written to the banks by after_step
 
     def setup(self, ctx):
         n, dev = ctx.num_samples, ctx.device
@@ -133,29 +92,22 @@ class CRD(Term):
         if targets.shape != (n,):
             raise ConfigError(f"crd needs one label per training row: train_targets has shape "
                               f"{tuple(targets.shape)} but num_samples={n}")
-        counts = torch.bincount(targets, minlength=ctx.num_classes)
-        others = n - counts[counts > 0]
-        if int(others.min()) == 0:
+        self.sampler = ClassSampler(targets, ctx.num_classes)
+        fewest = self.sampler.fewest_others()
+        if fewest == 0:
             raise ConfigError("crd draws negatives from other classes, but the training set has a "
                               "single class; use a non-contrastive method (e.g. kd, rkd, pkt)")
-        if int(others.min()) < self.num_negatives:
-            warnings.warn(f"crd: some class has only {int(others.min())} samples of other classes, "
+        if fewest < self.num_negatives:
+            warnings.warn(f"crd: some class has only {fewest} samples of other classes, "
                           f"fewer than num_negatives={self.num_negatives}; negatives are drawn with "
                           "replacement, so they repeat (lower num_negatives to avoid it)")
-        # Class-sorted rows: the other-class rows of class c are every slot outside
-        # [starts[c], starts[c] + counts[c]), so a negative is one random offset into N - n_c slots.
-        self.register_buffer("_targets", targets, persistent=False)
-        self.register_buffer("_counts", counts, persistent=False)
-        self.register_buffer("_starts", torch.cumsum(counts, 0) - counts, persistent=False)
-        self.register_buffer("_order", torch.argsort(targets, stable=True), persistent=False)
         self.embed_s = Embed(ctx.student_out["embed"].flatten(1).shape[1], self.feat_dim).to(dev)
         self.embed_t = Embed(ctx.teacher_out["embed"].flatten(1).shape[1], self.feat_dim).to(dev)
-        stdv = 1.0 / math.sqrt(self.feat_dim / 3)
-        self.register_buffer("bank_s", (torch.rand(n, self.feat_dim, device=dev) * 2 - 1) * stdv)
-        self.register_buffer("bank_t", (torch.rand(n, self.feat_dim, device=dev) * 2 - 1) * stdv)
-        if self.sync_bank and _distributed():  # ranks may be seeded differently: start from rank 0's
-            dist.broadcast(self.bank_s, 0)
-            dist.broadcast(self.bank_t, 0)
+        self.register_buffer("bank_s", init_bank(n, self.feat_dim, "uniform", dev))
+        self.register_buffer("bank_t", init_bank(n, self.feat_dim, "uniform", dev))
+        if self.sync_bank:  # ranks may be seeded differently: start from rank 0's
+            ddist.broadcast_(self.bank_s)
+            ddist.broadcast_(self.bank_t)
         self.Z = self.Z.to(dev)
 
     def sample_contrast(self, index: torch.Tensor) -> torch.Tensor:
@@ -164,31 +116,22 @@ class CRD(Term):
         Under torch.distributed (with ``sync_bank``) every rank draws the rows of the whole global
         batch from the same random stream and keeps its own slice, so the draws do not depend on
         how the global batch is split over processes."""
-        if self.sync_bank and _distributed():
-            sizes = _row_counts(index)
-            rank = dist.get_rank()
-            (everyone,) = gather_rows(index)
-            start = sum(sizes[:rank])
-            return self._sample(everyone)[start:start + sizes[rank]]
+        if self.sync_bank and ddist.distributed():
+            sizes = ddist.row_counts(index)
+            (everyone,) = ddist.gather_rows(index)
+            start = sum(sizes[:ddist.rank()])
+            return self._sample(everyone)[start:start + sizes[ddist.rank()]]
         return self._sample(index)
 
     def _sample(self, index: torch.Tensor) -> torch.Tensor:
-        b, k, n = index.shape[0], self.num_negatives, self._targets.shape[0]
-        y = self._targets[index]
-        count, start = self._counts[y], self._starts[y]
-        r = torch.randint(2 ** 62, (b, k), device=index.device) % (n - count)[:, None]
-        slot = r + (r >= start[:, None]) * count[:, None]
-        if self.positive == "exact":
-            pos = index
-        else:
-            pos = self._order[start + torch.randint(2 ** 62, (b,), device=index.device) % count]
-        return torch.cat([pos[:, None], self._order[slot]], dim=1)
+        y = self.sampler.targets[index]
+        negatives = self.sampler.other_class(y, self.num_negatives)
+        pos = index if self.positive == "exact" else self.sampler.same_class(y)
+        return torch.cat([pos[:, None], negatives], dim=1)
 
     def resolved_scoring(self, batch_size: int) -> str:
         """The scoring "auto" stands for at this batch size."""
-        if self.scoring != "auto":
-            return self.scoring
-        return "matmul" if self.bank_s.shape[0] * batch_size <= MATMUL_MAX_ELEMENTS else "gather"
+        return resolve_scoring(self.scoring, self.bank_s.shape[0], batch_size, MATMUL_MAX_ELEMENTS)
 
     def _set_z(self, out_s: torch.Tensor, out_t: torch.Tensor) -> None:
         if not self._z_ready:
@@ -196,9 +139,8 @@ class CRD(Term):
         if self._z_ready:
             return
         z = torch.stack([out_s.mean(), out_t.mean()]).detach() * self.bank_s.shape[0]
-        if self.sync_bank and _distributed():
-            dist.all_reduce(z)
-            z /= dist.get_world_size()
+        if self.sync_bank:
+            ddist.all_mean_(z)
         self.Z.copy_(z)
         self._z_ready = True
 
@@ -209,16 +151,13 @@ class CRD(Term):
     @torch.no_grad()
     def after_step(self, student, teacher, batch) -> None:
         """Update the bank rows of this step's samples (every micro-batch, every rank's with ``sync_bank``)."""
-        if not self._pending:
+        rows = self._pending.take(sync=self.sync_bank)
+        if rows is None:
             return
-        index, e_s, e_t = (torch.cat(x) for x in zip(*self._pending))
-        self._pending = []
-        if self.sync_bank and _distributed():
-            index, e_s, e_t = gather_rows(index, e_s, e_t)
+        index, e_s, e_t = rows
         # In place: the step's backward, which needed the old bank, is over.
-        for bank, e in ((self.bank_s, e_s), (self.bank_t, e_t)):
-            rows = bank[index] * self.momentum + e.to(bank.dtype) * (1 - self.momentum)
-            bank.index_copy_(0, index, F.normalize(rows, dim=1))
+        momentum_update_(self.bank_s, index, e_s, self.momentum)
+        momentum_update_(self.bank_t, index, e_t, self.momentum)
 
     def forward(self, student, teacher, batch):
         index = batch["index"].to(self.bank_s.device).long()
@@ -240,5 +179,5 @@ class CRD(Term):
             self._set_z(out_s, out_t)
             loss = nce_loss(out_s / self.Z[0], n) + nce_loss(out_t / self.Z[1], n)
         if self.training:
-            self._pending.append((index, e_s.detach(), e_t.detach()))
+            self._pending.add(index, e_s, e_t)
         return loss

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import typing
+import warnings
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -64,9 +65,26 @@ def _type_name(ann) -> str:
     return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
 
+def _renamed(name: str, cls: type[Term], params: dict[str, Any]) -> dict[str, Any]:
+    """Old parameter names (``cls.renamed_params``: old -> (new, {old value: new value})) mapped to
+    the new ones, with a warning that names the new spelling."""
+    params = dict(params)
+    for old, (new, values) in getattr(cls, "renamed_params", {}).items():
+        if old not in params:
+            continue
+        if new in params:
+            raise ValueError(f"method {name!r}: {old!r} is the old name of {new!r}; give only {new!r}")
+        value = params.pop(old)
+        params[new] = values.get(value, value) if isinstance(value, str) else value
+        warnings.warn(f"method {name!r}: parameter {old}={value!r} is deprecated; write {new}={params[new]!r}",
+                      FutureWarning, stacklevel=3)
+    return params
+
+
 def resolve_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` validated and coerced against term ``name``'s signature, defaults included."""
     cls = get(name)
+    params = _renamed(name, cls, params)
     model, _ = _schema(cls)
     valid = list(model.model_fields)
     try:

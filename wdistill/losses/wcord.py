@@ -3,36 +3,15 @@ CVPR 2021)."""
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from .. import ot
+from . import dist as ddist
 from .base import ConfigError, SetupContext, Term
 from .heads import Embed
+from .memory import ClassSampler, PendingRows, bank_scores, check_options, init_bank, momentum_update_, resolve_scoring
 from .registry import register
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` over ranks (no gradient); every rank must give the same shape (drop_last)."""
-    if _world() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(_world())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out)
-
-
-def _all_gather_keep_local_grad(x: torch.Tensor) -> torch.Tensor:
-    """Like :func:`_all_gather`, with this rank's slice still attached to the graph."""
-    if _world() == 1:
-        return x
-    parts = list(_all_gather(x.detach()).chunk(_world()))
-    parts[dist.get_rank()] = x
-    return torch.cat(parts)
 
 
 @register
@@ -84,13 +63,15 @@ class WCoRD(Term):
       [0, 1], best at 0.8, "fairly robust"); the main paper's CIFAR-100 values could not be read
       here. The engine's term weight (default 1) multiplies the whole.
 
-    Memory update: forward records the step's head outputs and ``after_step`` (after the optimiser
-    step) applies them, so the step's backward still sees the memory it used, in place and without
-    copying the bank. Under torch.distributed, the update and the LCKT batch are gathered over all
-    ranks (equal per-rank batches required: use drop_last).
+    Memory (``losses.memory``, CRD's vocabulary: num_negatives, momentum, scoring, sync_bank):
+    forward records the step's head outputs, ``after_step`` writes them after the optimiser step.
+    Under torch.distributed the update (``sync_bank``) and the LCKT batch are gathered over all
+    ranks (LCKT needs equal per-rank batches: use drop_last). ``bank_scoring`` is the old name of
+    ``scoring`` ("full" is now "matmul").
     """
 
     name = "wcord"
+    renamed_params = {"bank_scoring": ("scoring", {"full": "matmul"})}
     built_by_setup = ("embed_s",)
     num_negatives_param = "num_negatives"
     needs_train_targets = True
@@ -99,7 +80,7 @@ class WCoRD(Term):
                  num_negatives: int = 16384, momentum: float = 0.5, lipschitz: str = "spectral",
                  gp_weight: float = 10.0, negatives: str = "other_class", lckt_solver: str = "ipot",
                  ipot_beta: float = 0.5, ipot_iters: int = 50, sinkhorn_reg: float = 0.05,
-                 bank_scoring: str = "auto", positives: str = "memory"):
+                 scoring: str = "auto", positives: str = "memory", sync_bank: bool = True):
         super().__init__()
         if lipschitz not in ("spectral", "gp", "none"):
             raise ConfigError(f"unknown lipschitz {lipschitz!r}; use 'spectral', 'gp' or 'none'")
@@ -109,16 +90,16 @@ class WCoRD(Term):
             raise ConfigError(f"unknown lckt_solver {lckt_solver!r}; use 'ipot' or 'sinkhorn'")
         if positives not in ("batch", "memory"):
             raise ConfigError(f"unknown positives {positives!r}; use 'batch' or 'memory'")
-        if bank_scoring not in ("auto", "full", "gather"):
-            raise ConfigError(f"unknown bank_scoring {bank_scoring!r}; use 'auto', 'full' or 'gather'")
-        if num_negatives < 1 or tau <= 0 or not 0 <= momentum < 1:
-            raise ConfigError(f"need num_negatives >= 1, tau > 0, 0 <= momentum < 1; got {num_negatives}, {tau}, {momentum}")
+        check_options("wcord", num_negatives, momentum, scoring)
+        if tau <= 0:
+            raise ConfigError(f"wcord needs tau > 0, got {tau} (CRD's: 0.07)")
         self.lambda1, self.lambda2, self.feat_dim, self.tau = lambda1, lambda2, feat_dim, tau
         self.num_negatives, self.momentum, self.lipschitz, self.gp_weight = num_negatives, momentum, lipschitz, gp_weight
         self.negatives, self.lckt_solver, self.ipot_beta, self.ipot_iters = negatives, lckt_solver, ipot_beta, ipot_iters
-        self.sinkhorn_reg, self.bank_scoring, self.positives = sinkhorn_reg, bank_scoring, positives
+        self.sinkhorn_reg, self.scoring, self.positives, self.sync_bank = sinkhorn_reg, scoring, positives, sync_bank
         self.embed_s = self.embed_t = None
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this step's rows
+        self.sampler: ClassSampler | None = None
+        self._pending = PendingRows()  # this step's rows, written to the memories by after_step
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, ctx: SetupContext) -> None:
@@ -128,19 +109,15 @@ class WCoRD(Term):
         self.embed_s = Embed(ctx.student_out["embed"].shape[1], self.feat_dim, spectral).to(ctx.device)
         self.embed_t = Embed(ctx.teacher_out["embed"].shape[1], self.feat_dim, spectral).to(ctx.device)
         N = ctx.num_samples
-        self.register_buffer("memory_s", F.normalize(torch.randn(N, self.feat_dim, device=ctx.device), dim=1))
-        self.register_buffer("memory_t", F.normalize(torch.randn(N, self.feat_dim, device=ctx.device), dim=1))
+        self.register_buffer("memory_s", init_bank(N, self.feat_dim, "normal", ctx.device))
+        self.register_buffer("memory_t", init_bank(N, self.feat_dim, "normal", ctx.device))
         targets = ctx.train_targets.to(ctx.device).long()
         if targets.shape != (N,):
             raise ConfigError(f"train_targets has shape {tuple(targets.shape)}, expected ({N},)")
-        counts = torch.bincount(targets, minlength=ctx.num_classes)
-        if self.negatives == "other_class" and int(counts.max()) == N:
+        self.sampler = ClassSampler(targets, ctx.num_classes)
+        if self.negatives == "other_class" and self.sampler.fewest_others() == 0:
             raise ConfigError("every training sample has the same label, so there are no other-class "
                               "negatives; use negatives='uniform'")
-        # Samples sorted by class: class c occupies [start[c], start[c] + count[c]) of `class_order`.
-        self.register_buffer("class_order", torch.argsort(targets, stable=True), persistent=False)
-        self.register_buffer("class_count", counts, persistent=False)
-        self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
 
     # --------------------------------------------------------------------------------- forward
     def forward(self, student, teacher, batch):
@@ -162,7 +139,7 @@ class WCoRD(Term):
             if "index" not in batch:
                 raise KeyError("WCoRD needs batch['index'] (the dataset row of each sample) to update its memory "
                                "buffers; use a loader that yields it (the wdistill loaders do)")
-            self._pending.append((batch["index"].to(h_s.device), h_s.detach(), h_t.detach()))
+            self._pending.add(batch["index"].to(h_s.device), h_s, h_t)
         return loss
 
     def critic(self, e_t: torch.Tensor, e_s: torch.Tensor) -> torch.Tensor:
@@ -184,14 +161,11 @@ class WCoRD(Term):
         return loss
 
     def _bank_scores(self, h: torch.Tensor, bank: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        full = self.bank_scoring == "full" or (self.bank_scoring == "auto" and bank.shape[0] <= 8 * neg.shape[1])
-        if full:  # one (B, N) matmul, then pick columns: no (B, K, d) gather
-            return (h @ bank.T).gather(1, neg)
-        return (bank[neg] @ h.unsqueeze(2)).squeeze(2)
+        return bank_scores(bank, h, neg, resolve_scoring(self.scoring, bank.shape[0], h.shape[0]))
 
     def lckt(self, h_s: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
         """sum(T * C) over the (global) batch, C = 1 - cos, T the OT plan with uniform marginals, held constant."""
-        h_s, h_t = _all_gather_keep_local_grad(h_s), _all_gather(h_t)
+        h_s, h_t = ddist.all_gather_keep_local_grad(h_s), ddist.all_gather(h_t)
         cost = ot.cosine_cost(h_s, h_t)
         B = cost.shape[0]
         with torch.no_grad():
@@ -217,22 +191,17 @@ class WCoRD(Term):
             return batch["contrast_index"][:, 1:].to(self.memory_s.device).long()
         y = batch["target"].to(self.memory_s.device)
         y = y.argmax(1) if y.dim() == 2 else y
-        B, K, N = y.shape[0], self.num_negatives, self.memory_s.shape[0]
         if self.negatives == "uniform":
-            return torch.randint(0, N, (B, K), device=y.device)
-        count, start = self.class_count[y].unsqueeze(1), self.class_start[y].unsqueeze(1)
-        # Uniform over the N - count[y] samples of other classes: draw a rank there, skip y's block.
-        r = (torch.rand(B, K, device=y.device) * (N - count)).long().clamp_max(N - count - 1)
-        r = r + (r >= start) * count
-        return self.class_order[r]
+            return self.sampler.uniform(y.shape[0], self.num_negatives, y.device)
+        return self.sampler.other_class(y, self.num_negatives)
 
     # ----------------------------------------------------------------------------------- memory
     @torch.no_grad()
     def after_step(self, student, teacher, batch) -> None:
         """This step's memory update (every micro-batch, every rank's): rows <- normalise(m * row + (1 - m) * new)."""
-        if not self._pending:
+        rows = self._pending.take(sync=self.sync_bank)
+        if rows is None:
             return
-        idx, h_s, h_t = (_all_gather(torch.cat(x)) for x in zip(*self._pending))
-        self._pending = []
-        for bank, h in ((self.memory_s, h_s), (self.memory_t, h_t)):
-            bank.index_copy_(0, idx, F.normalize(self.momentum * bank[idx] + (1 - self.momentum) * h, dim=1))
+        idx, h_s, h_t = rows
+        momentum_update_(self.memory_s, idx, h_s, self.momentum)
+        momentum_update_(self.memory_t, idx, h_t, self.momentum)
