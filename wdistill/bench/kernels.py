@@ -7,7 +7,8 @@ import torch
 
 from .. import ot
 from ..data.augment import Augment
-from ..losses.crd import bank_scores, nce_loss
+from ..losses.crd import nce_loss
+from ..losses.memory import bank_scores
 from ..losses.wcord import WCoRD
 from ..losses.wkd_f import wkd_f_parts
 from ..losses.wkd_l import wkd_l_parts, wkd_l_reference

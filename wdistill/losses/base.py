@@ -28,7 +28,8 @@ A term is an ``nn.Module``. The engine calls, in order:
 Class attributes the engine reads instead of naming methods: ``requires_teacher`` (False: the
 term trains without a teacher, like ``ce``), ``needs_train_targets`` (the training labels must
 be known, for class-aware sampling) and ``num_negatives_param`` (the parameter holding the
-number of contrastive negatives, which benchmarks set to the published value).
+number of contrastive negatives, which benchmarks set to the published value). A renamed
+parameter stays accepted, with a warning, through ``renamed_params``.
 """
 from __future__ import annotations
 

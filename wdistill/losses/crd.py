@@ -8,7 +8,7 @@ import torch
 from . import dist as ddist
 from .base import ConfigError, Term
 from .heads import Embed
-from .memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401
+from .memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401 (re-exported)
                      check_options, init_bank, momentum_update_, resolve_scoring)
 from .registry import register
 
