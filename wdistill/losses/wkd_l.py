@@ -29,10 +29,17 @@ def decay_start_epoch(decay_start: float | None, decay_start_frac: float | None,
 
 
 def cosine_decayed(weight: float, epoch: int, num_epochs: int | None, start: float | None) -> float:
-    """WKD schedule: ``w`` before epoch s, then ``w * 0.5 * (1 + cos(pi (e - s) / (E - s)))``."""
-    if start is None or epoch < start or num_epochs is None or num_epochs <= start:
+    """WKD's weight at 0-based ``epoch`` of ``num_epochs``, as the official trainer computes it.
+
+    The official trainer counts epochs from 1 and decays once that count e exceeds s:
+    ``w`` while e <= s, then ``w * 0.5 * (1 + cos(pi (e - s) / (E - s)))``, which is 0 at the last
+    epoch (official mdistiller/distillers/WKD.py, ``kwargs['epoch'] > decay_start_epoch``)."""
+    if start is None or num_epochs is None or num_epochs <= start:
         return weight
-    return weight * 0.5 * (1 + math.cos(math.pi * (epoch - start) / (num_epochs - start)))
+    e = epoch + 1  # the official 1-based epoch count
+    if e <= start:
+        return weight
+    return weight * 0.5 * (1 + math.cos(math.pi * (e - start) / (num_epochs - start)))
 
 
 def check_decay_args(decay_start, decay_start_frac) -> None:
