@@ -159,9 +159,15 @@ def wkd_grid(p: Pair, published: int) -> tuple[int, list[str]]:
                   f"{h}x{h}, and grid {published} would leave cells of fewer than 2x2 positions."]
 
 
-def wkd_l_terms(setting: dict) -> dict:
+def cka_source(dataset: str, teacher: str) -> str:
+    """The official generator's CKA source for this teacher; other teachers follow their data set's."""
+    from wdistill.losses.wkd_cost import CKA_SOURCE
+    return CKA_SOURCE.get((dataset, teacher), "logits" if dataset == "imagenet" else "features")
+
+
+def wkd_l_terms(setting: dict, teacher: str) -> dict:
     return {"name": "wkd_l", "weight": 1.0, "lambda_l": setting["lambda_l"], "tau": setting["tau"],
-            "kappa": setting["kappa"], **SINKHORN, "cost": "cka", "cka_mode": "features",
+            "kappa": setting["kappa"], **SINKHORN, "cost": "cka", "cka_mode": cka_source("cifar100", teacher),
             "decay_start": WKD_DECAY_CIFAR}
 
 
@@ -231,13 +237,13 @@ def cifar_recipe(method: str, p: Pair) -> tuple[list[dict], list[str], dict]:
         table = WKD_CIFAR[kind]
         nesterov = {"nesterov": True}
         if method == "wkd_l":
-            return [ce(), wkd_l_terms(table["L"])], notes + WKD_COMMON_SRC, nesterov
+            return [ce(), wkd_l_terms(table["L"], p.teacher)], notes + WKD_COMMON_SRC, nesterov
         part = "F" if method == "wkd_f" else "LF"
         grid, grid_note = wkd_grid(p, table[part]["grid"])
         f_term = wkd_f_terms(table[part], grid)
         if method == "wkd_f":
             return [ce(), f_term], notes + WKD_F_SRC + grid_note, nesterov
-        return ([ce(), wkd_l_terms(table["LF"]), f_term],
+        return ([ce(), wkd_l_terms(table["LF"], p.teacher), f_term],
                 notes + ["WKD-L+WKD-F: the table's L+F row for both terms."] + WKD_COMMON_SRC + WKD_F_SRC
                 + grid_note, nesterov)
     if method in ("wcord", "wcord_kd"):
@@ -319,7 +325,7 @@ def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
         row = table[part]
         if method in ("wkd_l", "wkd_lf"):
             terms.append({"name": "wkd_l", "weight": 1.0, "lambda_l": row["lambda_l"], "tau": row["tau"],
-                          "kappa": row["kappa"], **SINKHORN, "cost": "cka", "cka_mode": "logits",
+                          "kappa": row["kappa"], **SINKHORN, "cost": "cka", "cka_mode": cka_source("imagenet", t),
                           "decay_start": row["decay_start"]})
         if method in ("wkd_f", "wkd_lf"):
             terms.append({"name": "wkd_f", "weight": 1.0, "lambda_f": row["lambda_f"], "gamma": row["gamma"],

@@ -127,9 +127,11 @@ class WKDLogits(Term):
     epochs), Sinkhorn reg=0.05 with 10 plain-domain iterations (``solver="log"`` runs to convergence).
 
     cost: "cka" (teacher class features, built in setup and cached by the teacher's checksum;
-    ``cka_mode`` "features" = last-stage map rows as on CIFAR, "logits" as on ImageNet),
-    "cosine_classifier" (1 - cosine of the teacher's classifier rows), a path to a saved (C, C)
-    tensor, or a tensor.
+    ``cka_mode`` "features" = last-stage map rows, "logits" = one logit row per image; the official
+    generator's choice per teacher is ``wkd_cost.CKA_SOURCE``), "cosine_classifier" (1 - cosine of the
+    teacher's classifier rows), a path to a saved (C, C) cost, or a tensor. As in the official code,
+    kappa sharpens both built distances, ``c = 1 - exp(-kappa d)``; a saved or given cost is used as
+    it is (``wdistill cost-matrix --kappa`` applies kappa when it writes one).
     """
 
     name = "wkd_l"
@@ -165,7 +167,9 @@ class WKDLogits(Term):
         if spec == "cosine_classifier":
             if ctx.teacher is None:
                 raise ConfigError("cost='cosine_classifier' needs a teacher")
-            return ot.classifier_cost(classifier_weight(ctx.teacher, ctx.num_classes).float())
+            # The official code sharpens whatever distance it uses by kappa, this one included.
+            dist = ot.classifier_cost(classifier_weight(ctx.teacher, ctx.num_classes).float())
+            return 1 - torch.exp(-self.kappa * dist)
         if isinstance(spec, str):
             try:
                 cost = safe_load(spec, what="WKD-L cost file",
