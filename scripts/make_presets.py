@@ -49,7 +49,11 @@ DKD_BETA = {("resnet56", "resnet20"): 2, ("resnet110", "resnet32"): 2, ("vgg13",
             ("resnet32x4", "resnet8x4"): 8, ("resnet32x4", "ShuffleV1"): 8, ("resnet32x4", "ShuffleV2"): 8,
             ("ResNet50", "MobileNetV2"): 8, ("wrn_40_2", "ShuffleV1"): 8}
 
-# WKD settings table (the WKD paper's hyper-parameter table), decay start in epochs.
+# WKD settings, as in the official WKD repository's configs (JiamingLv/WKD on GitHub, files named
+# in WKD_FILES); decay start in epochs.
+WKD_REPO = "the official WKD repository (github.com/JiamingLv/WKD)"
+WKD_FILES = {"homogeneous": "res32x4_res8x4.yaml", "heterogeneous": "wrn40_2_shuv1.yaml"}
+WKD_DIRS = {"L": "wkd_l", "F": "wkd_f", "LF": "wkd_lf"}
 WKD_CIFAR = {
     "homogeneous": {"pair": "resnet32x4 -> resnet8x4",
                     "L": dict(lambda_l=600, tau=8, kappa=1),
@@ -140,13 +144,14 @@ WCORD_SRC = ["WCoRD: lambda1 0.8 (GCKT), lambda2 0.1 (LCKT) (WCoRD paper and its
              "  Lipschitz control (wdistill's default, see wdistill/losses/wcord.py). Term weight 1."]
 
 
-def wkd_setting(p: Pair) -> tuple[str, list[str]]:
+def wkd_setting(p: Pair, part: str) -> tuple[str, list[str]]:
     kind = "heterogeneous" if p.cross else "homogeneous"
     src = WKD_CIFAR[kind]["pair"]
+    where = f"{WKD_REPO}, configs/cifar100/{WKD_DIRS[part]}/{WKD_FILES[kind]}"
     if p.key in WKD_PUBLISHED:
-        return kind, [f"WKD settings: the published {src} row of the WKD paper's hyper-parameter table."]
-    return kind, [f"WKD settings: no published row for this pair; carried over from the {src} row",
-                  f"  (WKD paper's table), the published {'cross' if p.cross else 'same'}-architecture pair."]
+        return kind, [f"WKD settings: the published {src} setting, {where}."]
+    return kind, [f"WKD settings: no published setting for this pair; carried over from the {src} one",
+                  f"  ({where}), the published {'cross' if p.cross else 'same'}-architecture pair."]
 
 
 def wkd_grid(p: Pair, published: int) -> tuple[int, list[str]]:
@@ -177,10 +182,11 @@ def wkd_f_terms(setting: dict, grid: int) -> dict:
 
 
 WKD_COMMON_SRC = ["WKD-L: CE 1 + target term (weight 1) + lambda_L * WD; Sinkhorn reg 0.05, 10 plain",
-                  "  iterations; CKA cost over the teacher's last-stage class features; lambda cosine-decayed",
-                  "  from epoch 150 (WKD paper). SGD with Nesterov momentum (official WKD code's CIFAR-100 configs)."]
+                  "  iterations; CKA cost over the teacher's last-stage feature map (the official repository's",
+                  "  generate_cost_matrix.sh, --feature_type feature); lambda cosine-decayed from epoch 150",
+                  "  (COSINE_DECAY_EPOCH). SGD with Nesterov momentum (the official mdistiller/engine/trainer.py)."]
 WKD_F_SRC = ["WKD-F: CE 1 + lambda_F * (gamma * mean part + std part) of the diagonal-Gaussian W2 on the",
-             "  last-stage map, ConvReg projector, cosine decay from epoch 150 (WKD paper)."]
+             "  last-stage map, ConvReg projector (PROJECTOR conv1x1), cosine decay from epoch 150 (same configs)."]
 
 
 def cifar_recipe(method: str, p: Pair) -> tuple[list[dict], list[str], dict]:
@@ -233,18 +239,18 @@ def cifar_recipe(method: str, p: Pair) -> tuple[list[dict], list[str], dict]:
                 ["DKD (Zhao et al. 2022): CE 1 + warm-up(20 epochs) * (1 * TCKD + beta * NCKD), T=4;",
                  f"  beta={beta}: {src}."], {})
     if method in ("wkd_l", "wkd_f", "wkd_lf"):
-        kind, notes = wkd_setting(p)
+        part = {"wkd_l": "L", "wkd_f": "F", "wkd_lf": "LF"}[method]
+        kind, notes = wkd_setting(p, part)
         table = WKD_CIFAR[kind]
         nesterov = {"nesterov": True}
         if method == "wkd_l":
             return [ce(), wkd_l_terms(table["L"], p.teacher)], notes + WKD_COMMON_SRC, nesterov
-        part = "F" if method == "wkd_f" else "LF"
         grid, grid_note = wkd_grid(p, table[part]["grid"])
         f_term = wkd_f_terms(table[part], grid)
         if method == "wkd_f":
             return [ce(), f_term], notes + WKD_F_SRC + grid_note, nesterov
         return ([ce(), wkd_l_terms(table["LF"], p.teacher), f_term],
-                notes + ["WKD-L+WKD-F: the table's L+F row for both terms."] + WKD_COMMON_SRC + WKD_F_SRC
+                notes + ["WKD-L+WKD-F: the L+F setting for both terms."] + WKD_COMMON_SRC + WKD_F_SRC
                 + grid_note, nesterov)
     if method in ("wcord", "wcord_kd"):
         terms = [ce(), {"name": "wcord", "weight": 1.0, **WCORD_PARAMS}]
@@ -295,7 +301,9 @@ def model_preset(model: str) -> tuple[str, dict, list[str]]:
 
 # ------------------------------------------------------------------------------------- ImageNet
 IMAGENET_PAIRS = [("resnet34", "resnet18"), ("resnet50", "MobileNetV1")]
-# The WKD paper's table, ImageNet rows: decay start 0 except WKD-F alone on R50 -> MV1 (30).
+# The official WKD repository's ImageNet configs (configs/imagenet/<dir>/wkd_{l,f,lf}.yaml): decay
+# start 0 (its cfg.py default) except WKD-F alone on R50 -> MV1 (30); grid 4 = its SPATIAL_GRID default.
+WKD_IMAGENET_DIRS = {("resnet34", "resnet18"): "r34_r18", ("resnet50", "MobileNetV1"): "r50_mv1"}
 WKD_IMAGENET = {
     ("resnet34", "resnet18"): {"L": dict(lambda_l=30, tau=2, kappa=1, decay_start=0),
                                "F": dict(lambda_f=0.02, gamma=2, grid=4, decay_start=0),
@@ -305,9 +313,8 @@ WKD_IMAGENET = {
                                   "LF": dict(lambda_l=25, tau=2, kappa=2, lambda_f=0.005, gamma=2, grid=4,
                                              decay_start=0)},
 }
-IMAGENET_RECIPE_SRC = ("the WKD paper's ImageNet recipe: 100 epochs, batch 256, SGD momentum 0.9, lr 0.1 "
-                       "x0.1 at 30/60/90, wd 1e-4 (Nesterov is stated for CIFAR-100 only, so plain "
-                       "momentum here)")
+IMAGENET_RECIPE_SRC = ("the official WKD repository's ImageNet configs (SOLVER): 100 epochs, batch 256, SGD "
+                       "momentum 0.9, lr 0.1 x0.1 at 30/60/90, wd 1e-4")
 IMAGENET_DATA = {"name": "image_folder", "root": "data/imagenet", "batch_size": 256, "eval_batch_size": 256,
                  "crop_padding": 0, "flip": True, "random_resized_crop": 224, "options": {"size": 256}}
 
@@ -315,6 +322,7 @@ IMAGENET_DATA = {"name": "image_folder", "root": "data/imagenet", "batch_size": 
 def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
     table = WKD_IMAGENET[(t, s)]
     notes = []
+    nesterov = method != "kd"  # the official WKD trainer always builds SGD with nesterov=True
     if method == "kd":
         terms = [ce(0.5), {"name": "kd", "weight": 0.5, "T": 1}]
         notes.append("KD: CE 0.5 + KD 0.5, T=1 (mdistiller configs/imagenet/r34_r18/kd.yaml and r50_mv1/kd.yaml;")
@@ -330,17 +338,20 @@ def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
         if method in ("wkd_f", "wkd_lf"):
             terms.append({"name": "wkd_f", "weight": 1.0, "lambda_f": row["lambda_f"], "gamma": row["gamma"],
                           "grid": row["grid"], "projector": "bottleneck", "decay_start": row["decay_start"]})
-        notes += [f"WKD ({'L' if part == 'L' else 'F' if part == 'F' else 'L+F'}): the ImageNet {t} -> {s} row of "
-                  "the WKD paper's table: CE 1 + WKD term(s);",
-                  "  WKD-L cost = CKA over teacher logits (ImageNet mode), Sinkhorn reg 0.05, 10 iterations;",
-                  "  WKD-F: bottleneck projector (ImageNet setting), diagonal Gaussians;",
-                  f"  cosine decay from epoch {row['decay_start']}."]
+        notes += [f"WKD ({'L' if part == 'L' else 'F' if part == 'F' else 'L+F'}): the ImageNet {t} -> {s} setting of "
+                  f"{WKD_REPO}, configs/imagenet/{WKD_IMAGENET_DIRS[(t, s)]}/{method}.yaml: CE 1 + WKD term(s);"]
+        if "L" in part:
+            notes.append("  WKD-L: CKA cost over teacher logits (its logit_linear_cka.pth), Sinkhorn reg 0.05, 10 iterations;")
+        if "F" in part:
+            notes.append("  WKD-F: bottleneck projector and grid 4 (its mdistiller/engine/cfg.py defaults), diagonal Gaussians;")
+        notes += [f"  cosine decay from epoch {row['decay_start']}; SGD with Nesterov momentum (its "
+                  "mdistiller/engine/trainer.py)."]
     cfg = {"run": {"name": f"imagenet/{t}-{s}/{method}", "out_dir": "runs", "seed": 0},
            "data": dict(IMAGENET_DATA, options=dict(IMAGENET_DATA["options"])),
            "student": {"model": s},
            "teacher": {"model": t, "checkpoint": f"checkpoints/imagenet/{t}.pth"},
            "loss": terms,
-           "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+           "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "nesterov": nesterov, "weight_decay": 1e-4,
                      "schedule": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
     header = [f"ImageNet, teacher {t} -> student {s}, method {method}.", GENERATED,
               f"Recipe: {IMAGENET_RECIPE_SRC}.", *notes,
