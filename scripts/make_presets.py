@@ -68,8 +68,13 @@ WKD_PUBLISHED = {("resnet32x4", "resnet8x4"): "homogeneous", ("wrn_40_2", "Shuff
 WKD_DECAY_CIFAR = 150
 SINKHORN = dict(reg=0.05, num_iters=10)  # official WKD code: published entropic setting (not converged)
 
-CIFAR_METHODS = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd",
-                 "crd_kd", "dkd", "wkd_l", "wkd_f", "wkd_lf", "wcord", "wcord_kd"]
+
+
+def cifar_methods() -> list[str]:
+    """Every published row but vanilla (which has its own model presets), in protocol order: generated
+    from the recipes the methods declare next to their terms (wdistill.losses.published)."""
+    from wdistill.recipes import RECIPES
+    return [m for m in RECIPES if m != "vanilla"]
 
 
 @dataclass
@@ -259,6 +264,10 @@ def cifar_recipe(method: str, p: Pair) -> tuple[list[dict], list[str], dict]:
         terms.insert(1, {"name": "kd", "weight": 1.0, "T": 4})
         return (terms, ["WCoRD+KD: CE + 1 * KD (T=4) + WCoRD. The KD weight follows CRD+KD (alpha=1,",
                         "  RepDistiller), which the WCoRD paper's '+KD' rows are compared with."] + WCORD_SRC, {})
+    from wdistill.recipes import LABELS, RECIPES
+    if method in RECIPES:  # a method with no published per-pair table here: the recipe it declares
+        return (RECIPES[method], [f"{LABELS[method]}: the recipe published with its term (wdistill.losses, "
+                                  "published.publish); no per-pair setting is published."], {})
     raise ValueError(f"no recipe for method {method!r}")
 
 
@@ -377,7 +386,7 @@ def all_presets() -> dict[str, str]:
     files = {}
     ps = pairs()
     for p in ps:
-        for method in CIFAR_METHODS:
+        for method in cifar_methods():
             if method == "fsp" and not p.fsp_possible:
                 continue
             rel, cfg, header = cifar_preset(method, p)

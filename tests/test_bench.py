@@ -157,7 +157,8 @@ def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tm
     monkeypatch.setattr(protocol, "TEACHER", "resnet8")
     monkeypatch.setattr(protocol, "TUNE", protocol.Schedule("tiny-tune", False, 1, "val", (0,)))
     monkeypatch.setattr(accuracy, "TUNE", protocol.TUNE)
-    monkeypatch.setitem(tuning.CANDIDATES, "kd", [{}, {"kd.T": 2}])
+    # CANDIDATES is generated from the published recipes (read-only): give the runner a patched copy
+    monkeypatch.setattr(accuracy, "CANDIDATES", {**tuning.CANDIDATES, "kd": [{}, {"kd.T": 2}]})
     seen = []
 
     def fake_run(cfg, log=print, data=None):  # val top-1 from the candidate: T=2 wins

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from .. import ot
 from .._io import FileLoadError, safe_load
 from .base import ConfigError, SetupContext, Term
+from .published import ce, publish
 from .registry import register
 from .wkd_cost import classifier_weight, load_or_build_cka
 
@@ -198,3 +199,10 @@ class WKDLogits(Term):
                 self.reg, self.num_iters, self.solver, **({"tol": self.tol, "max_iters": self.max_iters}
                                                           if self.solver == "log" else {}))
         return loss_t + self.weight_at(batch) * wd
+
+
+# Published recipe (official WKD repository, configs/cifar100/wkd_l/res32x4_res8x4.yaml); candidates:
+# weight 30 at tau 4 (an independent small-data point) and 100 at tau 4.
+publish("wkd_l", label="WKD-L", order=16, terms=[ce(), {"name": "wkd_l", "weight": 1.0, "lambda_l": 600.0, "tau": 8.0,
+        "kappa": 1.0, "decay_start_frac": DEFAULT_DECAY_FRAC}], tune_priority=1, demo=4, quick=True,
+        grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 100.0, "wkd_l.tau": 4.0}])
