@@ -13,7 +13,8 @@ from wdistill import losses, ot
 from wdistill.losses import SetupContext
 from wdistill.losses.heads import ConvReg
 from wdistill.losses.wkd_cost import build_cost_matrix, load_or_build_cka, teacher_checksum
-from wdistill.losses.wkd_l import cosine_decayed, wkd_l_parts, wkd_l_reference
+from benchtools.kernels import wkd_l_reference  # the per-sample formulation (project tooling)
+from wdistill.losses.wkd_l import cosine_decayed, wkd_l_parts
 
 D64 = torch.float64
 

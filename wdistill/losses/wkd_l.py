@@ -59,7 +59,8 @@ def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Te
     Non-target parts: softmax at ``tau`` over the C-1 non-target classes for both models; the
     discrete WD between them under the category cost is solved with the full (C, C) cost and the
     target's mass set to 0 in both marginals, which equals the per-sample (C-1)x(C-1) problem
-    (see :func:`wkd_l_reference`) without forming per-sample costs. WD = <P, cost>, no entropy term.
+    (``benchtools.kernels.wkd_l_reference`` in a checkout) without forming per-sample costs.
+    WD = <P, cost>, no entropy term.
 
     Args:
         s_logits, t_logits: (B, C) logits (teacher is detached here).
@@ -88,28 +89,6 @@ def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Te
     else:
         raise ValueError(f"unknown WKD-L solver {solver!r}; use 'plain' or 'log'")
     return loss_t, wd.mean()
-
-
-def wkd_l_reference(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,
-                    tau: float, reg: float = 0.05, num_iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Straightforward WKD-L: drop the target column, gather a (C-1)x(C-1) cost per sample and run
-    the plain Sinkhorn recursion on each. O(B C^2) memory; for tests and speed comparisons only."""
-    y = _labels(target)
-    B, C = s_logits.shape
-    keep = torch.ones(B, C, dtype=torch.bool, device=s_logits.device).scatter(1, y.unsqueeze(1), False)
-    log_ps = F.log_softmax(s_logits, dim=1)
-    pt = F.softmax(t_logits.detach(), dim=1)
-    loss_t = -(pt[torch.arange(B), y] * log_ps[torch.arange(B), y]).mean()
-    ps = F.softmax(s_logits[keep].reshape(B, C - 1) / tau, dim=1)
-    pt_nt = F.softmax(t_logits.detach()[keep].reshape(B, C - 1) / tau, dim=1)
-    costs = cost.to(ps.dtype).expand(B, C, C)[keep.unsqueeze(2) & keep.unsqueeze(1)].reshape(B, C - 1, C - 1)
-    K = torch.exp(-costs / reg)
-    u = torch.full_like(ps, 1.0 / (C - 1))
-    for _ in range(num_iters):
-        v = pt_nt / ((K.transpose(1, 2) @ u.unsqueeze(2)).squeeze(2) + 1e-8)
-        u = ps / ((K @ v.unsqueeze(2)).squeeze(2) + 1e-8)
-    plan = u.unsqueeze(2) * K * v.unsqueeze(1)
-    return loss_t, (plan * costs).sum((1, 2)).mean()
 
 
 @register
