@@ -335,7 +335,8 @@ def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
     if method == "kd":
         terms = [ce(0.5), {"name": "kd", "weight": 0.5, "T": 1}]
         notes.append("KD: CE 0.5 + KD 0.5, T=1 (mdistiller configs/imagenet/r34_r18/kd.yaml and r50_mv1/kd.yaml;")
-        notes.append("  mdistiller trains with batch 512 at lr 0.2, the same lr per sample as here).")
+        notes.append("  mdistiller trains with batch 512 at lr 0.2, the same lr per sample as here; plain momentum,")
+        notes.append("  as mdistiller's mdistiller/engine/trainer.py builds SGD).")
     else:
         terms = [ce()]
         part = {"wkd_l": "L", "wkd_f": "F", "wkd_lf": "LF"}[method]

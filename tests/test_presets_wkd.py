@@ -110,3 +110,10 @@ def test_the_published_pairs_get_the_published_grid():
         for part in ("wkd_f", "wkd_lf"):
             terms = {t["name"]: t for t in yaml.safe_load((d / f"{part}.yaml").read_text())["loss"]}
             assert terms["wkd_f"]["grid"] == OFFICIAL[(setting, part)][1]["wkd_f"]["grid"]
+
+
+def test_imagenet_kd_keeps_mdistillers_plain_momentum():
+    # mdistiller's mdistiller/engine/trainer.py builds SGD without Nesterov; the WKD trainer with it.
+    for pair in IMAGENET:
+        assert load_config(CONFIGS / "imagenet" / pair / "kd.yaml").optim.nesterov is False
+        assert load_config(CONFIGS / "imagenet" / pair / "wkd_l.yaml").optim.nesterov is True
