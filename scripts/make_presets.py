@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from wdistill.losses import wkd_official
 from wdistill.losses.dkd import PAIR_BETA
 from wdistill.recipes import RECIPES
 
@@ -49,24 +50,11 @@ REPD = "RepDistiller scripts/run_cifar_distill.sh"
 # DKD NCKD weight beta per pair (mdistiller configs/cifar100/dkd/*.yaml), declared next to the DKD term.
 DKD_BETA = PAIR_BETA
 
-# WKD settings, as in the official WKD repository's configs (JiamingLv/WKD on GitHub, files named
-# in WKD_FILES); decay start in epochs.
-WKD_REPO = "the official WKD repository (github.com/JiamingLv/WKD)"
-WKD_FILES = {"homogeneous": "res32x4_res8x4.yaml", "heterogeneous": "wrn40_2_shuv1.yaml"}
-WKD_DIRS = {"L": "wkd_l", "F": "wkd_f", "LF": "wkd_lf"}
-WKD_CIFAR = {
-    "homogeneous": {"pair": "resnet32x4 -> resnet8x4",
-                    "L": dict(lambda_l=600, tau=8, kappa=1),
-                    "F": dict(lambda_f=0.08, gamma=4, grid=1),
-                    "LF": dict(lambda_l=200, tau=8, kappa=1, lambda_f=0.08, gamma=8, grid=1)},
-    "heterogeneous": {"pair": "wrn_40_2 -> ShuffleV1",
-                      "L": dict(lambda_l=200, tau=6, kappa=1),
-                      "F": dict(lambda_f=0.3, gamma=3, grid=4),
-                      "LF": dict(lambda_l=60, tau=4, kappa=1, lambda_f=0.5, gamma=3, grid=4)},
-}
-WKD_PUBLISHED = {("resnet32x4", "resnet8x4"): "homogeneous", ("wrn_40_2", "ShuffleV1"): "heterogeneous"}
-WKD_DECAY_CIFAR = 150
-SINKHORN = dict(reg=0.05, num_iters=10)  # official WKD code: published entropic setting (not converged)
+# WKD settings: the official WKD repository's configs, declared next to the WKD terms
+# (wdistill/losses/wkd_official.py); decay start in epochs.
+WKD_REPO, WKD_FILES, WKD_DIRS = wkd_official.REPO, wkd_official.CIFAR_FILES, wkd_official.CIFAR_DIRS
+WKD_CIFAR, WKD_PUBLISHED = wkd_official.CIFAR, wkd_official.CIFAR_PAIRS
+WKD_DECAY_CIFAR, SINKHORN = wkd_official.CIFAR_DECAY_START, wkd_official.SINKHORN
 
 
 
@@ -177,8 +165,7 @@ def wkd_grid(p: Pair, published: int) -> tuple[int, list[str]]:
 
 def cka_source(dataset: str, teacher: str) -> str:
     """The official generator's CKA source for this teacher; other teachers follow their data set's."""
-    from wdistill.losses.wkd_cost import CKA_SOURCE
-    return CKA_SOURCE.get((dataset, teacher), "logits" if dataset == "imagenet" else "features")
+    return wkd_official.CKA_SOURCE.get((dataset, teacher), "logits" if dataset == "imagenet" else "features")
 
 
 def wkd_l_terms(setting: dict, teacher: str) -> dict:
@@ -322,18 +309,7 @@ def model_preset(model: str) -> tuple[str, dict, list[str]]:
 
 # ------------------------------------------------------------------------------------- ImageNet
 IMAGENET_PAIRS = [("resnet34", "resnet18"), ("resnet50", "MobileNetV1")]
-# The official WKD repository's ImageNet configs (configs/imagenet/<dir>/wkd_{l,f,lf}.yaml): decay
-# start 0 (its cfg.py default) except WKD-F alone on R50 -> MV1 (30); grid 4 = its SPATIAL_GRID default.
-WKD_IMAGENET_DIRS = {("resnet34", "resnet18"): "r34_r18", ("resnet50", "MobileNetV1"): "r50_mv1"}
-WKD_IMAGENET = {
-    ("resnet34", "resnet18"): {"L": dict(lambda_l=30, tau=2, kappa=1, decay_start=0),
-                               "F": dict(lambda_f=0.02, gamma=2, grid=4, decay_start=0),
-                               "LF": dict(lambda_l=10, tau=2, kappa=1, lambda_f=1.0, gamma=2, grid=4, decay_start=0)},
-    ("resnet50", "MobileNetV1"): {"L": dict(lambda_l=25, tau=2, kappa=2, decay_start=0),
-                                  "F": dict(lambda_f=0.005, gamma=2, grid=4, decay_start=30),
-                                  "LF": dict(lambda_l=25, tau=2, kappa=2, lambda_f=0.005, gamma=2, grid=4,
-                                             decay_start=0)},
-}
+WKD_IMAGENET_DIRS, WKD_IMAGENET = wkd_official.IMAGENET_DIRS, wkd_official.IMAGENET
 IMAGENET_RECIPE_SRC = ("the official WKD repository's ImageNet configs (SOLVER): 100 epochs, batch 256, SGD "
                        "momentum 0.9, lr 0.1 x0.1 at 30/60/90, wd 1e-4")
 IMAGENET_DATA = {"name": "image_folder", "root": "data/imagenet", "batch_size": 256, "eval_batch_size": 256,

@@ -23,12 +23,6 @@ def _say(msg: str) -> None:
 
 MODES = ("features", "logits")
 
-# The teacher output the official WKD generator (tools/generate_class_proto.py --feature_type, as
-# run by generate_cost_matrix.sh) turns into the CKA cost: the last-stage feature map for both
-# CIFAR-100 teachers, logits for the ImageNet ones (wkd_cost_matrix/imagenet/*/logit_linear_cka.pth).
-CKA_SOURCE = {("cifar100", "resnet32x4"): "features", ("cifar100", "wrn_40_2"): "features",
-              ("imagenet", "resnet34"): "logits", ("imagenet", "resnet50"): "logits"}
-
 
 def teacher_checksum(model: nn.Module) -> str:
     """SHA-256 over the names, dtypes, shapes and values of ``model.state_dict()``."""

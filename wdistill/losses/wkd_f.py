@@ -8,9 +8,11 @@ import torch.nn as nn
 from .. import ot
 from .base import ConfigError, SetupContext, Term
 from .heads import ConvReg
+from . import wkd_official as official
 from .published import bracket, ce, publish
 from .registry import register
 from .wkd_l import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch
+from .wkd_official import f_params, l_params
 
 
 def _cells(size: int, grid: int) -> list[tuple[int, int]]:
@@ -152,13 +154,13 @@ class WKDFeatures(Term):
         return weight * (self.gamma * mean_loss + cov_loss)
 
 
-# Published recipes (official WKD repository, configs/cifar100/wkd_f/res32x4_res8x4.yaml and
-# wkd_lf/res32x4_res8x4.yaml); the L+F candidates move WKD-L as its own row's do.
+# Published recipes: the official resnet32x4 -> resnet8x4 settings (wkd_official); the L+F candidates
+# move WKD-L as its own row's do.
 _DECAY = {"decay_start_frac": DEFAULT_DECAY_FRAC}
-_WKD_F = {"name": "wkd_f", "weight": 1.0, "lambda_f": 0.08, "gamma": 4.0, "grid": 1, **_DECAY}
-publish("wkd_f", label="WKD-F", order=17, terms=[ce(), _WKD_F], grid=bracket("wkd_f", "lambda_f", 0.08),
-        tune_priority=3)
+_ROW = official.CIFAR["homogeneous"]
+publish("wkd_f", label="WKD-F", order=17,
+        terms=[ce(), {"name": "wkd_f", "weight": 1.0, **f_params(_ROW["F"]), **_DECAY}], grid=bracket("wkd_f", "lambda_f", _ROW["F"]["lambda_f"]), tune_priority=3)
 publish("wkd_lf", label="WKD-L+WKD-F", order=18, tune_priority=2, demo=5, quick=True, terms=[
-    ce(), {"name": "wkd_l", "weight": 1.0, "lambda_l": 200.0, "tau": 8.0, "kappa": 1.0, **_DECAY},
-    {**_WKD_F, "gamma": 8.0}],
+    ce(), {"name": "wkd_l", "weight": 1.0, **l_params(_ROW["LF"]), **_DECAY},
+    {"name": "wkd_f", "weight": 1.0, **f_params(_ROW["LF"]), **_DECAY}],
     grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 10.0, "wkd_l.tau": 4.0}])

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from .. import ot
 from .._io import FileLoadError, safe_load
 from .base import ConfigError, SetupContext, Term
+from . import wkd_official as official
 from .published import ce, publish
 from .registry import register
 from .wkd_cost import classifier_weight, load_or_build_cka
+from .wkd_official import l_params
 
 # Published CIFAR-100 decay start: epoch 150 of 240.
 DEFAULT_DECAY_FRAC = 150 / 240
@@ -108,7 +110,7 @@ class WKDLogits(Term):
 
     cost: "cka" (teacher class features, built in setup and cached by the teacher's checksum;
     ``cka_mode`` "features" = last-stage map rows, "logits" = one logit row per image; the official
-    generator's choice per teacher is ``wkd_cost.CKA_SOURCE``), "cosine_classifier" (1 - cosine of the
+    generator's choice per teacher is ``wkd_official.CKA_SOURCE``), "cosine_classifier" (1 - cosine of the
     teacher's classifier rows), a path to a saved (C, C) cost, or a tensor. As in the official code,
     kappa sharpens both built distances, ``c = 1 - exp(-kappa d)``; a saved or given cost is used as
     it is (``wdistill cost-matrix --kappa`` applies kappa when it writes one).
@@ -180,8 +182,9 @@ class WKDLogits(Term):
         return loss_t + self.weight_at(batch) * wd
 
 
-# Published recipe (official WKD repository, configs/cifar100/wkd_l/res32x4_res8x4.yaml); candidates:
-# weight 30 at tau 4 (an independent small-data point) and 100 at tau 4.
-publish("wkd_l", label="WKD-L", order=16, terms=[ce(), {"name": "wkd_l", "weight": 1.0, "lambda_l": 600.0, "tau": 8.0,
-        "kappa": 1.0, "decay_start_frac": DEFAULT_DECAY_FRAC}], tune_priority=1, demo=4, quick=True,
-        grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 100.0, "wkd_l.tau": 4.0}])
+# Published recipe: the official resnet32x4 -> resnet8x4 setting (wkd_official); candidates: weight
+# 30 at tau 4 (an independent small-data point) and 100 at tau 4.
+publish("wkd_l", label="WKD-L", order=16, terms=[ce(), {"name": "wkd_l", "weight": 1.0,
+        **l_params(official.CIFAR["homogeneous"]["L"]), "decay_start_frac": DEFAULT_DECAY_FRAC}],
+        grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 100.0, "wkd_l.tau": 4.0}],
+        tune_priority=1, demo=4, quick=True)
