@@ -339,9 +339,11 @@ def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
         notes += [f"WKD ({'L' if part == 'L' else 'F' if part == 'F' else 'L+F'}): the ImageNet {t} -> {s} setting of "
                   f"{WKD_REPO}, configs/imagenet/{WKD_IMAGENET_DIRS[(t, s)]}/{method}.yaml: CE 1 + WKD term(s);"]
         if "L" in part:
-            notes.append("  WKD-L: CKA cost over teacher logits (its logit_linear_cka.pth), Sinkhorn reg 0.05, 10 iterations;")
+            notes.append("  WKD-L: CKA cost over teacher logits (its logit_linear_cka.pth), Sinkhorn reg 0.05, "
+                         "10 iterations;")
         if "F" in part:
-            notes.append("  WKD-F: bottleneck projector and grid 4 (its mdistiller/engine/cfg.py defaults), diagonal Gaussians;")
+            notes.append("  WKD-F: bottleneck projector and grid 4 (its mdistiller/engine/cfg.py defaults), "
+                         "diagonal Gaussians;")
         notes += [f"  cosine decay from epoch {row['decay_start']}; SGD with Nesterov momentum (its "
                   "mdistiller/engine/trainer.py)."]
     cfg = {"run": {"name": f"imagenet/{t}-{s}/{method}", "out_dir": "runs", "seed": 0},

@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from .. import ot
 from .._io import FileLoadError, safe_load
 from .base import ConfigError, SetupContext, Term
-from . import wkd_official as official
 from .published import ce, publish
 from .registry import register
 from .wkd_cost import classifier_weight, load_or_build_cka
-from .wkd_official import l_params
+from .wkd_official import CIFAR as OFFICIAL_CIFAR, l_params
 
 # Published CIFAR-100 decay start: epoch 150 of 240.
 DEFAULT_DECAY_FRAC = 150 / 240
@@ -185,6 +184,6 @@ class WKDLogits(Term):
 # Published recipe: the official resnet32x4 -> resnet8x4 setting (wkd_official); candidates: weight
 # 30 at tau 4 (an independent small-data point) and 100 at tau 4.
 publish("wkd_l", label="WKD-L", order=16, terms=[ce(), {"name": "wkd_l", "weight": 1.0,
-        **l_params(official.CIFAR["homogeneous"]["L"]), "decay_start_frac": DEFAULT_DECAY_FRAC}],
+        **l_params(OFFICIAL_CIFAR["homogeneous"]["L"]), "decay_start_frac": DEFAULT_DECAY_FRAC}],
         grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 100.0, "wkd_l.tau": 4.0}],
         tune_priority=1, demo=4, quick=True)
