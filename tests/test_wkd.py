@@ -13,7 +13,8 @@ from wdistill import losses, ot
 from wdistill.losses import SetupContext
 from wdistill.losses.heads import ConvReg
 from wdistill.losses.wkd_cost import build_cost_matrix, load_or_build_cka, teacher_checksum
-from wdistill.losses.wkd_l import cosine_decayed, wkd_l_parts, wkd_l_reference
+from benchtools.kernels import wkd_l_reference  # the per-sample formulation (project tooling)
+from wdistill.losses.wkd_l import cosine_decayed, wkd_l_parts
 
 D64 = torch.float64
 
@@ -255,7 +256,8 @@ def test_cosine_classifier_cost_and_setup():
     W = teacher.fc.weight.detach()
     for i in range(4):
         for j in range(4):
-            expected = 0.0 if i == j else 1 - float(W[i] @ W[j] / W[i].norm() / W[j].norm())
+            # kappa (default 1) sharpens the classifier distance too, as in the official code
+            expected = 0.0 if i == j else 1 - math.exp(-(1 - float(W[i] @ W[j] / W[i].norm() / W[j].norm())))
             assert abs(float(term.cost[i, j]) - expected) < 1e-6
     with pytest.raises(ValueError, match="cost file /no/such/cost.pt does not exist: give cost='cka'"):
         losses.create("wkd_l", cost="/no/such/cost.pt").setup(ctx_for({}, {}, 4))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .at import match_spatial
 from .base import ConfigError, Stage, Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -124,3 +125,9 @@ class FT(Term):
         f_s = self.translator(student["feats"][-1])
         f_s, f_t = match_spatial(f_s, f_t)
         return (factor(f_s, self.p1) - factor(f_t, self.p1)).abs().pow(self.p2).mean()
+
+
+# Published recipe (RepDistiller): paraphraser pre-trained 30 epochs (at lr 0.01 for resnet students,
+# pretrain.py), then CE + 200 * FT.
+publish("ft", label="FT", order=10, terms=[ce(), {"name": "ft", "weight": 200.0, "init_epochs": 30, "init_lr": 0.01}],
+        grid=bracket("ft", "weight", 200.0), tune_priority=17)

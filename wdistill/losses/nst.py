@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from .at import match_spatial, paired_maps
 from .base import Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -38,3 +39,8 @@ class NST(Term):
             loss = loss + (_poly_kernel_mean(t, t) + _poly_kernel_mean(s, s)
                            - 2 * _poly_kernel_mean(s, t))
         return loss
+
+
+# Published recipe (RepDistiller: CE + 50 * NST); tuned over x0.3 / x1 / x3 of the weight.
+publish("nst", label="NST", order=12, terms=[ce(), {"name": "nst", "weight": 50.0}],
+        grid=bracket("nst", "weight", 50.0), tune_priority=16)

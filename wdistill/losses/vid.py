@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .at import match_spatial, paired_maps
 from .base import ConfigError, Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -67,3 +68,8 @@ class VID(Term):
             var = (F.softplus(log_scale) + self.eps).view(1, -1, 1, 1)
             loss = loss + (0.5 * ((mu - f_t).pow(2) / var + var.log())).mean()
         return loss
+
+
+# Published recipe (RepDistiller: CE + 1 * VID); tuned over x0.3 / x1 / x3 of the weight.
+publish("vid", label="VID", order=6, terms=[ce(), {"name": "vid", "weight": 1.0}],
+        grid=bracket("vid", "weight", 1.0), tune_priority=13)

@@ -10,6 +10,7 @@ from torch.nn.utils import parametrize
 from .. import ot
 from .base import ConfigError, SetupContext, Term
 from .heads import Embed
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -242,3 +243,12 @@ class WCoRD(Term):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         self.flush_memory()
         super()._save_to_state_dict(destination, prefix, keep_vars)
+
+
+# Published recipes (WCoRD paper: lambda1 0.8, lambda2 0.1; +KD at CRD+KD's alpha 1, T=4), with 4096
+# negatives (the benchmark's small training sets) and the memory-bank positives.
+_WCORD = {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096, "positives": "memory"}
+publish("wcord", label="WCoRD", order=19, terms=[ce(), _WCORD], grid=bracket("wcord", "weight", 1.0),
+        tune_priority=6)
+publish("wcord_kd", label="WCoRD+KD", order=20, terms=[ce(), {"name": "kd", "weight": 1.0, "T": 4}, _WCORD],
+        grid=bracket("wcord", "weight", 1.0), tune_priority=7, demo=6, quick=True)
