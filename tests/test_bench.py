@@ -4,13 +4,15 @@ import json
 import math
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from wdistill import cli, losses
-from wdistill.bench import accuracy, diagnostics, kernels, plots, protocol, report, runs, speed, tuning
+from benchtools import kernels, targets  # project tooling beside the package (not installed)
+from wdistill.bench import accuracy, diagnostics, plots, protocol, report, runs, speed, tooling, tuning
 from wdistill.bench.measure import peak_memory
 from wdistill.bench.speed_report import run_speed
 from wdistill.recipes import LABELS, RECIPES
@@ -157,7 +159,8 @@ def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tm
     monkeypatch.setattr(protocol, "TEACHER", "resnet8")
     monkeypatch.setattr(protocol, "TUNE", protocol.Schedule("tiny-tune", False, 1, "val", (0,)))
     monkeypatch.setattr(accuracy, "TUNE", protocol.TUNE)
-    monkeypatch.setitem(tuning.CANDIDATES, "kd", [{}, {"kd.T": 2}])
+    # CANDIDATES is generated from the published recipes (read-only): give the runner a patched copy
+    monkeypatch.setattr(accuracy, "CANDIDATES", {**tuning.CANDIDATES, "kd": [{}, {"kd.T": 2}]})
     seen = []
 
     def fake_run(cfg, log=print, data=None):  # val top-1 from the candidate: T=2 wins
@@ -330,7 +333,7 @@ def test_findings_check_the_issue_targets_on_a_hand_made_table():
 
     table = [row("teacher", 91.0), row("vanilla", 87.0), row("kd", 88.5), row("at", 86.9), row("wkd_lf", 89.0),
              row("wcord", 87.5), row("fitnet", 88.0)]
-    notes = "\n".join(accuracy.findings(table))
+    notes = "\n".join(targets.findings(table))
     assert "NO — below vanilla: AT." in notes
     assert "Best row >= vanilla + 1.5: yes (WKD-L+WKD-F 89.00, gain +2.00)" in notes
     assert "A Wasserstein method >= KD: yes (WKD-L+WKD-F 89.00 vs KD 88.50)" in notes
@@ -397,3 +400,30 @@ def test_committed_leaderboard_is_the_merge_of_the_committed_parts(tmp_path):
         assert (got["final_std"] is None) == (want["final_std"] is None)
         if want["final_std"] is not None:
             assert got["final_std"] == pytest.approx(want["final_std"], abs=1e-4)
+
+
+def test_bench_speed_without_the_project_tooling_says_how_to_get_it(tmp_path, monkeypatch):
+    """An installed package has no benchtools/: `bench speed` still measures the step table, writes
+    its files, stamps no commit, and says where the kernel comparisons and targets live."""
+    monkeypatch.setattr(tooling, "load", lambda name: None)
+    setup = speed.SpeedSetup(teacher="resnet8", student="resnet8", batch=4, image=16, channels=1, classes=10,
+                             num_samples=300, steps=1, warmup=0)
+    said = []
+    res = run_speed(tmp_path, ["kd"], setup, command=["wdistill", "bench", "speed"], log=said.append)
+    assert res["kernels"] == [] and res["augment"] is None
+    (row,) = res["rows"]
+    assert row["target"] is None and row["met"] is None and row["ratio"] > 0
+    md = (tmp_path / "speed.md").read_text()
+    assert "| KD |" in md and "| n/a | n/a |" in md and "Not measured: " + tooling.HOW in md
+    assert "git clone" in said[0] and res["stamp"]["commit"].startswith("unknown (not run from a wdistill checkout")
+    assert (tmp_path / "speed.csv").read_text().count("\n") > 3
+    results = accuracy.write_results([], TINY, [0], tmp_path / "acc", {})
+    assert results is None and "## Targets" not in (tmp_path / "acc" / "tiny.md").read_text()
+
+
+def test_tooling_is_found_in_the_checkout_and_not_installed():
+    assert tooling.load("targets") is targets and tooling.load("kernels") is kernels
+    assert targets.ratio_target("kd") == 1.10 and targets.ratio_target("crd") == 1.25
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert 'include = ["wdistill*"]' in pyproject  # benchtools/ is not a package of the wheel
+

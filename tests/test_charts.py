@@ -93,6 +93,8 @@ def test_curves_without_decay_have_no_mark(tmp_path):
 
 
 def test_decay_span_starts_after_the_last_full_weight_epoch():
-    # 5 epochs, decay from 0.625 * 5 = 3.125: 0-based epochs 0..3 at full weight (plotted 1..4), 4 decayed
+    # 5 epochs, decay from 0.625 * 5 = 3.125: epochs (1-based, as plotted and as the official trainer
+    # counts) 1..3 at full weight, 4 and 5 decayed; decay_start 4: only epoch 5 decays (to 0)
     cfg = {"optim": {"epochs": 5}, "loss": [{"name": "wkd_l"}, {"name": "wkd_f", "decay_start": 4}]}
-    assert decay_spans(cfg) == [("wkd_l", 4.0, 5)]  # decay_start 4 of 5: no epoch e > 4, nothing decays
+    assert decay_spans(cfg) == [("wkd_l", 4.0, 5), ("wkd_f", 5.0, 5)]
+    assert decay_spans({"optim": {"epochs": 5}, "loss": [{"name": "wkd_f", "decay_start": 5}]}) == []

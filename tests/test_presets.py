@@ -158,7 +158,7 @@ def test_every_pair_has_every_method_and_fsp_only_where_widths_match():
     readme = (CONFIGS / "cifar100" / "README.md").read_text()
     for d in sorted(pair_dirs):
         methods = {p.stem for p in (CONFIGS / "cifar100" / d).glob("*.yaml")}
-        assert set(mp.CIFAR_METHODS) - {"fsp"} <= methods <= set(mp.CIFAR_METHODS), (d, methods)
+        assert set(mp.cifar_methods()) - {"fsp"} <= methods <= set(mp.cifar_methods()), (d, methods)
         if "fsp" not in methods:
             assert f"`{d}`" in readme, f"configs/cifar100/README.md must say why {d} has no FSP preset"
     models_dir = {p.stem for p in (CONFIGS / "cifar100" / "models").glob("*.yaml")}

@@ -13,7 +13,8 @@ from wdistill import losses, ot
 from wdistill.losses import SetupContext
 from wdistill.losses.heads import ConvReg
 from wdistill.losses.wkd_cost import build_cost_matrix, load_or_build_cka, teacher_checksum
-from wdistill.losses.wkd_l import cosine_decayed, wkd_l_parts, wkd_l_reference
+from benchtools.kernels import wkd_l_reference  # the per-sample formulation (project tooling)
+from wdistill.losses.wkd_l import cosine_decayed, wkd_l_parts
 
 D64 = torch.float64
 
@@ -98,7 +99,8 @@ def test_wkd_l_term_weighting_and_gradient_flow():
     t_logits = logits(B, C, 6, dtype=torch.float32).requires_grad_()
     term.setup(ctx_for({"logits": s_logits.detach()}, {"logits": t_logits.detach()}, C))
     y = torch.arange(B) % C
-    for epoch, factor in [(0, 1.0), (150, 1.0), (195, 0.5), (239, 0.5 * (1 + math.cos(math.pi * 89 / 90)))]:
+    # 0-based epochs; the official 1-based epoch is one more (151 is the first decayed, 240 weighs 0)
+    for epoch, factor in [(0, 1.0), (149, 1.0), (150, 0.5 * (1 + math.cos(math.pi / 90))), (194, 0.5), (239, 0.0)]:
         value = term({"logits": s_logits}, {"logits": t_logits}, batch(y, epoch))
         loss_t, wd = wkd_l_parts(s_logits.detach().double(), t_logits.detach().double(), y, cost.double(), 8.0)
         assert abs(float(value.detach()) - float(loss_t + 600 * factor * wd)) < 1e-4 * float(value.detach())
@@ -107,15 +109,40 @@ def test_wkd_l_term_weighting_and_gradient_flow():
     assert t_logits.grad is None
 
 
-def test_cosine_decay_schedule_hand_values():
-    assert cosine_decayed(600, 149, 240, 150) == 600
-    assert cosine_decayed(600, 150, 240, 150) == 600
-    assert abs(cosine_decayed(600, 195, 240, 150) - 300) < 1e-9
-    assert abs(cosine_decayed(600, 240, 240, 150)) < 1e-9
+def official_weight(w: float, epoch1: int, num_epochs: int, s: float) -> float:
+    """The official trainer's weight (mdistiller/distillers/WKD.py): epochs counted from 1,
+    decayed only once epoch > s."""
+    if epoch1 > s:
+        return 0.5 * w * (1 + math.cos((epoch1 - s) / (num_epochs - s) * math.pi))
+    return w
+
+
+def test_cosine_decay_matches_the_official_weight_at_every_epoch():
+    # Our epochs are 0-based: epoch e here is the official trainer's epoch e + 1.
+    for e0 in range(240):
+        assert cosine_decayed(600, e0, 240, 150) == pytest.approx(official_weight(600, e0 + 1, 240, 150), abs=1e-12)
+    assert cosine_decayed(600, 149, 240, 150) == 600        # official epoch 150: not yet decayed
+    assert cosine_decayed(600, 150, 240, 150) < 600         # official epoch 151: decayed
+    assert cosine_decayed(600, 239, 240, 150) == pytest.approx(0, abs=1e-9)  # the last epoch: 0
     term = losses.create("wkd_l", cost=torch.zeros(3, 3))  # default: decay from 150/240 of training
-    assert abs(term.weight_at({"epoch": 9, "num_epochs": 12}) - 600 * 0.5 * (1 + math.cos(math.pi * 1.5 / 4.5))) < 1e-9
-    assert losses.create("wkd_l", cost=torch.zeros(3, 3), decay_start=0).weight_at({"epoch": 6, "num_epochs": 12}) == \
+    for e0 in range(12):
+        assert term.weight_at({"epoch": e0, "num_epochs": 12}) == pytest.approx(official_weight(600, e0 + 1, 12, 7.5))
+    assert losses.create("wkd_l", cost=torch.zeros(3, 3), decay_start=0).weight_at({"epoch": 5, "num_epochs": 12}) == \
         pytest.approx(300)
+
+
+def test_wkd_f_weight_follows_the_official_schedule_at_every_epoch():
+    torch.manual_seed(0)
+    s_feat, t_feat = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    student, teacher = {"feats": [s_feat]}, {"feats": [t_feat]}
+    plain = losses.create("wkd_f", projector="none", lambda_f=1.0, decay_start_frac=None)
+    decayed = losses.create("wkd_f", projector="none", lambda_f=0.006, decay_start=150)
+    for term in (plain, decayed):
+        term.setup(ctx_for(student, teacher, 3))
+    base = plain(student, teacher, {"epoch": 0, "num_epochs": 240}).item()
+    for e0 in (0, 148, 149, 150, 151, 194, 200, 238, 239):
+        got = decayed(student, teacher, {"epoch": e0, "num_epochs": 240}).item()
+        assert got == pytest.approx(official_weight(0.006, e0 + 1, 240, 150) * base, rel=1e-5, abs=1e-12)
 
 
 def test_log_solver_option_and_bad_config():
@@ -229,7 +256,8 @@ def test_cosine_classifier_cost_and_setup():
     W = teacher.fc.weight.detach()
     for i in range(4):
         for j in range(4):
-            expected = 0.0 if i == j else 1 - float(W[i] @ W[j] / W[i].norm() / W[j].norm())
+            # kappa (default 1) sharpens the classifier distance too, as in the official code
+            expected = 0.0 if i == j else 1 - math.exp(-(1 - float(W[i] @ W[j] / W[i].norm() / W[j].norm())))
             assert abs(float(term.cost[i, j]) - expected) < 1e-6
     with pytest.raises(ValueError, match="cost file /no/such/cost.pt does not exist: give cost='cka'"):
         losses.create("wkd_l", cost="/no/such/cost.pt").setup(ctx_for({}, {}, 4))
@@ -322,7 +350,7 @@ def test_wkd_f_projectors_and_decay():
     term.setup(ctx_for({"feats": [fs]}, {"feats": [ft]}, 3))
     assert isinstance(term.projector, ConvReg) and term.projector(fs).shape == ft.shape
     full = term({"feats": [fs]}, {"feats": [ft]}, batch(torch.zeros(2, dtype=torch.long), 0))
-    half = term({"feats": [fs]}, {"feats": [ft]}, batch(torch.zeros(2, dtype=torch.long), 195))
+    half = term({"feats": [fs]}, {"feats": [ft]}, batch(torch.zeros(2, dtype=torch.long), 194))  # official 195
     assert abs(float(half.detach()) - 0.5 * float(full.detach())) < 1e-5 * float(full.detach())
     bott = losses.create("wkd_f", projector="bottleneck")
     bott.setup(ctx_for({"feats": [torch.randn(2, 4, 4, 4)]}, {"feats": [ft]}, 3))

@@ -11,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bench.runs import run_or_load
+from .losses import published
 from .recipes import LABELS, RECIPES, recipe_for
 
+# Each method says whether it is in the demo (``demo=`` / ``quick=`` of ``published.publish``).
 # Quick demo: the baseline, KD, and the headline Wasserstein rows (WKD-L, WKD-L+WKD-F, WCoRD+KD).
-QUICK_METHODS = ["vanilla", "kd", "wkd_l", "wkd_lf", "wcord_kd"]
+QUICK_METHODS = published.demo_view(quick=True)
 # --full: beside KD, decoupled logits (DKD) and the papers' headline combination CRD+KD too.
-DEMO_METHODS = ["vanilla", "kd", "dkd", "crd_kd", "wkd_l", "wkd_lf", "wcord_kd"]
+DEMO_METHODS = published.demo_view(quick=False)
 QUICK_STUDENT_EPOCHS, FULL_TEACHER_EPOCHS, FULL_STUDENT_EPOCHS = 5, 10, 8
 
 TEACHER_ARCH = "resnet20"

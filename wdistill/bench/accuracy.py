@@ -10,14 +10,12 @@ from tqdm.auto import tqdm
 
 from ..engine.checkpoint import atomic_write_text
 from ..recipes import LABELS, PRESET_DIR, RECIPES, default_recipe, recipe
-from . import protocol, report
+from . import protocol, report, tooling
 from .protocol import FULL, TUNE, Schedule
 from .runs import RunBusy, load_finished, run_or_load
 from .tuning import CANDIDATES, apply_candidate, check_budget, describe
 
 METHODS = [m for m in RECIPES if m != "vanilla"]
-REFERENCE = {"teacher": 90.8, "vanilla": (87.62, 0.29), "kd": (88.91, 0.16)}
-WASSERSTEIN = ("wkd_l", "wkd_f", "wkd_lf", "wcord", "wcord_kd")
 
 
 def _log_to(bar):
@@ -162,43 +160,6 @@ def run_accuracy(schedule: Schedule, methods: list[str], seeds: list[int] | None
     return table
 
 
-def findings(table: list[dict]) -> list[str]:
-    """The issue's targets, checked against the table."""
-    by = {r["method"]: r for r in table}
-    notes = []
-    van, kd = by.get("vanilla"), by.get("kd")
-    if by.get("teacher"):
-        t = by["teacher"]["final_mean"]
-        notes.append(f"teacher: {t:.2f} vs reference {REFERENCE['teacher']:.1f} (difference {t - REFERENCE['teacher']:+.2f}).")
-    for name, row in (("vanilla", van), ("kd", kd)):
-        if row:
-            ref, ref_std = REFERENCE[name]
-            notes.append(f"{LABELS[name]}: {row['final_mean']:.2f} vs reference {ref:.2f} ± {ref_std:.2f} "
-                         f"(difference {row['final_mean'] - ref:+.2f}; reference is the 10,000-image, 12-epoch, "
-                         "3-seed protocol).")
-    students = [r for r in table if r["method"] not in ("teacher", "vanilla")]
-    if van and students:
-        below = [LABELS[r["method"]] for r in students if r["final_mean"] < van["final_mean"]]
-        notes.append("Every distiller >= vanilla: " + ("yes." if not below else f"NO — below vanilla: {', '.join(below)}."))
-        top = max(students, key=lambda r: r["final_mean"])
-        ok = top["final_mean"] >= van["final_mean"] + 1.5
-        notes.append(f"Best row >= vanilla + 1.5: {'yes' if ok else 'NO'} ({LABELS[top['method']]} "
-                     f"{top['final_mean']:.2f}, gain {top['final_mean'] - van['final_mean']:+.2f}).")
-    w = [r for r in students if r["method"] in WASSERSTEIN]
-    if kd and w:
-        top_w = max(w, key=lambda r: r["final_mean"])
-        notes.append(f"A Wasserstein method >= KD: {'yes' if top_w['final_mean'] >= kd['final_mean'] else 'NO'} "
-                     f"({LABELS[top_w['method']]} {top_w['final_mean']:.2f} vs KD {kd['final_mean']:.2f}).")
-    if w and students:
-        ranked = [r["method"] for r in sorted(students, key=lambda r: -r["final_mean"])]
-        third = -(-len(ranked) // 3)  # the top third, rounded up
-        ranks = ", ".join(f"{LABELS[r['method']]} #{ranked.index(r['method']) + 1}" for r in w)
-        inside = sum(ranked.index(r["method"]) < third for r in w)
-        notes.append(f"Wasserstein methods in the top third (ranks 1-{third} of {len(ranked)} distillers): "
-                     f"{inside} of {len(w)} ({ranks}).")
-    return notes
-
-
 def _part_seeds(stamp: dict, path, schedule: Schedule) -> list[int]:
     """The seeds a results file covers: its ``seeds`` stamp line, else its command's ``--seeds``."""
     if "seeds" in stamp:
@@ -300,7 +261,9 @@ def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: 
     if missing:
         md += ["**Incomplete:** not finished yet (the same command without --report-only trains them, "
                f"skipping finished runs): {', '.join(missing)}.\n"]
-    md += ["## Targets\n", *[f"- {n}" for n in findings(table)], ""]
+    targets = tooling.load("targets")  # the project's claims, checked when run from a checkout
+    if targets:
+        md += ["## Targets\n", *[f"- {n}" for n in targets.findings(table)], ""]
     if notes_file.is_file():
         md += ["## Findings\n", notes_file.read_text()]
     atomic_write_text("\n".join(md) + "\n", base.with_suffix(".md"))

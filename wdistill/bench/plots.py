@@ -40,9 +40,8 @@ def curves_title(run_dir: Path, cfg: dict) -> str:
 
 def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
     """(term, first plotted epoch of decayed weight, last epoch) for WKD terms with cosine decay.
-    The weight of 0-based epoch e is w * 0.5 (1 + cos(pi (e - s) / (E - s))) once e > s
-    (losses/wkd_l.py, cosine_decayed); epochs are plotted 1-based, so the last full-weight epoch
-    shown is floor(s) + 1 and the decay shows after it."""
+    Epochs are plotted 1-based, as the official trainer counts them; the weight decays once the
+    epoch e exceeds s (losses/wkd_l.py, cosine_decayed), so the first decayed epoch is floor(s) + 1."""
     from ..losses.wkd_l import decay_start_epoch
 
     epochs = (cfg.get("optim") or {}).get("epochs")
@@ -51,7 +50,7 @@ def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
         if t.get("name") not in ("wkd_l", "wkd_f") or not epochs:
             continue
         start = decay_start_epoch(t.get("decay_start"), t.get("decay_start_frac", 150 / 240), epochs)
-        if start is not None and math.floor(start) + 1 < epochs:  # some epoch e > start exists
+        if start is not None and math.floor(start) + 1 <= epochs:  # some epoch e > start exists
             out.append((t.get("id") or t["name"], float(math.floor(start) + 1), epochs))
     return out
 

@@ -7,12 +7,13 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from . import tooling
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -43,23 +44,11 @@ def summarise(rows: dict[str, list[dict]], baseline: str = "vanilla") -> list[di
     return out
 
 
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout  # "XY path" lines
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
-    paths = [line[3:] for line in dirty.splitlines() if line.strip()]
-    listed = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    return (head or "unknown") + (f" (with uncommitted changes to {listed})" if paths else "")
-
-
 def stamp(device: str = "cpu", command: list[str] | None = None) -> dict:
     """Where and how a result was produced (BENCHMARK.md: date, commit, torch, device, threads)."""
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _git_commit(),
+    git = tooling.load("stamp")  # the commit, when run from a checkout (benchtools/)
+    commit = git.git_commit() if git else "unknown (not run from a wdistill checkout)"
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
             "torch": torch.__version__, "device": device, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "command": shlex.join(command if command is not None else ["wdistill"] + sys.argv[1:])}

@@ -11,11 +11,8 @@ import torch.nn.functional as F
 from .. import losses, models
 from ..engine.distiller import Distiller
 from ..recipes import RECIPES
+from . import tooling
 from .measure import interleaved_medians
-
-# Issue targets: method step / lower bound.
-LOGIT_METHODS = ("kd", "dkd", "wkd_l")
-RATIO_TARGET = {"logit": 1.10, "feature": 1.25}
 
 
 @dataclass(frozen=True)
@@ -128,25 +125,23 @@ def measure_method(task: SyntheticTask, method: str, steps: int, warmup: int) ->
             tap.remove()
 
 
-def ratio_target(method: str) -> float:
-    return RATIO_TARGET["logit" if method in LOGIT_METHODS else "feature"]
-
-
 def step_table(methods: list[str], setup: SpeedSetup = SpeedSetup(), progress=None) -> tuple[dict, list[dict]]:
     """One row per method: median step seconds, its own interleaved lower bound (student CE step +
-    teacher forward), ratio = step / bound, the issue's target and whether it is met. The summary
+    teacher forward), ratio = step / bound, and, in a checkout with benchtools/, the project's target
+    for the ratio and whether it is met (None without it). The summary
     bound is the median of the per-method bounds (with their min and max, to show the drift)."""
     if setup.steps < 1 or setup.warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {setup.steps}, {setup.warmup}")
     task = SyntheticTask(setup)
+    targets = tooling.load("targets")
     rows = []
     for m in methods:
         if progress:
             progress(m)
         r = measure_method(task, m, setup.steps, setup.warmup)
         r["bound_s"] = r["student_ce_step"] + r["teacher_forward"]
-        r.update(method=m, ratio=r["step_s"] / r["bound_s"], target=ratio_target(m))
-        r["met"] = r["ratio"] <= r["target"]
+        r.update(method=m, ratio=r["step_s"] / r["bound_s"], target=targets.ratio_target(m) if targets else None)
+        r["met"] = None if r["target"] is None else r["ratio"] <= r["target"]
         rows.append(r)
     bounds = [r["bound_s"] for r in rows]
     bound = {"student_ce_step": statistics.median(r["student_ce_step"] for r in rows),

@@ -3,7 +3,8 @@
 images 10,000..14,999), seed 0, quick schedule. The test set is never looked at.
 
 A candidate is a dict ``{"term.param": value}`` applied to the method's CIFAR-100 recipe
-(``recipes.RECIPES``); the first candidate of every method is that recipe unchanged. Every method
+(``recipes.RECIPES``); the first candidate of every method is that recipe unchanged. Each method
+declares its candidates next to its term (``grid=`` of ``wdistill.losses.published.publish``). Every method
 gets the same budget, 3 candidates: the published setting and, for a weight, x0.3 and x3 of it
 (a bracket: from 100 to 10 classes CE shrinks from ~log 100 to ~log 10, so the best weight may
 move either way). Where a method has a temperature or a recipe-specific choice the two others
@@ -15,38 +16,14 @@ from __future__ import annotations
 
 import copy
 
-def _bracket(term: str, key: str, value: float) -> list[dict]:
-    """The published value, and x0.3 and x3 of it."""
-    return [{}, {f"{term}.{key}": round(value * 0.3, 6)}, {f"{term}.{key}": round(value * 3, 6)}]
+from ..losses import published
 
-
-CANDIDATES: dict[str, list[dict]] = {
-    "kd": [{}, {"kd.T": 2}, {"kd.T": 8}],
-    "fitnet": _bracket("fitnet", "weight", 100.0),
-    "at": _bracket("at", "weight", 1000.0),
-    "sp": _bracket("sp", "weight", 3000.0),
-    "cc": _bracket("cc", "weight", 0.02),
-    "vid": _bracket("vid", "weight", 1.0),
-    "rkd": _bracket("rkd", "weight", 1.0),
-    "pkt": _bracket("pkt", "weight", 30000.0),
-    # AB / FSP: the published main stage is CE only; the alternatives keep the loss on after the init stage.
-    "ab": [{}, {"ab.main_weight": 1.0}, {"ab.main_weight": 3.0}],
-    "ft": _bracket("ft", "weight", 200.0),
-    "fsp": [{}, {"fsp.main_weight": 0.1}, {"fsp.main_weight": 1.0}],  # x weight 50: 5 and 50
-    "nst": _bracket("nst", "weight", 50.0),
-    "crd": _bracket("crd", "weight", 0.8),
-    "crd_kd": _bracket("crd", "weight", 0.8),
-    "dkd": [{}, {"dkd.beta": 2.0}, {"dkd.beta": 2.0, "dkd.T": 2}],
-    "wkd_l": [{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 100.0, "wkd_l.tau": 4.0}],
-    "wkd_f": _bracket("wkd_f", "lambda_f", 0.08),
-    "wkd_lf": [{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 10.0, "wkd_l.tau": 4.0}],
-    "wcord": _bracket("wcord", "weight", 1.0),
-    "wcord_kd": _bracket("wcord", "weight", 1.0),
-}
+# Each method's ``grid`` (``published.publish`` next to its term), in protocol order; a live view.
+CANDIDATES = published.grids_view()
 MAX_CANDIDATES = 4
-# Order in which `bench accuracy --tune` works through the methods when time is short.
-PRIORITY = ["kd", "wkd_l", "wkd_lf", "wkd_f", "dkd", "crd", "wcord", "wcord_kd", "crd_kd", "fitnet", "at", "sp",
-            "cc", "vid", "rkd", "pkt", "nst", "ft", "ab", "fsp"]
+# Order in which `bench accuracy --tune` works through the methods when time is short (each
+# method's ``tune_priority``).
+PRIORITY = published.priority_view()
 
 
 def apply_candidate(terms: list[dict], candidate: dict) -> list[dict]:

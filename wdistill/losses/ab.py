@@ -7,6 +7,7 @@ import torch.nn as nn
 from ._common import paired_maps
 from .base import ConfigError, Stage, Term
 from .heads import ConvReg
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -89,3 +90,9 @@ class AB(Term):
         if self.main_weight == 0:
             return student["logits"].new_zeros(())
         return self.main_weight * self.ab_loss(student, teacher, batch)
+
+
+# Published recipe (RepDistiller): a 30-epoch init stage on the AB loss, then CE only (main_weight 0);
+# the other candidates keep the loss on in the main stage.
+publish("ab", label="AB", order=9, terms=[ce(), {"name": "ab", "weight": 1.0, "init_epochs": 30, "main_weight": 0.0}],
+        grid=[{}, {"ab.main_weight": 1.0}, {"ab.main_weight": 3.0}], tune_priority=18)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ._common import attention_map, match_spatial, paired_maps
 from .base import Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -35,3 +36,8 @@ class AT(Term):
             f_s, f_t = match_spatial(f_s, f_t)
             loss = loss + (attention_map(f_s, self.p) - attention_map(f_t, self.p)).pow(2).mean()
         return loss
+
+
+# Published recipe (RepDistiller: CE + 1000 * AT); tuned over x0.3 / x1 / x3 of the weight.
+publish("at", label="AT", order=3, terms=[ce(), {"name": "at", "weight": 1000.0}],
+        grid=bracket("at", "weight", 1000.0), tune_priority=10)

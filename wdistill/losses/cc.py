@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ConfigError, Term
+from .published import bracket, ce, publish
 from .registry import register
 
 FORMS = ("reference", "paper")
@@ -71,3 +72,8 @@ class CC(Term):
             return e_s.sum() * 0.0
         d = (e_s - e_t).abs()
         return (d[:-1] * d[1:]).sum(1).mean()
+
+
+# Published recipe (RepDistiller: CE + 0.02 * CC); tuned over x0.3 / x1 / x3 of the weight.
+publish("cc", label="CC", order=5, terms=[ce(), {"name": "cc", "weight": 0.02}],
+        grid=bracket("cc", "weight", 0.02), tune_priority=12)

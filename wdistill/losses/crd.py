@@ -10,6 +10,7 @@ from .base import ConfigError, Term
 from .heads import Embed
 from .memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401 (re-exported)
                      check_options, init_bank, momentum_update_, resolve_scoring)
+from .published import bracket, ce, publish
 from .registry import register
 
 POSITIVES = ("exact", "relax")
@@ -181,3 +182,11 @@ class CRD(Term):
         if self.training:
             self._pending.add(index, e_s, e_t)
         return loss
+
+
+# Published recipes (RepDistiller run_cifar_distill.sh: CE + 0.8 CRD; CRD+KD adds KD at alpha 1, T=4),
+# with 4096 negatives instead of 16384 (the benchmark's small training sets).
+_CRD = {"name": "crd", "weight": 0.8, "num_negatives": 4096}
+publish("crd", label="CRD", order=13, terms=[ce(), _CRD], grid=bracket("crd", "weight", 0.8), tune_priority=5)
+publish("crd_kd", label="CRD+KD", order=14, terms=[ce(), {"name": "kd", "weight": 1.0, "T": 4}, _CRD],
+        grid=bracket("crd", "weight", 0.8), tune_priority=8, demo=3)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ConfigError, Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -72,3 +73,15 @@ class DKD(Term):
             raise ConfigError("dkd needs at least 2 classes (it splits target from non-target)")
         tckd, nckd = dkd_parts(s_logits, teacher["logits"].detach(), batch["target"], self.T)
         return self.warmup_factor(int(batch["epoch"])) * (self.alpha * tckd + self.beta * nckd)
+
+
+# Published recipe (mdistiller): CE + DKD, alpha 1, beta 8, T 4, 20-epoch warm-up; the candidates try
+# beta 2 (mdistiller's value for small-gap pairs) at T 4 and T 2.
+publish("dkd", label="DKD", order=15, terms=[ce(), {"name": "dkd", "weight": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4,
+                                                    "warmup": 20}],
+        grid=[{}, {"dkd.beta": 2.0}, {"dkd.beta": 2.0, "dkd.T": 2}], tune_priority=4, demo=2)
+# Published per pair (mdistiller configs/cifar100/dkd/*.yaml): the NCKD weight beta; 8 elsewhere.
+PAIR_BETA = {("resnet56", "resnet20"): 2, ("resnet110", "resnet32"): 2, ("vgg13", "vgg8"): 6,
+             ("vgg13", "MobileNetV2"): 6, ("wrn_40_2", "wrn_16_2"): 6, ("wrn_40_2", "wrn_40_1"): 6,
+             ("resnet32x4", "resnet8x4"): 8, ("resnet32x4", "ShuffleV1"): 8, ("resnet32x4", "ShuffleV2"): 8,
+             ("ResNet50", "MobileNetV2"): 8, ("wrn_40_2", "ShuffleV1"): 8}

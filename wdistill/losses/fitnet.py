@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from .base import ConfigError, Term
 from .heads import ConvReg
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -48,3 +49,8 @@ class FitNet(Term):
     def forward(self, student, teacher, batch):
         f_s = self.regressor(student["feats"][self.hint_layer])
         return F.mse_loss(f_s, teacher["feats"][self.hint_layer].detach())
+
+
+# Published recipe (RepDistiller: CE + 100 * hint loss); tuned over x0.3 / x1 / x3 of the weight.
+publish("fitnet", label="FitNet", order=2, terms=[ce(), {"name": "fitnet", "weight": 100.0}],
+        grid=bracket("fitnet", "weight", 100.0), tune_priority=9)

@@ -5,6 +5,7 @@ import torch
 
 from ._common import match_spatial, upcast
 from .base import ConfigError, Stage, Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -87,3 +88,10 @@ class FSP(Term):
         if self.main_weight == 0:
             return student["logits"].new_zeros(())
         return self.main_weight * self.fsp_loss(student, teacher, batch)
+
+
+# Published recipe (RepDistiller): a 30-epoch init stage on the FSP loss, then CE only (main_weight 0);
+# the other candidates keep it on at x0.1 and x1 of weight 50.
+publish("fsp", label="FSP", order=11, terms=[ce(), {"name": "fsp", "weight": 50.0, "init_epochs": 30,
+                                                    "main_weight": 0.0}],
+        grid=[{}, {"fsp.main_weight": 0.1}, {"fsp.main_weight": 1.0}], tune_priority=19)

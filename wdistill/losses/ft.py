@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ._common import attention_map, match_spatial
 from .base import ConfigError, Stage, Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -117,3 +118,9 @@ class FT(Term):
         f_s, f_t = match_spatial(f_s, f_t)
         # The factor map l2norm(flatten(mean_c F^p1)) is AT's attention map.
         return (attention_map(f_s, self.p1) - attention_map(f_t, self.p1)).abs().pow(self.p2).mean()
+
+
+# Published recipe (RepDistiller): paraphraser pre-trained 30 epochs (at lr 0.01 for resnet students,
+# pretrain.py), then CE + 200 * FT.
+publish("ft", label="FT", order=10, terms=[ce(), {"name": "ft", "weight": 200.0, "init_epochs": 30, "init_lr": 0.01}],
+        grid=bracket("ft", "weight", 200.0), tune_priority=17)

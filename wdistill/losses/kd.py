@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -46,3 +47,9 @@ class KD(Term):
 
     def forward(self, student, teacher, batch):
         return kd_loss(student["logits"], teacher["logits"].detach(), self.T)
+
+
+# Published recipes: the student alone; KD as RepDistiller runs it (run_cifar_distill.sh: CE 0.1 + KD 0.9, T=4).
+publish("vanilla", label="vanilla", order=0, terms=[ce()], demo=0, quick=True)
+publish("kd", label="KD", order=1, terms=[ce(0.1), {"name": "kd", "weight": 0.9, "T": 4}],
+        grid=[{}, {"kd.T": 2}, {"kd.T": 8}], tune_priority=0, demo=1, quick=True)

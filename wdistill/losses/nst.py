@@ -5,6 +5,7 @@ import torch
 
 from ._common import match_spatial, paired_maps
 from .base import Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -50,3 +51,8 @@ class NST(Term):
         for f_s, f_t in paired_maps(self.name, student, teacher):
             loss = loss + nst_mmd(*match_spatial(f_s, f_t))
         return loss
+
+
+# Published recipe (RepDistiller: CE + 50 * NST); tuned over x0.3 / x1 / x3 of the weight.
+publish("nst", label="NST", order=12, terms=[ce(), {"name": "nst", "weight": 50.0}],
+        grid=bracket("nst", "weight", 50.0), tune_priority=16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .base import Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -39,3 +40,8 @@ class PKT(Term):
         p_s = _cosine_affinity(student["embed"].flatten(1), self.eps)
         p_t = _cosine_affinity(teacher["embed"].detach().flatten(1), self.eps)
         return (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).mean()
+
+
+# Published recipe (RepDistiller: CE + 30000 * PKT); tuned over x0.3 / x1 / x3 of the weight.
+publish("pkt", label="PKT", order=8, terms=[ce(), {"name": "pkt", "weight": 30000.0}],
+        grid=bracket("pkt", "weight", 30000.0), tune_priority=15)

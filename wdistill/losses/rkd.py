@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ._common import upcast
 from .base import Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -61,3 +62,8 @@ class RKD(Term):
             if self.angle_weight:
                 loss = loss + self.angle_weight * F.smooth_l1_loss(_angle_potential(s), _angle_potential(t))
             return loss
+
+
+# Published recipe (RepDistiller: CE + 1 * RKD); tuned over x0.3 / x1 / x3 of the weight.
+publish("rkd", label="RKD", order=7, terms=[ce(), {"name": "rkd", "weight": 1.0}],
+        grid=bracket("rkd", "weight", 1.0), tune_priority=14)

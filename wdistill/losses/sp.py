@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ._common import upcast
 from .base import Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -27,3 +28,8 @@ class SP(Term):
             g_s = F.normalize(f_s @ f_s.t(), dim=1)
             g_t = F.normalize(f_t @ f_t.t(), dim=1)
             return (g_t - g_s).pow(2).sum() / f_s.shape[0] ** 2
+
+
+# Published recipe (RepDistiller: CE + 3000 * SP); tuned over x0.3 / x1 / x3 of the weight.
+publish("sp", label="SP", order=4, terms=[ce(), {"name": "sp", "weight": 3000.0}],
+        grid=bracket("sp", "weight", 3000.0), tune_priority=11)

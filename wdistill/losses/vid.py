@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ._common import match_spatial, paired_maps
 from .base import ConfigError, Term
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -68,3 +69,8 @@ class VID(Term):
             sq_err = (reg(f_s) - f_t).pow(2).mean((0, 2, 3))
             loss = loss + 0.5 * (sq_err / var + var.log()).mean()
         return loss
+
+
+# Published recipe (RepDistiller: CE + 1 * VID); tuned over x0.3 / x1 / x3 of the weight.
+publish("vid", label="VID", order=6, terms=[ce(), {"name": "vid", "weight": 1.0}],
+        grid=bracket("vid", "weight", 1.0), tune_priority=13)

@@ -11,6 +11,7 @@ from . import dist as ddist
 from .base import ConfigError, SetupContext, Term
 from .heads import Embed
 from .memory import ClassSampler, PendingRows, bank_scores, check_options, init_bank, momentum_update_, resolve_scoring
+from .published import bracket, ce, publish
 from .registry import register
 
 
@@ -205,3 +206,12 @@ class WCoRD(Term):
         idx, h_s, h_t = rows
         momentum_update_(self.memory_s, idx, h_s, self.momentum)
         momentum_update_(self.memory_t, idx, h_t, self.momentum)
+
+
+# Published recipes (WCoRD paper: lambda1 0.8, lambda2 0.1; +KD at CRD+KD's alpha 1, T=4), with 4096
+# negatives (the benchmark's small training sets) and the memory-bank positives.
+_WCORD = {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096, "positives": "memory"}
+publish("wcord", label="WCoRD", order=19, terms=[ce(), _WCORD], grid=bracket("wcord", "weight", 1.0),
+        tune_priority=6)
+publish("wcord_kd", label="WCoRD+KD", order=20, terms=[ce(), {"name": "kd", "weight": 1.0, "T": 4}, _WCORD],
+        grid=bracket("wcord", "weight", 1.0), tune_priority=7, demo=6, quick=True)

@@ -8,8 +8,10 @@ import torch.nn as nn
 from .. import ot
 from .base import ConfigError, SetupContext, Term
 from .heads import ConvReg
+from .published import bracket, ce, publish
 from .registry import register
 from .wkd_l import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch
+from .wkd_official import CIFAR as OFFICIAL_CIFAR, f_params, l_params
 
 
 def _cells(size: int, grid: int) -> list[tuple[int, int]]:
@@ -148,3 +150,16 @@ class WKDFeatures(Term):
         start = decay_start_epoch(self.decay_start, self.decay_start_frac, batch.get("num_epochs"))
         weight = cosine_decayed(self.lambda_f, batch.get("epoch", 0), batch.get("num_epochs"), start)
         return weight * (self.gamma * mean_loss + cov_loss)
+
+
+# Published recipes: the official resnet32x4 -> resnet8x4 settings (wkd_official); the L+F candidates
+# move WKD-L as its own row's do.
+_DECAY = {"decay_start_frac": DEFAULT_DECAY_FRAC}
+_ROW = OFFICIAL_CIFAR["homogeneous"]
+publish("wkd_f", label="WKD-F", order=17, tune_priority=3,
+        terms=[ce(), {"name": "wkd_f", "weight": 1.0, **f_params(_ROW["F"]), **_DECAY}],
+        grid=bracket("wkd_f", "lambda_f", _ROW["F"]["lambda_f"]))
+publish("wkd_lf", label="WKD-L+WKD-F", order=18, tune_priority=2, demo=5, quick=True, terms=[
+    ce(), {"name": "wkd_l", "weight": 1.0, **l_params(_ROW["LF"]), **_DECAY},
+    {"name": "wkd_f", "weight": 1.0, **f_params(_ROW["LF"]), **_DECAY}],
+    grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 10.0, "wkd_l.tau": 4.0}])

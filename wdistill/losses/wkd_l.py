@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from .. import ot
 from .._io import FileLoadError, safe_load
 from .base import ConfigError, SetupContext, Term
+from .published import ce, publish
 from .registry import register
 from .wkd_cost import classifier_weight, load_or_build_cka
+from .wkd_official import CIFAR as OFFICIAL_CIFAR, l_params
 
 # Published CIFAR-100 decay start: epoch 150 of 240.
 DEFAULT_DECAY_FRAC = 150 / 240
@@ -29,10 +31,17 @@ def decay_start_epoch(decay_start: float | None, decay_start_frac: float | None,
 
 
 def cosine_decayed(weight: float, epoch: int, num_epochs: int | None, start: float | None) -> float:
-    """WKD schedule: ``w`` before epoch s, then ``w * 0.5 * (1 + cos(pi (e - s) / (E - s)))``."""
-    if start is None or epoch < start or num_epochs is None or num_epochs <= start:
+    """WKD's weight at 0-based ``epoch`` of ``num_epochs``, as the official trainer computes it.
+
+    The official trainer counts epochs from 1 and decays once that count e exceeds s:
+    ``w`` while e <= s, then ``w * 0.5 * (1 + cos(pi (e - s) / (E - s)))``, which is 0 at the last
+    epoch (official mdistiller/distillers/WKD.py, ``kwargs['epoch'] > decay_start_epoch``)."""
+    if start is None or num_epochs is None or num_epochs <= start:
         return weight
-    return weight * 0.5 * (1 + math.cos(math.pi * (epoch - start) / (num_epochs - start)))
+    e = epoch + 1  # the official 1-based epoch count
+    if e <= start:
+        return weight
+    return weight * 0.5 * (1 + math.cos(math.pi * (e - start) / (num_epochs - start)))
 
 
 def check_decay_args(decay_start, decay_start_frac) -> None:
@@ -58,7 +67,8 @@ def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Te
     Non-target parts: softmax at ``tau`` over the C-1 non-target classes for both models; the
     discrete WD between them under the category cost is solved with the full (C, C) cost and the
     target's mass set to 0 in both marginals, which equals the per-sample (C-1)x(C-1) problem
-    (see :func:`wkd_l_reference`) without forming per-sample costs. WD = <P, cost>, no entropy term.
+    (``benchtools.kernels.wkd_l_reference`` in a checkout) without forming per-sample costs.
+    WD = <P, cost>, no entropy term.
 
     Args:
         s_logits, t_logits: (B, C) logits (teacher is detached here).
@@ -89,28 +99,6 @@ def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Te
     return loss_t, wd.mean()
 
 
-def wkd_l_reference(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,
-                    tau: float, reg: float = 0.05, num_iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Straightforward WKD-L: drop the target column, gather a (C-1)x(C-1) cost per sample and run
-    the plain Sinkhorn recursion on each. O(B C^2) memory; for tests and speed comparisons only."""
-    y = _labels(target)
-    B, C = s_logits.shape
-    keep = torch.ones(B, C, dtype=torch.bool, device=s_logits.device).scatter(1, y.unsqueeze(1), False)
-    log_ps = F.log_softmax(s_logits, dim=1)
-    pt = F.softmax(t_logits.detach(), dim=1)
-    loss_t = -(pt[torch.arange(B), y] * log_ps[torch.arange(B), y]).mean()
-    ps = F.softmax(s_logits[keep].reshape(B, C - 1) / tau, dim=1)
-    pt_nt = F.softmax(t_logits.detach()[keep].reshape(B, C - 1) / tau, dim=1)
-    costs = cost.to(ps.dtype).expand(B, C, C)[keep.unsqueeze(2) & keep.unsqueeze(1)].reshape(B, C - 1, C - 1)
-    K = torch.exp(-costs / reg)
-    u = torch.full_like(ps, 1.0 / (C - 1))
-    for _ in range(num_iters):
-        v = pt_nt / ((K.transpose(1, 2) @ u.unsqueeze(2)).squeeze(2) + 1e-8)
-        u = ps / ((K @ v.unsqueeze(2)).squeeze(2) + 1e-8)
-    plan = u.unsqueeze(2) * K * v.unsqueeze(1)
-    return loss_t, (plan * costs).sum((1, 2)).mean()
-
-
 @register
 class WKDLogits(Term):
     """WKD-L (Lv, Yang, Li, "Wasserstein Distance Rivals Kullback-Leibler Divergence for Knowledge
@@ -127,9 +115,11 @@ class WKDLogits(Term):
     epochs), Sinkhorn reg=0.05 with 10 plain-domain iterations (``solver="log"`` runs to convergence).
 
     cost: "cka" (teacher class features, built in setup and cached by the teacher's checksum;
-    ``cka_mode`` "features" = last-stage map rows as on CIFAR, "logits" as on ImageNet),
-    "cosine_classifier" (1 - cosine of the teacher's classifier rows), a path to a saved (C, C)
-    tensor, or a tensor.
+    ``cka_mode`` "features" = last-stage map rows, "logits" = one logit row per image; the official
+    generator's choice per teacher is ``wkd_official.CKA_SOURCE``), "cosine_classifier" (1 - cosine of the
+    teacher's classifier rows), a path to a saved (C, C) cost, or a tensor. As in the official code,
+    kappa sharpens both built distances, ``c = 1 - exp(-kappa d)``; a saved or given cost is used as
+    it is (``wdistill cost-matrix --kappa`` applies kappa when it writes one).
     """
 
     name = "wkd_l"
@@ -166,7 +156,9 @@ class WKDLogits(Term):
         if spec == "cosine_classifier":
             if ctx.teacher is None:
                 raise ConfigError("cost='cosine_classifier' needs a teacher")
-            return ot.classifier_cost(classifier_weight(ctx.teacher, ctx.num_classes).float())
+            # The official code sharpens whatever distance it uses by kappa, this one included.
+            dist = ot.classifier_cost(classifier_weight(ctx.teacher, ctx.num_classes).float())
+            return 1 - torch.exp(-self.kappa * dist)
         if isinstance(spec, str):
             try:
                 cost = safe_load(spec, what="WKD-L cost file",
@@ -193,3 +185,11 @@ class WKDLogits(Term):
                 self.reg, self.num_iters, self.solver, **({"tol": self.tol, "max_iters": self.max_iters}
                                                           if self.solver == "log" else {}))
         return loss_t + self.weight_at(batch) * wd
+
+
+# Published recipe: the official resnet32x4 -> resnet8x4 setting (wkd_official); candidates: weight
+# 30 at tau 4 (an independent small-data point) and 100 at tau 4.
+publish("wkd_l", label="WKD-L", order=16, terms=[ce(), {"name": "wkd_l", "weight": 1.0,
+        **l_params(OFFICIAL_CIFAR["homogeneous"]["L"]), "decay_start_frac": DEFAULT_DECAY_FRAC}],
+        grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 100.0, "wkd_l.tau": 4.0}],
+        tune_priority=1, demo=4, quick=True)

@@ -1,18 +1,43 @@
-"""Kernel benchmarks of `wdistill bench speed`: OT losses beside a straightforward formulation,
-CRD bank scoring, augmentation throughput. Every pair is also checked to give the same value."""
+"""Kernel benchmarks of `wdistill bench speed`: OT losses beside a straightforward formulation
+(and POT), CRD bank scoring, augmentation throughput. Every pair is also checked to give the same
+value. Project tooling: lives beside the package, not in it (`wdistill bench speed` uses it when run
+from a checkout)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .. import ot
-from ..data.augment import Augment
-from ..losses.crd import nce_loss
-from ..losses.memory import bank_scores
-from ..losses.wcord import WCoRD
-from ..losses.wkd_f import wkd_f_parts
-from ..losses.wkd_l import wkd_l_parts, wkd_l_reference
-from .measure import interleaved_medians, median_time, peak_memory
+from wdistill import ot
+from wdistill.bench.measure import interleaved_medians, median_time, peak_memory
+from wdistill.data.augment import Augment
+from wdistill.losses.crd import nce_loss
+from wdistill.losses.memory import bank_scores
+from wdistill.losses.wcord import WCoRD
+from wdistill.losses.wkd_f import wkd_f_parts
+from wdistill.losses.wkd_l import _labels, wkd_l_parts
+
+
+def wkd_l_reference(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,
+                    tau: float, reg: float = 0.05, num_iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straightforward WKD-L: drop the target column, gather a (C-1)x(C-1) cost per sample and run
+    the plain Sinkhorn recursion on each. O(B C^2) memory; for tests and speed comparisons only."""
+    y = _labels(target)
+    B, C = s_logits.shape
+    keep = torch.ones(B, C, dtype=torch.bool, device=s_logits.device).scatter(1, y.unsqueeze(1), False)
+    log_ps = F.log_softmax(s_logits, dim=1)
+    pt = F.softmax(t_logits.detach(), dim=1)
+    loss_t = -(pt[torch.arange(B), y] * log_ps[torch.arange(B), y]).mean()
+    ps = F.softmax(s_logits[keep].reshape(B, C - 1) / tau, dim=1)
+    pt_nt = F.softmax(t_logits.detach()[keep].reshape(B, C - 1) / tau, dim=1)
+    costs = cost.to(ps.dtype).expand(B, C, C)[keep.unsqueeze(2) & keep.unsqueeze(1)].reshape(B, C - 1, C - 1)
+    K = torch.exp(-costs / reg)
+    u = torch.full_like(ps, 1.0 / (C - 1))
+    for _ in range(num_iters):
+        v = pt_nt / ((K.transpose(1, 2) @ u.unsqueeze(2)).squeeze(2) + 1e-8)
+        u = ps / ((K @ v.unsqueeze(2)).squeeze(2) + 1e-8)
+    plan = u.unsqueeze(2) * K * v.unsqueeze(1)
+    return loss_t, (plan * costs).sum((1, 2)).mean()
 
 
 def _fwd_bwd(loss_fn, leaf: torch.Tensor):
@@ -170,7 +195,7 @@ def imagenet_augment_share(batch: int = 64, stored: int = 256, crop: int = 224, 
                            steps: int = 3, warmup: int = 1, seed: int = 0) -> dict:
     """RandomResizedCrop(``crop``) + flip + normalise of uint8 (batch, 3, stored, stored) batches,
     beside one CE training step of ``model`` on such a batch (same run): time and share of it."""
-    from ..models import create
+    from wdistill.models import create
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (batch, 3, stored, stored), dtype=torch.uint8, generator=g)
