@@ -80,7 +80,7 @@ class CRD(Term):
     init uniform in +-1/sqrt(feat_dim/3)) hold past student (``bank_s``) and teacher
     (``bank_t``) embeddings of every training row. For each sample, idx = [positive, K negatives]:
     the positive is the sample itself ("exact") or a random sample of its class ("relax"); the
-    negatives are drawn uniformly, with replacement, from the *other* classes (a loader-provided
+    negatives are drawn uniformly, without replacement, from the *other* classes (a loader-provided
     ``batch['contrast_index']`` (B, K+1) is used instead when present). Scores
     ``p_s = exp(<bank_t[idx], e_s> / tau) / Z_s`` (student anchor) and
     ``p_t = exp(<bank_s[idx], e_t> / tau) / Z_t`` (teacher anchor), with each Z fixed once, on the
@@ -90,15 +90,17 @@ class CRD(Term):
     ``sync_bank`` and torch.distributed running, the banks start from rank 0's, every rank applies
     every rank's rows and Z is the mean over ranks (the reference does not synchronise).
 
-    Deviation from RepDistiller: its loader draws negatives without replacement when K does not
-    exceed the other-class pool; drawing with replacement here keeps sampling a few tensor ops
-    (at K=16384 of 49500 CIFAR-100 candidates ~15% of draws repeat an earlier one).
+    Negatives are drawn without replacement whenever the other-class pool holds K rows
+    (RepDistiller's default), on the device (see :meth:`_distinct_negatives`); ``replacement=True``
+    draws them independently with replacement instead (one ``randint``; at K=16384 of 49500
+    CIFAR-100 candidates ~15% of those draws repeat an earlier one).
 
     Args:
         feat_dim: embedding width (128), num_negatives: K (16384), tau: temperature (0.07),
         momentum: bank momentum m (0.5), positive: "exact" or "relax" ("exact"),
         scoring: "auto", "gather" or "matmul" (same values; "auto" = matmul when N * B <= 64M),
-        sync_bank: all-gather bank updates across ranks under DDP (True).
+        sync_bank: all-gather bank updates across ranks under DDP (True),
+        replacement: draw negatives with replacement (False: without, as RepDistiller).
         (RepDistiller names: feat_dim, nce_k, nce_t, nce_m, mode.)
 
     Recommended weight: 0.8 (RepDistiller, CIFAR-100); CRD+KD adds ``kd`` with weight 1.
@@ -109,7 +111,7 @@ class CRD(Term):
 
     def __init__(self, feat_dim: int = 128, num_negatives: int = 16384, tau: float = 0.07,
                  momentum: float = 0.5, positive: str = "exact", scoring: str = "auto",
-                 sync_bank: bool = True):
+                 sync_bank: bool = True, replacement: bool = False):
         super().__init__()
         if positive not in POSITIVES:
             raise ConfigError(f"crd positive={positive!r} is unknown; use one of {POSITIVES}")
@@ -119,7 +121,8 @@ class CRD(Term):
             raise ConfigError(f"crd needs num_negatives >= 1, tau > 0 and 0 <= momentum < 1; got "
                               f"{num_negatives}, {tau}, {momentum} (published: 16384, 0.07, 0.5)")
         self.feat_dim, self.num_negatives, self.tau, self.momentum = feat_dim, num_negatives, tau, momentum
-        self.positive, self.scoring, self.sync_bank = positive, scoring, sync_bank
+        self.positive, self.scoring, self.sync_bank, self.replacement = positive, scoring, sync_bank, replacement
+        self._short_pool = False
         self.embed_s = self.embed_t = None
         self.register_buffer("Z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: unset
         self._z_ready = False
@@ -135,10 +138,15 @@ class CRD(Term):
         if int(others.min()) == 0:
             raise ConfigError("crd draws negatives from other classes, but the training set has a "
                               "single class; use a non-contrastive method (e.g. kd, rkd, pkt)")
-        if int(others.min()) < self.num_negatives:
+        # RepDistiller draws without replacement when the other-class pool holds K rows, else with.
+        self._short_pool = int(others.min()) < self.num_negatives
+        if self._short_pool and not self.replacement:
             warnings.warn(f"crd: some class has only {int(others.min())} samples of other classes, "
                           f"fewer than num_negatives={self.num_negatives}; negatives are drawn with "
                           "replacement, so they repeat (lower num_negatives to avoid it)")
+        self._max_count = int(counts.max())
+        steps = torch.arange(1, n + 1, device=dev)
+        self.register_buffer("_strides", steps[torch.gcd(steps, torch.tensor(n, device=dev)) == 1], persistent=False)
         # Class-sorted rows: the other-class rows of class c are every slot outside
         # [starts[c], starts[c] + counts[c]), so a negative is one random offset into N - n_c slots.
         self.register_buffer("_targets", targets, persistent=False)
@@ -173,13 +181,40 @@ class CRD(Term):
         b, k, n = index.shape[0], self.num_negatives, self._targets.shape[0]
         y = self._targets[index]
         count, start = self._counts[y], self._starts[y]
-        r = torch.randint(2 ** 62, (b, k), device=index.device) % (n - count)[:, None]
-        slot = r + (r >= start[:, None]) * count[:, None]
+        if self.replacement or self._short_pool:
+            r = torch.randint(2 ** 62, (b, k), device=index.device) % (n - count)[:, None]
+            slot = r + (r >= start[:, None]) * count[:, None]
+            neg = self._order[slot]
+        else:
+            neg = self._distinct_negatives(y)
         if self.positive == "exact":
             pos = index
         else:
             pos = self._order[start + torch.randint(2 ** 62, (b,), device=index.device) % count]
-        return torch.cat([pos[:, None], self._order[slot]], dim=1)
+        return torch.cat([pos[:, None], neg], dim=1)
+
+    def _distinct_negatives(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, K) rows of other classes than ``y``, distinct within each row, in a few tensor ops.
+
+        One random permutation ``perm`` of the N rows per step. Row b reads it along the
+        progression ``perm[(o_b + a_b j) mod N]``, j = 0, 1, ..., from a random offset o_b with a
+        random stride a_b coprime to N (so the progression visits every row once), and keeps the
+        first K rows whose class is not y_b. The progression is a bijection, so each row reads a
+        uniform ordering of the N rows, and dropping class y_b leaves a uniform ordering of its
+        other-class pool: each row's K negatives are a uniform K-subset drawn without
+        replacement, as RepDistiller's ``np.random.choice(..., replace=False)``. Rows of one step
+        share ``perm``; random strides keep their sets from being shifted copies of each other.
+        K + (largest class) reads always hold K rows of another class."""
+        b, k, n = y.shape[0], self.num_negatives, self._targets.shape[0]
+        dev = y.device
+        perm = torch.randperm(n, device=dev)
+        offset = torch.randint(n, (b, 1), device=dev)
+        stride = self._strides[torch.randint(len(self._strides), (b, 1), device=dev)]
+        steps = torch.arange(k + self._max_count, device=dev)
+        window = perm[(offset + stride * steps) % n]                         # (B, K + max count)
+        other = self._targets[window] != y[:, None]
+        keep = other & (torch.cumsum(other, 1) <= k)                       # the first K of them
+        return window[keep].view(b, k)
 
     def resolved_scoring(self, batch_size: int) -> str:
         """The scoring "auto" stands for at this batch size."""
