@@ -37,6 +37,7 @@ def _cmd_export(args) -> int:
     out = Path(args.output or run / f"student_{args.which}.pt")
     atomic_save({"model": model, "arch": state["arch"], "taps": cfg["student"].get("taps"),
                  "kwargs": cfg["student"].get("kwargs") or {}, "data": cfg.get("data"),  # eval's defaults
+                 "view": cfg["student"].get("view"),  # eval scores the student on its own view
                  "metrics": state["history"][-1] if state["history"] else {}}, out)
     print(f"wrote {out} ({len(model)} tensors, arch {state['arch']})")
     return 0
