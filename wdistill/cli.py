@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_front import add_eval_parser  # eval reads every file a run writes
     add_eval_parser(sub)
 
+    from .probe import add_probe_parser  # linear probe / fine-tuning of a run's student (CRD Figure 3)
+    add_probe_parser(sub)
+
     s = sub.add_parser("export", help="write the student-only weights of a run")
     s.add_argument("run_dir")
     s.add_argument("--which", choices=["best", "last"], default="best")
