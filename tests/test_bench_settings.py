@@ -82,3 +82,16 @@ def test_selfdistill_generations_chain(tmp_path, tiny, monkeypatch):
         assert t["model"] == "resnet8" and t["checkpoint"] == str(root / f"kd/seed0/gen{k - 1}/student.pt")
     assert set(_csv(out / "fmnist-settings-v1-selfdistill.csv")) == {"teacher (resnet8, CE)", "kd gen1", "kd gen2",
                                                                     "kd gen3"}
+
+
+def test_shipped_example_configs_are_what_the_driver_writes():
+    from wdistill.engine.config import PRESETS_DIR, list_presets, load_config
+    files = settings.preset_files()
+    on_disk = {p.relative_to(PRESETS_DIR).as_posix() for p in (PRESETS_DIR / "fmnist" / "settings").glob("*.yaml")}
+    assert on_disk == set(files), "run `python -m wdistill.bench.settings` to rewrite configs/fmnist/settings"
+    assert all((PRESETS_DIR / rel).read_text() == text for rel, text in files.items())
+    assert {"fmnist/settings/ensemble_crd", "fmnist/settings/privileged_crd", "fmnist/settings/crossmodal_crd",
+            "fmnist/settings/selfdistill_kd"} <= set(list_presets())
+    cfg = load_config("fmnist/settings/crossmodal_crd")
+    assert (cfg.teacher.view.name, cfg.student.view.name) == ("lowpass", "highpass")
+    assert len(load_config("fmnist/settings/ensemble_crd").teachers) == 4

@@ -246,3 +246,63 @@ def ensemble_chart(table: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ---- example configs shipped with the package: configs/fmnist/settings/*.yaml ---------------------
+PRESETS = {  # file stem: (setting, row of the plan, what it is, how to run it)
+    "ensemble_kd": ("ensemble", "kd n=4", "KD from an ensemble of 4 resnet32 teachers (mean distribution)",
+                    "wdistill distill"),
+    "ensemble_crd": ("ensemble", "crd n=4", "CRD from 4 resnet32 teachers (one memory bank and head per "
+                     "teacher, weighted 1/4)", "wdistill distill"),
+    "ensemble_wkd_l": ("ensemble", "wkd_l n=4", "WKD-L from 4 resnet32 teachers (mean distributions, mean of the "
+                       "teachers' CKA costs)", "wdistill distill"),
+    "privileged_crd": ("privileged", "crd", "privileged information: the teacher sees 28x28, the resnet8 student "
+                       "the same crop 2x average-pooled to 14x14; CRD", "wdistill distill"),
+    "privileged_wcord_kd": ("privileged", "wcord_kd", "privileged information (student on 14x14); WCoRD+KD",
+                            "wdistill distill"),
+    "crossmodal_teacher": ("crossmodal", "teacher", "cross-modal: the resnet32 teacher trained on the lowpass view "
+                           "(5x5 box blur)", "wdistill train"),
+    "crossmodal_crd": ("crossmodal", "crd", "cross-modal: lowpass teacher, highpass student (image minus the "
+                       "blur); CRD", "wdistill distill"),
+    "crossmodal_wcord": ("crossmodal", "wcord", "cross-modal: lowpass teacher, highpass student; WCoRD",
+                         "wdistill distill"),
+    "selfdistill_teacher": ("selfdistill", "teacher (resnet8, CE)", "self-distillation: the resnet8 teacher, "
+                            "trained by cross-entropy on the student schedule", "wdistill train"),
+    "selfdistill_kd": ("selfdistill", "kd gen1", "self-distillation: born-again resnet8 generations by KD",
+                       "wdistill distill --generations 3"),
+    "selfdistill_wkd_l": ("selfdistill", "wkd_l gen1", "self-distillation: born-again resnet8 generations by "
+                          "WKD-L", "wdistill distill --generations 3"),
+}
+
+
+def preset_files() -> dict[str, str]:
+    """{path under configs/: YAML text} of the shipped example configs, seed 0 of the benchmark's
+    runs (same run directories, so `wdistill bench settings` reuses what they train)."""
+    import yaml
+
+    files = {}
+    jobs = {(s, row): cfg for s in SETTINGS for row, seed, cfg in plan(s, [0]) if seed in (0, None)}
+    for stem, (setting, row, what, how) in PRESETS.items():
+        if how.endswith("--generations 3"):  # the chain's own config: generation 1's teacher, the base name
+            m = row.split()[0]
+            cfg = _student(m, 0, f"selfdistill/{m}/seed0", "runs/bench", None)
+            cfg["teacher"] = _section(jobs[(setting, "teacher (resnet8, CE)")])
+        else:
+            cfg = jobs[(setting, row)]
+        teachers = cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
+        header = [f"# FMNIST-KD v1, {what}.",
+                  "# An example config of BENCHMARK section C (`wdistill bench settings --setting "
+                  f"{setting}` runs every row); written by wdistill.bench.settings.preset_files.",
+                  f"# Run: {how} configs/fmnist/settings/{stem}.yaml"]
+        if teachers:
+            header.append("# Needs the teacher checkpoint(s) " + ", ".join(t["checkpoint"] for t in teachers)
+                          + ": `wdistill bench settings` (or `wdistill train` of the teacher's config) trains them.")
+        files[f"fmnist/settings/{stem}.yaml"] = "\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False)
+    return files
+
+
+if __name__ == "__main__":  # python -m wdistill.bench.settings: rewrite the shipped example configs
+    from ..engine.config import PRESETS_DIR
+    for rel, text in preset_files().items():
+        atomic_write_text(text, PRESETS_DIR / rel)
+        print(f"wrote {PRESETS_DIR / rel}")
