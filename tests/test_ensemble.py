@@ -136,3 +136,27 @@ def test_wkd_l_ensemble_cost_is_the_mean_of_the_members_costs(tmp_path, teachers
     costs = [build_cost_matrix(d.member_tap(i), tr.data.plain_batches(), 10, progress=False) for i in range(2)]
     assert not torch.allclose(costs[0], costs[1], atol=1e-3)
     assert torch.allclose(d.terms["wkd_l"].cost.cpu(), (costs[0] + costs[1]) / 2, atol=1e-5)
+
+
+def test_wkd_l_reads_each_part_at_its_own_temperature():
+    """With an ensemble, WKD-L's target part uses the mean of the members' T=1 softmaxes and its
+    non-target part the mean of their softmaxes at tau, renormalised over the non-target classes."""
+    from wdistill import losses, ot
+    from wdistill.engine.distiller import mean_output
+    torch.manual_seed(0)
+    B, C, tau = 6, 5, 4.0
+    s = torch.randn(B, C, dtype=torch.float64)
+    members = [{"logits": torch.randn(B, C, dtype=torch.float64) * 3} for _ in range(3)]
+    y = torch.randint(0, C, (B,))
+    cost = torch.rand(C, C, dtype=torch.float64)
+    cost = (cost + cost.T) / 2 * (1 - torch.eye(C, dtype=torch.float64))
+    term = losses.create("wkd_l", tau=tau, cost=cost, decay_start_frac=None, lambda_l=2.0)
+    got = term({"logits": s}, mean_output(members, term.ensemble_T), {"target": y, "epoch": 0, "num_epochs": 1})
+    p1 = sum(F.softmax(m["logits"], 1) for m in members) / 3
+    loss_t = -(p1[torch.arange(B), y] * F.log_softmax(s, 1)[torch.arange(B), y]).mean()
+    ptau = sum(F.softmax(m["logits"] / tau, 1) for m in members) / 3
+    keep = torch.ones(B, C, dtype=torch.bool).scatter(1, y[:, None], False)
+    pt_nt = torch.where(keep, ptau, 0) / (ptau * keep).sum(1, keepdim=True)
+    ps_nt = F.softmax(s.scatter(1, y[:, None], float("-inf")) / tau, 1)
+    wd = ot.sinkhorn2(ps_nt, pt_nt, term.cost.to(torch.float64), term.reg, term.num_iters).mean()
+    assert got.item() == pytest.approx((loss_t + 2.0 * wd).item(), rel=1e-6)
