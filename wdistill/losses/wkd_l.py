@@ -173,7 +173,7 @@ class WKDLogits(Term):
 
     def _build_cost(self, ctx: SetupContext) -> torch.Tensor:
         spec = self.cost_spec
-        members = ctx.extra.get("members")
+        members = getattr(ctx, "extra", {}).get("members")
         if members and spec in ("cka", "cosine_classifier"):  # an ensemble: the mean of the members' costs
             return torch.stack([self._build_cost(m).float().to(ctx.device) for m in members]).mean(0)
         if spec == "cka":
