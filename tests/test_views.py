@@ -124,3 +124,19 @@ def test_privileged_student_is_evaluated_on_its_view(tmp_path, teacher_ckpt, cap
     assert on_full["loss"] != pytest.approx(out["loss"], rel=1e-4)
     assert cli.main(["eval", str(run), "--view", "identity"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(on_full["loss"], rel=1e-5)
+
+
+def test_a_teacher_trained_on_a_view_must_be_given_that_view(tmp_path, teacher_ckpt):
+    """`wdistill train` with student.view makes a view teacher; distilling from it with no
+    teacher.view is refused (it would see the full image), an explicit view is accepted."""
+    lowpass = {"name": "lowpass", "size": 5}
+    Trainer(load_config(_base(tmp_path, student={"model": "resnet8", "view": lowpass},
+                              run={"name": "t", "out_dir": str(tmp_path / "runs")})), log=lambda m: None).fit()
+    ckpt = str(tmp_path / "runs" / "t" / "student.pt")
+    loss = [{"name": "ce"}, {"name": "kd"}]
+    with pytest.raises(ConfigError, match="teacher.view is not set"):
+        Trainer(load_config(_base(tmp_path, teacher={"model": "resnet8", "checkpoint": ckpt}, loss=loss)))
+    tr = Trainer(load_config(_base(tmp_path, teacher={"model": "resnet8", "checkpoint": ckpt, "view": lowpass},
+                                   loss=loss)), log=lambda m: None)
+    assert tr.distiller.teacher_views[0].spec.name == "lowpass"
+    tr.close()

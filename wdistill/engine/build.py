@@ -73,6 +73,25 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
     return model
 
 
+def check_teacher_view(section, role: str = "teacher") -> None:
+    """Refuse a teacher trained on a view (its run's config.yaml says so) but fed the full image
+    because ``view`` was left unset: a silent mismatch would distil from a confused teacher."""
+    import yaml
+
+    from ..models.specs import resolve_path
+    if section.view is not None or not section.checkpoint:
+        return
+    beside = resolve_path(section.checkpoint).parent / "config.yaml"
+    try:
+        recorded = ((yaml.safe_load(beside.read_text()) or {}).get("student") or {}).get("view")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return
+    if isinstance(recorded, dict) and recorded.get("name", "identity") != "identity":
+        raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} was trained on the view {recorded} ({beside}) "
+                          f"but {role}.view is not set, so it would see the full image: set {role}.view to that view, "
+                          f"or {role}.view: {{name: identity}} to feed it the full image on purpose")
+
+
 def build_terms(cfg: RunConfig) -> list[tuple[str, float, losses.Term]]:
     terms = []
     for t in cfg.loss:

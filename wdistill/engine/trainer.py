@@ -20,7 +20,7 @@ from ..data import ImageDataset
 from ..data import build as data_build  # module, not name: data.build imports engine.config
 from . import checkpoint as ckpt
 from . import ddp
-from .build import build_model, build_terms, resolve_device
+from .build import build_model, build_terms, check_teacher_view, resolve_device
 from .config import ConfigError, RunConfig
 from .distiller import Distiller, lr_at
 from .ddp import init_distributed, sync_batchnorm
@@ -109,6 +109,8 @@ class Trainer:
             raise ConfigError(f"loss terms {[n for n, _, _ in terms if n != 'ce']} need a teacher: "
                               "add a 'teacher:' section (model + checkpoint)")
         t_taps = [s.taps for s in t_sections] if t_sections else None
+        for s in t_sections:
+            check_teacher_view(s)
         views = [cfg.student.view, *(s.view for s in t_sections)]
         for role, view in zip(["student"] + ["teacher"] * len(t_sections), views):
             try:
