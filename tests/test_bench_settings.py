@@ -76,7 +76,9 @@ def test_selfdistill_generations_chain(tmp_path, tiny, monkeypatch):
     runs, out = tmp_path / "runs", tmp_path / "out"
     settings.run_settings("selfdistill", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
     root = runs / "fmnist-settings-v1" / "selfdistill"
-    assert _cfg(root / "kd/seed0/gen1")["teacher"]["checkpoint"] == str(root / "teacher/seed0/student.pt")
+    vanilla = runs / "fmnist-kd-v1" / "vanilla" / "seed0"  # generation 0 is A's vanilla run, reused
+    assert _cfg(root / "kd/seed0/gen1")["teacher"]["checkpoint"] == str(vanilla / "student.pt")
+    assert (vanilla / "summary.json").is_file()
     for k in (2, 3):
         t = _cfg(root / f"kd/seed0/gen{k}")["teacher"]
         assert t["model"] == "resnet8" and t["checkpoint"] == str(root / f"kd/seed0/gen{k - 1}/student.pt")

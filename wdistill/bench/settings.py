@@ -13,8 +13,9 @@ under fmnist-kd-v1, shared); finished runs are skipped. Results:
   Both view settings: rows vanilla, KD, CRD, CRD+KD, WCoRD, WCoRD+KD, with the linear probe of
   each student (``wdistill probe``: logistic regression on the frozen embedding of the 10,000
   training images, scored on the test set).
-- selfdistill: a resnet8 teacher trained by CE (the student schedule), then born-again
-  generations 1-3 of resnet8 for KD and WKD-L (``wdistill distill --generations``).
+- selfdistill: the resnet8 teacher is A's vanilla student of the same seed (CE, the student
+  schedule), then born-again generations 1-3 of resnet8 for KD and WKD-L (as ``wdistill distill
+  --generations 3`` does).
 """
 from __future__ import annotations
 
@@ -94,7 +95,9 @@ def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, over
     else:  # selfdistill: generation k of each method from generation k-1's student
         from ..selfdistill import generation_config
         for seed in seeds:
-            base = apply_overrides(_student("vanilla", seed, f"selfdistill/teacher/seed{seed}", runs_root, root), ov)
+            # generation 0: A's vanilla resnet8 of this seed (CE, the student schedule), reused if finished
+            base = apply_overrides(protocol.student_config("vanilla", recipe("vanilla"), protocol.FULL, seed,
+                                                           runs_root, root), ov)
             jobs.append(("teacher (resnet8, CE)", seed, base))
             for m in SELF_METHODS:
                 cfg = _student(m, seed, f"selfdistill/{m}/seed{seed}", runs_root, root)
@@ -267,7 +270,7 @@ PRESETS = {  # file stem: (setting, row of the plan, what it is, how to run it)
     "crossmodal_wcord": ("crossmodal", "wcord", "cross-modal: lowpass teacher, highpass student; WCoRD",
                          "wdistill distill"),
     "selfdistill_teacher": ("selfdistill", "teacher (resnet8, CE)", "self-distillation: the resnet8 teacher, "
-                            "trained by cross-entropy on the student schedule", "wdistill train"),
+                            "trained by cross-entropy on the student schedule (A's vanilla row)", "wdistill train"),
     "selfdistill_kd": ("selfdistill", "kd gen1", "self-distillation: born-again resnet8 generations by KD",
                        "wdistill distill --generations 3"),
     "selfdistill_wkd_l": ("selfdistill", "wkd_l gen1", "self-distillation: born-again resnet8 generations by "
