@@ -73,3 +73,43 @@ def test_chain_without_a_teacher_starts_with_a_cross_entropy_generation(tmp_path
     assert [t["name"] for t in g2["loss"]] == ["ce", "kd"] and g2["teacher"]["checkpoint"].endswith("gen1/student.pt")
     with pytest.raises(SystemExit):
         cli.main(["distill", str(path), "--generations", "0"])
+
+
+def test_chain_resumes_after_sigkill(tmp_path, teacher_ckpt):
+    """The real thing: the CLI process is SIGKILLed in generation 2 (after it saved an epoch);
+    `--resume` skips generation 1, continues generation 2 from last.pt and trains generation 3."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _cfg(tmp_path, teacher={"model": "resnet14", "checkpoint": teacher_ckpt},
+               optim={"epochs": 6, "lr": 0.05, "schedule": "constant"})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    root = tmp_path / "runs" / "chain"
+    cmd = [sys.executable, "-m", "wdistill.cli", "distill", str(path), "--generations", "3"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (root / "gen2" / "last.pt").exists():
+            assert proc.poll() is None and time.time() < deadline, "the chain stopped before generation 2"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (root / "gen2" / "summary.json").exists(), "generation 2 finished before the kill"
+    epochs_before = torch.load(root / "gen2" / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= epochs_before < 6
+    out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "generation 1/3: finished earlier" in out.stdout
+    assert f"after epoch {epochs_before}" in out.stdout
+    summaries = json.loads((root / "generations.json").read_text())
+    assert [s["run"] for s in summaries] == ["chain/gen1", "chain/gen2", "chain/gen3"]
+    rows = [json.loads(l) for l in (root / "gen2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
