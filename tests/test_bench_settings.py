@@ -51,7 +51,8 @@ def test_ensemble_plan_and_results(tmp_path, tiny, monkeypatch):
 def test_view_settings_train_probe_and_reuse(tmp_path, tiny, monkeypatch, setting):
     monkeypatch.setattr(settings, "VIEW_METHODS", ("vanilla", "kd", "crd"))
     runs, out = tmp_path / "runs", tmp_path / "out"
-    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
+    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
+                          finetune_epochs=1)
     root = runs / "fmnist-settings-v1" / setting
     t_view, s_view = settings.VIEWS[setting]
     teacher_dir = runs / "fmnist-kd-v1" / ("teacher-lowpass/seed0" if t_view else "teacher/seed0")
@@ -63,11 +64,18 @@ def test_view_settings_train_probe_and_reuse(tmp_path, tiny, monkeypatch, settin
     rows = _csv(out / f"fmnist-settings-v1-{setting}.csv")
     probe = json.loads((root / "crd" / "seed0" / "probe.json").read_text())["linear"]
     assert float(rows["crd"]["probe_top1_mean"]) == pytest.approx(probe["top1"], abs=1e-4)
-    assert rows["teacher"]["probe_top1_mean"] == ""
+    assert rows["teacher"]["probe_top1_mean"] == "" and rows["teacher"]["finetune_top1_mean"] == ""
+    ft = json.loads((root / "crd" / "seed0" / "finetune" / "summary.json").read_text())
+    assert float(rows["crd"]["finetune_top1_mean"]) == pytest.approx(ft["final_top1"], abs=1e-4)
     # a second call trains and probes nothing: the same files from the finished runs
     monkeypatch.setattr("wdistill.probe.linear_probe", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr("wdistill.probe.finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
     before = (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1]
-    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, train=False)
+    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
+                          finetune_epochs=1)
+    assert (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1] == before
+    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, train=False,
+                          finetune_epochs=1)
     assert (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1] == before
 
 

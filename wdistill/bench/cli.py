@@ -52,7 +52,7 @@ def _cmd_settings(args) -> int:
     _threads(args.threads)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     table = run_settings(args.setting, seeds, args.runs, args.out, args.root, command=["wdistill"] + sys.argv[1:],
-                         train=not args.report_only)
+                         train=not args.report_only, finetune_epochs=args.finetune)
     for r in table:
         probe = "" if r.get("probe_mean") is None else f" probe {r['probe_mean']:6.2f}"
         print(f"{r['method']:>22s} {r['final_mean']:6.2f} (n={r['n']}){probe}")
@@ -118,6 +118,8 @@ def add_parsers(sub) -> None:
     st.add_argument("--setting", required=True, choices=["ensemble", "privileged", "crossmodal", "selfdistill"])
     st.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
     st.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
+    st.add_argument("--finetune", type=int, default=0, metavar="N",
+                    help="view settings: also fine-tune each student by CE for N epochs (CRD Figure 3); default 0, off")
     st.add_argument("--out", default="benchmarks", help="where the results files go")
     st.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
     st.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")

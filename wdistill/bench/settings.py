@@ -122,10 +122,25 @@ def probe_or_load(run_dir: Path, l2: float = PROBE_L2) -> float:
     return record(run_dir, "linear", linear_probe(run_dir, l2))["linear"]["top1"]
 
 
+def finetune_or_load(run_dir: Path, epochs: int, lr: float = 0.01) -> float:
+    """Test top-1 after fine-tuning the whole student by CE (``wdistill probe --finetune``), once."""
+    import json
+
+    from ..probe import finetune, record
+
+    f = run_dir / "probe.json"
+    if f.is_file():
+        ft = json.loads(f.read_text()).get("finetune")
+        if ft and ft.get("epochs") == epochs and ft.get("lr") == lr and (run_dir / "finetune" / "summary.json").is_file():
+            return ft["top1"]
+    return record(run_dir, "finetune", finetune(run_dir, epochs, lr, resume=True, log=lambda m: None))["finetune"]["top1"]
+
+
 def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/bench", out="benchmarks",
                  root=None, command: list[str] | None = None, log=print, overrides=None, teacher_overrides=None,
-                 train: bool = True) -> list[dict]:
-    """Train (or reuse) every job of ``setting``, probe the view settings' students, write results."""
+                 train: bool = True, finetune_epochs: int = 0) -> list[dict]:
+    """Train (or reuse) every job of ``setting``, probe the view settings' students (and fine-tune
+    them for ``finetune_epochs`` if > 0), write results."""
     seeds = list(seeds if seeds is not None else SCHEDULE.seeds)
     jobs = plan(setting, seeds, runs_root, root, overrides, teacher_overrides)
     get = run_or_load if train else (lambda cfg, log=None: load_finished(cfg))
@@ -142,13 +157,21 @@ def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/b
         result = {**summary, "seed": cfg["run"]["seed"]}
         if setting in VIEWS and not row.startswith("teacher"):
             result["probe_top1"] = probe_or_load(run_dir_of(cfg))
+            if finetune_epochs and train:
+                result["finetune_top1"] = finetune_or_load(run_dir_of(cfg), finetune_epochs)
+            elif finetune_epochs:  # report-only: what finished earlier
+                import json
+                ft = json.loads((run_dir_of(cfg) / "probe.json").read_text()).get("finetune") or {}
+                if ft.get("epochs") == finetune_epochs:
+                    result["finetune_top1"] = ft["top1"]
         rows.setdefault(row, []).append(result)
         settings.setdefault(row, describe(cfg["loss"]) or "CE only")
     bar.close()
     table = report.summarise(rows, baseline="vanilla")
     for r in table:
-        probes = [x["probe_top1"] for x in rows[r["method"]] if "probe_top1" in x]
-        r["probe_mean"], r["probe_std"] = report.mean_std(probes) if probes else (None, None)
+        for key in ("probe", "finetune"):
+            vals = [x[f"{key}_top1"] for x in rows[r["method"]] if f"{key}_top1" in x]
+            r[f"{key}_mean"], r[f"{key}_std"] = report.mean_std(vals) if vals else (None, None)
     write_results(setting, table, Path(out), settings, seeds, command, missing)
     return table
 
@@ -174,7 +197,8 @@ def findings(setting: str, table: list[dict]) -> list[str]:
             notes.append(f"More teachers help CRD more than KD (CRD Figure 4): "
                          f"{'yes' if gain['crd'] > gain['kd'] else 'NO'} (CRD {gain['crd']:+.2f}, KD {gain['kd']:+.2f}).")
     elif setting in VIEWS:
-        for key, what in (("final_mean", "student top-1"), ("probe_mean", "linear probe")):
+        for key, what in (("final_mean", "student top-1"), ("probe_mean", "linear probe"),
+                          ("finetune_mean", "fine-tuned top-1")):
             vals = {m: by[m][key] for m in ("kd", "crd", "wcord") if m in by and by[m].get(key) is not None}
             if len(vals) == 3:
                 ok = vals["wcord"] >= vals["crd"] > vals["kd"]
@@ -193,15 +217,18 @@ def write_results(setting: str, table: list[dict], out: Path, settings: dict, se
     stem = out / f"{SCHEDULE.name}-{setting}"
     stamp = report.stamp(command=command)
     probe = any(r.get("probe_mean") is not None for r in table)
+    ft = any(r.get("finetune_mean") is not None for r in table)
     head = "| row | test top-1 final (mean ± std) | error % |" + (" linear probe top-1 |" if probe else "") + \
-        " gain vs vanilla | runs | settings |"
+        (" fine-tuned top-1 |" if ft else "") + " gain vs vanilla | runs | settings |"
     lines = [f"# FMNIST settings v1: {setting}\n", report.stamp_markdown(stamp), (__doc__ or "").split("\n\n")[0]
-             .replace("\n", " ") + "\n", head, "|---|---:|---:|" + ("---:|" if probe else "") + "---:|---:|---|"]
+             .replace("\n", " ") + "\n", head,
+             "|---|---:|---:|" + ("---:|" if probe else "") + ("---:|" if ft else "") + "---:|---:|---|"]
     for r in table:
         pm = "" if r.get("probe_mean") is None else report._pm(r["probe_mean"], r["probe_std"], r["n"])
+        fm = "" if r.get("finetune_mean") is None else report._pm(r["finetune_mean"], r["finetune_std"], r["n"])
         gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
         lines.append(f"| {_label(r['method'])} | {report._pm(r['final_mean'], r['final_std'], r['n'])} | "
-                     f"{100 - r['final_mean']:.2f} |" + (f" {pm} |" if probe else "") +
+                     f"{100 - r['final_mean']:.2f} |" + (f" {pm} |" if probe else "") + (f" {fm} |" if ft else "") +
                      f" {gain} | {r['n']} | {settings.get(r['method'], '')} |")
     lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(setting, table)]
     if missing:
@@ -211,11 +238,13 @@ def write_results(setting: str, table: list[dict], out: Path, settings: dict, se
     buf = io.StringIO()
     buf.write("".join(f"# {k}: {v}\n" for k, v in {**stamp, "seeds": ",".join(map(str, seeds))}.items()))
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row", "runs", "final_top1_mean", "final_top1_std", "probe_top1_mean", "probe_top1_std", "settings"])
+    w.writerow(["row", "runs", "final_top1_mean", "final_top1_std", "probe_top1_mean", "probe_top1_std",
+                "finetune_top1_mean", "finetune_top1_std", "settings"])
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     for r in table:
         w.writerow([r["method"], r["n"], fmt(r["final_mean"]), fmt(r["final_std"]), fmt(r.get("probe_mean")),
-                    fmt(r.get("probe_std")), settings.get(r["method"], "")])
+                    fmt(r.get("probe_std")), fmt(r.get("finetune_mean")), fmt(r.get("finetune_std")),
+                    settings.get(r["method"], "")])
     atomic_write_text(buf.getvalue(), stem.with_suffix(".csv"))
     if setting == "ensemble":
         ensemble_chart(table, stem.with_suffix(".png"))
