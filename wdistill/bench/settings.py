@@ -287,7 +287,8 @@ def ensemble_chart(table: list[dict], path: Path) -> Path:
     ax.set_xticks(list(ENSEMBLE_SIZES))
     ax.set_xlabel("number of teachers (resnet32, seeds 0..n-1)")
     ax.set_ylabel("student test error (%)")
-    ax.set_title("FMNIST settings v1: ensemble distillation (resnet8 student)", fontsize=9)
+    ax.set_title("FMNIST settings v1: ensemble distillation (resnet8 student)\nerror bars: sample std over seeds",
+                 fontsize=9)
     ax.grid(color="#e5e5e5")
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
