@@ -30,7 +30,14 @@ def resolve_device(name: str) -> torch.device:
 
 # Where the teacher checkpoints of shipped presets come from, by path prefix (the CIFAR-100
 # teachers live in wdistill's cache: `wdistill teachers fetch`).
-_CHECKPOINT_SOURCES = {
+_CHECKPOINT_SOURCES = {  # first matching prefix wins
+    "runs/bench/fmnist-kd-v1/teacher-lowpass/": "`wdistill train configs/fmnist/settings/crossmodal_teacher.yaml` "
+                                                "(or `wdistill bench settings --setting crossmodal`) trains it there",
+    "runs/bench/fmnist-kd-v1/vanilla/": "`wdistill train configs/fmnist/settings/selfdistill_teacher.yaml` (or "
+                                        "`wdistill bench accuracy`) trains it there",
+    "runs/bench/fmnist-kd-v1/teacher/seed0/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
+    "runs/bench/fmnist-kd-v1/teacher/": "`wdistill bench settings --setting ensemble` trains the ensemble's teachers "
+                                        "there (seeds 1-3; seed 0 is `wdistill bench accuracy`'s)",
     "runs/bench/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
     "checkpoints/imagenet/": "configs/imagenet/README.md names the published files to put there",
 }
