@@ -291,7 +291,7 @@ def _contrastive(name, **kw):
 
 def test_crd_and_wcord_share_one_sampler_and_one_vocabulary():
     from wdistill.losses import memory
-    crd, wcord = _contrastive("crd"), _contrastive("wcord")
+    crd, wcord = _contrastive("crd", replacement=True), _contrastive("wcord")  # both: with replacement
     assert isinstance(crd.sampler, memory.ClassSampler) and isinstance(wcord.sampler, memory.ClassSampler)
     y = torch.tensor([0, 1, 2, 0])
     # The same random stream gives the same negatives through either term.

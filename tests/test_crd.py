@@ -141,6 +141,59 @@ def test_sampling_exact_draws_other_class_negatives_uniformly():
         assert counts.min() > 0.75 * 6000 / len(pool) and counts.max() < 1.25 * 6000 / len(pool)
 
 
+def test_negatives_are_distinct_other_class_rows_without_replacement():
+    # unbalanced classes: 0 has 10 rows, 1 has 6, 2 has 2 (pools 8, 12, 16)
+    targets = torch.tensor([0] * 10 + [1] * 6 + [2] * 2)[torch.randperm(18, generator=torch.Generator().manual_seed(3))]
+    term = make(targets=targets, num_negatives=8)
+    index = torch.arange(18)
+    for _ in range(50):
+        idx = term.sample_contrast(index)
+        assert idx.shape == (18, 9) and torch.equal(idx[:, 0], index)
+        neg = idx[:, 1:]
+        assert (targets[neg] != targets[index][:, None]).all()
+        assert all(len(set(row.tolist())) == 8 for row in neg)  # unique per row
+    # class 0's pool is exactly 8 rows: every draw must be the whole pool
+    rows0 = (targets == 0).nonzero().flatten()
+    pool0 = set((targets != 0).nonzero().flatten().tolist())
+    assert all(set(r.tolist()) == pool0 for r in term.sample_contrast(rows0)[:, 1:])
+
+
+def test_negatives_are_a_uniform_subset_of_the_pool():
+    # 3-subsets of a 6-row pool: 20 equally likely subsets (chi-square, 19 dof, p=1e-4 bound 49.4)
+    targets = torch.tensor([0] * 4 + [1] * 3 + [2] * 3)
+    term = make(targets=targets, num_negatives=3)
+    torch.manual_seed(1)
+    one = torch.zeros(1, dtype=torch.long)  # an anchor of class 0: pool = rows 4..9
+    draws = torch.cat([term.sample_contrast(one)[:, 1:] for _ in range(2000)])
+    counts = {}
+    for row in draws.tolist():
+        key = tuple(sorted(row))
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == math.comb(6, 3) and all(min(k) >= 4 for k in counts)
+    expected = len(draws) / math.comb(6, 3)
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 49.4
+
+
+
+def test_rows_of_one_batch_are_not_shifted_copies():
+    # 400 rows of one class, 3 negatives of a 40-row pool (9,880 subsets). Independent draws would
+    # give ~392 distinct subsets; reading one shared permutation in arcs at most 60 (one per
+    # offset). Random strides give 16 x 60 reading orders here (227 subsets measured): rows of one
+    # step are not independent at this toy size, only at N in the thousands (N=50,000: 1e9 orders).
+    targets = torch.arange(60) % 3
+    term = make(targets=targets, num_negatives=3)
+    draws = term.sample_contrast(torch.zeros(400, dtype=torch.long))[:, 1:]
+    assert len({tuple(sorted(r)) for r in draws.tolist()}) >= 150
+
+
+def test_with_replacement_is_an_option():
+    term = make(num_negatives=12, replacement=True)  # pool 16 >= 12, yet repeats are allowed
+    neg = torch.cat([term.sample_contrast(INDEX)[:, 1:] for _ in range(20)])
+    assert any(len(set(r.tolist())) < 12 for r in neg)
+    assert (TARGETS[neg] != TARGETS[INDEX.repeat(20)][:, None]).all()
+
+
 def test_sampling_relax_draws_a_same_class_positive():
     term = make(positive="relax")
     pos = torch.stack([term.sample_contrast(INDEX)[:, 0] for _ in range(200)])

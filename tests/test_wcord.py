@@ -34,22 +34,38 @@ def heads(term, e_s, e_t):
     was_training = term.training
     term.eval()
     with torch.no_grad():
-        out = term.embed_s(e_s), term.embed_t(e_t)
+        out = term.heads(e_s, e_t)[:2]
     term.train(was_training)
     return out
 
 
-def test_gckt_matches_bruteforce_loop():
-    term = make(tau=0.1)
-    e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
+def hand_heads(term, e_s, e_t):
+    """The critic's feature maps written out: bounded = exact spectral norm + unit-ball projection."""
+    out = []
+    for head, e in ((term.embed_s, e_s), (term.embed_t, e_t)):
+        w, b = head.linear.weight.detach().double(), head.linear.bias.detach().double()
+        x = e.double() @ (w / torch.linalg.svdvals(w)[0]).T + b
+        out.append((x / x.norm(dim=1, keepdim=True).clamp_min(1)).float())
+    return out
+
+
+@pytest.mark.parametrize("critic", ["bounded", "normalised"])
+def test_gckt_matches_bruteforce_loop(critic):
+    term = make(tau=0.1, critic=critic)
+    scale = 1 / (math.sqrt(2) * 0.1) if critic == "bounded" else 1 / 0.1
+    e_s, e_t = 3 * torch.randn(B, DS), torch.randn(B, DT) / 3
     h_s, h_t = heads(term, e_s, e_t)
+    if critic == "bounded":
+        for got, want in zip((h_s, h_t), hand_heads(term, e_s, e_t)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert (h_s.norm(dim=1) <= 1 + 1e-6).all() and (h_t.norm(dim=1) <= 1 + 1e-6).all()  # in the ball
     neg = torch.randint(0, N, (B, 8))
     value = float(term.gckt(h_s, h_t, neg))
     expected = 0.0
     for i in range(B):
-        pos = float(h_s[i] @ h_t[i]) / 0.1
+        pos = float(h_s[i] @ h_t[i]) * scale
         for anchor, bank in ((h_s[i], term.memory_t), (h_t[i], term.memory_s)):
-            z = math.exp(pos) + sum(math.exp(float(anchor @ bank[k]) / 0.1) for k in neg[i].tolist())
+            z = math.exp(pos) + sum(math.exp(float(anchor @ bank[k]) * scale) for k in neg[i].tolist())
             expected += -(pos - math.log(z)) / B
     assert abs(value - expected) < 1e-5
     index = torch.tensor([3, 7, 11, 20, 25, 29])  # positives="memory": the other model's memory row
@@ -57,17 +73,17 @@ def test_gckt_matches_bruteforce_loop():
     expected = 0.0
     for i in range(B):
         for anchor, bank in ((h_s[i], term.memory_t), (h_t[i], term.memory_s)):
-            pos = float(anchor @ bank[index[i]]) / 0.1
-            z = math.exp(pos) + sum(math.exp(float(anchor @ bank[k]) / 0.1) for k in neg[i].tolist())
+            pos = float(anchor @ bank[index[i]]) * scale
+            z = math.exp(pos) + sum(math.exp(float(anchor @ bank[k]) * scale) for k in neg[i].tolist())
             expected += -(pos - math.log(z)) / B
     assert abs(value - expected) < 1e-5
-    full = make(tau=0.1, bank_scoring="full")
-    gather = make(tau=0.1, bank_scoring="gather")
+    full = make(tau=0.1, bank_scoring="full", critic=critic)
+    gather = make(tau=0.1, bank_scoring="gather", critic=critic)
     torch.testing.assert_close(full.gckt(h_s, h_t, neg), gather.gckt(h_s, h_t, neg))
 
 
 def test_full_loss_is_weighted_sum_of_parts():
-    term = make(lambda1=0.8, lambda2=0.1, lipschitz="none")
+    term = make(lambda1=0.8, lambda2=0.1)
     e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
     b = batch(range(B))
     b["contrast_index"] = torch.cat([torch.arange(B)[:, None], torch.randint(0, N, (B, 8))], 1)
@@ -77,8 +93,9 @@ def test_full_loss_is_weighted_sum_of_parts():
     torch.testing.assert_close(value.detach(), expected)
 
 
-def test_memory_update_momentum_after_the_step():
-    term = make(momentum=0.5)
+@pytest.mark.parametrize("critic", ["bounded", "normalised"])
+def test_memory_update_momentum_after_the_step(critic):
+    term = make(momentum=0.5, critic=critic)
     old_s, old_t = term.memory_s.clone(), term.memory_t.clone()
     e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
     idx = torch.tensor([3, 7, 11, 20, 25, 29])
@@ -92,7 +109,8 @@ def test_memory_update_momentum_after_the_step():
             if r in idx.tolist():
                 i = idx.tolist().index(r)
                 mixed = 0.5 * old[r] + 0.5 * h[i]
-                torch.testing.assert_close(bank[r], mixed / mixed.norm(), atol=2e-6, rtol=0)
+                want = mixed if critic == "bounded" else mixed / mixed.norm()  # bounded: stays in the ball
+                torch.testing.assert_close(bank[r], want, atol=2e-6, rtol=0)
             else:
                 assert torch.equal(bank[r], old[r])
         assert torch.equal(state[key], bank)
@@ -133,7 +151,7 @@ def test_lckt_plan_and_value_against_emd():
 
 @pytest.mark.parametrize("lipschitz", ["spectral", "gp", "none"])
 def test_gradients_reach_student_and_heads_not_teacher(lipschitz):
-    term = make(lipschitz=lipschitz)
+    term = make(lipschitz=lipschitz, critic="normalised" if lipschitz == "none" else "bounded")
     e_s = torch.randn(B, DS, requires_grad=True)
     e_t = torch.randn(B, DT, requires_grad=True)
     term({"embed": e_s}, {"embed": e_t}, batch(range(B))).backward()
@@ -145,22 +163,76 @@ def test_gradients_reach_student_and_heads_not_teacher(lipschitz):
 
 
 def test_lckt_gradient_reaches_student_only():
-    term = make(lambda1=0.0, lambda2=1.0, lipschitz="none")
+    term = make(lambda1=0.0, lambda2=1.0)
     e_s = torch.randn(B, DS, requires_grad=True)
     term({"embed": e_s}, {"embed": torch.randn(B, DT)}, batch(range(B))).backward()
     assert e_s.grad.abs().sum() > 0
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in term.parameters())
 
 
+def critic_gradient_norms(term, t, s):
+    """|grad_(t,s) g(t, s)| of every pair (rows of t and s), one autograd call per pair."""
+    norms = []
+    for i in range(t.shape[0]):
+        ti, si = t[i:i + 1].clone().requires_grad_(), s[i:i + 1].clone().requires_grad_()
+        gt, gs = torch.autograd.grad(term.critic(ti, si).sum(), [ti, si])
+        norms.append(float((gt.pow(2).sum() + gs.pow(2).sum()).sqrt()))
+    return torch.tensor(norms)
+
+
+def sampled_pairs(term, n=300, seed=0):
+    """Pairs at many scales around the inputs whose head output is 0 (where x/|x| is steepest;
+    with feat_dim below the input width such inputs exist), plus pairs around the origin."""
+    g = torch.Generator().manual_seed(seed)
+    centres = []
+    for head in (term.embed_t, term.embed_s):
+        w, b = head.linear.weight.detach(), head.linear.bias.detach()
+        centres.append(torch.linalg.lstsq(w, -b[:, None]).solution.squeeze(1))  # w x + b = 0
+    scale = 10 ** torch.empty(n, 1).uniform_(-5, 1, generator=g)
+    near = torch.rand(n, 1, generator=g) < 0.8
+    t = near * centres[0] + scale * torch.randn(n, DT, generator=g)
+    s = near * centres[1] + scale * torch.randn(n, DS, generator=g)
+    return t, s
+
+
+def test_bounded_critic_keeps_its_lipschitz_bound_during_training():
+    tau = 0.07
+    term = make(tau=tau, feat_dim=4)  # critic="bounded" is the default; 4 < 5, 7 input widths
+    with torch.no_grad():  # heads far from norm 1: the bound must not depend on the initialisation
+        term.embed_s.linear.weight.mul_(25)
+        term.embed_t.linear.weight.mul_(0.01)
+    opt = torch.optim.SGD(term.parameters(), lr=0.5)
+    worst = []
+    for step in range(6):
+        worst.append(float(critic_gradient_norms(term, *sampled_pairs(term, seed=step)).max()))
+        opt.zero_grad()
+        term({"embed": 5 * torch.randn(B, DS)}, {"embed": 5 * torch.randn(B, DT)}, batch(range(B))).backward()
+        opt.step()
+    # g is (1/tau)-Lipschitz in (t, s): tau * g is a 1-Lipschitz critic
+    assert max(worst) <= (1 / tau) * (1 + 1e-4)
+    assert max(worst) > 0.3 / tau  # and the bound is not vacuous: gradients come near it
+
+
+def test_normalised_critic_has_no_bound():
+    """The earlier critic (l2-normalised heads / tau) is steep near inputs whose head output is 0,
+    despite the spectral normalisation of its Linear."""
+    tau = 0.07
+    term = make(tau=tau, feat_dim=4, critic="normalised", lipschitz="spectral")
+    for _ in range(30):  # power iterations run in training forwards
+        term({"embed": torch.randn(B, DS)}, {"embed": torch.randn(B, DT)}, batch(range(B)))
+    term.eval()
+    assert float(critic_gradient_norms(term, *sampled_pairs(term)).max()) > 100 / tau
+
+
 def test_spectral_norm_bounds_head_and_gradient_penalty_value():
-    term = make(lipschitz="spectral")
+    term = make(lipschitz="spectral", critic="normalised")
     for _ in range(30):  # power iterations run in training forwards
         term({"embed": torch.randn(B, DS)}, {"embed": torch.randn(B, DT)}, batch(range(B)))
     term.eval()  # read the weight without another power iteration
     for head in (term.embed_s, term.embed_t):
         assert abs(float(torch.linalg.matrix_norm(head.linear.weight.detach(), 2)) - 1) < 1e-2
     term.train()
-    gp = make(lipschitz="gp", gp_weight=10.0)
+    gp = make(lipschitz="gp", gp_weight=10.0, critic="normalised")
     e_s, e_t = torch.randn(B, DS), torch.randn(B, DT)
     value = float(gp.gradient_penalty(e_s, e_t).detach())
     expected = 0.0

@@ -13,6 +13,11 @@ def _cmd_train(args, require_teacher: bool) -> int:
     from .engine import Trainer, load_config
 
     cfg = load_config(args.config, args.overrides)
+    if getattr(args, "generations", None):  # born-again chain: wdistill.selfdistill
+        from .selfdistill import run_generations
+        summaries = run_generations(cfg, args.generations, resume=args.resume, overwrite=args.overwrite)
+        print(json.dumps(summaries, indent=2))
+        return 0
     if require_teacher and not cfg.teacher_sections():
         raise ConfigError("`wdistill distill` needs a 'teacher:' section (model + checkpoint); "
                           "to train without a teacher use `wdistill train`")
@@ -37,6 +42,7 @@ def _cmd_export(args) -> int:
     out = Path(args.output or run / f"student_{args.which}.pt")
     atomic_save({"model": model, "arch": state["arch"], "taps": cfg["student"].get("taps"),
                  "kwargs": cfg["student"].get("kwargs") or {}, "data": cfg.get("data"),  # eval's defaults
+                 "view": cfg["student"].get("view"),  # eval scores the student on its own view
                  "metrics": state["history"][-1] if state["history"] else {}}, out)
     print(f"wrote {out} ({len(model)} tensors, arch {state['arch']})")
     return 0
@@ -82,10 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 loss.1.T=2")
         s.add_argument("--resume", action="store_true", help="continue the run in run.out_dir/run.name")
         s.add_argument("--overwrite", action="store_true", help="start again over an existing run directory")
+        if name == "distill":
+            s.add_argument("--generations", type=positive_int, default=None, metavar="N",
+                           help="self-distillation: N born-again generations in run.out_dir/run.name/gen<k>, "
+                                "each distilled from the previous generation's student (gen1 from the config's "
+                                "teacher, or a cross-entropy run without one); --resume continues the chain")
         s.set_defaults(func=lambda a, n=name: _cmd_train(a, require_teacher=(n == "distill")))
 
     from .cli_front import add_eval_parser  # eval reads every file a run writes
     add_eval_parser(sub)
+
+    from .probe import add_probe_parser  # linear probe / fine-tuning of a run's student (CRD Figure 3)
+    add_probe_parser(sub)
 
     s = sub.add_parser("export", help="write the student-only weights of a run")
     s.add_argument("run_dir")

@@ -121,6 +121,16 @@ def _test_data(args, cfg: dict | None, source: str):
                       "(and --root DIR), e.g. --data fashion_mnist; `wdistill list` names the data sets")
 
 
+def _recorded_view(raw: dict, cfg: dict | None) -> dict | None:
+    """The student view a checkpoint records (student.pt/exports: ``view``; trainer states and
+    config.yaml: ``student.view``); None for the image itself."""
+    if isinstance(raw, dict) and isinstance(raw.get("view"), dict):
+        view = raw["view"]
+    else:
+        view = ((cfg or {}).get("student") or {}).get("view")
+    return view if isinstance(view, dict) and view.get("name", "identity") != "identity" else None
+
+
 def cmd_eval(args) -> int:
     import torch
 
@@ -164,12 +174,20 @@ def cmd_eval(args) -> int:
                           "channels: evaluate it on the data it was trained on (pass that --data/--root)")
     model = models.build(arch, nc, ch, kwargs)
     load_checkpoint(model, sd, name=arch)
+    view = _recorded_view(raw, cfg) if args.view is None else (None if args.view == "identity" else {"name": args.view})
+    if view:  # the student is scored on the view it was trained on (student.view), as training did
+        from .data.views import View, Viewed
+        try:
+            model = Viewed(model, View(view))
+        except ValueError as e:
+            raise ConfigError(f"the recorded student view {view}: {e}") from None
     from .engine.build import resolve_device
     device = resolve_device(args.device)
     if args.center_crop:
         crop = {"resized_crop": args.center_crop}
     metrics = evaluate(model.to(device), BatchLoader(test, args.batch_size, False, device, **crop))
-    out = {"checkpoint": str(path), "arch": arch, "data": data_desc, "images": len(test), **metrics}
+    out = {"checkpoint": str(path), "arch": arch, "data": data_desc, "images": len(test),
+           **({"view": view} if view else {}), **metrics}
     if note:
         out["note"] = note
     print(json.dumps(out, indent=2))
@@ -197,6 +215,9 @@ def add_eval_parser(sub) -> None:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--center-crop", type=int, default=None,
                    help="evaluate on the centre NxN crop (the ImageNet recipe: images stored at 256, --center-crop 224)")
+    s.add_argument("--view", default=None, choices=["identity", "downsample", "mask", "channels", "lowpass",
+                                                    "highpass"],
+                   help="score on this view (default parameters) instead of the student view the run recorded")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_eval)
 

@@ -22,7 +22,8 @@ DOC_PATH = "docs/config.md"
 def _type_name(annotation) -> str:
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
-    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+    return (str(annotation).replace("typing.", "").replace("NoneType", "None")
+            .replace("wdistill.data.views.", ""))
 
 
 def _section_model(annotation) -> type[BaseModel] | None:
@@ -126,7 +127,7 @@ def reference_markdown() -> str:
         required, default = field_default(field)
         model = _section_model(field.annotation)
         shown = "required" if required else ("see below" if model and isinstance(default, BaseModel) else _flow(default))
-        lines.append(f"| `{name}` | {_cell(_type_name(field.annotation).replace('wdistill.engine.config.', ''))} "
+        lines.append(f"| `{name}` | {_cell(_type_name(field.annotation).replace('wdistill.engine.config.', '').replace('wdistill.data.views.', ''))} "
                      f"| {_cell(shown)} | {_cell(field.description or '')} |")
         if model:
             nested.setdefault(model, []).append(name)
@@ -137,6 +138,12 @@ def reference_markdown() -> str:
         if own_doc:
             lines += [inspect.cleandoc(own_doc).split("\n\n")[0].replace("\n", " "), ""]
         lines += _table(("key", "type", "default", "meaning"), [(f"`{k}`", t, d, m) for k, t, d, m in section_rows(model)])
+    from .data.views import ViewSpec
+    lines += ["", "## `student.view` / `teacher.view`", "",
+              inspect.cleandoc(ViewSpec.__doc__).replace("\n", " ") + " Views are applied on the device after the "
+              "shared augmentation, so teacher and student views of a sample come from the same crop; the student "
+              "is evaluated on its own view.", ""]
+    lines += _table(("key", "type", "default", "meaning"), [(f"`{k}`", t, d, m) for k, t, d, m in section_rows(ViewSpec)])
     lines += ["", "## Data sets (`data.name`) and their `data.options`", "",
               "`data.options` takes only the options of the chosen data set (an option of another one is an error "
               "that names it).", ""]

@@ -1,4 +1,4 @@
-"""`wdistill bench accuracy|speed|diagnostics` and `wdistill plot RUN_DIR`."""
+"""`wdistill bench accuracy|settings|speed|diagnostics` and `wdistill plot RUN_DIR`."""
 from __future__ import annotations
 
 import sys
@@ -43,6 +43,20 @@ def _cmd_accuracy(args) -> int:
     for r in table:
         print(f"{r['method']:>10s} {r['final_mean']:6.2f} best {r['best_mean']:6.2f}")
     print(f"wrote {Path(args.out) / schedule.name}.md/.csv/.png")
+    return 0
+
+
+def _cmd_settings(args) -> int:
+    from .settings import run_settings
+
+    _threads(args.threads)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    table = run_settings(args.setting, seeds, args.runs, args.out, args.root, command=["wdistill"] + sys.argv[1:],
+                         train=not args.report_only, finetune_epochs=args.finetune)
+    for r in table:
+        probe = "" if r.get("probe_mean") is None else f" probe {r['probe_mean']:6.2f}"
+        print(f"{r['method']:>22s} {r['final_mean']:6.2f} (n={r['n']}){probe}")
+    print(f"wrote {Path(args.out) / 'fmnist-settings-v1'}-{args.setting}.md/.csv/.png")
     return 0
 
 
@@ -99,6 +113,18 @@ def add_parsers(sub) -> None:
     a.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
     a.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     a.set_defaults(func=_cmd_accuracy)
+    st = bs.add_parser("settings", help="BENCHMARK.md C: ensembles, privileged information, cross-modal, "
+                                        "self-distillation on FMNIST-KD v1; results in --out")
+    st.add_argument("--setting", required=True, choices=["ensemble", "privileged", "crossmodal", "selfdistill"])
+    st.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
+    st.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
+    st.add_argument("--finetune", type=int, default=0, metavar="N",
+                    help="view settings: also fine-tune each student by CE for N epochs (CRD Figure 3); default 0, off")
+    st.add_argument("--out", default="benchmarks", help="where the results files go")
+    st.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
+    st.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
+    st.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    st.set_defaults(func=_cmd_settings)
     s = bs.add_parser("speed", help="step time per method, OT kernels, CRD scoring, augmentation")
     s.add_argument("--out", default="benchmarks")
     s.add_argument("--methods", default=None, help="comma-separated subset")

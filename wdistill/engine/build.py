@@ -30,7 +30,14 @@ def resolve_device(name: str) -> torch.device:
 
 # Where the teacher checkpoints of shipped presets come from, by path prefix (the CIFAR-100
 # teachers live in wdistill's cache: `wdistill teachers fetch`).
-_CHECKPOINT_SOURCES = {
+_CHECKPOINT_SOURCES = {  # first matching prefix wins
+    "runs/bench/fmnist-kd-v1/teacher-lowpass/": "`wdistill train configs/fmnist/settings/crossmodal_teacher.yaml` "
+                                                "(or `wdistill bench settings --setting crossmodal`) trains it there",
+    "runs/bench/fmnist-kd-v1/vanilla/": "`wdistill train configs/fmnist/settings/selfdistill_teacher.yaml` (or "
+                                        "`wdistill bench accuracy`) trains it there",
+    "runs/bench/fmnist-kd-v1/teacher/seed0/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
+    "runs/bench/fmnist-kd-v1/teacher/": "`wdistill bench settings --setting ensemble` trains the ensemble's teachers "
+                                        "there (seeds 1-3; seed 0 is `wdistill bench accuracy`'s)",
     "runs/bench/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
     "checkpoints/imagenet/": "configs/imagenet/README.md names the published files to put there",
 }
@@ -71,6 +78,25 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
         raise ConfigError(f"teacher {section.model!r} has no checkpoint: train one first "
                           "(`wdistill train CONFIG`) and set teacher.checkpoint=RUN_DIR/student.pt")
     return model
+
+
+def check_teacher_view(section, role: str = "teacher") -> None:
+    """Refuse a teacher trained on a view (its run's config.yaml says so) but fed the full image
+    because ``view`` was left unset: a silent mismatch would distil from a confused teacher."""
+    import yaml
+
+    from ..models.specs import resolve_path
+    if section.view is not None or not section.checkpoint:
+        return
+    beside = resolve_path(section.checkpoint).parent / "config.yaml"
+    try:
+        recorded = ((yaml.safe_load(beside.read_text()) or {}).get("student") or {}).get("view")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return
+    if isinstance(recorded, dict) and recorded.get("name", "identity") != "identity":
+        raise ConfigError(f"{role}.checkpoint {section.checkpoint!r} was trained on the view {recorded} ({beside}) "
+                          f"but {role}.view is not set, so it would see the full image: set {role}.view to that view, "
+                          f"or {role}.view: {{name: identity}} to feed it the full image on purpose")
 
 
 def build_terms(cfg: RunConfig) -> list[tuple[str, float, losses.Term]]:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..data.views import ViewSpec
 from ..errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
 
 
@@ -136,6 +137,10 @@ class ModelSection(_Strict):
                                         "automatically (`wdistill inspect MODEL`).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model "
                                    "constructor or factory.")
+    view: ViewSpec | None = Field(None, description="What this model sees of each image: a fixed transform "
+                                  "applied after the shared augmentation (same crop for teacher and student), "
+                                  "e.g. {name: downsample, factor: 2}; None: the image itself. Names: identity, "
+                                  "downsample, mask, channels, lowpass, highpass (wdistill.data.views).")
 
     @field_validator("model")
     @classmethod
@@ -223,8 +228,9 @@ class RunConfig(_Strict):
     data: DataSection = Field(default_factory=DataSection, description="Data set, batches and augmentation.")
     student: ModelSection = Field(description="The model trained (required).")
     teacher: ModelSection | None = Field(None, description="The frozen teacher (distill needs it).")
-    teachers: list[ModelSection] | None = Field(None, description="An ensemble of teachers instead; "
-                                                "their logits are averaged.")
+    teachers: list[ModelSection] | None = Field(None, description="An ensemble of teachers instead: logit "
+                                                "terms read their mean distribution, representation terms get "
+                                                "one instance per teacher, weighted 1/n.")
     loss: list[TermSection] = Field(default_factory=lambda: [TermSection(name="ce")],
                                     description="Weighted loss terms, summed.")
     optim: OptimSection = Field(default_factory=OptimSection, description="SGD and its schedule.")

@@ -20,10 +20,11 @@ from ..data import ImageDataset
 from ..data import build as data_build  # module, not name: data.build imports engine.config
 from . import checkpoint as ckpt
 from . import ddp
-from .build import build_model, build_terms, check_teacher_needs, resolve_device
+from .build import build_model, build_terms, check_teacher_needs, check_teacher_view, resolve_device
 from .config import ConfigError, RunConfig
 from .distiller import Distiller, lr_at
 from .ddp import init_distributed, sync_batchnorm
+from ..data.views import View, Viewed
 from .evaluate import Ensemble, evaluate
 from .loop import Guard, Meter, NonFiniteLoss, Stepper
 from .rundir import RunDir
@@ -35,13 +36,16 @@ __all__ = ["Trainer", "evaluate", "build_model", "resolve_device", "init_distrib
 class _StageLoss(nn.Module):
     """A pre-training stage as a module, so DDP can average its gradients like the main loss."""
 
-    def __init__(self, distiller: Distiller, stage):
+    def __init__(self, distiller: Distiller, stage, teacher_index: int | None = None):
         super().__init__()
-        self.distiller, self.stage = distiller, stage
+        self.distiller, self.stage, self.teacher_index = distiller, stage, teacher_index
 
     def forward(self, batch: dict):
-        t_out = self.distiller.teacher_forward(batch["image"])
-        s_out = self.distiller.student_tap(batch["image"])
+        if self.teacher_index is None:
+            t_out = self.distiller.teacher_forward(batch["image"])
+        else:  # a per-teacher instance of an ensemble's term: its own teacher
+            t_out = self.distiller.teacher_outputs(batch["image"])[self.teacher_index]
+        s_out = self.distiller.student_forward(batch["image"])
         loss = self.stage.loss(s_out, t_out, batch)
         return loss, {f"stage_{self.stage.name}": loss}, None
 
@@ -104,8 +108,19 @@ class Trainer:
         self.teachers = teachers if teachers is not None else [build_model(s, nc, ch, "teacher") for s in t_sections]
         terms = build_terms(cfg)
         t_taps = [s.taps for s in t_sections] if t_sections else None
+        for s in t_sections:
+            check_teacher_view(s)
+        views = [cfg.student.view, *(s.view for s in t_sections)]
+        for role, view in zip(["student"] + ["teacher"] * len(t_sections), views):
+            try:
+                View(view).check(ch)  # the image size is checked on the probe batch, in setup_terms
+            except ValueError as e:
+                raise ConfigError(f"{role}.view: {e}") from None
         try:
-            self.distiller = Distiller(self.student, self.teachers, terms, cfg.student.taps, t_taps).to(self.device)
+            self.distiller = Distiller(self.student, self.teachers, terms, cfg.student.taps, t_taps,
+                                       student_view=cfg.student.view,
+                                       teacher_views=[s.view for s in t_sections] if t_sections else None,
+                                       ).to(self.device)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"student/teacher taps: {e!s}. A tap spec needs 'feats' (module paths) and 'embed' "
                               "(e.g. 'fc:in'); `wdistill list` names the zoo models, which need none") from None
@@ -125,6 +140,11 @@ class Trainer:
         self._terms_ready = False
 
     # ---- helpers -------------------------------------------------------------------------
+    def viewed_student(self) -> nn.Module:
+        """The student on its own view (evaluation sees what training saw)."""
+        view = self.distiller.student_view
+        return self.student if view.is_identity else Viewed(self.student, view)
+
     def amp_ctx(self):
         if not self.cfg.train.amp:
             return nullcontext()
@@ -141,6 +161,12 @@ class Trainer:
     def setup_terms(self) -> None:
         """Probe one batch and let every loss term build its parts (done by ``fit``)."""
         probe = self._prepare(next(iter(self.train_loader)))
+        d = self.distiller
+        for role, view in [("student", d.student_view), *(("teacher", v) for v in d.teacher_views)]:
+            try:
+                view.check(self.data.channels, tuple(probe["image"].shape[-2:]))
+            except ValueError as e:
+                raise ConfigError(f"{role}.view: {e}") from None
         targets = self.data.train_targets
         ctx = dict(num_classes=self.data.num_classes, num_samples=self.data.num_samples,
                    train_targets=None if targets is None else targets.to(self.device), device=self.device,
@@ -199,6 +225,7 @@ class Trainer:
         ckpt.atomic_save({"model": self.student.state_dict(), "arch": self.cfg.student.model,
                           "num_classes": self.data.num_classes, "in_channels": self.data.channels,
                           "taps": self.cfg.student.taps, "kwargs": self.cfg.student.kwargs,
+                          "view": None if self.cfg.student.view is None else self.cfg.student.view.model_dump(),
                           "data": self.cfg.data.model_dump(mode="json"),  # `wdistill eval` scores on this data
                           "metrics": metrics}, path)
         models.save_student_safetensors(self.student, path.with_suffix(".safetensors"), {
@@ -233,12 +260,12 @@ class Trainer:
         stepper.guard.check(where)
         return stepper.meter.read(self.world_size)
 
-    def _run_stage(self, stage) -> None:
+    def _run_stage(self, stage, teacher_index: int | None = None) -> None:
         params = list(stage.parameters())
         if stage.train_student:
             params = [p for p in self.student.parameters() if p.requires_grad] + params
         opt = self.make_optimizer(params, stage.lr or self.cfg.optim.lr)
-        module = ddp.wrap(_StageLoss(self.distiller, stage), self.device, self.world_size, find_unused=True)
+        module = ddp.wrap(_StageLoss(self.distiller, stage, teacher_index), self.device, self.world_size, find_unused=True)
         for e in range(stage.epochs):
             torch.manual_seed(self.cfg.run.seed * 1000003 + 7919 * (e + 1))
             self.train_loader.set_epoch(-(e + 1))
@@ -302,25 +329,23 @@ class Trainer:
         if self.resume:
             self._load_state(ckpt.load(self.run_dir / "last.pt", self.device, what="run checkpoint"))
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
-        teacher_metrics = evaluate(Ensemble(self.teachers), self.test_loader, self.amp_ctx) if self.teachers else None
-        for term_id, term in self.distiller.terms.items():
-            for stage in term.stages():
-                # A second instance of a method (its own id) has its own stage; the first keeps the
-                # stage's plain name, so checkpoints written before ids existed resume.
-                key = stage.name if term_id == term.name else f"{term_id}.{stage.name}"
-                if key in self.stages_done:
-                    continue
-                if main:
-                    self.log(f"stage {key}: {stage.epochs} epochs")
-                self._run_stage(stage)
-                term.on_stage_end(stage)
-                self.stages_done.append(key)
-                if main:
-                    self._save(self._state(self.start_epoch), "last.pt")
+        d = self.distiller
+        teacher_metrics = evaluate(Ensemble([Viewed(t, v) for t, v in zip(self.teachers, d.teacher_views)]),
+                                   self.test_loader, self.amp_ctx) if self.teachers else None
+        for name, stage, teacher_index, term in d.stages():
+            if name in self.stages_done:
+                continue
+            if main:
+                self.log(f"stage {name}: {stage.epochs} epochs")
+            self._run_stage(stage, teacher_index)
+            term.on_stage_end(stage)
+            self.stages_done.append(name)
+            if main:
+                self._save(self._state(self.start_epoch), "last.pt")
         writer = self._tensorboard() if main else None
         # DDP broadcasts rank 0's parameters and buffers once here, then averages gradients in
         # the backward pass. Stage-only parameters take no part in the main loss.
-        has_stages = any(term.stages() for term in self.distiller.terms.values())
+        has_stages = bool(self.distiller.stages())
         self.train_module = ddp.wrap(self.distiller, self.device, self.world_size, find_unused=has_stages)
         if main and self.world_size > 1:
             self.log(f"distributed: {self.world_size} processes, global batch {self.cfg.data.batch_size} = "
@@ -331,7 +356,8 @@ class Trainer:
             row = self._train_epoch(epoch)
             ddp.broadcast_buffers(self.student, self.world_size)
             if (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.optim.epochs:
-                row.update({f"test_{k}": v for k, v in evaluate(self.student, self.test_loader, self.amp_ctx).items()})
+                row.update({f"test_{k}": v for k, v in evaluate(self.viewed_student(), self.test_loader,
+                                                                      self.amp_ctx).items()})
             row["seconds"] = time.time() - start
             self.history.append(row)
             improved = row.get("test_top1", -1) > self.best_top1

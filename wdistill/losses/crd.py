@@ -40,7 +40,7 @@ class CRD(Term):
     init uniform in +-1/sqrt(feat_dim/3)) hold past student (``bank_s``) and teacher
     (``bank_t``) embeddings of every training row. For each sample, idx = [positive, K negatives]:
     the positive is the sample itself ("exact") or a random sample of its class ("relax"); the
-    negatives are drawn uniformly, with replacement, from the *other* classes (a loader-provided
+    negatives are drawn uniformly, without replacement, from the *other* classes (a loader-provided
     ``batch['contrast_index']`` (B, K+1) is used instead when present). Scores
     ``p_s = exp(<bank_t[idx], e_s> / tau) / Z_s`` (student anchor) and
     ``p_t = exp(<bank_s[idx], e_t> / tau) / Z_t`` (teacher anchor), with each Z fixed once, on the
@@ -51,15 +51,17 @@ class CRD(Term):
     ``sync_bank`` and torch.distributed running, the banks start from rank 0's, every rank applies
     every rank's rows and Z is the mean over ranks (the reference does not synchronise).
 
-    Deviation from RepDistiller: its loader draws negatives without replacement when K does not
-    exceed the other-class pool; drawing with replacement here keeps sampling a few tensor ops
-    (at K=16384 of 49500 CIFAR-100 candidates ~15% of draws repeat an earlier one).
+    Negatives are drawn without replacement whenever the other-class pool holds K rows
+    (RepDistiller's default), on the device (``memory.ClassSampler.distinct_other_class``); ``replacement=True``
+    draws them independently with replacement instead (one ``randint``; at K=16384 of 49500
+    CIFAR-100 candidates ~15% of those draws repeat an earlier one).
 
     Args:
         feat_dim: embedding width (128), num_negatives: K (16384), tau: temperature (0.07),
         momentum: bank momentum m (0.5), positive: "exact" or "relax" ("exact"),
         scoring: "auto", "gather" or "matmul" (same values; "auto" = matmul when N * B <= 64M),
-        sync_bank: all-gather bank updates across ranks under DDP (True).
+        sync_bank: all-gather bank updates across ranks under DDP (True),
+        replacement: draw negatives with replacement (False: without, as RepDistiller).
         (RepDistiller names: feat_dim, nce_k, nce_t, nce_m, mode.)
 
     Recommended weight: 0.8 (RepDistiller, CIFAR-100); CRD+KD adds ``kd`` with weight 1.
@@ -72,7 +74,7 @@ class CRD(Term):
 
     def __init__(self, feat_dim: int = 128, num_negatives: int = 16384, tau: float = 0.07,
                  momentum: float = 0.5, positive: str = "exact", scoring: str = "auto",
-                 sync_bank: bool = True):
+                 sync_bank: bool = True, replacement: bool = False):
         super().__init__()
         if positive not in POSITIVES:
             raise ConfigError(f"crd positive={positive!r} is unknown; use one of {POSITIVES}")
@@ -80,7 +82,8 @@ class CRD(Term):
         if tau <= 0:
             raise ConfigError(f"crd needs tau > 0, got {tau} (published: 0.07)")
         self.feat_dim, self.num_negatives, self.tau, self.momentum = feat_dim, num_negatives, tau, momentum
-        self.positive, self.scoring, self.sync_bank = positive, scoring, sync_bank
+        self.positive, self.scoring, self.sync_bank, self.replacement = positive, scoring, sync_bank, replacement
+        self._short_pool = False
         self.embed_s = self.embed_t = None
         self.register_buffer("Z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: unset
         self._z_ready = False
@@ -98,7 +101,9 @@ class CRD(Term):
         if fewest == 0:
             raise ConfigError("crd draws negatives from other classes, but the training set has a "
                               "single class; use a non-contrastive method (e.g. kd, rkd, pkt)")
-        if fewest < self.num_negatives:
+        # RepDistiller draws without replacement when the other-class pool holds K rows, else with.
+        self._short_pool = fewest < self.num_negatives
+        if self._short_pool and not self.replacement:
             warnings.warn(f"crd: some class has only {fewest} samples of other classes, "
                           f"fewer than num_negatives={self.num_negatives}; negatives are drawn with "
                           "replacement, so they repeat (lower num_negatives to avoid it)")
@@ -126,7 +131,10 @@ class CRD(Term):
 
     def _sample(self, index: torch.Tensor) -> torch.Tensor:
         y = self.sampler.targets[index]
-        negatives = self.sampler.other_class(y, self.num_negatives)
+        if self.replacement or self._short_pool:
+            negatives = self.sampler.other_class(y, self.num_negatives)
+        else:
+            negatives = self.sampler.distinct_other_class(y, self.num_negatives)
         pos = index if self.positive == "exact" else self.sampler.same_class(y)
         return torch.cat([pos[:, None], negatives], dim=1)
 

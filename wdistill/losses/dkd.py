@@ -55,6 +55,7 @@ class DKD(Term):
     """
 
     name = "dkd"
+    ensemble = "mean"  # an ensemble's mean distribution at T (engine.distiller.mean_output)
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20):
         super().__init__()

@@ -15,6 +15,7 @@ class CrossEntropy(Term):
 
     name = "ce"
     requires_teacher = False
+    ensemble = "mean"  # reads no teacher: one instance, whatever the ensemble
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -40,6 +41,7 @@ class KD(Term):
     """
 
     name = "kd"
+    ensemble = "mean"  # an ensemble's mean distribution at T (engine.distiller.mean_output)
 
     def __init__(self, T: float = 4.0):
         super().__init__()

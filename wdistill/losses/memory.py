@@ -61,10 +61,12 @@ def init_bank(num_rows: int, dim: int, init: str, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def momentum_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float) -> None:
-    """``bank[i] <- normalise(m * bank[i] + (1 - m) * v)`` for the rows ``index``, in place."""
+def momentum_update_(bank: torch.Tensor, index: torch.Tensor, values: torch.Tensor, momentum: float,
+                     normalise: bool = True) -> None:
+    """``bank[i] <- normalise(m * bank[i] + (1 - m) * v)`` for the rows ``index``, in place
+    (without ``normalise``: the convex combination itself)."""
     rows = bank[index] * momentum + values.to(bank.dtype) * (1 - momentum)
-    bank.index_copy_(0, index, F.normalize(rows, dim=1))
+    bank.index_copy_(0, index, F.normalize(rows, dim=1) if normalise else rows)
 
 
 class PendingRows:
@@ -101,6 +103,11 @@ class ClassSampler(nn.Module):
         self.register_buffer("counts", counts, persistent=False)
         self.register_buffer("starts", torch.cumsum(counts, 0) - counts, persistent=False)
         self.register_buffer("order", torch.argsort(targets, stable=True), persistent=False)
+        n = targets.shape[0]
+        steps = torch.arange(1, n + 1, device=targets.device)
+        self.register_buffer("strides", steps[torch.gcd(steps, torch.tensor(n, device=targets.device)) == 1],
+                             persistent=False)  # every stride coprime to N
+        self.max_count = int(counts.max())
 
     @property
     def num_rows(self) -> int:
@@ -115,6 +122,28 @@ class ClassSampler(nn.Module):
         n, count, start = self.num_rows, self.counts[y][:, None], self.starts[y][:, None]
         r = torch.randint(2 ** 62, (y.shape[0], k), device=y.device) % (n - count)
         return self.order[r + (r >= start) * count]
+
+    def distinct_other_class(self, y: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, k) rows of other classes than ``y``, distinct within each row, in a few tensor ops
+        (needs k <= the smallest other-class pool).
+
+        One random permutation ``perm`` of the N rows per call. Row b reads it along the
+        progression ``perm[(o_b + a_b j) mod N]``, j = 0, 1, ..., from a random offset o_b with a
+        random stride a_b coprime to N (so the progression visits every row once), and keeps the
+        first k rows whose class is not y_b. The progression is a bijection, so each row reads a
+        uniform ordering of the N rows, and dropping class y_b leaves a uniform ordering of its
+        other-class pool: each row's k negatives are a uniform k-subset drawn without
+        replacement, as RepDistiller's ``np.random.choice(..., replace=False)``. Rows of one call
+        share ``perm``; random strides keep their sets from being shifted copies of each other.
+        k + (largest class) reads always hold k rows of another class."""
+        b, n, dev = y.shape[0], self.num_rows, y.device
+        perm = torch.randperm(n, device=dev)
+        offset = torch.randint(n, (b, 1), device=dev)
+        stride = self.strides[torch.randint(len(self.strides), (b, 1), device=dev)]
+        window = perm[(offset + stride * torch.arange(k + self.max_count, device=dev)) % n]  # (B, k + max count)
+        other = self.targets[window] != y[:, None]
+        keep = other & (torch.cumsum(other, 1) <= k)  # the first k of them
+        return window[keep].view(b, k)
 
     def same_class(self, y: torch.Tensor) -> torch.Tensor:
         """(B,) one random row of each label y[b]."""

@@ -60,7 +60,7 @@ def _labels(target: torch.Tensor) -> torch.Tensor:
 
 def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,
                 tau: float, reg: float = 0.05, num_iters: int = 10, solver: str = "plain",
-                **log_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+                t_logits_nt: torch.Tensor | None = None, **log_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """WKD-L's two parts: (target term, batch-mean Wasserstein distance of the non-target parts).
 
     Target separation: ``loss_t = -mean_b(pT_y * log pS_y)`` with T=1 softmaxes, teacher detached.
@@ -77,6 +77,8 @@ def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Te
         tau: temperature of the non-target distributions.
         reg, num_iters: Sinkhorn regularisation and plain-domain iteration count.
         solver: "plain" (published, fixed iterations) or "log" (converged log-domain).
+        t_logits_nt: teacher logits of the non-target part, when they differ (an ensemble's mean
+            distribution at tau); default ``t_logits``.
         log_kwargs: tol / max_iters / backprop_iters for the "log" solver.
     """
     y = _labels(target).unsqueeze(1)
@@ -88,7 +90,8 @@ def wkd_l_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Te
     loss_t = -(pt.gather(1, y) * log_ps.gather(1, y)).mean()
     # -inf at the target gives the renormalised non-target softmax with an exact 0 there.
     ps_nt = F.softmax(s_logits.scatter(1, y, float("-inf")) / tau, dim=1)
-    pt_nt = F.softmax(t_logits.scatter(1, y, float("-inf")) / tau, dim=1)
+    t_nt = t_logits if t_logits_nt is None else t_logits_nt.detach()
+    pt_nt = F.softmax(t_nt.scatter(1, y, float("-inf")) / tau, dim=1)
     cost = cost.to(ps_nt.dtype)
     if solver == "plain":
         wd = ot.sinkhorn2(ps_nt, pt_nt, cost, reg, num_iters)
@@ -107,8 +110,8 @@ class WKDLogits(Term):
     ``L = loss_t + lambda_L(e) * WD(pS_nt, pT_nt)``: target separation at T=1 (weight 1, never
     decayed) plus the entropic discrete Wasserstein distance between the non-target distributions
     at temperature tau, under the category cost ``c_ij = 1 - exp(-kappa (1 - CKA_ij))``
-    (see :func:`wkd_l_parts`). ``lambda_L(e)`` is cosine-decayed to 0 from epoch s on:
-    ``lambda_L * 0.5 * (1 + cos(pi (e - s) / (E - s)))``.
+    (see :func:`wkd_l_parts`). ``lambda_L(e)`` is cosine-decayed to 0 once the epoch e, counted
+    from 1 as in the official trainer, exceeds s: ``lambda_L * 0.5 * (1 + cos(pi (e - s) / (E - s)))``.
 
     Defaults are the paper's CIFAR-100 resnet32x4 -> resnet8x4 setting: lambda_l=600, tau=8,
     kappa=1, decay from epoch 150 of 240 (``decay_start_frac=150/240``; or give ``decay_start`` in
@@ -120,10 +123,20 @@ class WKDLogits(Term):
     teacher's classifier rows), a path to a saved (C, C) cost, or a tensor. As in the official code,
     kappa sharpens both built distances, ``c = 1 - exp(-kappa d)``; a saved or given cost is used as
     it is (``wdistill cost-matrix --kappa`` applies kappa when it writes one).
+
+    Ensembles (``teachers: [...]``; the papers leave this open): WKD-L is a logit term
+    (``ensemble = "mean"``). The teacher distributions are the members' mean distributions, each
+    at its own temperature: the target part reads the mean of the softmaxes at T=1, the non-target
+    part the mean of the softmaxes at tau (then renormalised over the non-target classes). The
+    category cost is the mean of the members' costs (per-teacher CKA, each cached by its teacher),
+    so a pair of classes is far apart as much as the teachers agree it is on average; CKA on
+    pooled features of several networks would mix feature spaces that need not be aligned.
     """
 
     name = "wkd_l"
     built_by_setup = ("cost",)
+    ensemble = "mean"
+    ensemble_T = 1.0  # ``logits`` at T=1; the non-target part reads the members at tau (forward)
 
     def __init__(self, lambda_l: float = 600.0, tau: float = 8.0, kappa: float = 1.0, reg: float = 0.05,
                  num_iters: int = 10, solver: str = "plain", tol: float = 1e-5, max_iters: int = 1000,
@@ -151,6 +164,9 @@ class WKDLogits(Term):
 
     def _build_cost(self, ctx: SetupContext) -> torch.Tensor:
         spec = self.cost_spec
+        members = getattr(ctx, "extra", {}).get("members")
+        if members and spec in ("cka", "cosine_classifier"):  # an ensemble: the mean of the members' costs
+            return torch.stack([self._build_cost(m).float().to(ctx.device) for m in members]).mean(0)
         if spec == "cka":
             return ot.cka_cost(load_or_build_cka(ctx, self.cka_mode, self.max_per_class), self.kappa)
         if spec == "cosine_classifier":
@@ -178,12 +194,17 @@ class WKDLogits(Term):
 
     def forward(self, student, teacher, batch):
         s = student["logits"]
+        members = teacher.get("members")
         with torch.autocast(device_type=s.device.type, enabled=False):
             dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+            t_nt = None
+            if members:  # an ensemble: the mean distribution at tau for the non-target part
+                from ..engine.distiller import mean_distribution_logits
+                t_nt = mean_distribution_logits([m["logits"].detach().to(dtype) for m in members], self.tau)
             loss_t, wd = wkd_l_parts(
                 s.to(dtype), teacher["logits"].detach().to(dtype), batch["target"], self.cost, self.tau,
-                self.reg, self.num_iters, self.solver, **({"tol": self.tol, "max_iters": self.max_iters}
-                                                          if self.solver == "log" else {}))
+                self.reg, self.num_iters, self.solver, t_logits_nt=t_nt,
+                **({"tol": self.tol, "max_iters": self.max_iters} if self.solver == "log" else {}))
         return loss_t + self.weight_at(batch) * wd
 
 

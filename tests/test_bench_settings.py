@@ -1,0 +1,107 @@
+"""`wdistill bench settings` (BENCHMARK.md C) end to end on tiny overrides: the plan each setting
+trains, the results files, and reuse of finished runs."""
+import csv
+import json
+
+import pytest
+import yaml
+
+from wdistill.bench import protocol, settings
+
+TINY = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=64", "data.test_subset=32",
+        "data.eval_batch_size=32", "optim.epochs=1", "train.max_steps=1", "train.channels_last=false"]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(protocol, "TEACHER", "resnet8")
+
+
+def _csv(path):
+    rows = [r for r in csv.DictReader(l for l in path.read_text().splitlines() if not l.startswith("#"))]
+    return {r["row"]: r for r in rows}
+
+
+def _cfg(run_dir):
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def test_ensemble_plan_and_results(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(settings, "ENSEMBLE_METHODS", ("kd", "crd"))
+    monkeypatch.setattr(settings, "ENSEMBLE_SIZES", (1, 2))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    table = settings.run_settings("ensemble", [0], runs, out, overrides=TINY, teacher_overrides=TINY,
+                                  log=lambda m: None)
+    rows = _csv(out / "fmnist-settings-v1-ensemble.csv")
+    assert set(rows) == {"teacher seed0", "teacher seed1", "kd n=1", "kd n=2", "crd n=1", "crd n=2"}
+    assert (out / "fmnist-settings-v1-ensemble.png").stat().st_size > 1000
+    run = runs / "fmnist-settings-v1" / "ensemble" / "crd" / "n2" / "seed0"
+    cfg = _cfg(run)
+    assert [t["checkpoint"] for t in cfg["teachers"]] == [
+        str(runs / "fmnist-kd-v1" / f"teacher/seed{s}" / "student.pt") for s in (0, 1)]
+    summary = json.loads((run / "summary.json").read_text())
+    assert float(rows["crd n=2"]["final_top1_mean"]) == pytest.approx(summary["final_top1"], abs=1e-4)
+    assert {"train_crd@t0", "train_crd@t1"} <= set(json.loads((run / "metrics.jsonl").read_text().splitlines()[0]))
+    md = (out / "fmnist-settings-v1-ensemble.md").read_text()
+    assert "More teachers help CRD more than KD" not in md  # needs the 4-teacher rows
+    assert len(table) == 6
+
+
+@pytest.mark.parametrize("setting", ["crossmodal", "privileged"])
+def test_view_settings_train_probe_and_reuse(tmp_path, tiny, monkeypatch, setting):
+    monkeypatch.setattr(settings, "VIEW_METHODS", ("vanilla", "kd", "crd"))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
+                          finetune_epochs=1)
+    root = runs / "fmnist-settings-v1" / setting
+    t_view, s_view = settings.VIEWS[setting]
+    teacher_dir = runs / "fmnist-kd-v1" / ("teacher-lowpass/seed0" if t_view else "teacher/seed0")
+    assert (_cfg(teacher_dir)["student"]["view"] or {}).get("name") == (t_view or {}).get("name")
+    crd = _cfg(root / "crd" / "seed0")
+    assert crd["student"]["view"]["name"] == s_view["name"]
+    assert crd["teacher"]["checkpoint"] == str(teacher_dir / "student.pt")
+    assert (crd["teacher"].get("view") or {}).get("name") == (t_view or {}).get("name")
+    rows = _csv(out / f"fmnist-settings-v1-{setting}.csv")
+    probe = json.loads((root / "crd" / "seed0" / "probe.json").read_text())["linear"]
+    assert float(rows["crd"]["probe_top1_mean"]) == pytest.approx(probe["top1"], abs=1e-4)
+    assert rows["teacher"]["probe_top1_mean"] == "" and rows["teacher"]["finetune_top1_mean"] == ""
+    ft = json.loads((root / "crd" / "seed0" / "finetune" / "summary.json").read_text())
+    assert float(rows["crd"]["finetune_top1_mean"]) == pytest.approx(ft["final_top1"], abs=1e-4)
+    # a second call trains and probes nothing: the same files from the finished runs
+    monkeypatch.setattr("wdistill.probe.linear_probe", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr("wdistill.probe.finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
+    before = (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1]
+    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
+                          finetune_epochs=1)
+    assert (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1] == before
+    settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, train=False,
+                          finetune_epochs=1)
+    assert (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1] == before
+
+
+def test_selfdistill_generations_chain(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(settings, "SELF_METHODS", ("kd",))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    settings.run_settings("selfdistill", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
+    root = runs / "fmnist-settings-v1" / "selfdistill"
+    vanilla = runs / "fmnist-kd-v1" / "vanilla" / "seed0"  # generation 0 is A's vanilla run, reused
+    assert _cfg(root / "kd/seed0/gen1")["teacher"]["checkpoint"] == str(vanilla / "student.pt")
+    assert (vanilla / "summary.json").is_file()
+    for k in (2, 3):
+        t = _cfg(root / f"kd/seed0/gen{k}")["teacher"]
+        assert t["model"] == "resnet8" and t["checkpoint"] == str(root / f"kd/seed0/gen{k - 1}/student.pt")
+    assert set(_csv(out / "fmnist-settings-v1-selfdistill.csv")) == {"teacher (resnet8, CE)", "kd gen1", "kd gen2",
+                                                                    "kd gen3"}
+
+
+def test_shipped_example_configs_are_what_the_driver_writes():
+    from wdistill.engine.config import PRESETS_DIR, list_presets, load_config
+    files = settings.preset_files()
+    on_disk = {p.relative_to(PRESETS_DIR).as_posix() for p in (PRESETS_DIR / "fmnist" / "settings").glob("*.yaml")}
+    assert on_disk == set(files), "run `python -m wdistill.bench.settings` to rewrite configs/fmnist/settings"
+    assert all((PRESETS_DIR / rel).read_text() == text for rel, text in files.items())
+    assert {"fmnist/settings/ensemble_crd", "fmnist/settings/privileged_crd", "fmnist/settings/crossmodal_crd",
+            "fmnist/settings/selfdistill_kd"} <= set(list_presets())
+    cfg = load_config("fmnist/settings/crossmodal_crd")
+    assert (cfg.teacher.view.name, cfg.student.view.name) == ("lowpass", "highpass")
+    assert len(load_config("fmnist/settings/ensemble_crd").teachers) == 4

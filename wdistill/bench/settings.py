@@ -1,0 +1,358 @@
+"""`wdistill bench settings --setting ensemble|privileged|crossmodal|selfdistill` (BENCHMARK.md C).
+
+FMNIST-KD v1 data, splits and student schedule (12 epochs, seeds 0-2), each row's loss the
+method's FMNIST preset (A-row tuning reused: the settings do not change a method's scale).
+Every run is a resumable run directory under ``--runs``/fmnist-settings-v1 (teachers are A's,
+under fmnist-kd-v1, shared); finished runs are skipped. Results:
+``--out``/fmnist-settings-v1-<setting>.md/.csv/.png.
+
+- ensemble: 1, 2 and 4 resnet32 teachers (seeds 0-3); rows KD, CRD, WCoRD, WKD-L per count;
+  the chart is the student's test error against the number of teachers (CRD Figure 4).
+- privileged: teacher on the full 28x28 image, student on the same crop 2x average-pooled.
+- crossmodal: teacher trained on the lowpass view (5x5 box blur), student on the highpass view.
+  Both view settings: rows vanilla, KD, CRD, CRD+KD, WCoRD, WCoRD+KD, with the linear probe of
+  each student (``wdistill probe``: logistic regression on the frozen embedding of the 10,000
+  training images, scored on the test set).
+- selfdistill: the resnet8 teacher is A's vanilla student of the same seed (CE, the student
+  schedule), then born-again generations 1-3 of resnet8 for KD and WKD-L (as ``wdistill distill
+  --generations 3`` does).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..engine.checkpoint import atomic_write_text
+from ..engine.config import apply_overrides, load_config
+from ..recipes import LABELS, recipe, scale_epoch_params
+from . import protocol, report
+from .runs import load_finished, run_dir_of, run_or_load
+from .tuning import describe
+
+SETTINGS = ("ensemble", "privileged", "crossmodal", "selfdistill")
+SCHEDULE = protocol.Schedule("fmnist-settings-v1", False, protocol.FULL.epochs, "test", (0, 1, 2))
+ENSEMBLE_METHODS, ENSEMBLE_SIZES = ("kd", "crd", "wcord", "wkd_l"), (1, 2, 4)
+VIEW_METHODS = ("vanilla", "kd", "crd", "crd_kd", "wcord", "wcord_kd")
+SELF_METHODS, GENERATIONS = ("kd", "wkd_l"), 3
+VIEWS = {"privileged": (None, {"name": "downsample", "factor": 2}),
+         "crossmodal": ({"name": "lowpass", "size": 5}, {"name": "highpass", "size": 5})}
+PROBE_L2 = 1e-4
+COMMON_TEXT = ("FMNIST-KD v1 data and splits (10,000 training images, the 10,000 test images), resnet8 students, "
+               "12 epochs, SGD 0.05 cosine; each row's loss is the method's FMNIST preset (tuned in A). Mean ± sample "
+               "std over seeds; the teacher row is one run.")
+SETTING_TEXT = {
+    "ensemble": "Ensembles (CRD Figure 4): 1, 2 and 4 resnet32 teachers (seeds 0..n-1, 30 epochs each). Logit terms "
+                "read the teachers' mean distribution; CRD and WCoRD have one memory bank and head per teacher, "
+                "weighted 1/n.",
+    "privileged": "Privileged information (WCoRD): the teacher sees the full 28x28 image, the student the same "
+                  "crop 2x average-pooled to 14x14, also at test time. Linear probe: L2 logistic regression "
+                  f"(l2={PROBE_L2:g}) on the frozen student embedding of the training images, scored on the test set.",
+    "crossmodal": "Cross-modal transfer (CRD Figure 3): the teacher is trained and run on the lowpass view (5x5 box "
+                  "blur), the student sees the highpass view (image minus that blur), also at test time. Linear "
+                  f"probe: L2 logistic regression (l2={PROBE_L2:g}) on the frozen student embedding of the training "
+                  "images, scored on the test set.",
+    "selfdistill": "Self-distillation (WKD, born-again): the teacher is A's vanilla resnet8 (CE) of the same seed; "
+                   "generation k+1 is distilled from generation k's student with the same method.",
+}
+
+
+def _teacher(seed: int, runs_root, root, overrides, view: dict | None = None, name: str = "teacher") -> dict:
+    """A's resnet32 teacher of ``seed`` (or one trained on ``view``, in its own run directory)."""
+    cfg = protocol.teacher_config(runs_root, root, seed)
+    if view is not None:
+        cfg["student"]["view"] = view
+        cfg["run"]["name"] = f"{name}/seed{seed}"
+    return apply_overrides(cfg, overrides or [])
+
+
+def _student(method: str, seed: int, run_name: str, runs_root, root) -> dict:
+    cfg = protocol.student_config(method, scale_epoch_params(recipe(method), SCHEDULE.epochs), SCHEDULE, seed,
+                                  runs_root, root, run_name=run_name)
+    cfg.pop("teacher", None)
+    return cfg
+
+
+def _section(teacher_cfg: dict, view: dict | None = None) -> dict:
+    section = {"model": teacher_cfg["student"]["model"], "checkpoint": str(run_dir_of(teacher_cfg) / "student.pt")}
+    if teacher_cfg["student"].get("view") or view:
+        section["view"] = view or teacher_cfg["student"]["view"]
+    return section
+
+
+def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, overrides=None,
+         teacher_overrides=None) -> list[tuple[str, int | None, dict]]:
+    """Every job of ``setting`` in order: (row, seed, config dict); teachers first (row 'teacher...')."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose one of {', '.join(SETTINGS)}")
+    ov, jobs = overrides or [], []
+    if setting == "ensemble":
+        teachers = [_teacher(s, runs_root, root, teacher_overrides) for s in range(max(ENSEMBLE_SIZES))]
+        jobs += [(f"teacher seed{s}", None, t) for s, t in enumerate(teachers)]
+        for n in ENSEMBLE_SIZES:
+            for m in ENSEMBLE_METHODS:
+                for seed in seeds:
+                    cfg = _student(m, seed, f"ensemble/{m}/n{n}/seed{seed}", runs_root, root)
+                    sections = [_section(t) for t in teachers[:n]]
+                    cfg.update({"teacher": sections[0]} if n == 1 else {"teachers": sections})
+                    jobs.append((f"{m} n={n}", seed, apply_overrides(cfg, ov)))
+    elif setting in VIEWS:
+        t_view, s_view = VIEWS[setting]
+        teacher = _teacher(0, runs_root, root, teacher_overrides, t_view, name="teacher-lowpass")
+        jobs.append(("teacher", None, teacher))
+        for m in VIEW_METHODS:
+            for seed in seeds:
+                cfg = _student(m, seed, f"{setting}/{m}/seed{seed}", runs_root, root)
+                cfg["student"]["view"] = s_view
+                if m != "vanilla":
+                    cfg["teacher"] = _section(teacher)
+                jobs.append((m, seed, apply_overrides(cfg, ov)))
+    else:  # selfdistill: generation k of each method from generation k-1's student
+        from ..selfdistill import generation_config
+        for seed in seeds:
+            # generation 0: A's vanilla resnet8 of this seed (CE, the student schedule), reused if finished
+            base = apply_overrides(protocol.student_config("vanilla", recipe("vanilla"), protocol.FULL, seed,
+                                                           runs_root, root), ov)
+            jobs.append(("teacher (resnet8, CE)", seed, base))
+            for m in SELF_METHODS:
+                cfg = _student(m, seed, f"selfdistill/{m}/seed{seed}", runs_root, root)
+                cfg["teacher"] = _section(base)
+                chain = load_config(apply_overrides(cfg, ov))
+                for k in range(1, GENERATIONS + 1):
+                    jobs.append((f"{m} gen{k}", seed, generation_config(chain, k).model_dump(mode="json")))
+    return jobs
+
+
+def probe_or_load(run_dir: Path, l2: float = PROBE_L2) -> float:
+    """Linear-probe test top-1 of a finished run (computed once, kept in its probe.json)."""
+    import json
+
+    from ..probe import linear_probe, record
+
+    f = run_dir / "probe.json"
+    if f.is_file():
+        lin = json.loads(f.read_text()).get("linear")
+        if lin and lin.get("l2") == l2 and lin.get("checkpoint") == str(run_dir / "student.pt"):
+            return lin["top1"]
+    return record(run_dir, "linear", linear_probe(run_dir, l2))["linear"]["top1"]
+
+
+def finetune_or_load(run_dir: Path, epochs: int, lr: float = 0.01) -> float:
+    """Test top-1 after fine-tuning the whole student by CE (``wdistill probe --finetune``), once."""
+    import json
+
+    from ..probe import finetune, record
+
+    f = run_dir / "probe.json"
+    if f.is_file():
+        ft = json.loads(f.read_text()).get("finetune")
+        if ft and ft.get("epochs") == epochs and ft.get("lr") == lr and (run_dir / "finetune" / "summary.json").is_file():
+            return ft["top1"]
+    return record(run_dir, "finetune", finetune(run_dir, epochs, lr, resume=True, log=lambda m: None))["finetune"]["top1"]
+
+
+def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/bench", out="benchmarks",
+                 root=None, command: list[str] | None = None, log=print, overrides=None, teacher_overrides=None,
+                 train: bool = True, finetune_epochs: int = 0) -> list[dict]:
+    """Train (or reuse) every job of ``setting``, probe the view settings' students (and fine-tune
+    them for ``finetune_epochs`` if > 0), write results."""
+    seeds = list(seeds if seeds is not None else SCHEDULE.seeds)
+    jobs = plan(setting, seeds, runs_root, root, overrides, teacher_overrides)
+    get = run_or_load if train else (lambda cfg, log=None: load_finished(cfg))
+    rows: dict[str, list[dict]] = {}
+    settings: dict[str, str] = {}
+    missing = []
+    bar = tqdm(jobs, desc=f"settings: {setting}", unit="run", disable=not train)
+    for row, seed, cfg in bar:
+        bar.set_postfix_str(f"{row} seed {seed}")
+        summary = get(cfg, log=lambda msg: bar.write(str(msg)))
+        if not summary:
+            missing.append(f"{row} seed {seed}")
+            continue
+        result = {**summary, "seed": cfg["run"]["seed"]}
+        if setting in VIEWS and not row.startswith("teacher"):
+            result["probe_top1"] = probe_or_load(run_dir_of(cfg))
+            if finetune_epochs and train:
+                result["finetune_top1"] = finetune_or_load(run_dir_of(cfg), finetune_epochs)
+            elif finetune_epochs:  # report-only: what finished earlier
+                import json
+                ft = json.loads((run_dir_of(cfg) / "probe.json").read_text()).get("finetune") or {}
+                if ft.get("epochs") == finetune_epochs:
+                    result["finetune_top1"] = ft["top1"]
+        rows.setdefault(row, []).append(result)
+        settings.setdefault(row, describe(cfg["loss"]) or "CE only")
+    bar.close()
+    table = report.summarise(rows, baseline="vanilla")
+    for r in table:
+        for key in ("probe", "finetune"):
+            vals = [x[f"{key}_top1"] for x in rows[r["method"]] if f"{key}_top1" in x]
+            r[f"{key}_mean"], r[f"{key}_std"] = report.mean_std(vals) if vals else (None, None)
+    write_results(setting, table, Path(out), settings, seeds, command, missing)
+    return table
+
+
+def _label(row: str) -> str:
+    head, _, tail = row.partition(" ")
+    return f"{LABELS.get(head, head)} {tail}".strip()
+
+
+def findings(setting: str, table: list[dict]) -> list[str]:
+    """The papers' orderings, checked against the table (the reasons are the reader's to add)."""
+    by = {r["method"]: r for r in table}
+    notes = []
+    if setting == "ensemble":
+        for m in ENSEMBLE_METHODS:
+            ends = [by.get(f"{m} n={n}") for n in (ENSEMBLE_SIZES[0], ENSEMBLE_SIZES[-1])]
+            if all(ends):
+                notes.append(f"{LABELS[m]}: {ends[0]['final_mean']:.2f} with 1 teacher, {ends[1]['final_mean']:.2f} "
+                             f"with {ENSEMBLE_SIZES[-1]} ({ends[1]['final_mean'] - ends[0]['final_mean']:+.2f}).")
+        gain = {m: by[f"{m} n=4"]["final_mean"] - by[f"{m} n=1"]["final_mean"] for m in ("crd", "kd")
+                if f"{m} n=4" in by and f"{m} n=1" in by}
+        if len(gain) == 2:
+            notes.append(f"More teachers help CRD more than KD (CRD Figure 4): "
+                         f"{'yes' if gain['crd'] > gain['kd'] else 'NO'} (CRD {gain['crd']:+.2f}, KD {gain['kd']:+.2f}).")
+    elif setting in VIEWS:
+        for key, what in (("final_mean", "student top-1"), ("probe_mean", "linear probe"),
+                          ("finetune_mean", "fine-tuned top-1")):
+            vals = {m: by[m][key] for m in ("kd", "crd", "wcord") if m in by and by[m].get(key) is not None}
+            if len(vals) == 3:
+                ok = vals["wcord"] >= vals["crd"] > vals["kd"]
+                notes.append(f"WCoRD >= CRD > KD on {what}: {'yes' if ok else 'NO'} ("
+                             + ", ".join(f"{LABELS[m]} {v:.2f}" for m, v in vals.items()) + ").")
+    else:
+        for m in SELF_METHODS:
+            gens = [by.get(f"{m} gen{k}") for k in range(1, GENERATIONS + 1)]
+            if all(gens):
+                notes.append(f"{LABELS[m]} by generation: " + ", ".join(f"{g['final_mean']:.2f}" for g in gens) + ".")
+    return notes
+
+
+def write_results(setting: str, table: list[dict], out: Path, settings: dict, seeds: list[int],
+                  command: list[str] | None, missing: list[str]) -> None:
+    stem = out / f"{SCHEDULE.name}-{setting}"
+    stamp = report.stamp(command=command)
+    probe = any(r.get("probe_mean") is not None for r in table)
+    ft = any(r.get("finetune_mean") is not None for r in table)
+    head = "| row | test top-1 final (mean ± std) | error % |" + (" linear probe top-1 |" if probe else "") + \
+        (" fine-tuned top-1 |" if ft else "") + " gain vs vanilla | runs | settings |"
+    lines = [f"# FMNIST settings v1: {setting}\n", report.stamp_markdown(stamp), SETTING_TEXT[setting] + " "
+             + COMMON_TEXT + "\n", head,
+             "|---|---:|---:|" + ("---:|" if probe else "") + ("---:|" if ft else "") + "---:|---:|---|"]
+    for r in table:
+        pm = "" if r.get("probe_mean") is None else report._pm(r["probe_mean"], r["probe_std"], r["n"])
+        fm = "" if r.get("finetune_mean") is None else report._pm(r["finetune_mean"], r["finetune_std"], r["n"])
+        gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
+        lines.append(f"| {_label(r['method'])} | {report._pm(r['final_mean'], r['final_std'], r['n'])} | "
+                     f"{100 - r['final_mean']:.2f} |" + (f" {pm} |" if probe else "") + (f" {fm} |" if ft else "") +
+                     f" {gain} | {r['n']} | {settings.get(r['method'], '')} |")
+    lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(setting, table)]
+    if missing:
+        lines += ["", "Not finished yet (not in the table): " + ", ".join(missing) + "."]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text("\n".join(lines) + "\n", stem.with_suffix(".md"))
+    buf = io.StringIO()
+    buf.write("".join(f"# {k}: {v}\n" for k, v in {**stamp, "seeds": ",".join(map(str, seeds))}.items()))
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "runs", "final_top1_mean", "final_top1_std", "probe_top1_mean", "probe_top1_std",
+                "finetune_top1_mean", "finetune_top1_std", "settings"])
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in table:
+        w.writerow([r["method"], r["n"], fmt(r["final_mean"]), fmt(r["final_std"]), fmt(r.get("probe_mean")),
+                    fmt(r.get("probe_std")), fmt(r.get("finetune_mean")), fmt(r.get("finetune_std")),
+                    settings.get(r["method"], "")])
+    atomic_write_text(buf.getvalue(), stem.with_suffix(".csv"))
+    if setting == "ensemble":
+        ensemble_chart(table, stem.with_suffix(".png"))
+    else:
+        labels = {r["method"]: _label(r["method"]) for r in table}
+        report.bar_chart(table, labels, stem.with_suffix(".png"), f"FMNIST settings v1: {setting} (test top-1)")
+
+
+def ensemble_chart(table: list[dict], path: Path) -> Path:
+    """Student test error against the number of teachers, one line per method, error bars = sample
+    std over seeds (CRD Figure 4's shape)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {r["method"]: r for r in table}
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for m in ENSEMBLE_METHODS:
+        pts = [(n, by[f"{m} n={n}"]) for n in ENSEMBLE_SIZES if f"{m} n={n}" in by]
+        if pts:
+            ax.errorbar([n for n, _ in pts], [100 - r["final_mean"] for _, r in pts],
+                        yerr=[r["final_std"] or 0 for _, r in pts], marker="o", capsize=3, label=LABELS[m])
+    ax.set_xticks(list(ENSEMBLE_SIZES))
+    ax.set_xlabel("number of teachers (resnet32, seeds 0..n-1)")
+    ax.set_ylabel("student test error (%)")
+    ax.set_title("FMNIST settings v1: ensemble distillation (resnet8 student)\nerror bars: sample std over seeds",
+                 fontsize=9)
+    ax.grid(color="#e5e5e5")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---- example configs shipped with the package: configs/fmnist/settings/*.yaml ---------------------
+PRESETS = {  # file stem: (setting, row of the plan, what it is, how to run it)
+    "ensemble_kd": ("ensemble", "kd n=4", "KD from an ensemble of 4 resnet32 teachers (mean distribution)",
+                    "wdistill distill"),
+    "ensemble_crd": ("ensemble", "crd n=4", "CRD from 4 resnet32 teachers (one memory bank and head per "
+                     "teacher, weighted 1/4)", "wdistill distill"),
+    "ensemble_wkd_l": ("ensemble", "wkd_l n=4", "WKD-L from 4 resnet32 teachers (mean distributions, mean of the "
+                       "teachers' CKA costs)", "wdistill distill"),
+    "privileged_crd": ("privileged", "crd", "privileged information: the teacher sees 28x28, the resnet8 student "
+                       "the same crop 2x average-pooled to 14x14; CRD", "wdistill distill"),
+    "privileged_wcord_kd": ("privileged", "wcord_kd", "privileged information (student on 14x14); WCoRD+KD",
+                            "wdistill distill"),
+    "crossmodal_teacher": ("crossmodal", "teacher", "cross-modal: the resnet32 teacher trained on the lowpass view "
+                           "(5x5 box blur)", "wdistill train"),
+    "crossmodal_crd": ("crossmodal", "crd", "cross-modal: lowpass teacher, highpass student (image minus the "
+                       "blur); CRD", "wdistill distill"),
+    "crossmodal_wcord": ("crossmodal", "wcord", "cross-modal: lowpass teacher, highpass student; WCoRD",
+                         "wdistill distill"),
+    "selfdistill_teacher": ("selfdistill", "teacher (resnet8, CE)", "self-distillation: the resnet8 teacher, "
+                            "trained by cross-entropy on the student schedule (A's vanilla row)", "wdistill train"),
+    "selfdistill_kd": ("selfdistill", "kd gen1", "self-distillation: born-again resnet8 generations by KD",
+                       "wdistill distill --generations 3"),
+    "selfdistill_wkd_l": ("selfdistill", "wkd_l gen1", "self-distillation: born-again resnet8 generations by "
+                          "WKD-L", "wdistill distill --generations 3"),
+}
+
+
+def preset_files() -> dict[str, str]:
+    """{path under configs/: YAML text} of the shipped example configs, seed 0 of the benchmark's
+    runs (same run directories, so `wdistill bench settings` reuses what they train)."""
+    import yaml
+
+    files = {}
+    jobs = {(s, row): cfg for s in SETTINGS for row, seed, cfg in plan(s, [0]) if seed in (0, None)}
+    for stem, (setting, row, what, how) in PRESETS.items():
+        if how.endswith("--generations 3"):  # the chain's own config: generation 1's teacher, the base name
+            m = row.split()[0]
+            cfg = _student(m, 0, f"selfdistill/{m}/seed0", "runs/bench", None)
+            cfg["teacher"] = _section(jobs[(setting, "teacher (resnet8, CE)")])
+        else:
+            cfg = jobs[(setting, row)]
+        teachers = cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
+        header = [f"# FMNIST-KD v1, {what}.",
+                  "# An example config of BENCHMARK section C (`wdistill bench settings --setting "
+                  f"{setting}` runs every row); written by wdistill.bench.settings.preset_files.",
+                  f"# Run: {how} configs/fmnist/settings/{stem}.yaml"]
+        if teachers:
+            header.append("# Needs the teacher checkpoint(s) " + ", ".join(t["checkpoint"] for t in teachers)
+                          + ": `wdistill bench settings` (or `wdistill train` of the teacher's config) trains them.")
+        files[f"fmnist/settings/{stem}.yaml"] = "\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False)
+    return files
+
+
+if __name__ == "__main__":  # python -m wdistill.bench.settings: rewrite the shipped example configs
+    from ..engine.config import PRESETS_DIR
+    for rel, text in preset_files().items():
+        atomic_write_text(text, PRESETS_DIR / rel)
+        print(f"wrote {PRESETS_DIR / rel}")
