@@ -5,29 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from torch.nn.utils import parametrize
 
-from .. import ot
 from . import dist as ddist
 from .base import ConfigError, SetupContext, Term
 from .heads import Embed
-from .memory import ClassSampler, PendingRows, bank_scores, check_options, init_bank, momentum_update_, resolve_scoring
+from .memory import ClassSampler, PendingRows, check_options, init_bank, momentum_update_, resolve_scoring
 from .published import bracket, ce, publish
 from .registry import register
-
-
-CRITICS = ("bounded", "normalised")
-
-
-def _unit_spectral(w: torch.Tensor) -> torch.Tensor:
-    """``w / sigma_max(w)``: spectral norm exactly 1 (a small SVD; gradients flow through it)."""
-    return w / torch.linalg.matrix_norm(w, ord=2)
-
-
-def _to_unit_ball(x: torch.Tensor) -> torch.Tensor:
-    """Projection onto the unit ball, ``x / max(1, |x|)``: 1-Lipschitz, unlike ``x / |x|``."""
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1.0)
+from .wcord_critic import CRITICS, batch_ot_loss, contrastive_bound, critic_heads, gradient_penalty
 
 
 @register
@@ -48,23 +33,10 @@ class WCoRD(Term):
     No official code exists. Choices that fill gaps in the paper (REFERENCE.md, section WCoRD):
 
     * Heads: CRD's embeddings, Linear(embed -> feat_dim=128) then l2-normalisation, one per model.
-    * The critic (``critic="bounded"``, default; our construction, the paper only asks for an
-      approximately 1-Lipschitz critic): ``g(t, s) = <a(t), b(s)> / (sqrt(2) tau)`` with
-      ``a(t) = P(W_t t + c_t)``, ``b(s) = P(W_s s + c_s)``, each W divided by its exact largest
-      singular value (spectral norm 1) and P the projection onto the unit ball,
-      ``x / max(1, |x|)``, which is 1-Lipschitz. Then |grad_t g| <= |b| / (sqrt(2) tau) <=
-      1 / (sqrt(2) tau) and the same for s, so g is (1/tau)-Lipschitz in (t, s) jointly: tau * g
-      is a 1-Lipschitz critic of the Kantorovich-Rubinstein dual, and tau stays the temperature
-      of the contrastive softmax (scores in [-10.1, 10.1] at tau = 0.07). The bound is measured
-      in ``tests/test_wcord.py`` (largest gradient norm over sampled pairs). Memory rows are
-      points of the unit ball updated by convex combination (no rescaling).
-    * ``critic="normalised"`` is the earlier critic: the heads' outputs l2-normalised,
-      ``<h_t, h_s> / tau``. It claims no bound: normalisation ``x / |x|`` has Lipschitz constant
-      ``1 / |x|``, unbounded near 0, and spectral normalisation of the Linear before it
-      (``lipschitz="spectral"``) does not change that. ``lipschitz="gp"`` (WGAN-GP penalty
-      ``gp_weight * E(|grad_(t,s) g| - 1)^2`` at positive and shuffled pairs, gp_weight=10 as in
-      Gulrajani et al. 2017) adds a soft constraint at sampled points to either critic;
-      ``"none"`` (normalised only) gives CRD's critic.
+    * The critic (our construction; the paper only asks for an approximately 1-Lipschitz critic):
+      ``critic="bounded"`` (default) is (1/tau)-Lipschitz in (t, s) by construction;
+      ``critic="normalised"`` is the earlier one, with no bound. Both, with the measured bound and
+      the ``lipschitz`` options: :mod:`wdistill.losses.wcord_critic`.
     * tau = 0.07, memory momentum 0.5, K = 16384 negatives: CRD's settings. The WCoRD
       supplementary says its *baselines* follow CRD's setup; WCoRD's own values are not in the
       parts of the paper available here. Negatives are drawn from other classes than the
@@ -72,8 +44,7 @@ class WCoRD(Term):
       ``batch['contrast_index']`` (CRD layout, positive in column 0) is used when present.
     * Positives (``positives="memory"``, default): as in CRD, each anchor's positive is the other
       model's memory row of the same sample, a fixed target; negatives also come from the memory
-      buffers
-      (N x feat_dim, indexed by ``batch['index']``, rows <- normalise(0.5 row + 0.5 new)).
+      buffers (N x feat_dim, indexed by ``batch['index']``, rows <- 0.5 row + 0.5 new, see below).
       ``positives="batch"`` pairs the current teacher and student head outputs instead; both heads
       then chase each other and, measured on FMNIST-KD v1, collapse: by the end of training every
       embedding points the same way (cosine 0.98 between different classes), the GCKT term climbs
@@ -111,14 +82,11 @@ class WCoRD(Term):
         if critic == "bounded" and lipschitz == "none":
             raise ConfigError("critic='bounded' is spectrally normalised by construction; lipschitz='none' "
                               "applies to critic='normalised' only")
-        if lipschitz not in ("spectral", "gp", "none"):
-            raise ConfigError(f"unknown lipschitz {lipschitz!r}; use 'spectral', 'gp' or 'none'")
-        if negatives not in ("other_class", "uniform"):
-            raise ConfigError(f"unknown negatives {negatives!r}; use 'other_class' or 'uniform'")
-        if lckt_solver not in ("ipot", "sinkhorn"):
-            raise ConfigError(f"unknown lckt_solver {lckt_solver!r}; use 'ipot' or 'sinkhorn'")
-        if positives not in ("batch", "memory"):
-            raise ConfigError(f"unknown positives {positives!r}; use 'batch' or 'memory'")
+        for key, value, allowed in (("lipschitz", lipschitz, ("spectral", "gp", "none")), ("lckt_solver", lckt_solver,
+                                    ("ipot", "sinkhorn")), ("negatives", negatives, ("other_class", "uniform")),
+                                    ("positives", positives, ("batch", "memory"))):
+            if value not in allowed:
+                raise ConfigError(f"unknown {key} {value!r}; use one of {allowed}")
         check_options("wcord", num_negatives, momentum, scoring)
         if tau <= 0:
             raise ConfigError(f"wcord needs tau > 0, got {tau} (CRD's: 0.07)")
@@ -171,19 +139,7 @@ class WCoRD(Term):
 
     def heads(self, e_s: torch.Tensor, e_t: torch.Tensor):
         """(h_s, h_t, h_s with the head's parameters detached: LCKT's path to the student only)."""
-        bounded = self.critic_form == "bounded"
-        with parametrize.cached():  # normalised critic with spectral norm: one power iteration per step
-            ws, bs = self.embed_s.linear.weight, self.embed_s.linear.bias
-            wt, bt = self.embed_t.linear.weight, self.embed_t.linear.bias
-            if bounded:
-                ws, wt = _unit_spectral(ws), _unit_spectral(wt)
-
-            def out(x):
-                return _to_unit_ball(x) if bounded else F.normalize(x, dim=1)
-
-            h_s, h_t = out(F.linear(e_s, ws, bs)), out(F.linear(e_t, wt, bt))
-            h_s_student_only = out(F.linear(e_s, ws.detach(), bs.detach()))
-        return h_s, h_t, h_s_student_only
+        return critic_heads(self.embed_s, self.embed_t, e_s, e_t, self.critic_form == "bounded")
 
     def critic(self, e_t: torch.Tensor, e_s: torch.Tensor) -> torch.Tensor:
         """g(t, s) for paired rows: (B, dt), (B, ds) -> (B,). "bounded": <a, b> / (sqrt(2) tau),
@@ -197,37 +153,18 @@ class WCoRD(Term):
 
         Positive of each anchor: the other model's head output for the same input (``index`` None,
         ``positives="batch"``), or, as in CRD, the other model's memory row ``index`` of it."""
-        loss = 0.0
-        for anchor, other, bank in ((h_s, h_t, self.memory_t), (h_t, h_s, self.memory_s)):
-            partner = other if index is None else bank[index]
-            pos = (anchor * partner).sum(1, keepdim=True) * self.score_scale
-            scores = torch.cat([pos, self._bank_scores(anchor, bank, neg) * self.score_scale], 1)
-            loss = loss + (torch.logsumexp(scores, 1) - pos.squeeze(1)).mean()
-        return loss
-
-    def _bank_scores(self, h: torch.Tensor, bank: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        return bank_scores(bank, h, neg, resolve_scoring(self.scoring, bank.shape[0], h.shape[0]))
+        scoring = resolve_scoring(self.scoring, self.memory_s.shape[0], h_s.shape[0])
+        return (contrastive_bound(h_s, h_t, self.memory_t, neg, index, self.score_scale, scoring)
+                + contrastive_bound(h_t, h_s, self.memory_s, neg, index, self.score_scale, scoring))
 
     def lckt(self, h_s: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
         """sum(T * C) over the (global) batch, C = 1 - cos, T the OT plan with uniform marginals, held constant."""
         h_s, h_t = ddist.all_gather_keep_local_grad(h_s), ddist.all_gather(h_t)
-        cost = ot.cosine_cost(h_s, h_t)
-        B = cost.shape[0]
-        with torch.no_grad():
-            w = torch.full((B,), 1.0 / B, dtype=cost.dtype, device=cost.device)
-            if self.lckt_solver == "ipot":
-                plan = ot.ipot(w, w, cost.detach(), self.ipot_beta, self.ipot_iters)
-            else:
-                plan = ot.sinkhorn_log(w, w, cost.detach(), self.sinkhorn_reg)
-        return (plan * cost).sum()
+        return batch_ot_loss(h_s, h_t, self.lckt_solver, self.ipot_beta, self.ipot_iters, self.sinkhorn_reg)
 
     def gradient_penalty(self, e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
         """gp_weight * mean (||grad_(t,s) g(t, s)|| - 1)^2 at positive and shuffled pairs (critic only)."""
-        t = torch.cat([e_t, e_t]).detach().requires_grad_(True)
-        s = torch.cat([e_s, e_s.roll(1, 0)]).detach().requires_grad_(True)
-        g_t, g_s = torch.autograd.grad(self.critic(t, s).sum(), [t, s], create_graph=True)
-        norm = (g_t.pow(2).sum(1) + g_s.pow(2).sum(1) + 1e-12).sqrt()
-        return self.gp_weight * (norm - 1).pow(2).mean()
+        return self.gp_weight * gradient_penalty(self.critic, e_s, e_t)
 
     # -------------------------------------------------------------------------------- negatives
     def sample_negatives(self, batch: dict) -> torch.Tensor:
