@@ -384,15 +384,46 @@ def test_merge_pools_disjoint_seed_files_as_if_from_the_raw_runs(tmp_path, capsy
         accuracy.merge_results([tmp_path / "junk.csv"], TINY, tmp_path / "x")
 
 
+def test_a_rerun_replaces_its_methods_rows(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    per_seed = {"teacher": {0: {"final_top1": 91.0, "best_top1": 91.2, "wall_seconds": 500.0}}}
+    for m in ("vanilla", "kd", "crd"):
+        per_seed[m] = {s: {"final_top1": 85 + 5 * rng.random(), "best_top1": 86 + 5 * rng.random(),
+                           "wall_seconds": 100 * rng.random()} for s in range(3)}
+    settings = {"teacher": "t", "vanilla": "CE only", "kd": "kd w=1", "crd": "crd w=1"}
+    a = _results_part(tmp_path, "a", per_seed, [0], settings)
+    b = _results_part(tmp_path, "b", per_seed, [1, 2], settings)
+    rerun = {"teacher": per_seed["teacher"], "crd": {s: {"final_top1": 80.0 + s, "best_top1": 81.0 + s,
+                                                          "wall_seconds": 10.0} for s in range(3)}}
+    r = _results_part(tmp_path, "r", rerun, [0, 1, 2], {"teacher": "t", "crd": "crd w=2 replacement=False"})
+    merged = {x["method"]: x for x in accuracy.merge_results([a, b], TINY, tmp_path / "m", ["m"], replace=[r])}
+    assert merged["crd"]["final_mean"] == pytest.approx(81.0) and merged["crd"]["final_std"] == pytest.approx(1.0)
+    assert merged["crd"]["gain"] == pytest.approx(81.0 - merged["vanilla"]["final_mean"])
+    plain = {x["method"]: x for x in accuracy.merge_results([a, b], TINY, tmp_path / "p")}
+    assert merged["kd"] == plain["kd"] and merged["vanilla"] == plain["vanilla"]
+    md = (tmp_path / "m" / "tiny.md").read_text()
+    assert "crd w=2 replacement=False" in md and "replaces its methods' rows" in md
+    other = {"teacher": {0: {"final_top1": 90.0, "best_top1": 90.0, "wall_seconds": 1.0}}, "crd": rerun["crd"]}
+    r2 = _results_part(tmp_path, "r2", other, [0, 1, 2], {"teacher": "t", "crd": "crd w=2"})
+    with pytest.raises(ValueError, match="another teacher"):
+        accuracy.merge_results([a, b], TINY, tmp_path / "x", replace=[r2])
+
+
+def committed_parts(bench):
+    """(parts of disjoint seeds, re-runs that replace their methods' rows) in benchmarks/parts/."""
+    files = sorted((bench / "parts").glob("fmnist-kd-v1.*.csv"))
+    return [f for f in files if ".rerun" not in f.name], [f for f in files if ".rerun" in f.name]
+
+
 def test_committed_leaderboard_is_the_merge_of_the_committed_parts(tmp_path):
-    """benchmarks/fmnist-kd-v1.csv must be what `--merge` makes of benchmarks/parts/ (older files name
-    their seeds only through their command)."""
+    """benchmarks/fmnist-kd-v1.csv must be what `--merge` (with `--replace` for re-runs) makes of
+    benchmarks/parts/ (older files name their seeds only through their command)."""
     from pathlib import Path
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    parts = sorted((bench / "parts").glob("fmnist-kd-v1.*.csv"))
+    parts, reruns = committed_parts(bench)
     if not parts:
         pytest.skip("no results parts in this checkout")
-    merged = accuracy.merge_results(parts, protocol.FULL, tmp_path)
+    merged = accuracy.merge_results(parts, protocol.FULL, tmp_path, replace=reruns)
     _, committed, _ = report.read_results_csv(bench / "fmnist-kd-v1.csv")
     assert [r["method"] for r in merged] == [r["method"] for r in committed]
     for got, want in zip(merged, committed):

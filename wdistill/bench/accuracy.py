@@ -172,11 +172,39 @@ def _part_seeds(stamp: dict, path, schedule: Schedule) -> list[int]:
     raise ValueError(f"{path}: its stamp names neither its seeds nor its command; cannot tell which seeds it holds")
 
 
-def merge_results(paths: list, schedule: Schedule = FULL, out="benchmarks", command: list[str] | None = None) -> list[dict]:
+def merge_results(paths: list, schedule: Schedule = FULL, out="benchmarks", command: list[str] | None = None,
+                  replace: list | None = None) -> list[dict]:
     """One results table from results CSVs of disjoint seeds (e.g. seed 0 run by one session, seeds 1-2
     by another, their run directories gone): each row's mean and sample std are pooled exactly from
     the parts' (runs, mean, std); best-epoch mean and wall time are run-weighted means. A method must
-    have the same settings in every part; the single-seed teacher must be the same run in every part."""
+    have the same settings in every part; the single-seed teacher must be the same run in every part.
+
+    ``replace``: results CSVs of a re-run (pooled the same way among themselves) whose methods
+    replace those methods' rows, whatever their seeds or settings (e.g. rows re-run after a fix).
+    Their teacher must be the same run as the parts' one (same top-1), or the table would mix
+    students of two teachers."""
+    merged, settings, all_seeds, missing, sources = _pool(paths, schedule)
+    if replace:
+        new, new_settings, _, new_missing, new_sources = _pool(replace, schedule)
+        old_teacher = next((r for r in merged if r["method"] == "teacher"), None)
+        new_teacher = next((r for r in new if r["method"] == "teacher"), None)
+        if old_teacher and new_teacher and old_teacher["final_mean"] != new_teacher["final_mean"]:
+            raise ValueError(f"the re-run's teacher ({new_teacher['final_mean']}) is not the parts' teacher "
+                             f"({old_teacher['final_mean']}): its students had another teacher")
+        by_method = {r["method"]: r for r in new if r["method"] != "teacher"}
+        merged = [by_method.pop(r["method"], r) for r in merged] + list(by_method.values())
+        settings = settings | {m: new_settings[m] for m in new_settings if m != "teacher"}
+        missing = [x for x in missing if x.split(":")[0].split(" ")[0] not in new_settings] + new_missing
+        sources = sources + [f"{x} — replaces its methods' rows" for x in new_sources]
+        base = next((r for r in merged if r["method"] == "vanilla"), None)
+        for r in merged:
+            r["gain"] = None if base is None or r["method"] in ("vanilla", "teacher") else r["final_mean"] - base["final_mean"]
+    write_results(merged, schedule, all_seeds, Path(out), settings, command, missing, sources)
+    return merged
+
+
+def _pool(paths: list, schedule: Schedule):
+    """(rows, settings, seeds, missing, sources) pooled from results CSVs of disjoint seeds."""
     parts = []
     for path in paths:
         st, table, settings = report.read_results_csv(path)
@@ -229,8 +257,7 @@ def merge_results(paths: list, schedule: Schedule = FULL, out="benchmarks", comm
                          if sd not in row_seeds[m] and not any(x.startswith(f"{m}: ") for x in partial)]
     sources = [f"`{Path(p).name}` ({len(sd)} seed(s): {', '.join(map(str, sd))}; {st.get('date', '?')}, commit "
                f"`{st.get('commit', '?')}`, `{st.get('command', '?')}`)" for p, st, sd, _, _ in parts]
-    write_results(merged, schedule, all_seeds, Path(out), settings, command, missing, sources)
-    return merged
+    return merged, settings, all_seeds, missing, sources
 
 
 def write_results(table: list[dict], schedule: Schedule, seeds: list[int], out: Path, settings: dict,

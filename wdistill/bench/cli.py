@@ -28,10 +28,10 @@ def _cmd_accuracy(args) -> int:
     schedule = QUICK if args.quick else FULL
     if args.merge:
         from .accuracy import merge_results
-        missing = [p for p in args.merge if not Path(p).is_file()]
+        missing = [p for p in args.merge + (args.replace or []) if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"--merge: no such results file(s): {', '.join(missing)}")
-        table = merge_results(args.merge, schedule, args.out, command)
+        table = merge_results(args.merge, schedule, args.out, command, replace=args.replace)
         for r in table:
             print(f"{r['method']:>10s} {r['final_mean']:6.2f} (n={r['n']})")
         print(f"wrote {Path(args.out) / schedule.name}.md/.csv/.png")
@@ -108,6 +108,8 @@ def add_parsers(sub) -> None:
                    help="train nothing: write the results files from the runs finished so far")
     a.add_argument("--merge", nargs="+", default=None, metavar="CSV",
                    help="train nothing: pool results CSVs of disjoint seeds into one results file")
+    a.add_argument("--replace", nargs="+", default=None, metavar="CSV",
+                   help="with --merge: results CSVs of a re-run whose methods replace those rows")
     a.add_argument("--out", default="benchmarks", help="where the results files go")
     a.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
     a.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
