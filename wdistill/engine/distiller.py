@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..data.views import View
-from ..losses.base import SetupContext, Term
+from ..losses.base import SetupContext, Term, mean_distribution_logits
 from ..models.taps import FeatureTap, TapOutputs, TapSpec
 from .loop import NonFiniteLoss  # noqa: F401  (raised by the training loop; kept importable here)
 
@@ -30,14 +30,6 @@ def ensemble_temperature(term: Term) -> float:
     ``ensemble_T`` attribute, else its ``T``, else 1."""
     T = getattr(term, "ensemble_T", None)
     return float(T if T is not None else getattr(term, "T", 1.0))
-
-
-def mean_distribution_logits(member_logits: list[torch.Tensor], T: float) -> torch.Tensor:
-    """Logits whose softmax at temperature ``T`` is the mean of the members' softmaxes at ``T``:
-    ``T * log(mean_i softmax(z_i / T))`` (computed with logsumexp)."""
-    dtype = torch.promote_types(member_logits[0].dtype, torch.float32)  # float32 under autocast, float64 kept
-    logp = torch.stack([torch.log_softmax(z.to(dtype) / T, dim=1) for z in member_logits])
-    return T * (torch.logsumexp(logp, dim=0) - math.log(len(member_logits)))
 
 
 def mean_output(outs: list[dict], T: float) -> dict:

@@ -33,6 +33,7 @@ parameter stays accepted, with a warning, through ``renamed_params``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -125,6 +126,14 @@ class Term(nn.Module):
 
     def forward(self, student: dict, teacher: dict, batch: dict) -> torch.Tensor:
         raise NotImplementedError
+
+
+def mean_distribution_logits(member_logits: list[torch.Tensor], T: float) -> torch.Tensor:
+    """Logits whose softmax at temperature ``T`` is the mean of the members' softmaxes at ``T``:
+    ``T * log(mean_i softmax(z_i / T))`` (computed with logsumexp)."""
+    dtype = torch.promote_types(member_logits[0].dtype, torch.float32)  # float32 under autocast, float64 kept
+    logp = torch.stack([torch.log_softmax(z.to(dtype) / T, dim=1) for z in member_logits])
+    return T * (torch.logsumexp(logp, dim=0) - math.log(len(member_logits)))
 
 
 class ConfigError(ValueError):

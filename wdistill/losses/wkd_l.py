@@ -8,50 +8,12 @@ import torch.nn.functional as F
 
 from .. import ot
 from .._io import FileLoadError, safe_load
-from .base import ConfigError, SetupContext, Term
+from .base import ConfigError, SetupContext, Term, mean_distribution_logits
 from .published import ce, publish
 from .registry import register
+from .wkd_decay import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch  # noqa: F401
 from .wkd_cost import classifier_weight, load_or_build_cka
 from .wkd_official import CIFAR as OFFICIAL_CIFAR, l_params
-
-# Published CIFAR-100 decay start: epoch 150 of 240.
-DEFAULT_DECAY_FRAC = 150 / 240
-
-
-def decay_start_epoch(decay_start: float | None, decay_start_frac: float | None, num_epochs: int | None) -> float | None:
-    """The epoch at which WKD's cosine decay starts (None: no decay)."""
-    if decay_start is not None:
-        return float(decay_start)
-    if decay_start_frac is None:
-        return None
-    if num_epochs is None:
-        raise ValueError("WKD's weight decay needs batch['num_epochs'] (and batch['epoch']); "
-                         "set decay_start_frac=None to train without the decay")
-    return decay_start_frac * num_epochs
-
-
-def cosine_decayed(weight: float, epoch: int, num_epochs: int | None, start: float | None) -> float:
-    """WKD's weight at 0-based ``epoch`` of ``num_epochs``, as the official trainer computes it.
-
-    The official trainer counts epochs from 1 and decays once that count e exceeds s:
-    ``w`` while e <= s, then ``w * 0.5 * (1 + cos(pi (e - s) / (E - s)))``, which is 0 at the last
-    epoch (official mdistiller/distillers/WKD.py, ``kwargs['epoch'] > decay_start_epoch``)."""
-    if start is None or num_epochs is None or num_epochs <= start:
-        return weight
-    e = epoch + 1  # the official 1-based epoch count
-    if e <= start:
-        return weight
-    return weight * 0.5 * (1 + math.cos(math.pi * (e - start) / (num_epochs - start)))
-
-
-def check_decay_args(decay_start, decay_start_frac) -> None:
-    if decay_start is not None and decay_start_frac not in (None, DEFAULT_DECAY_FRAC):
-        raise ConfigError("give decay_start (epochs) or decay_start_frac (fraction of training), not both")
-    if decay_start is not None and decay_start < 0:
-        raise ConfigError(f"decay_start must be >= 0, got {decay_start}")
-    if decay_start_frac is not None and not 0 <= decay_start_frac <= 1:
-        raise ConfigError(f"decay_start_frac must be in [0, 1], got {decay_start_frac}")
-
 
 def _labels(target: torch.Tensor) -> torch.Tensor:
     # Soft targets (mixup/cutmix) count as their arg-max class, as in the reference code.
@@ -199,7 +161,6 @@ class WKDLogits(Term):
             dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
             t_nt = None
             if members:  # an ensemble: the mean distribution at tau for the non-target part
-                from ..engine.distiller import mean_distribution_logits
                 t_nt = mean_distribution_logits([m["logits"].detach().to(dtype) for m in members], self.tau)
             loss_t, wd = wkd_l_parts(
                 s.to(dtype), teacher["logits"].detach().to(dtype), batch["target"], self.cost, self.tau,
