@@ -42,7 +42,7 @@ def apply(tree: Path, m: dict) -> None:
 def run_one(m: dict, timeout: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"mut-{m['id']}-") as tmp:
         tree = Path(tmp)
-        for part in ("wdistill", "tests", "pyproject.toml"):
+        for part in ("wdistill", "benchtools", "tests", "pyproject.toml"):
             src = ROOT / part
             if src.is_dir():
                 shutil.copytree(src, tree / part, symlinks=True,
