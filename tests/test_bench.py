@@ -17,6 +17,8 @@ from wdistill.bench.measure import peak_memory
 from wdistill.bench.speed_report import run_speed
 from wdistill.recipes import LABELS, RECIPES
 
+from builders import hold_lock
+
 TINY_DATA = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=64", "data.test_subset=32",
              "data.eval_batch_size=32"]
 TINY = protocol.Schedule("tiny", False, 1, "test", (0, 1))
@@ -277,33 +279,37 @@ def test_kernel_rows_agree_with_independent_solvers():
 
 def test_run_lock_waits_for_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
     import os
-    import subprocess
-    import sys
+    import signal
     import threading
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
-    (tmp_path / runs.LOCK_FILE).write_text(dead)
+    lock = tmp_path / runs.LOCK_FILE
+    holder = hold_lock(lock)
+    holder.send_signal(signal.SIGKILL)  # died holding the job: its PID is still in the file
+    holder.wait()
+    assert lock.read_text() == str(holder.pid)
     with runs.run_lock(tmp_path, log=lambda m: None, poll=0.05):
-        assert (tmp_path / runs.LOCK_FILE).read_text() == str(os.getpid())
-    assert not (tmp_path / runs.LOCK_FILE).exists()
-    (tmp_path / runs.LOCK_FILE).write_text(str(os.getppid()))  # alive: must wait until released
-    timer = threading.Timer(0.3, lambda: (tmp_path / runs.LOCK_FILE).unlink())
+        assert lock.read_text() == str(os.getpid())
+    assert lock.read_text() == ""  # released
+    holder = hold_lock(lock)  # alive: must wait until it lets go
+    timer = threading.Timer(0.3, lambda: (holder.send_signal(signal.SIGKILL), holder.wait()))
     said = []
     timer.start()
     with runs.run_lock(tmp_path, log=said.append, poll=0.05):
-        assert said and "waiting" in said[0]
+        assert said and f"process {holder.pid} is running this job; waiting" in said[0]
+    timer.join()
 
 
 def test_busy_run_is_deferred_to_the_back_of_the_queue(bench_dir, monkeypatch, tmp_path):
     """A run held by another live process is skipped once (RunBusy), trained after the others."""
-    import os
-
     root, _ = bench_dir
-    with pytest.raises(runs.RunBusy):
-        (tmp_path / runs.LOCK_FILE).write_text(str(os.getppid()))
-        with runs.run_lock(tmp_path, wait=False):
-            pass
+    holder = hold_lock(tmp_path / runs.LOCK_FILE)
+    try:
+        with pytest.raises(runs.RunBusy, match=f"process {holder.pid} is running this job"):
+            with runs.run_lock(tmp_path, wait=False):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
     monkeypatch.setattr(protocol, "TEACHER", "resnet8")
     busy_dir = root / "runs" / TINY.name / "kd" / "seed1"
     order = []
@@ -325,6 +331,31 @@ def test_busy_run_is_deferred_to_the_back_of_the_queue(bench_dir, monkeypatch, t
                         ("kd/seed1", False), ("kd/seed1", True)]
     assert [r["method"] for r in table] == ["teacher", "vanilla", "kd"]
     assert next(r for r in table if r["method"] == "kd")["seeds"] == [0, 1]
+
+
+def test_shared_queue_fetches_a_jobs_teacher_before_it_even_when_another_shell_has_it():
+    """Two shells on one settings plan: the teacher is busy in the other shell, so it is deferred,
+    but the student that reads its checkpoint waits for it first instead of training without it."""
+    calls, busy_once = [], {"T"}
+
+    def get(cfg, log=print, wait=True):
+        calls.append((cfg["name"], wait))
+        if cfg["name"] in busy_once and not wait:
+            busy_once.discard(cfg["name"])
+            raise runs.RunBusy(f"{cfg['name']}: busy")
+        return {"name": cfg["name"]}
+
+    teacher = {"name": "T"}
+    jobs = [("T", lambda: teacher, []), ("S1", lambda: {"name": "S1"}, [teacher]), ("S2", lambda: {"name": "S2"}, [])]
+
+    class Bar:
+        def write(self, msg): pass
+        def set_postfix_str(self, msg): pass
+        def update(self): pass
+
+    done = [key for key, summary in runs.shared_queue(jobs, get, Bar()) if summary]
+    assert calls == [("T", False), ("T", True), ("S1", False), ("S2", False), ("T", True)]
+    assert done == ["S1", "S2", "T"]
 
 
 def test_findings_check_the_issue_targets_on_a_hand_made_table():

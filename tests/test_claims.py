@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from wdistill import losses, models
+from wdistill import losses
 from wdistill.engine import Trainer, load_config
+
+from builders import small_run
 
 
 def _batch(b=6, c=5, seed=0):
@@ -49,13 +51,7 @@ def test_ce_with_label_smoothing_by_hand(eps):
 
 
 def _cfg(tmp_path, **over):
-    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 2},
-           "data": {"name": "fmnist_sample", "train_subset": 128, "test_subset": 64, "batch_size": 32,
-                    "crop_padding": 2},
-           "student": {"model": "resnet8"}, "loss": [{"name": "ce"}],
-           "optim": {"epochs": 2, "lr": 0.05, "schedule": "cosine"}, "train": {"progress": False}}
-    cfg.update(over)
-    return cfg
+    return small_run(tmp_path, seed=2, extra_data={"crop_padding": 2}, loss=[{"name": "ce"}], **over)
 
 
 @pytest.mark.parametrize("amp", [False, True])

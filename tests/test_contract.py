@@ -187,6 +187,14 @@ def test_forward_before_setup_is_one_clear_error(name):
         term({"logits": torch.zeros(2, 3)}, {"logits": torch.zeros(2, 3)}, {"target": torch.zeros(2).long()})
 
 
+def test_a_terms_config_error_is_the_one_the_cli_catches():
+    """One ConfigError for every layer: a term's bad value is the same class the CLI prints without a
+    traceback (a second class in losses/ would escape that handler)."""
+    from wdistill import errors
+    with pytest.raises(errors.ConfigError, match=r"dkd T=-1.0 must be > 0"):
+        losses.create("dkd", T=-1)
+
+
 def test_guard_follows_what_setup_builds():
     # WKD-L given its cost matrix needs no setup; FT's stage functions are guarded too.
     term = losses.create("wkd_l", cost=torch.zeros(3, 3), decay_start_frac=None)

@@ -8,25 +8,17 @@ from wdistill import cli, losses, models
 from wdistill.engine import ConfigError, Distiller, NonFiniteLoss, Trainer, load_config
 from wdistill.engine.distiller import lr_at
 
+from builders import random_teacher, small_run
+
 
 def _base(tmp_path, **over):
-    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 3},
-           "data": {"name": "fmnist_sample", "train_subset": 256, "test_subset": 200, "batch_size": 64,
-                    "crop_padding": 2},
-           "student": {"model": "resnet8"},
-           "optim": {"epochs": 3, "lr": 0.05, "schedule": "cosine"},
-           "train": {"progress": False}}
-    for k, v in over.items():
-        cfg[k] = v
-    return cfg
+    return small_run(tmp_path, seed=3, train_subset=256, test_subset=200, batch_size=64, epochs=3,
+                     extra_data={"crop_padding": 2}, **over)
 
 
 @pytest.fixture
 def teacher_ckpt(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    torch.save({"model": models.create("resnet14", num_classes=10, in_channels=1).state_dict()}, path)
-    return str(path)
+    return random_teacher(tmp_path / "teacher.pt", "resnet14")
 
 
 def test_config_errors_name_the_key_and_fix(tmp_path):

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wdistill import models
 from wdistill.engine import Trainer, load_config
 from wdistill.engine.distiller import mean_distribution_logits
+
+from builders import random_teacher, small_run
 
 
 class _Stop(Exception):
@@ -16,26 +17,15 @@ class _Stop(Exception):
 
 
 def _base(tmp_path, teachers, loss, **over):
-    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 2},
-           "data": {"name": "fmnist_sample", "train_subset": 128, "test_subset": 64, "batch_size": 32,
-                    "crop_padding": 2},
-           "student": {"model": "resnet8"},
-           "teachers": teachers, "loss": loss,
-           "optim": {"epochs": 2, "lr": 0.05, "schedule": "constant"},
-           "train": {"progress": False, "max_steps": 2}}
-    cfg.update(over)
-    return cfg
+    return small_run(tmp_path, seed=2, schedule="constant", extra_data={"crop_padding": 2},
+                     extra_train={"max_steps": 2}, teachers=teachers, loss=loss, **over)
 
 
 @pytest.fixture
 def teachers(tmp_path):
-    out = []
-    for seed, arch in ((0, "resnet8"), (1, "resnet14")):  # different widths of embedding: own connectors
-        torch.manual_seed(seed)
-        path = tmp_path / f"t{seed}.pt"
-        torch.save({"model": models.create(arch, num_classes=10, in_channels=1).state_dict()}, path)
-        out.append({"model": arch, "checkpoint": str(path)})
-    return out
+    # different widths of embedding: own connectors
+    return [{"model": arch, "checkpoint": random_teacher(tmp_path / f"t{seed}.pt", arch, seed)}
+            for seed, arch in ((0, "resnet8"), (1, "resnet14"))]
 
 
 def test_mean_distribution_against_a_hand_computation():

@@ -18,24 +18,16 @@ from wdistill import cli, losses, models
 from wdistill.engine import ConfigError, Trainer, load_config
 from wdistill.engine.loop import NonFiniteLoss
 
+from builders import hold_lock, random_teacher, small_run
+
 
 def _cfg(tmp_path, **over):
-    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 1},
-           "data": {"name": "fmnist_sample", "train_subset": 128, "test_subset": 64, "batch_size": 32,
-                    "crop_padding": 2},
-           "student": {"model": "resnet8"},
-           "optim": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
-           "train": {"progress": False}}
-    cfg.update(over)
-    return cfg
+    return small_run(tmp_path, seed=1, extra_data={"crop_padding": 2}, **over)
 
 
 @pytest.fixture
 def teacher_ckpt(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    torch.save({"model": models.create("resnet8", num_classes=10, in_channels=1).state_dict()}, path)
-    return str(path)
+    return random_teacher(tmp_path / "teacher.pt", "resnet8")
 
 
 class _Evil:
@@ -102,18 +94,8 @@ def test_corrupt_checkpoints_are_one_clear_message(tmp_path, capsys):
 
 # ---- one owner per run directory ------------------------------------------------------------
 
-def _hold_lock(run_dir):
-    code = ("import fcntl, os, sys, time; os.makedirs(sys.argv[1], exist_ok=True); "
-            "f = open(os.path.join(sys.argv[1], '.lock'), 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush(); print('locked', flush=True); "
-            "time.sleep(60)")
-    p = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "locked"
-    return p
-
-
 def test_second_process_on_a_run_directory_is_refused_and_stale_lock_is_taken(tmp_path):
-    holder = _hold_lock(tmp_path / "runs" / "r")
+    holder = hold_lock(tmp_path / "runs" / "r" / ".lock")
     try:
         with pytest.raises(ConfigError, match=f"in use by process {holder.pid}"):
             Trainer(load_config(_cfg(tmp_path)))

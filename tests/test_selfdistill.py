@@ -5,28 +5,21 @@ import pytest
 import torch
 import yaml
 
-from wdistill import cli, models
+from wdistill import cli
 from wdistill.engine import ConfigError, load_config
 from wdistill.selfdistill import run_generations
 
+from builders import random_teacher, small_run
+
 
 def _cfg(tmp_path, **over):
-    cfg = {"run": {"name": "chain", "out_dir": str(tmp_path / "runs"), "seed": 0},
-           "data": {"name": "fmnist_sample", "train_subset": 128, "test_subset": 64, "batch_size": 32},
-           "student": {"model": "resnet8"},
-           "loss": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}],
-           "optim": {"epochs": 2, "lr": 0.05, "schedule": "constant"},
-           "train": {"progress": False, "max_steps": 2}}
-    cfg.update(over)
-    return cfg
+    return small_run(tmp_path, seed=0, name="chain", schedule="constant", extra_train={"max_steps": 2},
+                     loss=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}], **over)
 
 
 @pytest.fixture
 def teacher_ckpt(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    torch.save({"model": models.create("resnet14", num_classes=10, in_channels=1).state_dict()}, path)
-    return str(path)
+    return random_teacher(tmp_path / "teacher.pt", "resnet14")
 
 
 def test_chain_of_three_resumes_after_a_kill_in_generation_two(tmp_path, teacher_ckpt):

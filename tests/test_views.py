@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
-from wdistill import cli, models
+from wdistill import cli
 from wdistill.data.views import View, ViewSpec
 from wdistill.engine import ConfigError, Distiller, Trainer, evaluate, load_config
+
+from builders import random_teacher, small_run
 
 
 def _blur_by_hand(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,22 +54,13 @@ def test_view_errors_are_clear(tmp_path):
 
 
 def _base(tmp_path, **over):
-    cfg = {"run": {"name": "r", "out_dir": str(tmp_path / "runs"), "seed": 1},
-           "data": {"name": "fmnist_sample", "train_subset": 128, "test_subset": 64, "batch_size": 32,
-                    "crop_padding": 4, "flip": True},
-           "student": {"model": "resnet8"},
-           "optim": {"epochs": 1, "lr": 0.05, "schedule": "constant"},
-           "train": {"progress": False, "max_steps": 3}}
-    cfg.update(over)
-    return cfg
+    return small_run(tmp_path, seed=1, epochs=1, schedule="constant",
+                     extra_data={"crop_padding": 4, "flip": True}, extra_train={"max_steps": 3}, **over)
 
 
 @pytest.fixture
 def teacher_ckpt(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    torch.save({"model": models.create("resnet8", num_classes=10, in_channels=1).state_dict()}, path)
-    return str(path)
+    return random_teacher(tmp_path / "teacher.pt", "resnet8")
 
 
 def test_views_come_from_the_same_augmented_crop(tmp_path, teacher_ckpt, monkeypatch):

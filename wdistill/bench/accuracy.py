@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from collections import deque
 from pathlib import Path
 
 import yaml
@@ -12,7 +11,7 @@ from ..engine.checkpoint import atomic_write_text
 from ..recipes import LABELS, PRESET_DIR, RECIPES, default_recipe, recipe
 from . import protocol, report, tooling
 from .protocol import FULL, TUNE, Schedule
-from .runs import RunBusy, load_finished, run_or_load
+from .runs import load_finished, run_or_load, shared_queue
 from .tuning import CANDIDATES, apply_candidate, check_budget, describe
 
 METHODS = [m for m in RECIPES if m != "vanilla"]
@@ -130,24 +129,17 @@ def run_accuracy(schedule: Schedule, methods: list[str], seeds: list[int] | None
     settings = {"teacher": f"{protocol.TEACHER}, {protocol.TEACHER_EPOCHS} epochs, seed 0",
                 "vanilla": "CE only"}
     missing = [] if teacher else ["teacher"]
-    # A run another process (a second shard) is training goes to the back of the queue once;
-    # the second time round this process waits for it.
-    pending = deque((m, s, False) for m in methods for s in seeds)
-    bar = tqdm(total=len(pending), desc=schedule.name, unit="run", disable=not train)
-    while pending:
-        m, seed, deferred = pending.popleft()
-        bar.set_postfix_str(f"{m} seed {seed}")
-        terms = recipe(m) if _tuned(m, preset_dir) else default_recipe(m)
-        if m != "vanilla":
-            settings[m] = describe(terms) + ("" if _tuned(m, preset_dir) else " (untuned: CIFAR-100 default)")
-        cfg = protocol.student_config(m, terms, schedule, seed, runs_root, root, overrides=overrides)
-        try:
-            summary = get(cfg, log=_log_to(bar), wait=deferred)
-        except RunBusy as busy:
-            bar.write(f"{busy}; coming back to it later")
-            pending.append((m, seed, True))
-            continue
-        bar.update()
+
+    def job(m: str, seed: int):
+        def make() -> dict:  # at its turn: a preset re-tuned meanwhile (another shell) is used
+            terms = recipe(m) if _tuned(m, preset_dir) else default_recipe(m)
+            if m != "vanilla":
+                settings[m] = describe(terms) + ("" if _tuned(m, preset_dir) else " (untuned: CIFAR-100 default)")
+            return protocol.student_config(m, terms, schedule, seed, runs_root, root, overrides=overrides)
+        return (m, seed), make, []
+
+    bar = tqdm(total=len(methods) * len(seeds), desc=schedule.name, unit="run", disable=not train)
+    for (m, seed), summary in shared_queue([job(m, s) for m in methods for s in seeds], get, bar):
         if summary:
             rows.setdefault(m, []).append({**summary, "seed": seed})
         else:

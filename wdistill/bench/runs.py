@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import yaml
 from ..engine import Trainer, load_config
 from ..engine.checkpoint import atomic_write_text
 from ..engine.config import ConfigError, dump_config
+from ..engine.rundir import try_lock, unlock
 
 WALL_FILE = "bench_wall.json"  # wall seconds of every session that worked on the run, summed
 LOCK_FILE = ".bench.lock"  # PID of the process running the job (benchmark shards may share a teacher)
@@ -22,52 +23,54 @@ class RunBusy(RuntimeError):
     """Another live process is training this run (raised instead of waiting when ``wait=False``)."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def run_lock(run_dir: Path, log=print, poll: float = 30.0, wait: bool = True):
-    """Hold ``run_dir/.bench.lock`` while training; wait while another live process holds it, or
-    raise RunBusy if ``wait`` is False (a lock left by a dead process is taken over)."""
+    """Hold ``run_dir/.bench.lock`` (the run directory's kind of lock: a flock, so a dead holder's
+    lock is free) from the load-or-train decision to the end of training; wait while another live
+    process holds it, or raise RunBusy if ``wait`` is False."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK_FILE
     said = False
     while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        f, holder = try_lock(run_dir / LOCK_FILE)
+        if f is not None:
             break
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except FileNotFoundError:
-                continue  # released meanwhile
-            except (OSError, ValueError):
-                pid = 0
-            if not pid and time.time() - lock.stat().st_mtime < 10:
-                time.sleep(0.2)  # just created: its owner has not written its PID yet
-                continue
-            if pid and pid != os.getpid() and _alive(pid):
-                if not wait:
-                    raise RunBusy(f"{run_dir}: process {pid} is running this job")
-                if not said:
-                    log(f"{run_dir}: process {pid} is running this job; waiting for it")
-                    said = True
-                time.sleep(poll)
-                continue
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+        if not wait:
+            raise RunBusy(f"{run_dir}: process {holder} is running this job")
+        if not said:
+            log(f"{run_dir}: process {holder} is running this job; waiting for it")
+            said = True
+        time.sleep(poll)
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        unlock(f)
+
+
+def shared_queue(jobs, get, bar):
+    """Run ``jobs`` in order and yield ``(key, summary or None)`` for each, so that two shells running
+    the same command share the work. ``jobs``: ``(key, make_config, needs)``, where ``make_config()``
+    builds the job's config when its turn comes and ``needs`` lists the configs of jobs whose
+    checkpoints it reads (its teachers). ``get(cfg, log=, wait=)`` is run_or_load or a loader.
+
+    A job another process is training goes to the back of the queue once; the second time round this
+    process waits for it. Before a job starts, each job it needs is fetched waiting (finished:
+    its summary is read; being trained elsewhere: wait; not started: train it now)."""
+    def log(msg):
+        bar.write(str(msg))
+    pending = deque((key, make, needs, False) for key, make, needs in jobs)
+    while pending:
+        key, make, needs, deferred = pending.popleft()
+        bar.set_postfix_str(" ".join(str(k) for k in key if k is not None) if isinstance(key, tuple) else str(key))
+        try:
+            for need in needs:
+                get(need, log=log, wait=True)
+            summary = get(make(), log=log, wait=deferred)
+        except RunBusy as busy:
+            log(f"{busy}; coming back to it later")
+            pending.append((key, make, needs, True))
+            continue
+        bar.update()
+        yield key, summary
 
 
 def run_dir_of(cfg_dict: dict) -> Path:

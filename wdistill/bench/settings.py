@@ -29,7 +29,7 @@ from ..engine.checkpoint import atomic_write_text
 from ..engine.config import apply_overrides, load_config
 from ..recipes import LABELS, recipe, scale_epoch_params
 from . import protocol, report
-from .runs import load_finished, run_dir_of, run_or_load
+from .runs import load_finished, run_dir_of, run_or_load, shared_queue
 from .tuning import describe
 
 SETTINGS = ("ensemble", "privileged", "crossmodal", "selfdistill")
@@ -160,14 +160,21 @@ def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/b
     them for ``finetune_epochs`` if > 0), write results."""
     seeds = list(seeds if seeds is not None else SCHEDULE.seeds)
     jobs = plan(setting, seeds, runs_root, root, overrides, teacher_overrides)
-    get = run_or_load if train else (lambda cfg, log=None: load_finished(cfg))
+    get = run_or_load if train else (lambda cfg, log=None, wait=True: load_finished(cfg))
     rows: dict[str, list[dict]] = {}
     settings: dict[str, str] = {}
     missing = []
-    bar = tqdm(jobs, desc=f"settings: {setting}", unit="run", disable=not train)
-    for row, seed, cfg in bar:
-        bar.set_postfix_str(f"{row} seed {seed}")
-        summary = get(cfg, log=lambda msg: bar.write(str(msg)))
+    made_by = {str(run_dir_of(cfg) / "student.pt"): cfg for _, _, cfg in jobs}  # checkpoint -> its job
+
+    def needs(cfg: dict) -> list[dict]:
+        teachers = cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
+        return [made_by[t["checkpoint"]] for t in teachers if t["checkpoint"] in made_by]
+
+    bar = tqdm(total=len(jobs), desc=f"settings: {setting}", unit="run", disable=not train)
+    queue = [((row, seed, i), (lambda cfg=cfg: cfg), needs(cfg) if train else [])
+             for i, (row, seed, cfg) in enumerate(jobs)]
+    for (row, seed, i), summary in shared_queue(queue, get, bar):
+        cfg = jobs[i][2]
         if not summary:
             missing.append(f"{row} seed {seed}")
             continue
@@ -184,6 +191,10 @@ def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/b
         rows.setdefault(row, []).append(result)
         settings.setdefault(row, describe(cfg["loss"]) or "CE only")
     bar.close()
+    first = {}  # the plan's row order and seed order, whatever order the shared queue finished them in
+    for i, (row, _, _) in enumerate(jobs):
+        first.setdefault(row, i)
+    rows = {r: sorted(rows[r], key=lambda x: x["seed"]) for r in sorted(rows, key=first.get)}
     table = report.summarise(rows, baseline="vanilla")
     for r in table:
         for key in ("probe", "finetune"):

@@ -43,6 +43,38 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
+def try_lock(path: Path):
+    """Take an exclusive flock on ``path`` and write our PID in it: ``(open file, None)``, or
+    ``(None, holder)`` when another process holds it (``holder``: the PID it wrote, or "unknown").
+    The kernel drops a flock when its holder dies, so a lock file left by a killed process (its PID
+    still inside) is never stale: the next process simply gets the lock and overwrites the PID."""
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return None, holder
+        raise
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f, None
+
+
+def unlock(f) -> None:
+    """Release a lock from :func:`try_lock`; the file stays (deleting a lock file races its next owner)."""
+    try:
+        f.seek(0)
+        f.truncate()
+        fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
 class RunDir:
     """``run.out_dir/run.name``, owned by this process from :meth:`claim` to :meth:`release`."""
 
@@ -101,25 +133,10 @@ class RunDir:
 
     def _acquire(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path / ".lock"
-        f = open(lock_path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise ConfigError(f"run directory {self.path} is in use by process {holder}: wait for it to "
-                                  "finish (or stop it), or choose another run.name") from None
-            raise
-        # The kernel drops a flock when its holder dies, so a lock file left by a killed run (its
-        # PID still inside) is stale by construction: we got the lock, and we overwrite the PID.
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._lock = f
+        self._lock, holder = try_lock(self.path / ".lock")
+        if self._lock is None:
+            raise ConfigError(f"run directory {self.path} is in use by process {holder}: wait for it to "
+                              "finish (or stop it), or choose another run.name")
 
     def begin(self, overwrite: bool, resume: bool) -> None:
         """The run starts: clear an overwritten run, then record the resolved config."""
@@ -133,11 +150,5 @@ class RunDir:
 
     def release(self) -> None:
         if self._lock is not None:
-            try:
-                self._lock.seek(0)
-                self._lock.truncate()
-                fcntl.flock(self._lock, fcntl.LOCK_UN)
-            finally:
-                self._lock.close()
-                self._lock = None
-
+            unlock(self._lock)
+            self._lock = None

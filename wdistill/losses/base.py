@@ -40,6 +40,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError  # noqa: F401  (re-exported: terms raise it)
+
 
 @dataclass
 class SetupContext:
@@ -134,7 +136,3 @@ def mean_distribution_logits(member_logits: list[torch.Tensor], T: float) -> tor
     dtype = torch.promote_types(member_logits[0].dtype, torch.float32)  # float32 under autocast, float64 kept
     logp = torch.stack([torch.log_softmax(z.to(dtype) / T, dim=1) for z in member_logits])
     return T * (torch.logsumexp(logp, dim=0) - math.log(len(member_logits)))
-
-
-class ConfigError(ValueError):
-    """A term was configured in a way that cannot work; the message says what would."""
