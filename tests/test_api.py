@@ -55,3 +55,33 @@ def test_distill_user_models_with_feature_methods(tmp_path):
     # The caller's models come back without the forward hooks distill() put on them.
     hooked = [name for model in (student, teacher) for name, m in model.named_modules() if m._forward_hooks]
     assert not hooked, hooked
+
+
+def test_distill_with_views_feeds_each_model_its_view_of_one_crop(tmp_path):
+    """Privileged information from Python: the teacher sees the 28x28 crop, the student the same
+    crop 2x average-pooled (checked against the teacher's input), and the run records the view."""
+    import pytest
+    import torch.nn.functional as F
+    import yaml
+
+    from wdistill.errors import ConfigError
+
+    torch.manual_seed(0)
+    train, test = bundled_sample("train").subset(slice(0, 64)), bundled_sample("test").subset(slice(0, 32))
+    teacher, student = TinyNet(8), TinyNet(8)
+    t_ins, s_ins = [], []
+    teacher.stem.register_forward_hook(lambda m, a, out: t_ins.append(a[0].detach()))
+    student.stem.register_forward_hook(lambda m, a, out: s_ins.append(a[0].detach()) if m.training else None)
+    wdistill.distill(student, teacher, train, test, epochs=1, out_dir=str(tmp_path), name="v",
+                     student_taps=TAPS, teacher_taps=TAPS, student_view={"name": "downsample", "factor": 2},
+                     train={"progress": False, "max_steps": 2}, data={"crop_padding": 2, "flip": True})
+    assert s_ins and all(x.shape[-2:] == (14, 14) for x in s_ins)
+    assert all(x.shape[-2:] == (28, 28) for x in t_ins)
+    for s_in in s_ins:  # each training batch of the student is the pooled batch its teacher saw
+        assert any(t.shape == (s_in.shape[0], 1, 28, 28) and torch.allclose(s_in, F.avg_pool2d(t, 2), atol=1e-6)
+                   for t in t_ins)
+    cfg = yaml.safe_load((tmp_path / "v" / "config.yaml").read_text())
+    assert cfg["student"]["view"]["name"] == "downsample" and cfg["teachers"][0]["view"] is None
+    with pytest.raises(ConfigError, match=r"teacher_view: 2 given for 1 teacher\(s\)"):
+        wdistill.distill(student, teacher, train, test, out_dir=str(tmp_path), name="w",
+                         teacher_view=[{"name": "identity"}, {"name": "identity"}])

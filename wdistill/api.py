@@ -6,12 +6,14 @@ from torch.utils.data import Dataset
 
 from .data import DATASETS, ImageDataset
 from .engine import Trainer, load_config
+from .errors import ConfigError
 
 
 def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, train_data: ImageDataset | Dataset,
             test_data: ImageDataset | Dataset, loss: list[dict] | None = None, *, epochs: int = 10, lr: float = 0.05,
             batch_size: int = 64, schedule: str = "cosine", student_taps: dict | None = None,
-            teacher_taps: dict | list[dict] | None = None, out_dir: str = "runs", name: str = "distill",
+            teacher_taps: dict | list[dict] | None = None, student_view: dict | None = None,
+            teacher_view: dict | list[dict] | None = None, out_dir: str = "runs", name: str = "distill",
             seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
             **config) -> dict:
     """Train ``student`` on ``train_data`` with the given loss terms, distilling from ``teacher``.
@@ -19,6 +21,10 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
     ``loss`` is a list like ``[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}]``
     (default: that KD recipe, or CE alone without a teacher). Non-zoo models need taps naming
     their stage modules, e.g. ``{"feats": ["stem", "layer1", "layer2"], "embed": "fc:in"}``.
+    ``student_view``/``teacher_view``: what each model sees of the same augmented crop (cross-modal
+    and privileged-information transfer), e.g. ``student_view={"name": "downsample", "factor": 2}``
+    with the teacher on the full image; one view for every teacher or a list, one per teacher.
+    Views: ``wdistill.data.views`` (identity, downsample, mask, channels, lowpass, highpass).
     Further keyword arguments are config sections (``data=``, ``train=``, ``optim=``) merged in.
     Returns the run summary; the run directory is ``out_dir/name``.
 
@@ -33,15 +39,22 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
         loss = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}] if teachers else [{"name": "ce"}]
     if isinstance(teacher_taps, dict) or teacher_taps is None:
         teacher_taps = [teacher_taps] * len(teachers)
+    if isinstance(teacher_view, dict) or teacher_view is None:
+        teacher_view = [teacher_view] * len(teachers)
+    for what, given in (("teacher_taps", teacher_taps), ("teacher_view", teacher_view)):
+        if len(given) != len(teachers):
+            raise ConfigError(f"{what}: {len(given)} given for {len(teachers)} teacher(s); give one for every "
+                              "teacher or a list with one per teacher")
     raw = {"run": {"name": name, "out_dir": out_dir, "seed": seed, "device": device},
            "data": {"name": train_data.name if isinstance(train_data, ImageDataset) and train_data.name in DATASETS
                     else "python",  # data handed in: the recipe comes from the data set object itself
                     "batch_size": batch_size, **config.pop("data", {})},
-           "student": {"model": type(student).__name__, "taps": student_taps},
+           "student": {"model": type(student).__name__, "taps": student_taps, "view": student_view},
            "loss": loss,
            "optim": {"epochs": epochs, "lr": lr, "schedule": schedule, **config.pop("optim", {})}}
     if teachers:
-        raw["teachers"] = [{"model": type(t).__name__, "taps": tp} for t, tp in zip(teachers, teacher_taps)]
+        raw["teachers"] = [{"model": type(t).__name__, "taps": tp, "view": v}
+                           for t, tp, v in zip(teachers, teacher_taps, teacher_view)]
     raw.update(config)
     cfg = load_config(raw)
     trainer = Trainer(cfg, student=student, teachers=teachers, data=(train_data, test_data), resume=resume,
