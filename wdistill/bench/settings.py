@@ -310,30 +310,32 @@ def ensemble_chart(table: list[dict], path: Path) -> Path:
 
 
 # ---- example configs shipped with the package: configs/fmnist/settings/*.yaml ---------------------
-PRESETS = {  # file stem: (setting, row of the plan, what it is, how to run it)
-    "ensemble_kd": ("ensemble", "kd n=4", "KD from an ensemble of 4 resnet32 teachers (mean distribution)",
-                    "wdistill distill"),
-    "ensemble_crd": ("ensemble", "crd n=4", "CRD from 4 resnet32 teachers (one memory bank and head per "
-                     "teacher, weighted 1/4)", "wdistill distill"),
+PRESETS = {  # file stem: (setting, row of the plan, what it is)
+    "ensemble_kd": ("ensemble", "kd n=4", "KD from an ensemble of 4 resnet32 teachers (mean distribution)"),
+    "ensemble_crd": ("ensemble", "crd n=4", "CRD from 4 resnet32 teachers (one memory bank and head per teacher, "
+                     "weighted 1/4)"),
     "ensemble_wkd_l": ("ensemble", "wkd_l n=4", "WKD-L from 4 resnet32 teachers (mean distributions, mean of the "
-                       "teachers' CKA costs)", "wdistill distill"),
+                       "teachers' CKA costs)"),
     "privileged_crd": ("privileged", "crd", "privileged information: the teacher sees 28x28, the resnet8 student "
-                       "the same crop 2x average-pooled to 14x14; CRD", "wdistill distill"),
-    "privileged_wcord_kd": ("privileged", "wcord_kd", "privileged information (student on 14x14); WCoRD+KD",
-                            "wdistill distill"),
+                       "the same crop 2x average-pooled to 14x14; CRD"),
+    "privileged_wcord_kd": ("privileged", "wcord_kd", "privileged information (student on 14x14); WCoRD+KD"),
     "crossmodal_teacher": ("crossmodal", "teacher", "cross-modal: the resnet32 teacher trained on the lowpass view "
-                           "(5x5 box blur)", "wdistill train"),
+                           "(5x5 box blur)"),
     "crossmodal_crd": ("crossmodal", "crd", "cross-modal: lowpass teacher, highpass student (image minus the "
-                       "blur); CRD", "wdistill distill"),
-    "crossmodal_wcord": ("crossmodal", "wcord", "cross-modal: lowpass teacher, highpass student; WCoRD",
-                         "wdistill distill"),
+                       "blur); CRD"),
+    "crossmodal_wcord": ("crossmodal", "wcord", "cross-modal: lowpass teacher, highpass student; WCoRD"),
     "selfdistill_teacher": ("selfdistill", "teacher (resnet8, CE)", "self-distillation: the resnet8 teacher, "
-                            "trained by cross-entropy on the student schedule (A's vanilla row)", "wdistill train"),
-    "selfdistill_kd": ("selfdistill", "kd gen1", "self-distillation: born-again resnet8 generations by KD",
-                       "wdistill distill --generations 3"),
-    "selfdistill_wkd_l": ("selfdistill", "wkd_l gen1", "self-distillation: born-again resnet8 generations by "
-                          "WKD-L", "wdistill distill --generations 3"),
+                            "trained by cross-entropy on the student schedule (A's vanilla row)"),
+    "selfdistill_kd": ("selfdistill", "kd gen1", "self-distillation: born-again resnet8 generations by KD"),
+    "selfdistill_wkd_l": ("selfdistill", "wkd_l gen1", "self-distillation: born-again resnet8 generations by WKD-L"),
 }
+
+
+def _how(row: str) -> str:
+    """The command that runs a preset: teachers are trained, students distilled, chains generated."""
+    if row.startswith("teacher"):
+        return "wdistill train"
+    return f"wdistill distill --generations {GENERATIONS}" if row.endswith(" gen1") else "wdistill distill"
 
 
 def preset_files() -> dict[str, str]:
@@ -343,8 +345,9 @@ def preset_files() -> dict[str, str]:
 
     files = {}
     jobs = {(s, row): cfg for s in SETTINGS for row, seed, cfg in plan(s, [0]) if seed in (0, None)}
-    for stem, (setting, row, what, how) in PRESETS.items():
-        if how.endswith("--generations 3"):  # the chain's own config: generation 1's teacher, the base name
+    for stem, (setting, row, what) in PRESETS.items():
+        how = _how(row)
+        if "--generations" in how:  # the chain's own config: generation 1's teacher, the base name
             m = row.split()[0]
             cfg = _student(m, 0, f"selfdistill/{m}/seed0", "runs/bench", None)
             cfg["teacher"] = _section(jobs[(setting, "teacher (resnet8, CE)")])
