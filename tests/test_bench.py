@@ -202,8 +202,28 @@ def test_interleaved_measurement_times_every_part(monkeypatch):
                              num_samples=20, steps=2, warmup=1)
     task = speed.SyntheticTask(setup)
     r = speed.measure_method(task, "kd", 2, 1)
-    assert set(r) == {"step_s", "student_ce_step", "teacher_forward"} and all(v > 0 for v in r.values())
+    assert set(r) == {"step_s", "student_ce_step", "teacher_forward", "flop_ratio"} and all(v > 0 for v in r.values())
+    assert r["flop_ratio"] == 1.0  # KD adds no matrix product to the step
     assert not task.teacher._forward_hooks  # no hooks left on the shared teacher
+
+
+def test_flop_ratio_adds_fitnets_regressor_by_hand():
+    """FitNet's only extra matrix work is its 1x1 regressor on the hint map: 2*B*C_in*C_out*HW
+    FLOPs forward, twice that backward (input and weight gradients)."""
+    setup = speed.SpeedSetup(teacher="resnet8", student="resnet8", batch=2, image=8, channels=1, classes=4,
+                             num_samples=20, steps=1, warmup=0)
+    task = speed.SyntheticTask(setup)
+    ce_step, teacher_fwd = speed._bound_fns(task)
+    bound = speed.flops(ce_step) + speed.flops(teacher_fwd)
+    assert bound > 0
+    d = task.distiller("fitnet")
+    with torch.no_grad():
+        hint = d.student_tap(task.batch["image"])["feats"][2]  # the hint layer: 32 channels at 4x4 here
+    for tap in [d.student_tap, *d.teacher_taps]:
+        tap.remove()
+    c, hw = hint.shape[1], hint.shape[2] * hint.shape[3]
+    extra = 3 * 2 * setup.batch * c * c * hw
+    assert speed.measure_method(task, "fitnet", 1, 0)["flop_ratio"] == pytest.approx(1 + extra / bound, rel=1e-9)
 
 
 def test_interleaved_medians_alternate_calls_and_extend_short_kernels():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from .. import losses, models
 from ..engine.distiller import Distiller
@@ -107,10 +108,20 @@ def _bound_fns(task: SyntheticTask):
     return ce_step, teacher_fwd
 
 
+def flops(fn) -> int:
+    """Matrix-multiply and convolution FLOPs of one call, forward and backward
+    (torch.utils.flop_counter; elementwise work is not counted)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def measure_method(task: SyntheticTask, method: str, steps: int, warmup: int) -> dict:
     """Median seconds of the method's training step and, interleaved with it step by step, of the
     two parts of its lower bound (student CE-only step, teacher no-grad forward). Interleaving puts
-    the method and its bound under the same machine load, so their ratio holds on a busy machine."""
+    the method and its bound under the same machine load, so their ratio holds on a busy machine.
+    Also the same ratio in FLOPs (``flop_ratio``): the part of the time ratio that is the method's
+    own arithmetic, which only a cheaper formulation, not a faster kernel, can remove."""
     d = task.distiller(method)
     # lr 0: the SGD step does all its arithmetic (momentum, weight decay) but the weights stay put, so
     # repeated steps on one synthetic batch cannot diverge (they did, to NaN, for CC at lr 0.01).
@@ -119,7 +130,9 @@ def measure_method(task: SyntheticTask, method: str, steps: int, warmup: int) ->
     ce_step, teacher_fwd = _bound_fns(task)
     fns = {"step_s": lambda: _train_step(d, opt, batch), "student_ce_step": ce_step, "teacher_forward": teacher_fwd}
     try:
-        return interleaved_medians(fns, steps, warmup)
+        out = interleaved_medians(fns, steps, warmup)
+        out["flop_ratio"] = flops(fns["step_s"]) / (flops(ce_step) + flops(teacher_fwd))
+        return out
     finally:  # the teacher is shared by every method: leave no hooks on it
         for tap in [d.student_tap, *d.teacher_taps]:
             tap.remove()

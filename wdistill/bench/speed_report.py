@@ -104,13 +104,17 @@ def speed_markdown(res: dict) -> str:
              "median step / (median CE step + median teacher forward). Median bound over the methods: "
              f"{1e3 * b['student_ce_step']:.0f} + {1e3 * b['teacher_forward']:.0f} = "
              f"**{1e3 * b['lower_bound']:.0f} ms** (per-method bounds ranged {1e3 * b['min']:.0f}-"
-             f"{1e3 * b['max']:.0f} ms as the load changed).\n",
-             "| method | step ms | its bound ms | ratio | target | met |", "|---|---:|---:|---:|---:|:-:|"]
+             f"{1e3 * b['max']:.0f} ms as the load changed). FLOP ratio: the step's matrix-multiply and "
+             "convolution FLOPs (forward and backward, torch.utils.flop_counter) over the bound's, i.e. the ratio "
+             "the method's own arithmetic sets before any overhead; a time ratio near it is limited by that "
+             "arithmetic, one well above it by overhead (elementwise work, memory traffic, Python).\n",
+             "| method | step ms | its bound ms | ratio | FLOP ratio | target | met |",
+             "|---|---:|---:|---:|---:|---:|:-:|"]
     for r in res["rows"]:
         target = "n/a" if r["target"] is None else f"<= {r['target']:.2f}"
         met = "n/a" if r["met"] is None else "yes" if r["met"] else "NO"
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {1e3 * r['step_s']:.0f} | {1e3 * r['bound_s']:.0f} | "
-                     f"{r['ratio']:.2f} | {target} | {met} |")
+                     f"{r['ratio']:.2f} | {r['flop_ratio']:.3f} | {target} | {met} |")
     lines += ["", "AB and FSP train their connectors / the student in an init stage; their main stage is CE only, "
               "so their step is the bound plus the zero term.\n"]
     if res["augment"] is None:  # measured without the checkout's benchtools/
@@ -161,6 +165,7 @@ def speed_csv(res: dict) -> str:
     for r in res["rows"]:
         w.writerow(["step", r["method"], "", "method step", f"{1e3 * r['step_s']:.3f}", "", f"{r['ratio']:.4f}"])
         w.writerow(["step", r["method"], "", "its bound", f"{1e3 * r['bound_s']:.3f}", "", ""])
+        w.writerow(["step", r["method"], "", "FLOP ratio", "", "", f"{r['flop_ratio']:.4f}"])
     for k in res["kernels"]:
         mem = "" if k["impl"].startswith(NUMPY_IMPLS) else f"{k['peak_mb']:.3f}"
         w.writerow(["kernel", k["kernel"], k["shape"], k["impl"], f"{k['ms']:.3f}", mem, f"{k['value']:.6g}"])
