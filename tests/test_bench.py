@@ -484,6 +484,22 @@ def test_committed_leaderboard_is_the_merge_of_the_committed_parts(tmp_path):
             assert got["final_std"] == pytest.approx(want["final_std"], abs=1e-4)
 
 
+def test_committed_rerun_covers_every_changed_row_with_three_seeds_and_one_teacher():
+    """Issue 13's re-run: every row it changed (and the reference rows) has 3 seeds, against one
+    teacher; its markdown says it supersedes the main table for those rows."""
+    from pathlib import Path
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    _, rows, _ = report.read_results_csv(bench / "rerun-2026-12-02" / "fmnist-kd-v1.csv")
+    by = {r["method"]: r for r in rows}
+    assert by["teacher"]["n"] == 1
+    for m in ("vanilla", "kd", "wkd_f", "crd", "crd_kd", "wcord", "wcord_kd"):
+        assert by[m]["n"] == 3 and by[m]["final_std"] is not None, m
+    _, main_rows, _ = report.read_results_csv(bench / "fmnist-kd-v1.csv")
+    main_teacher = next(r for r in main_rows if r["method"] == "teacher")
+    assert main_teacher["final_mean"] != by["teacher"]["final_mean"]  # why the rows were re-run, not merged
+    assert "rerun-2026-12-02/fmnist-kd-v1.md" in (bench / "fmnist-kd-v1.md").read_text()
+
+
 def test_bench_speed_without_the_project_tooling_says_how_to_get_it(tmp_path, monkeypatch):
     """An installed package has no benchtools/: `bench speed` still measures the step table, writes
     its files, stamps no commit, and says where the kernel comparisons and targets live."""
