@@ -1,7 +1,9 @@
-"""Shared builders for the tests' small training runs (one skeleton, each file picks its sizes)."""
+"""Shared builders for the tests: small training runs (one skeleton, each file picks its sizes),
+random teachers, zoo models with non-trivial BN statistics."""
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from wdistill import models
 
@@ -41,3 +43,26 @@ def hold_lock(lock_path):
     p = subprocess.Popen([sys.executable, "-c", code, str(lock_path)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     return p
+
+
+IMAGENET_ZOO = {"resnet18", "resnet34", "resnet50", "MobileNetV1"}
+
+
+def zoo_model(name: str, **kw):
+    """A zoo model built from seed 0 (1000 classes for the ImageNet models, 100 otherwise)."""
+    kw.setdefault("num_classes", 1000 if name in IMAGENET_ZOO else 100)
+    torch.manual_seed(0)
+    return models.create(name, **kw)
+
+
+def randomize_bn(model, seed: int = 1):
+    """Non-trivial BN statistics and affine parameters, so eval-mode BN is not near identity and a
+    checkpoint that skipped them would show; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()

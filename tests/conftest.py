@@ -16,3 +16,13 @@ def fmnist_dir():
             pytest.fail("CI must install Debian's dataset-fashion-mnist (`make test`, i.e. scripts/setup.sh --test, does)")
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     return os.environ.get("WDISTILL_FMNIST", FMNIST_DIR)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared, loaded 2-core CPU spinning OpenMP
+    workers made such modules ~8x slower. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,14 +18,7 @@ TARGETS = TARGETS[torch.randperm(N, generator=torch.Generator().manual_seed(0))]
 INDEX = torch.tensor([0, 5, 10, 17])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared, loaded CPU spinning OpenMP
-    workers made this module ~8x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def embeds(seed):

@@ -20,14 +20,7 @@ S_SHAPES = [(2, 4, 4), (3, 4, 4), (4, 4, 4), (4, 2, 2)]   # stem, stage1..3
 T_SHAPES = [(2, 4, 4), (3, 4, 4), (3, 2, 2), (5, 4, 4)]   # stage2 pools the student, stage3 the teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared, loaded CPU spinning OpenMP
-    workers made this module ~8x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def outputs(shapes, embed_dim, seed, requires_grad=True):

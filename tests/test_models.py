@@ -19,17 +19,12 @@ import torch.nn.functional as F
 from wdistill.models import FeatureTap, available, create
 
 FIXTURE = Path(__file__).parent / "data" / "zoo_keys.json"
-IMAGENET = {"resnet18", "resnet34", "resnet50", "MobileNetV1"}
+from builders import IMAGENET_ZOO as IMAGENET, randomize_bn
+from builders import zoo_model as build
 CIFAR = sorted(set(available()) - IMAGENET)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only spins on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Published parameter counts in millions (REFERENCE.md; torchvision / mdistiller for ImageNet),
@@ -92,24 +87,6 @@ FORMULA = {
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
-
-
-def build(name, **kw):
-    kw.setdefault("num_classes", 1000 if name in IMAGENET else 100)
-    torch.manual_seed(0)
-    return create(name, **kw)
-
-
-def randomize_bn(model, seed=1):
-    """Non-trivial BN statistics, so eval-mode BN is not near identity."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
 
 
 def size_of(name):

@@ -6,38 +6,15 @@ import argparse
 
 import pytest
 import torch
-import torch.nn as nn
 
 from wdistill.models import available, create
 from wdistill.models.checkpoint import load_checkpoint
 
-IMAGENET = {"resnet18", "resnet34", "resnet50", "MobileNetV1"}
+from builders import IMAGENET_ZOO as IMAGENET, randomize_bn
+from builders import zoo_model as build
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only spins on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def build(name, **kw):
-    torch.manual_seed(0)
-    return create(name, **kw)
-
-
-def randomize_bn(model, seed=1):
-    """Non-trivial BN statistics, so a checkpoint that skipped them would show."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", sorted(available()))
