@@ -59,6 +59,17 @@ def crop_flip(x: torch.Tensor, padding: int, offsets: torch.Tensor | None, flips
     return padded.reshape(n, c, hp * wp).gather(2, flat).view(n, c, h, w)
 
 
+def fallback_box(height: int, width: int, ratio) -> tuple[int, int]:
+    """(h, w) of RandomResizedCrop's fallback when no try fits: the largest centred box whose aspect
+    ratio is inside ``ratio``."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        return round(width / ratio[0]), width
+    if in_ratio > ratio[1]:
+        return height, round(height * ratio[1])
+    return height, width
+
+
 def draw_resized_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                             generator: torch.Generator | None = None, tries: int = 10) -> torch.Tensor:
     """(n, 4) integer boxes (top, left, height, width) as RandomResizedCrop draws them."""
@@ -73,14 +84,7 @@ def draw_resized_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), 
     h = torch.sqrt(target / aspect).round().long()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = torch.where(fits.any(1), fits.long().argmax(1), -1)
-    # Fallback (no try fits): the largest centred box whose aspect ratio is inside ``ratio``.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fw, fh = round(height * ratio[1]), height
-    else:
-        fw, fh = width, height
+    fh, fw = fallback_box(height, width, ratio)
     rows = torch.arange(n)
     pick = first.clamp(min=0)
     bh = torch.where(first >= 0, h[rows, pick], fh)

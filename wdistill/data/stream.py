@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import center_crop, crop_flip, resized_crop_flip
+from .augment import center_crop, crop_flip, fallback_box, resized_crop_flip
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -120,13 +120,7 @@ def draw_box(rng: random.Random, height: int, width: int, scale=(0.08, 1.0), rat
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        w, h = round(height * ratio[1]), height
-    else:
-        w, h = width, height
+    h, w = fallback_box(height, width, ratio)
     return (height - h) // 2, (width - w) // 2, h, w
 
 
