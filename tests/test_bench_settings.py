@@ -105,3 +105,15 @@ def test_shipped_example_configs_are_what_the_driver_writes():
     cfg = load_config("fmnist/settings/crossmodal_crd")
     assert (cfg.teacher.view.name, cfg.student.view.name) == ("lowpass", "highpass")
     assert len(load_config("fmnist/settings/ensemble_crd").teachers) == 4
+
+
+def test_hand_notes_survive_regeneration(tmp_path):
+    """A settings report keeps the notes file written beside it by hand, below the computed findings."""
+    table = [{"method": m, "n": 3, "final_mean": v, "final_std": 0.1, "gain": None if m == "vanilla" else v - 87.0}
+             for m, v in (("vanilla", 87.0), ("kd", 88.0))]
+    (tmp_path / "fmnist-settings-v1-privileged.notes.md").write_text("**Why:** the student view is easy.\n")
+    for _ in range(2):  # regenerated twice: the notes appear once
+        settings.write_results("privileged", table, tmp_path, {}, [0, 1, 2], ["wdistill"], [])
+    md = (tmp_path / "fmnist-settings-v1-privileged.md").read_text()
+    assert md.count("**Why:** the student view is easy.") == 1
+    assert md.index("## Findings") < md.index("**Why:**")

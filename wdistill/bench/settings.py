@@ -259,6 +259,9 @@ def write_results(setting: str, table: list[dict], out: Path, settings: dict, se
                      f"{100 - r['final_mean']:.2f} |" + (f" {pm} |" if probe else "") + (f" {fm} |" if ft else "") +
                      f" {gain} | {r['n']} | {settings.get(r['method'], '')} |")
     lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(setting, table)]
+    notes = stem.parent / f"{stem.name}.notes.md"  # the reader's reasons, written by hand, kept on regeneration
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     if missing:
         lines += ["", "Not finished yet (not in the table): " + ", ".join(missing) + "."]
     stem.parent.mkdir(parents=True, exist_ok=True)
