@@ -79,6 +79,48 @@ def test_view_settings_train_probe_and_reuse(tmp_path, tiny, monkeypatch, settin
     assert (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1] == before
 
 
+def test_a_second_shell_defers_a_students_probe_and_fine_tune_while_another_holds_it(tmp_path, tiny, monkeypatch,
+                                                                                    capsys):
+    """Probe and fine-tune run under the job's bench lock: a shell that meets them held by another
+    process goes on with the other jobs, comes back, waits, and then reads the other's results
+    (before, it stopped with "run directory ... is in use")."""
+    import functools
+    import signal
+    import threading
+
+    from builders import hold_lock
+    from wdistill.bench import runs as bench_runs
+
+    monkeypatch.setattr(settings, "VIEW_METHODS", ("vanilla", "kd"))
+    monkeypatch.setattr(settings, "run_lock", functools.partial(bench_runs.run_lock, poll=0.05))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    settings.run_settings("privileged", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
+    kd_dir = runs / "fmnist-settings-v1" / "privileged" / "kd" / "seed0"
+    assert (kd_dir / "student.pt").is_file() and not (kd_dir / "finetune").exists()
+    holder = hold_lock(kd_dir / bench_runs.LOCK_FILE)  # "the other shell" is busy with kd's post-processing
+    real_finetune = settings.finetune_or_load
+    finetuned = []
+
+    def finetune(run_dir, epochs, lr=0.01):
+        finetuned.append(("kd", holder.poll() is not None) if run_dir == kd_dir else (run_dir.parent.name, None))
+        return real_finetune(run_dir, epochs, lr)
+
+    monkeypatch.setattr(settings, "finetune_or_load", finetune)
+    release = threading.Timer(1.0, lambda: (holder.send_signal(signal.SIGKILL), holder.wait()))
+    release.start()
+    try:
+        settings.run_settings("privileged", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
+                              finetune_epochs=1)
+    finally:
+        release.join()
+    assert finetuned[-1] == ("kd", True)  # started only after the other process let go
+    printed = capsys.readouterr()  # the queue reports through its progress bar
+    assert f"{kd_dir}: process {holder.pid} is running this job; coming back to it later" in printed.out + printed.err
+    assert (kd_dir / "finetune" / "summary.json").is_file()
+    rows = _csv(out / "fmnist-settings-v1-privileged.csv")
+    assert rows["kd"]["finetune_top1_mean"] != "" and rows["vanilla"]["finetune_top1_mean"] != ""
+
+
 def test_selfdistill_generations_chain(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(settings, "SELF_METHODS", ("kd",))
     runs, out = tmp_path / "runs", tmp_path / "out"

@@ -29,7 +29,7 @@ from ..engine.checkpoint import atomic_write_text
 from ..engine.config import apply_overrides, load_config
 from ..recipes import LABELS, recipe, scale_epoch_params
 from . import protocol, report
-from .runs import load_finished, run_dir_of, run_or_load, shared_queue
+from .runs import load_finished, run_dir_of, run_lock, run_or_load, shared_queue
 from .tuning import describe
 
 SETTINGS = ("ensemble", "privileged", "crossmodal", "selfdistill")
@@ -153,6 +153,15 @@ def finetune_or_load(run_dir: Path, epochs: int, lr: float = 0.01) -> float:
     return record(run_dir, "finetune", finetune(run_dir, epochs, lr, resume=True, log=lambda m: None))["finetune"]["top1"]
 
 
+def finished_finetune(run_dir: Path, epochs: int) -> dict:
+    """``{"finetune_top1": ...}`` if the run was fine-tuned for ``epochs`` earlier, else ``{}``."""
+    import json
+
+    f = run_dir / "probe.json"
+    ft = (json.loads(f.read_text()).get("finetune") or {}) if epochs and f.is_file() else {}
+    return {"finetune_top1": ft["top1"]} if ft.get("epochs") == epochs else {}
+
+
 def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/bench", out="benchmarks",
                  root=None, command: list[str] | None = None, log=print, overrides=None, teacher_overrides=None,
                  train: bool = True, finetune_epochs: int = 0) -> list[dict]:
@@ -160,7 +169,23 @@ def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/b
     them for ``finetune_epochs`` if > 0), write results."""
     seeds = list(seeds if seeds is not None else SCHEDULE.seeds)
     jobs = plan(setting, seeds, runs_root, root, overrides, teacher_overrides)
-    get = run_or_load if train else (lambda cfg, log=None, wait=True: load_finished(cfg))
+    students = {run_dir_of(cfg) for row, _, cfg in jobs if setting in VIEWS and not row.startswith("teacher")}
+
+    def get(cfg, log=print, wait=True):
+        """The job's summary, with its probe (and fine-tune) for a view setting's student. These run
+        under the job's bench lock, so a second shell defers or waits for them as for training."""
+        summary = run_or_load(cfg, log=log, wait=wait) if train else load_finished(cfg)
+        run_dir = run_dir_of(cfg)
+        if not summary or run_dir not in students:
+            return summary
+        if not train:  # report-only: the probe (quick, deterministic) and the fine-tune finished earlier
+            return {**summary, "probe_top1": probe_or_load(run_dir), **finished_finetune(run_dir, finetune_epochs)}
+        with run_lock(run_dir, log=log, wait=wait):
+            summary = {**summary, "probe_top1": probe_or_load(run_dir)}
+            if finetune_epochs:
+                summary["finetune_top1"] = finetune_or_load(run_dir, finetune_epochs)
+        return summary
+
     rows: dict[str, list[dict]] = {}
     settings: dict[str, str] = {}
     missing = []
@@ -178,17 +203,7 @@ def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/b
         if not summary:
             missing.append(f"{row} seed {seed}")
             continue
-        result = {**summary, "seed": cfg["run"]["seed"]}
-        if setting in VIEWS and not row.startswith("teacher"):
-            result["probe_top1"] = probe_or_load(run_dir_of(cfg))
-            if finetune_epochs and train:
-                result["finetune_top1"] = finetune_or_load(run_dir_of(cfg), finetune_epochs)
-            elif finetune_epochs:  # report-only: what finished earlier
-                import json
-                ft = json.loads((run_dir_of(cfg) / "probe.json").read_text()).get("finetune") or {}
-                if ft.get("epochs") == finetune_epochs:
-                    result["finetune_top1"] = ft["top1"]
-        rows.setdefault(row, []).append(result)
+        rows.setdefault(row, []).append({**summary, "seed": cfg["run"]["seed"]})
         settings.setdefault(row, describe(cfg["loss"]) or "CE only")
     bar.close()
     first = {}  # the plan's row order and seed order, whatever order the shared queue finished them in
