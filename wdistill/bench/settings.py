@@ -139,27 +139,29 @@ def probe_or_load(run_dir: Path, l2: float = PROBE_L2) -> float:
     return record(run_dir, "linear", linear_probe(run_dir, l2))["linear"]["top1"]
 
 
-def finetune_or_load(run_dir: Path, epochs: int, lr: float = 0.01) -> float:
-    """Test top-1 after fine-tuning the whole student by CE (``wdistill probe --finetune``), once."""
+def recorded_finetune(run_dir: Path, epochs: int, lr: float = 0.01) -> dict | None:
+    """The fine-tune of ``epochs`` at ``lr`` recorded in the run's probe.json, if any."""
     import json
 
+    f = run_dir / "probe.json"
+    ft = (json.loads(f.read_text()).get("finetune") or {}) if f.is_file() else {}
+    return ft if ft.get("epochs") == epochs and ft.get("lr") == lr else None
+
+
+def finetune_or_load(run_dir: Path, epochs: int, lr: float = 0.01) -> float:
+    """Test top-1 after fine-tuning the whole student by CE (``wdistill probe --finetune``), once."""
     from ..probe import finetune, record
 
-    f = run_dir / "probe.json"
-    if f.is_file():
-        ft = json.loads(f.read_text()).get("finetune")
-        if ft and ft.get("epochs") == epochs and ft.get("lr") == lr and (run_dir / "finetune" / "summary.json").is_file():
-            return ft["top1"]
+    ft = recorded_finetune(run_dir, epochs, lr)
+    if ft and (run_dir / "finetune" / "summary.json").is_file():
+        return ft["top1"]
     return record(run_dir, "finetune", finetune(run_dir, epochs, lr, resume=True, log=lambda m: None))["finetune"]["top1"]
 
 
 def finished_finetune(run_dir: Path, epochs: int) -> dict:
     """``{"finetune_top1": ...}`` if the run was fine-tuned for ``epochs`` earlier, else ``{}``."""
-    import json
-
-    f = run_dir / "probe.json"
-    ft = (json.loads(f.read_text()).get("finetune") or {}) if epochs and f.is_file() else {}
-    return {"finetune_top1": ft["top1"]} if ft.get("epochs") == epochs else {}
+    ft = recorded_finetune(run_dir, epochs) if epochs else None
+    return {"finetune_top1": ft["top1"]} if ft else {}
 
 
 def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/bench", out="benchmarks",
