@@ -42,6 +42,9 @@ def test_ensemble_plan_and_results(tmp_path, tiny, monkeypatch):
     summary = json.loads((run / "summary.json").read_text())
     assert float(rows["crd n=2"]["final_top1_mean"]) == pytest.approx(summary["final_top1"], abs=1e-4)
     assert {"train_crd@t0", "train_crd@t1"} <= set(json.loads((run / "metrics.jsonl").read_text().splitlines()[0]))
+    # one teacher is A's job: its run directory, so a finished A student is not trained again
+    assert (runs / "fmnist-kd-v1" / "kd" / "seed0" / "summary.json").is_file()
+    assert not (runs / "fmnist-settings-v1" / "ensemble" / "kd" / "n1").exists()
     md = (out / "fmnist-settings-v1-ensemble.md").read_text()
     assert "More teachers help CRD more than KD" not in md  # needs the 4-teacher rows
     assert len(table) == 6

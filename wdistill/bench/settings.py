@@ -7,6 +7,8 @@ under fmnist-kd-v1, shared); finished runs are skipped. Results:
 ``--out``/fmnist-settings-v1-<setting>.md/.csv/.png.
 
 - ensemble: 1, 2 and 4 resnet32 teachers (seeds 0-3); rows KD, CRD, WCoRD, WKD-L per count;
+  one teacher is A's job of the same method and seed (its run directory under fmnist-kd-v1), so
+  A's finished students are reused, not trained twice;
   the chart is the student's test error against the number of teachers (CRD Figure 4).
 - privileged: teacher on the full 28x28 image, student on the same crop 2x average-pooled.
 - crossmodal: teacher trained on the lowpass view (5x5 box blur), student on the highpass view.
@@ -46,7 +48,7 @@ COMMON_TEXT = ("FMNIST-KD v1 data and splits (10,000 training images, the 10,000
 SETTING_TEXT = {
     "ensemble": "Ensembles (CRD Figure 4): 1, 2 and 4 resnet32 teachers (seeds 0..n-1, 30 epochs each). Logit terms "
                 "read the teachers' mean distribution; CRD and WCoRD have one memory bank and head per teacher, "
-                "weighted 1/n.",
+                "weighted 1/n. The one-teacher rows are A's students of the same method and seed (the same job).",
     "privileged": "Privileged information (WCoRD): the teacher sees the full 28x28 image, the student the same "
                   "crop 2x average-pooled to 14x14, also at test time. Linear probe: L2 logistic regression "
                   f"(l2={PROBE_L2:g}) on the frozen student embedding of the training images, scored on the test set.",
@@ -94,9 +96,11 @@ def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, over
         for n in ENSEMBLE_SIZES:
             for m in ENSEMBLE_METHODS:
                 for seed in seeds:
-                    cfg = _student(m, seed, f"ensemble/{m}/n{n}/seed{seed}", runs_root, root)
-                    sections = [_section(t) for t in teachers[:n]]
-                    cfg.update({"teacher": sections[0]} if n == 1 else {"teachers": sections})
+                    if n == 1:  # one teacher is A's row of this method and seed: the same job, reused
+                        cfg = protocol.student_config(m, recipe(m), protocol.FULL, seed, runs_root, root)
+                    else:
+                        cfg = _student(m, seed, f"ensemble/{m}/n{n}/seed{seed}", runs_root, root)
+                        cfg["teachers"] = [_section(t) for t in teachers[:n]]
                     jobs.append((f"{m} n={n}", seed, apply_overrides(cfg, ov)))
     elif setting in VIEWS:
         t_view, s_view = VIEWS[setting]
