@@ -93,9 +93,10 @@ def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, over
     if setting == "ensemble":
         teachers = [_teacher(s, runs_root, root, teacher_overrides) for s in range(max(ENSEMBLE_SIZES))]
         jobs += [(f"teacher seed{s}", None, t) for s, t in enumerate(teachers)]
-        for n in ENSEMBLE_SIZES:
-            for m in ENSEMBLE_METHODS:
-                for seed in seeds:
+        # seeds outermost: a run stopped early leaves whole seeds (every count and method) to report
+        for seed in seeds:
+            for n in ENSEMBLE_SIZES:
+                for m in ENSEMBLE_METHODS:
                     if n == 1:  # one teacher is A's row of this method and seed: the same job, reused
                         cfg = protocol.student_config(m, recipe(m), protocol.FULL, seed, runs_root, root)
                     else:
