@@ -109,13 +109,24 @@ def test_a_second_shell_defers_a_students_probe_and_fine_tune_while_another_hold
         return real_finetune(run_dir, epochs, lr)
 
     monkeypatch.setattr(settings, "finetune_or_load", finetune)
-    release = threading.Timer(1.0, lambda: (holder.send_signal(signal.SIGKILL), holder.wait()))
-    release.start()
+    release = threading.Timer(0.5, lambda: (holder.send_signal(signal.SIGKILL), holder.wait()))
+    real_run_or_load = settings.run_or_load
+
+    def run_or_load(cfg, log=print, wait=True):
+        # the other process lets go only once the queue has deferred kd and come back to wait for it,
+        # however long the other jobs take on a loaded machine
+        if wait and bench_runs.run_dir_of(cfg) == kd_dir and not release.is_alive() and holder.poll() is None:
+            release.start()
+        return real_run_or_load(cfg, log=log, wait=wait)
+
+    monkeypatch.setattr(settings, "run_or_load", run_or_load)
     try:
         settings.run_settings("privileged", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
                               finetune_epochs=1)
     finally:
-        release.join()
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
     assert finetuned[-1] == ("kd", True)  # started only after the other process let go
     printed = capsys.readouterr()  # the queue reports through its progress bar
     assert f"{kd_dir}: process {holder.pid} is running this job; coming back to it later" in printed.out + printed.err
