@@ -310,12 +310,12 @@ def test_run_lock_waits_for_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
     with runs.run_lock(tmp_path, log=lambda m: None, poll=0.05):
         assert lock.read_text() == str(os.getpid())
     assert lock.read_text() == ""  # released
-    holder = hold_lock(lock)  # alive: must wait until it lets go
+    holder = hold_lock(lock)  # alive: must wait until it lets go, which it does once we say we wait
     timer = threading.Timer(0.3, lambda: (holder.send_signal(signal.SIGKILL), holder.wait()))
     said = []
-    timer.start()
-    with runs.run_lock(tmp_path, log=said.append, poll=0.05):
+    with runs.run_lock(tmp_path, log=lambda m: (said.append(m), timer.start()), poll=0.05):
         assert said and f"process {holder.pid} is running this job; waiting" in said[0]
+        assert holder.poll() is not None  # taken only after the owner died
     timer.join()
 
 

@@ -118,8 +118,12 @@ def test_two_concurrent_cli_runs_one_is_refused(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
         time.sleep(0.1)
-    second = subprocess.run([sys.executable, "-m", "wdistill.cli", "train", path, "--resume"], env=env,
-                            capture_output=True, text=True)
+    first.send_signal(signal.SIGSTOP)  # alive and holding the run, however slow the second's start-up
+    try:
+        second = subprocess.run([sys.executable, "-m", "wdistill.cli", "train", path, "--resume"], env=env,
+                                capture_output=True, text=True)
+    finally:
+        first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr, second.stderr
