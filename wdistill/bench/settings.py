@@ -77,6 +77,11 @@ def _student(method: str, seed: int, run_name: str, runs_root, root) -> dict:
     return cfg
 
 
+def _a_student(method: str, seed: int, runs_root, root) -> dict:
+    """A's job of ``method`` and ``seed`` (FMNIST-KD v1, its run directory): reused when finished."""
+    return protocol.student_config(method, recipe(method), protocol.FULL, seed, runs_root, root)
+
+
 def _section(teacher_cfg: dict, view: dict | None = None) -> dict:
     section = {"model": teacher_cfg["student"]["model"], "checkpoint": str(run_dir_of(teacher_cfg) / "student.pt")}
     if teacher_cfg["student"].get("view") or view:
@@ -98,7 +103,7 @@ def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, over
             for n in ENSEMBLE_SIZES:
                 for m in ENSEMBLE_METHODS:
                     if n == 1:  # one teacher is A's row of this method and seed: the same job, reused
-                        cfg = protocol.student_config(m, recipe(m), protocol.FULL, seed, runs_root, root)
+                        cfg = _a_student(m, seed, runs_root, root)
                     else:
                         cfg = _student(m, seed, f"ensemble/{m}/n{n}/seed{seed}", runs_root, root)
                         cfg["teachers"] = [_section(t) for t in teachers[:n]]
@@ -118,8 +123,7 @@ def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, over
         from ..selfdistill import generation_config
         for seed in seeds:
             # generation 0: A's vanilla resnet8 of this seed (CE, the student schedule), reused if finished
-            base = apply_overrides(protocol.student_config("vanilla", recipe("vanilla"), protocol.FULL, seed,
-                                                           runs_root, root), ov)
+            base = apply_overrides(_a_student("vanilla", seed, runs_root, root), ov)
             jobs.append(("teacher (resnet8, CE)", seed, base))
             for m in SELF_METHODS:
                 cfg = _student(m, seed, f"selfdistill/{m}/seed{seed}", runs_root, root)
