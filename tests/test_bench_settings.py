@@ -33,7 +33,7 @@ def test_ensemble_plan_and_results(tmp_path, tiny, monkeypatch):
     table = settings.run_settings("ensemble", [0], runs, out, overrides=TINY, teacher_overrides=TINY,
                                   log=lambda m: None)
     rows = _csv(out / "fmnist-settings-v1-ensemble.csv")
-    assert set(rows) == {"teacher seed0", "teacher seed1", "kd n=1", "kd n=2", "crd n=1", "crd n=2"}
+    assert set(rows) == {"teacher seed0", "teacher seed1", "vanilla", "kd n=1", "kd n=2", "crd n=1", "crd n=2"}
     assert (out / "fmnist-settings-v1-ensemble.png").stat().st_size > 1000
     run = runs / "fmnist-settings-v1" / "ensemble" / "crd" / "n2" / "seed0"
     cfg = _cfg(run)
@@ -45,9 +45,35 @@ def test_ensemble_plan_and_results(tmp_path, tiny, monkeypatch):
     # one teacher is A's job: its run directory, so a finished A student is not trained again
     assert (runs / "fmnist-kd-v1" / "kd" / "seed0" / "summary.json").is_file()
     assert not (runs / "fmnist-settings-v1" / "ensemble" / "kd" / "n1").exists()
+    # so is the vanilla row (no teacher): A's vanilla job, the baseline of the gains
+    vanilla = json.loads((runs / "fmnist-kd-v1" / "vanilla" / "seed0" / "summary.json").read_text())
+    assert float(rows["vanilla"]["final_top1_mean"]) == pytest.approx(vanilla["final_top1"], abs=1e-4)
+    gain = next(r["gain"] for r in table if r["method"] == "crd n=2")
+    assert gain == pytest.approx(summary["final_top1"] - vanilla["final_top1"], abs=1e-6)
     md = (out / "fmnist-settings-v1-ensemble.md").read_text()
-    assert "More teachers help CRD more than KD" not in md  # needs the 4-teacher rows
-    assert len(table) == 6
+    assert "More teachers help CRD more than KD (CRD Figure 4): not resolved: one paired seed (0)" in md
+    assert len(table) == 7
+
+
+def _ens_row(method, by_seed):
+    return {"method": method, "by_seed": by_seed, "final_mean": sum(by_seed.values()) / len(by_seed)}
+
+
+@pytest.mark.parametrize("crd4, verdict", [
+    # CRD gains 1.0 and 1.2, KD 0.5 and 0.3: differences 0.5, 0.9, mean 0.7, std 0.2828, se 0.2 -> 0.7 > 0.4
+    ({0: 87.0, 1: 87.6}, "yes (CRD's gain minus KD's, paired over seeds 0, 1: +0.70, standard error 0.20"),
+    # CRD gains 0.0 and 1.2: differences -0.5, 0.9, mean 0.2, std 0.9899, se 0.7 -> within noise
+    ({0: 86.0, 1: 87.6}, "not resolved, within noise (CRD's gain minus KD's, paired over seeds 0, 1: +0.20"),
+    # CRD loses 0.5 and 0.3: differences -1.0, -0.6, mean -0.8, se 0.2
+    ({0: 85.5, 1: 86.1}, "NO, the opposite (CRD's gain minus KD's, paired over seeds 0, 1: -0.80, standard error 0.20"),
+])
+def test_ensemble_findings_pair_seeds_and_need_two_standard_errors(crd4, verdict):
+    table = [_ens_row("kd n=1", {0: 89.0, 1: 89.2, 2: 95.0}), _ens_row("kd n=4", {0: 89.5, 1: 89.5}),
+             _ens_row("crd n=1", {0: 86.0, 1: 86.4}), _ens_row("crd n=4", crd4)]
+    notes = settings.findings("ensemble", table)
+    # seed 2 has no 4-teacher run: it is left out, not averaged into the 1-teacher side
+    assert notes[0] == "KD: 4 teachers against 1, paired by seed: +0.40 ± 0.14 (seeds 0, 1)."
+    assert notes[-1].startswith("More teachers help CRD more than KD (CRD Figure 4): " + verdict)
 
 
 @pytest.mark.parametrize("setting", ["crossmodal", "privileged"])

@@ -8,7 +8,8 @@ under fmnist-kd-v1, shared); finished runs are skipped. Results:
 
 - ensemble: 1, 2 and 4 resnet32 teachers (seeds 0-3); rows KD, CRD, WCoRD, WKD-L per count;
   one teacher is A's job of the same method and seed (its run directory under fmnist-kd-v1), so
-  A's finished students are reused, not trained twice;
+  A's finished students are reused, not trained twice, and so is the vanilla row (no teacher);
+  the findings compare counts on paired seeds (the same seed at 1 and at 4 teachers);
   the chart is the student's test error against the number of teachers (CRD Figure 4).
 - privileged: teacher on the full 28x28 image, student on the same crop 2x average-pooled.
 - crossmodal: teacher trained on the lowpass view (5x5 box blur), student on the highpass view.
@@ -48,7 +49,7 @@ COMMON_TEXT = ("FMNIST-KD v1 data and splits (10,000 training images, the 10,000
 SETTING_TEXT = {
     "ensemble": "Ensembles (CRD Figure 4): 1, 2 and 4 resnet32 teachers (seeds 0..n-1, 30 epochs each). Logit terms "
                 "read the teachers' mean distribution; CRD and WCoRD have one memory bank and head per teacher, "
-                "weighted 1/n. The one-teacher rows are A's students of the same method and seed (the same job).",
+                "weighted 1/n. The one-teacher rows and the vanilla row (no teacher) are A's students of the same method and seed (the same jobs). Counts are compared on paired seeds.",
     "privileged": "Privileged information (WCoRD): the teacher sees the full 28x28 image, the student the same "
                   "crop 2x average-pooled to 14x14, also at test time. Linear probe: L2 logistic regression "
                   f"(l2={PROBE_L2:g}) on the frozen student embedding of the training images, scored on the test set.",
@@ -100,6 +101,8 @@ def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, over
         jobs += [(f"teacher seed{s}", None, t) for s, t in enumerate(teachers)]
         # seeds outermost: a run stopped early leaves whole seeds (every count and method) to report
         for seed in seeds:
+            # no teacher: A's vanilla resnet8 of this seed (reused), the baseline of the gains
+            jobs.append(("vanilla", seed, apply_overrides(_a_student("vanilla", seed, runs_root, root), ov)))
             for n in ENSEMBLE_SIZES:
                 for m in ENSEMBLE_METHODS:
                     if n == 1:  # one teacher is A's row of this method and seed: the same job, reused
@@ -223,6 +226,7 @@ def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/b
     rows = {r: sorted(rows[r], key=lambda x: x["seed"]) for r in sorted(rows, key=first.get)}
     table = report.summarise(rows, baseline="vanilla")
     for r in table:
+        r["by_seed"] = {x["seed"]: x["final_top1"] for x in rows[r["method"]]}
         for key in ("probe", "finetune"):
             vals = [x[f"{key}_top1"] for x in rows[r["method"]] if f"{key}_top1" in x]
             r[f"{key}_mean"], r[f"{key}_std"] = report.mean_std(vals) if vals else (None, None)
@@ -240,16 +244,19 @@ def findings(setting: str, table: list[dict]) -> list[str]:
     by = {r["method"]: r for r in table}
     notes = []
     if setting == "ensemble":
+        lo, hi = ENSEMBLE_SIZES[0], ENSEMBLE_SIZES[-1]
+        gains = {}  # method -> {seed: top-1 with hi teachers - top-1 with lo teachers}
         for m in ENSEMBLE_METHODS:
-            ends = [by.get(f"{m} n={n}") for n in (ENSEMBLE_SIZES[0], ENSEMBLE_SIZES[-1])]
-            if all(ends):
-                notes.append(f"{LABELS[m]}: {ends[0]['final_mean']:.2f} with 1 teacher, {ends[1]['final_mean']:.2f} "
-                             f"with {ENSEMBLE_SIZES[-1]} ({ends[1]['final_mean'] - ends[0]['final_mean']:+.2f}).")
-        gain = {m: by[f"{m} n=4"]["final_mean"] - by[f"{m} n=1"]["final_mean"] for m in ("crd", "kd")
-                if f"{m} n=4" in by and f"{m} n=1" in by}
-        if len(gain) == 2:
-            notes.append(f"More teachers help CRD more than KD (CRD Figure 4): "
-                         f"{'yes' if gain['crd'] > gain['kd'] else 'NO'} (CRD {gain['crd']:+.2f}, KD {gain['kd']:+.2f}).")
+            a, b = by.get(f"{m} n={lo}"), by.get(f"{m} n={hi}")
+            if a and b and (common := sorted(set(a["by_seed"]) & set(b["by_seed"]))):
+                gains[m] = {s: b["by_seed"][s] - a["by_seed"][s] for s in common}
+                mean, std = report.mean_std(list(gains[m].values()))
+                notes.append(f"{LABELS[m]}: {hi} teachers against {lo}, paired by seed: {mean:+.2f}"
+                             + (f" ± {std:.2f}" if len(common) > 1 else "") + f" (seed{'s' * (len(common) > 1)} {_seeds(common)}).")
+        if "crd" in gains and "kd" in gains:
+            common = sorted(set(gains["crd"]) & set(gains["kd"]))
+            notes.append("More teachers help CRD more than KD (CRD Figure 4): "
+                         + _verdict([gains["crd"][s] - gains["kd"][s] for s in common], common))
     elif setting in VIEWS:
         for key, what in (("final_mean", "student top-1"), ("probe_mean", "linear probe"),
                           ("finetune_mean", "fine-tuned top-1")):
@@ -264,6 +271,23 @@ def findings(setting: str, table: list[dict]) -> list[str]:
             if all(gens):
                 notes.append(f"{LABELS[m]} by generation: " + ", ".join(f"{g['final_mean']:.2f}" for g in gens) + ".")
     return notes
+
+
+def _seeds(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def _verdict(diffs: list[float], seeds: list[int]) -> str:
+    """Is the mean of the paired differences ``diffs`` above zero? Yes or no only beyond two standard
+    errors (a rough rule: with 3 seeds it is lenient); otherwise not resolved."""
+    if len(diffs) < 2:
+        return f"not resolved: one paired seed ({_seeds(seeds)}), the difference is {diffs[0]:+.2f}." if diffs else \
+            "not resolved: no seed has all four rows."
+    mean, std = report.mean_std(diffs)
+    se = std / len(diffs) ** 0.5
+    say = "yes" if mean > 2 * se else "NO, the opposite" if mean < -2 * se else "not resolved, within noise"
+    return (f"{say} (CRD's gain minus KD's, paired over seeds {_seeds(seeds)}: {mean:+.2f}, "
+            f"standard error {se:.2f}; the verdict needs two standard errors).")
 
 
 def write_results(setting: str, table: list[dict], out: Path, settings: dict, seeds: list[int],
@@ -318,11 +342,16 @@ def ensemble_chart(table: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     by = {r["method"]: r for r in table}
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for m in ENSEMBLE_METHODS:
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    if "vanilla" in by:  # the student without a teacher, for scale
+        v = by["vanilla"]
+        ax.axhline(100 - v["final_mean"], color="#888888", linestyle="--", linewidth=1,
+                   label=f"vanilla, no teacher ({100 - v['final_mean']:.2f})")
+    for i, m in enumerate(ENSEMBLE_METHODS):
         pts = [(n, by[f"{m} n={n}"]) for n in ENSEMBLE_SIZES if f"{m} n={n}" in by]
+        dodge = 0.03 * (i - (len(ENSEMBLE_METHODS) - 1) / 2)  # side by side, so error bars do not hide each other
         if pts:
-            ax.errorbar([n for n, _ in pts], [100 - r["final_mean"] for _, r in pts],
+            ax.errorbar([n + dodge for n, _ in pts], [100 - r["final_mean"] for _, r in pts],
                         yerr=[r["final_std"] or 0 for _, r in pts], marker="o", capsize=3, label=LABELS[m])
     ax.set_xticks(list(ENSEMBLE_SIZES))
     ax.set_xlabel("number of teachers (resnet32, seeds 0..n-1)")
@@ -330,7 +359,7 @@ def ensemble_chart(table: list[dict], path: Path) -> Path:
     ax.set_title("FMNIST settings v1: ensemble distillation (resnet8 student)\nerror bars: sample std over seeds",
                  fontsize=9)
     ax.grid(color="#e5e5e5")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no line hidden
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
