@@ -52,6 +52,9 @@ def test_ensemble_plan_and_results(tmp_path, tiny, monkeypatch):
     assert gain == pytest.approx(summary["final_top1"] - vanilla["final_top1"], abs=1e-6)
     md = (out / "fmnist-settings-v1-ensemble.md").read_text()
     assert "More teachers help CRD more than KD (CRD Figure 4): not resolved: one paired seed (0)" in md
+    # the teachers' own top-1 per count, as each student's run measured it
+    assert "with 2." in md.split("The teachers' test top-1 (mean logits of the ensemble): ")[1].split("\n")[0]
+    assert f"{summary['teacher_top1']:.2f} with 2." in md
     assert len(table) == 7
 
 
@@ -71,6 +74,7 @@ def test_ensemble_findings_pair_seeds_and_need_two_standard_errors(crd4, verdict
     table = [_ens_row("kd n=1", {0: 89.0, 1: 89.2, 2: 95.0}), _ens_row("kd n=4", {0: 89.5, 1: 89.5}),
              _ens_row("crd n=1", {0: 86.0, 1: 86.4}), _ens_row("crd n=4", crd4)]
     notes = settings.findings("ensemble", table)
+    assert not notes[0].startswith("The teachers'")  # no teacher_top1 in these rows
     # seed 2 has no 4-teacher run: it is left out, not averaged into the 1-teacher side
     assert notes[0] == "KD: 4 teachers against 1, paired by seed: +0.40 ± 0.14 (seeds 0, 1)."
     assert notes[-1].startswith("More teachers help CRD more than KD (CRD Figure 4): " + verdict)

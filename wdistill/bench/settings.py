@@ -227,6 +227,7 @@ def run_settings(setting: str, seeds: list[int] | None = None, runs_root="runs/b
     table = report.summarise(rows, baseline="vanilla")
     for r in table:
         r["by_seed"] = {x["seed"]: x["final_top1"] for x in rows[r["method"]]}
+        r["teacher_top1"] = next((x["teacher_top1"] for x in rows[r["method"]] if "teacher_top1" in x), None)
         for key in ("probe", "finetune"):
             vals = [x[f"{key}_top1"] for x in rows[r["method"]] if f"{key}_top1" in x]
             r[f"{key}_mean"], r[f"{key}_std"] = report.mean_std(vals) if vals else (None, None)
@@ -245,6 +246,11 @@ def findings(setting: str, table: list[dict]) -> list[str]:
     notes = []
     if setting == "ensemble":
         lo, hi = ENSEMBLE_SIZES[0], ENSEMBLE_SIZES[-1]
+        tops = {n: next((r["teacher_top1"] for r in table if r["method"].endswith(f" n={n}")
+                         and r.get("teacher_top1") is not None), None) for n in ENSEMBLE_SIZES}
+        if all(v is not None for v in tops.values()):  # what the students can gain: the teachers' own top-1
+            notes.append("The teachers' test top-1 (mean logits of the ensemble): "
+                         + ", ".join(f"{v:.2f} with {n}" for n, v in tops.items()) + ".")
         gains = {}  # method -> {seed: top-1 with hi teachers - top-1 with lo teachers}
         for m in ENSEMBLE_METHODS:
             a, b = by.get(f"{m} n={lo}"), by.get(f"{m} n={hi}")
