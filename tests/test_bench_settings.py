@@ -63,21 +63,32 @@ def _ens_row(method, by_seed):
 
 
 @pytest.mark.parametrize("crd4, verdict", [
-    # CRD gains 1.0 and 1.2, KD 0.5 and 0.3: differences 0.5, 0.9, mean 0.7, std 0.2828, se 0.2 -> 0.7 > 0.4
-    ({0: 87.0, 1: 87.6}, "yes (CRD's gain minus KD's, paired over seeds 0, 1: +0.70, standard error 0.20"),
-    # CRD gains 0.0 and 1.2: differences -0.5, 0.9, mean 0.2, std 0.9899, se 0.7 -> within noise
-    ({0: 86.0, 1: 87.6}, "not resolved, within noise (CRD's gain minus KD's, paired over seeds 0, 1: +0.20"),
-    # CRD loses 0.5 and 0.3: differences -1.0, -0.6, mean -0.8, se 0.2
-    ({0: 85.5, 1: 86.1}, "NO, the opposite (CRD's gain minus KD's, paired over seeds 0, 1: -0.80, standard error 0.20"),
+    # KD gains 0.5, 0.3, 0.3. CRD gains 1.0, 1.0, 1.2: differences 0.5, 0.7, 0.9, mean 0.7, std 0.2,
+    # se 0.1155, t = 6.06 > 4.303 (2 degrees of freedom)
+    ({0: 87.0, 1: 87.4, 2: 87.4}, "yes (CRD's gain minus KD's, paired over seeds 0, 1, 2: +0.70, standard error 0.12"),
+    # CRD gains 0.0, 1.2, 0.5: differences -0.5, 0.9, 0.2, mean 0.2, se 0.40 -> within noise
+    ({0: 86.0, 1: 87.6, 2: 86.7}, "not resolved, within noise (CRD's gain minus KD's, paired over seeds 0, 1, 2: "
+                                  "+0.20, standard error 0.40"),
+    # CRD gains -0.5, -0.3, -0.5: differences -1.0, -0.6, -0.8, mean -0.8, se 0.1155
+    ({0: 85.5, 1: 86.1, 2: 85.7}, "NO, the opposite (CRD's gain minus KD's, paired over seeds 0, 1, 2: -0.80"),
+    # two seeds, differences -0.18, -0.08: mean -0.13, se 0.05, 2.6 standard errors. Two standard
+    # errors would call it; with 1 degree of freedom the t quantile is 12.7, so it is not resolved
+    ({0: 86.32, 1: 86.62}, "not resolved, within noise (CRD's gain minus KD's, paired over seeds 0, 1: -0.13, "
+                           "standard error 0.05; a paired t-test at 95% needs |mean| > 12.71 standard errors)"),
 ])
-def test_ensemble_findings_pair_seeds_and_need_two_standard_errors(crd4, verdict):
-    table = [_ens_row("kd n=1", {0: 89.0, 1: 89.2, 2: 95.0}), _ens_row("kd n=4", {0: 89.5, 1: 89.5}),
-             _ens_row("crd n=1", {0: 86.0, 1: 86.4}), _ens_row("crd n=4", crd4)]
+def test_ensemble_findings_pair_seeds_and_test_the_difference(crd4, verdict):
+    from scipy import stats
+    kd1, kd4 = {0: 89.0, 1: 89.2, 2: 89.1, 3: 95.0}, {0: 89.5, 1: 89.5, 2: 89.4}
+    crd1 = {0: 86.0, 1: 86.4, 2: 86.2}
+    table = [_ens_row("kd n=1", kd1), _ens_row("kd n=4", kd4), _ens_row("crd n=1", crd1), _ens_row("crd n=4", crd4)]
     notes = settings.findings("ensemble", table)
     assert not notes[0].startswith("The teachers'")  # no teacher_top1 in these rows
-    # seed 2 has no 4-teacher run: it is left out, not averaged into the 1-teacher side
-    assert notes[0] == "KD: 4 teachers against 1, paired by seed: +0.40 ± 0.14 (seeds 0, 1)."
+    # seed 3 has no 4-teacher run: it is left out, not averaged into the 1-teacher side
+    assert notes[0] == "KD: 4 teachers against 1, paired by seed: +0.37 ± 0.12 (seeds 0, 1, 2)."
     assert notes[-1].startswith("More teachers help CRD more than KD (CRD Figure 4): " + verdict)
+    # the verdict agrees with scipy's paired t-test at 5%
+    diffs = [(crd4[s] - crd1[s]) - (kd4[s] - kd1[s]) for s in crd4]
+    assert (stats.ttest_1samp(diffs, 0.0).pvalue < 0.05) == (not verdict.startswith("not resolved"))
 
 
 @pytest.mark.parametrize("setting", ["crossmodal", "privileged"])
@@ -203,3 +214,9 @@ def test_hand_notes_survive_regeneration(tmp_path):
     md = (tmp_path / "fmnist-settings-v1-privileged.md").read_text()
     assert md.count("**Why:** the student view is easy.") == 1
     assert md.index("## Findings") < md.index("**Why:**")
+
+
+def test_t_quantiles_are_students():
+    from scipy import stats
+    for df, t in enumerate(settings.T975, start=1):
+        assert t == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)

@@ -9,7 +9,8 @@ under fmnist-kd-v1, shared); finished runs are skipped. Results:
 - ensemble: 1, 2 and 4 resnet32 teachers (seeds 0-3); rows KD, CRD, WCoRD, WKD-L per count;
   one teacher is A's job of the same method and seed (its run directory under fmnist-kd-v1), so
   A's finished students are reused, not trained twice, and so is the vanilla row (no teacher);
-  the findings compare counts on paired seeds (the same seed at 1 and at 4 teachers);
+  the findings compare counts on paired seeds (the same seed at 1 and at 4 teachers) and call the
+  CRD-vs-KD question by a paired t-test at 95%;
   the chart is the student's test error against the number of teachers (CRD Figure 4).
 - privileged: teacher on the full 28x28 image, student on the same crop 2x average-pooled.
 - crossmodal: teacher trained on the lowpass view (5x5 box blur), student on the highpass view.
@@ -283,17 +284,23 @@ def _seeds(seeds: list[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
+# Student's t, two-sided 95%: the 0.975 quantile for 1..10 degrees of freedom (beyond 10 the
+# value for 10 is used, which is conservative: the quantile falls towards 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
 def _verdict(diffs: list[float], seeds: list[int]) -> str:
-    """Is the mean of the paired differences ``diffs`` above zero? Yes or no only beyond two standard
-    errors (a rough rule: with 3 seeds it is lenient); otherwise not resolved."""
+    """Is the mean of the paired differences ``diffs`` other than zero? A paired t-test at 95%
+    (two-sided): yes or no only when |mean| / standard error passes Student's t quantile, which
+    with 2 or 3 seeds asks for much more than two standard errors; otherwise not resolved."""
     if len(diffs) < 2:
         return f"not resolved: one paired seed ({_seeds(seeds)}), the difference is {diffs[0]:+.2f}." if diffs else \
             "not resolved: no seed has all four rows."
     mean, std = report.mean_std(diffs)
-    se = std / len(diffs) ** 0.5
-    say = "yes" if mean > 2 * se else "NO, the opposite" if mean < -2 * se else "not resolved, within noise"
-    return (f"{say} (CRD's gain minus KD's, paired over seeds {_seeds(seeds)}: {mean:+.2f}, "
-            f"standard error {se:.2f}; the verdict needs two standard errors).")
+    se, t = std / len(diffs) ** 0.5, T975[min(len(diffs) - 1, len(T975)) - 1]
+    say = "yes" if mean > t * se else "NO, the opposite" if mean < -t * se else "not resolved, within noise"
+    return (f"{say} (CRD's gain minus KD's, paired over seeds {_seeds(seeds)}: {mean:+.2f}, standard error "
+            f"{se:.2f}; a paired t-test at 95% needs |mean| > {t:.2f} standard errors).")
 
 
 def write_results(setting: str, table: list[dict], out: Path, settings: dict, seeds: list[int],
