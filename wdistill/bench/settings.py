@@ -50,7 +50,8 @@ COMMON_TEXT = ("FMNIST-KD v1 data and splits (10,000 training images, the 10,000
 SETTING_TEXT = {
     "ensemble": "Ensembles (CRD Figure 4): 1, 2 and 4 resnet32 teachers (seeds 0..n-1, 30 epochs each). Logit terms "
                 "read the teachers' mean distribution; CRD and WCoRD have one memory bank and head per teacher, "
-                "weighted 1/n. The one-teacher rows and the vanilla row (no teacher) are A's students of the same method and seed (the same jobs). Counts are compared on paired seeds.",
+                "weighted 1/n. The one-teacher rows and the vanilla row (no teacher) are A's students of the same "
+                "method and seed (the same jobs). Counts are compared on paired seeds.",
     "privileged": "Privileged information (WCoRD): the teacher sees the full 28x28 image, the student the same "
                   "crop 2x average-pooled to 14x14, also at test time. Linear probe: L2 logistic regression "
                   f"(l2={PROBE_L2:g}) on the frozen student embedding of the training images, scored on the test set.",
@@ -258,8 +259,9 @@ def findings(setting: str, table: list[dict]) -> list[str]:
             if a and b and (common := sorted(set(a["by_seed"]) & set(b["by_seed"]))):
                 gains[m] = {s: b["by_seed"][s] - a["by_seed"][s] for s in common}
                 mean, std = report.mean_std(list(gains[m].values()))
-                notes.append(f"{LABELS[m]}: {hi} teachers against {lo}, paired by seed: {mean:+.2f}"
-                             + (f" ± {std:.2f}" if len(common) > 1 else "") + f" (seed{'s' * (len(common) > 1)} {_seeds(common)}).")
+                spread = f" ± {std:.2f}" if len(common) > 1 else ""
+                notes.append(f"{LABELS[m]}: {hi} teachers against {lo}, paired by seed: {mean:+.2f}{spread} "
+                             f"(seed{'s' * (len(common) > 1)} {_seeds(common)}).")
         if "crd" in gains and "kd" in gains:
             common = sorted(set(gains["crd"]) & set(gains["kd"]))
             notes.append("More teachers help CRD more than KD (CRD Figure 4): "
@@ -362,8 +364,8 @@ def ensemble_chart(table: list[dict], path: Path) -> Path:
                    label=f"vanilla, no teacher ({100 - v['final_mean']:.2f})")
     for i, m in enumerate(ENSEMBLE_METHODS):
         pts = [(n, by[f"{m} n={n}"]) for n in ENSEMBLE_SIZES if f"{m} n={n}" in by]
-        dodge = 0.03 * (i - (len(ENSEMBLE_METHODS) - 1) / 2)  # side by side, so error bars do not hide each other
         if pts:
+            dodge = 0.03 * (i - (len(ENSEMBLE_METHODS) - 1) / 2)  # side by side: error bars do not hide each other
             ax.errorbar([n + dodge for n, _ in pts], [100 - r["final_mean"] for _, r in pts],
                         yerr=[r["final_std"] or 0 for _, r in pts], marker="o", capsize=3, label=LABELS[m])
     ax.set_xticks(list(ENSEMBLE_SIZES))
