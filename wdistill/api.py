@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .data import DATASETS, ImageDataset
-from .engine import Trainer, load_config
-from .errors import ConfigError
+from wdistill.data import DATASETS, ImageDataset
+from wdistill.engine import Trainer, load_config
+from wdistill.errors import ConfigError
 
 
 def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, train_data: ImageDataset | Dataset,

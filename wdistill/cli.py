@@ -6,15 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from .engine.config import ConfigError
+from wdistill.engine.config import ConfigError
 
 
 def _cmd_train(args, require_teacher: bool) -> int:
-    from .engine import Trainer, load_config
+    from wdistill.engine import Trainer, load_config
 
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "generations", None):  # born-again chain: wdistill.selfdistill
-        from .selfdistill import run_generations
+        from wdistill.selfdistill import run_generations
         summaries = run_generations(cfg, args.generations, resume=args.resume, overwrite=args.overwrite)
         print(json.dumps(summaries, indent=2))
         return 0
@@ -29,7 +29,7 @@ def _cmd_train(args, require_teacher: bool) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .engine.checkpoint import atomic_save, load
+    from wdistill.engine.checkpoint import atomic_save, load
 
     run = Path(args.run_dir)
     state = load(run / f"{args.which}.pt", what="run checkpoint")
@@ -51,12 +51,12 @@ def _cmd_export(args) -> int:
 def _cmd_cost_matrix(args) -> int:
     import torch
 
-    from .data.build import build_loaders
-    from .engine.checkpoint import atomic_save
-    from .engine.build import build_model, resolve_device
-    from .losses.wkd_cost import build_cost_matrix, teacher_checksum
-    from .models import FeatureTap
-    from .engine import load_config
+    from wdistill.data.build import build_loaders
+    from wdistill.engine.checkpoint import atomic_save
+    from wdistill.engine.build import build_model, resolve_device
+    from wdistill.losses.wkd_cost import build_cost_matrix, teacher_checksum
+    from wdistill.models import FeatureTap
+    from wdistill.engine import load_config
 
     cfg = load_config(args.config, args.overrides)
     sections = cfg.teacher_sections()
@@ -95,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "teacher, or a cross-entropy run without one); --resume continues the chain")
         s.set_defaults(func=lambda a, n=name: _cmd_train(a, require_teacher=(n == "distill")))
 
-    from .cli_front import add_eval_parser  # eval reads every file a run writes
+    from wdistill.cli_front import add_eval_parser  # eval reads every file a run writes
     add_eval_parser(sub)
 
-    from .probe import add_probe_parser  # linear probe / fine-tuning of a run's student (CRD Figure 3)
+    from wdistill.probe import add_probe_parser  # linear probe / fine-tuning of a run's student (CRD Figure 3)
     add_probe_parser(sub)
 
     s = sub.add_parser("export", help="write the student-only weights of a run")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=_cmd_export)
 
-    from .cli_front import add_demo_parser  # quick demo with the shipped teacher; --full
+    from wdistill.cli_front import add_demo_parser  # quick demo with the shipped teacher; --full
     add_demo_parser(sub)
 
     s = sub.add_parser("cost-matrix", help="build the WKD-L category cost from a trained teacher")
@@ -120,14 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None)
     s.set_defaults(func=_cmd_cost_matrix)
 
-    from .cli_front import add_config_parser, add_list_parser  # config show/check/reference, list
+    from wdistill.cli_front import add_config_parser, add_list_parser  # config show/check/reference, list
     add_config_parser(sub)
     add_list_parser(sub)
 
-    from .cli_models import add_parsers as add_model_parsers  # `inspect` and `teachers`
+    from wdistill.cli_models import add_parsers as add_model_parsers  # `inspect` and `teachers`
     add_model_parsers(sub)
 
-    from .bench.cli import add_parsers as add_bench_parsers  # `bench` and `plot`
+    from wdistill.bench.cli import add_parsers as add_bench_parsers  # `bench` and `plot`
     add_bench_parsers(sub)
     return p
 
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     WDISTILL_DEBUG=1) adds the traceback."""
     import os
 
-    from ._io import FileLoadError
-    from .engine.loop import NonFiniteLoss
+    from wdistill._io import FileLoadError
+    from wdistill.engine.loop import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("WDISTILL_DEBUG") == "1"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .engine.config import ConfigError
+from wdistill.engine.config import ConfigError
 
 RUN_FILES = {"student": "student.pt", "best": "best.pt", "last": "last.pt"}
 
@@ -81,7 +81,7 @@ def _io_shape(arch: str, kwargs: dict, sd: dict) -> tuple[int | None, int | None
     import torch
     import torch.nn as nn
 
-    from . import models
+    from wdistill import models
 
     if arch not in models.available():  # timm/torchvision/factory specs: shapes come from the weights' metadata
         return None, None
@@ -97,9 +97,9 @@ def _io_shape(arch: str, kwargs: dict, sd: dict) -> tuple[int | None, int | None
 
 def _test_data(args, cfg: dict | None, source: str):
     """(test set, description, eval-loader crop kwargs) per the rules in the module docstring."""
-    from .data import ImageDataset, load_dataset
-    from .data.build import open_datasets
-    from .engine.config import load_config
+    from wdistill.data import ImageDataset, load_dataset
+    from wdistill.data.build import open_datasets
+    from wdistill.engine.config import load_config
 
     if args.data:
         _, test = load_dataset(args.data, args.root)
@@ -134,13 +134,13 @@ def _recorded_view(raw: dict, cfg: dict | None) -> dict | None:
 def cmd_eval(args) -> int:
     import torch
 
-    from . import models
-    from .data import BatchLoader
-    from .engine import evaluate
-    from .engine.checkpoint import load
-    from .models.checkpoint import load_checkpoint
+    from wdistill import models
+    from wdistill.data import BatchLoader
+    from wdistill.engine import evaluate
+    from wdistill.engine.checkpoint import load
+    from wdistill.models.checkpoint import load_checkpoint
 
-    from .models.checkpoint import read_checkpoint
+    from wdistill.models.checkpoint import read_checkpoint
 
     path, note = resolve_checkpoint(args.checkpoint, args.which)
     raw = read_checkpoint(path) if path.suffix == ".safetensors" else load(path, "cpu", what="checkpoint to evaluate")
@@ -176,12 +176,12 @@ def cmd_eval(args) -> int:
     load_checkpoint(model, sd, name=arch)
     view = _recorded_view(raw, cfg) if args.view is None else (None if args.view == "identity" else {"name": args.view})
     if view:  # the student is scored on the view it was trained on (student.view), as training did
-        from .data.views import View, Viewed
+        from wdistill.data.views import View, Viewed
         try:
             model = Viewed(model, View(view))
         except ValueError as e:
             raise ConfigError(f"the recorded student view {view}: {e}") from None
-    from .engine.build import resolve_device
+    from wdistill.engine.build import resolve_device
     device = resolve_device(args.device)
     if args.center_crop:
         crop = {"resized_crop": args.center_crop}
@@ -195,7 +195,7 @@ def cmd_eval(args) -> int:
 
 
 def positive_int(text: str) -> int:
-    from .cli import positive_int as check
+    from wdistill.cli import positive_int as check
     return check(text)
 
 
@@ -226,17 +226,17 @@ def add_eval_parser(sub) -> None:
 def check_config(cfg) -> list[str]:
     """Checks beyond the schema that need no training: model names, loss terms and their parameters,
     teacher checkpoints. Returns what was checked; raises ConfigError naming the problem and fix."""
-    from . import losses, models
+    from wdistill import losses, models
 
     for role, section in [("student", cfg.student)] + [("teacher", s) for s in cfg.teacher_sections()]:
         if ":" not in section.model and section.model not in models.available():  # timm:/torchvision:/factory
             raise ConfigError(f"{role}.model {section.model!r} is not a zoo model; `wdistill list` names them")
         if section.checkpoint:
-            from .engine.build import missing_checkpoint
+            from wdistill.engine.build import missing_checkpoint
             problem = missing_checkpoint(section, role)
             if problem:
                 raise ConfigError(problem)
-    from .engine.build import check_teacher_needs
+    from wdistill.engine.build import check_teacher_needs
     check_teacher_needs(cfg)
     for i, t in enumerate(cfg.loss):
         try:
@@ -247,11 +247,11 @@ def check_config(cfg) -> list[str]:
 
 
 def cmd_config(args) -> int:
-    from .engine.checkpoint import atomic_write_text
-    from .engine.config import dump_config, load_config
+    from wdistill.engine.checkpoint import atomic_write_text
+    from wdistill.engine.config import dump_config, load_config
 
     if args.action == "reference":
-        from .config_reference import reference_markdown
+        from wdistill.config_reference import reference_markdown
         text = reference_markdown()
         if args.output:
             atomic_write_text(text, args.output)
@@ -284,12 +284,12 @@ def add_config_parser(sub) -> None:
 
 # ---- wdistill list ------------------------------------------------------------------------------------
 def _list_models(args) -> list[str]:
-    from . import models
+    from wdistill import models
     return ["models: " + ", ".join(models.available())]
 
 
 def _list_data(args) -> list[str]:
-    from .config_reference import _flow, data_sets
+    from wdistill.config_reference import _flow, data_sets
     lines = ["data sets (data.name) and their data.options (default):"]
     for name, opts in data_sets().items():
         lines.append(f"  {name}: " + (", ".join(f"{k}={_flow(v)}" for k, v in opts.items()) or "no options"))
@@ -297,7 +297,7 @@ def _list_data(args) -> list[str]:
 
 
 def _list_methods(args) -> list[str]:
-    from .config_reference import _flow, methods
+    from wdistill.config_reference import _flow, methods
     lines = ["methods (loss[].name) and their parameters (default):"]
     for name, (_, params) in methods().items():
         lines.append(f"  {name}: " + (", ".join(f"{k}={_flow(v)}" for k, v in params.items()) or "no parameters"))
@@ -307,7 +307,7 @@ def _list_methods(args) -> list[str]:
 # Sections of `wdistill list`, in order: (flag, help, lister). A new section (e.g. presets) is one
 # more entry; with no flag given every section is printed.
 def _list_presets(args) -> list[str]:
-    from .engine.config import list_presets
+    from wdistill.engine.config import list_presets
     names = list_presets()
     return ["presets (`wdistill distill NAME`):"] + [f"  {n}" for n in names] + [f"{len(names)} presets"]
 
@@ -334,7 +334,7 @@ def add_list_parser(sub) -> None:
 
 # ---- wdistill demo ----------------------------------------------------------------------------------
 def demo_chart(rows: list[dict], path, student_epochs: int) -> None:
-    from .bench.plots import leaderboard_chart
+    from wdistill.bench.plots import leaderboard_chart
 
     leaderboard_chart([{"name": r["method"], "top1": r["top1"], "std": None} for r in rows], path,
                       f"wdistill demo: resnet20 teacher -> resnet8 students ({student_epochs} epochs), "
@@ -343,8 +343,8 @@ def demo_chart(rows: list[dict], path, student_epochs: int) -> None:
 
 
 def cmd_demo(args) -> int:
-    from . import demo
-    from .engine.checkpoint import atomic_write_text
+    from wdistill import demo
+    from wdistill.engine.checkpoint import atomic_write_text
 
     if args.make_teacher:
         demo.make_demo_teacher(str(Path(args.out) / "make-teacher"))

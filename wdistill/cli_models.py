@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine.config import ConfigError
+from wdistill.engine.config import ConfigError
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
@@ -16,8 +16,8 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
 
 def inspect_model(spec: str, input_size: tuple[int, int, int], num_classes: int, kwargs: dict | None = None) -> str:
     """Module paths, classes and output shapes of one forward, then the automatic taps."""
-    from .models import build, spec_for
-    from .models.autotap import auto_spec, trace
+    from wdistill.models import build, spec_for
+    from wdistill.models.autotap import auto_spec, trace
 
     c, h, w = input_size
     try:
@@ -57,7 +57,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_teachers(args) -> int:
-    from .models import teachers
+    from wdistill.models import teachers
 
     if args.action == "status":
         for name, path, state in teachers.status():

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .engine.config import RunConfig, TermSection
+from wdistill.engine.config import RunConfig, TermSection
 
 DOC_PATH = "docs/config.md"
 
@@ -75,7 +75,7 @@ def section_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
 
 def data_sets() -> dict[str, dict[str, Any]]:
     """Data set name -> {option: default} of its loader (``root`` excluded)."""
-    from .data.registry import DATASETS
+    from wdistill.data.registry import DATASETS
 
     out = {}
     for name, loader in DATASETS.items():
@@ -87,7 +87,7 @@ def data_sets() -> dict[str, dict[str, Any]]:
 def methods(shipped_only: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
     """Loss term name -> (one-line summary, {parameter: default}); ``shipped_only`` leaves out
     terms registered at run time (by a user or a test), as the committed reference must."""
-    from . import losses
+    from wdistill import losses
 
     out = {}
     for name in losses.available():
@@ -138,7 +138,7 @@ def reference_markdown() -> str:
         if own_doc:
             lines += [inspect.cleandoc(own_doc).split("\n\n")[0].replace("\n", " "), ""]
         lines += _table(("key", "type", "default", "meaning"), [(f"`{k}`", t, d, m) for k, t, d, m in section_rows(model)])
-    from .data.views import ViewSpec
+    from wdistill.data.views import ViewSpec
     lines += ["", "## `student.view` / `teacher.view`", "",
               inspect.cleandoc(ViewSpec.__doc__).replace("\n", " ") + " Views are applied on the device after the "
               "shared augmentation, so teacher and student views of a sample come from the same crop; the student "

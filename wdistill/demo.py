@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench.runs import run_or_load
-from .losses import published
-from .recipes import LABELS, RECIPES, recipe_for
+from wdistill.bench.runs import run_or_load
+from wdistill.losses import published
+from wdistill.recipes import LABELS, RECIPES, recipe_for
 
 # Each method says whether it is in the demo (``demo=`` / ``quick=`` of ``published.publish``).
 # Quick demo: the baseline, KD, and the headline Wasserstein rows (WKD-L, WKD-L+WKD-F, WCoRD+KD).
@@ -61,11 +61,11 @@ def make_demo_teacher(out_dir: str = "runs/demo-teacher", path: str | Path = SHI
     cast), to ``path``: the file shipped in the package. Returns its metadata."""
     import torch
 
-    from .data import BatchLoader, bundled_sample
-    from .engine.checkpoint import atomic_save
-    from .engine.trainer import evaluate
-    from .models import create
-    from .models.checkpoint import load_checkpoint
+    from wdistill.data import BatchLoader, bundled_sample
+    from wdistill.engine.checkpoint import atomic_save
+    from wdistill.engine.trainer import evaluate
+    from wdistill.models import create
+    from wdistill.models.checkpoint import load_checkpoint
 
     summary = run_or_load(_teacher_config(_base(out_dir, 0, None, None), TEACHER_ARCH, epochs), log)
     trained = torch.load(Path(out_dir) / "teacher" / "student.pt", map_location="cpu", weights_only=True)

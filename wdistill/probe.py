@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .engine.checkpoint import atomic_write_text
-from .engine.config import ConfigError, RunConfig
+from wdistill.engine.checkpoint import atomic_write_text
+from wdistill.engine.config import ConfigError, RunConfig
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-4,
@@ -63,7 +63,7 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 @torch.no_grad()
 def embeddings(model, view, taps, batches, desc: str, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(embedding rows, labels) of every batch, the model in eval mode on its own view."""
-    from .models import FeatureTap
+    from wdistill.models import FeatureTap
 
     model.eval()
     tap = FeatureTap(model, taps)
@@ -85,7 +85,7 @@ def embeddings(model, view, taps, batches, desc: str, total: int | None = None) 
 
 
 def run_config(run_dir: Path) -> RunConfig:
-    from .engine.config import load_config
+    from wdistill.engine.config import load_config
 
     path = run_dir / "config.yaml"
     if not run_dir.is_dir() or not path.is_file():
@@ -97,13 +97,13 @@ def run_config(run_dir: Path) -> RunConfig:
 def linear_probe(run_dir: str | Path, l2: float = 1e-4, which: str | None = None, device: str = "cpu",
                  max_iter: int = 500) -> dict:
     """Fit and score the linear probe of ``run_dir``'s student; returns the ``linear`` record."""
-    from . import models
-    from .cli_front import resolve_checkpoint, student_weights
-    from .data.build import build_loaders
-    from .data.views import View
-    from .engine.build import resolve_device
-    from .engine.checkpoint import load
-    from .models.checkpoint import load_checkpoint
+    from wdistill import models
+    from wdistill.cli_front import resolve_checkpoint, student_weights
+    from wdistill.data.build import build_loaders
+    from wdistill.data.views import View
+    from wdistill.engine.build import resolve_device
+    from wdistill.engine.checkpoint import load
+    from wdistill.models.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -127,7 +127,7 @@ def linear_probe(run_dir: str | Path, l2: float = 1e-4, which: str | None = None
 
 def finetune(run_dir: str | Path, epochs: int, lr: float = 0.01, resume: bool = False, log=print) -> dict:
     """Fine-tune every parameter of the run's student by CE for ``epochs`` in ``run_dir/finetune``."""
-    from .engine import Trainer
+    from wdistill.engine import Trainer
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -167,7 +167,7 @@ def cmd_probe(args) -> int:
 
 
 def add_probe_parser(sub) -> None:
-    from .cli import positive_int
+    from wdistill.cli import positive_int
 
     s = sub.add_parser("probe", help="linear probe (and --finetune) of a run's student embedding, "
                                      "written to RUN_DIR/probe.json",

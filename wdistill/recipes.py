@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .losses import published
+from wdistill.losses import published
 
 WKD_DECAY_FRAC = 150 / 240
 CIFAR_EPOCHS = 240  # the published recipes' length; epoch-valued settings scale by E / 240

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .engine.checkpoint import atomic_write_text
-from .engine.config import ConfigError, RunConfig
+from wdistill.engine.checkpoint import atomic_write_text
+from wdistill.engine.config import ConfigError, RunConfig
 
 
 def generation_config(cfg: RunConfig, k: int) -> RunConfig:
@@ -45,7 +45,7 @@ def finished(run_dir: Path) -> bool:
 def run_generations(cfg: RunConfig, generations: int, resume: bool = False, overwrite: bool = False,
                     log=print) -> list[dict]:
     """Train the chain; returns every generation's summary (also in ``generations.json``)."""
-    from .engine import Trainer
+    from wdistill.engine import Trainer
 
     if generations < 1:
         raise ConfigError(f"--generations must be at least 1, got {generations}")

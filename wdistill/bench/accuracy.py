@@ -7,12 +7,12 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from ..engine.checkpoint import atomic_write_text
-from ..recipes import LABELS, PRESET_DIR, RECIPES, default_recipe, recipe
-from . import protocol, report, tooling
-from .protocol import FULL, TUNE, Schedule
-from .runs import load_finished, run_or_load, shared_queue
-from .tuning import CANDIDATES, apply_candidate, check_budget, describe
+from wdistill.engine.checkpoint import atomic_write_text
+from wdistill.recipes import LABELS, PRESET_DIR, RECIPES, default_recipe, recipe
+from wdistill.bench import protocol, report, tooling
+from wdistill.bench.protocol import FULL, TUNE, Schedule
+from wdistill.bench.runs import load_finished, run_or_load, shared_queue
+from wdistill.bench.tuning import CANDIDATES, apply_candidate, check_budget, describe
 
 METHODS = [m for m in RECIPES if m != "vanilla"]
 

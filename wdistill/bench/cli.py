@@ -12,10 +12,10 @@ def _threads(n: int | None) -> None:
 
 
 def _cmd_accuracy(args) -> int:
-    from ..recipes import RECIPES
-    from .accuracy import run_accuracy, run_tuning
-    from .protocol import FULL, QUICK
-    from .tuning import PRIORITY
+    from wdistill.recipes import RECIPES
+    from wdistill.bench.accuracy import run_accuracy, run_tuning
+    from wdistill.bench.protocol import FULL, QUICK
+    from wdistill.bench.tuning import PRIORITY
 
     _threads(args.threads)
     command = ["wdistill"] + sys.argv[1:]
@@ -27,7 +27,7 @@ def _cmd_accuracy(args) -> int:
         return 0
     schedule = QUICK if args.quick else FULL
     if args.merge:
-        from .accuracy import merge_results
+        from wdistill.bench.accuracy import merge_results
         missing = [p for p in args.merge + (args.replace or []) if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"--merge: no such results file(s): {', '.join(missing)}")
@@ -47,7 +47,7 @@ def _cmd_accuracy(args) -> int:
 
 
 def _cmd_settings(args) -> int:
-    from .settings import run_settings
+    from wdistill.bench.settings import run_settings
 
     _threads(args.threads)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
@@ -63,8 +63,8 @@ def _cmd_settings(args) -> int:
 def _cmd_speed(args) -> int:
     from dataclasses import replace
 
-    from .speed import SpeedSetup
-    from .speed_report import misses, run_speed
+    from wdistill.bench.speed import SpeedSetup
+    from wdistill.bench.speed_report import misses, run_speed
 
     _threads(args.threads)
     methods = args.methods.split(",") if args.methods else None
@@ -79,7 +79,7 @@ def _cmd_speed(args) -> int:
 
 
 def _cmd_diagnostics(args) -> int:
-    from .diagnostics import run_diagnostics
+    from wdistill.bench.diagnostics import run_diagnostics
 
     _threads(args.threads)
     for p in run_diagnostics(args.teacher, args.student, args.out, args.data, args.root, args.subset):
@@ -88,7 +88,7 @@ def _cmd_diagnostics(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from .plots import plot_run
+    from wdistill.bench.plots import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.output)}")
     return 0

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import models
-from ..data import BatchLoader, load_dataset
-from ..engine.checkpoint import load
-from ..losses.wkd_cost import build_cost_matrix
-from ..models.checkpoint import load_checkpoint
-from ..models.taps import FeatureTap
+from wdistill import models
+from wdistill.data import BatchLoader, load_dataset
+from wdistill.engine.checkpoint import load
+from wdistill.losses.wkd_cost import build_cost_matrix
+from wdistill.models.checkpoint import load_checkpoint
+from wdistill.models.taps import FeatureTap
 
 
 @torch.no_grad()

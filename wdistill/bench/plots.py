@@ -42,7 +42,7 @@ def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
     """(term, first plotted epoch of decayed weight, last epoch) for WKD terms with cosine decay.
     Epochs are plotted 1-based, as the official trainer counts them; the weight decays once the
     epoch e exceeds s (losses/wkd_decay.py, cosine_decayed), so the first decayed epoch is floor(s) + 1."""
-    from ..losses.wkd_l import decay_start_epoch
+    from wdistill.losses.wkd_l import decay_start_epoch
 
     epochs = (cfg.get("optim") or {}).get("epochs")
     out = []

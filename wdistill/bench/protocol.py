@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import losses
-from ..engine.config import apply_overrides
-from ..recipes import scale_epoch_params  # noqa: F401  (re-exported: the protocol scales every recipe)
+from wdistill import losses
+from wdistill.engine.config import apply_overrides
+from wdistill.recipes import scale_epoch_params  # noqa: F401  (re-exported: the protocol scales every recipe)
 
 TEACHER, STUDENT = "resnet32", "resnet8"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import tooling
+from wdistill.bench import tooling
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -89,7 +89,7 @@ def results_csv(table: list[dict], settings: dict[str, str]) -> str:
 
 def bar_chart(table: list[dict], labels: dict[str, str], path: str | Path, title: str) -> None:
     """Final-epoch top-1 per row, error bars = sample std over seeds (none for single runs)."""
-    from .plots import leaderboard_chart
+    from wdistill.bench.plots import leaderboard_chart
 
     runs = sorted({r["n"] for r in table if r["method"] != "teacher"})
     seeds = "/".join(map(str, runs)) if runs else "?"

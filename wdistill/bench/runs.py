@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..engine import Trainer, load_config
-from ..engine.checkpoint import atomic_write_text
-from ..engine.config import ConfigError, dump_config
-from ..engine.rundir import try_lock, unlock
+from wdistill.engine import Trainer, load_config
+from wdistill.engine.checkpoint import atomic_write_text
+from wdistill.engine.config import ConfigError, dump_config
+from wdistill.engine.rundir import try_lock, unlock
 
 WALL_FILE = "bench_wall.json"  # wall seconds of every session that worked on the run, summed
 LOCK_FILE = ".bench.lock"  # PID of the process running the job (benchmark shards may share a teacher)

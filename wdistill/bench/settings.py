@@ -29,12 +29,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..engine.checkpoint import atomic_write_text
-from ..engine.config import apply_overrides, load_config
-from ..recipes import LABELS, recipe, scale_epoch_params
-from . import protocol, report
-from .runs import load_finished, run_dir_of, run_lock, run_or_load, shared_queue
-from .tuning import describe
+from wdistill.engine.checkpoint import atomic_write_text
+from wdistill.engine.config import apply_overrides, load_config
+from wdistill.recipes import LABELS, recipe, scale_epoch_params
+from wdistill.bench import protocol, report
+from wdistill.bench.runs import load_finished, run_dir_of, run_lock, run_or_load, shared_queue
+from wdistill.bench.tuning import describe
 
 SETTINGS = ("ensemble", "privileged", "crossmodal", "selfdistill")
 SCHEDULE = protocol.Schedule("fmnist-settings-v1", False, protocol.FULL.epochs, "test", (0, 1, 2))
@@ -125,7 +125,7 @@ def plan(setting: str, seeds: list[int], runs_root="runs/bench", root=None, over
                     cfg["teacher"] = _section(teacher)
                 jobs.append((m, seed, apply_overrides(cfg, ov)))
     else:  # selfdistill: generation k of each method from generation k-1's student
-        from ..selfdistill import generation_config
+        from wdistill.selfdistill import generation_config
         for seed in seeds:
             # generation 0: A's vanilla resnet8 of this seed (CE, the student schedule), reused if finished
             base = apply_overrides(_a_student("vanilla", seed, runs_root, root), ov)
@@ -143,7 +143,7 @@ def probe_or_load(run_dir: Path, l2: float = PROBE_L2) -> float:
     """Linear-probe test top-1 of a finished run (computed once, kept in its probe.json)."""
     import json
 
-    from ..probe import linear_probe, record
+    from wdistill.probe import linear_probe, record
 
     f = run_dir / "probe.json"
     if f.is_file():
@@ -164,7 +164,7 @@ def recorded_finetune(run_dir: Path, epochs: int, lr: float = 0.01) -> dict | No
 
 def finetune_or_load(run_dir: Path, epochs: int, lr: float = 0.01) -> float:
     """Test top-1 after fine-tuning the whole student by CE (``wdistill probe --finetune``), once."""
-    from ..probe import finetune, record
+    from wdistill.probe import finetune, record
 
     ft = recorded_finetune(run_dir, epochs, lr)
     if ft and (run_dir / "finetune" / "summary.json").is_file():
@@ -439,7 +439,7 @@ def preset_files() -> dict[str, str]:
 
 
 if __name__ == "__main__":  # python -m wdistill.bench.settings: rewrite the shipped example configs
-    from ..engine.config import PRESETS_DIR
+    from wdistill.engine.config import PRESETS_DIR
     for rel, text in preset_files().items():
         atomic_write_text(text, PRESETS_DIR / rel)
         print(f"wrote {PRESETS_DIR / rel}")

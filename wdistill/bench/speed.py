@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import losses, models
-from ..engine.distiller import Distiller
-from ..recipes import RECIPES
-from . import tooling
-from .measure import interleaved_medians
+from wdistill import losses, models
+from wdistill.engine.distiller import Distiller
+from wdistill.recipes import RECIPES
+from wdistill.bench import tooling
+from wdistill.bench.measure import interleaved_medians
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..engine.checkpoint import atomic_write_text
-from ..recipes import LABELS, RECIPES
-from . import report, tooling
-from .speed import SpeedSetup, step_table
+from wdistill.engine.checkpoint import atomic_write_text
+from wdistill.recipes import LABELS, RECIPES
+from wdistill.bench import report, tooling
+from wdistill.bench.speed import SpeedSetup, step_table
 
 NUMPY_IMPLS = ("POT",)  # NumPy allocations are invisible to the torch allocator profile
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 
-from ..losses import published
+from wdistill.losses import published
 
 # Each method's ``grid`` (``published.publish`` next to its term), in protocol order; a live view.
 CANDIDATES = published.grids_view()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from .dataset import ImageDataset
-from .idx import fashion_mnist
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.idx import fashion_mnist
 
 KD_V1_TRAIN, KD_V1_QUICK_TRAIN, KD_V1_VAL = 10_000, 5_000, 5_000
 

@@ -20,14 +20,14 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
-from .dataset import ImageDataset
-from .folder import IMAGENET_MEAN, IMAGENET_STD
-from .loader import BatchLoader
-from .recipe import Augmentation, recipe_for, resolve
-from .registry import load_dataset
-from .stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
-from .user import (check_dataset, infer_num_classes, known_targets, load_factory, materialize, probe_channels,
+from wdistill.errors import ConfigError
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from wdistill.data.loader import BatchLoader
+from wdistill.data.recipe import Augmentation, recipe_for, resolve
+from wdistill.data.registry import load_dataset
+from wdistill.data.stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
+from wdistill.data.user import (check_dataset, infer_num_classes, known_targets, load_factory, materialize, probe_channels,
                    scan_targets)
 
 GIB = 1024 ** 3

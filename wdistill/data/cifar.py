@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import ImageDataset
-from .download import RESOURCES, describe, fetch
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.download import RESOURCES, describe, fetch
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .dataset import ImageDataset
+from wdistill.data.dataset import ImageDataset
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".npy")

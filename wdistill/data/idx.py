@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import ImageDataset
-from .download import RESOURCES, describe, fetch
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.download import RESOURCES, describe, fetch
 
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)

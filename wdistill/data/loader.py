@@ -5,8 +5,8 @@ from typing import Iterator
 
 import torch
 
-from .augment import Augment
-from .dataset import ImageDataset
+from wdistill.data.augment import Augment
+from wdistill.data.dataset import ImageDataset
 
 
 class BatchLoader:

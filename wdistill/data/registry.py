@@ -10,12 +10,12 @@ import inspect
 from pathlib import Path
 from typing import Callable
 
-from .benchmark_splits import fmnist_kd_v1
-from .cifar import cifar_splits
-from .dataset import ImageDataset
-from .folder import IMAGENET_MEAN, IMAGENET_STD, image_folder
-from .idx import fashion_mnist, mnist
-from .sample import bundled_sample
+from wdistill.data.benchmark_splits import fmnist_kd_v1
+from wdistill.data.cifar import cifar_splits
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD, image_folder
+from wdistill.data.idx import fashion_mnist, mnist
+from wdistill.data.sample import bundled_sample
 
 
 def _fmnist(root, download: bool = False, protocol: str = "official", quick: bool = False, eval_split: str = "test"):

@@ -6,8 +6,8 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .dataset import ImageDataset
-from .idx import FMNIST_MEAN, FMNIST_STD
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.idx import FMNIST_MEAN, FMNIST_STD
 
 SAMPLE_FILE = "fmnist_sample.npz"
 

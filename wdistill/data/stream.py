@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import center_crop, crop_flip, fallback_box, resized_crop_flip
+from wdistill.data.augment import center_crop, crop_flip, fallback_box, resized_crop_flip
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -292,6 +292,6 @@ def default_workers() -> int:
 
 
 def folder_images(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> FolderImages:
-    from .folder import scan
+    from wdistill.data.folder import scan
     classes, files, labels = scan(root, classes)
     return FolderImages(files, labels, classes, Path(root).name)

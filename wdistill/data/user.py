@@ -15,9 +15,9 @@ import importlib
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from .dataset import ImageDataset
-from .stream import to_tensor
+from wdistill.errors import ConfigError
+from wdistill.data.dataset import ImageDataset
+from wdistill.data.stream import to_tensor
 
 
 def load_factory(spec: str | None, kwargs: dict) -> tuple:

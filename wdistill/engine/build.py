@@ -7,8 +7,8 @@ import os
 import torch
 import torch.nn as nn
 
-from .. import losses
-from .config import ConfigError, RunConfig
+from wdistill import losses
+from wdistill.engine.config import ConfigError, RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,8 +45,8 @@ _CHECKPOINT_SOURCES = {  # first matching prefix wins
 
 def missing_checkpoint(section, role: str) -> str | None:
     """What is wrong with ``section.checkpoint`` and where the file comes from, or None if it exists."""
-    from ..models.specs import resolve_path
-    from ..models.teachers import missing_checkpoint_hint
+    from wdistill.models.specs import resolve_path
+    from wdistill.models.teachers import missing_checkpoint_hint
     path = resolve_path(section.checkpoint)
     if path.is_file():
         return None
@@ -59,8 +59,8 @@ def missing_checkpoint(section, role: str) -> str | None:
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
     ``wdistill.models.specs``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
-    from ..models.checkpoint import load_checkpoint
-    from ..models.specs import build, resolve_path
+    from wdistill.models.checkpoint import load_checkpoint
+    from wdistill.models.specs import build, resolve_path
     try:
         model = build(section.model, num_classes, in_channels, section.kwargs, section.pretrained)
     except (ValueError, TypeError) as e:
@@ -85,7 +85,7 @@ def check_teacher_view(section, role: str = "teacher") -> None:
     because ``view`` was left unset: a silent mismatch would distil from a confused teacher."""
     import yaml
 
-    from ..models.specs import resolve_path
+    from wdistill.models.specs import resolve_path
     if section.view is not None or not section.checkpoint:
         return
     beside = resolve_path(section.checkpoint).parent / "config.yaml"

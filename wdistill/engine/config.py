@@ -9,8 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..data.views import ViewSpec
-from ..errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
+from wdistill.data.views import ViewSpec
+from wdistill.errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
 
 
 class _Strict(BaseModel):
@@ -98,7 +98,7 @@ class DataSection(_Strict):
     def _options_fit_the_data_set(self):
         # Checked here, before any work: a preset written for one data set (configs/fmnist/* set
         # protocol/quick/eval_split) must not fail deep inside the loader when data.name changes.
-        from ..data.registry import DATASETS, options
+        from wdistill.data.registry import DATASETS, options
 
         if self.name not in DATASETS and self.name != "python":
             raise ValueError(f"unknown data set {self.name!r}; available: {', '.join(sorted(DATASETS))}, or python "
@@ -167,7 +167,7 @@ class TermSection(BaseModel):
 
     @model_validator(mode="after")
     def _typed_params(self):
-        from ..losses import registry  # every term module registers itself on import
+        from wdistill.losses import registry  # every term module registers itself on import
         try:
             resolved = registry.resolve_params(self.name, dict(self.model_extra or {}))
         except ValueError as e:

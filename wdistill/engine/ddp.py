@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..losses import dist as helpers
-from .config import ConfigError
+from wdistill.losses import dist as helpers
+from wdistill.engine.config import ConfigError
 
 
 def init_distributed() -> tuple[int, int]:

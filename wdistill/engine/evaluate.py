@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from .loop import Meter
+from wdistill.engine.loop import Meter
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import ddp
+from wdistill.engine import ddp
 
 
 class NonFiniteLoss(RuntimeError):

@@ -15,19 +15,19 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import losses, models
-from ..data import ImageDataset
-from ..data import build as data_build  # module, not name: data.build imports engine.config
-from . import checkpoint as ckpt
-from . import ddp
-from .build import build_model, build_terms, check_teacher_needs, check_teacher_view, resolve_device
-from .config import ConfigError, RunConfig
-from .distiller import Distiller, lr_at
-from .ddp import init_distributed, sync_batchnorm
-from ..data.views import View, Viewed
-from .evaluate import Ensemble, evaluate
-from .loop import Guard, Meter, NonFiniteLoss, Stepper
-from .rundir import RunDir
+from wdistill import losses, models
+from wdistill.data import ImageDataset
+from wdistill.data import build as data_build  # module, not name: data.build imports engine.config
+from wdistill.engine import checkpoint as ckpt
+from wdistill.engine import ddp
+from wdistill.engine.build import build_model, build_terms, check_teacher_needs, check_teacher_view, resolve_device
+from wdistill.engine.config import ConfigError, RunConfig
+from wdistill.engine.distiller import Distiller, lr_at
+from wdistill.engine.ddp import init_distributed, sync_batchnorm
+from wdistill.data.views import View, Viewed
+from wdistill.engine.evaluate import Ensemble, evaluate
+from wdistill.engine.loop import Guard, Meter, NonFiniteLoss, Stepper
+from wdistill.engine.rundir import RunDir
 
 __all__ = ["Trainer", "evaluate", "build_model", "resolve_device", "init_distributed",
            "sync_batchnorm", "NonFiniteLoss"]

@@ -5,8 +5,8 @@ Every module of this package is imported here, so a new method file registers it
 import importlib
 import pkgutil
 
-from .base import ConfigError, SetupContext, Stage, Term
-from .registry import available, create, get, register
+from wdistill.losses.base import ConfigError, SetupContext, Stage, Term
+from wdistill.losses.registry import available, create, get, register
 
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")

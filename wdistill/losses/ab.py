@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import paired_maps
-from .base import ConfigError, Stage, Term
-from .heads import ConvReg
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses._common import paired_maps
+from wdistill.losses.base import ConfigError, Stage, Term
+from wdistill.losses.heads import ConvReg
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 def ab_layer_loss(s: torch.Tensor, t: torch.Tensor, margin: float) -> torch.Tensor:

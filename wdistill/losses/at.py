@@ -1,10 +1,10 @@
 """Attention transfer."""
 from __future__ import annotations
 
-from ._common import attention_map, match_spatial, paired_maps
-from .base import Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses._common import attention_map, match_spatial, paired_maps
+from wdistill.losses.base import Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 @register

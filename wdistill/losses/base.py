@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError  # noqa: F401  (re-exported: terms raise it)
+from wdistill.errors import ConfigError  # noqa: F401  (re-exported: terms raise it)
 
 
 @dataclass

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ConfigError, Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses.base import ConfigError, Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 FORMS = ("reference", "paper")
 

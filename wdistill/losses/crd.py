@@ -5,13 +5,13 @@ import warnings
 
 import torch
 
-from . import dist as ddist
-from .base import ConfigError, Term
-from .heads import Embed
-from .memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401 (re-exported)
+from wdistill.losses import dist as ddist
+from wdistill.losses.base import ConfigError, Term
+from wdistill.losses.heads import Embed
+from wdistill.losses.memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401 (re-exported)
                      check_options, init_bank, momentum_update_, resolve_scoring)
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 POSITIVES = ("exact", "relax")
 NCE_EPS = 1e-7

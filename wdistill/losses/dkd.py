@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import ConfigError, Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses.base import ConfigError, Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 def dkd_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor,

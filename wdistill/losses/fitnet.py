@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import ConfigError, Term
-from .heads import ConvReg
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses.base import ConfigError, Term
+from wdistill.losses.heads import ConvReg
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 @register

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ._common import match_spatial, upcast
-from .base import ConfigError, Stage, Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses._common import match_spatial, upcast
+from wdistill.losses.base import ConfigError, Stage, Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 def fsp_matrix(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import attention_map, match_spatial
-from .base import ConfigError, Stage, Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses._common import attention_map, match_spatial
+from wdistill.losses.base import ConfigError, Stage, Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 def _conv_block(c_in: int, c_out: int, bn: bool, transposed: bool = False) -> list[nn.Module]:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses.base import Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 def _cosine_affinity(f: torch.Tensor, eps: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
 
-from .base import Term
+from wdistill.losses.base import Term
 
 _TERMS: dict[str, type[Term]] = {}
 

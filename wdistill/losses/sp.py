@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import upcast
-from .base import Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses._common import upcast
+from wdistill.losses.base import Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 @register

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import match_spatial, paired_maps
-from .base import ConfigError, Term
-from .published import bracket, ce, publish
-from .registry import register
+from wdistill.losses._common import match_spatial, paired_maps
+from wdistill.losses.base import ConfigError, Term
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
 
 
 def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:

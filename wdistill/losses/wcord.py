@@ -6,13 +6,13 @@ import math
 
 import torch
 
-from . import dist as ddist
-from .base import ConfigError, SetupContext, Term
-from .heads import Embed
-from .memory import ClassSampler, PendingRows, check_options, init_bank, momentum_update_, resolve_scoring
-from .published import bracket, ce, publish
-from .registry import register
-from .wcord_critic import CRITICS, batch_ot_loss, contrastive_bound, critic_heads, gradient_penalty
+from wdistill.losses import dist as ddist
+from wdistill.losses.base import ConfigError, SetupContext, Term
+from wdistill.losses.heads import Embed
+from wdistill.losses.memory import ClassSampler, PendingRows, check_options, init_bank, momentum_update_, resolve_scoring
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
+from wdistill.losses.wcord_critic import CRITICS, batch_ot_loss, contrastive_bound, critic_heads, gradient_penalty
 
 
 @register

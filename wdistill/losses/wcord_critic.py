@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from .. import ot
-from .memory import bank_scores
+from wdistill import ot
+from wdistill.losses.memory import bank_scores
 
 CRITICS = ("bounded", "normalised")
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import ot
-from .._io import FileLoadError, atomic_save, safe_load
+from wdistill import ot
+from wdistill._io import FileLoadError, atomic_save, safe_load
 
 log = logging.getLogger(__name__)
 

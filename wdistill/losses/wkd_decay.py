@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .base import ConfigError
+from wdistill.losses.base import ConfigError
 
 # Published CIFAR-100 decay start: epoch 150 of 240.
 DEFAULT_DECAY_FRAC = 150 / 240

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .. import ot
-from .base import ConfigError, SetupContext, Term
-from .heads import ConvReg
-from .published import bracket, ce, publish
-from .registry import register
-from .wkd_l import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch
-from .wkd_official import CIFAR as OFFICIAL_CIFAR, f_params, l_params
+from wdistill import ot
+from wdistill.losses.base import ConfigError, SetupContext, Term
+from wdistill.losses.heads import ConvReg
+from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.registry import register
+from wdistill.losses.wkd_l import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch
+from wdistill.losses.wkd_official import CIFAR as OFFICIAL_CIFAR, f_params, l_params
 
 
 def _cells(size: int, grid: int) -> list[tuple[int, int]]:

@@ -6,14 +6,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import ot
-from .._io import FileLoadError, safe_load
-from .base import ConfigError, SetupContext, Term, mean_distribution_logits
-from .published import ce, publish
-from .registry import register
-from .wkd_decay import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch  # noqa: F401
-from .wkd_cost import classifier_weight, load_or_build_cka
-from .wkd_official import CIFAR as OFFICIAL_CIFAR, l_params
+from wdistill import ot
+from wdistill._io import FileLoadError, safe_load
+from wdistill.losses.base import ConfigError, SetupContext, Term, mean_distribution_logits
+from wdistill.losses.published import ce, publish
+from wdistill.losses.registry import register
+from wdistill.losses.wkd_decay import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch  # noqa: F401
+from wdistill.losses.wkd_cost import classifier_weight, load_or_build_cka
+from wdistill.losses.wkd_official import CIFAR as OFFICIAL_CIFAR, l_params
 
 def _labels(target: torch.Tensor) -> torch.Tensor:
     # Soft targets (mixup/cutmix) count as their arg-max class, as in the reference code.

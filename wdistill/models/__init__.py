@@ -5,10 +5,10 @@ Every module of this package is imported here, so a new architecture file regist
 import importlib
 import pkgutil
 
-from .registry import available, create, register
-from .checkpoint import load_checkpoint, read_checkpoint, save_student_safetensors
-from .specs import build, cache_dir, resolve_path
-from .taps import FeatureTap, TapSpec, spec_for
+from wdistill.models.registry import available, create, register
+from wdistill.models.checkpoint import load_checkpoint, read_checkpoint, save_student_safetensors
+from wdistill.models.specs import build, cache_dir, resolve_path
+from wdistill.models.taps import FeatureTap, TapSpec, spec_for
 
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")

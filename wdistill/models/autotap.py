@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .taps import TapSpec
+from wdistill.models.taps import TapSpec
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .registry import available, create
+from wdistill.models.registry import available, create
 
 _WRAPPER_KEYS = ("model", "state_dict")
 
@@ -215,7 +215,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             except json.JSONDecodeError:
                 out[k] = v
         return out
-    from .._io import safe_load
+    from wdistill._io import safe_load
     obj = safe_load(path, what="checkpoint", fix="use a file written by wdistill or a plain state_dict")
     return obj if isinstance(obj, dict) and "model" in obj else {"model": _extract_state_dict(obj)}
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .registry import register
-from .taps import TapSpec
+from wdistill.models.registry import register
+from wdistill.models.taps import TapSpec
 
 # (output channels, stride) of the 13 depthwise-separable units
 UNITS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),

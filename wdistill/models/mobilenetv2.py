@@ -17,8 +17,8 @@ import math
 
 import torch.nn as nn
 
-from .registry import register
-from .taps import TapSpec
+from wdistill.models.registry import register
+from wdistill.models.taps import TapSpec
 
 # expansion t, output channels c, blocks n, first stride s (before width scaling)
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),

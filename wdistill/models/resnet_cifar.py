@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .registry import register
-from .taps import TapSpec
+from wdistill.models.registry import register
+from wdistill.models.taps import TapSpec
 
 
 class BasicBlock(nn.Module):

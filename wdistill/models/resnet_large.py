@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register
-from .taps import TapSpec
-from .resnet_cifar import BasicBlock
+from wdistill.models.registry import register
+from wdistill.models.taps import TapSpec
+from wdistill.models.resnet_cifar import BasicBlock
 
 
 def _init_he(model: nn.Module) -> None:

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register
-from .taps import TapSpec
+from wdistill.models.registry import register
+from wdistill.models.taps import TapSpec
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

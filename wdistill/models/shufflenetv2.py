@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register
-from .shufflenetv1 import ShuffleBlock
-from .taps import TapSpec
+from wdistill.models.registry import register
+from wdistill.models.shufflenetv1 import ShuffleBlock
+from wdistill.models.taps import TapSpec
 
 
 class BasicBlock(nn.Module):

@@ -94,7 +94,7 @@ class FeatureTap:
 
     def _resolve(self, x: torch.Tensor) -> None:
         """Find taps automatically on the first call (one extra dummy forward, no grad)."""
-        from .autotap import auto_spec
+        from wdistill.models.autotap import auto_spec
 
         try:
             self._attach(auto_spec(self._base(), x))

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
-from .registry import create
-from .specs import cache_dir
+from wdistill.models.checkpoint import load_checkpoint
+from wdistill.models.registry import create
+from wdistill.models.specs import cache_dir
 
 ARCHIVE = "cifar_teachers.tar"
 DEFAULT_BASE_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/"

@@ -14,8 +14,8 @@ import math
 
 import torch.nn as nn
 
-from .registry import register
-from .taps import TapSpec
+from wdistill.models.registry import register
+from wdistill.models.taps import TapSpec
 
 CFG = {
     "vgg8": [[64], [128], [256], [512], [512]],

@@ -2,10 +2,10 @@
 
 Every solver runs in float32 (float64 if given float64) whatever the autocast dtype.
 """
-from .costs import class_cka_matrix, classifier_cost, cka_cost, cosine_cost, linear_cka
-from .gaussian import gaussian_w2, gaussian_w2_diag, sqrtm_psd
-from .ipot import ipot
-from .sinkhorn import sinkhorn, sinkhorn2, sinkhorn_log, sinkhorn_log2
+from wdistill.ot.costs import class_cka_matrix, classifier_cost, cka_cost, cosine_cost, linear_cka
+from wdistill.ot.gaussian import gaussian_w2, gaussian_w2_diag, sqrtm_psd
+from wdistill.ot.ipot import ipot
+from wdistill.ot.sinkhorn import sinkhorn, sinkhorn2, sinkhorn_log, sinkhorn_log2
 
 __all__ = [
     "class_cka_matrix", "classifier_cost", "cka_cost", "cosine_cost", "linear_cka",

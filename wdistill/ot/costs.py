@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._precision import full_precision
+from wdistill.ot._precision import full_precision
 
 
 @full_precision

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._precision import full_precision
+from wdistill.ot._precision import full_precision
 
 
 class _SqrtmPSD(torch.autograd.Function):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ._precision import full_precision
-from .sinkhorn import _check
+from wdistill.ot._precision import full_precision
+from wdistill.ot.sinkhorn import _check
 
 
 def _safe_div(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._precision import full_precision
+from wdistill.ot._precision import full_precision
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, C: torch.Tensor, reg: float, who: str):
