@@ -6,6 +6,6 @@
   kernel speed-ups, the FMNIST-KD v1 reference numbers);
 - ``stamp``: the git commit a result was produced from.
 
-`wdistill bench ...` imports these when run from a checkout (``wdistill.bench.tooling``) and says
+`wdistill bench ...` imports these when run from a checkout (``benchtools.tooling``) and says
 how to get them when they are missing.
 """

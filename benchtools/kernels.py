@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from wdistill import ot
-from wdistill.bench.measure import interleaved_medians, median_time, peak_memory
+from benchtools.measure import interleaved_medians, median_time, peak_memory
 from wdistill.data.augment import Augment
 from wdistill.losses.crd import nce_loss
-from wdistill.losses.memory import bank_scores
-from wdistill.losses.wcord import WCoRD
-from wdistill.losses.wkd_f import wkd_f_parts
-from wdistill.losses.wkd_l import _labels, wkd_l_parts
+from wdistill.losses._shared.memory import bank_scores
+from wdistill.losses.wcord.wcord import WCoRD
+from wdistill.losses.wkd.wkd_f import wkd_f_parts
+from wdistill.losses.wkd.wkd_l import _labels, wkd_l_parts
 
 
 def wkd_l_reference(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tensor, cost: torch.Tensor,

@@ -3,7 +3,7 @@ speed-ups of `wdistill bench speed`, and the FMNIST-KD v1 reference numbers and 
 `wdistill bench accuracy`. Project tooling: beside the package, not in it."""
 from __future__ import annotations
 
-from wdistill.recipes import LABELS
+from wdistill.config.presets import LABELS
 
 # Step time / its lower bound, per kind of method.
 LOGIT_METHODS = ("kd", "dkd", "wkd_l")

@@ -12,10 +12,18 @@ import torch
 
 from wdistill import cli, losses
 from benchtools import kernels, targets  # project tooling beside the package (not installed)
-from wdistill.bench import accuracy, diagnostics, plots, protocol, report, runs, speed, tooling, tuning
-from wdistill.bench.measure import peak_memory
-from wdistill.bench.speed_report import run_speed
-from wdistill.recipes import LABELS, RECIPES
+from benchtools import tooling
+from benchtools import accuracy
+from benchtools import diagnostics
+from wdistill.workflows import plots
+from benchtools import protocol
+from benchtools import report
+from wdistill.workflows import reuse as runs
+from benchtools import speed
+from benchtools import tuning
+from benchtools.measure import peak_memory
+from benchtools.speed_report import run_speed
+from wdistill.config.presets import LABELS, RECIPES
 
 from builders import hold_lock
 
@@ -227,7 +235,7 @@ def test_flop_ratio_adds_fitnets_regressor_by_hand():
 
 
 def test_interleaved_medians_alternate_calls_and_extend_short_kernels():
-    from wdistill.bench.measure import interleaved_medians
+    from benchtools.measure import interleaved_medians
     calls = []
     out = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 1)
     assert calls == ["a", "b"] * 4 and set(out) == {"a", "b"}  # 1 warm-up round + 3 timed rounds, alternating

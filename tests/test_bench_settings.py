@@ -6,7 +6,9 @@ import json
 import pytest
 import yaml
 
-from wdistill.bench import protocol, settings
+from benchtools import protocol
+
+from benchtools import settings
 
 TINY = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=64", "data.test_subset=32",
         "data.eval_batch_size=32", "optim.epochs=1", "train.max_steps=1", "train.channels_last=false"]
@@ -112,8 +114,8 @@ def test_view_settings_train_probe_and_reuse(tmp_path, tiny, monkeypatch, settin
     ft = json.loads((root / "crd" / "seed0" / "finetune" / "summary.json").read_text())
     assert float(rows["crd"]["finetune_top1_mean"]) == pytest.approx(ft["final_top1"], abs=1e-4)
     # a second call trains and probes nothing: the same files from the finished runs
-    monkeypatch.setattr("wdistill.probe.linear_probe", lambda *a, **k: pytest.fail("probed again"))
-    monkeypatch.setattr("wdistill.probe.finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
+    monkeypatch.setattr("wdistill.workflows.probe.linear_probe", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr("wdistill.workflows.probe.finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
     before = (out / f"fmnist-settings-v1-{setting}.csv").read_text().split("\nrow,", 1)[1]
     settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
                           finetune_epochs=1)
@@ -133,7 +135,7 @@ def test_a_second_shell_defers_a_students_probe_and_fine_tune_while_another_hold
     import threading
 
     from builders import hold_lock
-    from wdistill.bench import runs as bench_runs
+    from benchtools import runs as bench_runs
 
     monkeypatch.setattr(settings, "VIEW_METHODS", ("vanilla", "kd"))
     monkeypatch.setattr(settings, "run_lock", functools.partial(bench_runs.run_lock, poll=0.05))
@@ -192,10 +194,10 @@ def test_selfdistill_generations_chain(tmp_path, tiny, monkeypatch):
 
 
 def test_shipped_example_configs_are_what_the_driver_writes():
-    from wdistill.engine.config import PRESETS_DIR, list_presets, load_config
+    from wdistill.config.schema import PRESETS_DIR, list_presets, load_config
     files = settings.preset_files()
     on_disk = {p.relative_to(PRESETS_DIR).as_posix() for p in (PRESETS_DIR / "fmnist" / "settings").glob("*.yaml")}
-    assert on_disk == set(files), "run `python -m wdistill.bench.settings` to rewrite configs/fmnist/settings"
+    assert on_disk == set(files), "run `python -m benchtools.settings` to rewrite configs/fmnist/settings"
     assert all((PRESETS_DIR / rel).read_text() == text for rel, text in files.items())
     assert {"fmnist/settings/ensemble_crd", "fmnist/settings/privileged_crd", "fmnist/settings/crossmodal_crd",
             "fmnist/settings/selfdistill_kd"} <= set(list_presets())

@@ -9,8 +9,8 @@ import yaml
 matplotlib.use("Agg")
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 
-from wdistill.bench import report  # noqa: E402
-from wdistill.bench.plots import curves_figure, decay_spans, leaderboard_figure, plot_run, row_kind  # noqa: E402
+from benchtools import report # noqa: E402
+from wdistill.workflows.plots import curves_figure, decay_spans, leaderboard_figure, plot_run, row_kind  # noqa: E402
 
 
 def _rows():

@@ -7,8 +7,8 @@ import torch
 import yaml
 
 from wdistill import cli, losses, models
-from wdistill.config_reference import DOC_PATH, reference_markdown
-from wdistill.engine.config import ConfigError, RunConfig, load_config
+from wdistill.config.reference import DOC_PATH, reference_markdown
+from wdistill.config.schema import ConfigError, RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs" / "fmnist").glob("*.yaml"))
@@ -21,7 +21,7 @@ def test_docs_config_md_is_up_to_date():
 
 
 def test_every_config_key_is_documented():
-    from wdistill.config_reference import _section_model
+    from wdistill.config.reference import _section_model
     sections = {RunConfig} | {_section_model(f.annotation) for f in RunConfig.model_fields.values()} - {None}
     undocumented = [f"{m.__name__}.{k}" for m in sections for k, f in m.model_fields.items() if not f.description]
     assert not undocumented, f"add Field(description=...) to {undocumented}"

@@ -298,7 +298,7 @@ def _contrastive(name, **kw):
 
 
 def test_crd_and_wcord_share_one_sampler_and_one_vocabulary():
-    from wdistill.losses import memory
+    from wdistill.losses._shared import memory
     crd, wcord = _contrastive("crd", replacement=True), _contrastive("wcord")  # both: with replacement
     assert isinstance(crd.sampler, memory.ClassSampler) and isinstance(wcord.sampler, memory.ClassSampler)
     y = torch.tensor([0, 1, 2, 0])
@@ -326,7 +326,7 @@ def test_old_option_name_is_a_deprecated_alias():
 
 
 def test_pending_rows_gather_every_micro_batch_once():
-    from wdistill.losses.memory import PendingRows, momentum_update_
+    from wdistill.losses._shared.memory import PendingRows, momentum_update_
     p = PendingRows()
     assert p.take() is None
     p.add(torch.tensor([1, 2]), torch.ones(2, 3, requires_grad=True))

@@ -520,7 +520,7 @@ def test_center_crop_and_resized_crop_loaders():
 
 def test_config_rejects_two_crops():
     from wdistill.engine import load_config
-    from wdistill.engine.config import ConfigError
+    from wdistill.config.schema import ConfigError
 
     base = {"student": {"model": "resnet8"}, "data": {"random_resized_crop": 224}}
     with pytest.raises(ConfigError, match="crop_padding: 0"):

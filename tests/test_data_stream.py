@@ -340,7 +340,7 @@ def test_augmentation_defaults_come_from_the_data_set():
     assert aug("python", 8) == (0, False, None)
     assert aug("mnist", crop_padding=3, flip=True) == (3, True, None)  # explicit settings win
     # the FMNIST-KD v1 benchmark, its presets and the demo keep pad 2 + flip
-    from wdistill.bench.protocol import _data
+    from benchtools.protocol import _data
     for raw in [_data(False, "test", None)] + [load_config(p).data.model_dump() for p in
                                                ("configs/fmnist/kd.yaml", "configs/fmnist/crd.yaml")]:
         d = load_config({"student": {"model": "resnet8"}, "data": raw}).data

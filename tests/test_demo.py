@@ -9,13 +9,15 @@ import pytest
 import torch
 import yaml
 
-from wdistill import cli, demo
+from wdistill import cli
+
+from wdistill.workflows import demo
 from wdistill.data import BatchLoader, bundled_sample
-from wdistill.demo import DEMO_METHODS, QUICK_METHODS, SHIPPED_TEACHER, demo_methods, run_demo
+from wdistill.workflows.demo import DEMO_METHODS, QUICK_METHODS, SHIPPED_TEACHER, demo_methods, run_demo
 from wdistill.engine.trainer import evaluate
 from wdistill.models import create
-from wdistill.models.checkpoint import load_checkpoint
-from wdistill.recipes import RECIPES, recipe_for
+from wdistill.models.weights import load_checkpoint
+from wdistill.config.presets import RECIPES, recipe_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

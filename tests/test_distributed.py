@@ -88,7 +88,7 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
 
 
 def test_global_batch_must_divide_over_ranks_and_micro_batches(tmp_path):
-    from wdistill.engine.config import ConfigError
+    from wdistill.config.schema import ConfigError
     from wdistill.engine.ddp import per_rank_batch
     assert per_rank_batch(64, 2) == 32 and per_rank_batch(64, 2, 4) == 8 and per_rank_batch(64, 1) == 64
     with pytest.raises(ConfigError, match="multiple of 6"):
@@ -124,7 +124,7 @@ def test_accumulation_equals_one_big_batch(tmp_path):
 
 def test_sync_bn_converts_every_batchnorm_and_refuses_cpu():
     from wdistill import models
-    from wdistill.engine.config import ConfigError
+    from wdistill.config.schema import ConfigError
     from wdistill.engine.trainer import sync_batchnorm
 
     net = models.create("resnet8", num_classes=10)

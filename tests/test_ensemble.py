@@ -118,7 +118,7 @@ def test_ensemble_run_resumes_exactly(tmp_path, teachers):
 
 
 def test_wkd_l_ensemble_cost_is_the_mean_of_the_members_costs(tmp_path, teachers):
-    from wdistill.losses.wkd_cost import build_cost_matrix
+    from wdistill.losses.wkd.cost import build_cost_matrix
     cfg = load_config(_base(tmp_path, teachers, [{"name": "ce"}, {"name": "wkd_l"}]))
     tr = Trainer(cfg, log=lambda m: None)
     tr.setup_terms()

@@ -26,7 +26,7 @@ import yaml
 
 from wdistill.data import load_dataset
 from wdistill.engine import Trainer, load_config
-from wdistill.recipes import RECIPES
+from wdistill.config.presets import RECIPES
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "cifar100" / "resnet56-resnet20"
 METHODS = list(RECIPES)  # every published row, generated from the terms' own declarations

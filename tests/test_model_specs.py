@@ -10,7 +10,7 @@ from wdistill import models
 from wdistill.cli import main
 from wdistill.data import ImageDataset
 from wdistill.engine import Trainer, load_config
-from wdistill.engine.config import ConfigError, list_presets, preset_path
+from wdistill.config.schema import ConfigError, list_presets, preset_path
 from wdistill.models.autotap import generic_spec
 from wdistill.models.taps import FeatureTap
 

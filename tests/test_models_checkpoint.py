@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wdistill.models import available, create
-from wdistill.models.checkpoint import load_checkpoint
+from wdistill.models.weights import load_checkpoint
 
 from builders import IMAGENET_ZOO as IMAGENET, randomize_bn
 from builders import zoo_model as build

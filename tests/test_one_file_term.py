@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from wdistill import demo, losses, recipes
-from wdistill.bench import tuning
-from wdistill.losses import published
+from wdistill import losses
+
+from wdistill.workflows import demo
+
+from wdistill.config import presets as recipes
+from benchtools import tuning
+from wdistill.losses import recipes as published
 from wdistill.losses.base import Term
 from wdistill.losses.registry import _TERMS, register
 

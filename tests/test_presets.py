@@ -287,7 +287,7 @@ def test_a_built_wheel_ships_every_preset(tmp_path):
     import subprocess
     import zipfile
 
-    from wdistill import recipes
+    from wdistill.config import presets as recipes
 
     assert recipes.PRESET_DIR.is_relative_to(Path(recipes.__file__).resolve().parent)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",

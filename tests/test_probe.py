@@ -7,7 +7,7 @@ import torch
 
 from wdistill import cli
 from wdistill.engine import ConfigError, Trainer, load_config
-from wdistill.probe import fit_logistic, standardise
+from wdistill.workflows.probe import fit_logistic, standardise
 
 
 def test_logistic_regression_matches_scikit_learn():
@@ -59,7 +59,7 @@ def _run(tmp_path, **over):
 def test_probe_command_writes_probe_json(tmp_path, capsys, monkeypatch):
     run = _run(tmp_path)
     sizes = []
-    import wdistill.probe as probe
+    import wdistill.workflows.probe as probe
     original = probe.embeddings
 
     def spy(model, view, *a, **k):
@@ -89,7 +89,7 @@ def test_probe_errors_are_clear(tmp_path, capsys):
     run = _run(tmp_path, student={"model": "tests.test_probe:flat_model"}, data={
         "name": "fmnist_sample", "train_subset": 64, "test_subset": 32, "batch_size": 32})
     with pytest.raises(ConfigError, match="embedding tap.*student.taps.embed"):
-        from wdistill.probe import linear_probe
+        from wdistill.workflows.probe import linear_probe
         linear_probe(run)
 
 

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from wdistill import demo, recipes
-from wdistill.bench import protocol, tuning
-from wdistill.losses import published
+from wdistill.workflows import demo
+
+from wdistill.config import presets as recipes
+from benchtools import protocol
+from benchtools import tuning
+from wdistill.losses import recipes as published
 
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "recipes_snapshot.json").read_text())
 

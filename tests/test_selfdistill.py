@@ -7,7 +7,7 @@ import yaml
 
 from wdistill import cli
 from wdistill.engine import ConfigError, load_config
-from wdistill.selfdistill import run_generations
+from wdistill.workflows.selfdistill import run_generations
 
 from builders import random_teacher, small_run
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings, strategies as st
 
 from wdistill import losses, ot
 from wdistill.losses import SetupContext
-from wdistill.losses.heads import ConvReg
-from wdistill.losses.wkd_cost import build_cost_matrix, load_or_build_cka, teacher_checksum
+from wdistill.losses._shared.heads import ConvReg
+from wdistill.losses.wkd.cost import build_cost_matrix, load_or_build_cka, teacher_checksum
 from benchtools.kernels import wkd_l_reference  # the per-sample formulation (project tooling)
-from wdistill.losses.wkd_l import cosine_decayed, wkd_l_parts
+from wdistill.losses.wkd.wkd_l import cosine_decayed, wkd_l_parts
 
 D64 = torch.float64
 

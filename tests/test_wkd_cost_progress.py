@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from wdistill.losses import SetupContext
-from wdistill.losses.wkd_cost import load_or_build_cka
+from wdistill.losses.wkd.cost import load_or_build_cka
 
 
 class _Teacher(nn.Module):

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from wdistill import losses
 from wdistill.losses import SetupContext
-from wdistill.losses.wkd_official import CKA_SOURCE
+from wdistill.losses.wkd.official import CKA_SOURCE
 
 D64 = torch.float64
 C, H = 5, 3  # classes, spatial side of the teacher's last map

@@ -6,15 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from wdistill.engine.config import ConfigError
+from wdistill.config.schema import ConfigError
 
 
 def _cmd_train(args, require_teacher: bool) -> int:
     from wdistill.engine import Trainer, load_config
 
     cfg = load_config(args.config, args.overrides)
-    if getattr(args, "generations", None):  # born-again chain: wdistill.selfdistill
-        from wdistill.selfdistill import run_generations
+    if getattr(args, "generations", None):  # born-again chain: wdistill.workflows.selfdistill
+        from wdistill.workflows.selfdistill import run_generations
         summaries = run_generations(cfg, args.generations, resume=args.resume, overwrite=args.overwrite)
         print(json.dumps(summaries, indent=2))
         return 0
@@ -54,7 +54,7 @@ def _cmd_cost_matrix(args) -> int:
     from wdistill.data.build import build_loaders
     from wdistill.engine.checkpoint import atomic_save
     from wdistill.engine.build import build_model, resolve_device
-    from wdistill.losses.wkd_cost import build_cost_matrix, teacher_checksum
+    from wdistill.losses.wkd.cost import build_cost_matrix, teacher_checksum
     from wdistill.models import FeatureTap
     from wdistill.engine import load_config
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from wdistill.cli_front import add_eval_parser  # eval reads every file a run writes
     add_eval_parser(sub)
 
-    from wdistill.probe import add_probe_parser  # linear probe / fine-tuning of a run's student (CRD Figure 3)
+    from wdistill.workflows.probe import add_probe_parser  # linear probe / fine-tuning of a run's student (CRD Figure 3)
     add_probe_parser(sub)
 
     s = sub.add_parser("export", help="write the student-only weights of a run")
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     from wdistill.cli_models import add_parsers as add_model_parsers  # `inspect` and `teachers`
     add_model_parsers(sub)
 
-    from wdistill.bench.cli import add_parsers as add_bench_parsers  # `bench` and `plot`
+    from benchtools.__main__ import add_parsers as add_bench_parsers  # `bench` and `plot`
     add_bench_parsers(sub)
     return p
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     WDISTILL_DEBUG=1) adds the traceback."""
     import os
 
-    from wdistill._io import FileLoadError
+    from wdistill.io import FileLoadError
     from wdistill.engine.loop import NonFiniteLoss
 
     args = build_parser().parse_args(argv)

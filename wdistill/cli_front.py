@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wdistill.engine.config import ConfigError
+from wdistill.config.schema import ConfigError
 
 RUN_FILES = {"student": "student.pt", "best": "best.pt", "last": "last.pt"}
 
@@ -99,7 +99,7 @@ def _test_data(args, cfg: dict | None, source: str):
     """(test set, description, eval-loader crop kwargs) per the rules in the module docstring."""
     from wdistill.data import ImageDataset, load_dataset
     from wdistill.data.build import open_datasets
-    from wdistill.engine.config import load_config
+    from wdistill.config.schema import load_config
 
     if args.data:
         _, test = load_dataset(args.data, args.root)
@@ -138,9 +138,9 @@ def cmd_eval(args) -> int:
     from wdistill.data import BatchLoader
     from wdistill.engine import evaluate
     from wdistill.engine.checkpoint import load
-    from wdistill.models.checkpoint import load_checkpoint
+    from wdistill.models.weights import load_checkpoint
 
-    from wdistill.models.checkpoint import read_checkpoint
+    from wdistill.models.weights import read_checkpoint
 
     path, note = resolve_checkpoint(args.checkpoint, args.which)
     raw = read_checkpoint(path) if path.suffix == ".safetensors" else load(path, "cpu", what="checkpoint to evaluate")
@@ -248,10 +248,10 @@ def check_config(cfg) -> list[str]:
 
 def cmd_config(args) -> int:
     from wdistill.engine.checkpoint import atomic_write_text
-    from wdistill.engine.config import dump_config, load_config
+    from wdistill.config.schema import dump_config, load_config
 
     if args.action == "reference":
-        from wdistill.config_reference import reference_markdown
+        from wdistill.config.reference import reference_markdown
         text = reference_markdown()
         if args.output:
             atomic_write_text(text, args.output)
@@ -289,7 +289,7 @@ def _list_models(args) -> list[str]:
 
 
 def _list_data(args) -> list[str]:
-    from wdistill.config_reference import _flow, data_sets
+    from wdistill.config.reference import _flow, data_sets
     lines = ["data sets (data.name) and their data.options (default):"]
     for name, opts in data_sets().items():
         lines.append(f"  {name}: " + (", ".join(f"{k}={_flow(v)}" for k, v in opts.items()) or "no options"))
@@ -297,7 +297,7 @@ def _list_data(args) -> list[str]:
 
 
 def _list_methods(args) -> list[str]:
-    from wdistill.config_reference import _flow, methods
+    from wdistill.config.reference import _flow, methods
     lines = ["methods (loss[].name) and their parameters (default):"]
     for name, (_, params) in methods().items():
         lines.append(f"  {name}: " + (", ".join(f"{k}={_flow(v)}" for k, v in params.items()) or "no parameters"))
@@ -307,7 +307,7 @@ def _list_methods(args) -> list[str]:
 # Sections of `wdistill list`, in order: (flag, help, lister). A new section (e.g. presets) is one
 # more entry; with no flag given every section is printed.
 def _list_presets(args) -> list[str]:
-    from wdistill.engine.config import list_presets
+    from wdistill.config.schema import list_presets
     names = list_presets()
     return ["presets (`wdistill distill NAME`):"] + [f"  {n}" for n in names] + [f"{len(names)} presets"]
 
@@ -334,7 +334,7 @@ def add_list_parser(sub) -> None:
 
 # ---- wdistill demo ----------------------------------------------------------------------------------
 def demo_chart(rows: list[dict], path, student_epochs: int) -> None:
-    from wdistill.bench.plots import leaderboard_chart
+    from wdistill.workflows.plots import leaderboard_chart
 
     leaderboard_chart([{"name": r["method"], "top1": r["top1"], "std": None} for r in rows], path,
                       f"wdistill demo: resnet20 teacher -> resnet8 students ({student_epochs} epochs), "
@@ -343,7 +343,7 @@ def demo_chart(rows: list[dict], path, student_epochs: int) -> None:
 
 
 def cmd_demo(args) -> int:
-    from wdistill import demo
+    from wdistill.workflows import demo
     from wdistill.engine.checkpoint import atomic_write_text
 
     if args.make_teacher:
@@ -364,7 +364,7 @@ def cmd_demo(args) -> int:
 
 def add_demo_parser(sub) -> None:
     s = sub.add_parser("demo", help="distilled students on the bundled Fashion-MNIST sample: a leaderboard in minutes",
-                       description=f"Quick (default): resnet8 students ({', '.join(__import__('wdistill.demo').demo.QUICK_METHODS)}) "
+                       description=f"Quick (default): resnet8 students ({', '.join(__import__('wdistill.workflows.demo').demo.QUICK_METHODS)}) "
                                    "distilled for 5 epochs from the resnet20 teacher shipped in the package. "
                                    "--full: trains the teacher (10 epochs) and seven students (8 epochs).")
     s.add_argument("--out", default="runs/demo")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from wdistill.engine.config import ConfigError
+from wdistill.config.schema import ConfigError
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:

@@ -1,5 +1,5 @@
 """Distiller, trainer, configuration and checkpoints."""
-from wdistill.engine.config import ConfigError, RunConfig, load_config
+from wdistill.config.schema import ConfigError, RunConfig, load_config
 from wdistill.engine.distiller import Distiller, NonFiniteLoss
 from wdistill.engine.trainer import Trainer, evaluate
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from wdistill import losses
-from wdistill.engine.config import ConfigError, RunConfig
+from wdistill.config.schema import ConfigError, RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,7 +59,7 @@ def missing_checkpoint(section, role: str) -> str | None:
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
     ``wdistill.models.specs``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
-    from wdistill.models.checkpoint import load_checkpoint
+    from wdistill.models.weights import load_checkpoint
     from wdistill.models.specs import build, resolve_path
     try:
         model = build(section.model, num_classes, in_channels, section.kwargs, section.pretrained)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wdistill._io import FileLoadError, atomic_save, atomic_write_text, safe_load
+from wdistill.io import FileLoadError, atomic_save, atomic_write_text, safe_load
 
 __all__ = ["atomic_save", "atomic_write_text", "load", "FileLoadError"]
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from wdistill.losses import dist as helpers
-from wdistill.engine.config import ConfigError
+from wdistill.config.schema import ConfigError
 
 
 def init_distributed() -> tuple[int, int]:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from wdistill.engine.checkpoint import atomic_write_text, load
-from wdistill.engine.config import ConfigError, RunConfig, dump_config
+from wdistill.config.schema import ConfigError, RunConfig, dump_config
 
 # What a resumed run may change: the length of the schedule and how it reports and where it runs.
 RESUMABLE_CHANGES = ("optim.epochs", "train.progress", "train.eval_every", "train.log_every",

@@ -21,7 +21,7 @@ from wdistill.data import build as data_build  # module, not name: data.build im
 from wdistill.engine import checkpoint as ckpt
 from wdistill.engine import ddp
 from wdistill.engine.build import build_model, build_terms, check_teacher_needs, check_teacher_view, resolve_device
-from wdistill.engine.config import ConfigError, RunConfig
+from wdistill.config.schema import ConfigError, RunConfig
 from wdistill.engine.distiller import Distiller, lr_at
 from wdistill.engine.ddp import init_distributed, sync_batchnorm
 from wdistill.data.views import View, Viewed

@@ -1,9 +1,9 @@
 """Attention transfer."""
 from __future__ import annotations
 
-from wdistill.losses._common import attention_map, match_spatial, paired_maps
+from wdistill.losses._shared.pairing import attention_map, match_spatial, paired_maps
 from wdistill.losses.base import Term
-from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 
 

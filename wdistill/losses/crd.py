@@ -7,10 +7,10 @@ import torch
 
 from wdistill.losses import dist as ddist
 from wdistill.losses.base import ConfigError, Term
-from wdistill.losses.heads import Embed
-from wdistill.losses.memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401 (re-exported)
+from wdistill.losses._shared.heads import Embed
+from wdistill.losses._shared.memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401 (re-exported)
                      check_options, init_bank, momentum_update_, resolve_scoring)
-from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 
 POSITIVES = ("exact", "relax")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from wdistill.losses.base import ConfigError, Term
-from wdistill.losses.heads import ConvReg
-from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses._shared.heads import ConvReg
+from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 
 
@@ -14,7 +14,7 @@ class FitNet(Term):
     """Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015 (hint-based training).
 
     ``L = mean((r(f_s) - f_t)^2)`` with ``f = feats[hint_layer]`` and ``r`` the FitNet regressor
-    :class:`~wdistill.losses.heads.ConvReg` (conv + BN + ReLU mapping the student map to the
+    :class:`~wdistill.losses._shared.heads.ConvReg` (conv + BN + ReLU mapping the student map to the
     teacher's shape), trained with the student. Unlike the paper's two-stage recipe, the reference
     implementation (RepDistiller) trains the hint jointly with CE in one stage; so does this term.
 

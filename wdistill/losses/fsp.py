@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from wdistill.losses._common import match_spatial, upcast
+from wdistill.losses._shared.pairing import match_spatial, upcast
 from wdistill.losses.base import ConfigError, Stage, Term
-from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 
 

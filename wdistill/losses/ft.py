@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wdistill.losses._common import attention_map, match_spatial
+from wdistill.losses._shared.pairing import attention_map, match_spatial
 from wdistill.losses.base import ConfigError, Stage, Term
-from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 
 

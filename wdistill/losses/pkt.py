@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from wdistill.losses.base import Term
-from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wdistill.losses._common import upcast
+from wdistill.losses._shared.pairing import upcast
 from wdistill.losses.base import Term
-from wdistill.losses.published import bracket, ce, publish
+from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 
 

@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from wdistill.models.registry import available, create, register
-from wdistill.models.checkpoint import load_checkpoint, read_checkpoint, save_student_safetensors
+from wdistill.models.weights import load_checkpoint, read_checkpoint, save_student_safetensors
 from wdistill.models.specs import build, cache_dir, resolve_path
 from wdistill.models.taps import FeatureTap, TapSpec, spec_for
 

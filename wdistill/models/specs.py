@@ -130,7 +130,7 @@ def build(spec: str, num_classes: int = 100, in_channels: int = 3, kwargs: dict 
     else:
         model = _factory(spec, num_classes, in_channels, kwargs)
     if pretrained:
-        from wdistill.models.checkpoint import load_pretrained
+        from wdistill.models.weights import load_pretrained
         load_pretrained(model, pretrained_path(spec, pretrained))
     return model
 

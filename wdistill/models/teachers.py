@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wdistill.models.checkpoint import load_checkpoint
+from wdistill.models.weights import load_checkpoint
 from wdistill.models.registry import create
 from wdistill.models.specs import cache_dir
 

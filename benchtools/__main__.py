@@ -1,0 +1,149 @@
+"""`wdistill bench accuracy|settings|speed|diagnostics` and `wdistill plot RUN_DIR`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+        torch.set_num_threads(n)
+
+
+def _cmd_accuracy(args) -> int:
+    from wdistill.config.presets import RECIPES
+    from benchtools.accuracy import run_accuracy, run_tuning
+    from benchtools.protocol import FULL, QUICK
+    from benchtools.tuning import PRIORITY
+
+    _threads(args.threads)
+    command = ["wdistill"] + sys.argv[1:]
+    if args.tune:
+        methods = args.methods.split(",") if args.methods else PRIORITY
+        choices = run_tuning(methods, args.runs, args.out, args.root)
+        for m, c in choices.items():
+            print(f"{m}: chose candidate {c['candidate']} ({c['tried'][c['candidate']]['settings']})")
+        return 0
+    schedule = QUICK if args.quick else FULL
+    if args.merge:
+        from benchtools.accuracy import merge_results
+        missing = [p for p in args.merge + (args.replace or []) if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"--merge: no such results file(s): {', '.join(missing)}")
+        table = merge_results(args.merge, schedule, args.out, command, replace=args.replace)
+        for r in table:
+            print(f"{r['method']:>10s} {r['final_mean']:6.2f} (n={r['n']})")
+        print(f"wrote {Path(args.out) / schedule.name}.md/.csv/.png")
+        return 0
+    methods = args.methods.split(",") if args.methods else [m for m in RECIPES if m != "vanilla"]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    table = run_accuracy(schedule, methods, seeds, args.runs, args.out, args.root, command=command,
+                         train=not args.report_only)
+    for r in table:
+        print(f"{r['method']:>10s} {r['final_mean']:6.2f} best {r['best_mean']:6.2f}")
+    print(f"wrote {Path(args.out) / schedule.name}.md/.csv/.png")
+    return 0
+
+
+def _cmd_settings(args) -> int:
+    from benchtools.settings import run_settings
+
+    _threads(args.threads)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    table = run_settings(args.setting, seeds, args.runs, args.out, args.root, command=["wdistill"] + sys.argv[1:],
+                         train=not args.report_only, finetune_epochs=args.finetune)
+    for r in table:
+        probe = "" if r.get("probe_mean") is None else f" probe {r['probe_mean']:6.2f}"
+        print(f"{r['method']:>22s} {r['final_mean']:6.2f} (n={r['n']}){probe}")
+    print(f"wrote {Path(args.out) / 'fmnist-settings-v1'}-{args.setting}.md/.csv/.png")
+    return 0
+
+
+def _cmd_speed(args) -> int:
+    from dataclasses import replace
+
+    from benchtools.speed import SpeedSetup
+    from benchtools.speed_report import misses, run_speed
+
+    _threads(args.threads)
+    methods = args.methods.split(",") if args.methods else None
+    setup = replace(SpeedSetup(), steps=args.steps, warmup=args.warmup)
+    res = run_speed(args.out, methods, setup, command=["wdistill"] + sys.argv[1:])
+    for r in res["rows"]:
+        print(f"{r['method']:>10s} {1e3 * r['step_s']:8.0f} ms  ratio {r['ratio']:.2f}")
+    for m in misses(res):
+        print("missed: " + m)
+    print(f"wrote {Path(args.out) / 'speed.md'} and speed.csv")
+    return 0
+
+
+def _cmd_diagnostics(args) -> int:
+    from benchtools.diagnostics import run_diagnostics
+
+    _threads(args.threads)
+    for p in run_diagnostics(args.teacher, args.student, args.out, args.data, args.root, args.subset):
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from wdistill.workflows.plots import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.output)}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Register `bench` (with accuracy, speed, diagnostics) and `plot` on the main CLI."""
+    b = sub.add_parser("bench", help="benchmarks (protocols: benchmarks/PROTOCOL.md): accuracy on FMNIST-KD v1, speed, diagnostics")
+    bs = b.add_subparsers(dest="bench_command", required=True)
+    a = bs.add_parser("accuracy", help="FMNIST-KD v1: teacher, vanilla and every method; results in --out")
+    a.add_argument("--quick", action="store_true", help="first 5,000 images, 6 epochs, seed 0")
+    a.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2 (quick: 0)")
+    a.add_argument("--methods", default=None, help="comma-separated subset, e.g. kd,wkd_l")
+    a.add_argument("--tune", action="store_true",
+                   help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist")
+    a.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the results files from the runs finished so far")
+    a.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="train nothing: pool results CSVs of disjoint seeds into one results file")
+    a.add_argument("--replace", nargs="+", default=None, metavar="CSV",
+                   help="with --merge: results CSVs of a re-run whose methods replace those rows")
+    a.add_argument("--out", default="benchmarks", help="where the results files go")
+    a.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
+    a.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
+    a.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    a.set_defaults(func=_cmd_accuracy)
+    st = bs.add_parser("settings", help="BENCHMARK.md C: ensembles, privileged information, cross-modal, "
+                                        "self-distillation on FMNIST-KD v1; results in --out")
+    st.add_argument("--setting", required=True, choices=["ensemble", "privileged", "crossmodal", "selfdistill"])
+    st.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
+    st.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
+    st.add_argument("--finetune", type=int, default=0, metavar="N",
+                    help="view settings: also fine-tune each student by CE for N epochs (CRD Figure 3); default 0, off")
+    st.add_argument("--out", default="benchmarks", help="where the results files go")
+    st.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
+    st.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
+    st.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    st.set_defaults(func=_cmd_settings)
+    s = bs.add_parser("speed", help="step time per method, OT kernels, CRD scoring, augmentation")
+    s.add_argument("--out", default="benchmarks")
+    s.add_argument("--methods", default=None, help="comma-separated subset")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=_cmd_speed)
+    d = bs.add_parser("diagnostics", help="class-correlation difference (CRD fig. 2) and WKD-L cost heatmaps")
+    d.add_argument("teacher", help="teacher checkpoint (a run's student.pt)")
+    d.add_argument("student", help="student checkpoint")
+    d.add_argument("--data", default="fashion_mnist")
+    d.add_argument("--root", default=None)
+    d.add_argument("--subset", type=int, default=2000, help="test images used (first N)")
+    d.add_argument("--out", default="benchmarks/diagnostics")
+    d.add_argument("--threads", type=int, default=None)
+    d.set_defaults(func=_cmd_diagnostics)
+    p = sub.add_parser("plot", help="training curves of a run (loss terms, train/test top-1) as a PNG")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", default=None, help="default RUN_DIR/curves.png")
+    p.set_defaults(func=_cmd_plot)
