@@ -1,4 +1,4 @@
-.PHONY: setup setup-test demo test bench-quick mutation
+.PHONY: setup setup-test demo test bench-quick docs mutation
 
 # The package only: what `make demo` needs.
 setup:
@@ -17,8 +17,13 @@ demo: setup
 test: setup-test
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
+# The benchmarks are project tooling beside the package (benchtools/, protocols in docs/benchmarks.md).
 bench-quick: setup-test
-	.venv/bin/wdistill bench accuracy --quick
+	.venv/bin/python -m benchtools accuracy --quick
+
+# The documentation site (docs/ + docstrings), strict: a broken link or a renamed function fails.
+docs: setup-test
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 
 # Plant each known bug of tests/mutations.yaml in a copy of the package; fails if one survives.
 mutation: setup-test

@@ -162,7 +162,8 @@ def main() -> int:
         "# Streaming loader: peak memory and throughput",
         "",
         f"Command: `PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/stream_loader.py --workers {args.workers} "
-        f"--repeats {args.repeats} --out benchmarks/stream_loader.md` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        f"--repeats {args.repeats} --out benchmarks/stream_loader.md` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
         f"Machine: {os.cpu_count()} CPU cores **shared with other jobs while this ran** (load from other "
         "agents' tests), so absolute images/s are noisy; the ratio is measured within one run with the "
@@ -178,49 +179,70 @@ def main() -> int:
         "the summed proportional set size (PSS, shared pages split) sampled every 20 ms once the first "
         "batch arrived.",
         "",
-        "| images | main VmHWM (MiB) | worker VmHWM (MiB) | main + workers VmHWM (MiB) | peak PSS sum (MiB) | epoch (s) |",
+        "| images | main VmHWM (MiB) | worker VmHWM (MiB) | main + workers VmHWM (MiB) | peak PSS sum (MiB) "
+        "| epoch (s) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     total = {}
     for n in sorted(memory):
         m = memory[n]
-        total[n] = (m["hwm_main"] + sum(m["hwm_workers"])) / 2 ** 20
-        workers = ", ".join(f"{w / 2 ** 20:.1f}" for w in m["hwm_workers"])
-        lines.append(f"| {n:,} | {m['hwm_main'] / 2 ** 20:.1f} | {workers} | {total[n]:.1f} | "
-                     f"{m['peak_pss'] / 2 ** 20:.1f} | {m['seconds']:.1f} |")
+        total[n] = (m["hwm_main"] + sum(m["hwm_workers"])) / 2**20
+        workers = ", ".join(f"{w / 2**20:.1f}" for w in m["hwm_workers"])
+        lines.append(
+            f"| {n:,} | {m['hwm_main'] / 2**20:.1f} | {workers} | {total[n]:.1f} | "
+            f"{m['peak_pss'] / 2**20:.1f} | {m['seconds']:.1f} |"
+        )
     growth = 100 * (total[8000] / total[2000] - 1)
     growth_pss = 100 * (memory[8000]["peak_pss"] / memory[2000]["peak_pss"] - 1)
-    lines += ["", f"8,000 vs 2,000 images: main + workers high-water mark {growth:+.1f}%, peak PSS {growth_pss:+.1f}% "
-              f"(target: within 10%) -- {'met' if abs(growth) <= 10 else 'NOT met'} on the high-water mark.", "",
-              "## Throughput against the floor (8,000 images)", "",
-              "| | images/s (median) | images/s (best) | runs |", "|---|---:|---:|---|"]
-    for k, label in (("floor", "floor: Pool + PIL decode + resize to 56, nothing else"),
-                     ("loader_u8", "StreamLoader's DataLoader: RandomResizedCrop + flip, collated uint8 batches"),
-                     ("loader", "StreamLoader, as training sees it: + float (x/255 - mean)/std in the main process")):
+    lines += [
+        "",
+        f"8,000 vs 2,000 images: main + workers high-water mark {growth:+.1f}%, peak PSS {growth_pss:+.1f}% "
+        f"(target: within 10%) -- {'met' if abs(growth) <= 10 else 'NOT met'} on the high-water mark.",
+        "",
+        "## Throughput against the floor (8,000 images)",
+        "",
+        "| | images/s (median) | images/s (best) | runs |",
+        "|---|---:|---:|---|",
+    ]
+    for k, label in (
+        ("floor", "floor: Pool + PIL decode + resize to 56, nothing else"),
+        ("loader_u8", "StreamLoader's DataLoader: RandomResizedCrop + flip, collated uint8 batches"),
+        ("loader", "StreamLoader, as training sees it: + float (x/255 - mean)/std in the main process"),
+    ):
         each = ", ".join(f"{r['images'] / r['seconds']:.0f}" for r in runs[k])
         lines.append(f"| {label} | {rate[k]:.0f} | {best[k]:.0f} | {each} |")
     lines.append("")
     for k, what in (("loader_u8", "uint8 batches"), ("loader", "normalised float batches")):
         overhead = 100 * (rate["floor"] / rate[k] - 1)
         overhead_best = 100 * (best["floor"] / best[k] - 1)
-        lines.append(f"- {what}: time over the floor {overhead:+.1f}% on the medians, {overhead_best:+.1f}% on the best "
-                     f"runs (target: at most +10%): median {'met' if overhead <= 10 else 'NOT met'}, "
-                     f"best {'met' if overhead_best <= 10 else 'NOT met'}.")
-    lines += ["",
-              "CPU time is far less disturbed by other jobs than wall time: user + system seconds of the "
-              "main process and all its workers per 1,000 images (medians; includes interpreter and "
-              "worker start-up, which is the same for both):", "",
-              "| | CPU s / 1,000 images |", "|---|---:|",
-              f"| floor | {cpu['floor']:.3f} |", f"| loader, uint8 batches | {cpu['loader_u8']:.3f} |",
-              f"| loader, normalised float batches | {cpu['loader']:.3f} |", "",
-              f"CPU over the floor: uint8 batches {100 * (cpu['loader_u8'] / cpu['floor'] - 1):+.1f}%, normalised "
-              f"{100 * (cpu['loader'] / cpu['floor'] - 1):+.1f}% (on a GPU the normalisation runs on the device, "
-              "on uint8 batches copied there).", ""]
+        lines.append(
+            f"- {what}: time over the floor {overhead:+.1f}% on the medians, {overhead_best:+.1f}% on the best "
+            f"runs (target: at most +10%): median {'met' if overhead <= 10 else 'NOT met'}, "
+            f"best {'met' if overhead_best <= 10 else 'NOT met'}."
+        )
+    lines += [
+        "",
+        "CPU time is far less disturbed by other jobs than wall time: user + system seconds of the "
+        "main process and all its workers per 1,000 images (medians; includes interpreter and "
+        "worker start-up, which is the same for both):",
+        "",
+        "| | CPU s / 1,000 images |",
+        "|---|---:|",
+        f"| floor | {cpu['floor']:.3f} |",
+        f"| loader, uint8 batches | {cpu['loader_u8']:.3f} |",
+        f"| loader, normalised float batches | {cpu['loader']:.3f} |",
+        "",
+        f"CPU over the floor: uint8 batches {100 * (cpu['loader_u8'] / cpu['floor'] - 1):+.1f}%, normalised "
+        f"{100 * (cpu['loader'] / cpu['floor'] - 1):+.1f}% (on a GPU the normalisation runs on the device, "
+        "on uint8 batches copied there).",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.out:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from wdistill.engine.checkpoint import atomic_write_text
+
         atomic_write_text(text, args.out)
     return 0
 

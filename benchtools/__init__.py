@@ -1,11 +1,12 @@
-"""Project tooling of the wdistill benchmarks, kept beside the package and not installed with it.
+"""The project's benchmarks and their tooling, kept beside the package and not installed with it
+(run them from a checkout: ``python -m benchtools --help``; protocols: docs/benchmarks.md).
 
-- ``kernels``: OT kernels beside a straightforward formulation and POT, CRD scoring, augmentation
-  throughput (the kernel section of `wdistill bench speed`);
-- ``targets``: the issue targets the benchmark results are checked against (step-time ratios,
-  kernel speed-ups, the FMNIST-KD v1 reference numbers);
-- ``stamp``: the git commit a result was produced from.
-
-`wdistill bench ...` imports these when run from a checkout (``benchtools.tooling``) and says
-how to get them when they are missing.
+- ``accuracy`` / ``tuning`` / ``protocol``: FMNIST-KD v1 (protocol A) and its tuning budget;
+- ``settings``: ensembles, privileged information, cross-modal, self-distillation (protocol C);
+- ``speed`` / ``speed_report`` / ``kernels`` / ``measure``: step times, OT kernels beside a
+  straightforward formulation and POT, CRD scoring, augmentation throughput (protocol B);
+- ``diagnostics``: CRD's class-correlation difference and WKD-L's cost heatmaps;
+- ``targets``: the issue targets the results are checked against; ``stamp``: the git commit;
+- ``teacher_agreement``, ``gradient_probe``, ``full_schedule_probe``: investigations quoted in the
+  results' notes.
 """

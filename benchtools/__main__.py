@@ -1,8 +1,16 @@
-"""`wdistill bench accuracy|settings|speed|diagnostics` and `wdistill plot RUN_DIR`."""
+"""``python -m benchtools accuracy|settings|speed|diagnostics``: the project's benchmarks (protocols:
+docs/benchmarks.md), run from a wdistill checkout; they write their results into ``benchmarks/``."""
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from wdistill.errors import ConfigError, FileLoadError
+
+# Each command imports its benchmark (and torch) when it runs, not here: `--help` and argument
+# errors answer at once instead of after loading torch and the library.
 
 
 def _threads(n: int | None) -> None:
@@ -12,13 +20,13 @@ def _threads(n: int | None) -> None:
 
 
 def _cmd_accuracy(args) -> int:
-    from wdistill.config.presets import RECIPES
     from benchtools.accuracy import run_accuracy, run_tuning
     from benchtools.protocol import FULL, QUICK
     from benchtools.tuning import PRIORITY
+    from wdistill.losses.recipes import RECIPES
 
     _threads(args.threads)
-    command = ["wdistill"] + sys.argv[1:]
+    command = ["python", "-m", "benchtools"] + sys.argv[1:]
     if args.tune:
         methods = args.methods.split(",") if args.methods else PRIORITY
         choices = run_tuning(methods, args.runs, args.out, args.root)
@@ -27,7 +35,8 @@ def _cmd_accuracy(args) -> int:
         return 0
     schedule = QUICK if args.quick else FULL
     if args.merge:
-        from benchtools.accuracy import merge_results
+        from benchtools.accuracy_report import merge_results
+
         missing = [p for p in args.merge + (args.replace or []) if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"--merge: no such results file(s): {', '.join(missing)}")
@@ -51,8 +60,16 @@ def _cmd_settings(args) -> int:
 
     _threads(args.threads)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-    table = run_settings(args.setting, seeds, args.runs, args.out, args.root, command=["wdistill"] + sys.argv[1:],
-                         train=not args.report_only, finetune_epochs=args.finetune)
+    table = run_settings(
+        args.setting,
+        seeds,
+        args.runs,
+        args.out,
+        args.root,
+        command=["python", "-m", "benchtools"] + sys.argv[1:],
+        train=not args.report_only,
+        finetune_epochs=args.finetune,
+    )
     for r in table:
         probe = "" if r.get("probe_mean") is None else f" probe {r['probe_mean']:6.2f}"
         print(f"{r['method']:>22s} {r['final_mean']:6.2f} (n={r['n']}){probe}")
@@ -61,15 +78,13 @@ def _cmd_settings(args) -> int:
 
 
 def _cmd_speed(args) -> int:
-    from dataclasses import replace
-
     from benchtools.speed import SpeedSetup
     from benchtools.speed_report import misses, run_speed
 
     _threads(args.threads)
     methods = args.methods.split(",") if args.methods else None
     setup = replace(SpeedSetup(), steps=args.steps, warmup=args.warmup)
-    res = run_speed(args.out, methods, setup, command=["wdistill"] + sys.argv[1:])
+    res = run_speed(args.out, methods, setup, command=["python", "-m", "benchtools"] + sys.argv[1:])
     for r in res["rows"]:
         print(f"{r['method']:>10s} {1e3 * r['step_s']:8.0f} ms  ratio {r['ratio']:.2f}")
     for m in misses(res):
@@ -87,46 +102,78 @@ def _cmd_diagnostics(args) -> int:
     return 0
 
 
-def _cmd_plot(args) -> int:
-    from wdistill.workflows.plots import plot_run
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchtools", description=__doc__)
+    bs = p.add_subparsers(dest="bench_command", required=True)
+    _add_accuracy(bs)
+    _add_settings(bs)
+    _add_speed(bs)
+    _add_diagnostics(bs)
+    return p
 
-    print(f"wrote {plot_run(args.run_dir, args.output)}")
-    return 0
+
+def _add_run_dirs(p: argparse.ArgumentParser) -> None:
+    """Where results and run directories go, the data, and the threads: shared by accuracy and settings."""
+    p.add_argument("--out", default="benchmarks", help="where the results files go")
+    p.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
+    p.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
 
-def add_parsers(sub) -> None:
-    """Register `bench` (with accuracy, speed, diagnostics) and `plot` on the main CLI."""
-    b = sub.add_parser("bench", help="benchmarks (protocols: benchmarks/PROTOCOL.md): accuracy on FMNIST-KD v1, speed, diagnostics")
-    bs = b.add_subparsers(dest="bench_command", required=True)
+def _add_accuracy(bs) -> None:
     a = bs.add_parser("accuracy", help="FMNIST-KD v1: teacher, vanilla and every method; results in --out")
     a.add_argument("--quick", action="store_true", help="first 5,000 images, 6 epochs, seed 0")
     a.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2 (quick: 0)")
     a.add_argument("--methods", default=None, help="comma-separated subset, e.g. kd,wkd_l")
-    a.add_argument("--tune", action="store_true",
-                   help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist")
-    a.add_argument("--report-only", action="store_true",
-                   help="train nothing: write the results files from the runs finished so far")
-    a.add_argument("--merge", nargs="+", default=None, metavar="CSV",
-                   help="train nothing: pool results CSVs of disjoint seeds into one results file")
-    a.add_argument("--replace", nargs="+", default=None, metavar="CSV",
-                   help="with --merge: results CSVs of a re-run whose methods replace those rows")
-    a.add_argument("--out", default="benchmarks", help="where the results files go")
-    a.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
-    a.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
-    a.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    a.add_argument(
+        "--tune",
+        action="store_true",
+        help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist",
+    )
+    a.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the results files from the runs finished so far",
+    )
+    a.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="train nothing: pool results CSVs of disjoint seeds into one results file",
+    )
+    a.add_argument(
+        "--replace",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="with --merge: results CSVs of a re-run whose methods replace those rows",
+    )
+    _add_run_dirs(a)
     a.set_defaults(func=_cmd_accuracy)
-    st = bs.add_parser("settings", help="BENCHMARK.md C: ensembles, privileged information, cross-modal, "
-                                        "self-distillation on FMNIST-KD v1; results in --out")
+
+
+def _add_settings(bs) -> None:
+    st = bs.add_parser(
+        "settings",
+        help="protocol C (docs/benchmarks.md): ensembles, privileged information, cross-modal, "
+        "self-distillation on FMNIST-KD v1; results in --out",
+    )
     st.add_argument("--setting", required=True, choices=["ensemble", "privileged", "crossmodal", "selfdistill"])
     st.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
     st.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
-    st.add_argument("--finetune", type=int, default=0, metavar="N",
-                    help="view settings: also fine-tune each student by CE for N epochs (CRD Figure 3); default 0, off")
-    st.add_argument("--out", default="benchmarks", help="where the results files go")
-    st.add_argument("--runs", default="runs/bench", help="where the run directories go (resumable)")
-    st.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's, or download)")
-    st.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    st.add_argument(
+        "--finetune",
+        type=int,
+        default=0,
+        metavar="N",
+        help="view settings: also fine-tune each student by CE for N epochs (CRD Figure 3); default 0, off",
+    )
+    _add_run_dirs(st)
     st.set_defaults(func=_cmd_settings)
+
+
+def _add_speed(bs) -> None:
     s = bs.add_parser("speed", help="step time per method, OT kernels, CRD scoring, augmentation")
     s.add_argument("--out", default="benchmarks")
     s.add_argument("--methods", default=None, help="comma-separated subset")
@@ -134,6 +181,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=_cmd_speed)
+
+
+def _add_diagnostics(bs) -> None:
     d = bs.add_parser("diagnostics", help="class-correlation difference (CRD fig. 2) and WKD-L cost heatmaps")
     d.add_argument("teacher", help="teacher checkpoint (a run's student.pt)")
     d.add_argument("student", help="student checkpoint")
@@ -143,7 +193,17 @@ def add_parsers(sub) -> None:
     d.add_argument("--out", default="benchmarks/diagnostics")
     d.add_argument("--threads", type=int, default=None)
     d.set_defaults(func=_cmd_diagnostics)
-    p = sub.add_parser("plot", help="training curves of a run (loss terms, train/test top-1) as a PNG")
-    p.add_argument("run_dir")
-    p.add_argument("-o", "--output", default=None, help="default RUN_DIR/curves.png")
-    p.set_defaults(func=_cmd_plot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one benchmark command; errors of the library print like the wdistill CLI's."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileLoadError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

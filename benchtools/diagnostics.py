@@ -16,9 +16,9 @@ import torch.nn as nn
 
 from wdistill import models
 from wdistill.data import BatchLoader, load_dataset
-from wdistill.engine.checkpoint import load
+from wdistill.io import load_dict
 from wdistill.losses.wkd.cost import build_cost_matrix
-from wdistill.models.weights import load_checkpoint
+from wdistill.models import load_checkpoint
 from wdistill.models.taps import FeatureTap
 
 
@@ -76,7 +76,7 @@ def heatmap(matrix: torch.Tensor, path: str | Path, title: str, labels=None, cma
 
 def load_model(path: str | Path, num_classes: int, in_channels: int) -> nn.Module:
     """A model from a checkpoint that records its ``arch`` (every run's student.pt does)."""
-    state = load(path)
+    state = load_dict(path)
     arch = state.get("arch") if isinstance(state, dict) else None
     if not arch:
         raise ValueError(f"{path} does not record its architecture ('arch'): use a run's student.pt")

@@ -17,12 +17,9 @@ import json
 import torch
 import yaml
 
-from benchtools import protocol
-
-from wdistill.workflows import reuse as runs
-
-from benchtools import tuning
+from benchtools import protocol, tuning
 from wdistill.config.presets import recipe
+from wdistill.workflows import reuse as runs
 
 PROBE = protocol.Schedule("fmnist-kd-v1-valfull", False, 12, "val", (0,))
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from wdistill.engine import Trainer, load_config
+from wdistill.config import load_config
+from wdistill.engine import Trainer
 
 BATCHES = 10
 

@@ -1,6 +1,6 @@
-"""Kernel benchmarks of `wdistill bench speed`: OT losses beside a straightforward formulation
+"""Kernel benchmarks of `python -m benchtools speed`: OT losses beside a straightforward formulation
 (and POT), CRD bank scoring, augmentation throughput. Every pair is also checked to give the same
-value. Project tooling: lives beside the package, not in it (`wdistill bench speed` uses it when run
+value. Project tooling: lives beside the package, not in it (`python -m benchtools speed` uses it when run
 from a checkout)."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wdistill import ot
 from benchtools.measure import interleaved_medians, median_time, peak_memory
+from wdistill import ot
 from wdistill.data.augment import Augment
-from wdistill.losses.crd import nce_loss
 from wdistill.losses._shared.memory import bank_scores
+from wdistill.losses.crd import nce_loss
 from wdistill.losses.wcord.wcord import WCoRD
 from wdistill.losses.wkd.wkd_f import wkd_f_parts
 from wdistill.losses.wkd.wkd_l import _labels, wkd_l_parts
@@ -114,8 +114,14 @@ def lckt_rows(B: int = 64, d: int = 128, steps: int = 10, warmup: int = 2, seed:
     cost_np = ot.cosine_cost(hs.detach(), ht).double().numpy()
     emd_value = float(pot.emd2(w, w, cost_np))
     shape = f"B={B}, d={d}"
-    return _pair("LCKT (batch OT)", shape, ("IPOT 50 it., torch fwd+bwd (ours)", _fwd_bwd(lambda: term.lckt(hs, ht), hs)),
-                 ("POT ot.emd2 exact, fwd only", lambda: pot.emd2(w, w, cost_np), emd_value), steps, warmup)
+    return _pair(
+        "LCKT (batch OT)",
+        shape,
+        ("IPOT 50 it., torch fwd+bwd (ours)", _fwd_bwd(lambda: term.lckt(hs, ht), hs)),
+        ("POT ot.emd2 exact, fwd only", lambda: pot.emd2(w, w, cost_np), emd_value),
+        steps,
+        warmup,
+    )
 
 
 def wkd_f_rows(B: int = 64, C: int = 256, H: int = 8, steps: int = 10, warmup: int = 2, seed: int = 0) -> list[dict]:
@@ -146,15 +152,30 @@ def wkd_f_rows(B: int = 64, C: int = 256, H: int = 8, steps: int = 10, warmup: i
         return torch.tensor(total / B)
 
     shape = f"B={B}, C={C}, {H}x{H}"
-    return [_entry("WKD-F W2 diagonal (published)", shape, "ours, fwd+bwd", _fwd_bwd(diag, fs), steps, warmup),
-            _entry("WKD-F W2 full covariance (option)", shape, "ours, batched, fwd+bwd", _fwd_bwd(full, fs),
-                   max(1, steps // 2), 1),
-            _entry("WKD-F W2 full covariance (option)", shape, "POT bures_wasserstein_distance per sample, fwd only",
-                   pot_loop, max(1, steps // 5), 0)]
+    return [
+        _entry("WKD-F W2 diagonal (published)", shape, "ours, fwd+bwd", _fwd_bwd(diag, fs), steps, warmup),
+        _entry(
+            "WKD-F W2 full covariance (option)",
+            shape,
+            "ours, batched, fwd+bwd",
+            _fwd_bwd(full, fs),
+            max(1, steps // 2),
+            1,
+        ),
+        _entry(
+            "WKD-F W2 full covariance (option)",
+            shape,
+            "POT bures_wasserstein_distance per sample, fwd only",
+            pot_loop,
+            max(1, steps // 5),
+            0,
+        ),
+    ]
 
 
-def crd_rows(B: int = 64, K: int = 16384, N: int = 50_000, d: int = 128, steps: int = 10, warmup: int = 2,
-             seed: int = 0) -> list[dict]:
+def crd_rows(
+    B: int = 64, K: int = 16384, N: int = 50_000, d: int = 128, steps: int = 10, warmup: int = 2, seed: int = 0
+) -> list[dict]:
     """CRD NCE loss (both anchors) forward+backward with matmul scoring vs gather scoring."""
     g = torch.Generator().manual_seed(seed)
     bank_s = torch.nn.functional.normalize(torch.randn(N, d, generator=g), dim=1)
@@ -175,11 +196,19 @@ def crd_rows(B: int = 64, K: int = 16384, N: int = 50_000, d: int = 128, steps: 
             value = loss(scoring)
             value.backward()
             return value.detach()
+
         return f
 
     shape = f"B={B}, K={K}, N={N}"
-    return _pair("CRD NCE loss fwd+bwd", shape, ("matmul scoring (B x N, then pick)", run("matmul")),
-                 ("gather scoring (B x K x d rows)", run("gather")), steps, warmup, block=1)
+    return _pair(
+        "CRD NCE loss fwd+bwd",
+        shape,
+        ("matmul scoring (B x N, then pick)", run("matmul")),
+        ("gather scoring (B x K x d rows)", run("gather")),
+        steps,
+        warmup,
+        block=1,
+    )
 
 
 def augment_throughput(batch: int = 64, size: int = 32, steps: int = 50, warmup: int = 5, seed: int = 0) -> dict:
@@ -191,8 +220,15 @@ def augment_throughput(batch: int = 64, size: int = 32, steps: int = 50, warmup:
     return {"batch_s": sec, "images_per_s": batch / sec}
 
 
-def imagenet_augment_share(batch: int = 64, stored: int = 256, crop: int = 224, model: str = "resnet18",
-                           steps: int = 3, warmup: int = 1, seed: int = 0) -> dict:
+def imagenet_augment_share(
+    batch: int = 64,
+    stored: int = 256,
+    crop: int = 224,
+    model: str = "resnet18",
+    steps: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict:
     """RandomResizedCrop(``crop``) + flip + normalise of uint8 (batch, 3, stored, stored) batches,
     beside one CE training step of ``model`` on such a batch (same run): time and share of it."""
     from wdistill.models import create
@@ -211,6 +247,13 @@ def imagenet_augment_share(batch: int = 64, stored: int = 256, crop: int = 224, 
         loss = torch.nn.functional.cross_entropy(net(images), y)
         loss.backward()
         opt.step()
+
     step_s, _ = median_time(step, steps, warmup)
-    return {"batch_s": aug_s, "images_per_s": batch / aug_s, "step_s": step_s, "share": aug_s / step_s,
-            "shape": f"{batch}x3x{stored}x{stored} uint8 -> {crop}", "model": model}
+    return {
+        "batch_s": aug_s,
+        "images_per_s": batch / aug_s,
+        "step_s": step_s,
+        "share": aug_s / step_s,
+        "shape": f"{batch}x3x{stored}x{stored} uint8 -> {crop}",
+        "model": model,
+    }

@@ -5,8 +5,6 @@ import statistics
 import time
 from typing import Callable
 
-import torch
-
 
 def median_time(fn: Callable[[], object], steps: int, warmup: int) -> tuple[float, list[float]]:
     """Median wall seconds of ``steps`` calls of ``fn`` after ``warmup`` untimed calls (and all times)."""

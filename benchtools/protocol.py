@@ -1,4 +1,4 @@
-"""FMNIST-KD v1 (BENCHMARK.md, section A): the fixed run configurations of the accuracy benchmark.
+"""FMNIST-KD v1 (docs/benchmarks.md, protocol A): the fixed run configurations of the accuracy benchmark.
 
 Every run is an ordinary Trainer run directory, so a benchmark can be inspected, resumed or
 re-run with `wdistill train RUN_DIR/config.yaml --resume`.
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wdistill import losses
-from wdistill.config.schema import apply_overrides
-from wdistill.config.presets import scale_epoch_params  # noqa: F401  (re-exported: the protocol scales every recipe)
+from wdistill.config.load import apply_overrides
+from wdistill.losses.recipes import scale_epoch_params  # noqa: F401  (re-exported: the protocol scales every recipe)
 
 TEACHER, STUDENT = "resnet32", "resnet8"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from benchtools import tooling
+from benchtools import stamp as stamp_module
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -40,23 +40,33 @@ def summarise(rows: dict[str, list[dict]], baseline: str = "vanilla") -> list[di
                     "threads": [r.get("threads") for r in runs]})
     base = next((r for r in out if r["method"] == baseline), None)
     for r in out:
-        r["gain"] = None if base is None or r["method"] in (baseline, "teacher") else r["final_mean"] - base["final_mean"]
+        r["gain"] = (
+            None if base is None or r["method"] in (baseline, "teacher") else r["final_mean"] - base["final_mean"]
+        )
     return out
 
 
 def stamp(device: str = "cpu", command: list[str] | None = None) -> dict:
-    """Where and how a result was produced (BENCHMARK.md: date, commit, torch, device, threads)."""
-    git = tooling.load("stamp")  # the commit, when run from a checkout (benchtools/)
+    """Where and how a result was produced (docs/benchmarks.md: date, commit, torch, device, threads)."""
+    git = stamp_module  # the commit, when run from a checkout (benchtools/)
     commit = git.git_commit() if git else "unknown (not run from a wdistill checkout)"
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
-            "torch": torch.__version__, "device": device, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "command": shlex.join(command if command is not None else ["wdistill"] + sys.argv[1:])}
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "torch": torch.__version__,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "command": shlex.join(command if command is not None else ["wdistill"] + sys.argv[1:]),
+    }
 
 
 def stamp_markdown(s: dict) -> str:
-    return (f"Date {s['date']} · commit `{s['commit']}` · torch {s['torch']} · device {s['device']} "
-            f"({s['cpus']} CPUs, {s['threads']} torch threads)\n\nCommand: `{s['command']}`\n")
+    return (
+        f"Date {s['date']} · commit `{s['commit']}` · torch {s['torch']} · device {s['device']} "
+        f"({s['cpus']} CPUs, {s['threads']} torch threads)\n\nCommand: `{s['command']}`\n"
+    )
 
 
 def _pm(mean: float, std: float | None, n: int) -> str:
@@ -64,26 +74,49 @@ def _pm(mean: float, std: float | None, n: int) -> str:
 
 
 def results_markdown(table: list[dict], labels: dict[str, str], settings: dict[str, str]) -> str:
-    lines = ["| row | top-1 final (mean ± std) | top-1 best epoch (mean) | gain vs vanilla | wall s / run | runs | settings |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| row | top-1 final (mean ± std) | top-1 best epoch (mean) | gain vs vanilla | wall s / run | runs "
+        "| settings |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in table:
         gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
-        lines.append(f"| {labels.get(r['method'], r['method'])} | {_pm(r['final_mean'], r['final_std'], r['n'])} | "
-                     f"{r['best_mean']:.2f} | {gain} | {r['wall_seconds']:.0f} | {r['n']} | "
-                     f"{settings.get(r['method'], '')} |")
+        lines.append(
+            f"| {labels.get(r['method'], r['method'])} | {_pm(r['final_mean'], r['final_std'], r['n'])} | "
+            f"{r['best_mean']:.2f} | {gain} | {r['wall_seconds']:.0f} | {r['n']} | "
+            f"{settings.get(r['method'], '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def results_csv(table: list[dict], settings: dict[str, str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "runs", "final_top1_mean", "final_top1_std", "best_top1_mean", "gain_vs_vanilla",
-                "wall_seconds_per_run", "settings"])
+    w.writerow(
+        [
+            "method",
+            "runs",
+            "final_top1_mean",
+            "final_top1_std",
+            "best_top1_mean",
+            "gain_vs_vanilla",
+            "wall_seconds_per_run",
+            "settings",
+        ]
+    )
     for r in table:
-        w.writerow([r["method"], r["n"], f"{r['final_mean']:.4f}",
-                    "" if r["final_std"] is None else f"{r['final_std']:.4f}", f"{r['best_mean']:.4f}",
-                    "" if r["gain"] is None else f"{r['gain']:.4f}", f"{r['wall_seconds']:.1f}",
-                    settings.get(r["method"], "")])
+        w.writerow(
+            [
+                r["method"],
+                r["n"],
+                f"{r['final_mean']:.4f}",
+                "" if r["final_std"] is None else f"{r['final_std']:.4f}",
+                f"{r['best_mean']:.4f}",
+                "" if r["gain"] is None else f"{r['gain']:.4f}",
+                f"{r['wall_seconds']:.1f}",
+                settings.get(r["method"], ""),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -94,10 +127,12 @@ def bar_chart(table: list[dict], labels: dict[str, str], path: str | Path, title
     runs = sorted({r["n"] for r in table if r["method"] != "teacher"})
     seeds = "/".join(map(str, runs)) if runs else "?"
     teacher = next((r["n"] for r in table if r["method"] == "teacher"), None)
-    note = (f"Students: mean of {seeds} seeds, error bar = sample std over seeds"
-            + (f"; teacher: {teacher} run{'s' if teacher != 1 else ''}, no error bar." if teacher else "."))
-    rows = [{"name": labels.get(r["method"], r["method"]), "top1": r["final_mean"], "std": r["final_std"]}
-            for r in table]
+    note = f"Students: mean of {seeds} seeds, error bar = sample std over seeds" + (
+        f"; teacher: {teacher} run{'s' if teacher != 1 else ''}, no error bar." if teacher else "."
+    )
+    rows = [
+        {"name": labels.get(r["method"], r["method"]), "top1": r["final_mean"], "std": r["final_std"]} for r in table
+    ]
     leaderboard_chart(rows, path, title, note)
 
 
@@ -121,11 +156,19 @@ def read_results_csv(path: str | Path) -> tuple[dict, list[dict], dict[str, str]
     need = {"method", "runs", "final_top1_mean", "final_top1_std", "best_top1_mean", "wall_seconds_per_run"}
     reader = csv.DictReader(line for line in lines if not line.startswith("#"))
     if not need <= set(reader.fieldnames or []):
-        raise ValueError(f"{path}: not a results CSV of `wdistill bench accuracy` (columns {sorted(need)} expected)")
+        raise ValueError(f"{path}: not a results CSV of `python -m benchtools accuracy` (columns {sorted(need)} "
+                         "expected)")
     table, settings = [], {}
     for r in reader:
-        table.append({"method": r["method"], "n": int(r["runs"]), "final_mean": float(r["final_top1_mean"]),
-                      "final_std": float(r["final_top1_std"]) if r["final_top1_std"] else None,
-                      "best_mean": float(r["best_top1_mean"]), "wall_seconds": float(r["wall_seconds_per_run"])})
+        table.append(
+            {
+                "method": r["method"],
+                "n": int(r["runs"]),
+                "final_mean": float(r["final_top1_mean"]),
+                "final_std": float(r["final_top1_std"]) if r["final_top1_std"] else None,
+                "best_mean": float(r["best_top1_mean"]),
+                "wall_seconds": float(r["wall_seconds_per_run"]),
+            }
+        )
         settings[r["method"]] = r.get("settings", "")
     return stamp_, table, settings

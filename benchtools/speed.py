@@ -1,4 +1,4 @@
-"""`wdistill bench speed` (BENCHMARK.md, section B): per-method training-step time at CIFAR-100
+"""`python -m benchtools speed` (docs/benchmarks.md, protocol B): per-method training-step time at CIFAR-100
 shapes on synthetic tensors, against the lower bound of a distillation step."""
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchtools import targets as targets_module
+from benchtools.measure import interleaved_medians
 from wdistill import losses, models
 from wdistill.engine.distiller import Distiller
-from wdistill.config.presets import RECIPES
-from benchtools import tooling
-from benchtools.measure import interleaved_medians
+from wdistill.losses.recipes import RECIPES
 
 
 @dataclass(frozen=True)
 class SpeedSetup:
-    """The shapes of the step benchmark; defaults are BENCHMARK.md B (CIFAR-100, res32x4 -> res8x4)."""
+    """The shapes of the step benchmark; defaults are docs/benchmarks.md, protocol B (CIFAR-100, res32x4 -> res8x4)."""
 
     teacher: str = "resnet32x4"
     student: str = "resnet8x4"
@@ -146,7 +146,7 @@ def step_table(methods: list[str], setup: SpeedSetup = SpeedSetup(), progress=No
     if setup.steps < 1 or setup.warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {setup.steps}, {setup.warmup}")
     task = SyntheticTask(setup)
-    targets = tooling.load("targets")
+    targets = targets_module
     rows = []
     for m in methods:
         if progress:

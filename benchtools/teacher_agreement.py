@@ -17,9 +17,9 @@ import torch
 from wdistill import models
 from wdistill.cli_front import resolve_checkpoint, student_weights
 from wdistill.data.build import build_loaders
-from wdistill.engine.checkpoint import load
-from wdistill.models.weights import load_checkpoint
-from wdistill.workflows.probe import run_config
+from wdistill.engine.rundir import run_config
+from wdistill.io import load_dict
+from wdistill.models import load_checkpoint
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def test_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits of ``run_dir``'s trained model on its own test split, and the labels."""
     cfg = run_config(run_dir)
     path, _ = resolve_checkpoint(run_dir, None)
-    sd, _, arch, kwargs = student_weights(load(path, "cpu", what="teacher checkpoint"))
+    sd, _, arch, kwargs = student_weights(load_dict(path, "cpu", what="teacher checkpoint"))
     data = build_loaders(cfg.data, seed=cfg.run.seed, device=torch.device("cpu"), log=lambda m: None)
     model = models.build(arch or cfg.student.model, data.num_classes, data.channels, kwargs or cfg.student.kwargs)
     load_checkpoint(model, sd, name=arch or cfg.student.model)

@@ -3,52 +3,26 @@
 images 10,000..14,999), seed 0, quick schedule. The test set is never looked at.
 
 A candidate is a dict ``{"term.param": value}`` applied to the method's CIFAR-100 recipe
-(``recipes.RECIPES``); the first candidate of every method is that recipe unchanged. Each method
+(``wdistill.losses.recipes.RECIPES``); the first candidate of every method is that recipe unchanged. Each method
 declares its candidates next to its term (``grid=`` of ``wdistill.losses.recipes.publish``). Every method
 gets the same budget, 3 candidates: the published setting and, for a weight, x0.3 and x3 of it
 (a bracket: from 100 to 10 classes CE shrinks from ~log 100 to ~log 10, so the best weight may
 move either way). Where a method has a temperature or a recipe-specific choice the two others
 move that instead: KD T in {2, 8}; DKD beta 2 (the reference's value for small-gap pairs) at T 4
-and 2; WKD-L / WKD-L+F weight 30 tau 4 (BENCHMARK.md's independent data point, 89.5%) and one
+and 2; WKD-L / WKD-L+F weight 30 tau 4 (the protocol's independent data point, 89.5%) and one
 neighbour; AB / FSP (CE-only main stage as published) keep their loss on in the main stage.
 """
 from __future__ import annotations
 
-import copy
-
 from wdistill.losses import recipes as published
+from wdistill.losses.recipes import apply_candidate, describe  # noqa: F401  (the protocol's names)
 
 # Each method's ``grid`` (``published.publish`` next to its term), in protocol order; a live view.
-CANDIDATES = published.grids_view()
+CANDIDATES = published.GRIDS
 MAX_CANDIDATES = 4
 # Order in which `bench accuracy --tune` works through the methods when time is short (each
 # method's ``tune_priority``).
 PRIORITY = published.priority_view()
-
-
-def apply_candidate(terms: list[dict], candidate: dict) -> list[dict]:
-    """``terms`` with ``{"term.param": value}`` set; naming a term not in the recipe is an error."""
-    out = copy.deepcopy(terms)
-    by_name = {t["name"]: t for t in out}
-    for key, value in candidate.items():
-        term, _, param = key.partition(".")
-        if term not in by_name or not param:
-            raise ValueError(f"candidate key {key!r} must be 'term.param' with term one of {sorted(by_name)}")
-        by_name[term][param] = value
-    return out
-
-
-def describe(terms: list[dict]) -> str:
-    """Short settings string of the non-CE terms, e.g. ``kd w=0.9 T=4``."""
-    keys = ("T", "lambda_l", "tau", "lambda_f", "gamma", "beta", "main_weight", "lambda1", "lambda2", "num_negatives",
-            "positives")
-    parts = []
-    for t in terms:
-        if t["name"] == "ce":
-            continue
-        extra = " ".join(f"{k}={t[k]:g}" if isinstance(t[k], float) else f"{k}={t[k]}" for k in keys if k in t)
-        parts.append(f"{t['name']} w={t.get('weight', 1.0):g}" + (f" {extra}" if extra else ""))
-    return "; ".join(parts)
 
 
 def check_budget() -> None:

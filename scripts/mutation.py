@@ -61,7 +61,12 @@ def run_one(m: dict, timeout: int) -> dict:
             code, tail = -1, ["timeout"]
     # pytest: 0 all passed (survived), 1 a test failed (killed); 2-5 are errors of the run itself
     status = {0: "SURVIVED", 1: "killed"}.get(code, f"error (pytest exit {code})")
-    return {"id": m["id"], "status": status, "seconds": round(time.time() - start, 1), "last_line": tail[0] if tail else ""}
+    return {
+        "id": m["id"],
+        "status": status,
+        "seconds": round(time.time() - start, 1),
+        "last_line": tail[0] if tail else "",
+    }
 
 
 def main() -> int:

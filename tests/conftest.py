@@ -13,7 +13,9 @@ FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 def fmnist_dir():
     if not os.path.isdir(FMNIST_DIR) and not os.environ.get("WDISTILL_FMNIST"):
         if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's dataset-fashion-mnist (`make test`, i.e. scripts/setup.sh --test, does)")
+            pytest.fail(
+                "CI must install Debian's dataset-fashion-mnist (`make test`, i.e. scripts/setup.sh --test, does)"
+            )
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     return os.environ.get("WDISTILL_FMNIST", FMNIST_DIR)
 

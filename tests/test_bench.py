@@ -9,23 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import hold_lock
 
-from wdistill import cli, losses
-from benchtools import kernels, targets  # project tooling beside the package (not installed)
-from benchtools import tooling
-from benchtools import accuracy
-from benchtools import diagnostics
-from wdistill.workflows import plots
-from benchtools import protocol
-from benchtools import report
-from wdistill.workflows import reuse as runs
-from benchtools import speed
-from benchtools import tuning
+from benchtools import __main__ as bench_cli  # project tooling beside the package (not installed)
+from benchtools import accuracy, accuracy_report, diagnostics, kernels, protocol, report, speed, targets, tuning
 from benchtools.measure import peak_memory
 from benchtools.speed_report import run_speed
-from wdistill.config.presets import LABELS, RECIPES
-
-from builders import hold_lock
+from wdistill import cli, losses
+from wdistill.engine import rundir
+from wdistill.errors import RunBusy
+from wdistill.losses.recipes import LABELS, RECIPES
+from wdistill.workflows import plots
+from wdistill.workflows import reuse as runs
 
 TINY_DATA = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=64", "data.test_subset=32",
              "data.eval_batch_size=32"]
@@ -310,7 +305,7 @@ def test_run_lock_waits_for_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
     import signal
     import threading
 
-    lock = tmp_path / runs.LOCK_FILE
+    lock = tmp_path / rundir.LOCK
     holder = hold_lock(lock)
     holder.send_signal(signal.SIGKILL)  # died holding the job: its PID is still in the file
     holder.wait()
@@ -330,9 +325,9 @@ def test_run_lock_waits_for_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
 def test_busy_run_is_deferred_to_the_back_of_the_queue(bench_dir, monkeypatch, tmp_path):
     """A run held by another live process is skipped once (RunBusy), trained after the others."""
     root, _ = bench_dir
-    holder = hold_lock(tmp_path / runs.LOCK_FILE)
+    holder = hold_lock(tmp_path / rundir.LOCK)
     try:
-        with pytest.raises(runs.RunBusy, match=f"process {holder.pid} is running this job"):
+        with pytest.raises(RunBusy, match=f"process {holder.pid} is running this job"):
             with runs.run_lock(tmp_path, wait=False):
                 pass
     finally:
@@ -347,7 +342,7 @@ def test_busy_run_is_deferred_to_the_back_of_the_queue(bench_dir, monkeypatch, t
         name = cfg["run"]["name"]
         order.append((name, wait))
         if name == "kd/seed1" and not wait:
-            raise runs.RunBusy(f"{busy_dir}: busy")
+            raise RunBusy(f"{busy_dir}: busy")
         return real(cfg, log, data, wait)
 
     monkeypatch.setattr(accuracy, "run_or_load", fake)
@@ -370,7 +365,7 @@ def test_shared_queue_fetches_a_jobs_teacher_before_it_even_when_another_shell_h
         calls.append((cfg["name"], wait))
         if cfg["name"] in busy_once and not wait:
             busy_once.discard(cfg["name"])
-            raise runs.RunBusy(f"{cfg['name']}: busy")
+            raise RunBusy(f"{cfg['name']}: busy")
         return {"name": cfg["name"]}
 
     teacher = {"name": "T"}
@@ -403,7 +398,7 @@ def test_findings_check_the_issue_targets_on_a_hand_made_table():
 def _results_part(tmp_path, name, per_seed, seeds, settings):
     rows = {m: [v[s] for s in seeds if s in v] for m, v in per_seed.items()}
     table = report.summarise({m: r for m, r in rows.items() if r})
-    accuracy.write_results(table, TINY, seeds, tmp_path / name, settings, ["wdistill", "bench", name])
+    accuracy_report.write_results(table, TINY, seeds, tmp_path / name, settings, ["wdistill", "bench", name])
     return tmp_path / name / "tiny.csv"
 
 
@@ -417,7 +412,7 @@ def test_merge_pools_disjoint_seed_files_as_if_from_the_raw_runs(tmp_path, capsy
     settings = {"teacher": "t", "vanilla": "CE only", "kd": "kd w=1", "dkd": "dkd w=1"}
     a = _results_part(tmp_path, "a", per_seed, [0], settings)
     b = _results_part(tmp_path, "b", per_seed, [1, 2, 3], settings)
-    merged = {r["method"]: r for r in accuracy.merge_results([a, b], TINY, tmp_path / "m", ["wdistill", "m"])}
+    merged = {r["method"]: r for r in accuracy_report.merge_results([a, b], TINY, tmp_path / "m", ["wdistill", "m"])}
     # independent: the same statistics computed directly from every raw run
     direct = {r["method"]: r for r in report.summarise({m: list(v.values()) for m, v in per_seed.items()})}
     for m in per_seed:
@@ -432,15 +427,15 @@ def test_merge_pools_disjoint_seed_files_as_if_from_the_raw_runs(tmp_path, capsy
     assert stamp["seeds"] == "0,1,2,3" and len(table) == 4
 
     with pytest.raises(ValueError, match="seed 0 is in both"):
-        accuracy.merge_results([a, a], TINY, tmp_path / "x")
+        accuracy_report.merge_results([a, a], TINY, tmp_path / "x")
     other = _results_part(tmp_path, "c", per_seed, [1], settings | {"kd": "kd w=2"})
     with pytest.raises(ValueError, match="kd has different settings"):
-        accuracy.merge_results([a, other], TINY, tmp_path / "x")
-    assert cli.main(["bench", "accuracy", "--merge", str(a), str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
+        accuracy_report.merge_results([a, other], TINY, tmp_path / "x")
+    assert bench_cli.main(["accuracy", "--merge", str(a), str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
     assert "no such results file" in capsys.readouterr().err
     (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a results CSV"):
-        accuracy.merge_results([tmp_path / "junk.csv"], TINY, tmp_path / "x")
+        accuracy_report.merge_results([tmp_path / "junk.csv"], TINY, tmp_path / "x")
 
 
 def test_a_rerun_replaces_its_methods_rows(tmp_path, capsys):
@@ -455,17 +450,17 @@ def test_a_rerun_replaces_its_methods_rows(tmp_path, capsys):
     rerun = {"teacher": per_seed["teacher"], "crd": {s: {"final_top1": 80.0 + s, "best_top1": 81.0 + s,
                                                           "wall_seconds": 10.0} for s in range(3)}}
     r = _results_part(tmp_path, "r", rerun, [0, 1, 2], {"teacher": "t", "crd": "crd w=2 replacement=False"})
-    merged = {x["method"]: x for x in accuracy.merge_results([a, b], TINY, tmp_path / "m", ["m"], replace=[r])}
+    merged = {x["method"]: x for x in accuracy_report.merge_results([a, b], TINY, tmp_path / "m", ["m"], replace=[r])}
     assert merged["crd"]["final_mean"] == pytest.approx(81.0) and merged["crd"]["final_std"] == pytest.approx(1.0)
     assert merged["crd"]["gain"] == pytest.approx(81.0 - merged["vanilla"]["final_mean"])
-    plain = {x["method"]: x for x in accuracy.merge_results([a, b], TINY, tmp_path / "p")}
+    plain = {x["method"]: x for x in accuracy_report.merge_results([a, b], TINY, tmp_path / "p")}
     assert merged["kd"] == plain["kd"] and merged["vanilla"] == plain["vanilla"]
     md = (tmp_path / "m" / "tiny.md").read_text()
     assert "crd w=2 replacement=False" in md and "replaces its methods' rows" in md
     other = {"teacher": {0: {"final_top1": 90.0, "best_top1": 90.0, "wall_seconds": 1.0}}, "crd": rerun["crd"]}
     r2 = _results_part(tmp_path, "r2", other, [0, 1, 2], {"teacher": "t", "crd": "crd w=2"})
     with pytest.raises(ValueError, match="another teacher"):
-        accuracy.merge_results([a, b], TINY, tmp_path / "x", replace=[r2])
+        accuracy_report.merge_results([a, b], TINY, tmp_path / "x", replace=[r2])
 
 
 def committed_parts(bench):
@@ -482,7 +477,7 @@ def test_committed_leaderboard_is_the_merge_of_the_committed_parts(tmp_path):
     parts, reruns = committed_parts(bench)
     if not parts:
         pytest.skip("no results parts in this checkout")
-    merged = accuracy.merge_results(parts, protocol.FULL, tmp_path, replace=reruns)
+    merged = accuracy_report.merge_results(parts, protocol.FULL, tmp_path, replace=reruns)
     _, committed, _ = report.read_results_csv(bench / "fmnist-kd-v1.csv")
     assert [r["method"] for r in merged] == [r["method"] for r in committed]
     for got, want in zip(merged, committed):
@@ -508,27 +503,7 @@ def test_committed_rerun_covers_every_changed_row_with_three_seeds_and_one_teach
     assert "rerun-2026-12-02/fmnist-kd-v1.md" in (bench / "fmnist-kd-v1.md").read_text()
 
 
-def test_bench_speed_without_the_project_tooling_says_how_to_get_it(tmp_path, monkeypatch):
-    """An installed package has no benchtools/: `bench speed` still measures the step table, writes
-    its files, stamps no commit, and says where the kernel comparisons and targets live."""
-    monkeypatch.setattr(tooling, "load", lambda name: None)
-    setup = speed.SpeedSetup(teacher="resnet8", student="resnet8", batch=4, image=16, channels=1, classes=10,
-                             num_samples=300, steps=1, warmup=0)
-    said = []
-    res = run_speed(tmp_path, ["kd"], setup, command=["wdistill", "bench", "speed"], log=said.append)
-    assert res["kernels"] == [] and res["augment"] is None
-    (row,) = res["rows"]
-    assert row["target"] is None and row["met"] is None and row["ratio"] > 0
-    md = (tmp_path / "speed.md").read_text()
-    assert "| KD |" in md and "| n/a | n/a |" in md and "Not measured: " + tooling.HOW in md
-    assert "git clone" in said[0] and res["stamp"]["commit"].startswith("unknown (not run from a wdistill checkout")
-    assert (tmp_path / "speed.csv").read_text().count("\n") > 3
-    results = accuracy.write_results([], TINY, [0], tmp_path / "acc", {})
-    assert results is None and "## Targets" not in (tmp_path / "acc" / "tiny.md").read_text()
-
-
-def test_tooling_is_found_in_the_checkout_and_not_installed():
-    assert tooling.load("targets") is targets and tooling.load("kernels") is kernels
+def test_benchtools_is_not_installed_with_the_package():
     assert targets.ratio_target("kd") == 1.10 and targets.ratio_target("crd") == 1.25
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert 'include = ["wdistill*"]' in pyproject  # benchtools/ is not a package of the wheel

@@ -1,4 +1,4 @@
-"""`wdistill bench settings` (BENCHMARK.md C) end to end on tiny overrides: the plan each setting
+"""`python -m benchtools settings` (docs/benchmarks.md, protocol C) end to end on tiny overrides: the plan each setting
 trains, the results files, and reuse of finished runs."""
 import csv
 import json
@@ -6,9 +6,8 @@ import json
 import pytest
 import yaml
 
-from benchtools import protocol
-
-from benchtools import settings
+from benchtools import protocol, settings, settings_presets, settings_report, settings_spec
+from wdistill.engine import rundir
 
 TINY = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=64", "data.test_subset=32",
         "data.eval_batch_size=32", "optim.epochs=1", "train.max_steps=1", "train.channels_last=false"]
@@ -29,8 +28,8 @@ def _cfg(run_dir):
 
 
 def test_ensemble_plan_and_results(tmp_path, tiny, monkeypatch):
-    monkeypatch.setattr(settings, "ENSEMBLE_METHODS", ("kd", "crd"))
-    monkeypatch.setattr(settings, "ENSEMBLE_SIZES", (1, 2))
+    monkeypatch.setattr(settings_spec, "ENSEMBLE_METHODS", ("kd", "crd"))
+    monkeypatch.setattr(settings_spec, "ENSEMBLE_SIZES", (1, 2))
     runs, out = tmp_path / "runs", tmp_path / "out"
     table = settings.run_settings("ensemble", [0], runs, out, overrides=TINY, teacher_overrides=TINY,
                                   log=lambda m: None)
@@ -83,7 +82,7 @@ def test_ensemble_findings_pair_seeds_and_test_the_difference(crd4, verdict):
     kd1, kd4 = {0: 89.0, 1: 89.2, 2: 89.1, 3: 95.0}, {0: 89.5, 1: 89.5, 2: 89.4}
     crd1 = {0: 86.0, 1: 86.4, 2: 86.2}
     table = [_ens_row("kd n=1", kd1), _ens_row("kd n=4", kd4), _ens_row("crd n=1", crd1), _ens_row("crd n=4", crd4)]
-    notes = settings.findings("ensemble", table)
+    notes = settings_report.findings("ensemble", table)
     assert not notes[0].startswith("The teachers'")  # no teacher_top1 in these rows
     # seed 3 has no 4-teacher run: it is left out, not averaged into the 1-teacher side
     assert notes[0] == "KD: 4 teachers against 1, paired by seed: +0.37 ± 0.12 (seeds 0, 1, 2)."
@@ -95,12 +94,12 @@ def test_ensemble_findings_pair_seeds_and_test_the_difference(crd4, verdict):
 
 @pytest.mark.parametrize("setting", ["crossmodal", "privileged"])
 def test_view_settings_train_probe_and_reuse(tmp_path, tiny, monkeypatch, setting):
-    monkeypatch.setattr(settings, "VIEW_METHODS", ("vanilla", "kd", "crd"))
+    monkeypatch.setattr(settings_spec, "VIEW_METHODS", ("vanilla", "kd", "crd"))
     runs, out = tmp_path / "runs", tmp_path / "out"
     settings.run_settings(setting, [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
                           finetune_epochs=1)
     root = runs / "fmnist-settings-v1" / setting
-    t_view, s_view = settings.VIEWS[setting]
+    t_view, s_view = settings_spec.VIEWS[setting]
     teacher_dir = runs / "fmnist-kd-v1" / ("teacher-lowpass/seed0" if t_view else "teacher/seed0")
     assert (_cfg(teacher_dir)["student"]["view"] or {}).get("name") == (t_view or {}).get("name")
     crd = _cfg(root / "crd" / "seed0")
@@ -135,15 +134,16 @@ def test_a_second_shell_defers_a_students_probe_and_fine_tune_while_another_hold
     import threading
 
     from builders import hold_lock
-    from benchtools import runs as bench_runs
 
-    monkeypatch.setattr(settings, "VIEW_METHODS", ("vanilla", "kd"))
+    from wdistill.workflows import reuse as bench_runs
+
+    monkeypatch.setattr(settings_spec, "VIEW_METHODS", ("vanilla", "kd"))
     monkeypatch.setattr(settings, "run_lock", functools.partial(bench_runs.run_lock, poll=0.05))
     runs, out = tmp_path / "runs", tmp_path / "out"
     settings.run_settings("privileged", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
     kd_dir = runs / "fmnist-settings-v1" / "privileged" / "kd" / "seed0"
     assert (kd_dir / "student.pt").is_file() and not (kd_dir / "finetune").exists()
-    holder = hold_lock(kd_dir / bench_runs.LOCK_FILE)  # "the other shell" is busy with kd's post-processing
+    holder = hold_lock(kd_dir / rundir.LOCK)  # "the other shell" is busy with kd's post-processing
     real_finetune = settings.finetune_or_load
     finetuned = []
 
@@ -179,7 +179,7 @@ def test_a_second_shell_defers_a_students_probe_and_fine_tune_while_another_hold
 
 
 def test_selfdistill_generations_chain(tmp_path, tiny, monkeypatch):
-    monkeypatch.setattr(settings, "SELF_METHODS", ("kd",))
+    monkeypatch.setattr(settings_spec, "SELF_METHODS", ("kd",))
     runs, out = tmp_path / "runs", tmp_path / "out"
     settings.run_settings("selfdistill", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
     root = runs / "fmnist-settings-v1" / "selfdistill"
@@ -194,10 +194,11 @@ def test_selfdistill_generations_chain(tmp_path, tiny, monkeypatch):
 
 
 def test_shipped_example_configs_are_what_the_driver_writes():
-    from wdistill.config.schema import PRESETS_DIR, list_presets, load_config
-    files = settings.preset_files()
+    from wdistill.config.load import load_config
+    from wdistill.config.presets import PRESETS_DIR, list_presets
+    files = settings_presets.preset_files()
     on_disk = {p.relative_to(PRESETS_DIR).as_posix() for p in (PRESETS_DIR / "fmnist" / "settings").glob("*.yaml")}
-    assert on_disk == set(files), "run `python -m benchtools.settings` to rewrite configs/fmnist/settings"
+    assert on_disk == set(files), "run `python -m benchtools.settings_presets` to rewrite configs/fmnist/settings"
     assert all((PRESETS_DIR / rel).read_text() == text for rel, text in files.items())
     assert {"fmnist/settings/ensemble_crd", "fmnist/settings/privileged_crd", "fmnist/settings/crossmodal_crd",
             "fmnist/settings/selfdistill_kd"} <= set(list_presets())
@@ -212,7 +213,7 @@ def test_hand_notes_survive_regeneration(tmp_path):
              for m, v in (("vanilla", 87.0), ("kd", 88.0))]
     (tmp_path / "fmnist-settings-v1-privileged.notes.md").write_text("**Why:** the student view is easy.\n")
     for _ in range(2):  # regenerated twice: the notes appear once
-        settings.write_results("privileged", table, tmp_path, {}, [0, 1, 2], ["wdistill"], [])
+        settings_report.write_results("privileged", table, tmp_path, {}, [0, 1, 2], ["wdistill"], [])
     md = (tmp_path / "fmnist-settings-v1-privileged.md").read_text()
     assert md.count("**Why:** the student view is easy.") == 1
     assert md.index("## Findings") < md.index("**Why:**")
@@ -220,5 +221,5 @@ def test_hand_notes_survive_regeneration(tmp_path):
 
 def test_t_quantiles_are_students():
     from scipy import stats
-    for df, t in enumerate(settings.T975, start=1):
+    for df, t in enumerate(settings_report.T975, start=1):
         assert t == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)

@@ -9,7 +9,7 @@ import yaml
 matplotlib.use("Agg")
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 
-from benchtools import report # noqa: E402
+from benchtools import report  # noqa: E402
 from wdistill.workflows.plots import curves_figure, decay_spans, leaderboard_figure, plot_run, row_kind  # noqa: E402
 
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from builders import small_run
 
 from wdistill import losses
-from wdistill.engine import Trainer, load_config
-
-from builders import small_run
+from wdistill.config import load_config
+from wdistill.engine import Trainer
 
 
 def _batch(b=6, c=5, seed=0):

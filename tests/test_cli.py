@@ -1,9 +1,9 @@
 """CLI commands beyond train/eval/export (those are in test_engine.py)."""
-import pytest
 import torch
 import yaml
 
 from wdistill import cli, losses, models
+from wdistill.cli import main
 
 
 def test_cost_matrix_command_builds_a_cost_the_wkd_term_loads(tmp_path, capsys):
@@ -31,3 +31,9 @@ def test_cost_matrix_without_teacher_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"student": {"model": "resnet8"}}))
     assert cli.main(["cost-matrix", str(tmp_path / "c.yaml")]) == 2
     assert "needs exactly one 'teacher:' section" in capsys.readouterr().err
+
+
+def test_bench_says_where_the_benchmarks_went(capsys):
+    assert main(["bench", "accuracy", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "python -m benchtools accuracy --quick" in err and "docs/benchmarks.md" in err

@@ -24,7 +24,19 @@ VALUES = ["1", "0", "-5", "2", "16", "1e1", "abc", "[1,", "true", "null", "{a: 1
           "resnet14", "kd", "ce", "crd", "1e30", ".nan", "", "../x", "cpu", "cuda", "tpu", "cosine", "{feats: [x]}",
           "fmnist_sample", "cifar100", "[]", "0.05", "-0.1", "'7'", "]"]
 COMMANDS = ["train", "train", "distill", "distill", "eval", "export", "list", "nonsense"]
-FLAGS = ["--resume", "--overwrite", "--subset", "0", "--subset", "-5", "--device", "cuda", "--batch-size", "x", "--bogus"]
+FLAGS = [
+    "--resume",
+    "--overwrite",
+    "--subset",
+    "0",
+    "--subset",
+    "-5",
+    "--device",
+    "cuda",
+    "--batch-size",
+    "x",
+    "--bogus",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +52,32 @@ overrides = st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(VALUES)), 
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(command=st.sampled_from(COMMANDS), overrides=overrides, teacher=st.booleans(), kd=st.booleans(),
-       raw_yaml=st.sampled_from([None, None, None, "student: [unclosed", "- a list", "42", "", "run: {name: 1}"]),
-       flags=st.lists(st.sampled_from(FLAGS), max_size=2), missing_file=st.booleans(), clean=st.booleans())
-def test_every_input_runs_or_gets_one_clear_message(world, command, overrides, teacher, kd, raw_yaml, flags,
-                                                   missing_file, clean):
+@given(
+    command=st.sampled_from(COMMANDS),
+    overrides=overrides,
+    teacher=st.booleans(),
+    kd=st.booleans(),
+    raw_yaml=st.sampled_from([None, None, None, "student: [unclosed", "- a list", "42", "", "run: {name: 1}"]),
+    flags=st.lists(st.sampled_from(FLAGS), max_size=2),
+    missing_file=st.booleans(),
+    clean=st.booleans(),
+)
+def test_every_input_runs_or_gets_one_clear_message(
+    world, command, overrides, teacher, kd, raw_yaml, flags, missing_file, clean
+):
     root, teacher_path = world
     if clean:  # half the cases keep a valid base, so a good share really runs
         overrides, flags, missing_file, raw_yaml = overrides[:1] if kd else [], [], False, None
         teacher = teacher or command == "distill"
     name = f"f{next(_counter)}"
-    cfg = {"run": {"name": name, "out_dir": str(root / "runs"), "seed": 0, "device": "cpu"},
-           "data": {"name": "fmnist_sample", "train_subset": 64, "test_subset": 32, "batch_size": 16,
-                    "crop_padding": 2},
-           "student": {"model": "resnet8"},
-           "loss": [{"name": "ce"}] + ([{"name": "kd", "weight": 0.9}] if kd else []),
-           "optim": {"epochs": 1, "lr": 0.05}, "train": {"progress": False, "max_steps": 1}}
+    cfg = {
+        "run": {"name": name, "out_dir": str(root / "runs"), "seed": 0, "device": "cpu"},
+        "data": {"name": "fmnist_sample", "train_subset": 64, "test_subset": 32, "batch_size": 16, "crop_padding": 2},
+        "student": {"model": "resnet8"},
+        "loss": [{"name": "ce"}] + ([{"name": "kd", "weight": 0.9}] if kd else []),
+        "optim": {"epochs": 1, "lr": 0.05},
+        "train": {"progress": False, "max_steps": 1},
+    }
     if teacher:
         cfg["teacher"] = {"model": "resnet8", "checkpoint": teacher_path}
     path = root / f"{name}.yaml"

@@ -7,8 +7,10 @@ import torch
 import yaml
 
 from wdistill import cli, losses, models
+from wdistill.config.load import load_config
 from wdistill.config.reference import DOC_PATH, reference_markdown
-from wdistill.config.schema import ConfigError, RunConfig, load_config
+from wdistill.config.schema import RunConfig
+from wdistill.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs" / "fmnist").glob("*.yaml"))
@@ -47,24 +49,32 @@ def test_config_show_prints_the_resolved_config_with_defaults(tmp_path, capsys):
     assert shown["optim"] == {**shown["optim"], "epochs": 3, "lr": 0.2, "momentum": 0.9, "schedule": "multistep"}
     assert shown["train"]["amp"] is False and shown["data"]["name"] == "fmnist_sample"
     # term parameters resolved with their defaults (typed by the term signature)
-    assert shown["loss"] == [{"name": "ce", "id": "ce", "weight": 1.0, "label_smoothing": 0.0}] and shown["train"]["eval_every"] == 2
+    assert (
+        shown["loss"] == [{"name": "ce", "id": "ce", "weight": 1.0, "label_smoothing": 0.0}]
+        and shown["train"]["eval_every"] == 2
+    )
     assert load_config(shown).model_dump() == load_config(str(p), ["optim.lr=0.2", "train.eval_every=2"]).model_dump()
 
 
 def test_config_check_accepts_a_valid_config_and_names_each_problem(tmp_path, capsys):
     teacher = tmp_path / "t.pt"
     torch.save({"model": models.create("resnet8", 10, 1).state_dict()}, teacher)
-    good = {"student": {"model": "resnet8"}, "teacher": {"model": "resnet8", "checkpoint": str(teacher)},
-            "loss": [{"name": "ce"}, {"name": "kd", "T": 2}]}
+    good = {
+        "student": {"model": "resnet8"},
+        "teacher": {"model": "resnet8", "checkpoint": str(teacher)},
+        "loss": [{"name": "ce"}, {"name": "kd", "T": 2}],
+    }
     assert cli.main(["config", "check", str(_write(tmp_path, good))]) == 0
     assert capsys.readouterr().out.startswith("ok:")
-    bad = [({"optim": {"lr": -1}}, "optim.lr"),
-           ({"optim": {"lrate": 0.1}}, "unknown key"),
-           ({"student": {"model": "resnet9"}}, "not a zoo model"),
-           ({"loss": [{"name": "kd", "tau": 2}]}, "no parameter"),
-           ({"loss": [{"name": "kdd"}]}, "unknown method"),
-           ({"teacher": {"model": "resnet8", "checkpoint": str(tmp_path / "none.pt")}}, "does not exist"),
-           ({"data": {"name": "cifar1000"}}, "unknown data set")]
+    bad = [
+        ({"optim": {"lr": -1}}, "optim.lr"),
+        ({"optim": {"lrate": 0.1}}, "unknown key"),
+        ({"student": {"model": "resnet9"}}, "not a zoo model"),
+        ({"loss": [{"name": "kd", "tau": 2}]}, "no parameter"),
+        ({"loss": [{"name": "kdd"}]}, "unknown method"),
+        ({"teacher": {"model": "resnet8", "checkpoint": str(tmp_path / "none.pt")}}, "does not exist"),
+        ({"data": {"name": "cifar1000"}}, "unknown data set"),
+    ]
     for change, message in bad:
         assert cli.main(["config", "check", str(_write(tmp_path, {**good, **change}))]) == 2, change
         assert message in capsys.readouterr().err, change
@@ -99,11 +109,16 @@ def test_missing_teacher_message_points_to_where_the_teacher_comes_from(tmp_path
     out = str(tmp_path / "runs")
     assert cli.main(["config", "check", str(PRESETS[0])]) == 2
     err = capsys.readouterr().err
-    assert "`wdistill bench accuracy`" in err and "cifar100" not in err  # a Fashion-MNIST preset
+    assert "`python -m benchtools accuracy`" in err and "cifar100" not in err  # a Fashion-MNIST preset
     assert cli.main(["distill", str(PRESETS[0]), f"run.out_dir={out}"]) == 2
-    assert "`wdistill bench accuracy`" in capsys.readouterr().err
-    plain = _write(tmp_path, {"student": {"model": "resnet8"},
-                              "teacher": {"model": "resnet8", "checkpoint": str(tmp_path / "mine.pt")},
-                              "loss": [{"name": "kd"}]})
+    assert "`python -m benchtools accuracy`" in capsys.readouterr().err
+    plain = _write(
+        tmp_path,
+        {
+            "student": {"model": "resnet8"},
+            "teacher": {"model": "resnet8", "checkpoint": str(tmp_path / "mine.pt")},
+            "loss": [{"name": "kd"}],
+        },
+    )
     assert cli.main(["config", "check", str(plain)]) == 2
     assert "wdistill train CONFIG" in capsys.readouterr().err

@@ -8,7 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wdistill import losses
-from wdistill.engine import ConfigError, Distiller, Trainer, load_config
+from wdistill.config import load_config
+from wdistill.engine import Distiller, Trainer
+from wdistill.errors import ConfigError
 from wdistill.losses.base import SetupContext
 
 TAPS = {"feats": ["conv1", "conv2"], "embed": "fc:in"}
@@ -203,14 +205,21 @@ def test_guard_follows_what_setup_builds():
     (stage,) = losses.create("ft").stages()
     with pytest.raises(RuntimeError, match="'ft' is not set up"):
         stage.parameters()
-    ctx = SetupContext(student_out={"feats": [torch.zeros(2, 4, 4, 4)]}, teacher_out={"feats": [torch.zeros(2, 4, 4, 4)]},
-                       num_classes=3, num_samples=2, train_targets=torch.zeros(2).long(), device=torch.device("cpu"))
+    ctx = SetupContext(
+        student_out={"feats": [torch.zeros(2, 4, 4, 4)]},
+        teacher_out={"feats": [torch.zeros(2, 4, 4, 4)]},
+        num_classes=3,
+        num_samples=2,
+        train_targets=torch.zeros(2).long(),
+        device=torch.device("cpu"),
+    )
     ft = losses.create("ft")
     ft.setup(ctx)
     ft.check_ready()  # set up: no error
 
 
 # ---- two instances of one method ------------------------------------------------------------
+
 
 def _kd_by_hand(s_logits, t_logits, T):
     """T^2 * mean_b sum_c p_t log(p_t / p_s), softmaxes at temperature T, in float64."""
@@ -221,8 +230,11 @@ def _kd_by_hand(s_logits, t_logits, T):
 
 
 def test_two_kd_instances_train_together_and_log_apart(tmp_path):
-    loss = [{"name": "ce", "weight": 0.2}, {"name": "kd", "id": "kd_t2", "T": 2, "weight": 0.3},
-            {"name": "kd", "id": "kd_t8", "T": 8, "weight": 0.5}]
+    loss = [
+        {"name": "ce", "weight": 0.2},
+        {"name": "kd", "id": "kd_t2", "T": 2, "weight": 0.3},
+        {"name": "kd", "id": "kd_t8", "T": 8, "weight": 0.5},
+    ]
     torch.manual_seed(0)
     teacher = TinyNet(16)
     with torch.no_grad():
@@ -244,6 +256,7 @@ def test_two_kd_instances_train_together_and_log_apart(tmp_path):
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert {"train_ce", "train_kd_t2", "train_kd_t8"} <= set(row) and row["train_kd_t2"] != row["train_kd_t8"]
     import yaml
+
     stored = yaml.safe_load((run / "config.yaml").read_text())["loss"]
     assert [(t["name"], t["id"]) for t in stored] == [("ce", "ce"), ("kd", "kd_t2"), ("kd", "kd_t8")]
 
@@ -270,8 +283,13 @@ def test_ids_key_checkpoints_and_stages_and_old_checkpoints_resume(tmp_path):
     # A run written before ids existed: no `id` in its config; its terms keyed by name.
     old_loss = [{"name": "ce"}, {"name": "test_recorder"}]
     torch.manual_seed(0)
-    Trainer(_cfg(tmp_path, old_loss, name="old"), student=TinyNet(), teachers=[TinyNet(16)], data=_data(),
-            log=lambda m: None).fit()
+    Trainer(
+        _cfg(tmp_path, old_loss, name="old"),
+        student=TinyNet(),
+        teachers=[TinyNet(16)],
+        data=_data(),
+        log=lambda m: None,
+    ).fit()
     old_last = tmp_path / "runs" / "old" / "last.pt"
     state = torch.load(old_last, weights_only=True)
     for t in state["config"]["loss"]:
@@ -279,19 +297,27 @@ def test_ids_key_checkpoints_and_stages_and_old_checkpoints_resume(tmp_path):
     torch.save(state, old_last)
     EVENTS.clear()
     cfg = _cfg(tmp_path, old_loss, name="old", epochs=2)
-    summary = Trainer(cfg, student=TinyNet(), teachers=[TinyNet(16)], data=_data(), resume=True,
-                      log=lambda m: None).fit()
+    summary = Trainer(
+        cfg, student=TinyNet(), teachers=[TinyNet(16)], data=_data(), resume=True, log=lambda m: None
+    ).fit()
     assert summary["epochs"] == 2 and not [e for e in EVENTS if e[0].startswith("stage")]  # stage not rerun
     assert len((tmp_path / "runs" / "old" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 # ---- shared memory pieces -------------------------------------------------------------------
 
+
 def _contrastive(name, **kw):
     torch.manual_seed(0)
     n, c = 30, 3
-    ctx = SetupContext(student_out={"embed": torch.randn(4, 5)}, teacher_out={"embed": torch.randn(4, 7)},
-                       num_classes=c, num_samples=n, train_targets=torch.arange(n) % c, device=torch.device("cpu"))
+    ctx = SetupContext(
+        student_out={"embed": torch.randn(4, 5)},
+        teacher_out={"embed": torch.randn(4, 7)},
+        num_classes=c,
+        num_samples=n,
+        train_targets=torch.arange(n) % c,
+        device=torch.device("cpu"),
+    )
     term = losses.create(name, num_negatives=8, **kw)
     term.setup(ctx)
     return term
@@ -299,6 +325,7 @@ def _contrastive(name, **kw):
 
 def test_crd_and_wcord_share_one_sampler_and_one_vocabulary():
     from wdistill.losses._shared import memory
+
     crd, wcord = _contrastive("crd", replacement=True), _contrastive("wcord")  # both: with replacement
     assert isinstance(crd.sampler, memory.ClassSampler) and isinstance(wcord.sampler, memory.ClassSampler)
     y = torch.tensor([0, 1, 2, 0])
@@ -327,6 +354,7 @@ def test_old_option_name_is_a_deprecated_alias():
 
 def test_pending_rows_gather_every_micro_batch_once():
     from wdistill.losses._shared.memory import PendingRows, momentum_update_
+
     p = PendingRows()
     assert p.take() is None
     p.add(torch.tensor([1, 2]), torch.ones(2, 3, requires_grad=True))

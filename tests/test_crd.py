@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 
 import wdistill.losses as L
 import wdistill.losses.crd as crd_mod
-from wdistill.losses import ConfigError, SetupContext
+from wdistill.errors import ConfigError
+from wdistill.losses import SetupContext
 
 N, NUM_CLASSES, B, DIM, K, TAU = 24, 3, 4, 4, 6, 0.07
 TARGETS = torch.arange(N) % NUM_CLASSES

@@ -15,9 +15,16 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from wdistill.data import cifar, download as dl, folder
-from wdistill.data.augment import (Augment, center_crop, draw_resized_crop_boxes, random_crop, random_flip,
-                                   resized_crop_flip)
+from wdistill.data import cifar, folder
+from wdistill.data import download as dl
+from wdistill.data.augment import (
+    Augment,
+    center_crop,
+    draw_resized_crop_boxes,
+    random_crop,
+    random_flip,
+    resized_crop_flip,
+)
 from wdistill.data.benchmark_splits import fmnist_kd_v1
 from wdistill.data.dataset import ImageDataset
 from wdistill.data.idx import DEBIAN_FMNIST, fashion_mnist, fashion_mnist_root, read_idx
@@ -37,7 +44,9 @@ class Py2Pickler(pickle._Pickler):
 
     def save_py2_str(self, obj):
         b = obj.encode("latin1") if isinstance(obj, str) else obj
-        head = pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256 else pickle.BINSTRING + struct.pack("<i", len(b))
+        head = (
+            pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256 else pickle.BINSTRING + struct.pack("<i", len(b))
+        )
         self.write(head + b)
         self.memoize(obj)
 
@@ -62,7 +71,9 @@ def write_tree(root: Path, members: dict[str, bytes], as_tar: bool) -> Path:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes(blob)
         return root
-    path = root / ("cifar-10-python.tar.gz" if "cifar-10-batches-py/test_batch" in members else "cifar-100-python.tar.gz")
+    path = root / (
+        "cifar-10-python.tar.gz" if "cifar-10-batches-py/test_batch" in members else "cifar-100-python.tar.gz"
+    )
     with tarfile.open(path, "w:gz") as tar:
         folder_info = tarfile.TarInfo(next(iter(members)).split("/")[0])
         folder_info.type = tarfile.DIRTYPE
@@ -77,8 +88,12 @@ def write_tree(root: Path, members: dict[str, bytes], as_tar: bool) -> Path:
 def cifar10_members(rng, n=6):
     batches = {}
     for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batches[f] = {b"batch_label": f"batch {f}", b"labels": rng.integers(0, 10, n).tolist(),
-                      b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
+        batches[f] = {
+            b"batch_label": f"batch {f}",
+            b"labels": rng.integers(0, 10, n).tolist(),
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * n,
+        }
     meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": n, b"num_vis": 3072}
     members = {f"cifar-10-batches-py/{f}": py2_pickle(d) for f, d in batches.items()}
     members["cifar-10-batches-py/batches.meta"] = py2_pickle(meta)
@@ -89,10 +104,17 @@ def cifar100_members(rng, n=9):
     splits = {}
     for f in ("train", "test"):
         fine = rng.integers(0, 100, n)
-        splits[f] = {b"filenames": [b"x.png"] * n, b"batch_label": b"b", b"fine_labels": fine.tolist(),
-                     b"coarse_labels": (fine // 5).tolist(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
-    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}
+        splits[f] = {
+            b"filenames": [b"x.png"] * n,
+            b"batch_label": b"b",
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
+    meta = {
+        b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"c{i}".encode() for i in range(20)],
+    }
     members = {f"cifar-100-python/{f}": py2_pickle(d) for f, d in splits.items()}
     members["cifar-100-python/meta"] = py2_pickle(meta)
     return members, splits
@@ -189,8 +211,13 @@ def test_missing_cifar_names_files_and_fix(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         cifar.cifar10("train", tmp_path / "nowhere")
     msg = str(e.value)
-    for part in ("cifar-10-python.tar.gz", "cifar-10-batches-py/", "download=True", "https://www.cs.toronto.edu/",
-                 str(tmp_path / "nowhere")):
+    for part in (
+        "cifar-10-python.tar.gz",
+        "cifar-10-batches-py/",
+        "download=True",
+        "https://www.cs.toronto.edu/",
+        str(tmp_path / "nowhere"),
+    ):
         assert part in msg
     with pytest.raises(FileNotFoundError, match="cifar-100-python.tar.gz"):
         load_dataset("cifar100", tmp_path)
@@ -200,8 +227,15 @@ def test_missing_fmnist_names_files_and_fix(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         fashion_mnist_root(tmp_path)
     msg = str(e.value)
-    for part in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz", "apt-get install dataset-fashion-mnist", "download=True", str(tmp_path)):
+    for part in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "apt-get install dataset-fashion-mnist",
+        "download=True",
+        str(tmp_path),
+    ):
         assert part in msg
 
 
@@ -273,12 +307,16 @@ def test_read_idx_roundtrip_and_errors(tmp_path, suffix):
             read_idx(p)
 
 
-@pytest.mark.skipif(not HAVE_DEBIAN_FMNIST and not os.environ.get("CI"),  # CI must have it: fail there, never skip
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not HAVE_DEBIAN_FMNIST and not os.environ.get("CI"),  # CI must have it: fail there, never skip
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_real_debian_fashion_mnist():
     train, test = fashion_mnist("train"), fashion_mnist("test")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
-    assert torch.bincount(train.targets).tolist() == [6000] * 10 and torch.bincount(test.targets).tolist() == [1000] * 10
+    assert (
+        torch.bincount(train.targets).tolist() == [6000] * 10 and torch.bincount(test.targets).tolist() == [1000] * 10
+    )
     assert abs(train.images.double().mean().item() / 255 - 0.2860) < 5e-4
     # the bundled sample is drawn from these files: every sample image is an official one
     official = {bytes(row) for row in train.images.reshape(60000, -1).numpy()}
@@ -323,8 +361,12 @@ def test_image_folder_decode_cache_and_errors(tmp_path, monkeypatch):
     wide = rng.integers(0, 256, (32, 43, 3), dtype=np.uint8)  # no resize; crop columns 5..36
     gray = rng.integers(0, 256, (32, 32), dtype=np.uint8)
     big = np.zeros((64, 80, 3), np.uint8) + np.array([10, 200, 30], np.uint8)
-    for cls, name, arr in (("dog", "a.png", wide), ("cat", "b.PNG", gray), ("cat", "c.npy", wide[:, :32]),
-                           ("ant", "d.bmp", big)):
+    for cls, name, arr in (
+        ("dog", "a.png", wide),
+        ("cat", "b.PNG", gray),
+        ("cat", "c.npy", wide[:, :32]),
+        ("ant", "d.bmp", big),
+    ):
         (root / cls).mkdir(parents=True, exist_ok=True)
         np.save(root / cls / name, arr) if name.endswith(".npy") else Image.fromarray(arr).save(root / cls / name)
     (root / "dog" / "notes.txt").write_text("not an image")
@@ -373,8 +415,9 @@ def padded_windows(x: np.ndarray, p: int) -> np.ndarray:
     """(N, 2p+1, 2p+1, C, H, W): every crop of the zero-padded images, by slicing."""
     n, c, h, w = x.shape
     padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    return np.stack([np.stack([padded[:, :, dy:dy + h, dx:dx + w] for dx in range(2 * p + 1)], 1)
-                     for dy in range(2 * p + 1)], 1)
+    return np.stack(
+        [np.stack([padded[:, :, dy : dy + h, dx : dx + w] for dx in range(2 * p + 1)], 1) for dy in range(2 * p + 1)], 1
+    )
 
 
 def distinct_images(n, c=2, h=6, w=6, seed=6):
@@ -446,8 +489,11 @@ def reference_boxes(n, height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
                 break
         else:
             r = width / height
-            w, h = (width, int(round(width / ratio[0]))) if r < ratio[0] else \
-                ((int(round(height * ratio[1])), height) if r > ratio[1] else (width, height))
+            w, h = (
+                (width, int(round(width / ratio[0])))
+                if r < ratio[0]
+                else ((int(round(height * ratio[1])), height) if r > ratio[1] else (width, height))
+            )
             out.append(((height - h) // 2, (width - w) // 2, h, w))
     return np.array(out)
 
@@ -461,8 +507,12 @@ def test_resized_crop_boxes_have_torchvisions_distribution():
     top, left, h, w = ours.T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
     assert (h >= 1).all() and (w >= 1).all()
-    for name, a, b in [("area", h * w, ref[:, 2] * ref[:, 3]), ("aspect", w / h, ref[:, 3] / ref[:, 2]),
-                       ("top", top, ref[:, 0]), ("left", left, ref[:, 1])]:
+    for name, a, b in [
+        ("area", h * w, ref[:, 2] * ref[:, 3]),
+        ("aspect", w / h, ref[:, 3] / ref[:, 2]),
+        ("top", top, ref[:, 0]),
+        ("left", left, ref[:, 1]),
+    ]:
         assert ks_2samp(a, b).pvalue > 1e-3, name
     # A shifted recipe is told apart by the same test (it can fail).
     other = reference_boxes(n, height, width, np.random.default_rng(1), scale=(0.2, 1.0))
@@ -470,8 +520,9 @@ def test_resized_crop_boxes_have_torchvisions_distribution():
 
 
 def test_resized_crop_positions_are_uniform_and_fallback_is_centred():
-    boxes = draw_resized_crop_boxes(5000, 8, 8, scale=(0.25, 0.25), ratio=(1, 1),
-                                    generator=torch.Generator().manual_seed(1)).numpy()
+    boxes = draw_resized_crop_boxes(
+        5000, 8, 8, scale=(0.25, 0.25), ratio=(1, 1), generator=torch.Generator().manual_seed(1)
+    ).numpy()
     assert (boxes[:, 2:] == 4).all()  # area 16 of 64, square
     counts = np.bincount(boxes[:, 0] * 5 + boxes[:, 1], minlength=25)
     expected = 5000 / 25
@@ -490,13 +541,15 @@ def test_resized_crop_equals_crop_then_interpolate():
     flips = torch.arange(12) % 2 == 0
     got = resized_crop_flip(x, boxes, 9, flips)
     for i, (t, l, h, w) in enumerate(boxes.tolist()):
-        want = torch.nn.functional.interpolate(x[i:i + 1, :, t:t + h, l:l + w], size=(9, 9), mode="bilinear",
-                                               align_corners=False)[0]
+        want = torch.nn.functional.interpolate(
+            x[i : i + 1, :, t : t + h, l : l + w], size=(9, 9), mode="bilinear", align_corners=False
+        )[0]
         want = want.flip(-1) if flips[i] else want
         assert torch.allclose(got[i], want, atol=1e-9), (i, (t, l, h, w))
     whole = torch.tensor([[0, 0, 20, 24]])
-    assert torch.allclose(resized_crop_flip(x[:1, :, :, :20].contiguous(), torch.tensor([[0, 0, 20, 20]]), 20, None),
-                          x[:1, :, :, :20])  # the whole image at its own size is the image
+    assert torch.allclose(
+        resized_crop_flip(x[:1, :, :, :20].contiguous(), torch.tensor([[0, 0, 20, 20]]), 20, None), x[:1, :, :, :20]
+    )  # the whole image at its own size is the image
     assert resized_crop_flip(x[:1], whole, 7, None).shape == (1, 3, 7, 7)
 
 
@@ -519,8 +572,8 @@ def test_center_crop_and_resized_crop_loaders():
 
 
 def test_config_rejects_two_crops():
-    from wdistill.engine import load_config
-    from wdistill.config.schema import ConfigError
+    from wdistill.config import load_config
+    from wdistill.errors import ConfigError
 
     base = {"student": {"model": "resnet8"}, "data": {"random_resized_crop": 224}}
     with pytest.raises(ConfigError, match="crop_padding: 0"):
@@ -534,8 +587,9 @@ def test_config_rejects_two_crops():
 # ---------------------------------------------------------------- loader and sample
 def toy_dataset(n=103):
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
-    return ImageDataset(images, torch.randint(0, 7, (n,), generator=torch.Generator().manual_seed(0)), 7,
-                        (0.0,), (1 / 255,))
+    return ImageDataset(
+        images, torch.randint(0, 7, (n,), generator=torch.Generator().manual_seed(0)), 7, (0.0,), (1 / 255,)
+    )
 
 
 def epoch_of(loader, epoch):

@@ -12,11 +12,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from wdistill import distill, models
+from wdistill.config import load_config
+from wdistill.data.augment import augment_recipe, resolve
 from wdistill.data.build import build_loaders
-from wdistill.data.recipe import recipe_for, resolve
 from wdistill.data.stream import ImageTransform, ShardedBatchSampler, StreamLoader, folder_images
 from wdistill.data.synthetic import make_image_folder
-from wdistill.engine import ConfigError, Trainer, load_config
+from wdistill.engine import Trainer
+from wdistill.errors import ConfigError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -134,13 +136,17 @@ def test_user_dataset_from_yaml_factory(tmp_path, monkeypatch):
     summary = t.fit()
     assert json.loads((tmp_path / "runs" / "yaml" / "summary.json").read_text())["final_top1"] == summary["final_top1"]
     with pytest.raises(ConfigError, match="cannot import module 'nope'"):
-        Trainer(load_config({**raw, "run": {**raw["run"], "name": "bad1"}, "data": {**raw["data"], "factory": "nope:make"}}))
+        Trainer(load_config({**raw, "run": {**raw["run"], "name": "bad1"},
+                             "data": {**raw["data"], "factory": "nope:make"}}))
     with pytest.raises(ConfigError, match="rejected data.kwargs"):
-        Trainer(load_config({**raw, "run": {**raw["run"], "name": "bad2"}, "data": {**raw["data"], "kwargs": {"size": 3}}}))
+        Trainer(
+            load_config({**raw, "run": {**raw["run"], "name": "bad2"}, "data": {**raw["data"], "kwargs": {"size": 3}}})
+        )
 
 
 def test_num_classes_inference_and_error():
     from wdistill.data.user import infer_num_classes
+
     assert infer_num_classes(Blobs(12, classes=3, with_targets=False, with_classes=True), None) == 3
     assert infer_num_classes(Blobs(12, classes=4, with_targets=True), None) == 4  # max(targets) + 1
     assert infer_num_classes(Blobs(12, with_targets=False), 7) == 7
@@ -161,15 +167,18 @@ def test_resized_crop_geometry_hand_computed():
     for seed in range(200):
         out = t(img, seed)[0]
         top, left = divmod(int(out[0, 0]), 8)
-        assert torch.equal(out, torch.arange(64, dtype=torch.uint8).view(8, 8)[top:top + 4, left:left + 4])
+        assert torch.equal(out, torch.arange(64, dtype=torch.uint8).view(8, 8)[top : top + 4, left : left + 4])
         seen.add((top, left))
     assert seen == {(r, c) for r in range(5) for c in range(5)}  # every position of the box occurs
     # the whole image (area 1, its own ratio) resized 20x10 -> 5x5 equals Pillow's own resize
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 20, 3), dtype=np.uint8))
     full = ImageTransform(True, resized_crop=5, scale=(1, 1), ratio=(2, 2), flip=True)
-    outs = {bool(torch.equal(full(wide, s),
-                             torch.from_numpy(np.array(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1)))
-            for s in range(20)}
+    outs = {
+        bool(
+            torch.equal(full(wide, s), torch.from_numpy(np.array(wide.resize((5, 5), Image.BILINEAR))).permute(2, 0, 1))
+        )
+        for s in range(20)
+    }
     assert outs == {True, False}  # flipped half of the time, otherwise exactly the resize
     for s in range(20):
         out = full(wide, s)
@@ -179,9 +188,12 @@ def test_resized_crop_geometry_hand_computed():
 
 def test_per_image_box_has_the_batched_boxes_distribution():
     import random
+
     from scipy.stats import chi2_contingency
+
     from wdistill.data.augment import draw_resized_crop_boxes
     from wdistill.data.stream import draw_box
+
     rng = random.Random(0)
     ours = torch.tensor([draw_box(rng, 10, 13) for _ in range(20000)])
     ref = draw_resized_crop_boxes(20000, 10, 13, generator=torch.Generator().manual_seed(0))
@@ -204,10 +216,21 @@ def test_eval_centre_crop_and_normalisation(tmp_path):
             Image.new("RGB", (30, 20), colour).save(root / split / f"c{c}" / "a.png")
             arr = np.random.default_rng(c).integers(0, 255, (20, 30, 3), dtype=np.uint8)
             Image.fromarray(arr).save(root / split / f"c{c}" / "b.png")
-    cfg = load_config({"student": {"model": "resnet8"},
-                       "data": {"name": "image_folder", "root": str(root), "loader": "stream", "workers": 0,
-                                "random_resized_crop": 12, "options": {"size": 16}, "batch_size": 2,
-                                "eval_batch_size": 4}})
+    cfg = load_config(
+        {
+            "student": {"model": "resnet8"},
+            "data": {
+                "name": "image_folder",
+                "root": str(root),
+                "loader": "stream",
+                "workers": 0,
+                "random_resized_crop": 12,
+                "options": {"size": 16},
+                "batch_size": 2,
+                "eval_batch_size": 4,
+            },
+        }
+    )
     rd = build_loaders(cfg.data, log=lambda m: None)
     batch = next(iter(rd.test_loader))
     assert batch["target"].tolist() == [0, 0, 1, 1]
@@ -216,8 +239,9 @@ def test_eval_centre_crop_and_normalisation(tmp_path):
     assert torch.allclose(x[0], solid.view(3, 1, 1).expand(3, 12, 12), atol=1e-5)
     # a 30x20 picture: shorter side to 16 -> 24x16, centre 12x12 at (left 6, top 2)
     pic = Image.open(root / "val" / "c1" / "b.png").resize((24, 16), Image.BILINEAR).crop((6, 2, 18, 14))
-    ref = (torch.from_numpy(np.array(pic)).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
-        / torch.tensor(STD).view(3, 1, 1)
+    ref = (
+        torch.from_numpy(np.array(pic)).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)
+    ) / torch.tensor(STD).view(3, 1, 1)
     assert torch.allclose(x[3], ref, atol=1e-5)
 
 
@@ -230,7 +254,10 @@ def test_streaming_determinism_workers_and_sharding(tmp_path):
     make_image_folder(tmp_path, 6, classes=4, size=(24, 20))  # 24 training images
     ds = folder_images(tmp_path / "train")
     t = ImageTransform(True, flip=True, resized_crop=8, rgb=True)
-    mk = lambda **k: StreamLoader(ds, k.pop("bs", 8), True, transform=t, mean=MEAN, std=STD, seed=5, **k)
+
+    def mk(**k):
+        return StreamLoader(ds, k.pop("bs", 8), True, transform=t, mean=MEAN, std=STD, seed=5, **k)
+
     a, b = _images(mk(), 3), _images(mk(workers=2), 3)
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))  # workers don't matter
     c = _images(mk(), 4)
@@ -245,6 +272,7 @@ def test_streaming_determinism_workers_and_sharding(tmp_path):
 
 def test_sampler_matches_batch_loader_order():
     from wdistill.data import BatchLoader, ImageDataset
+
     ds = ImageDataset(torch.zeros(50, 1, 2, 2, dtype=torch.uint8), torch.arange(50) % 5, 5, (0.0,), (1.0,))
     bl = BatchLoader(ds, 8, True, seed=9, drop_last=True, rank=1, world_size=2)
     sampler = ShardedBatchSampler(50, 8, True, seed=9, drop_last=True, rank=1, world_size=2)
@@ -267,8 +295,10 @@ def test_crd_on_the_streaming_path_draws_other_class_negatives(tmp_path):
     class NoTargets(Dataset):  # hides .targets: the run must read the labels once itself
         def __init__(self, ds):
             self.ds, self.classes = ds, ds.classes
+
         def __len__(self):
             return len(self.ds)
+
         def __getitem__(self, i):
             return self.ds[i]
 
@@ -276,11 +306,15 @@ def test_crd_on_the_streaming_path_draws_other_class_negatives(tmp_path):
     test = folder_images(tmp_path / "val", train.classes)
     torch.manual_seed(0)
     teacher = models.create("resnet8", num_classes=4, in_channels=3)
-    raw = {"run": {"name": "crd", "out_dir": str(tmp_path / "runs"), "device": "cpu"},
-           "data": {"name": "python", "batch_size": 8, "workers": 0, "random_resized_crop": 16},
-           "student": {"model": "resnet8"}, "teacher": {"model": "resnet8"},
-           "loss": [{"name": "ce"}, {"name": "crd", "weight": 0.8, "num_negatives": 12, "feat_dim": 16}],
-           "optim": {"epochs": 1}, "train": {"progress": False}}
+    raw = {
+        "run": {"name": "crd", "out_dir": str(tmp_path / "runs"), "device": "cpu"},
+        "data": {"name": "python", "batch_size": 8, "workers": 0, "random_resized_crop": 16},
+        "student": {"model": "resnet8"},
+        "teacher": {"model": "resnet8"},
+        "loss": [{"name": "ce"}, {"name": "crd", "weight": 0.8, "num_negatives": 12, "feat_dim": 16}],
+        "optim": {"epochs": 1},
+        "train": {"progress": False},
+    }
     tr = Trainer(load_config(raw), teachers=[teacher], data=(train, test), log=lambda m: None)
     assert tr.data.path == "stream"
     expect = torch.tensor([labels[p] for p in train.ds.files])
@@ -304,11 +338,22 @@ def test_resume_is_exact_on_both_paths(tmp_path, loader):
     train, test = Blobs(32, kind="uint8"), Blobs(12, kind="uint8", seed=1)
 
     def cfg(name):
-        return load_config({"run": {"name": name, "out_dir": str(tmp_path), "device": "cpu", "seed": 2},
-                            "data": {"name": "python", "batch_size": 8, "workers": 0, "loader": loader,
-                                     "crop_padding": 2, "flip": True},
-                            "student": {"model": "resnet8"}, "optim": {"epochs": 2, "schedule": "cosine"},
-                            "train": {"progress": False}})
+        return load_config(
+            {
+                "run": {"name": name, "out_dir": str(tmp_path), "device": "cpu", "seed": 2},
+                "data": {
+                    "name": "python",
+                    "batch_size": 8,
+                    "workers": 0,
+                    "loader": loader,
+                    "crop_padding": 2,
+                    "flip": True,
+                },
+                "student": {"model": "resnet8"},
+                "optim": {"epochs": 2, "schedule": "cosine"},
+                "train": {"progress": False},
+            }
+        )
 
     def stop_after_one(msg):
         if msg.startswith("epoch 1/2"):
@@ -329,7 +374,7 @@ def test_resume_is_exact_on_both_paths(tmp_path, loader):
 def test_augmentation_defaults_come_from_the_data_set():
     def aug(name, side=28, stored=None, **data):
         d = load_config({"student": {"model": "resnet8"}, "data": {"name": name, **data}}).data
-        a = resolve(d, recipe_for(name), side, stored)
+        a = resolve(d, augment_recipe(name), side, stored)
         return a.crop_padding, a.flip, a.resized_crop
 
     assert aug("cifar100", 32) == aug("cifar10", 32) == (4, True, None)
@@ -341,10 +386,12 @@ def test_augmentation_defaults_come_from_the_data_set():
     assert aug("mnist", crop_padding=3, flip=True) == (3, True, None)  # explicit settings win
     # the FMNIST-KD v1 benchmark, its presets and the demo keep pad 2 + flip
     from benchtools.protocol import _data
-    for raw in [_data(False, "test", None)] + [load_config(p).data.model_dump() for p in
-                                               ("configs/fmnist/kd.yaml", "configs/fmnist/crd.yaml")]:
+
+    for raw in [_data(False, "test", None)] + [
+        load_config(p).data.model_dump() for p in ("configs/fmnist/kd.yaml", "configs/fmnist/crd.yaml")
+    ]:
         d = load_config({"student": {"model": "resnet8"}, "data": raw}).data
-        a = resolve(d, recipe_for(d.name), 28)
+        a = resolve(d, augment_recipe(d.name), 28)
         assert (a.crop_padding, a.flip) == (2, True)
 
 
@@ -361,12 +408,20 @@ def _stream_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     import os
 
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
-    cfg = load_config({"run": {"name": "ddp", "out_dir": out_dir, "seed": 0, "device": "cpu"},
-                       "data": {"name": "python", "batch_size": 8, "workers": 0, "flip": True, "crop_padding": 1},
-                       "student": {"model": "resnet8"}, "optim": {"epochs": 2}, "train": {"progress": False}})
+    cfg = load_config(
+        {
+            "run": {"name": "ddp", "out_dir": out_dir, "seed": 0, "device": "cpu"},
+            "data": {"name": "python", "batch_size": 8, "workers": 0, "flip": True, "crop_padding": 1},
+            "student": {"model": "resnet8"},
+            "optim": {"epochs": 2},
+            "train": {"progress": False},
+        }
+    )
     trainer = Trainer(cfg, data=(Blobs(64, kind="uint8"), Blobs(20, kind="uint8", seed=1)), log=lambda m: None)
     summary = trainer.fit()
     # data.batch_size is the global batch: 8 steps per epoch on any number of processes
@@ -380,6 +435,7 @@ def test_two_ranks_stream_in_lockstep(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

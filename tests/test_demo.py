@@ -10,14 +10,13 @@ import torch
 import yaml
 
 from wdistill import cli
-
-from wdistill.workflows import demo
+from wdistill.config.presets import recipe_for
 from wdistill.data import BatchLoader, bundled_sample
+from wdistill.engine import evaluate
+from wdistill.losses.recipes import RECIPES
+from wdistill.models import create, load_checkpoint
+from wdistill.workflows import demo
 from wdistill.workflows.demo import DEMO_METHODS, QUICK_METHODS, SHIPPED_TEACHER, demo_methods, run_demo
-from wdistill.engine.trainer import evaluate
-from wdistill.models import create
-from wdistill.models.weights import load_checkpoint
-from wdistill.config.presets import RECIPES, recipe_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,8 +34,9 @@ def _free_port() -> int:
 
 
 def _train(out_dir: str, name: str, world: int, rank: int, batch: int = 32) -> dict:
+    from wdistill.config import load_config
     from wdistill.data import bundled_sample
-    from wdistill.engine import Trainer, load_config
+    from wdistill.engine import Trainer
     torch.manual_seed(0)
     student, teacher = TinyNet(), TinyNet(16)
     cfg = load_config({
@@ -73,12 +74,18 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
     assert r0["steps"] == r1["steps"] == single["steps"] == 256 // 32
     for k, v in r0["student"].items():
         assert torch.equal(v, r1["student"][k]), k  # DDP keeps the ranks bit-identical
-        assert torch.allclose(v, single["student"][k], atol=2e-5, rtol=1e-4), (k, (v - single["student"][k]).abs().max())
+        assert torch.allclose(v, single["student"][k], atol=2e-5, rtol=1e-4), (
+            k,
+            (v - single["student"][k]).abs().max(),
+        )
     for k, v in r0["bank"].items():
         assert torch.equal(v, r1["bank"][k]), k
         assert torch.allclose(v, single["bank"][k], atol=2e-5, rtol=1e-4), (k, (v - single["bank"][k]).abs().max())
-    moved = max((single["student"][k] - TinyNet().state_dict()[k]).abs().max() for k in single["student"]
-                if k.endswith("weight"))
+    moved = max(
+        (single["student"][k] - TinyNet().state_dict()[k]).abs().max()
+        for k in single["student"]
+        if k.endswith("weight")
+    )
     assert moved > 1e-2  # it really trained, so equality is not trivial
     assert r0["summary"]["final_top1"] == r1["summary"]["final_top1"]
     assert abs(r0["summary"]["final_top1"] - single["summary"]["final_top1"]) <= 0.5  # 200 images: at most one flips
@@ -88,8 +95,9 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
 
 
 def test_global_batch_must_divide_over_ranks_and_micro_batches(tmp_path):
-    from wdistill.config.schema import ConfigError
     from wdistill.engine.ddp import per_rank_batch
+    from wdistill.errors import ConfigError
+
     assert per_rank_batch(64, 2) == 32 and per_rank_batch(64, 2, 4) == 8 and per_rank_batch(64, 1) == 64
     with pytest.raises(ConfigError, match="multiple of 6"):
         per_rank_batch(64, 3, 2)
@@ -98,23 +106,34 @@ def test_global_batch_must_divide_over_ranks_and_micro_batches(tmp_path):
 def test_accumulation_equals_one_big_batch(tmp_path):
     """train.accumulate=4 splits each 32-row step into 4 micro-batches (no_sync on all but the
     last under DDP): BatchNorm-free, the result equals one 32-row step."""
+    from wdistill.config import load_config
     from wdistill.data import bundled_sample
-    from wdistill.engine import Trainer, load_config
+    from wdistill.engine import Trainer
+
     torch.manual_seed(0)
     student, teacher = TinyNet(), TinyNet(16)
-    cfg = load_config({
-        "run": {"name": "acc", "out_dir": str(tmp_path), "seed": 0, "device": "cpu"},
-        "data": {"batch_size": 32, "crop_padding": 0, "flip": False},
-        "student": {"model": "TinyNet", "taps": TAPS}, "teacher": {"model": "TinyNet", "taps": TAPS},
-        "loss": [{"name": "ce"}, {"name": "kd", "weight": 0.9}],
-        "optim": {"epochs": 2, "lr": 0.1, "schedule": "cosine"}, "train": {"progress": False, "accumulate": 4}})
+    cfg = load_config(
+        {
+            "run": {"name": "acc", "out_dir": str(tmp_path), "seed": 0, "device": "cpu"},
+            "data": {"batch_size": 32, "crop_padding": 0, "flip": False},
+            "student": {"model": "TinyNet", "taps": TAPS},
+            "teacher": {"model": "TinyNet", "taps": TAPS},
+            "loss": [{"name": "ce"}, {"name": "kd", "weight": 0.9}],
+            "optim": {"epochs": 2, "lr": 0.1, "schedule": "cosine"},
+            "train": {"progress": False, "accumulate": 4},
+        }
+    )
     data = (bundled_sample("train").subset(slice(0, 256)), bundled_sample("test").subset(slice(0, 200)))
     Trainer(cfg, student=student, teachers=[teacher], data=data, log=lambda m: None).fit()
     torch.manual_seed(0)
     ref_student, ref_teacher = TinyNet(), TinyNet(16)
-    cfg_ref = load_config(dict(cfg.model_dump(mode="json"), run={"name": "ref", "out_dir": str(tmp_path), "seed": 0,
-                                                                  "device": "cpu"},
-                               train={"progress": False, "accumulate": 1}))
+    cfg_ref = load_config(
+        dict(
+            cfg.model_dump(mode="json"),
+            run={"name": "ref", "out_dir": str(tmp_path), "seed": 0, "device": "cpu"},
+            train={"progress": False, "accumulate": 1},
+        )
+    )
     Trainer(cfg_ref, student=ref_student, teachers=[ref_teacher], data=data, log=lambda m: None).fit()
     for k, v in student.state_dict().items():
         assert torch.allclose(v, ref_student.state_dict()[k], atol=2e-5, rtol=1e-4), k
@@ -124,8 +143,8 @@ def test_accumulation_equals_one_big_batch(tmp_path):
 
 def test_sync_bn_converts_every_batchnorm_and_refuses_cpu():
     from wdistill import models
-    from wdistill.config.schema import ConfigError
-    from wdistill.engine.trainer import sync_batchnorm
+    from wdistill.engine.ddp import sync_batchnorm
+    from wdistill.errors import ConfigError
 
     net = models.create("resnet8", num_classes=10)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())

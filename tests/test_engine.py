@@ -3,12 +3,13 @@ import json
 
 import pytest
 import torch
+from builders import random_teacher, small_run
 
 from wdistill import cli, losses, models
-from wdistill.engine import ConfigError, Distiller, NonFiniteLoss, Trainer, load_config
+from wdistill.config import load_config
+from wdistill.engine import Distiller, Trainer
 from wdistill.engine.distiller import lr_at
-
-from builders import random_teacher, small_run
+from wdistill.errors import ConfigError, NonFiniteLoss
 
 
 def _base(tmp_path, **over):

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
-from wdistill.engine import Trainer, load_config
-from wdistill.engine.distiller import mean_distribution_logits
-
 from builders import random_teacher, small_run
+
+from wdistill.config import load_config
+from wdistill.engine import Trainer
+from wdistill.losses.base import mean_distribution_logits
 
 
 class _Stop(Exception):

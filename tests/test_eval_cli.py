@@ -7,7 +7,8 @@ import torch
 import yaml
 
 from wdistill import cli, models
-from wdistill.engine import Trainer, load_config
+from wdistill.config import load_config
+from wdistill.engine import Trainer
 
 TEST_N = 40  # the run's own test subset: the bundled sample's full test split has 1,000 images
 

@@ -1,4 +1,4 @@
-"""The classic distiller zoo against float64 brute-force loops written from REFERENCE.md.
+"""The classic distiller zoo against float64 brute-force loops written from docs/methods.md.
 
 Every brute force below loops over samples / channels / positions / pairs with scalar ops and
 never calls the vectorised term code; learned parts (connectors, regressors, translators)
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import wdistill.losses as L
-from wdistill.losses import ConfigError, SetupContext
+from wdistill.errors import ConfigError
+from wdistill.losses import SetupContext
 
 B, C = 4, 5
 CLASSIC = ["fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "dkd"]

@@ -6,7 +6,7 @@ top-1 well above chance (10 classes: > 40% on 1,000 test images) without a non-f
 
 Method settings are the CIFAR-100 presets of configs/cifar100/resnet56-resnet20/ (same ResNet
 widths as resnet14 -> resnet8), adapted only where a 100-class, 240-epoch value cannot apply:
-- WKD-L: weight 30, tau 4 (BENCHMARK.md: the CIFAR weight 600 collapses on 10 classes); WKD decay
+- WKD-L: weight 30, tau 4 (docs/benchmarks.md: the CIFAR weight 600 collapses on 10 classes); WKD decay
   start as the preset's fraction of training (150/240) instead of epoch 150.
 - CRD/WCoRD: 1,024 negatives, as the bank holds 2,000 rows (about 1,800 of other classes).
 - DKD: warm-up 1 epoch instead of 20 (20 of 240 epochs is under one epoch of 2).
@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wdistill.config import load_config
 from wdistill.data import load_dataset
-from wdistill.engine import Trainer, load_config
-from wdistill.config.presets import RECIPES
+from wdistill.engine import Trainer
+from wdistill.losses.recipes import RECIPES
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "cifar100" / "resnet56-resnet20"
 METHODS = list(RECIPES)  # every published row, generated from the terms' own declarations

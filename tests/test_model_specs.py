@@ -8,11 +8,12 @@ import torch.nn as nn
 
 from wdistill import models
 from wdistill.cli import main
+from wdistill.config import load_config
+from wdistill.config.presets import list_presets, preset_path
 from wdistill.data import ImageDataset
-from wdistill.engine import Trainer, load_config
-from wdistill.config.schema import ConfigError, list_presets, preset_path
-from wdistill.models.autotap import generic_spec
-from wdistill.models.taps import FeatureTap
+from wdistill.engine import Trainer
+from wdistill.errors import ConfigError
+from wdistill.models.taps import FeatureTap, generic_spec
 
 # A user's model file: stages at 16x16 (stem), 8x8 (stage1), 4x4 (stage2). One ReLU module is
 # reused everywhere (so it must never be a tap) and stage2 holds a squeeze-excitation gate whose
@@ -151,7 +152,7 @@ def test_factory_models_with_automatic_taps_train_by_feature_methods(tmp_path, u
     ck = models.read_checkpoint(st)
     assert (ck["arch"], ck["num_classes"], ck["in_channels"], ck["kwargs"]) == ("wd_user_models:make_net", 4, 3,
                                                                                 {"width": 4})
-    fresh = models.build(ck["arch"], ck["num_classes"], ck["in_channels"], ck["kwargs"])
+    fresh = models.create(ck["arch"], ck["num_classes"], ck["in_channels"], **ck["kwargs"])
     models.load_checkpoint(fresh, st)
     x = torch.randn(4, 3, 16, 16)
     tr.close()
@@ -166,11 +167,11 @@ def test_safetensors_round_trip_of_a_zoo_model(tmp_path):
             if isinstance(mod, nn.BatchNorm2d):
                 mod.running_mean.uniform_(-1, 1)
                 mod.running_var.uniform_(0.5, 2)
-    path = models.save_student_safetensors(m, tmp_path / "s.safetensors",
+    path = models.save_student_safetensors(m.state_dict(), tmp_path / "s.safetensors",
                                            {"arch": "resnet8", "num_classes": 7, "in_channels": 1})
     assert not list(tmp_path.glob("*.tmp"))
     ck = models.read_checkpoint(path)
-    fresh = models.build(ck["arch"], ck["num_classes"], ck["in_channels"])
+    fresh = models.create(ck["arch"], ck["num_classes"], ck["in_channels"])
     models.load_checkpoint(fresh, path)
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(fresh.eval()(x), m.eval()(x), rtol=0, atol=0)
@@ -208,8 +209,8 @@ def test_model_spec_errors_name_the_fix(tmp_path, user_module):
 def test_pretrained_file_keeps_backbone_and_resets_other_class_count(tmp_path, user_module):
     torch.manual_seed(0)
     src = user_module.make_net(1000, 3, width=4)
-    models.save_student_safetensors(src, tmp_path / "in1k.safetensors", {"arch": "x"})
-    m = models.build("wd_user_models:make_net", 5, 3, {"width": 4}, pretrained=str(tmp_path / "in1k.safetensors"))
+    models.save_student_safetensors(src.state_dict(), tmp_path / "in1k.safetensors", {"arch": "x"})
+    m = models.create("wd_user_models:make_net", 5, 3, width=4, pretrained=str(tmp_path / "in1k.safetensors"))
     assert torch.equal(m.stage2[0].weight, src.stage2[0].weight)
     assert m.head.weight.shape == (5, 16)
 
@@ -240,20 +241,22 @@ def test_presets_by_name(capsys):
         load_config("imagenet/no_such_pair/kd")
     assert main(["list", "--presets"]) == 0
     printed = [line.strip() for line in capsys.readouterr().out.splitlines()[1:-1]]  # header, names, count
-    assert name in printed and len(printed) == len(list_presets()) == len(list(preset_path(name).parents[2].rglob("*.yaml")))
+    on_disk = list(preset_path(name).parents[2].rglob("*.yaml"))
+    assert name in printed and len(printed) == len(list_presets()) == len(on_disk)
 
 
 def test_eval_command_reads_safetensors(tmp_path, capsys):
-    from wdistill.data import load_dataset
+    from wdistill.data import BatchLoader, load_dataset
     from wdistill.engine import evaluate
-    from wdistill.data import BatchLoader
 
     torch.manual_seed(0)
     m = models.create("resnet8", num_classes=10, in_channels=1).eval()
-    path = models.save_student_safetensors(m, tmp_path / "student.safetensors",
-                                           {"arch": "resnet8", "num_classes": 10, "in_channels": 1})
+    path = models.save_student_safetensors(
+        m.state_dict(), tmp_path / "student.safetensors", {"arch": "resnet8", "num_classes": 10, "in_channels": 1}
+    )
     assert main(["eval", str(path), "--data", "fmnist_sample", "--subset", "64"]) == 0
     import json
+
     got = json.loads(capsys.readouterr().out)
     _, test = load_dataset("fmnist_sample")
     want = evaluate(m, BatchLoader(test.subset(slice(0, 64)), 256, False, torch.device("cpu")))

@@ -15,19 +15,21 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from builders import IMAGENET_ZOO as IMAGENET
+from builders import randomize_bn
+from builders import zoo_model as build
 
 from wdistill.models import FeatureTap, available, create
 
 FIXTURE = Path(__file__).parent / "data" / "zoo_keys.json"
-from builders import IMAGENET_ZOO as IMAGENET, randomize_bn
-from builders import zoo_model as build
+
 CIFAR = sorted(set(available()) - IMAGENET)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# Published parameter counts in millions (REFERENCE.md; torchvision / mdistiller for ImageNet),
+# Published parameter counts in millions (docs/methods.md; torchvision / mdistiller for ImageNet),
 # with the number of decimals they are given to.
 PARAMS_M = {
     "resnet8": (0.08, 2), "resnet20": (0.28, 2), "resnet56": (0.86, 2), "resnet110": (1.74, 2),

@@ -6,13 +6,11 @@ import argparse
 
 import pytest
 import torch
-
-from wdistill.models import available, create
-from wdistill.models.weights import load_checkpoint
-
-from builders import IMAGENET_ZOO as IMAGENET, randomize_bn
+from builders import IMAGENET_ZOO as IMAGENET
+from builders import randomize_bn
 from builders import zoo_model as build
 
+from wdistill.models import available, create, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

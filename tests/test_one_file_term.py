@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from wdistill import losses
-
-from wdistill.workflows import demo
-
-from wdistill.config import presets as recipes
 from benchtools import tuning
+from wdistill import losses
+from wdistill.config import presets
 from wdistill.losses import recipes as published
 from wdistill.losses.base import Term
 from wdistill.losses.registry import _TERMS, register
+from wdistill.workflows import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,9 +54,9 @@ def _make_presets():
 
 
 def test_a_new_term_file_reaches_every_generated_list(toy_method):
-    assert recipes.RECIPES["toy_mse"] == [{"name": "ce", "weight": 1.0}, {"name": "toy_mse", "weight": 0.5}]
-    assert list(recipes.RECIPES)[-1] == "toy_mse" and recipes.LABELS["toy_mse"] == "Toy-MSE"
-    assert recipes.recipe_for("toy_mse", 12) == recipes.RECIPES["toy_mse"]
+    assert published.RECIPES["toy_mse"] == [{"name": "ce", "weight": 1.0}, {"name": "toy_mse", "weight": 0.5}]
+    assert list(published.RECIPES)[-1] == "toy_mse" and published.LABELS["toy_mse"] == "Toy-MSE"
+    assert presets.recipe_for("toy_mse", 12) == published.RECIPES["toy_mse"]
     assert tuning.CANDIDATES["toy_mse"] == [{}, {"toy_mse.weight": 0.15}, {"toy_mse.weight": 1.5}]
     assert tuning.PRIORITY[-1] == "toy_mse"
     tuning.check_budget()
@@ -68,13 +66,13 @@ def test_a_new_term_file_reaches_every_generated_list(toy_method):
     assert "toy_mse" in mp.cifar_methods()
     pair = next(p for p in mp.pairs() if p.key == ("resnet56", "resnet20"))
     terms, notes, _ = mp.cifar_recipe("toy_mse", pair)
-    assert terms == recipes.RECIPES["toy_mse"] and any("Toy-MSE" in n for n in notes)
+    assert terms == published.RECIPES["toy_mse"] and any("Toy-MSE" in n for n in notes)
 
 
 def test_the_new_terms_recipe_trains(toy_method):
     torch.manual_seed(0)
     terms = [losses.create(t["name"], **{k: v for k, v in t.items() if k not in ("name", "weight")})
-             for t in tuning.apply_candidate(recipes.default_recipe("toy_mse"), tuning.CANDIDATES["toy_mse"][2])]
+             for t in tuning.apply_candidate(published.default_recipe("toy_mse"), tuning.CANDIDATES["toy_mse"][2])]
     assert isinstance(terms[1], toy_method)
     s = torch.randn(4, 10, requires_grad=True)
     t = torch.randn(4, 10)
@@ -84,4 +82,4 @@ def test_the_new_terms_recipe_trains(toy_method):
 
 
 def test_gone_after_the_fixture():
-    assert "toy_mse" not in recipes.RECIPES and "toy_mse" not in tuning.CANDIDATES
+    assert "toy_mse" not in published.RECIPES and "toy_mse" not in tuning.CANDIDATES

@@ -5,7 +5,8 @@ import numpy as np
 import ot as pot
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wdistill import ot
 
@@ -130,7 +131,8 @@ def test_log_sinkhorn_matches_pot():
 def test_log_sinkhorn_small_reg_approaches_emd2():
     a, b, C = simplex(5, seed=19), simplex(5, seed=20), rand_cost(5, 5, seed=21)
     exact = pot.emd2(a.numpy(), b.numpy(), C.numpy())
-    gaps = [abs(float(ot.sinkhorn_log2(a, b, C, reg, tol=1e-10, max_iters=50000)) - exact) for reg in (0.1, 0.01, 0.002)]
+    gaps = [abs(float(ot.sinkhorn_log2(a, b, C, reg, tol=1e-10, max_iters=50000)) - exact)
+            for reg in (0.1, 0.01, 0.002)]
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 2e-3, gaps
 
 
@@ -143,8 +145,14 @@ def test_log_sinkhorn_zero_masses_exact_and_finite_gradient():
     torch.testing.assert_close(P.sum(2), a.detach(), atol=1e-10, rtol=0)
     (P * C).sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (a, b, C))
-    restricted = pot.sinkhorn(a[0, 2:].detach().numpy(), b[0, 1:].detach().numpy(), C[2:, 1:].detach().numpy(),
-                              0.05, numItermax=20000, stopThr=1e-14)
+    restricted = pot.sinkhorn(
+        a[0, 2:].detach().numpy(),
+        b[0, 1:].detach().numpy(),
+        C[2:, 1:].detach().numpy(),
+        0.05,
+        numItermax=20000,
+        stopThr=1e-14,
+    )
     np.testing.assert_allclose(P[0, 2:, 1:].detach().numpy(), restricted, atol=1e-10)
 
 
@@ -168,8 +176,12 @@ def test_log_sinkhorn_truncated_backprop_close_to_full():
     a = simplex(2, 5, seed=28).requires_grad_()
     b, C = simplex(2, 5, seed=29), rand_cost(5, 5, seed=30)
     full = torch.autograd.grad(ot.sinkhorn_log2(a, b, C, 0.1, tol=1e-12, max_iters=3000).sum(), a)[0]
-    trunc = torch.autograd.grad(ot.sinkhorn_log2(a, b, C, 0.1, tol=1e-12, max_iters=3000, backprop_iters=200).sum(), a)[0]
-    torch.testing.assert_close(trunc - trunc.mean(1, keepdim=True), full - full.mean(1, keepdim=True), atol=1e-6, rtol=0)
+    trunc = torch.autograd.grad(ot.sinkhorn_log2(a, b, C, 0.1, tol=1e-12, max_iters=3000, backprop_iters=200).sum(), a)[
+        0
+    ]
+    torch.testing.assert_close(
+        trunc - trunc.mean(1, keepdim=True), full - full.mean(1, keepdim=True), atol=1e-6, rtol=0
+    )
 
 
 # --------------------------------------------------------------------------------------- IPOT
@@ -213,7 +225,7 @@ def test_gaussian_w2_matches_pot_bures():
 def test_gaussian_diag_equals_full_with_diagonal_covariances():
     mu1, mu2 = torch.randn(3, 5, dtype=D64), torch.randn(3, 5, dtype=D64)
     sd1, sd2 = torch.rand(3, 5, dtype=D64) + 0.1, torch.rand(3, 5, dtype=D64) + 0.1
-    full = ot.gaussian_w2(mu1, torch.diag_embed(sd1 ** 2), mu2, torch.diag_embed(sd2 ** 2))
+    full = ot.gaussian_w2(mu1, torch.diag_embed(sd1**2), mu2, torch.diag_embed(sd2**2))
     torch.testing.assert_close(ot.gaussian_w2_diag(mu1, sd1, mu2, sd2), full)
     m, c = ot.gaussian_w2_diag(mu1, sd1, mu2, sd2, split=True)
     torch.testing.assert_close(m, ((mu1 - mu2) ** 2).sum(1))
@@ -230,13 +242,20 @@ def test_sqrtm_squares_back_and_gradcheck():
     B = torch.randn(3, 3, dtype=D64, requires_grad=True)
     mu = torch.randn(3, dtype=D64)
     assert torch.autograd.gradcheck(
-        lambda A, B: ot.gaussian_w2(mu, A @ A.T + 0.3 * torch.eye(3, dtype=D64), mu.flip(0), B @ B.T + 0.2 * torch.eye(3, dtype=D64)),
-        (A[:3, :3].detach().clone().requires_grad_(), B))
+        lambda A, B: ot.gaussian_w2(
+            mu, A @ A.T + 0.3 * torch.eye(3, dtype=D64), mu.flip(0), B @ B.T + 0.2 * torch.eye(3, dtype=D64)
+        ),
+        (A[:3, :3].detach().clone().requires_grad_(), B),
+    )
 
 
 def test_gaussian_gradient_finite_for_repeated_and_zero_eigenvalues():
     eye = torch.eye(4, dtype=D64)
-    for S1, S2 in ((eye.clone(), eye.clone()), (spd(4, 4, rank=2), spd(4, 5, rank=2)), (torch.zeros(4, 4, dtype=D64), eye.clone())):
+    for S1, S2 in (
+        (eye.clone(), eye.clone()),
+        (spd(4, 4, rank=2), spd(4, 5, rank=2)),
+        (torch.zeros(4, 4, dtype=D64), eye.clone()),
+    ):
         S2 = S2.requires_grad_()
         w = ot.gaussian_w2(torch.zeros(4, dtype=D64), S1, torch.ones(4, dtype=D64), S2)
         (g,) = torch.autograd.grad(w, S2)
@@ -269,12 +288,16 @@ def test_class_cka_matrix_both_paths_match_pairwise(n, D):
     M = ot.class_cka_matrix(feats, block=2)
     for i in range(5):
         for j in range(5):
-            expected = hsic_hand(feats[i], feats[j]) / torch.sqrt(hsic_hand(feats[i], feats[i]) * hsic_hand(feats[j], feats[j]))
+            expected = hsic_hand(feats[i], feats[j]) / torch.sqrt(
+                hsic_hand(feats[i], feats[i]) * hsic_hand(feats[j], feats[j])
+            )
             torch.testing.assert_close(M[i, j], expected)
     cost = ot.cka_cost(M, kappa=2.0)
     assert (cost.diagonal() == 0).all() and torch.equal(cost, cost.T)
     assert cost.min() >= 0 and cost.max() <= 1
-    torch.testing.assert_close(cost, 1 - torch.exp(-2.0 * (1 - M)) - torch.diag(1 - torch.exp(-2.0 * (1 - M.diagonal()))))
+    torch.testing.assert_close(
+        cost, 1 - torch.exp(-2.0 * (1 - M)) - torch.diag(1 - torch.exp(-2.0 * (1 - M.diagonal())))
+    )
 
 
 def test_cosine_costs():

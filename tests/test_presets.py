@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from wdistill import losses, models
+from wdistill.config import load_config
 from wdistill.data import ImageDataset
-from wdistill.engine import Trainer, load_config
-from wdistill.losses.base import ConfigError, SetupContext
+from wdistill.engine import Trainer
+from wdistill.errors import ConfigError
+from wdistill.losses.base import SetupContext
 from wdistill.models.taps import FeatureTap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,7 +266,8 @@ def test_presets_hold_the_published_numbers():
             for term, params in EXPECTED_WKD[(pair, method)].items():
                 assert {k: terms[term][k] for k in params} == params, (path, term)
     for (pair, method), expected in EXPECTED_WKD.items():
-        path = CONFIGS / ("cifar100" if (CONFIGS / "cifar100" / pair).is_dir() else "imagenet") / pair / f"{method}.yaml"
+        family = "cifar100" if (CONFIGS / "cifar100" / pair).is_dir() else "imagenet"
+        path = CONFIGS / family / pair / f"{method}.yaml"
         terms = _terms(load_config(path))
         for term, params in expected.items():
             assert {k: terms[term][k] for k in params} == params, (path, term)
@@ -272,11 +275,21 @@ def test_presets_hold_the_published_numbers():
         for method in ("kd", "wkd_l", "wkd_f", "wkd_lf"):
             cfg = load_config(CONFIGS / "imagenet" / pair / f"{method}.yaml")
             o = cfg.optim
-            assert (o.epochs, o.lr, o.milestones, o.weight_decay, cfg.data.batch_size) == (100, 0.1, [30, 60, 90],
-                                                                                         1e-4, 256)
+            assert (o.epochs, o.lr, o.milestones, o.weight_decay, cfg.data.batch_size) == (
+                100,
+                0.1,
+                [30, 60, 90],
+                1e-4,
+                256,
+            )
             d = cfg.data
             assert (d.name, d.crop_padding, d.random_resized_crop, d.rrc_scale, d.options["size"]) == (
-                "image_folder", 0, 224, (0.08, 1.0), 256)
+                "image_folder",
+                0,
+                224,
+                (0.08, 1.0),
+                256,
+            )
         kd = _terms(load_config(CONFIGS / "imagenet" / pair / "kd.yaml"))
         assert set(kd) == {"ce", "kd"} and kd["ce"]["weight"] == 0.5 and (kd["kd"]["weight"], kd["kd"]["T"]) == (0.5, 1)
 
@@ -289,9 +302,22 @@ def test_a_built_wheel_ships_every_preset(tmp_path):
 
     from wdistill.config import presets as recipes
 
-    assert recipes.PRESET_DIR.is_relative_to(Path(recipes.__file__).resolve().parent)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(ROOT)], check=True)
+    assert recipes.FMNIST_DIR.is_relative_to(Path(recipes.__file__).resolve().parent)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
     (wheel,) = tmp_path.glob("wdistill-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     package = ROOT / "wdistill"

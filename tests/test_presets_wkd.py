@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wdistill.engine import load_config
+from wdistill.config import load_config
 
-CONFIGS = Path(__file__).resolve().parent.parent / "wdistill" / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "wdistill" / "config" / "presets"
 
 # (setting, part) -> (source file in the official repository, official values)
 OFFICIAL = {

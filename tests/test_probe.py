@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from wdistill import cli
-from wdistill.engine import ConfigError, Trainer, load_config
+from wdistill.config import load_config
+from wdistill.engine import Trainer
+from wdistill.errors import ConfigError
 from wdistill.workflows.probe import fit_logistic, standardise
 
 

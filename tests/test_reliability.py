@@ -13,12 +13,12 @@ import time
 import pytest
 import torch
 import yaml
+from builders import hold_lock, random_teacher, small_run
 
 from wdistill import cli, losses, models
-from wdistill.engine import ConfigError, Trainer, load_config
-from wdistill.engine.loop import NonFiniteLoss
-
-from builders import hold_lock, random_teacher, small_run
+from wdistill.config import load_config
+from wdistill.engine import Trainer
+from wdistill.errors import ConfigError, NonFiniteLoss
 
 
 def _cfg(tmp_path, **over):
@@ -222,7 +222,7 @@ def test_term_parameters_are_typed_and_recorded_with_defaults(tmp_path):
     with pytest.raises(ConfigError, match=r"method 'crd' parameter 'num_negatives' must be int, got 2.5"):
         load_config(_cfg(tmp_path, loss=[{"name": "crd", "num_negatives": 2.5}]))
     cfg = load_config(_cfg(tmp_path, loss=[{"name": "ab", "init_lr": "1e-3"}]))
-    dumped = yaml.safe_load(__import__("wdistill.config.schema", fromlist=["dump_config"]).dump_config(cfg))
+    dumped = yaml.safe_load(__import__("wdistill.config.load", fromlist=["dump_config"]).dump_config(cfg))
     assert dumped["loss"][0] == {"name": "ab", "id": "ab", "weight": 1.0, "margin": 1.0, "init_epochs": 30,
                                  "main_weight": 0.0, "init_lr": 0.001}
 
@@ -291,7 +291,7 @@ def test_training_steps_do_not_sync_with_the_host(tmp_path, teacher_ckpt, monkey
 @pytest.mark.parametrize("stage", ["save", "fsync", "replace"])
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch, stage):
     from wdistill import io as _io
-    from wdistill.engine import checkpoint as ckpt
+    from wdistill import io as ckpt
     path = tmp_path / "last.pt"
     ckpt.atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
 
@@ -317,6 +317,6 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     with pytest.raises(Crash):
         ckpt.atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
-    state = ckpt.load(path)
+    state = ckpt.load_dict(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

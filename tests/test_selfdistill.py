@@ -4,12 +4,12 @@ import json
 import pytest
 import torch
 import yaml
+from builders import random_teacher, small_run
 
 from wdistill import cli
-from wdistill.engine import ConfigError, load_config
+from wdistill.config import load_config
+from wdistill.errors import ConfigError
 from wdistill.workflows.selfdistill import run_generations
-
-from builders import random_teacher, small_run
 
 
 def _cfg(tmp_path, **over):

@@ -13,7 +13,9 @@ import torch
 
 from wdistill import models
 from wdistill.cli import main
-from wdistill.engine import Trainer, load_config
+from wdistill.config import load_config
+from wdistill.engine import Trainer
+from wdistill.errors import FetchError
 from wdistill.models import teachers
 
 
@@ -108,7 +110,7 @@ def test_fetch_verifies_and_records_sha256(server, cache, good_tar):
     # a preset-style config finds it through cache: and builds the teacher from it
     cfg = load_config({"student": {"model": "resnet8"}, "loss": [{"name": "kd"}],
                        "teacher": {"model": "resnet56", "checkpoint": "cache:teachers/cifar100/resnet56.pth"}})
-    from wdistill.engine.trainer import build_model
+    from wdistill.engine.build import build_model
     t = build_model(cfg.teacher, 100, 3, "teacher")
     ref = models.create("resnet56", 100)
     ref.load_state_dict(torch.load(io.BytesIO(_ckpt_bytes("resnet56")), weights_only=True)["model"])
@@ -119,13 +121,13 @@ def test_fetch_verifies_and_records_sha256(server, cache, good_tar):
     assert len(server.ranges) == n and (cache / "resnet110.pth.sha256").is_file()
     # a file changed after verification is verified again, and a broken one is refused
     dest.write_bytes(dest.read_bytes()[:1000])
-    with pytest.raises(teachers.FetchError, match="not a valid resnet56"):
+    with pytest.raises(FetchError, match="not a valid resnet56"):
         teachers.fetch(["resnet56"], base_url=server.url + "m", progress=False, log=lambda *_: None)
 
 
 def test_checksum_mismatch_deletes_the_archive(server, cache, good_tar):
     server.files["/cifar_teachers.tar"] = good_tar
-    with pytest.raises(teachers.FetchError, match="SHA-256 .* was expected; the file was deleted"):
+    with pytest.raises(FetchError, match="SHA-256 .* was expected; the file was deleted"):
         teachers.fetch(["resnet56"], base_url=server.url, sha256="0" * 64, progress=False)
     assert not (cache / "cifar_teachers.tar").exists() and not (cache / "resnet56.pth").exists()
     right = hashlib.sha256(good_tar).hexdigest()
@@ -140,7 +142,7 @@ def test_checksum_mismatch_deletes_the_archive(server, cache, good_tar):
 ])
 def test_wrong_architecture_or_corrupt_checkpoint_is_refused(server, cache, member, match):
     server.files["/cifar_teachers.tar"] = _tar({"cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth": member()})
-    with pytest.raises(teachers.FetchError, match=match):
+    with pytest.raises(FetchError, match=match):
         teachers.fetch(["resnet56"], base_url=server.url, progress=False)
     assert not list(cache.glob("resnet56.pth*")) and not (cache / "cifar_teachers.tar").exists()
 
@@ -163,7 +165,7 @@ def test_offline_error_says_which_file_to_put_where(cache, capsys):
 def test_interrupted_download_resumes_with_range(server, cache, good_tar):
     server.files["/cifar_teachers.tar"] = good_tar
     server.cut["/cifar_teachers.tar"] = len(good_tar) // 3
-    with pytest.raises(teachers.FetchError, match="could not download"):
+    with pytest.raises(FetchError, match="could not download"):
         teachers.fetch(["resnet110"], base_url=server.url, progress=False)
     part = cache / "cifar_teachers.tar.part"
     assert part.stat().st_size == len(good_tar) // 3

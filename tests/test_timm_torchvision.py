@@ -26,8 +26,9 @@ timm = _importable("timm")
 
 from wdistill import models  # noqa: E402
 from wdistill.cli import main  # noqa: E402
+from wdistill.config import load_config  # noqa: E402
 from wdistill.data import ImageDataset  # noqa: E402
-from wdistill.engine import Trainer, load_config  # noqa: E402
+from wdistill.engine import Trainer  # noqa: E402
 from wdistill.models.taps import FeatureTap  # noqa: E402
 
 
@@ -101,7 +102,9 @@ def test_local_pretrained_file_and_cache(tmp_path, monkeypatch):
         models.build("torchvision:resnet18", num_classes=10, pretrained=True)
     t = timm.create_model("resnet18", num_classes=1000)
     (tmp_path / "cache" / "pretrained" / "timm").mkdir(parents=True)
-    models.save_student_safetensors(t, tmp_path / "cache" / "pretrained" / "timm" / "resnet18.safetensors", {})
+    models.save_student_safetensors(
+        t.state_dict(), tmp_path / "cache" / "pretrained" / "timm" / "resnet18.safetensors", {}
+    )
     m2 = models.build("timm:resnet18", num_classes=10, pretrained=True)
     assert torch.equal(m2.layer1[0].conv1.weight, t.layer1[0].conv1.weight)
 
@@ -113,16 +116,18 @@ def test_yaml_timm_student_torchvision_teacher_wkd_f(tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8, generator=g)  # last map 2x2
     full = ImageDataset(images, torch.arange(16) % 4, 4, (0.5,) * 3, (0.25,) * 3, name="random")
-    cfg = load_config({
-        "run": {"name": "tv", "out_dir": str(tmp_path / "runs")},
-        "data": {"batch_size": 4, "eval_batch_size": 4, "crop_padding": 0, "flip": False},
-        "student": {"model": "timm:resnet18"},
-        "teacher": {"model": "torchvision:resnet18", "checkpoint": str(tmp_path / "t.pt")},
-        # no decay: in a 1-epoch run the official WKD schedule weighs the only epoch 0
-        "loss": [{"name": "wkd_f", "weight": 1.0, "decay_start_frac": None}],
-        "optim": {"epochs": 1, "weight_decay": 0.0, "schedule": "constant"},
-        "train": {"progress": False},
-    })
+    cfg = load_config(
+        {
+            "run": {"name": "tv", "out_dir": str(tmp_path / "runs")},
+            "data": {"batch_size": 4, "eval_batch_size": 4, "crop_padding": 0, "flip": False},
+            "student": {"model": "timm:resnet18"},
+            "teacher": {"model": "torchvision:resnet18", "checkpoint": str(tmp_path / "t.pt")},
+            # no decay: in a 1-epoch run the official WKD schedule weighs the only epoch 0
+            "loss": [{"name": "wkd_f", "weight": 1.0, "decay_start_frac": None}],
+            "optim": {"epochs": 1, "weight_decay": 0.0, "schedule": "constant"},
+            "train": {"progress": False},
+        }
+    )
     tr = Trainer(cfg, data=(full.subset(slice(0, 8)), full.subset(slice(8, 16))), log=lambda *_: None)
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}
     tr.fit()

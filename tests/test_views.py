@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
+from builders import random_teacher, small_run
 
 from wdistill import cli
+from wdistill.config import load_config
 from wdistill.data.views import View, ViewSpec
-from wdistill.engine import ConfigError, Distiller, Trainer, evaluate, load_config
-
-from builders import random_teacher, small_run
+from wdistill.engine import Distiller, Trainer, evaluate
+from wdistill.errors import ConfigError
 
 
 def _blur_by_hand(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -113,7 +114,9 @@ def test_privileged_student_is_evaluated_on_its_view(tmp_path, teacher_ckpt, cap
     assert cli.main(["eval", str(run)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["view"]["name"] == "downsample"
-    assert out["top1"] == pytest.approx(summary["final_top1"]) and out["loss"] == pytest.approx(last["test_loss"], rel=1e-5)
+    assert out["top1"] == pytest.approx(summary["final_top1"]) and out["loss"] == pytest.approx(
+        last["test_loss"], rel=1e-5
+    )
     assert on_full["loss"] != pytest.approx(out["loss"], rel=1e-4)
     assert cli.main(["eval", str(run), "--view", "identity"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(on_full["loss"], rel=1e-5)
@@ -123,13 +126,23 @@ def test_a_teacher_trained_on_a_view_must_be_given_that_view(tmp_path, teacher_c
     """`wdistill train` with student.view makes a view teacher; distilling from it with no
     teacher.view is refused (it would see the full image), an explicit view is accepted."""
     lowpass = {"name": "lowpass", "size": 5}
-    Trainer(load_config(_base(tmp_path, student={"model": "resnet8", "view": lowpass},
-                              run={"name": "t", "out_dir": str(tmp_path / "runs")})), log=lambda m: None).fit()
+    Trainer(
+        load_config(
+            _base(
+                tmp_path,
+                student={"model": "resnet8", "view": lowpass},
+                run={"name": "t", "out_dir": str(tmp_path / "runs")},
+            )
+        ),
+        log=lambda m: None,
+    ).fit()
     ckpt = str(tmp_path / "runs" / "t" / "student.pt")
     loss = [{"name": "ce"}, {"name": "kd"}]
     with pytest.raises(ConfigError, match="teacher.view is not set"):
         Trainer(load_config(_base(tmp_path, teacher={"model": "resnet8", "checkpoint": ckpt}, loss=loss)))
-    tr = Trainer(load_config(_base(tmp_path, teacher={"model": "resnet8", "checkpoint": ckpt, "view": lowpass},
-                                   loss=loss)), log=lambda m: None)
+    tr = Trainer(
+        load_config(_base(tmp_path, teacher={"model": "resnet8", "checkpoint": ckpt, "view": lowpass}, loss=loss)),
+        log=lambda m: None,
+    )
     assert tr.distiller.teacher_views[0].spec.name == "lowpass"
     tr.close()

@@ -7,13 +7,14 @@ import ot as pot
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from benchtools.kernels import wkd_l_reference  # the per-sample formulation (project tooling)
 from wdistill import losses, ot
 from wdistill.losses import SetupContext
 from wdistill.losses._shared.heads import ConvReg
 from wdistill.losses.wkd.cost import build_cost_matrix, load_or_build_cka, teacher_checksum
-from benchtools.kernels import wkd_l_reference  # the per-sample formulation (project tooling)
 from wdistill.losses.wkd.wkd_l import cosine_decayed, wkd_l_parts
 
 D64 = torch.float64

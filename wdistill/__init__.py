@@ -1,10 +1,19 @@
-"""wdistill: knowledge distillation in PyTorch built around optimal transport."""
+"""wdistill: knowledge distillation in PyTorch built around optimal transport.
+
+``wdistill.distill(student, teacher, train_data, test_data, ...)`` is the Python entry point
+(:mod:`wdistill.api`); it is loaded on first use, so ``import wdistill`` stays light.
+"""
+import importlib
 
 __version__ = "0.1.0"
+_API = ("distill",)
 
 
-def distill(*args, **kwargs):
-    """See :func:`wdistill.api.distill` (imported lazily to keep ``import wdistill`` light)."""
-    from wdistill.api import distill as _distill
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module("wdistill.api"), name)
+    raise AttributeError(f"module 'wdistill' has no attribute {name!r}")
 
-    return _distill(*args, **kwargs)
+
+def __dir__():
+    return sorted([*globals(), *_API])

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-
-class FileLoadError(ValueError):
-    """A file could not be loaded safely; the message names the file, the reason and the fix."""
+from wdistill.errors import FileLoadError
 
 
 def safe_load(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint", fix: str = ""):
@@ -70,4 +68,14 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to ``path`` atomically."""
     _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def load_dict(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint") -> dict:
+    """A checkpoint that must hold a dict (run states, exports); never unpickles objects."""
+    obj = safe_load(path, map_location, what,
+                    fix="use a file written by wdistill (last.pt, best.pt, student.pt) or a plain state_dict")
+    if not isinstance(obj, dict):
+        raise FileLoadError(f"{what} {path} holds a {type(obj).__name__}, not a dict of tensors")
+    return obj

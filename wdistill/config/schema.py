@@ -1,16 +1,19 @@
-"""Run configuration: one YAML file, validated by pydantic, with ``key=value`` overrides."""
+"""The run configuration as pydantic sections: every key, its type, default and meaning.
+
+Loading a file with overrides is ``wdistill.config.load``; docs/config.md is generated from these
+sections (``wdistill.config.reference``)."""
 from __future__ import annotations
 
-import copy
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from wdistill import losses  # importing the package registers every term
+from wdistill.data.registry import DATASETS
+from wdistill.data.registry import options as dataset_options
 from wdistill.data.views import ViewSpec
-from wdistill.errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
+from wdistill.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -98,19 +101,19 @@ class DataSection(_Strict):
     def _options_fit_the_data_set(self):
         # Checked here, before any work: a preset written for one data set (configs/fmnist/* set
         # protocol/quick/eval_split) must not fail deep inside the loader when data.name changes.
-        from wdistill.data.registry import DATASETS, options
-
         if self.name not in DATASETS and self.name != "python":
             raise ValueError(f"unknown data set {self.name!r}; available: {', '.join(sorted(DATASETS))}, or python "
                              "(a user factory); `wdistill list` shows their options")
         if self.name in DATASETS:
-            unknown = sorted(set(self.options) - set(options(self.name)))
+            unknown = sorted(set(self.options) - set(dataset_options(self.name)))
             if unknown:
                 raise ValueError(
                     f"data.options sets {', '.join(unknown)}, which data set {self.name!r} does not take (its "
-                    f"options: {', '.join(options(self.name)) or 'none'}). They come from the config file, which "
+                    f"options: {', '.join(dataset_options(self.name)) or 'none'}). They come from the config file, "
+                    "which "
                     f"was written for another data set: delete them there, or override the whole mapping on the "
-                    f"command line, e.g. data.options={{}}")
+                    f"command line, e.g. data.options={{}}"
+                )
         return self
 
     def crop_kwargs(self) -> dict[str, Any]:
@@ -126,21 +129,36 @@ class ModelSection(_Strict):
     timm/torchvision/factory model, a local file or ``true`` for the cache (never downloaded).
     ``taps``: feats/preact/embed module paths; default: declared by zoo models, else automatic."""
 
-    model: str = Field(description="Architecture: a zoo name from `wdistill list`, timm:<name>, "
-                       "torchvision:<name> or 'pkg.module:factory'.")
-    checkpoint: str | None = Field(None, description="Weights to load (required for a teacher): a run's "
-                                   "student.pt, a published checkpoint, or cache:REL in wdistill's cache.")
-    pretrained: str | bool | None = Field(None, description="Initial weights of a timm/torchvision/factory "
-                                          "model: a local file, or true for the cache (never downloaded).")
-    taps: dict[str, Any] | None = Field(None, description="Feature taps: {feats: [module paths], preact: [...], "
-                                        "embed: 'module:in'}; zoo models declare theirs, others are found "
-                                        "automatically (`wdistill inspect MODEL`).")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model "
-                                   "constructor or factory.")
-    view: ViewSpec | None = Field(None, description="What this model sees of each image: a fixed transform "
-                                  "applied after the shared augmentation (same crop for teacher and student), "
-                                  "e.g. {name: downsample, factor: 2}; None: the image itself. Names: identity, "
-                                  "downsample, mask, channels, lowpass, highpass (wdistill.data.views).")
+    model: str = Field(
+        description="Architecture: a zoo name from `wdistill list`, timm:<name>, "
+        "torchvision:<name> or 'pkg.module:factory'."
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="Weights to load (required for a teacher): a run's "
+        "student.pt, a published checkpoint, or cache:REL in wdistill's cache.",
+    )
+    pretrained: str | bool | None = Field(
+        None,
+        description="Initial weights of a timm/torchvision/factory "
+        "model: a local file, or true for the cache (never downloaded).",
+    )
+    taps: dict[str, Any] | None = Field(
+        None,
+        description="Feature taps: {feats: [module paths], preact: [...], "
+        "embed: 'module:in'}; zoo models declare theirs, others are found "
+        "automatically (`wdistill inspect MODEL`).",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the model constructor or factory."
+    )
+    view: ViewSpec | None = Field(
+        None,
+        description="What this model sees of each image: a fixed transform "
+        "applied after the shared augmentation (same crop for teacher and student), "
+        "e.g. {name: downsample, factor: 2}; None: the image itself. Names: identity, "
+        "downsample, mask, channels, lowpass, highpass (wdistill.data.views).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -158,26 +176,32 @@ class TermSection(BaseModel):
     defaults are filled in, so ``config.yaml`` records every value in force."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field(description="Loss term: ce or a method of `wdistill list`; its parameters are further "
-                      "keys of the same item, typed by the method (see the method parameters below).")
-    id: str | None = Field(None, description="Key of the term in logs, metrics, curves and checkpoints "
-                           "(default: its name). Give two terms of one method different ids, e.g. "
-                           "{name: kd, id: kd_t2, T: 2} and {name: kd, id: kd_t8, T: 8}.")
+    name: str = Field(
+        description="Loss term: ce or a method of `wdistill list`; its parameters are further "
+        "keys of the same item, typed by the method (see the method parameters below)."
+    )
+    id: str | None = Field(
+        None,
+        description="Key of the term in logs, metrics, curves and checkpoints "
+        "(default: its name). Give two terms of one method different ids, e.g. "
+        "{name: kd, id: kd_t2, T: 2} and {name: kd, id: kd_t8, T: 8}.",
+    )
     weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of the term in the total loss.")
 
     @model_validator(mode="after")
     def _typed_params(self):
-        from wdistill.losses import registry  # every term module registers itself on import
         try:
-            resolved = registry.resolve_params(self.name, dict(self.model_extra or {}))
+            resolved = losses.registry.resolve_params(self.name, dict(self.model_extra or {}))
         except ValueError as e:
             raise ValueError(str(e)) from None
         self.__pydantic_extra__ = resolved
         if self.id is None:
             self.id = self.name
         elif not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.id):
-            raise ValueError(f"loss term id {self.id!r} must be letters, digits, '_' or '-' (no dots: it keys "
-                             "checkpoints), e.g. kd_t8")
+            raise ValueError(
+                f"loss term id {self.id!r} must be letters, digits, '_' or '-' (no dots: it keys "
+                "checkpoints), e.g. kd_t8"
+            )
         return self
 
     @property
@@ -191,10 +215,11 @@ class OptimSection(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     nesterov: bool = Field(False, description="Nesterov momentum.")
     weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="SGD weight decay.")
-    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate "
-                                                                 "schedule.")
-    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210], description="multistep: increasing "
-                                  "epochs at which the rate is multiplied by gamma.")
+    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate schedule.")
+    milestones: list[int] = Field(
+        default_factory=lambda: [150, 180, 210],
+        description="multistep: increasing epochs at which the rate is multiplied by gamma.",
+    )
     gamma: float = Field(0.1, gt=0, allow_inf_nan=False, description="multistep: factor at each milestone.")
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule (< epochs).")
 
@@ -215,12 +240,23 @@ class TrainSection(_Strict):
     tensorboard: bool = Field(False, description="Also log to run_dir/tb (needs the tensorboard extra).")
     progress: bool = Field(True, description="Progress bars (shown on a terminal only).")
     eval_every: int = Field(1, gt=0, description="Evaluate on the test split every N epochs (and after the last).")
-    accumulate: int = Field(1, ge=1, description="Gradient accumulation: each optimiser step sums this many "
-                            "micro-batches (batch_size stays the batch of one step).")
-    log_every: int = Field(50, ge=1, description="Loss, accuracy and the non-finite check are read from the "
-                           "device (a host sync) every this many steps.")
-    max_steps: int | None = Field(None, gt=0, description="Stop each epoch after this many steps (smoke tests "
-                                  "of large presets); None: the whole epoch.")
+    accumulate: int = Field(
+        1,
+        ge=1,
+        description="Gradient accumulation: each optimiser step sums this many "
+        "micro-batches (batch_size stays the batch of one step).",
+    )
+    log_every: int = Field(
+        50,
+        ge=1,
+        description="Loss, accuracy and the non-finite check are read from the "
+        "device (a host sync) every this many steps.",
+    )
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Stop each epoch after this many steps (smoke tests of large presets); None: the whole epoch.",
+    )
 
 
 class RunConfig(_Strict):
@@ -228,14 +264,19 @@ class RunConfig(_Strict):
     data: DataSection = Field(default_factory=DataSection, description="Data set, batches and augmentation.")
     student: ModelSection = Field(description="The model trained (required).")
     teacher: ModelSection | None = Field(None, description="The frozen teacher (distill needs it).")
-    teachers: list[ModelSection] | None = Field(None, description="An ensemble of teachers instead: logit "
-                                                "terms read their mean distribution, representation terms get "
-                                                "one instance per teacher, weighted 1/n.")
-    loss: list[TermSection] = Field(default_factory=lambda: [TermSection(name="ce")],
-                                    description="Weighted loss terms, summed.")
+    teachers: list[ModelSection] | None = Field(
+        None,
+        description="An ensemble of teachers instead: logit "
+        "terms read their mean distribution, representation terms get "
+        "one instance per teacher, weighted 1/n.",
+    )
+    loss: list[TermSection] = Field(
+        default_factory=lambda: [TermSection(name="ce")], description="Weighted loss terms, summed."
+    )
     optim: OptimSection = Field(default_factory=OptimSection, description="SGD and its schedule.")
-    train: TrainSection = Field(default_factory=TrainSection, description="Precision, memory format, "
-                                "scale-out, logging.")
+    train: TrainSection = Field(
+        default_factory=TrainSection, description="Precision, memory format, scale-out, logging."
+    )
 
     @field_validator("loss")
     @classmethod
@@ -245,145 +286,13 @@ class RunConfig(_Strict):
         ids = [t.id for t in v]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
-            raise ValueError(f"loss terms share the id {', '.join(map(repr, dup))}: give each an `id`, e.g. "
-                             f"{{name: {dup[0]}, id: {dup[0]}_2, ...}} (the id keys logs and checkpoints)")
+            raise ValueError(
+                f"loss terms share the id {', '.join(map(repr, dup))}: give each an `id`, e.g. "
+                f"{{name: {dup[0]}, id: {dup[0]}_2, ...}} (the id keys logs and checkpoints)"
+            )
         return v
 
     def teacher_sections(self) -> list[ModelSection]:
         if self.teacher and self.teachers:
             raise ConfigError("give either 'teacher' or 'teachers' (an ensemble), not both")
         return list(self.teachers or ([self.teacher] if self.teacher else []))
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config{f' ({source})' if source else ''}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            section = _section_model(e["loc"][:-1])
-            valid = sorted(section.model_fields) if section else []
-            msg = f"unknown key; valid keys here: {', '.join(valid)}"
-        elif e["type"] == "value_error":  # our own validators already name the value
-            msg = msg.removeprefix("Value error, ")
-        elif "input" in e and e["type"] != "missing":
-            msg += f" (got {e['input']!r})"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def _section_model(loc) -> type[BaseModel] | None:
-    model: Any = RunConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if model else None
-        if field is None:
-            return None
-        model = next((a for a in _flatten_annotation(field.annotation)
-                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return model
-
-
-def _flatten_annotation(a):
-    args = getattr(a, "__args__", None)
-    if not args:
-        return [a]
-    return [x for arg in args for x in _flatten_annotation(arg)]
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML; list items by index) to a raw dict."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value, e.g. optim.lr=0.1")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for i, p in enumerate(parts[:-1]):
-            node = _child(node, p, parts[i + 1], key)
-        last = parts[-1]
-        if not all(parts):
-            raise ConfigError(f"override {item!r}: empty key part; write section.key=value, e.g. optim.lr=0.1")
-        try:
-            parsed = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
-                              "quote it or fix the brackets, e.g. optim.milestones=[30,60]") from None
-        if not isinstance(node, (dict, list)):
-            raise ConfigError(f"override {key!r}: {'.'.join(parts[:-1])!r} is a value, not a section")
-        if isinstance(node, list):
-            idx = _index(node, last, key, allow_append=True)
-            node[idx:idx + 1] = [parsed]
-        else:
-            node[last] = parsed
-    return raw
-
-
-def _index(node: list, p: str, key: str, allow_append: bool = False) -> int:
-    if not p.isdigit() or int(p) > len(node) - (0 if allow_append else 1):
-        raise ConfigError(f"override {key!r}: {p!r} is not an index of a list of {len(node)} items")
-    return int(p)
-
-
-def _child(node, p, nxt, key):
-    if isinstance(node, list):
-        idx = _index(node, p, key, allow_append=True)
-        if idx == len(node):
-            node.append({})
-        return node[idx]
-    if not isinstance(node, dict):
-        raise ConfigError(f"override {key!r}: {p!r} is not a section")
-    if node.get(p) is not None and not isinstance(node[p], (dict, list)):
-        raise ConfigError(f"override {key!r}: {p!r} is a value ({node[p]!r}), not a section")
-    if node.get(p) is None:
-        node[p] = [] if nxt.isdigit() else {}
-    return node[p]
-
-
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def list_presets() -> list[str]:
-    """Names of the presets shipped with the package, e.g. ``cifar100/resnet32x4-resnet8x4/wkd_l``."""
-    return sorted(p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in PRESETS_DIR.rglob("*.yaml"))
-
-
-def preset_path(name: str) -> Path:
-    """The file of shipped preset ``name`` (with or without ``.yaml``, ``configs/`` prefix allowed)."""
-    key = name.removeprefix("configs/").removesuffix(".yaml")
-    path = PRESETS_DIR / f"{key}.yaml"
-    if key and ".." not in Path(key).parts and path.is_file():
-        return path
-    import difflib
-    close = difflib.get_close_matches(key, list_presets(), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"config {name!r} does not exist: it is neither a file nor a shipped preset.{hint} "
-                      "`wdistill list --presets` prints the preset names (e.g. cifar100/resnet32x4-resnet8x4/kd)")
-
-
-def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or a dict), apply overrides, validate. Errors name key and fix."""
-    if isinstance(source, dict):
-        raw, where = source, ""
-    else:
-        path = Path(source)
-        if not path.is_file():
-            path = preset_path(str(source))
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        where = str(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {where} must be a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, where)) from None
-
-
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -16,10 +16,25 @@ sign of ``w / W`` flipped for a mirrored image, clamped to the box's edge pixel 
 the cropped image clamps there too). Unlike torchvision no antialiasing filter is used
 when a box is shrunk (boxes larger than S are at most ``H / S`` times larger: x1.14 for images
 stored at 256 and cropped to 224).
+
+Which recipe a run gets: each data set declares its training augmentation, used wherever
+``data.crop_padding`` / ``data.flip`` / ``data.random_resized_crop`` are left unset:
+
+- CIFAR-10/100: pad 4 + random 32x32 crop + horizontal flip (He et al. 2016, section 4.2; the
+  recipe of every CIFAR-100 distillation paper).
+- Fashion-MNIST (and the bundled sample): pad 2 + random crop + flip, the FMNIST-KD v1 protocol
+  (docs/benchmarks.md, protocol A), so benchmark runs are unchanged.
+- MNIST (and any IDX set read as ``mnist``): a crop with padding proportional to the image
+  (1/14 of the side: 2 px at 28x28, 1 px at 8x8) and no flip: a mirrored digit is another glyph.
+- Image folders: RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3)) + flip for training,
+  resize + centre crop for evaluation (the ImageNet recipe of Szegedy et al. 2015).
+- Anything else (a user's Dataset, a ``python`` factory): no augmentation; the user's
+  ``__getitem__`` may augment itself, or set the fields explicitly.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,12 +85,21 @@ def fallback_box(height: int, width: int, ratio) -> tuple[int, int]:
     return height, width
 
 
-def draw_resized_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                            generator: torch.Generator | None = None, tries: int = 10) -> torch.Tensor:
+def draw_resized_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    tries: int = 10,
+) -> torch.Tensor:
     """(n, 4) integer boxes (top, left, height, width) as RandomResizedCrop draws them."""
     if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
-        raise ValueError(f"resized crop needs 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
-                         f"got scale={tuple(scale)}, ratio={tuple(ratio)} (published: (0.08, 1.0), (3/4, 4/3))")
+        raise ValueError(
+            f"resized crop needs 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
+            f"got scale={tuple(scale)}, ratio={tuple(ratio)} (published: (0.08, 1.0), (3/4, 4/3))"
+        )
     area = height * width
     target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=generator, dtype=torch.float64))
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
@@ -118,10 +142,12 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """The central ``size`` x ``size`` window (origin ``floor((side - size) / 2)``)."""
     h, w = x.shape[-2:]
     if size > min(h, w):
-        raise ValueError(f"centre crop {size} is larger than the {h}x{w} images: store the images at >= {size} px "
-                         "(data.options.size) or lower data.random_resized_crop")
+        raise ValueError(
+            f"centre crop {size} is larger than the {h}x{w} images: store the images at >= {size} px "
+            "(data.options.size) or lower data.random_resized_crop"
+        )
     top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -145,8 +171,17 @@ class Augment:
     a seeded generator reproduces the batch exactly.
     """
 
-    def __init__(self, mean, std, crop_padding: int = 0, flip: bool = False, resized_crop: int | None = None,
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), center_crop: int | None = None):
+    def __init__(
+        self,
+        mean,
+        std,
+        crop_padding: int = 0,
+        flip: bool = False,
+        resized_crop: int | None = None,
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        center_crop: int | None = None,
+    ):
         mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
         std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
         if (std <= 0).any():
@@ -163,7 +198,8 @@ class Augment:
                 raise ValueError(f"{name} must be a positive size in pixels, got {v}")
         self.crop_padding = crop_padding
         self.flip = flip
-        self.resized_crop, self.scale, self.ratio, self.center_crop = resized_crop, tuple(scale), tuple(ratio), center_crop
+        self.resized_crop, self.center_crop = resized_crop, center_crop
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != self.norm_mul.shape[1]:
@@ -182,3 +218,83 @@ class Augment:
             x = center_crop(x, self.center_crop)
         # copy=True: a float input must not be scaled in place under the caller.
         return x.to(torch.float32, copy=True).mul_(self.norm_mul.to(dev)).add_(self.norm_add.to(dev))
+
+
+# ---- the augmentation recipe each data set declares ------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    source: str
+    crop_padding: int = 0
+    pad_fraction: float = 0.0  # padding = max(1, round(side * pad_fraction)) when > 0
+    flip: bool = False
+    resized_crop: bool = False
+
+
+AUGMENT_RECIPES = {
+    "cifar": Recipe("CIFAR (He et al. 2016): pad 4 + crop + flip", crop_padding=4, flip=True),
+    "fmnist": Recipe("FMNIST-KD v1 protocol: pad 2 + crop + flip", crop_padding=2, flip=True),
+    "mnist": Recipe("digits: padding side/14 + crop, no flip", pad_fraction=1 / 14),
+    "image_folder": Recipe(
+        "ImageNet: RandomResizedCrop + flip; eval resize + centre crop", flip=True, resized_crop=True
+    ),
+    "none": Recipe("user data: none"),
+}
+_BY_PREFIX = (
+    ("cifar", "cifar"),
+    ("fmnist", "fmnist"),
+    ("fashion_mnist", "fmnist"),
+    ("mnist", "mnist"),
+    ("image_folder", "image_folder"),
+)
+
+
+def augment_recipe(name: str) -> Recipe:
+    """The recipe of a built-in data set name (or an ImageDataset's ``name``); 'none' otherwise."""
+    for prefix, key in _BY_PREFIX:
+        if (name or "").startswith(prefix):
+            return AUGMENT_RECIPES[key]
+    return AUGMENT_RECIPES["none"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The augmentation in force for a run."""
+
+    crop_padding: int
+    flip: bool
+    resized_crop: int | None
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    describe: str
+
+
+def resolve(d, recipe: Recipe, side: int, stored: int | None = None) -> Augmentation:
+    """Merge the config fields ``d`` (a DataSection; ``None`` = the recipe's) with ``recipe``.
+
+    ``side``: the training images' height (for a proportional padding); ``stored``: the size an
+    image folder is resized to (its RandomResizedCrop size when ``random_resized_crop`` is unset).
+    """
+    explicit = [k for k in ("crop_padding", "flip", "random_resized_crop") if getattr(d, k) is not None]
+    rrc = d.random_resized_crop
+    if rrc is None and recipe.resized_crop and not d.crop_padding:
+        rrc = stored or side
+    if d.crop_padding is not None:
+        pad = d.crop_padding
+    elif rrc is not None:
+        pad = 0
+    elif recipe.pad_fraction:
+        pad = max(1, round(side * recipe.pad_fraction))
+    else:
+        pad = recipe.crop_padding
+    flip = recipe.flip if d.flip is None else d.flip
+    parts = []
+    if rrc is not None:
+        parts.append(
+            f"RandomResizedCrop {rrc} (scale {tuple(d.rrc_scale)}, ratio "
+            f"({d.rrc_ratio[0]:.4g}, {d.rrc_ratio[1]:.4g})); eval centre crop {rrc}"
+        )
+    if pad:
+        parts.append(f"pad {pad} + random crop")
+    parts.append("horizontal flip" if flip else "no flip")
+    where = f"recipe: {recipe.source}" + (f"; set in config: {', '.join(explicit)}" if explicit else "")
+    return Augmentation(pad, flip, rrc, tuple(d.rrc_scale), tuple(d.rrc_ratio), f"{', '.join(parts)} [{where}]")

@@ -1,4 +1,4 @@
-"""The fixed data splits of the benchmarks in BENCHMARK.md."""
+"""The fixed data splits of the benchmarks in docs/benchmarks.md."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ KD_V1_TRAIN, KD_V1_QUICK_TRAIN, KD_V1_VAL = 10_000, 5_000, 5_000
 
 def fmnist_kd_v1(root: str | os.PathLike | None = None, quick: bool = False,
                  download: bool = False) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
-    """FMNIST-KD v1 (BENCHMARK.md, section A): (train, val, test), in the official file order.
+    """FMNIST-KD v1 (docs/benchmarks.md, protocol A): (train, val, test), in the official file order.
 
     train: official training images 0..9,999 (``quick``: 0..4,999); val: training images
     10,000..14,999, used for tuning only; test: all 10,000 official test images. The val slice

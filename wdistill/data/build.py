@@ -20,15 +20,22 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from wdistill.errors import ConfigError
+from wdistill.data.augment import Augmentation, augment_recipe, resolve
 from wdistill.data.dataset import ImageDataset
 from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from wdistill.data.loader import BatchLoader
-from wdistill.data.recipe import Augmentation, recipe_for, resolve
 from wdistill.data.registry import load_dataset
 from wdistill.data.stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
-from wdistill.data.user import (check_dataset, infer_num_classes, known_targets, load_factory, materialize, probe_channels,
-                   scan_targets)
+from wdistill.data.user import (
+    check_dataset,
+    infer_num_classes,
+    known_targets,
+    load_factory,
+    materialize,
+    probe_channels,
+    scan_targets,
+)
+from wdistill.errors import ConfigError
 
 GIB = 1024 ** 3
 
@@ -112,6 +119,31 @@ def _to_memory(d, train, test, num_classes: int, mean, std) -> tuple[ImageDatase
     return (materialize(train, "train", num_classes, mean, std), materialize(test, "test", num_classes, mean, std))
 
 
+def _choose_path(d, train, test, stored: int | None) -> tuple[str, str]:
+    """("memory" or "stream", why) for the data section and the opened splits (module docstring)."""
+    if isinstance(train, ImageDataset):
+        path = "stream" if d.loader == "stream" else "memory"
+        return path, ("in-memory data set" if path == "memory" else "data.loader=stream")
+    if isinstance(train, FolderImages):
+        est = (len(train) + len(test)) * 3 * stored * stored
+        path = d.loader if d.loader != "auto" else ("memory" if est <= d.memory_limit_gb * GIB else "stream")
+        return path, (f"data.loader={d.loader}" if d.loader != "auto" else
+                      f"decoded size {est / GIB:.2f} GiB {'<=' if path == 'memory' else '>'} "
+                      f"data.memory_limit_gb={d.memory_limit_gb:g}")
+    path = "memory" if d.loader == "memory" else "stream"
+    return path, ("data.loader=memory" if path == "memory" else "a user Dataset streams (data.loader=memory loads it)")
+
+
+def _normalisation(d, train) -> tuple:
+    """(mean, std) of the images: the data set's own, ImageNet's for folders, else the section's."""
+    if isinstance(train, ImageDataset):
+        return train.mean, train.std
+    if isinstance(train, FolderImages):
+        return d.options.get("mean", IMAGENET_MEAN), d.options.get("std", IMAGENET_STD)
+    return (d.mean if d.mean is not None else getattr(train, "mean", None),
+            d.std if d.std is not None else getattr(train, "std", None))
+
+
 def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", rank: int = 0,
                   world_size: int = 1, batch_size: int | None = None, eval_batch_size: int | None = None,
                   need_targets: bool = False, log: Callable[[str], None] = print) -> RunData:
@@ -135,32 +167,14 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
     folder = isinstance(train, FolderImages)
     stored = d.options.get("size", 32) if folder else None
 
-    if isinstance(train, ImageDataset):
-        path = "stream" if d.loader == "stream" else "memory"
-        why = "in-memory data set" if path == "memory" else "data.loader=stream"
-    elif folder:
-        est = (len(train) + len(test)) * 3 * stored * stored
-        path = d.loader if d.loader != "auto" else ("memory" if est <= d.memory_limit_gb * GIB else "stream")
-        why = (f"data.loader={d.loader}" if d.loader != "auto" else
-               f"decoded size {est / GIB:.2f} GiB {'<=' if path == 'memory' else '>'} "
-               f"data.memory_limit_gb={d.memory_limit_gb:g}")
-    else:
-        path = "memory" if d.loader == "memory" else "stream"
-        why = "data.loader=memory" if path == "memory" else "a user Dataset streams (data.loader=memory loads it)"
-
-    if isinstance(train, ImageDataset):
-        mean, std = train.mean, train.std
-    elif folder:
-        mean, std = d.options.get("mean", IMAGENET_MEAN), d.options.get("std", IMAGENET_STD)
-    else:
-        mean = d.mean if d.mean is not None else getattr(train, "mean", None)
-        std = d.std if d.std is not None else getattr(train, "std", None)
+    path, why = _choose_path(d, train, test, stored)
+    mean, std = _normalisation(d, train)
     if path == "memory" and not isinstance(train, ImageDataset):
         train, test = _to_memory(d, train, test, num_classes, mean, std)
 
     channels = probe_channels(train)
     side = train.size[0] if isinstance(train, ImageDataset) else 0
-    aug = resolve(d, recipe_for(recipe_name), side, stored)
+    aug = resolve(d, augment_recipe(recipe_name), side, stored)
     if side and aug.crop_padding > side // 2:
         raise ConfigError(f"data.crop_padding={aug.crop_padding} on {side}-pixel images would crop mostly padding: "
                           f"use at most {side // 2} (the CIFAR recipe pads 4 on 32 px)")

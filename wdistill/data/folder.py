@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from wdistill.data.dataset import ImageDataset
@@ -26,7 +27,9 @@ _CACHE_VERSION = 1
 _LAYOUT = "expected root/<class_name>/<image> with images ending in " + "|".join(EXTENSIONS)
 
 
-def scan(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], list[Path], list[int]]:
+def scan(
+    root: str | os.PathLike, classes: tuple[str, ...] | None = None
+) -> tuple[tuple[str, ...], list[Path], list[int]]:
     """(class names, image paths, labels) of an image folder. With ``classes`` given (e.g. the
     training split's), labels follow that list and a class folder may be absent."""
     root = Path(root)
@@ -41,8 +44,10 @@ def scan(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> tup
         classes = tuple(classes)
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise ValueError(f"{root} has class folders {unknown} that the training split lacks: "
-                             "both splits need the same class names")
+            raise ValueError(
+                f"{root} has class folders {unknown} that the training split lacks: "
+                "both splits need the same class names"
+            )
     files, labels = [], []
     for label, c in enumerate(classes):
         if c not in found:
@@ -57,7 +62,6 @@ def scan(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> tup
 
 def _decode(path: Path, size: int) -> np.ndarray:
     """One image file -> uint8 (3, size, size): RGB, shorter side resized to ``size``, centre crop."""
-    from PIL import Image  # only needed when a folder is decoded, never in the training loop
 
     try:
         if path.suffix.lower() == ".npy":
@@ -99,13 +103,22 @@ def _save(path: Path, **arrays) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write the decoded-image cache {path} ({e}); the folder will be decoded "
-                      "again next time: pass a writable cache_dir to avoid that", stacklevel=3)
+        warnings.warn(
+            f"could not write the decoded-image cache {path} ({e}); the folder will be decoded "
+            "again next time: pass a writable cache_dir to avoid that",
+            stacklevel=3,
+        )
 
 
-def image_folder(root: str | os.PathLike, size: int = 32, cache_dir: str | os.PathLike | None = None,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, classes: tuple[str, ...] | None = None,
-                 progress: bool = True) -> ImageDataset:
+def image_folder(
+    root: str | os.PathLike,
+    size: int = 32,
+    cache_dir: str | os.PathLike | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    classes: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> ImageDataset:
     """The image folder ``root`` as uint8 (N, 3, size, size) tensors in memory.
 
     The decoded tensors are cached as ``<cache_dir or root>/.wdistill-<size>px-<key>.npz``.
@@ -126,5 +139,6 @@ def image_folder(root: str | os.PathLike, size: int = 32, cache_dir: str | os.Pa
             images[i] = _decode(p, size)
         targets = np.asarray(labels, dtype=np.int64)
         _save(cache, images=images, targets=targets)
-    return ImageDataset(torch.from_numpy(images), torch.from_numpy(targets), len(classes), tuple(mean), tuple(std),
-                        root.name, classes)
+    return ImageDataset(
+        torch.from_numpy(images), torch.from_numpy(targets), len(classes), tuple(mean), tuple(std), root.name, classes
+    )

@@ -19,7 +19,7 @@ from wdistill.data.sample import bundled_sample
 
 
 def _fmnist(root, download: bool = False, protocol: str = "official", quick: bool = False, eval_split: str = "test"):
-    """protocol 'official': (60,000 train, 10,000 test). protocol 'kd_v1': BENCHMARK.md's
+    """protocol 'official': (60,000 train, 10,000 test). protocol 'kd_v1': docs/benchmarks.md's
     FMNIST-KD v1 (``fmnist_kd_v1``), whose second element is the test set, or with
     ``eval_split='val'`` the 5,000-image validation slice used for tuning."""
     if protocol == "kd_v1":

@@ -32,9 +32,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wdistill.data.augment import center_crop, crop_flip, fallback_box, resized_crop_flip
+from wdistill.data.folder import scan
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -136,7 +138,6 @@ class ImageTransform:
         rng = random.Random(seed)
         s = self.resized_crop
         if not isinstance(image, (torch.Tensor, np.ndarray)):  # PIL: crop and resize in Pillow
-            from PIL import Image
             if self.rgb and image.mode != "RGB":
                 image = image.convert("RGB")
             if s is not None and self.train:
@@ -167,7 +168,6 @@ class ImageTransform:
 
 def resize_center_crop(image, resize: int, crop: int):
     """PIL image: shorter side to ``resize`` (bilinear), then the central ``crop`` x ``crop``."""
-    from PIL import Image
     w, h = image.size
     k = resize / min(w, h)
     nw, nh = max(resize, round(w * k)), max(resize, round(h * k))
@@ -193,7 +193,6 @@ class FolderImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from PIL import Image
         path = self.files[i]
         try:
             if path.lower().endswith(".npy"):
@@ -292,6 +291,5 @@ def default_workers() -> int:
 
 
 def folder_images(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> FolderImages:
-    from wdistill.data.folder import scan
     classes, files, labels = scan(root, classes)
     return FolderImages(files, labels, classes, Path(root).name)

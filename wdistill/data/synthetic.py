@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def make_image_folder(root: str | os.PathLike, per_class: dict[str, int] | int, classes: int = 4,
@@ -17,7 +18,6 @@ def make_image_folder(root: str | os.PathLike, per_class: dict[str, int] | int, 
                       splits: tuple[str, ...] = ("train", "val"), val_fraction: float = 0.25) -> Path:
     """Write ``root/<split>/c<k>/<i>.<ext>``: ``per_class`` training images per class (val gets
     ``val_fraction`` of that, at least 1). ``size`` is (width, height). Returns ``root``."""
-    from PIL import Image
 
     root = Path(root)
     rng = np.random.default_rng(seed)

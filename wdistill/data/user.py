@@ -13,11 +13,12 @@ from __future__ import annotations
 import importlib
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from wdistill.errors import ConfigError
 from wdistill.data.dataset import ImageDataset
 from wdistill.data.stream import to_tensor
+from wdistill.errors import ConfigError
 
 
 def load_factory(spec: str | None, kwargs: dict) -> tuple:
@@ -85,12 +86,17 @@ def infer_num_classes(ds, given: int | None) -> int:
 
 def scan_targets(ds, workers: int = 0, progress: bool = True) -> torch.Tensor:
     """Labels by reading every item once (decoding included), in parallel workers."""
-    from torch.utils.data import DataLoader
 
-    loader = DataLoader(ds, batch_size=256, num_workers=workers, collate_fn=lambda items: [int(y) for _, y, *_ in items])
+    loader = DataLoader(
+        ds, batch_size=256, num_workers=workers, collate_fn=lambda items: [int(y) for _, y, *_ in items]
+    )
     labels = []
-    for chunk in tqdm(loader, desc=f"reading labels of {type(ds).__name__} (add a `targets` attribute to skip)",
-                      unit="batch", disable=not progress):
+    for chunk in tqdm(
+        loader,
+        desc=f"reading labels of {type(ds).__name__} (add a `targets` attribute to skip)",
+        unit="batch",
+        disable=not progress,
+    ):
         labels += chunk
     return torch.tensor(labels, dtype=torch.long)
 
@@ -117,16 +123,27 @@ def materialize(ds, name: str, num_classes: int, mean=None, std=None, progress: 
         image, y = ds[i][:2]
         x = to_tensor(image)
         if x.dtype != torch.uint8:
-            raise ConfigError(f"{name}[{i}] is a {x.dtype} image: the memory path holds uint8 images only; use "
-                              "data.loader: stream for float images")
+            raise ConfigError(
+                f"{name}[{i}] is a {x.dtype} image: the memory path holds uint8 images only; use "
+                "data.loader: stream for float images"
+            )
         if images and x.shape != images[0].shape:
-            raise ConfigError(f"{name}[{i}] has shape {tuple(x.shape)}, item 0 {tuple(images[0].shape)}: the memory "
-                              "path needs one image size; use data.loader: stream with a crop")
+            raise ConfigError(
+                f"{name}[{i}] has shape {tuple(x.shape)}, item 0 {tuple(images[0].shape)}: the memory "
+                "path needs one image size; use data.loader: stream with a crop"
+            )
         images.append(x)
         labels.append(int(y))
     c = images[0].shape[0]
     classes = tuple(str(c_) for c_ in getattr(ds, "classes", ()) or ())
     if len(classes) != num_classes:
         classes = ()
-    return ImageDataset(torch.stack(images), torch.tensor(labels), num_classes,
-                        tuple(mean or (0.0,) * c), tuple(std or (1.0,) * c), name, classes)
+    return ImageDataset(
+        torch.stack(images),
+        torch.tensor(labels),
+        num_classes,
+        tuple(mean or (0.0,) * c),
+        tuple(std or (1.0,) * c),
+        name,
+        classes,
+    )

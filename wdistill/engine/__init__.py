@@ -1,6 +1,7 @@
-"""Distiller, trainer, configuration and checkpoints."""
-from wdistill.config.schema import ConfigError, RunConfig, load_config
-from wdistill.engine.distiller import Distiller, NonFiniteLoss
-from wdistill.engine.trainer import Trainer, evaluate
+"""The engine: build a run from its config, distil (teachers + student + weighted terms), train,
+evaluate, checkpoint, resume, scale out. It knows terms, not methods."""
+from wdistill.engine.distiller import Distiller
+from wdistill.engine.evaluate import evaluate
+from wdistill.engine.trainer import Trainer
 
-__all__ = ["ConfigError", "RunConfig", "load_config", "Distiller", "NonFiniteLoss", "Trainer", "evaluate"]
+__all__ = ["Distiller", "Trainer", "evaluate"]

@@ -1,14 +1,21 @@
-"""Building a run from its config: device, models, loss terms (data: ``wdistill.data.build``). Every error is a
-ConfigError that names the key and the fix, raised before any long work starts."""
+"""Building a run from its config: device, models, loss terms, the distiller (data:
+``wdistill.data.build``), and the checks of ``wdistill config check``. Every error is a ConfigError
+that names the key and the fix, raised before any long work starts."""
 from __future__ import annotations
 
 import os
 
 import torch
 import torch.nn as nn
+import yaml
 
-from wdistill import losses
-from wdistill.config.schema import ConfigError, RunConfig
+from wdistill import losses, models
+from wdistill.config.schema import RunConfig
+from wdistill.data.views import View
+from wdistill.engine.distiller import Distiller
+from wdistill.engine.rundir import CONFIG
+from wdistill.errors import ConfigError
+from wdistill.models.teachers import missing_checkpoint_hint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,24 +37,23 @@ def resolve_device(name: str) -> torch.device:
 
 # Where the teacher checkpoints of shipped presets come from, by path prefix (the CIFAR-100
 # teachers live in wdistill's cache: `wdistill teachers fetch`).
+_BENCH = "(from a wdistill checkout) `python -m benchtools"
 _CHECKPOINT_SOURCES = {  # first matching prefix wins
     "runs/bench/fmnist-kd-v1/teacher-lowpass/": "`wdistill train configs/fmnist/settings/crossmodal_teacher.yaml` "
-                                                "(or `wdistill bench settings --setting crossmodal`) trains it there",
-    "runs/bench/fmnist-kd-v1/vanilla/": "`wdistill train configs/fmnist/settings/selfdistill_teacher.yaml` (or "
-                                        "`wdistill bench accuracy`) trains it there",
-    "runs/bench/fmnist-kd-v1/teacher/seed0/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
-    "runs/bench/fmnist-kd-v1/teacher/": "`wdistill bench settings --setting ensemble` trains the ensemble's teachers "
-                                        "there (seeds 1-3; seed 0 is `wdistill bench accuracy`'s)",
-    "runs/bench/": "`wdistill bench accuracy` trains and keeps the benchmark teacher there",
+                                                f"or {_BENCH} settings --setting crossmodal` trains it there",
+    "runs/bench/fmnist-kd-v1/vanilla/": "`wdistill train configs/fmnist/settings/selfdistill_teacher.yaml` or "
+                                        f"{_BENCH} accuracy` trains it there",
+    "runs/bench/fmnist-kd-v1/teacher/seed0/": f"{_BENCH} accuracy` trains and keeps the benchmark teacher there",
+    "runs/bench/fmnist-kd-v1/teacher/": f"{_BENCH} settings --setting ensemble` trains the ensemble's "
+                                        f"teachers there (seeds 1-3; seed 0 is {_BENCH} accuracy`'s)",
+    "runs/bench/": f"{_BENCH} accuracy` trains and keeps the benchmark teacher there",
     "checkpoints/imagenet/": "configs/imagenet/README.md names the published files to put there",
 }
 
 
 def missing_checkpoint(section, role: str) -> str | None:
     """What is wrong with ``section.checkpoint`` and where the file comes from, or None if it exists."""
-    from wdistill.models.specs import resolve_path
-    from wdistill.models.teachers import missing_checkpoint_hint
-    path = resolve_path(section.checkpoint)
+    path = models.resolve_path(section.checkpoint)
     if path.is_file():
         return None
     given = section.checkpoint.replace("\\", "/")
@@ -58,20 +64,18 @@ def missing_checkpoint(section, role: str) -> str | None:
 
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
-    ``wdistill.models.specs``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
-    from wdistill.models.weights import load_checkpoint
-    from wdistill.models.specs import build, resolve_path
+    ``wdistill.models.create``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
     try:
-        model = build(section.model, num_classes, in_channels, section.kwargs, section.pretrained)
+        model = models.create(section.model, num_classes, in_channels, section.pretrained, **section.kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{role}.model: {e}") from None
     if section.checkpoint:
-        path = resolve_path(section.checkpoint)
+        path = models.resolve_path(section.checkpoint)
         problem = missing_checkpoint(section, role)
         if problem:
             raise ConfigError(problem)
         try:
-            load_checkpoint(model, path)
+            models.load_checkpoint(model, path)
         except ValueError as e:
             raise ConfigError(f"{role}.checkpoint: {e}") from None
     elif role == "teacher":
@@ -83,12 +87,9 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
 def check_teacher_view(section, role: str = "teacher") -> None:
     """Refuse a teacher trained on a view (its run's config.yaml says so) but fed the full image
     because ``view`` was left unset: a silent mismatch would distil from a confused teacher."""
-    import yaml
-
-    from wdistill.models.specs import resolve_path
     if section.view is not None or not section.checkpoint:
         return
-    beside = resolve_path(section.checkpoint).parent / "config.yaml"
+    beside = models.resolve_path(section.checkpoint).parent / CONFIG
     try:
         recorded = ((yaml.safe_load(beside.read_text()) or {}).get("student") or {}).get("view")
     except (OSError, yaml.YAMLError, AttributeError):
@@ -118,3 +119,42 @@ def check_teacher_needs(cfg: RunConfig) -> None:
     if needy:
         raise ConfigError(f"loss terms {needy} need a teacher: add a 'teacher:' section (model + checkpoint), "
                           "or train with terms that need none (e.g. ce)")
+
+
+def build_distiller(cfg: RunConfig, student: nn.Module, teachers: list[nn.Module], channels: int) -> Distiller:
+    """The student, the teachers and the configured terms, with each model's taps and view."""
+    t_sections = cfg.teacher_sections()
+    for s in t_sections:
+        check_teacher_view(s)
+    views = [cfg.student.view, *(s.view for s in t_sections)]
+    for role, view in zip(["student"] + ["teacher"] * len(t_sections), views):
+        try:
+            View(view).check(channels)  # the image size is checked on the probe batch (Trainer.setup_terms)
+        except ValueError as e:
+            raise ConfigError(f"{role}.view: {e}") from None
+    try:
+        return Distiller(student, teachers, build_terms(cfg), cfg.student.taps,
+                         [s.taps for s in t_sections] if t_sections else None, student_view=cfg.student.view,
+                         teacher_views=[s.view for s in t_sections] if t_sections else None)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"student/teacher taps: {e!s}. A tap spec needs 'feats' (module paths) and 'embed' "
+                          "(e.g. 'fc:in'); `wdistill list` names the zoo models, which need none") from None
+
+
+def check_config(cfg: RunConfig) -> list[str]:
+    """Checks beyond the schema that need no training: model names, loss terms and their parameters,
+    teacher checkpoints. Returns what was checked; raises ConfigError naming the problem and fix."""
+    for role, section in [("student", cfg.student)] + [("teacher", s) for s in cfg.teacher_sections()]:
+        if ":" not in section.model and section.model not in models.available():  # timm:/torchvision:/factory
+            raise ConfigError(f"{role}.model {section.model!r} is not a zoo model; `wdistill list` names them")
+        if section.checkpoint:
+            problem = missing_checkpoint(section, role)
+            if problem:
+                raise ConfigError(problem)
+    check_teacher_needs(cfg)
+    for i, t in enumerate(cfg.loss):
+        try:
+            losses.create(t.name, **t.params)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"loss.{i} ({t.name}): {e}") from None
+    return ["schema", "data set and options", "models", "loss terms", "checkpoints exist"]

@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from wdistill.losses import dist as helpers
-from wdistill.config.schema import ConfigError
+from wdistill.errors import ConfigError
+from wdistill.losses._shared import distributed as helpers
 
 
 def init_distributed() -> tuple[int, int]:

@@ -10,7 +10,6 @@ import torch.nn as nn
 from wdistill.data.views import View
 from wdistill.losses.base import SetupContext, Term, mean_distribution_logits
 from wdistill.models.taps import FeatureTap, TapOutputs, TapSpec
-from wdistill.engine.loop import NonFiniteLoss  # noqa: F401  (raised by the training loop; kept importable here)
 
 MEAN, PER_TEACHER = "mean", "per_teacher"
 

@@ -10,7 +10,7 @@ from wdistill.engine.loop import Meter
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp_ctx=nullcontext) -> dict:
+def evaluate(model: nn.Module, loader, amp_ctx=nullcontext) -> dict:
     """top-1, top-5 (%) and mean cross-entropy of ``model`` over ``loader`` (summed over ranks
     when the loader is sharded). Sums stay on the device until the end."""
     was = model.training

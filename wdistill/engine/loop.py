@@ -12,13 +12,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from wdistill.engine import ddp
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss or its gradient became NaN or inf; the message names the step, the terms and
-    their weights, and what to change."""
+from wdistill.errors import NonFiniteLoss
 
 
 class Guard:
@@ -145,3 +142,29 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         if self.after_step is not None:
             self.after_step()
+
+
+def run_pass(loader, stepper: Stepper, *, steps: int, log_every: int, progress: bool, prepare: Callable,
+             world_size: int, desc: str, where: str, first_step: int = 0) -> dict:
+    """The first ``steps`` batches of ``loader`` through ``stepper`` with a progress bar; the guard
+    and the running loss are read (a host sync) every ``log_every`` steps and at the end. Returns
+    the meter's sums over the pass (and the ranks)."""
+    bar = tqdm(total=steps, desc=desc, leave=False, disable=None if progress else True)
+    for step, batch in enumerate(loader):
+        if step == steps:
+            break
+        batch = prepare(batch)
+        batch["step"] = first_step + step
+        stepper.step(batch, first_step + step)
+        bar.update(1)
+        if (step + 1) % log_every == 0 and step + 1 < steps:
+            stepper.guard.check(where)
+            if progress:
+                s = stepper.meter.read()
+                post = {"loss": f"{s['loss'] / s['n']:.4f}"}
+                if "correct" in s:
+                    post["acc"] = f"{100 * s['correct'] / s['n']:.1f}"
+                bar.set_postfix(post)
+    bar.close()
+    stepper.guard.check(where)
+    return stepper.meter.read(world_size)

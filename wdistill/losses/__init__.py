@@ -1,14 +1,15 @@
-"""Distillation loss terms: ``create(name, **params)``, ``available()``.
+"""Distillation loss terms: ``create(name, **params)``, ``available()``, ``register``.
 
-Every module of this package is imported here, so a new method file registers itself.
+Every module of this package (the ``wkd`` and ``wcord`` families included) is imported here, so a
+new method file registers itself.
 """
 import importlib
 import pkgutil
 
-from wdistill.losses.base import ConfigError, SetupContext, Stage, Term
+from wdistill.losses.base import SetupContext, Stage, Term
 from wdistill.losses.registry import available, create, get, register
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+for _m in pkgutil.walk_packages(__path__, prefix=f"{__name__}."):
+    importlib.import_module(_m.name)
 
-__all__ = ["ConfigError", "SetupContext", "Stage", "Term", "available", "create", "get", "register"]
+__all__ = ["SetupContext", "Stage", "Term", "available", "create", "get", "register"]

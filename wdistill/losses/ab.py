@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from wdistill.losses._shared.pairing import paired_maps
-from wdistill.losses.base import ConfigError, Stage, Term
+from wdistill.errors import ConfigError
 from wdistill.losses._shared.heads import ConvReg
-from wdistill.losses.recipes import bracket, ce, publish
+from wdistill.losses._shared.pairing import paired_maps
+from wdistill.losses.base import Stage, Term
+from wdistill.losses.recipes import ce, publish
 from wdistill.losses.registry import register
 
 

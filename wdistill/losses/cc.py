@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wdistill.losses.base import ConfigError, Term
+from wdistill.errors import ConfigError
+from wdistill.losses.base import Term
 from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 

@@ -5,11 +5,21 @@ import warnings
 
 import torch
 
-from wdistill.losses import dist as ddist
-from wdistill.losses.base import ConfigError, Term
+from wdistill.errors import ConfigError
+from wdistill.losses._shared import distributed as ddist
 from wdistill.losses._shared.heads import Embed
-from wdistill.losses._shared.memory import (MATMUL_MAX_ELEMENTS, SCORINGS, ClassSampler, PendingRows, bank_scores,  # noqa: F401 (re-exported)
-                     check_options, init_bank, momentum_update_, resolve_scoring)
+from wdistill.losses._shared.memory import (  # noqa: F401 (re-exported)
+    MATMUL_MAX_ELEMENTS,
+    SCORINGS,
+    ClassSampler,
+    PendingRows,
+    bank_scores,
+    check_options,
+    init_bank,
+    momentum_update_,
+    resolve_scoring,
+)
+from wdistill.losses.base import Term
 from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wdistill.losses.base import ConfigError, Term
-from wdistill.losses.recipes import bracket, ce, publish
+from wdistill.errors import ConfigError
+from wdistill.losses.base import Term
+from wdistill.losses.recipes import ce, publish
 from wdistill.losses.registry import register
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from wdistill.losses.base import ConfigError, Term
+from wdistill.errors import ConfigError
 from wdistill.losses._shared.heads import ConvReg
+from wdistill.losses.base import Term
 from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from wdistill.errors import ConfigError
 from wdistill.losses._shared.pairing import match_spatial, upcast
-from wdistill.losses.base import ConfigError, Stage, Term
-from wdistill.losses.recipes import bracket, ce, publish
+from wdistill.losses.base import Stage, Term
+from wdistill.losses.recipes import ce, publish
 from wdistill.losses.registry import register
 
 

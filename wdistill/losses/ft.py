@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wdistill.errors import ConfigError
 from wdistill.losses._shared.pairing import attention_map, match_spatial
-from wdistill.losses.base import ConfigError, Stage, Term
+from wdistill.losses.base import Stage, Term
 from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from wdistill.losses.base import Term
-from wdistill.losses.recipes import bracket, ce, publish
+from wdistill.losses.recipes import ce, publish
 from wdistill.losses.registry import register
 
 

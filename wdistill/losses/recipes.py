@@ -9,6 +9,13 @@ combination such as CRD+KD next to CRD)::
             grid=[{}, {"kd.T": 2}, {"kd.T": 8}], tune_priority=0)
 
 so adding a method is one file. Nothing here depends on the engine or the benchmark.
+
+The recipes are in the classic form ``gamma*CE + alpha*KD + beta*method`` of the CIFAR-100 papers
+(RepDistiller: gamma=1, alpha=0 for the feature methods; CE 0.1 / KD 0.9 for KD; CRD+KD and
+WCoRD+KD add KD with alpha=1). Epoch-valued settings are in CIFAR epochs (init stages 30 of 240,
+DKD warm-up 20); :func:`scale_epoch_params` scales them to a schedule. WKD's decay start is a
+fraction of training, 150/240, whatever the schedule. Presets tuned on a data set (the files in
+``wdistill/config/presets``) are read by ``wdistill.config.presets.recipe``.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ class Published:
 
     method: row name (``wdistill distill``'s recipe name, e.g. ``"crd_kd"``); label: its table label.
     terms: the CIFAR-100 recipe in the classic ``gamma*CE + alpha*KD + beta*method`` form, epoch
-      settings in CIFAR epochs (scaled by ``recipes.scale_epoch_params``).
+      settings in CIFAR epochs (scaled by :func:`scale_epoch_params`).
     grid: tuning candidates, ``{"term.param": value}`` applied to ``terms``; the first is ``{}``
       (the recipe unchanged). None: the row is not tuned (vanilla).
     order: position in the protocol's tables (rows sort by it, then by declaration).
@@ -150,3 +157,57 @@ def demo_view(quick: bool) -> Sequence:
     """The demo's rows (``quick``: the quick demo's subset) in demo order."""
     return _ListView(lambda: [p.method for p in sorted((p for p in rows() if p.demo is not None
                                                         and (p.quick or not quick)), key=lambda p: p.demo)])
+
+
+CIFAR_EPOCHS = 240  # the published recipes' length; epoch-valued settings scale by E / 240
+# Epoch-valued parameters of the CIFAR-100 recipes, in CIFAR epochs.
+EPOCH_PARAMS = {"init_epochs": 30, "warmup": 20}
+
+# Live views of the registry, in protocol order, so a method published later shows up too.
+RECIPES: Mapping[str, list[dict]] = recipes_view()
+LABELS: Mapping[str, str] = labels_view()
+GRIDS: Mapping[str, list[dict]] = grids_view()
+
+
+def default_recipe(method: str) -> list[dict]:
+    """The published (CIFAR-100) recipe of ``method``, ignoring any preset."""
+    if method not in RECIPES:
+        raise ValueError(f"unknown method recipe {method!r}; known: {', '.join(RECIPES)}")
+    return [dict(t) for t in RECIPES[method]]
+
+
+def scale_epoch_params(terms: list[dict], epochs: int) -> list[dict]:
+    """Epoch-valued settings (init stages of AB/FSP/FT: 30; DKD warm-up: 20, in CIFAR's 240
+    epochs) set to the same fraction of an ``epochs``-long schedule, at least 1.
+    WKD's decay start is already a fraction (``decay_start_frac``)."""
+    out = copy.deepcopy(terms)
+    for t in out:
+        for key, cifar_value in EPOCH_PARAMS.items():
+            if key in t:
+                t[key] = max(1, round(cifar_value * epochs / CIFAR_EPOCHS))
+    return out
+
+
+def apply_candidate(terms: list[dict], candidate: dict) -> list[dict]:
+    """``terms`` with ``{"term.param": value}`` set; naming a term not in the recipe is an error."""
+    out = copy.deepcopy(terms)
+    by_name = {t["name"]: t for t in out}
+    for key, value in candidate.items():
+        term, _, param = key.partition(".")
+        if term not in by_name or not param:
+            raise ValueError(f"candidate key {key!r} must be 'term.param' with term one of {sorted(by_name)}")
+        by_name[term][param] = value
+    return out
+
+
+def describe(terms: list[dict]) -> str:
+    """Short settings string of the non-CE terms, e.g. ``kd w=0.9 T=4``."""
+    keys = ("T", "lambda_l", "tau", "lambda_f", "gamma", "beta", "main_weight", "lambda1", "lambda2", "num_negatives",
+            "positives")
+    parts = []
+    for t in terms:
+        if t["name"] == "ce":
+            continue
+        extra = " ".join(f"{k}={t[k]:g}" if isinstance(t[k], float) else f"{k}={t[k]}" for k in keys if k in t)
+        parts.append(f"{t['name']} w={t.get('weight', 1.0):g}" + (f" {extra}" if extra else ""))
+    return "; ".join(parts)

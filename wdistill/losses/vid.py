@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wdistill.errors import ConfigError
 from wdistill.losses._shared.pairing import match_spatial, paired_maps
-from wdistill.losses.base import ConfigError, Term
+from wdistill.losses.base import Term
 from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 

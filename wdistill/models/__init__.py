@@ -1,17 +1,12 @@
-"""Model zoo: CIFAR and ImageNet architectures with reference parameter names, and hook-based taps.
+"""Models: ``create(spec)`` for zoo names, ``timm:``, ``torchvision:`` and ``pkg.module:factory``;
+hook-based feature taps; weight files; the published CIFAR-100 teachers.
 
-Every module of this package is imported here, so a new architecture file registers itself.
+The zoo (``wdistill.models.zoo``) is imported here, so every architecture file registers itself.
 """
-import importlib
-import pkgutil
-
-from wdistill.models.registry import available, create, register
-from wdistill.models.weights import load_checkpoint, read_checkpoint, save_student_safetensors
-from wdistill.models.specs import build, cache_dir, resolve_path
+from wdistill.models import zoo  # noqa: F401  (registers the zoo architectures)
+from wdistill.models.registry import available, create, io_shape, load_checkpoint, matching_zoo_models, register
 from wdistill.models.taps import FeatureTap, TapSpec, spec_for
+from wdistill.models.weights import cache_dir, read_checkpoint, resolve_path, save_student_safetensors
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
-
-__all__ = ["available", "create", "register", "build", "cache_dir", "resolve_path", "load_checkpoint",
-           "read_checkpoint", "save_student_safetensors", "FeatureTap", "TapSpec", "spec_for"]
+__all__ = ["available", "create", "register", "io_shape", "load_checkpoint", "matching_zoo_models", "cache_dir",
+           "resolve_path", "read_checkpoint", "save_student_safetensors", "FeatureTap", "TapSpec", "spec_for"]

@@ -1,11 +1,41 @@
-"""Name -> constructor registry for the model zoo."""
+"""Every model a config can name: ``create(spec, num_classes, in_channels)``.
+
+A spec is a zoo name (``resnet8``, registered by the files of ``wdistill.models.zoo`` with
+:func:`register`), ``timm:<name>``, ``torchvision:<name>`` or ``"pkg.module:factory"`` (a Python
+callable returning an ``nn.Module``). Nothing is downloaded: ``pretrained`` is a local file, or
+``true`` for the file in wdistill's cache (``<cache>/pretrained/<library>/<name>.safetensors`` or
+``.pth``; see :func:`cache_dir`). Errors are ``ValueError`` with the fix in the message (the engine
+turns them into ConfigErrors).
+
+>>> from wdistill import models
+>>> net = models.create("resnet8", num_classes=10, in_channels=1)
+>>> sum(p.numel() for p in net.parameters())
+77754
+"""
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
+import os
+from functools import lru_cache
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
+from wdistill.models.weights import (
+    examples,
+    extract_state_dict,
+    first_last,
+    key_set,
+    load_pretrained,
+    pretrained_path,
+    read_safetensors,
+    strip_module,
+)
+
+LIBRARIES = ("timm", "torchvision")
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -22,8 +52,7 @@ def available() -> list[str]:
     return sorted(_MODELS)
 
 
-def create(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build zoo model ``name`` for ``num_classes`` outputs and ``in_channels`` input planes."""
+def _zoo(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -31,3 +60,213 @@ def create(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) ->
             f"unknown model {name!r}.{hint} Available: {', '.join(available())}. "
             "To use your own nn.Module, pass it directly and describe its stages with a TapSpec.")
     return _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+LIBRARIES = ("timm", "torchvision")
+
+
+def kind_of(spec: str) -> str:
+    """'zoo', 'timm', 'torchvision' or 'factory'."""
+    head, sep, _ = spec.partition(":")
+    if sep and head in LIBRARIES:
+        return head
+    if sep:
+        return "factory"
+    return "zoo"
+
+
+def _import_library(lib: str):
+    try:
+        return importlib.import_module(lib)
+    except ImportError as e:
+        raise ValueError(
+            f"model '{lib}:...' needs the {lib} package, which is not importable here ({e}). Install torch "
+            f"first, then `pip install 'wdistill[{lib}]'` (the extra never replaces your torch; it must "
+            f"be a {lib} release built for your torch version)") from None
+    except Exception as e:  # e.g. a torchvision built for another torch: "operator torchvision::nms does not exist"
+        raise ValueError(f"importing {lib} failed ({type(e).__name__}: {e}); this usually means {lib} was "
+                         "built for another torch version: install the release that matches your torch") from None
+
+
+def _timm(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    timm = _import_library("timm")
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name}*")[:5]
+        raise ValueError(f"timm has no model {name!r}" + (f" (similar: {', '.join(close)})" if close else ""))
+    # pretrained=False: weights come only from a local file (load_pretrained), never from the hub.
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    tv = _import_library("torchvision")
+    names = tv.models.list_models(module=tv.models)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        raise ValueError(f"torchvision has no classification model {name!r}"
+                         + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    if in_channels != 3:
+        raise ValueError(f"torchvision:{name} takes 3-channel images, the data has {in_channels}: "
+                         "use a timm model (in_chans adapts the stem) or a factory")
+    return tv.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+
+
+def _factory(spec: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or module_name
+        extra = f" (`pip install 'wdistill[{missing}]'`)" if missing in LIBRARIES else ""
+        raise ValueError(f"model {spec!r}: cannot import module {module_name!r} ({e}). Install the package "
+                         f"that provides {missing!r}{extra}, or put the module on PYTHONPATH") from None
+    fn = getattr(module, attr, None) if attr else None
+    if not callable(fn):
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise ValueError(f"model {spec!r}: module {module_name!r} has no callable {attr!r} "
+                         f"(its callables: {', '.join(public[:10]) or 'none'})")
+    # Pass num_classes / in_channels only to factories that accept them.
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    auto = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
+            if (k in params or takes_any) and k not in kwargs}
+    try:
+        model = fn(**auto, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"model {spec!r}: calling {attr}(**{sorted({**auto, **kwargs})}) failed: {e}; "
+                         "fix model kwargs") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {spec!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def create(spec: str, num_classes: int = 100, in_channels: int = 3, pretrained: str | bool | None = None,
+           **kwargs) -> nn.Module:
+    """The model ``spec`` names, for ``num_classes`` outputs and ``in_channels`` input planes;
+    ``kwargs`` go to its constructor (zoo function, timm/torchvision builder or factory).
+
+    ``pretrained``: a weights file (``.safetensors``/``.pt``/``.pth``), or ``True`` for
+    ``<cache>/pretrained/<library>/<name>.(safetensors|pth)``. The classifier is kept only when its
+    shape fits ``num_classes``; every other key must match.
+    """
+    kind = kind_of(spec)
+    if kind == "zoo":
+        model = _zoo(spec, num_classes, in_channels, kwargs)
+    elif kind == "timm":
+        model = _timm(spec[len("timm:"):], num_classes, in_channels, kwargs)
+    elif kind == "torchvision":
+        model = _torchvision(spec[len("torchvision:"):], num_classes, in_channels, kwargs)
+    else:
+        model = _factory(spec, num_classes, in_channels, kwargs)
+    if pretrained:
+        load_pretrained(model, pretrained_path(spec, pretrained, kind if kind in LIBRARIES else None))
+    return model
+
+
+def io_shape(arch: str, kwargs: dict, sd: dict) -> tuple[int | None, int | None]:
+    """(classes, input channels) the weights imply: rows of the last Linear, width of the first Conv."""
+    if arch not in _MODELS:  # timm/torchvision/factory specs: shapes come from the weights' metadata
+        return None, None
+    with torch.device("meta"):
+        m = _zoo(arch, 100, 3, kwargs)
+    convs = [n for n, x in m.named_modules() if isinstance(x, nn.Conv2d)]
+    linears = [n for n, x in m.named_modules() if isinstance(x, nn.Linear)]
+    strip = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    nc = strip.get(f"{linears[-1]}.weight") if linears else None
+    ch = strip.get(f"{convs[0]}.weight") if convs else None
+    return (None if nc is None else int(nc.shape[0])), (None if ch is None else int(ch.shape[1]))
+
+
+# ---- strict loading, naming the zoo model a checkpoint fits ----------------------------------------
+@lru_cache(maxsize=None)
+def _zoo_layout(name: str) -> tuple[frozenset, str | None, str | None]:
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        m = _zoo(name, 100, 3, {})
+    first, last = first_last(m)
+    return key_set(m.state_dict()), first, last
+
+
+def _shapes_of(name: str, num_classes: int, in_channels: int) -> dict[str, tuple]:
+    with torch.device("meta"):
+        m = _zoo(name, num_classes, in_channels, {})
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def _zoo_matches(state_dict: dict[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    sd = strip_module(state_dict)
+    keys = key_set(sd)
+    found = []
+    for name in available():
+        zkeys, first, last = _zoo_layout(name)
+        if zkeys != keys:
+            continue
+        num_classes = sd[f"{last}.weight"].shape[0] if last else 100
+        in_channels = sd[f"{first}.weight"].shape[1] if first else 3
+        shapes = _shapes_of(name, num_classes, in_channels)
+        if all(tuple(v.shape) == shapes[k] for k, v in sd.items()):
+            found.append((name, num_classes, in_channels))
+    return found
+
+
+def matching_zoo_models(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Zoo model names whose parameter names and shapes equal those of ``state_dict``, for the
+    class count and input channels the checkpoint itself implies."""
+    return [name for name, _, _ in _zoo_matches(state_dict)]
+
+
+def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
+                    trusted: bool = False) -> nn.Module:
+    """Load weights into ``model`` with strict=True and return it.
+
+    ``path_or_dict``: a file written by ``torch.save`` or an in-memory dict: a bare state_dict,
+    or a dict holding one under ``'model'`` (RepDistiller, mdistiller) or ``'state_dict'``.
+    A ``'module.'`` prefix (DataParallel) is removed. ``name`` is the model's zoo name, used in
+    messages. ``trusted=True`` allows pickled non-tensor objects in the file (only for files you
+    trust: unpickling can run code).
+    Raises ValueError listing missing, unexpected and wrongly-shaped keys, and naming the zoo
+    models whose layout the checkpoint does match.
+    """
+    if isinstance(path_or_dict, (str, os.PathLike)) and str(path_or_dict).endswith(".safetensors"):
+        obj = read_safetensors(path_or_dict)[0]
+    elif isinstance(path_or_dict, (str, os.PathLike)):
+        try:
+            obj = torch.load(path_or_dict, map_location="cpu", weights_only=not trusted)
+        except FileNotFoundError:
+            raise ValueError(f"checkpoint file not found: {path_or_dict}") from None
+        except Exception as e:  # the safe unpickler refuses arbitrary objects
+            if trusted:
+                raise
+            raise ValueError(
+                f"could not load {path_or_dict} with the safe (weights-only) loader: {e}. If you "
+                "trust this file, call load_checkpoint(..., trusted=True).") from e
+    else:
+        obj = path_or_dict
+    sd = strip_module(extract_state_dict(obj))
+
+    own = model.state_dict()
+    missing = [k for k in key_set(own) if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                   if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        name = name or "/".join(matching_zoo_models(own)) or None
+        arch = f"{name} ({type(model).__name__})" if name else type(model).__name__
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {examples(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {examples(unexpected)})")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} keys with another shape, checkpoint vs model "
+                         f"(e.g. {examples(wrong_shape, 3)})")
+        matches = _zoo_matches(sd)
+        if matches:
+            calls = " or ".join(f"create({n!r}, num_classes={c}, in_channels={i})" for n, c, i in matches)
+            parts.append(f"the checkpoint matches zoo model {'/'.join(n for n, _, _ in matches)}: "
+                         f"build it with {calls}")
+        else:
+            parts.append("no zoo model matches it either; check which architecture produced it")
+        raise ValueError(f"checkpoint does not fit {arch}: " + "; ".join(parts))
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"loading into {name or type(model).__name__} failed: {e}") from e
+    return model

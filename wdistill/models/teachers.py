@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from wdistill.models.weights import load_checkpoint
-from wdistill.models.registry import create
-from wdistill.models.specs import cache_dir
+from wdistill.errors import FetchError
+from wdistill.models.registry import create, load_checkpoint
+from wdistill.models.weights import cache_dir
 
 ARCHIVE = "cifar_teachers.tar"
 DEFAULT_BASE_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/"
@@ -36,10 +36,6 @@ NUM_CLASSES = 100
 # SHA-256 of ARCHIVE as published by its authors: none is (keep this empty rather than invent one).
 PUBLISHED_SHA256: dict[str, str] = {}
 _CHUNK = 1 << 20
-
-
-class FetchError(ValueError):
-    """A teacher could not be fetched or verified; the message says what to do."""
 
 
 def teacher_dir() -> Path:
@@ -208,6 +204,9 @@ def status() -> list[tuple[str, Path, str]]:
     rows = []
     for name in TEACHERS:
         dest = teacher_dir() / f"{name}.pth"
-        state = "missing" if not dest.is_file() else ("verified" if _recorded(dest) == sha256_of(dest) else "unverified")
+        if not dest.is_file():
+            state = "missing"
+        else:
+            state = "verified" if _recorded(dest) == sha256_of(dest) else "unverified"
         rows.append((name, dest, state))
     return rows

@@ -2,7 +2,7 @@
 
 Every solver runs in float32 (float64 if given float64) whatever the autocast dtype.
 """
-from wdistill.ot.costs import class_cka_matrix, classifier_cost, cka_cost, cosine_cost, linear_cka
+from wdistill.ot.costs import cka_cost, class_cka_matrix, classifier_cost, cosine_cost, linear_cka
 from wdistill.ot.gaussian import gaussian_w2, gaussian_w2_diag, sqrtm_psd
 from wdistill.ot.ipot import ipot
 from wdistill.ot.sinkhorn import sinkhorn, sinkhorn2, sinkhorn_log, sinkhorn_log2

@@ -36,6 +36,15 @@ def ipot(a: torch.Tensor, b: torch.Tensor, C: torch.Tensor, beta: float = 0.5, n
 
     Returns:
         plan (B, n, m), or (n, m) for unbatched input. Differentiable through all iterations.
+
+    Example: the exact plan keeps equal masses in place.
+
+    >>> import torch
+    >>> from wdistill import ot
+    >>> half = torch.tensor([0.5, 0.5])
+    >>> ot.ipot(half, half, torch.tensor([[0.0, 1.0], [1.0, 0.0]])).round(decimals=4)
+    tensor([[0.5000, 0.0000],
+            [0.0000, 0.5000]])
     """
     a, b, unbatched = _check(a, b, C, beta, "ipot")
     A = torch.exp(-C / beta)

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wdistill.workflows.reuse import run_or_load
+from wdistill.config.presets import recipe_for
+from wdistill.data import BatchLoader, bundled_sample
+from wdistill.engine import evaluate, rundir
+from wdistill.io import atomic_save, atomic_write_text, load_dict
 from wdistill.losses import recipes as published
-from wdistill.config.presets import LABELS, RECIPES, recipe_for
+from wdistill.losses.recipes import LABELS, RECIPES
+from wdistill.models import create, load_checkpoint
+from wdistill.workflows.plots import leaderboard_chart
+from wdistill.workflows.reuse import run_or_load
 
 # Each method says whether it is in the demo (``demo=`` / ``quick=`` of ``published.publish``).
 # Quick demo: the baseline, KD, and the headline Wasserstein rows (WKD-L, WKD-L+WKD-F, WCoRD+KD).
@@ -22,7 +28,7 @@ DEMO_METHODS = published.demo_view(quick=False)
 QUICK_STUDENT_EPOCHS, FULL_TEACHER_EPOCHS, FULL_STUDENT_EPOCHS = 5, 10, 8
 
 TEACHER_ARCH = "resnet20"
-SHIPPED_TEACHER = Path(__file__).resolve().parent / "assets" / f"demo_teacher_{TEACHER_ARCH}.pt"
+SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / f"demo_teacher_{TEACHER_ARCH}.pt"
 SHIPPED_TEACHER_EPOCHS = 15
 # Every demo run uses this data section; written out so a change of a library default (e.g. the
 # data set's augmentation recipe) cannot silently change the demo or invalidate the shipped teacher.
@@ -55,40 +61,33 @@ def _teacher_config(base: dict, teacher: str, epochs: int) -> dict:
             "optim": {**base["optim"], "epochs": epochs}}
 
 
-def make_demo_teacher(out_dir: str = "runs/demo-teacher", path: str | Path = SHIPPED_TEACHER,
-                      epochs: int = SHIPPED_TEACHER_EPOCHS, log=print) -> dict:
+def make_demo_teacher(out_dir: str = "runs/demo-teacher", epochs: int = SHIPPED_TEACHER_EPOCHS, log=print) -> dict:
     """Train the demo teacher and write it, in float16 (half the bytes; top-1 re-measured after the
-    cast), to ``path``: the file shipped in the package. Returns its metadata."""
-    import torch
-
-    from wdistill.data import BatchLoader, bundled_sample
-    from wdistill.engine.checkpoint import atomic_save
-    from wdistill.engine.trainer import evaluate
-    from wdistill.models import create
-    from wdistill.models.weights import load_checkpoint
-
+    cast), to ``out_dir/<name of the shipped file>``: a maintainer copies it over
+    ``wdistill/assets/`` in a checkout to ship it (the package never writes into itself).
+    Returns its metadata."""
     summary = run_or_load(_teacher_config(_base(out_dir, 0, None, None), TEACHER_ARCH, epochs), log)
-    trained = torch.load(Path(out_dir) / "teacher" / "student.pt", map_location="cpu", weights_only=True)
+    trained = load_dict(Path(out_dir) / "teacher" / rundir.STUDENT, what="demo teacher")
     half = {k: v.half() if v.is_floating_point() else v for k, v in trained["model"].items()}
     model = load_checkpoint(create(TEACHER_ARCH, num_classes=10, in_channels=1), {"model": half})
     top1 = evaluate(model, BatchLoader(bundled_sample("test"), 500, False))["top1"]
     meta = {"arch": TEACHER_ARCH, "num_classes": 10, "in_channels": 1, "epochs": epochs, "data": dict(DATA),
             "top1_float32": summary["final_top1"], "top1": top1, "train_seconds": summary["train_seconds"],
             "made_by": "wdistill demo --make-teacher"}
+    path = Path(out_dir) / SHIPPED_TEACHER.name
     atomic_save({"model": half, **meta}, path)
-    log(f"[demo] wrote {path} ({Path(path).stat().st_size / 1e6:.2f} MB): {TEACHER_ARCH}, {epochs} epochs, "
-        f"top-1 {top1:.2f} (float32 {summary['final_top1']:.2f})")
+    log(f"[demo] wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {TEACHER_ARCH}, {epochs} epochs, "
+        f"top-1 {top1:.2f} (float32 {summary['final_top1']:.2f}); to ship it, copy it to wdistill/assets/ in a "
+        "checkout")
     return meta
 
 
 def shipped_teacher_row() -> dict:
     """Leaderboard row of the shipped teacher, from the metadata it was written with."""
-    import torch
-
     if not SHIPPED_TEACHER.is_file():
         raise FileNotFoundError(f"the demo teacher {SHIPPED_TEACHER} is missing from this install: run "
                                 "`wdistill demo --full` (trains one) or `wdistill demo --make-teacher`")
-    meta = torch.load(SHIPPED_TEACHER, map_location="cpu", weights_only=True)
+    meta = load_dict(SHIPPED_TEACHER, what="demo teacher")
     # not trained by this demo: no training seconds in its row
     return {"method": f"teacher ({meta['arch']}, shipped)", "top1": meta["top1"], "best": meta["top1"],
             "seconds": None}
@@ -120,7 +119,7 @@ def run_demo(out_dir: str = "runs/demo", methods: list[str] | None = None, teach
     else:
         log(f"[demo] training teacher {teacher} for {teacher_epochs} epochs on the bundled Fashion-MNIST sample")
         t_summary = run_or_load(_teacher_config(base, teacher, teacher_epochs), log)
-        teacher_ckpt = str(Path(out_dir) / "teacher" / "student.pt")
+        teacher_ckpt = str(Path(out_dir) / "teacher" / rundir.STUDENT)
         rows = [{"method": f"teacher ({teacher})", "top1": t_summary["final_top1"], "best": t_summary["best_top1"],
                  "seconds": t_summary["train_seconds"]}]
     for i, m in enumerate(methods, 1):
@@ -139,7 +138,22 @@ def leaderboard_table(rows: list[dict], vanilla: str = "vanilla") -> str:
     base = next((r["top1"] for r in rows if r["method"] == vanilla), None)
     lines = ["| method | top-1 (final) | best | gain vs vanilla | train s |", "|---|---:|---:|---:|---:|"]
     for r in rows:
-        gain = "" if base is None or r["method"].startswith("teacher") or r["method"] == vanilla else f"{r['top1'] - base:+.2f}"
+        plain = base is None or r["method"].startswith("teacher") or r["method"] == vanilla
+        gain = "" if plain else f"{r['top1'] - base:+.2f}"
         secs = "" if r["seconds"] is None else f"{r['seconds']:.0f}"
         lines.append(f"| {r['method']} | {r['top1']:.2f} | {r['best']:.2f} | {gain} | {secs} |")
     return "\n".join(lines)
+
+
+def write_leaderboard(rows: list[dict], out_dir: str | Path, student_epochs: int) -> tuple[Path, Path]:
+    """``leaderboard.md`` (the table) and ``leaderboard.png`` (the chart) in ``out_dir``."""
+    out = Path(out_dir)
+    atomic_write_text(leaderboard_table(rows) + "\n", out / "leaderboard.md")
+    leaderboard_chart(
+        [{"name": r["method"], "top1": r["top1"], "std": None} for r in rows],
+        out / "leaderboard.png",
+        f"wdistill demo: resnet20 teacher -> resnet8 students ({student_epochs} epochs), bundled Fashion-MNIST sample",
+        "One run each (seed 0), final epoch, on the sample's 1,000 test "
+        "images: differences under about 1 point are noise.",
+    )
+    return out / "leaderboard.md", out / "leaderboard.png"

@@ -1,4 +1,5 @@
-"""`wdistill plot RUN_DIR`: training curves from a run's metrics.jsonl."""
+"""Charts: ``wdistill plot RUN_DIR`` (training curves from a run's metrics) and the leaderboard bar
+chart of the demo and the benchmarks."""
 from __future__ import annotations
 
 import json
@@ -6,9 +7,17 @@ import math
 import textwrap
 from pathlib import Path
 
+import yaml
+from matplotlib.figure import Figure  # no pyplot: no global backend, works on a headless machine
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from wdistill.engine import rundir
+from wdistill.losses.wkd.decay import decay_start_epoch
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / rundir.METRICS_JSONL
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: RUN_DIR must be a run directory written by "
                                 "`wdistill train/distill` (it holds metrics.jsonl after the first epoch)")
@@ -19,9 +28,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def _run_config(run_dir: Path) -> dict:
-    import yaml
-
-    f = run_dir / "config.yaml"
+    f = run_dir / rundir.CONFIG
     try:
         return yaml.safe_load(f.read_text()) or {} if f.is_file() else {}
     except yaml.YAMLError:
@@ -42,8 +49,6 @@ def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
     """(term, first plotted epoch of decayed weight, last epoch) for WKD terms with cosine decay.
     Epochs are plotted 1-based, as the official trainer counts them; the weight decays once the
     epoch e exceeds s (losses/wkd_decay.py, cosine_decayed), so the first decayed epoch is floor(s) + 1."""
-    from wdistill.losses.wkd.wkd_l import decay_start_epoch
-
     epochs = (cfg.get("optim") or {}).get("epochs")
     out = []
     for t in cfg.get("loss") or []:
@@ -59,29 +64,21 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Two panels: every weighted loss term (``train_<term>``) and the total per epoch (log scale),
     and train/test top-1 per epoch; titled from the run's config, with WKD's weight decay marked.
     Written to ``output`` (default ``RUN_DIR/curves.png``)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig = curves_figure(run_dir)
     out = Path(output) if output else Path(run_dir) / "curves.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
 def curves_figure(run_dir: str | Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     cfg = _run_config(run_dir)
     epochs = [r["epoch"] for r in rows]
     loss_keys = [k for k in rows[0] if k.startswith("train_") and k != "train_top1"]
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4.3))
+    fig = Figure(figsize=(10, 4.3))
+    ax_l, ax_a = fig.subplots(1, 2)
     for k in loss_keys:
         vals = [r.get(k) for r in rows]
         style = {"lw": 2.0, "color": "black"} if k == "train_loss" else {"lw": 1.2}
@@ -119,7 +116,7 @@ def curves_figure(run_dir: str | Path):
     return fig
 
 
-# ---- leaderboard bar chart (demo and `wdistill bench accuracy`) -------------------------------------
+# ---- leaderboard bar chart (demo and `python -m benchtools accuracy`) -------------------------------------
 KIND_COLORS = {"teacher": "#555555", "vanilla": "#b0b0b0", "baseline": "#4c72b0", "wasserstein": "#c44e52"}
 KIND_LABELS = {"teacher": "teacher", "vanilla": "vanilla student (no teacher)",
                "baseline": "other distillation methods", "wasserstein": "Wasserstein methods (WKD, WCoRD)"}
@@ -137,13 +134,10 @@ def row_kind(name: str) -> str:
 
 def leaderboard_chart(rows: list[dict], path: str | Path, title: str, note: str) -> Path:
     """:func:`leaderboard_figure` written to ``path`` (PNG)."""
-    import matplotlib.pyplot as plt
-
     fig = leaderboard_figure(rows, title, note)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -152,17 +146,13 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
     no error bar). Colours by kind with a legend; a dashed line at the vanilla student's top-1; the
     y-axis starts near the lowest bar, and then says so (text and break marks on the axis);
     ``note`` (seeds, test images) is printed under the chart."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
     names = [r["name"] for r in rows]
     vals = [r["top1"] for r in rows]
     errs = [r.get("std") for r in rows]
     kinds = [row_kind(n) for n in names]
     # room for the legend right of the bars and for long row names under them
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.5 * len(rows) + 4.0), 4.8))
+    fig = Figure(figsize=(max(8.0, 0.5 * len(rows) + 4.0), 4.8))
+    ax = fig.subplots()
     x = range(len(rows))
     ax.bar(x, vals, color=[KIND_COLORS[k] for k in kinds], zorder=2)
     with_err = [(i, v, e) for i, (v, e) in enumerate(zip(vals, errs)) if e]
@@ -181,9 +171,9 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
     base = next((v for n, v in zip(names, vals) if row_kind(n) == "vanilla"), None)
     if base is not None:
         ax.axhline(base, color="#333333", lw=0.9, ls="--", zorder=1)
-        handles.append(plt.Line2D([], [], color="#333333", lw=0.9, ls="--", label=f"vanilla level ({base:.2f})"))
+        handles.append(Line2D([], [], color="#333333", lw=0.9, ls="--", label=f"vanilla level ({base:.2f})"))
     if with_err:
-        handles.append(plt.Line2D([], [], color="black", lw=1, marker="_", ms=8, label="± std over seeds"))
+        handles.append(Line2D([], [], color="black", lw=1, marker="_", ms=8, label="± std over seeds"))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ylabel = "test top-1 (%)"
     if bottom > 0:  # a truncated axis exaggerates differences: say so on the axis itself

@@ -25,8 +25,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from wdistill.engine.checkpoint import atomic_write_text
-from wdistill.config.schema import ConfigError, RunConfig
+from wdistill import models
+from wdistill.config import RunConfig
+from wdistill.data.build import build_loaders
+from wdistill.data.views import View
+from wdistill.engine import Trainer, rundir
+from wdistill.engine.build import resolve_device
+from wdistill.errors import ConfigError
+from wdistill.io import atomic_write_text, load_dict
+from wdistill.models import FeatureTap
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-4,
@@ -63,8 +70,6 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 @torch.no_grad()
 def embeddings(model, view, taps, batches, desc: str, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(embedding rows, labels) of every batch, the model in eval mode on its own view."""
-    from wdistill.models import FeatureTap
-
     model.eval()
     tap = FeatureTap(model, taps)
     xs, ys = [], []
@@ -84,35 +89,18 @@ def embeddings(model, view, taps, batches, desc: str, total: int | None = None) 
     return torch.cat(xs), torch.cat(ys)
 
 
-def run_config(run_dir: Path) -> RunConfig:
-    from wdistill.config.schema import load_config
-
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir() or not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml): pass the directory "
-                          "`wdistill train/distill` wrote")
-    return load_config(path)
-
-
 def linear_probe(run_dir: str | Path, l2: float = 1e-4, which: str | None = None, device: str = "cpu",
                  max_iter: int = 500) -> dict:
     """Fit and score the linear probe of ``run_dir``'s student; returns the ``linear`` record."""
-    from wdistill import models
-    from wdistill.cli_front import resolve_checkpoint, student_weights
-    from wdistill.data.build import build_loaders
-    from wdistill.data.views import View
-    from wdistill.engine.build import resolve_device
-    from wdistill.engine.checkpoint import load
-    from wdistill.models.weights import load_checkpoint
-
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    path, _ = resolve_checkpoint(run_dir, which)
-    sd, _, arch, kwargs = student_weights(load(path, "cpu", what="student checkpoint"))
+    cfg = rundir.run_config(run_dir)
+    path, _ = rundir.resolve_checkpoint(run_dir, which)
+    sd, _, arch, kwargs = rundir.student_weights(load_dict(path, "cpu", what="student checkpoint"))
     dev = resolve_device(device)
     data = build_loaders(cfg.data, seed=cfg.run.seed, device=dev, log=lambda m: None)
-    model = models.build(arch or cfg.student.model, data.num_classes, data.channels, kwargs or cfg.student.kwargs)
-    load_checkpoint(model, sd, name=arch or cfg.student.model)
+    model = models.create(arch or cfg.student.model, data.num_classes, data.channels,
+                          **(kwargs or cfg.student.kwargs))
+    models.load_checkpoint(model, sd, name=arch or cfg.student.model)
     model.to(dev)
     view = View(cfg.student.view).to(dev)
     x_tr, y_tr = embeddings(model, view, cfg.student.taps, data.plain_batches(), "probe: training embeddings")
@@ -127,11 +115,9 @@ def linear_probe(run_dir: str | Path, l2: float = 1e-4, which: str | None = None
 
 def finetune(run_dir: str | Path, epochs: int, lr: float = 0.01, resume: bool = False, log=print) -> dict:
     """Fine-tune every parameter of the run's student by CE for ``epochs`` in ``run_dir/finetune``."""
-    from wdistill.engine import Trainer
-
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    student = run_dir / "student.pt"
+    cfg = rundir.run_config(run_dir)
+    student = run_dir / rundir.STUDENT
     if not student.is_file():
         raise ConfigError(f"{run_dir} has no student.pt (the run has not finished): finish it with --resume first")
     data = cfg.model_dump(mode="json")
@@ -140,7 +126,7 @@ def finetune(run_dir: str | Path, epochs: int, lr: float = 0.01, resume: bool = 
     data.update(teacher=None, teachers=None, loss=[{"name": "ce"}])
     data["optim"].update(epochs=epochs, lr=lr, schedule="cosine", warmup_epochs=0)
     ft_cfg = RunConfig.model_validate(data)
-    again = resume and (run_dir / "finetune" / "last.pt").is_file()
+    again = resume and (run_dir / "finetune" / rundir.LAST).is_file()
     summary = Trainer(ft_cfg, resume=again, log=log).fit()
     return {"top1": summary["final_top1"], "epochs": epochs, "lr": lr, "run": str(run_dir / "finetune")}
 
@@ -154,33 +140,16 @@ def record(run_dir: str | Path, key: str, result: dict) -> dict:
     return data
 
 
-def cmd_probe(args) -> int:
-    if args.l2 <= 0:
-        raise ConfigError(f"--l2 must be > 0, got {args.l2}")
+def probe_run(run_dir: str | Path, l2: float = 1e-4, which: str | None = None, device: str = "cpu",
+              linear: bool = True, finetune_epochs: int | None = None, lr: float = 0.01,
+              resume: bool = False) -> dict:
+    """``wdistill probe``: the linear probe and/or the fine-tuning of a run, each recorded in
+    ``RUN_DIR/probe.json``; returns that file's content."""
+    if l2 <= 0:
+        raise ConfigError(f"--l2 must be > 0, got {l2}")
     out = {}
-    if not args.no_linear:
-        out = record(args.run_dir, "linear", linear_probe(args.run_dir, args.l2, args.which, args.device))
-    if args.finetune:
-        out = record(args.run_dir, "finetune", finetune(args.run_dir, args.finetune, args.lr, args.resume))
-    print(json.dumps(out, indent=2))
-    return 0
-
-
-def add_probe_parser(sub) -> None:
-    from wdistill.cli import positive_int
-
-    s = sub.add_parser("probe", help="linear probe (and --finetune) of a run's student embedding, "
-                                     "written to RUN_DIR/probe.json",
-                       description=__doc__.split("\n", 1)[1].strip(),
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    s.add_argument("run_dir", help="a run directory written by `wdistill train/distill`")
-    s.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the probe's weights (default 1e-4)")
-    s.add_argument("--which", choices=["student", "best", "last"], default=None,
-                   help="which weights of the run (default student.pt, the final epoch)")
-    s.add_argument("--finetune", type=positive_int, default=None, metavar="N",
-                   help="also fine-tune the whole student by cross-entropy for N epochs (RUN_DIR/finetune)")
-    s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (cosine schedule)")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning run")
-    s.add_argument("--no-linear", action="store_true", help="skip the linear probe (with --finetune)")
-    s.add_argument("--device", default="cpu")
-    s.set_defaults(func=cmd_probe)
+    if linear:
+        out = record(run_dir, "linear", linear_probe(run_dir, l2, which, device))
+    if finetune_epochs:
+        out = record(run_dir, "finetune", finetune(run_dir, finetune_epochs, lr, resume))
+    return out

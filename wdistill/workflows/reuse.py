@@ -1,4 +1,11 @@
-"""Resumable benchmark runs: each is a Trainer run directory; finished runs are skipped."""
+"""Runs that are reused when finished: each job is an ordinary run directory; a finished run of the
+same config is read back, an interrupted one resumed, a changed one started again. The demo, the
+benchmarks and ``wdistill auto`` run their jobs through :func:`run_or_load`.
+
+Two processes given the same list of jobs share it as a work queue (:func:`shared_queue`): the run
+directory's lock (``engine.rundir``) is held from the load-or-train decision to the end of
+training, so the second process skips a job the first is training and comes back to it.
+"""
 from __future__ import annotations
 
 import json
@@ -8,42 +15,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import yaml
 
-from wdistill.engine import Trainer, load_config
-from wdistill.engine.checkpoint import atomic_write_text
-from wdistill.config.schema import ConfigError, dump_config
-from wdistill.engine.rundir import try_lock, unlock
+from wdistill.config import load_config
+from wdistill.engine import Trainer, rundir
+from wdistill.errors import RunBusy
+from wdistill.io import atomic_write_text
 
-WALL_FILE = "bench_wall.json"  # wall seconds of every session that worked on the run, summed
-LOCK_FILE = ".bench.lock"  # PID of the process running the job (benchmark shards may share a teacher)
-
-
-class RunBusy(RuntimeError):
-    """Another live process is training this run (raised instead of waiting when ``wait=False``)."""
+WALL_FILE = "wall.json"  # wall seconds of every session that worked on the run, summed
 
 
 @contextmanager
 def run_lock(run_dir: Path, log=print, poll: float = 30.0, wait: bool = True):
-    """Hold ``run_dir/.bench.lock`` (the run directory's kind of lock: a flock, so a dead holder's
-    lock is free) from the load-or-train decision to the end of training; wait while another live
-    process holds it, or raise RunBusy if ``wait`` is False."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    said = False
-    while True:
-        f, holder = try_lock(run_dir / LOCK_FILE)
-        if f is not None:
-            break
-        if not wait:
-            raise RunBusy(f"{run_dir}: process {holder} is running this job")
-        if not said:
-            log(f"{run_dir}: process {holder} is running this job; waiting for it")
-            said = True
-        time.sleep(poll)
+    """Hold ``run_dir``'s lock for work on a finished run (a probe, a fine-tune) the way training
+    holds it: wait while another live process holds it, or raise RunBusy if ``wait`` is False."""
+    f = rundir.acquire(Path(run_dir), wait, log, poll)
     try:
         yield
     finally:
-        unlock(f)
+        rundir.unlock(f)
 
 
 def shared_queue(jobs, get, bar):
@@ -77,71 +66,60 @@ def run_dir_of(cfg_dict: dict) -> Path:
     return Path(cfg_dict["run"]["out_dir"]) / cfg_dict["run"]["name"]
 
 
-def _same_config(run_dir: Path, cfg) -> bool:
-    """Whether ``run_dir`` holds a run of ``cfg``. The saved config is read through the current
-    schema, so a setting added since (with its default) does not make old runs look different."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return False
-    try:
-        then = load_config(yaml.safe_load(saved.read_text()))
-    except (ConfigError, ValueError):
-        return False  # written by a schema that no longer validates: not this config
-    return yaml.safe_load(dump_config(then)) == yaml.safe_load(dump_config(cfg))
-
-
-def run_or_load(cfg_dict: dict, log=print, data=None, wait: bool = True) -> dict:
+def run_or_load(cfg_dict: dict, log=print, data=None, wait: bool = True, poll: float = 30.0) -> dict:
     """Run the configured job unless its directory already holds a finished run of the same config.
 
-    finished (summary.json) with the same config -> its summary, nothing trained;
+    finished with the same config -> its summary, nothing trained;
     interrupted (last.pt) with the same config -> resumed from last.pt;
     a different config in the directory (e.g. a preset re-tuned since) -> started again;
     being trained by another live process -> wait for it, or raise RunBusy if ``wait`` is False.
     The summary gains ``wall_seconds``: wall time of every session of the run, summed.
     """
     cfg = load_config(cfg_dict)
-    run_dir = run_dir_of(cfg_dict)
-    with run_lock(run_dir, log, wait=wait):
-        return _run_or_load(cfg, run_dir, log, data)
+    run = rundir.RunDir(cfg)
+    run.lock(wait=wait, log=log, poll=poll)
+    try:
+        return _run_or_load(cfg, run, log, data)
+    finally:
+        run.release()
 
 
 def load_finished(cfg_dict: dict) -> dict | None:
     """The summary of a finished run of exactly this config, or None (nothing is trained)."""
-    run_dir = run_dir_of(cfg_dict)
-    if _same_config(run_dir, load_config(cfg_dict)) and (run_dir / "summary.json").is_file():
-        return _with_wall(run_dir, json.loads((run_dir / "summary.json").read_text()))
+    path = run_dir_of(cfg_dict)
+    if rundir.finished(path) and rundir.holds_config(path, load_config(cfg_dict)):
+        return _with_wall(path, json.loads((path / rundir.SUMMARY).read_text()))
     return None
 
 
-def _run_or_load(cfg, run_dir: Path, log, data) -> dict:
-    same = _same_config(run_dir, cfg)
-    if same and (run_dir / "summary.json").is_file():
-        return _with_wall(run_dir, json.loads((run_dir / "summary.json").read_text()))
-    resume = same and (run_dir / "last.pt").is_file()
-    if (run_dir / "config.yaml").is_file() and not same:
-        log(f"{run_dir}: holds a run of another configuration; starting again")
-        (run_dir / WALL_FILE).unlink(missing_ok=True)
-        (run_dir / "summary.json").unlink(missing_ok=True)
+def _run_or_load(cfg, run: rundir.RunDir, log, data) -> dict:
+    path = run.path
+    same = rundir.holds_config(path, cfg)
+    if same and rundir.finished(path):
+        return _with_wall(path, json.loads((path / rundir.SUMMARY).read_text()))
+    resume = same and (path / rundir.LAST).is_file()
+    if (path / rundir.CONFIG).is_file() and not same:
+        log(f"{path}: holds a run of another configuration; starting again")
+        (path / WALL_FILE).unlink(missing_ok=True)
+        (path / rundir.SUMMARY).unlink(missing_ok=True)
     t0 = time.time()
-    summary = Trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data).fit()
-    wall = _wall(run_dir) + time.time() - t0
+    summary = Trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data, held=run).fit()
+    wall = _wall_record(path).get("wall_seconds", 0.0) + time.time() - t0
     atomic_write_text(json.dumps({"wall_seconds": wall, "threads": torch.get_num_threads()}) + "\n",
-                      run_dir / WALL_FILE)
-    return _with_wall(run_dir, summary)
+                      path / WALL_FILE)
+    return _with_wall(path, summary)
 
 
-def _wall_record(run_dir: Path) -> dict:
-    f = run_dir / WALL_FILE
+def _wall_record(path: Path) -> dict:
+    f = path / WALL_FILE
+    if not f.is_file():
+        f = path / "bench_wall.json"  # the name runs written before December 2026 used
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def _wall(run_dir: Path) -> float:
-    return _wall_record(run_dir).get("wall_seconds", 0.0)
-
-
-def _with_wall(run_dir: Path, summary: dict) -> dict:
+def _with_wall(path: Path, summary: dict) -> dict:
     """``summary`` + ``wall_seconds`` (sessions summed; epoch time if a crashed session lost it) and
     ``threads`` (torch threads of the last session, None if unknown)."""
-    rec = _wall_record(run_dir)
+    rec = _wall_record(path)
     return {**summary, "wall_seconds": rec.get("wall_seconds") or summary.get("train_seconds"),
             "threads": rec.get("threads")}

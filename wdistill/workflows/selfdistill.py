@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wdistill.engine.checkpoint import atomic_write_text
-from wdistill.config.schema import ConfigError, RunConfig
+from wdistill.config import RunConfig
+from wdistill.engine import Trainer, rundir
+from wdistill.errors import ConfigError
+from wdistill.io import atomic_write_text
 
 
 def generation_config(cfg: RunConfig, k: int) -> RunConfig:
@@ -30,7 +32,7 @@ def generation_config(cfg: RunConfig, k: int) -> RunConfig:
         return RunConfig.model_validate(data)
     if cfg.teachers:
         raise ConfigError("--generations distils one teacher per generation: give 'teacher:', not 'teachers:'")
-    previous = Path(cfg.run.out_dir) / cfg.run.name / f"gen{k - 1}" / "student.pt"
+    previous = Path(cfg.run.out_dir) / cfg.run.name / f"gen{k - 1}" / rundir.STUDENT
     data["teacher"] = {"model": cfg.student.model, "checkpoint": str(previous), "taps": cfg.student.taps,
                        "kwargs": cfg.student.kwargs,
                        "view": None if cfg.student.view is None else cfg.student.view.model_dump(mode="json")}
@@ -38,15 +40,9 @@ def generation_config(cfg: RunConfig, k: int) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def finished(run_dir: Path) -> bool:
-    return (run_dir / "summary.json").is_file() and (run_dir / "student.pt").is_file()
-
-
 def run_generations(cfg: RunConfig, generations: int, resume: bool = False, overwrite: bool = False,
                     log=print) -> list[dict]:
     """Train the chain; returns every generation's summary (also in ``generations.json``)."""
-    from wdistill.engine import Trainer
-
     if generations < 1:
         raise ConfigError(f"--generations must be at least 1, got {generations}")
     if cfg.teachers:
@@ -56,13 +52,13 @@ def run_generations(cfg: RunConfig, generations: int, resume: bool = False, over
     for k in range(1, generations + 1):
         gcfg = generation_config(cfg, k)
         run_dir = root / f"gen{k}"
-        if resume and finished(run_dir):
+        if resume and rundir.finished(run_dir):
             log(f"generation {k}/{generations}: finished earlier ({run_dir}), skipped")
-            summaries.append(json.loads((run_dir / "summary.json").read_text()))
+            summaries.append(json.loads((run_dir / rundir.SUMMARY).read_text()))
             continue
         teacher = gcfg.teacher.checkpoint if gcfg.teacher else "none (cross-entropy)"
         log(f"generation {k}/{generations}: {run_dir}, teacher {teacher}")
-        again = resume and (run_dir / "last.pt").is_file()
+        again = resume and (run_dir / rundir.LAST).is_file()
         trainer = Trainer(gcfg, resume=again, overwrite=overwrite and not again, log=log)
         summaries.append(dict(trainer.fit(), generation=k))
     atomic_write_text(json.dumps(summaries, indent=2) + "\n", root / "generations.json")

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wdistill.losses import dist as ddist
-from wdistill.losses.base import ConfigError
+from wdistill.errors import ConfigError
+from wdistill.losses._shared import distributed as ddist
 
 SCORINGS = ("auto", "gather", "matmul")
 MATMUL_MAX_ELEMENTS = 2 ** 26  # "auto" builds the N x B score matrix up to 64M entries (256 MB)

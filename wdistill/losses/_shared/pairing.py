@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wdistill.losses.base import ConfigError
+from wdistill.errors import ConfigError
 
 
 def upcast(*xs: torch.Tensor) -> list[torch.Tensor]:

@@ -6,10 +6,18 @@ import math
 
 import torch
 
-from wdistill.losses import dist as ddist
-from wdistill.losses.base import ConfigError, SetupContext, Term
+from wdistill.errors import ConfigError
+from wdistill.losses._shared import distributed as ddist
 from wdistill.losses._shared.heads import Embed
-from wdistill.losses._shared.memory import ClassSampler, PendingRows, check_options, init_bank, momentum_update_, resolve_scoring
+from wdistill.losses._shared.memory import (
+    ClassSampler,
+    PendingRows,
+    check_options,
+    init_bank,
+    momentum_update_,
+    resolve_scoring,
+)
+from wdistill.losses.base import SetupContext, Term
 from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
 from wdistill.losses.wcord.critic import CRITICS, batch_ot_loss, contrastive_bound, critic_heads, gradient_penalty
@@ -30,7 +38,7 @@ class WCoRD(Term):
     or log-domain Sinkhorn; loss ``sum(T * C)`` with the plan T held constant, minimised over the
     student only.
 
-    No official code exists. Choices that fill gaps in the paper (REFERENCE.md, section WCoRD):
+    No official code exists. Choices that fill gaps in the paper (docs/methods.md, section WCoRD):
 
     * Heads: CRD's embeddings, Linear(embed -> feat_dim=128) then l2-normalisation, one per model.
     * The critic (our construction; the paper only asks for an approximately 1-Lipschitz critic):
@@ -91,8 +99,18 @@ class WCoRD(Term):
         if tau <= 0:
             raise ConfigError(f"wcord needs tau > 0, got {tau} (CRD's: 0.07)")
         self.lambda1, self.lambda2, self.feat_dim, self.tau = lambda1, lambda2, feat_dim, tau
-        self.num_negatives, self.momentum, self.lipschitz, self.gp_weight = num_negatives, momentum, lipschitz, gp_weight
-        self.negatives, self.lckt_solver, self.ipot_beta, self.ipot_iters = negatives, lckt_solver, ipot_beta, ipot_iters
+        self.num_negatives, self.momentum, self.lipschitz, self.gp_weight = (
+            num_negatives,
+            momentum,
+            lipschitz,
+            gp_weight,
+        )
+        self.negatives, self.lckt_solver, self.ipot_beta, self.ipot_iters = (
+            negatives,
+            lckt_solver,
+            ipot_beta,
+            ipot_iters,
+        )
         self.sinkhorn_reg, self.scoring, self.positives, self.sync_bank = sinkhorn_reg, scoring, positives, sync_bank
         self.critic_form = critic
         # bounded: g = <a, b> / (sqrt(2) tau) with |a|, |b| <= 1 and 1-Lipschitz heads -> (1/tau)-Lipschitz
@@ -116,8 +134,10 @@ class WCoRD(Term):
             raise ConfigError(f"train_targets has shape {tuple(targets.shape)}, expected ({N},)")
         self.sampler = ClassSampler(targets, ctx.num_classes)
         if self.negatives == "other_class" and self.sampler.fewest_others() == 0:
-            raise ConfigError("every training sample has the same label, so there are no other-class "
-                              "negatives; use negatives='uniform'")
+            raise ConfigError(
+                "every training sample has the same label, so there are no other-class "
+                "negatives; use negatives='uniform'"
+            )
 
     # --------------------------------------------------------------------------------- forward
     def forward(self, student, teacher, batch):
@@ -127,13 +147,17 @@ class WCoRD(Term):
             h_s, h_t, h_s_student_only = self.heads(e_s, e_t)
             neg = self.sample_negatives(batch)
             index = batch["index"].to(h_s.device).long() if self.positives == "memory" else None
-            loss = self.lambda1 * self.gckt(h_s, h_t, neg, index) + self.lambda2 * self.lckt(h_s_student_only, h_t.detach())
+            loss = self.lambda1 * self.gckt(h_s, h_t, neg, index) + self.lambda2 * self.lckt(
+                h_s_student_only, h_t.detach()
+            )
             if self.lipschitz == "gp" and self.training:
                 loss = loss + self.gradient_penalty(e_s, e_t)
         if self.training:
             if "index" not in batch:
-                raise KeyError("WCoRD needs batch['index'] (the dataset row of each sample) to update its memory "
-                               "buffers; use a loader that yields it (the wdistill loaders do)")
+                raise KeyError(
+                    "WCoRD needs batch['index'] (the dataset row of each sample) to update its memory "
+                    "buffers; use a loader that yields it (the wdistill loaders do)"
+                )
             self._pending.add(batch["index"].to(h_s.device), h_s, h_t)
         return loss
 
@@ -147,15 +171,17 @@ class WCoRD(Term):
         h_s, h_t, _ = self.heads(e_s, e_t)
         return (h_t * h_s).sum(1) * self.score_scale
 
-    def gckt(self, h_s: torch.Tensor, h_t: torch.Tensor, neg: torch.Tensor,
-             index: torch.Tensor | None = None) -> torch.Tensor:
+    def gckt(
+        self, h_s: torch.Tensor, h_t: torch.Tensor, neg: torch.Tensor, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Negative contrastive bound of both anchors; h_* (B, d) normalised, neg (B, K) indices.
 
         Positive of each anchor: the other model's head output for the same input (``index`` None,
         ``positives="batch"``), or, as in CRD, the other model's memory row ``index`` of it."""
         scoring = resolve_scoring(self.scoring, self.memory_s.shape[0], h_s.shape[0])
-        return (contrastive_bound(h_s, h_t, self.memory_t, neg, index, self.score_scale, scoring)
-                + contrastive_bound(h_t, h_s, self.memory_s, neg, index, self.score_scale, scoring))
+        return contrastive_bound(h_s, h_t, self.memory_t, neg, index, self.score_scale, scoring) + contrastive_bound(
+            h_t, h_s, self.memory_s, neg, index, self.score_scale, scoring
+        )
 
     def lckt(self, h_s: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
         """sum(T * C) over the (global) batch, C = 1 - cos, T the OT plan with uniform marginals, held constant."""
@@ -194,7 +220,14 @@ class WCoRD(Term):
 # Published recipes (WCoRD paper: lambda1 0.8, lambda2 0.1; +KD at CRD+KD's alpha 1, T=4), with 4096
 # negatives (the benchmark's small training sets) and the memory-bank positives.
 _WCORD = {"name": "wcord", "weight": 1.0, "lambda1": 0.8, "lambda2": 0.1, "num_negatives": 4096, "positives": "memory"}
-publish("wcord", label="WCoRD", order=19, terms=[ce(), _WCORD], grid=bracket("wcord", "weight", 1.0),
-        tune_priority=6)
-publish("wcord_kd", label="WCoRD+KD", order=20, terms=[ce(), {"name": "kd", "weight": 1.0, "T": 4}, _WCORD],
-        grid=bracket("wcord", "weight", 1.0), tune_priority=7, demo=6, quick=True)
+publish("wcord", label="WCoRD", order=19, terms=[ce(), _WCORD], grid=bracket("wcord", "weight", 1.0), tune_priority=6)
+publish(
+    "wcord_kd",
+    label="WCoRD+KD",
+    order=20,
+    terms=[ce(), {"name": "kd", "weight": 1.0, "T": 4}, _WCORD],
+    grid=bracket("wcord", "weight", 1.0),
+    tune_priority=7,
+    demo=6,
+    quick=True,
+)

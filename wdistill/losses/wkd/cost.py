@@ -11,7 +11,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from wdistill import ot
-from wdistill.io import FileLoadError, atomic_save, safe_load
+from wdistill.errors import FileLoadError
+from wdistill.io import atomic_save, safe_load
 
 log = logging.getLogger(__name__)
 

@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import math
 
-from wdistill.losses.base import ConfigError
+from wdistill.errors import ConfigError
 
 # Published CIFAR-100 decay start: epoch 150 of 240.
 DEFAULT_DECAY_FRAC = 150 / 240
 
 
-def decay_start_epoch(decay_start: float | None, decay_start_frac: float | None, num_epochs: int | None) -> float | None:
+def decay_start_epoch(
+    decay_start: float | None, decay_start_frac: float | None, num_epochs: int | None
+) -> float | None:
     """The epoch at which WKD's cosine decay starts (None: no decay)."""
     if decay_start is not None:
         return float(decay_start)
     if decay_start_frac is None:
         return None
     if num_epochs is None:
-        raise ValueError("WKD's weight decay needs batch['num_epochs'] (and batch['epoch']); "
-                         "set decay_start_frac=None to train without the decay")
+        raise ValueError(
+            "WKD's weight decay needs batch['num_epochs'] (and batch['epoch']); "
+            "set decay_start_frac=None to train without the decay"
+        )
     return decay_start_frac * num_epochs
 
 

@@ -6,12 +6,14 @@ import torch
 import torch.nn as nn
 
 from wdistill import ot
-from wdistill.losses.base import ConfigError, SetupContext, Term
+from wdistill.errors import ConfigError
 from wdistill.losses._shared.heads import ConvReg
+from wdistill.losses.base import SetupContext, Term
 from wdistill.losses.recipes import bracket, ce, publish
 from wdistill.losses.registry import register
+from wdistill.losses.wkd.official import CIFAR as OFFICIAL_CIFAR
+from wdistill.losses.wkd.official import f_params, l_params
 from wdistill.losses.wkd.wkd_l import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch
-from wdistill.losses.wkd.official import CIFAR as OFFICIAL_CIFAR, f_params, l_params
 
 
 def _cells(size: int, grid: int) -> list[tuple[int, int]]:

@@ -1,19 +1,20 @@
 """WKD-L: logit distillation by discrete Wasserstein distance (Lv, Yang, Li, NeurIPS 2024)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from wdistill import ot
-from wdistill.io import FileLoadError, safe_load
-from wdistill.losses.base import ConfigError, SetupContext, Term, mean_distribution_logits
+from wdistill.errors import ConfigError, FileLoadError
+from wdistill.io import safe_load
+from wdistill.losses.base import SetupContext, Term, mean_distribution_logits
 from wdistill.losses.recipes import ce, publish
 from wdistill.losses.registry import register
-from wdistill.losses.wkd.decay import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch  # noqa: F401
 from wdistill.losses.wkd.cost import classifier_weight, load_or_build_cka
-from wdistill.losses.wkd.official import CIFAR as OFFICIAL_CIFAR, l_params
+from wdistill.losses.wkd.decay import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch  # noqa: F401
+from wdistill.losses.wkd.official import CIFAR as OFFICIAL_CIFAR
+from wdistill.losses.wkd.official import l_params
+
 
 def _labels(target: torch.Tensor) -> torch.Tensor:
     # Soft targets (mixup/cutmix) count as their arg-max class, as in the reference code.

@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wdistill.models.registry import register
-from wdistill.models.zoo.shufflenetv1 import ShuffleBlock
 from wdistill.models.taps import TapSpec
+from wdistill.models.zoo.shufflenetv1 import ShuffleBlock
 
 
 class BasicBlock(nn.Module):
