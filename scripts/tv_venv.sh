@@ -18,7 +18,7 @@ links=()
 for d in $WHEEL_DIRS; do links+=(--find-links "$d"); done
 pipi() { PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= "$VENV/bin/pip" install -q --no-index "${links[@]}" "$@"; }
 
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import timm, torchvision" 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import timm, torchvision, matplotlib" 2>/dev/null; then
   start=$(date +%s)
   "$PY" -m venv "$VENV"
   # torch/torchvision/timm without their dependency lists: cuda-bindings (a torch 2.14.1
@@ -30,7 +30,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import timm, torchvis
     "nvidia-cudnn-cu13==9.24.0.43" "nvidia-cusparselt-cu13==0.8.1" "nvidia-nccl-cu13==2.30.7" \
     "nvidia-nvshmem-cu13==3.4.5" filelock "typing-extensions>=4.10" "setuptools>=77.0.3" "sympy>=1.13.3" \
     "networkx>=2.5.1" jinja2 "fsspec>=0.8.5" pillow
-  pipi "safetensors==0.8.0" "huggingface_hub==1.33.0" pyyaml numpy "pydantic>=2" tqdm pytest
+  pipi "safetensors==0.8.0" "huggingface_hub==1.33.0" pyyaml numpy "pydantic>=2" tqdm pytest matplotlib
   echo "tv venv built in $(( $(date +%s) - start )) s, size $(du -sh "$VENV" | cut -f1)"
 fi
 PYTHONPATH=$PWD OMP_NUM_THREADS=1 WDISTILL_REQUIRE_TV=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \

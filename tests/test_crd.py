@@ -120,9 +120,22 @@ def test_gather_and_matmul_give_the_same_values_and_gradients(monkeypatch):
     assert auto.resolved_scoring(64) == "gather"
 
 
-def test_sampling_exact_draws_other_class_negatives_uniformly():
-    with pytest.warns(UserWarning, match="with replacement"):
+def test_a_small_pool_caps_the_negatives_with_one_warning():
+    """K above the smallest other-class pool (16 here) is capped at it: every negative distinct, no repeats."""
+    with pytest.warns(UserWarning, match="holds 16 training rows, fewer than num_negatives=6000: using 16") as seen:
         term = make(num_negatives=6000)
+    assert len(seen) == 1 and term.k == 16
+    idx = term.sample_contrast(INDEX)
+    assert idx.shape == (B, 17)
+    for b, i in enumerate(INDEX.tolist()):
+        neg = idx[b, 1:]
+        assert (TARGETS[neg] != TARGETS[i]).all() and len(set(neg.tolist())) == 16
+    big_enough = make(num_negatives=8)
+    assert big_enough.k == 8  # the published K wherever the pool holds it
+
+
+def test_sampling_exact_draws_other_class_negatives_uniformly():
+    term = make(num_negatives=6000, replacement=True)  # RepDistiller's small-pool draw: K with replacement
     idx = term.sample_contrast(INDEX)
     assert idx.shape == (B, 6001) and idx.dtype == torch.long
     assert torch.equal(idx[:, 0], INDEX)
@@ -268,7 +281,7 @@ def test_config_errors_and_warnings():
         L.create("crd", scoring="dense")
     with pytest.raises(ConfigError, match="single class"):
         make(targets=torch.zeros(N, dtype=torch.long))
-    with pytest.warns(UserWarning, match="with replacement"):
+    with pytest.warns(UserWarning, match="fewer than num_negatives=1000"):
         make(num_negatives=1000)
     term = make()
     s, t = embeds(8)

@@ -5,7 +5,7 @@ violation:
 2. nothing imports the command line, and a command module is its argparse definition and one call;
 3. the installed package never imports the benchmark tooling, never edits sys.path, never writes
    into its own directory;
-4. one home per concept: the run directory's file names in engine/rundir.py, the error classes in
+4. one home per concept: the run directory's file names in engine/rundir/names.py, the error classes in
    errors.py, the preset directory in config/presets.py; imports inside functions only for optional
    third-party packages;
 5. ruff is clean; files at most 300 lines and functions at most 60 (docstring excluded; exceptions
@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 
 # Imported inside functions on purpose: optional extras a user may not have installed.
 OPTIONAL = ("timm", "torchvision", "torch.utils.tensorboard", "pycocotools", "optuna")
-# The run directory's file names: spelled out only in engine/rundir.py.
+# The run directory's file names: spelled out only in engine/rundir/names.py.
 RUN_FILE_NAMES = {"student.pt", "last.pt", "best.pt", "summary.json", "config.yaml", "metrics.jsonl",
                   "metrics.csv", "student.safetensors", ".lock"}
 # Size limits and their listed exceptions: path (or path::function) -> reason.
@@ -161,7 +161,7 @@ def _string_constants(tree: ast.Module) -> set[str]:
 
 def test_run_directory_file_names_live_only_in_rundir():
     for f, tree in _sources(PACKAGE):
-        if _rel(f) != "wdistill/engine/rundir.py":
+        if _rel(f) != "wdistill/engine/rundir/names.py":
             assert not (_string_constants(tree) & RUN_FILE_NAMES), f"{_rel(f)} spells out a run file name"
     assert _string_constants(ast.parse("'''doc: student.pt'''\nX = 'last.pt'\n")) & RUN_FILE_NAMES == {"last.pt"}
 

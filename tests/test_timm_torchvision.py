@@ -29,6 +29,7 @@ from wdistill.cli import main  # noqa: E402
 from wdistill.config import load_config  # noqa: E402
 from wdistill.data import ImageDataset  # noqa: E402
 from wdistill.engine import Trainer  # noqa: E402
+from wdistill.errors import ConfigError  # noqa: E402
 from wdistill.models.taps import FeatureTap  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def _randomize_bn(m):
 
 def test_torchvision_resnet_taps_are_its_stages():
     torch.manual_seed(0)
-    m = _randomize_bn(models.build("torchvision:resnet18", num_classes=10))
+    m = _randomize_bn(models.create("torchvision:resnet18", num_classes=10))
     assert isinstance(m, tv.models.ResNet) and m.fc.out_features == 10
     x = torch.randn(2, 3, 64, 64)
     tap = FeatureTap(m)
@@ -62,7 +63,7 @@ def test_torchvision_resnet_taps_are_its_stages():
 
 
 def test_torchvision_mobilenet_taps_end_each_resolution():
-    m = models.build("torchvision:mobilenet_v2", num_classes=10).eval()
+    m = models.create("torchvision:mobilenet_v2", num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     tap = FeatureTap(m)
     with torch.no_grad():
@@ -80,7 +81,7 @@ def test_torchvision_mobilenet_taps_end_each_resolution():
 
 
 def test_timm_taps_come_from_feature_info_and_in_chans_adapts():
-    m = models.build("timm:resnet18", num_classes=7, in_channels=1).eval()
+    m = models.create("timm:resnet18", num_classes=7, in_channels=1).eval()
     tap = FeatureTap(m)
     with torch.no_grad():
         out = tap(torch.randn(2, 1, 64, 64))
@@ -90,22 +91,36 @@ def test_timm_taps_come_from_feature_info_and_in_chans_adapts():
     assert [64 // f.shape[-1] for f in out["feats"]] == [d["reduction"] for d in m.feature_info]
 
 
+def test_timm_own_in_chans_spelling_is_accepted_and_checked(tmp_path):
+    """`kwargs: {in_chans: 1}` (timm's spelling) builds the model instead of failing with 'multiple
+    values for keyword argument'; a value that contradicts the data is one clear error."""
+    m = models.create("timm:resnet18", num_classes=7, in_channels=1, in_chans=1)
+    assert m.conv1.in_channels == 1 and m.fc.out_features == 7
+    with pytest.raises(ValueError, match="in_chans=3 but the data have 1 channels: drop in_chans"):
+        models.create("timm:resnet18", num_classes=7, in_channels=1, in_chans=3)
+    cfg = load_config({"run": {"out_dir": str(tmp_path)}, "data": {"name": "fmnist_sample", "train_subset": 64,
+                                                                   "test_subset": 16},
+                       "student": {"model": "timm:resnet18", "kwargs": {"in_chans": 3}}})
+    with pytest.raises(ConfigError, match="in_chans=3 but the data have 1 channels"):
+        Trainer(cfg)
+
+
 def test_local_pretrained_file_and_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
     in1k = tv.models.resnet18(num_classes=1000)
     torch.save(in1k.state_dict(), tmp_path / "r18.pth")
-    m = models.build("torchvision:resnet18", num_classes=10, pretrained=str(tmp_path / "r18.pth"))
+    m = models.create("torchvision:resnet18", num_classes=10, pretrained=str(tmp_path / "r18.pth"))
     assert torch.equal(m.layer4[1].conv2.weight, in1k.layer4[1].conv2.weight)
     assert m.fc.weight.shape == (10, 512)
     monkeypatch.setenv("WDISTILL_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=r"pretrained/torchvision/resnet18.safetensors"):
-        models.build("torchvision:resnet18", num_classes=10, pretrained=True)
+        models.create("torchvision:resnet18", num_classes=10, pretrained=True)
     t = timm.create_model("resnet18", num_classes=1000)
     (tmp_path / "cache" / "pretrained" / "timm").mkdir(parents=True)
     models.save_student_safetensors(
         t.state_dict(), tmp_path / "cache" / "pretrained" / "timm" / "resnet18.safetensors", {}
     )
-    m2 = models.build("timm:resnet18", num_classes=10, pretrained=True)
+    m2 = models.create("timm:resnet18", num_classes=10, pretrained=True)
     assert torch.equal(m2.layer1[0].conv1.weight, t.layer1[0].conv1.weight)
 
 

@@ -117,13 +117,14 @@ def test_memory_update_momentum_after_the_step(critic):
 
 
 def test_other_class_negatives():
-    term = make(num_negatives=3000)
+    with pytest.warns(UserWarning, match="holds 20 training rows, fewer than num_negatives=3000: using 20"):
+        term = make(num_negatives=3000)  # K capped at the other-class pool (20 rows)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     neg = term.sample_negatives({"target": y})
     labels = neg % C  # train_targets = arange(N) % C
-    assert neg.shape == (6, 3000) and (labels != y[:, None]).all()
-    # uniform over the other classes' samples: each of the 20 candidates ~ 150 times
-    counts = torch.bincount(neg[0], minlength=N)
+    assert term.k == 20 and neg.shape == (6, 20) and (labels != y[:, None]).all()
+    # uniform over the other classes' samples: each of the 20 candidates ~ 150 times in 3000 draws
+    counts = torch.bincount(term.sampler.other_class(y, 3000)[0], minlength=N)
     assert counts[y[0].item()::C].sum() == 0 and counts[counts > 0].min() > 90
     given = torch.randint(0, N, (6, 5))
     assert torch.equal(term.sample_negatives({"target": y, "contrast_index": given}), given[:, 1:])

@@ -356,8 +356,16 @@ def test_wkd_f_projectors_and_decay():
     bott = losses.create("wkd_f", projector="bottleneck")
     bott.setup(ctx_for({"feats": [torch.randn(2, 4, 4, 4)]}, {"feats": [ft]}, 3))
     assert bott.projector(torch.randn(2, 4, 4, 4)).shape == ft.shape
-    with pytest.raises(ValueError, match="equal map sizes"):
-        losses.create("wkd_f", projector="bottleneck").setup(ctx_for({"feats": [fs]}, {"feats": [ft]}, 3))
+    # maps of different sizes: the Gaussians are per-map channel statistics, no spatial match needed
+    other = losses.create("wkd_f", projector="bottleneck", lambda_f=1.0, gamma=1.0)
+    other.setup(ctx_for({"feats": [fs]}, {"feats": [ft]}, 3))
+    f_s = other.projector(fs)
+    assert f_s.shape == (2, 6, 8, 8)
+    hand = sum(((f_s[b].flatten(1).mean(1) - ft[b].flatten(1).mean(1)) ** 2).sum()
+               + ((f_s[b].flatten(1).var(1) + 1e-5).sqrt() - (ft[b].flatten(1).var(1) + 1e-5).sqrt()).pow(2).sum()
+               for b in range(2)) / 2
+    got = other({"feats": [fs]}, {"feats": [ft]}, batch(torch.zeros(2, dtype=torch.long), 0))
+    assert abs(float(got) - float(hand)) < 1e-4 * float(hand)
     with pytest.raises(ValueError, match="grid"):
         t = losses.create("wkd_f", projector="none", grid=8)
         t.setup(ctx_for({"feats": [ft]}, {"feats": [ft]}, 3))

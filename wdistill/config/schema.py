@@ -1,7 +1,7 @@
 """The run configuration as pydantic sections: every key, its type, default and meaning.
 
 Loading a file with overrides is ``wdistill.config.load``; docs/config.md is generated from these
-sections (``wdistill.config.reference``)."""
+sections (``wdistill.config.reference``). The data section is in ``schema_data.py``."""
 from __future__ import annotations
 
 import re
@@ -10,17 +10,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wdistill import losses  # importing the package registers every term
-from wdistill.data.registry import DATASETS
-from wdistill.data.registry import options as dataset_options
+from wdistill.config.schema_data import DataSection, Strict
 from wdistill.data.views import ViewSpec
 from wdistill.errors import ConfigError
 
+# The recipes `wdistill auto` tries by default: the logit, Wasserstein and contrastive families.
+AUTO_METHODS = ("kd", "dkd", "wkd_l", "wkd_f", "wkd_lf", "crd_kd", "wcord_kd", "fitnet")
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-
-class RunSection(_Strict):
+class RunSection(Strict):
     name: str = Field("run", description="Run name; the run directory is out_dir/name (sub/dir allowed, never "
                       "absolute or '..').")
     out_dir: str = Field("runs", description="Directory that holds run directories (and the WKD-L cost cache, "
@@ -46,82 +44,7 @@ class RunSection(_Strict):
         return v
 
 
-class DataSection(_Strict):
-    name: str = Field("fmnist_sample", description="Data set: one of `wdistill list` (fmnist_sample is the "
-                      "Fashion-MNIST sample bundled in the package), image_folder, or python (with factory).")
-    root: str | None = Field(None, description="Directory (or archive) of the data set; not needed for "
-                             "fmnist_sample.")
-    train_subset: int | None = Field(None, gt=0, description="Keep only the first N training images.")
-    test_subset: int | None = Field(None, gt=0, description="Keep only the first N test images.")
-    batch_size: int = Field(64, gt=0, description="Global batch of one optimiser step: under torchrun each of N "
-                            "processes takes batch_size / N rows (it must divide).")
-    eval_batch_size: int = Field(256, gt=0, description="Batch size of evaluation and of statistics passes "
-                                 "(e.g. the WKD-L cost), split over processes.")
-    crop_padding: int | None = Field(None, ge=0, description="Training augmentation: pad by this many pixels, then "
-                                     "random crop back to size (0: no crop). None: the data set's own recipe "
-                                     "(the run log states it).")
-    flip: bool | None = Field(None, description="Training augmentation: random horizontal flip. None: the data "
-                              "set's own recipe.")
-    random_resized_crop: int | None = Field(None, gt=0, description="ImageNet recipe: RandomResizedCrop to "
-                                            "this size in training, centre crop in evaluation (needs "
-                                            "crop_padding: 0; store or resize the images larger, e.g. "
-                                            "options.size 256 with 224 here).")
-    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range.")
-    rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Options of the data set's loader "
-                                    "(`wdistill list` shows each data set's), e.g. {protocol: kd_v1}.")
-    loader: Literal["auto", "memory", "stream"] = Field(
-        "auto", description="memory: uint8 tensors in RAM with batched augmentation (fast path); stream: "
-        "DataLoader workers decode and crop; auto: memory when the decoded split fits in memory_limit_gb.")
-    memory_limit_gb: float = Field(4.0, gt=0, description="auto loader: largest decoded data kept in memory.")
-    workers: int | None = Field(None, ge=0, description="Streaming worker processes (None: the CPU cores, at "
-                                "most 8, divided over processes).")
-    prefetch_factor: int = Field(2, gt=0, description="Batches each streaming worker prepares ahead.")
-    factory: str | None = Field(None, description="name: python -- 'pkg.module:function' returning (train, test) "
-                                "torch Datasets of (image, target).")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the factory.")
-    num_classes: int | None = Field(None, gt=0, description="Class count of a user Dataset that has no "
-                                    "`classes` or `targets`.")
-    mean: tuple[float, ...] | None = Field(None, description="User data: per-channel mean of uint8/PIL images, "
-                                           "in [0, 1] units (give std too).")
-    std: tuple[float, ...] | None = Field(None, description="User data: per-channel std, in [0, 1] units.")
-
-    @model_validator(mode="after")
-    def _one_crop(self):
-        if self.random_resized_crop is not None and self.crop_padding:
-            raise ValueError(f"data.crop_padding={self.crop_padding} and data.random_resized_crop="
-                             f"{self.random_resized_crop} both crop: set data.crop_padding: 0 for the ImageNet recipe")
-        if self.factory is not None and self.name != "python":
-            raise ValueError(f"data.factory is for data.name: python (got name {self.name!r})")
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give data.mean and data.std together (per-channel values in [0, 1] units)")
-        return self
-
-    @model_validator(mode="after")
-    def _options_fit_the_data_set(self):
-        # Checked here, before any work: a preset written for one data set (configs/fmnist/* set
-        # protocol/quick/eval_split) must not fail deep inside the loader when data.name changes.
-        if self.name not in DATASETS and self.name != "python":
-            raise ValueError(f"unknown data set {self.name!r}; available: {', '.join(sorted(DATASETS))}, or python "
-                             "(a user factory); `wdistill list` shows their options")
-        if self.name in DATASETS:
-            unknown = sorted(set(self.options) - set(dataset_options(self.name)))
-            if unknown:
-                raise ValueError(
-                    f"data.options sets {', '.join(unknown)}, which data set {self.name!r} does not take (its "
-                    f"options: {', '.join(dataset_options(self.name)) or 'none'}). They come from the config file, "
-                    "which "
-                    f"was written for another data set: delete them there, or override the whole mapping on the "
-                    f"command line, e.g. data.options={{}}"
-                )
-        return self
-
-    def crop_kwargs(self) -> dict[str, Any]:
-        """The resized-crop settings every BatchLoader of a run takes (eval loaders centre-crop)."""
-        return dict(resized_crop=self.random_resized_crop, rrc_scale=self.rrc_scale, rrc_ratio=self.rrc_ratio)
-
-
-class ModelSection(_Strict):
+class ModelSection(Strict):
     """``model``: a zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``"pkg.module:factory"``
     (called with ``kwargs``, plus num_classes/in_channels when it accepts them).
     ``checkpoint``: trained weights loaded strictly (``cache:REL`` = wdistill's cache dir, where
@@ -129,36 +52,21 @@ class ModelSection(_Strict):
     timm/torchvision/factory model, a local file or ``true`` for the cache (never downloaded).
     ``taps``: feats/preact/embed module paths; default: declared by zoo models, else automatic."""
 
-    model: str = Field(
-        description="Architecture: a zoo name from `wdistill list`, timm:<name>, "
-        "torchvision:<name> or 'pkg.module:factory'."
-    )
-    checkpoint: str | None = Field(
-        None,
-        description="Weights to load (required for a teacher): a run's "
-        "student.pt, a published checkpoint, or cache:REL in wdistill's cache.",
-    )
-    pretrained: str | bool | None = Field(
-        None,
-        description="Initial weights of a timm/torchvision/factory "
-        "model: a local file, or true for the cache (never downloaded).",
-    )
-    taps: dict[str, Any] | None = Field(
-        None,
-        description="Feature taps: {feats: [module paths], preact: [...], "
-        "embed: 'module:in'}; zoo models declare theirs, others are found "
-        "automatically (`wdistill inspect MODEL`).",
-    )
-    kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments of the model constructor or factory."
-    )
-    view: ViewSpec | None = Field(
-        None,
-        description="What this model sees of each image: a fixed transform "
-        "applied after the shared augmentation (same crop for teacher and student), "
-        "e.g. {name: downsample, factor: 2}; None: the image itself. Names: identity, "
-        "downsample, mask, channels, lowpass, highpass (wdistill.data.views).",
-    )
+    model: str = Field(description="Architecture: a zoo name from `wdistill list`, timm:<name>, "
+                       "torchvision:<name> or 'pkg.module:factory'.")
+    checkpoint: str | None = Field(None, description="Weights to load (required for a teacher): a run's "
+                                   "student.pt, a published checkpoint, or cache:REL in wdistill's cache.")
+    pretrained: str | bool | None = Field(None, description="Initial weights of a timm/torchvision/factory "
+                                          "model: a local file, or true for the cache (never downloaded).")
+    taps: dict[str, Any] | None = Field(None, description="Feature taps: {feats: [module paths], preact: [...], "
+                                        "embed: 'module:in'}; zoo models declare theirs, others are found "
+                                        "automatically (`wdistill inspect MODEL`).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model "
+                                   "constructor or factory.")
+    view: ViewSpec | None = Field(None, description="What this model sees of each image: a fixed transform "
+                                  "applied after the shared augmentation (same crop for teacher and student), "
+                                  "e.g. {name: downsample, factor: 2}; None: the image itself. Names: identity, "
+                                  "downsample, mask, channels, lowpass, highpass (wdistill.data.views).")
 
     @field_validator("model")
     @classmethod
@@ -176,16 +84,11 @@ class TermSection(BaseModel):
     defaults are filled in, so ``config.yaml`` records every value in force."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field(
-        description="Loss term: ce or a method of `wdistill list`; its parameters are further "
-        "keys of the same item, typed by the method (see the method parameters below)."
-    )
-    id: str | None = Field(
-        None,
-        description="Key of the term in logs, metrics, curves and checkpoints "
-        "(default: its name). Give two terms of one method different ids, e.g. "
-        "{name: kd, id: kd_t2, T: 2} and {name: kd, id: kd_t8, T: 8}.",
-    )
+    name: str = Field(description="Loss term: ce or a method of `wdistill list`; its parameters are further "
+                      "keys of the same item, typed by the method (see the method parameters below).")
+    id: str | None = Field(None, description="Key of the term in logs, metrics, curves and checkpoints "
+                           "(default: its name). Give two terms of one method different ids, e.g. "
+                           "{name: kd, id: kd_t2, T: 2} and {name: kd, id: kd_t8, T: 8}.")
     weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of the term in the total loss.")
 
     @model_validator(mode="after")
@@ -198,10 +101,8 @@ class TermSection(BaseModel):
         if self.id is None:
             self.id = self.name
         elif not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.id):
-            raise ValueError(
-                f"loss term id {self.id!r} must be letters, digits, '_' or '-' (no dots: it keys "
-                "checkpoints), e.g. kd_t8"
-            )
+            raise ValueError(f"loss term id {self.id!r} must be letters, digits, '_' or '-' (no dots: it keys "
+                             "checkpoints), e.g. kd_t8")
         return self
 
     @property
@@ -209,17 +110,16 @@ class TermSection(BaseModel):
         return dict(self.model_extra or {})
 
 
-class OptimSection(_Strict):
+class OptimSection(Strict):
     epochs: int = Field(240, ge=1, description="Training epochs (the CIFAR-100 recipe: 240).")
     lr: float = Field(0.05, gt=0, allow_inf_nan=False, description="Initial SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     nesterov: bool = Field(False, description="Nesterov momentum.")
     weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="SGD weight decay.")
-    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate schedule.")
-    milestones: list[int] = Field(
-        default_factory=lambda: [150, 180, 210],
-        description="multistep: increasing epochs at which the rate is multiplied by gamma.",
-    )
+    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate "
+                                                                 "schedule.")
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210], description="multistep: increasing "
+                                  "epochs at which the rate is multiplied by gamma.")
     gamma: float = Field(0.1, gt=0, allow_inf_nan=False, description="multistep: factor at each milestone.")
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule (< epochs).")
 
@@ -232,7 +132,7 @@ class OptimSection(_Strict):
         return self
 
 
-class TrainSection(_Strict):
+class TrainSection(Strict):
     amp: bool = Field(False, description="Mixed precision (bfloat16 on CPU, float16 with loss scaling on GPU).")
     channels_last: bool = Field(False, description="channels_last memory format (usually faster on CPU and GPU).")
     compile: bool = Field(False, description="torch.compile the student.")
@@ -240,43 +140,56 @@ class TrainSection(_Strict):
     tensorboard: bool = Field(False, description="Also log to run_dir/tb (needs the tensorboard extra).")
     progress: bool = Field(True, description="Progress bars (shown on a terminal only).")
     eval_every: int = Field(1, gt=0, description="Evaluate on the test split every N epochs (and after the last).")
-    accumulate: int = Field(
-        1,
-        ge=1,
-        description="Gradient accumulation: each optimiser step sums this many "
-        "micro-batches (batch_size stays the batch of one step).",
-    )
-    log_every: int = Field(
-        50,
-        ge=1,
-        description="Loss, accuracy and the non-finite check are read from the "
-        "device (a host sync) every this many steps.",
-    )
-    max_steps: int | None = Field(
-        None,
-        gt=0,
-        description="Stop each epoch after this many steps (smoke tests of large presets); None: the whole epoch.",
-    )
+    accumulate: int = Field(1, ge=1, description="Gradient accumulation: each optimiser step sums this many "
+                            "micro-batches (batch_size stays the batch of one step).")
+    log_every: int = Field(50, ge=1, description="Loss, accuracy and the non-finite check are read from the "
+                           "device (a host sync) every this many steps.")
+    max_steps: int | None = Field(None, gt=0, description="Stop each epoch after this many steps (smoke tests "
+                                  "of large presets); None: the whole epoch.")
+    stop_after: int | None = Field(None, gt=0, description="Pause after this many epochs: last.pt is written and "
+                                   "the run continues later (--resume, or a larger value); the schedule still spans "
+                                   "optim.epochs (`wdistill auto` trains candidates rung by rung this way).")
+    grad_share: bool = Field(True, description="Once per epoch, measure each loss term's gradient norm on the "
+                             "student (one extra backward per term) and record its share (metrics grad_share_<id>); "
+                             "warn when a term's is under 1% or over 100x the cross-entropy's.")
 
 
-class RunConfig(_Strict):
+class AutoSection(Strict):
+    """``wdistill auto``: which recipes it tries on a held-out part of the training data and the
+    budget it may spend (docs/auto.md)."""
+
+    methods: list[str] = Field(default_factory=lambda: list(AUTO_METHODS), description="Recipes tried beside the "
+                               "vanilla student (names of `wdistill list --presets`' recipes, e.g. kd, wkd_l).")
+    grid: bool = Field(True, description="Try each recipe's small grid of weights/temperatures around its "
+                       "published setting; false: the published setting only.")
+    holdout: float = Field(0.2, gt=0, lt=1, description="Fraction of the training data held out (stratified) to "
+                           "compare the candidates; the test split is never used.")
+    budget: float | None = Field(None, gt=0, description="Student epochs the search may spend, all candidates and "
+                                 "seeds together (None: what the plan needs); the grid and then the seeds shrink "
+                                 "to fit.")
+    minutes: float | None = Field(None, gt=0, description="Wall-clock limit: no rung starts after it (the best so "
+                                  "far is reported).")
+    eta: int = Field(3, ge=2, description="Successive halving: each rung keeps the best 1/eta of the candidates.")
+    min_epochs: int = Field(1, ge=1, description="Epochs of the first rung; rungs at min_epochs * eta^k.")
+    finalists: int = Field(3, ge=1, description="Candidates carried to the full schedule and repeated over seeds.")
+    seeds: int = Field(3, ge=1, description="Seeds of each finalist and of the vanilla student.")
+
+
+class RunConfig(Strict):
     run: RunSection = Field(default_factory=RunSection, description="Name, output directory, seed, device.")
     data: DataSection = Field(default_factory=DataSection, description="Data set, batches and augmentation.")
     student: ModelSection = Field(description="The model trained (required).")
     teacher: ModelSection | None = Field(None, description="The frozen teacher (distill needs it).")
-    teachers: list[ModelSection] | None = Field(
-        None,
-        description="An ensemble of teachers instead: logit "
-        "terms read their mean distribution, representation terms get "
-        "one instance per teacher, weighted 1/n.",
-    )
-    loss: list[TermSection] = Field(
-        default_factory=lambda: [TermSection(name="ce")], description="Weighted loss terms, summed."
-    )
+    teachers: list[ModelSection] | None = Field(None, description="An ensemble of teachers instead: logit "
+                                                "terms read their mean distribution, representation terms get "
+                                                "one instance per teacher, weighted 1/n.")
+    loss: list[TermSection] = Field(default_factory=lambda: [TermSection(name="ce")],
+                                    description="Weighted loss terms, summed.")
     optim: OptimSection = Field(default_factory=OptimSection, description="SGD and its schedule.")
-    train: TrainSection = Field(
-        default_factory=TrainSection, description="Precision, memory format, scale-out, logging."
-    )
+    train: TrainSection = Field(default_factory=TrainSection, description="Precision, memory format, "
+                                "scale-out, logging.")
+    auto: AutoSection = Field(default_factory=AutoSection, description="`wdistill auto`'s search (ignored by "
+                              "train and distill).")
 
     @field_validator("loss")
     @classmethod
@@ -286,10 +199,8 @@ class RunConfig(_Strict):
         ids = [t.id for t in v]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
-            raise ValueError(
-                f"loss terms share the id {', '.join(map(repr, dup))}: give each an `id`, e.g. "
-                f"{{name: {dup[0]}, id: {dup[0]}_2, ...}} (the id keys logs and checkpoints)"
-            )
+            raise ValueError(f"loss terms share the id {', '.join(map(repr, dup))}: give each an `id`, e.g. "
+                             f"{{name: {dup[0]}, id: {dup[0]}_2, ...}} (the id keys logs and checkpoints)")
         return v
 
     def teacher_sections(self) -> list[ModelSection]:

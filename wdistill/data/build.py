@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import Dataset
 
 from wdistill.data.augment import Augmentation, augment_recipe, resolve
 from wdistill.data.dataset import ImageDataset
-from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD, decode_files
 from wdistill.data.loader import BatchLoader
 from wdistill.data.registry import load_dataset
 from wdistill.data.stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
+from wdistill.data.subsets import head, holdout
 from wdistill.data.user import (
     check_dataset,
     infer_num_classes,
@@ -57,42 +57,11 @@ class RunData:
     test_set: Any
 
 
-class _Head(Dataset):
-    """The first ``n`` items of a dataset (``data.train_subset``), keeping ``classes``/``targets``."""
-
-    def __init__(self, ds, n: int):
-        self.ds, self.n = ds, n
-        self.classes = getattr(ds, "classes", None)
-        t = known_targets(ds)
-        if t is not None:
-            self.targets = t[:n]
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.ds[i]
-
-
-def _head(ds, n: int | None, what: str):
-    if n is None:
-        return ds
-    if not 0 < n <= len(ds):
-        raise ConfigError(f"data.{what} must be in 1..{len(ds)}, got {n}")
-    if isinstance(ds, ImageDataset):
-        return ds.subset(slice(0, n))
-    if isinstance(ds, FolderImages):
-        return FolderImages(ds.files[:n], ds.targets[:n].tolist(), ds.classes, ds.name)
-    return _Head(ds, n)
-
-
 def open_datasets(d) -> tuple[Any, Any]:
     """(train, test) of a data section; image folders are only listed here, never decoded."""
     if d.name == "python":
         return load_factory(d.factory, d.kwargs)
-    if d.name == "image_folder" and d.loader != "memory":
+    if d.name == "image_folder":  # listed only: the memory path decodes just the files it keeps
         if d.root is None:
             raise ConfigError("data.name=image_folder needs data.root: a directory holding train/<class>/* "
                               "and val/<class>/*")
@@ -111,12 +80,34 @@ def open_datasets(d) -> tuple[Any, Any]:
         raise ConfigError(f"data: {e}") from None
 
 
-def _to_memory(d, train, test, num_classes: int, mean, std) -> tuple[ImageDataset, ImageDataset]:
-    if isinstance(train, FolderImages):  # decode once (with its .npz cache) at options.size
-        options = {k: v for k, v in d.options.items()}
-        full_train, full_test = load_dataset("image_folder", d.root, **options)
-        return full_train.subset(slice(0, len(train))), full_test.subset(slice(0, len(test)))
-    return (materialize(train, "train", num_classes, mean, std), materialize(test, "test", num_classes, mean, std))
+def to_memory(d, ds, name: str, num_classes: int, mean=None, std=None) -> ImageDataset:
+    """A split as in-memory uint8 tensors: an image folder's files decoded once at ``options.size``
+    (only the files of this split: a subset or a held-out part never decodes the rest), a user's
+    Dataset read once."""
+    if isinstance(ds, FolderImages):
+        o = d.options
+        return decode_files(ds.root, ds.files, ds.labels, ds.classes, o.get("size", 32), o.get("cache_dir"),
+                            o.get("mean", IMAGENET_MEAN), o.get("std", IMAGENET_STD))
+    return materialize(ds, name, num_classes, mean, std)
+
+
+def _num_classes(train, given: int | None, hint: int | None) -> tuple[int, bool]:
+    """(class count, whether it came from the student's classifier): the config's, else the data
+    set's, else the student's output width."""
+    try:
+        return infer_num_classes(train, given), False
+    except ConfigError:
+        if hint is None:
+            raise
+        return hint, True
+
+
+def _targets(train, need: bool, workers: int, rank: int) -> torch.Tensor | None:
+    """The training labels: known without reading an image, else read once when ``need``."""
+    targets = train.targets if isinstance(train, ImageDataset) else known_targets(train)
+    if targets is None and need:
+        targets = scan_targets(train, workers, progress=rank == 0)
+    return targets
 
 
 def _choose_path(d, train, test, stored: int | None) -> tuple[str, str]:
@@ -146,11 +137,14 @@ def _normalisation(d, train) -> tuple:
 
 def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", rank: int = 0,
                   world_size: int = 1, batch_size: int | None = None, eval_batch_size: int | None = None,
-                  need_targets: bool = False, log: Callable[[str], None] = print) -> RunData:
+                  need_targets: bool = False, num_classes_hint: int | None = None,
+                  log: Callable[[str], None] = print) -> RunData:
     """Loaders for data section ``d`` (or the ``(train, test)`` datasets given), sharded for ``rank``.
 
     ``batch_size``/``eval_batch_size``: per rank (default: the section's). ``need_targets``: a term
     samples by label (CRD, WCoRD), so labels are read even when the dataset does not list them.
+    ``num_classes_hint``: the class count the student's classifier outputs, used when neither the
+    section nor the data set says it (the labels are then checked against it).
     """
     batch_size = batch_size or d.batch_size
     eval_batch_size = eval_batch_size or d.eval_batch_size
@@ -162,15 +156,21 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
     else:
         train, test = open_datasets(d)
         recipe_name = d.name
-    train, test = _head(train, d.train_subset, "train_subset"), _head(test, d.test_subset, "test_subset")
-    num_classes = infer_num_classes(train, d.num_classes)
+    train, test = head(train, d.train_subset, "train_subset"), head(test, d.test_subset, "test_subset")
+    num_classes, from_student = _num_classes(train, d.num_classes, num_classes_hint)
+    need_targets = need_targets or from_student  # a count read off the student is checked against the labels
+    if d.holdout:  # model selection on a stratified part of the training split, never on the test split
+        train, test = holdout(train, d.holdout, d.holdout_seed, _targets(train, need=True, workers=0, rank=rank))
+        log(f"holdout: {len(test):,} training images (stratified, seed {d.holdout_seed}) are the evaluation split; "
+            f"the test split is not used")
     folder = isinstance(train, FolderImages)
     stored = d.options.get("size", 32) if folder else None
 
     path, why = _choose_path(d, train, test, stored)
     mean, std = _normalisation(d, train)
     if path == "memory" and not isinstance(train, ImageDataset):
-        train, test = _to_memory(d, train, test, num_classes, mean, std)
+        train, test = (to_memory(d, train, "train", num_classes, mean, std),
+                       to_memory(d, test, "test", num_classes, mean, std))
 
     channels = probe_channels(train)
     side = train.size[0] if isinstance(train, ImageDataset) else 0
@@ -178,10 +178,8 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
     if side and aug.crop_padding > side // 2:
         raise ConfigError(f"data.crop_padding={aug.crop_padding} on {side}-pixel images would crop mostly padding: "
                           f"use at most {side // 2} (the CIFAR recipe pads 4 on 32 px)")
-    targets = train.targets if isinstance(train, ImageDataset) else known_targets(train)
     workers = d.workers if d.workers is not None else max(1, default_workers() // world_size)
-    if targets is None and need_targets:
-        targets = scan_targets(train, workers if path == "stream" else 0, progress=rank == 0)
+    targets = _targets(train, need_targets, workers if path == "stream" else 0, rank)
     if targets is not None and len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
         raise ConfigError(f"training labels span [{int(targets.min())}, {int(targets.max())}] but num_classes="
                           f"{num_classes}: labels must lie in [0, num_classes)")

@@ -124,11 +124,18 @@ def image_folder(
     The decoded tensors are cached as ``<cache_dir or root>/.wdistill-<size>px-<key>.npz``.
     ``classes`` fixes the label order (pass the training split's to a validation split).
     """
+    classes, files, labels = scan(root, classes)
+    return decode_files(root, files, labels, classes, size, cache_dir, mean, std, progress)
+
+
+def decode_files(root, files: list, labels: list[int], classes: tuple[str, ...], size: int = 32,
+                 cache_dir=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, progress: bool = True) -> ImageDataset:
+    """Some files of the image folder ``root`` (e.g. the first N, or a held-out part) decoded as in
+    :func:`image_folder`, and cached under a key of exactly these files: the others are never read."""
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int (pixels), got {size!r}")
-    root = Path(root)
-    classes, files, labels = scan(root, classes)
-    key = _cache_key(root, files, labels, classes, size)
+    root, files = Path(root), [Path(f) for f in files]
+    key = _cache_key(root, files, list(labels), tuple(classes), size)
     cache = Path(cache_dir or root) / f".wdistill-{size}px-{key}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -140,5 +147,5 @@ def image_folder(
         targets = np.asarray(labels, dtype=np.int64)
         _save(cache, images=images, targets=targets)
     return ImageDataset(
-        torch.from_numpy(images), torch.from_numpy(targets), len(classes), tuple(mean), tuple(std), root.name, classes
-    )
+        torch.from_numpy(images), torch.from_numpy(targets), len(classes), tuple(mean), tuple(std), root.name,
+        tuple(classes))

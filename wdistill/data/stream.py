@@ -183,8 +183,9 @@ def resize_center_crop(image, resize: int, crop: int):
 class FolderImages(Dataset):
     """An image folder as (PIL RGB image, label): only the file list and labels live in memory."""
 
-    def __init__(self, files: list, labels: list[int], classes: tuple[str, ...], name: str = ""):
+    def __init__(self, files: list, labels: list[int], classes: tuple[str, ...], name: str = "", root=None):
         self.files = [str(f) for f in files]
+        self.root = Path(root) if root is not None else Path(self.files[0]).parent.parent if self.files else None
         self.labels = [int(y) for y in labels]  # item access: a list is ~10x cheaper than a tensor
         self.targets = torch.tensor(self.labels, dtype=torch.long)
         self.classes, self.name = tuple(classes), name
@@ -292,4 +293,4 @@ def default_workers() -> int:
 
 def folder_images(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> FolderImages:
     classes, files, labels = scan(root, classes)
-    return FolderImages(files, labels, classes, Path(root).name)
+    return FolderImages(files, labels, classes, Path(root).name, root)

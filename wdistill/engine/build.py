@@ -4,6 +4,7 @@ that names the key and the fix, raised before any long work starts."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -158,3 +159,15 @@ def check_config(cfg: RunConfig) -> list[str]:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"loss.{i} ({t.name}): {e}") from None
     return ["schema", "data set and options", "models", "loss terms", "checkpoints exist"]
+
+
+def tensorboard_writer(cfg: RunConfig, run_dir):
+    """A SummaryWriter in ``run_dir/tb`` when ``train.tensorboard`` (the optional tensorboard package)."""
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: "
+                          "pip install 'wdistill[tensorboard]'") from None
+    return SummaryWriter(str(Path(run_dir) / "tb"))

@@ -112,10 +112,16 @@ class Stepper:
 
     def __init__(self, module: nn.Module, forward: Callable, optimizer: torch.optim.Optimizer, scaler,
                  amp_ctx: Callable, accumulate: int, params: list[torch.Tensor], meter: Meter, guard: Guard,
-                 after_step: Callable[[], None] | None = None):
+                 after_step: Callable[[], None] | None = None, grad_probe: tuple[int, list] | None = None):
         self.module, self.forward, self.optimizer, self.scaler = module, forward, optimizer, scaler
         self.amp_ctx, self.accumulate, self.params = amp_ctx, accumulate, params
         self.meter, self.guard, self.after_step = meter, guard, after_step
+        # (step, student parameters): at that step, each term's gradient norm on the student
+        self.grad_probe = grad_probe
+
+    def _probe_grads(self, parts: dict[str, torch.Tensor], params: list[torch.Tensor]) -> None:
+        for name, norm in term_grad_norms(parts, params).items():
+            self.meter.add(f"gradnorm_{name}", norm)
 
     def step(self, batch: dict, step: int) -> None:
         micro = split_batch(batch, self.accumulate)
@@ -125,6 +131,8 @@ class Stepper:
             with sync:
                 with self.amp_ctx():
                     total, parts, logits = self.forward(mb)
+                if self.grad_probe is not None and step == self.grad_probe[0] and i == 0:
+                    self._probe_grads(parts, self.grad_probe[1])
                 self.scaler.scale(total / self.accumulate).backward()
             b = torch.tensor(float(len(mb["target"])), device=total.device)
             self.meter.add("n", b)
@@ -142,6 +150,18 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         if self.after_step is not None:
             self.after_step()
+
+
+def term_grad_norms(parts: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each weighted term's gradient norm on ``params`` (one backward per term, the graph kept for the
+    step's own backward); a term without a path to ``params`` gets 0."""
+    out = {}
+    for name, value in parts.items():
+        grads = (torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+                 if value.requires_grad else [])
+        grads = [g for g in grads if g is not None]
+        out[name] = torch.nn.utils.get_total_norm(grads) if grads else value.new_zeros(())
+    return out
 
 
 def run_pass(loader, stepper: Stepper, *, steps: int, log_every: int, progress: bool, prepare: Callable,

@@ -1,6 +1,6 @@
 """The training loop: stages, epochs, evaluation, metrics, atomic checkpoints, exact resume.
 
-Building (``build.py``), the run directory (``rundir.py``), one optimisation step (``loop.py``),
+Building (``build.py``), the run directory (``rundir/``), one optimisation step (``loop.py``),
 pre-training stages (``stages.py``) and scale-out (``ddp.py``) live beside this file; the Trainer
 puts them in order.
 """
@@ -15,15 +15,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from wdistill import losses
+from wdistill import losses, models
 from wdistill.config.schema import RunConfig
 from wdistill.data import ImageDataset
 from wdistill.data.build import build_loaders
 from wdistill.data.views import Viewed
 from wdistill.engine import ddp, rundir
-from wdistill.engine.build import build_distiller, build_model, check_teacher_needs, resolve_device
+from wdistill.engine.build import build_distiller, build_model, check_teacher_needs, resolve_device, tensorboard_writer
 from wdistill.engine.distiller import lr_at
 from wdistill.engine.evaluate import Ensemble, evaluate
+from wdistill.engine.helping import grad_share_row, helping_warnings
 from wdistill.engine.loop import Guard, Meter, Stepper, run_pass
 from wdistill.engine.stages import run_stage
 from wdistill.engine.state import restore, save_finite, training_state
@@ -84,6 +85,7 @@ class Trainer:
                                   world_size=self.world_size, batch_size=self.micro_batch * cfg.train.accumulate,
                                   eval_batch_size=max(1, cfg.data.eval_batch_size // self.world_size),
                                   need_targets=any(losses.get(t.name).needs_train_targets for t in cfg.loss),
+                                  num_classes_hint=None if student is None else models.output_classes(student),
                                   log=self.log if self.rank == 0 else (lambda msg: None))
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         nc, ch = self.data.num_classes, self.data.channels
@@ -186,18 +188,21 @@ class Trainer:
             total, parts, s_out = module(dict(batch, epoch=epoch, num_epochs=o.epochs))
             return total, parts, s_out["logits"]
 
+        first = epoch * len(self.train_loader)
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        probe = (first, params) if self.cfg.train.grad_share else None
         stepper = Stepper(module, forward, self.optimizer, self.scaler, self.amp_ctx, self.cfg.train.accumulate,
                           self.optimizer_params, Meter(self.device),
                           Guard(list(self.distiller.terms), dict(self.distiller.weights), self.device),
-                          self.distiller.after_step)
-        sums = self.run_loop(stepper, f"epoch {epoch + 1}/{o.epochs}", f"epoch {epoch + 1}",
-                             first_step=epoch * len(self.train_loader))
+                          self.distiller.after_step, grad_probe=probe)
+        sums = self.run_loop(stepper, f"epoch {epoch + 1}/{o.epochs}", f"epoch {epoch + 1}", first_step=first)
+        shares = grad_share_row(sums, self.world_size)
         n = sums.pop("n")
         correct = sums.pop("correct", 0.0)
         row = {"epoch": epoch + 1, "lr": lr}
         row.update({f"train_{k}": v / n for k, v in sums.items()})
         row["train_top1"] = 100.0 * correct / n
-        return row
+        return row | shares
 
     def fit(self) -> dict:
         """Run (or resume) the job; returns the summary also written to ``summary.json``.
@@ -252,16 +257,21 @@ class Trainer:
                 if k != "epoch":
                     writer.add_scalar(k, v, epoch + 1)
         self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs} " + " ".join(
-            f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("epoch",)))
+            f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("epoch",) and not k.startswith("grad_norm_")))
+        if epoch == 0:
+            ce = [k for k, term in self.distiller.terms.items() if term.name == "ce"]
+            for line in helping_warnings(row, dict(self.distiller.weights), ce):
+                self.log(line)
 
     def _fit(self) -> dict:
         self._start()
         d = self.distiller
         teacher_metrics = evaluate(Ensemble([Viewed(t, v) for t, v in zip(self.teachers, d.teacher_views)]),
                                    self.test_loader, self.amp_ctx) if self.teachers else None
-        writer = self._tensorboard() if self.rank == 0 else None
+        writer = tensorboard_writer(self.cfg, self.run_dir) if self.rank == 0 else None
         t0 = time.time()
-        for epoch in range(self.start_epoch, self.cfg.optim.epochs):
+        stop = min(self.cfg.optim.epochs, self.cfg.train.stop_after or self.cfg.optim.epochs)
+        for epoch in range(self.start_epoch, stop):
             start = time.time()
             row = self._train_epoch(epoch)
             ddp.broadcast_buffers(self.student, self.world_size)
@@ -276,6 +286,8 @@ class Trainer:
                    "teacher_top1": teacher_metrics["top1"] if teacher_metrics else None,
                    "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0,
                    "world_size": self.world_size}
+        if stop < self.cfg.optim.epochs:  # paused (train.stop_after): last.pt holds it; nothing is final yet
+            return summary | {"paused_after": stop}
         if self.rank == 0:
             record = rundir.student_record(self.cfg, self.data.num_classes, self.data.channels, summary)
             rundir.write_student(self.run_dir / rundir.STUDENT, self.student.state_dict(), record)
@@ -283,17 +295,6 @@ class Trainer:
         if writer:
             writer.close()
         return summary
-
-    def _tensorboard(self):
-        if not self.cfg.train.tensorboard:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("train.tensorboard=true needs the tensorboard package: "
-                              "pip install 'wdistill[tensorboard]'") from None
-        return SummaryWriter(str(self.run_dir / "tb"))
-
 
 def _fmt(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from wdistill.errors import ConfigError
 from wdistill.losses._shared.heads import ConvReg
-from wdistill.losses._shared.pairing import paired_maps
+from wdistill.losses._shared.pairing import match_spatial, paired_maps
 from wdistill.losses.base import Stage, Term
 from wdistill.losses.recipes import ce, publish
 from wdistill.losses.registry import register
@@ -25,7 +25,8 @@ class AB(Term):
     Neurons", AAAI 2019 (the alternative loss with margin m).
 
     On the pre-activations ``preact_feats[1:]`` (n layers), the student's map goes through a
-    connector (identity when channels and height match, else ConvReg without ReLU); per element
+    connector (identity when channels and height match, else ConvReg without ReLU; a smaller student
+    map than the reference rules cover keeps its size and the teacher's is pooled to it); per element
     ``l = (s + m)^2 [s > -m and t <= 0] + (s - m)^2 [s <= m and t > 0]``, and
     ``L = sum_i 2^(i-n+1) * sum(l_i) / B * 3/1000`` (RepDistiller's layer weights and scale).
 
@@ -65,7 +66,7 @@ class AB(Term):
                 connectors.append(nn.Identity())
                 continue
             try:
-                connectors.append(ConvReg(f_s.shape, f_t.shape, use_relu=False))
+                connectors.append(ConvReg(f_s.shape, f_t.shape, use_relu=False, mismatch="channels"))
             except ValueError as e:
                 raise ConfigError(f"ab preact_feats[{i}]: {e}") from e
         self.connectors = nn.ModuleList(connectors).to(ctx.device)
@@ -77,7 +78,7 @@ class AB(Term):
         n, b = len(pairs), pairs[0][0].shape[0]
         loss = 0.0
         for i, ((f_s, f_t), conn) in enumerate(zip(pairs, self.connectors)):
-            loss = loss + 2.0 ** (i - n + 1) * ab_layer_loss(conn(f_s), f_t, self.margin)
+            loss = loss + 2.0 ** (i - n + 1) * ab_layer_loss(*match_spatial(conn(f_s), f_t), self.margin)
         return loss / b * 3 / 1000
 
     def stages(self):

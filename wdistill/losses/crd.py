@@ -1,8 +1,6 @@
 """Contrastive representation distillation (memory banks, class-aware sampling, NCE)."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from wdistill.errors import ConfigError
@@ -14,6 +12,7 @@ from wdistill.losses._shared.memory import (  # noqa: F401 (re-exported)
     ClassSampler,
     PendingRows,
     bank_scores,
+    cap_negatives,
     check_options,
     init_bank,
     momentum_update_,
@@ -61,8 +60,10 @@ class CRD(Term):
     ``sync_bank`` and torch.distributed running, the banks start from rank 0's, every rank applies
     every rank's rows and Z is the mean over ranks (the reference does not synchronise).
 
-    Negatives are drawn without replacement whenever the other-class pool holds K rows
-    (RepDistiller's default), on the device (``memory.ClassSampler.distinct_other_class``); ``replacement=True``
+    Negatives are drawn without replacement (RepDistiller's default whenever the other-class pool holds
+    K rows), on the device (``memory.ClassSampler.distinct_other_class``). When the smallest pool is
+    smaller than K (a small data set), K is capped at it, with one warning, so that no negative
+    repeats (RepDistiller draws K with replacement there: ``replacement=True``). ``replacement=True``
     draws them independently with replacement instead (one ``randint``; at K=16384 of 49500
     CIFAR-100 candidates ~15% of those draws repeat an earlier one).
 
@@ -93,7 +94,7 @@ class CRD(Term):
             raise ConfigError(f"crd needs tau > 0, got {tau} (published: 0.07)")
         self.feat_dim, self.num_negatives, self.tau, self.momentum = feat_dim, num_negatives, tau, momentum
         self.positive, self.scoring, self.sync_bank, self.replacement = positive, scoring, sync_bank, replacement
-        self._short_pool = False
+        self.k = num_negatives  # negatives per anchor in force: num_negatives, capped by setup
         self.embed_s = self.embed_t = None
         self.register_buffer("Z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: unset
         self._z_ready = False
@@ -111,12 +112,9 @@ class CRD(Term):
         if fewest == 0:
             raise ConfigError("crd draws negatives from other classes, but the training set has a "
                               "single class; use a non-contrastive method (e.g. kd, rkd, pkt)")
-        # RepDistiller draws without replacement when the other-class pool holds K rows, else with.
-        self._short_pool = fewest < self.num_negatives
-        if self._short_pool and not self.replacement:
-            warnings.warn(f"crd: some class has only {fewest} samples of other classes, "
-                          f"fewer than num_negatives={self.num_negatives}; negatives are drawn with "
-                          "replacement, so they repeat (lower num_negatives to avoid it)")
+        # The published K wherever the other-class pool holds it; a smaller pool caps K (one warning)
+        # instead of repeating negatives, unless replacement=True (RepDistiller's small-pool draw).
+        self.k = self.num_negatives if self.replacement else cap_negatives("crd", self.num_negatives, fewest)
         self.embed_s = Embed(ctx.student_out["embed"].flatten(1).shape[1], self.feat_dim).to(dev)
         self.embed_t = Embed(ctx.teacher_out["embed"].flatten(1).shape[1], self.feat_dim).to(dev)
         self.register_buffer("bank_s", init_bank(n, self.feat_dim, "uniform", dev))
@@ -141,10 +139,10 @@ class CRD(Term):
 
     def _sample(self, index: torch.Tensor) -> torch.Tensor:
         y = self.sampler.targets[index]
-        if self.replacement or self._short_pool:
-            negatives = self.sampler.other_class(y, self.num_negatives)
+        if self.replacement:
+            negatives = self.sampler.other_class(y, self.k)
         else:
-            negatives = self.sampler.distinct_other_class(y, self.num_negatives)
+            negatives = self.sampler.distinct_other_class(y, self.k)
         pos = index if self.positive == "exact" else self.sampler.same_class(y)
         return torch.cat([pos[:, None], negatives], dim=1)
 

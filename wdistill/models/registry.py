@@ -92,6 +92,13 @@ def _timm(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Mod
     if name not in timm.list_models():
         close = timm.list_models(f"*{name}*")[:5]
         raise ValueError(f"timm has no model {name!r}" + (f" (similar: {', '.join(close)})" if close else ""))
+    kwargs = dict(kwargs)
+    for key, value in (("in_chans", in_channels), ("num_classes", num_classes)):  # timm's own spelling, accepted
+        given = kwargs.pop(key, value)
+        if given != value:
+            raise ValueError(f"timm:{name} kwargs {key}={given} but the data have {value} "
+                             f"{'channels' if key == 'in_chans' else 'classes'}: drop {key} from the kwargs (wdistill "
+                             "sets it from the data) or use data that match")
     # pretrained=False: weights come only from a local file (load_pretrained), never from the hub.
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
 
@@ -173,6 +180,12 @@ def io_shape(arch: str, kwargs: dict, sd: dict) -> tuple[int | None, int | None]
     nc = strip.get(f"{linears[-1]}.weight") if linears else None
     ch = strip.get(f"{convs[0]}.weight") if convs else None
     return (None if nc is None else int(nc.shape[0])), (None if ch is None else int(ch.shape[1]))
+
+
+def output_classes(model: nn.Module) -> int | None:
+    """The class count a classifier's last ``nn.Linear`` outputs (None without one)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
 
 
 # ---- strict loading, naming the zoo model a checkpoint fits ----------------------------------------

@@ -77,8 +77,11 @@ def curves_figure(run_dir: str | Path):
     cfg = _run_config(run_dir)
     epochs = [r["epoch"] for r in rows]
     loss_keys = [k for k in rows[0] if k.startswith("train_") and k != "train_top1"]
-    fig = Figure(figsize=(10, 4.3))
-    ax_l, ax_a = fig.subplots(1, 2)
+    share_keys = [k for k in rows[0] if k.startswith("grad_share_")]
+    fig = Figure(figsize=(15 if share_keys else 10, 4.3))
+    ax_l, ax_a, *ax_g = fig.subplots(1, 3 if share_keys else 2)
+    if share_keys:
+        _share_panel(ax_g[0], rows, share_keys)
     for k in loss_keys:
         vals = [r.get(k) for r in rows]
         style = {"lw": 2.0, "color": "black"} if k == "train_loss" else {"lw": 1.2}
@@ -114,6 +117,19 @@ def curves_figure(run_dir: str | Path):
     fig.suptitle(curves_title(run_dir, cfg), fontsize=9)
     fig.tight_layout(rect=(0, 0.08 if spans else 0, 1, 1))
     return fig
+
+
+def _share_panel(ax, rows: list[dict], keys: list[str]) -> None:
+    """Each term's share of the student's gradient norm per epoch ("is it helping?")."""
+    for k in keys:
+        pts = [(r["epoch"], 100 * r[k]) for r in rows if k in r]
+        ax.plot(*zip(*pts), marker=".", lw=1.2, label=k[len("grad_share_"):])
+    ax.axhline(1.0, color="#999999", lw=0.8, ls=":", label="1% (negligible below)")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("share of the student's gradient norm (%)")
+    ax.set_title("is it helping? gradient share per term (first step of each epoch)", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 # ---- leaderboard bar chart (demo and `python -m benchtools accuracy`) -------------------------------------

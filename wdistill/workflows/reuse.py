@@ -66,7 +66,7 @@ def run_dir_of(cfg_dict: dict) -> Path:
     return Path(cfg_dict["run"]["out_dir"]) / cfg_dict["run"]["name"]
 
 
-def run_or_load(cfg_dict: dict, log=print, data=None, wait: bool = True, poll: float = 30.0) -> dict:
+def run_or_load(cfg_dict: dict, log=print, data=None, wait: bool = True, poll: float = 30.0, models=None) -> dict:
     """Run the configured job unless its directory already holds a finished run of the same config.
 
     finished with the same config -> its summary, nothing trained;
@@ -74,12 +74,14 @@ def run_or_load(cfg_dict: dict, log=print, data=None, wait: bool = True, poll: f
     a different config in the directory (e.g. a preset re-tuned since) -> started again;
     being trained by another live process -> wait for it, or raise RunBusy if ``wait`` is False.
     The summary gains ``wall_seconds``: wall time of every session of the run, summed.
+    ``data``: ``(train, test)`` datasets and ``models``: ``(student, teachers)`` modules passed to the
+    Trainer instead of building them from the config (the Python API).
     """
     cfg = load_config(cfg_dict)
     run = rundir.RunDir(cfg)
     run.lock(wait=wait, log=log, poll=poll)
     try:
-        return _run_or_load(cfg, run, log, data)
+        return _run_or_load(cfg, run, log, data, models)
     finally:
         run.release()
 
@@ -92,7 +94,7 @@ def load_finished(cfg_dict: dict) -> dict | None:
     return None
 
 
-def _run_or_load(cfg, run: rundir.RunDir, log, data) -> dict:
+def _run_or_load(cfg, run: rundir.RunDir, log, data, models) -> dict:
     path = run.path
     same = rundir.holds_config(path, cfg)
     if same and rundir.finished(path):
@@ -103,7 +105,13 @@ def _run_or_load(cfg, run: rundir.RunDir, log, data) -> dict:
         (path / WALL_FILE).unlink(missing_ok=True)
         (path / rundir.SUMMARY).unlink(missing_ok=True)
     t0 = time.time()
-    summary = Trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data, held=run).fit()
+    student, teachers = models or (None, None)
+    trainer = Trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data, held=run, student=student,
+                      teachers=teachers)
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()  # the models get their forward hooks back off (a shared teacher serves many runs)
     wall = _wall_record(path).get("wall_seconds", 0.0) + time.time() - t0
     atomic_write_text(json.dumps({"wall_seconds": wall, "threads": torch.get_num_threads()}) + "\n",
                       path / WALL_FILE)

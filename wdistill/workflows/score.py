@@ -21,7 +21,8 @@ import yaml
 from wdistill import models
 from wdistill.config import load_config
 from wdistill.data import BatchLoader, ImageDataset, load_dataset
-from wdistill.data.build import open_datasets
+from wdistill.data.build import open_datasets, to_memory
+from wdistill.data.stream import FolderImages
 from wdistill.data.views import View, Viewed
 from wdistill.engine import evaluate, rundir
 from wdistill.engine.build import resolve_device
@@ -55,6 +56,8 @@ def _test_data(checkpoint, data: str | None, root: str | None, cfg: dict | None,
             section["root"] = root
         run_cfg = load_config({"student": {"model": "unused"}, "data": section})
         _, test = open_datasets(run_cfg.data.model_copy(update={"loader": "memory"}))
+        if isinstance(test, FolderImages):
+            test = to_memory(run_cfg.data, test, "test", len(test.classes))
         if not isinstance(test, ImageDataset):
             raise ConfigError(f"{checkpoint} was trained on streamed data ({run_cfg.data.name}); evaluate it "
                               "with --data NAME --root DIR, or `wdistill train CONFIG optim.epochs=...` reports test "

@@ -37,21 +37,32 @@ class ConvReg(nn.Module):
     conv with kernel (1+s_H-t_H, 1+s_W-t_W) (a 1x1 conv when sizes match); then BatchNorm and,
     if ``use_relu``, ReLU.
 
+    A student map smaller than the teacher's other than by exactly half has no reference rule:
+    with ``mismatch="error"`` that is an error; with ``mismatch="channels"`` a 1x1 conv maps the
+    channels only and keeps the student's size (``matches_size`` False): the term then compares
+    the maps on a common grid (``pairing.match_spatial``) or, like WKD-F, through statistics that
+    need no spatial match.
+
     Args:
         s_shape, t_shape: feature shapes (B, C, H, W) or (C, H, W) of student and teacher.
         use_relu: apply ReLU after BatchNorm (AB uses ``False``).
+        mismatch: "error" or "channels" (see above).
     """
 
-    def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], use_relu: bool = True):
+    def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], use_relu: bool = True,
+                 mismatch: str = "error"):
         super().__init__()
         s_c, s_h, s_w = _chw(s_shape, "student")
         t_c, t_h, t_w = _chw(t_shape, "teacher")
+        self.matches_size = True
         if s_h == 2 * t_h and s_w == 2 * t_w:
             self.conv = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1)
         elif 2 * s_h == t_h and 2 * s_w == t_w:
             self.conv = nn.ConvTranspose2d(s_c, t_c, 4, stride=2, padding=1)
         elif s_h >= t_h and s_w >= t_w:
             self.conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
+        elif mismatch == "channels":
+            self.conv, self.matches_size = nn.Conv2d(s_c, t_c, 1), False
         else:
             raise ValueError(
                 f"ConvReg cannot map a student map of size {s_h}x{s_w} to a teacher map of size "
@@ -59,7 +70,7 @@ class ConvReg(nn.Module):
                 "tap a different student/teacher layer")
         self.bn = nn.BatchNorm2d(t_c)
         self.use_relu = use_relu
-        self.out_shape = (t_c, t_h, t_w)
+        self.out_shape = (t_c, t_h, t_w) if self.matches_size else (t_c, s_h, s_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))

@@ -13,6 +13,7 @@ checkpoint key stays the term's own), with one row per training sample:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,17 @@ from wdistill.losses._shared import distributed as ddist
 
 SCORINGS = ("auto", "gather", "matmul")
 MATMUL_MAX_ELEMENTS = 2 ** 26  # "auto" builds the N x B score matrix up to 64M entries (256 MB)
+
+
+def cap_negatives(term: str, k: int, pool: int) -> int:
+    """The negatives per anchor in force: ``k``, or the size of the smallest pool they are drawn from
+    when that is smaller (with one warning naming both), so that no negative repeats."""
+    if pool >= k:
+        return k
+    warnings.warn(f"{term}: the smallest pool of negatives holds {pool} training rows, fewer than num_negatives={k}: "
+                  f"using {pool} negatives per anchor (the published K applies wherever the data allow it)",
+                  stacklevel=3)
+    return pool
 
 
 def check_options(term: str, num_negatives: int, momentum: float, scoring: str) -> None:

@@ -12,6 +12,7 @@ from wdistill.losses._shared.heads import Embed
 from wdistill.losses._shared.memory import (
     ClassSampler,
     PendingRows,
+    cap_negatives,
     check_options,
     init_bank,
     momentum_update_,
@@ -99,18 +100,11 @@ class WCoRD(Term):
         if tau <= 0:
             raise ConfigError(f"wcord needs tau > 0, got {tau} (CRD's: 0.07)")
         self.lambda1, self.lambda2, self.feat_dim, self.tau = lambda1, lambda2, feat_dim, tau
-        self.num_negatives, self.momentum, self.lipschitz, self.gp_weight = (
-            num_negatives,
-            momentum,
-            lipschitz,
-            gp_weight,
-        )
-        self.negatives, self.lckt_solver, self.ipot_beta, self.ipot_iters = (
-            negatives,
-            lckt_solver,
-            ipot_beta,
-            ipot_iters,
-        )
+        self.num_negatives, self.momentum = num_negatives, momentum
+        self.k = num_negatives  # negatives per anchor in force: num_negatives, capped by setup
+        self.lipschitz, self.gp_weight = lipschitz, gp_weight
+        self.negatives, self.lckt_solver = negatives, lckt_solver
+        self.ipot_beta, self.ipot_iters = ipot_beta, ipot_iters
         self.sinkhorn_reg, self.scoring, self.positives, self.sync_bank = sinkhorn_reg, scoring, positives, sync_bank
         self.critic_form = critic
         # bounded: g = <a, b> / (sqrt(2) tau) with |a|, |b| <= 1 and 1-Lipschitz heads -> (1/tau)-Lipschitz
@@ -134,10 +128,10 @@ class WCoRD(Term):
             raise ConfigError(f"train_targets has shape {tuple(targets.shape)}, expected ({N},)")
         self.sampler = ClassSampler(targets, ctx.num_classes)
         if self.negatives == "other_class" and self.sampler.fewest_others() == 0:
-            raise ConfigError(
-                "every training sample has the same label, so there are no other-class "
-                "negatives; use negatives='uniform'"
-            )
+            raise ConfigError("every training sample has the same label, so there are no other-class negatives; "
+                              "use negatives='uniform'")
+        pool = self.sampler.fewest_others() if self.negatives == "other_class" else N - 1
+        self.k = cap_negatives("wcord", self.num_negatives, pool)  # the published K where the data allow it
 
     # --------------------------------------------------------------------------------- forward
     def forward(self, student, teacher, batch):
@@ -200,8 +194,8 @@ class WCoRD(Term):
         y = batch["target"].to(self.memory_s.device)
         y = y.argmax(1) if y.dim() == 2 else y
         if self.negatives == "uniform":
-            return self.sampler.uniform(y.shape[0], self.num_negatives, y.device)
-        return self.sampler.other_class(y, self.num_negatives)
+            return self.sampler.uniform(y.shape[0], self.k, y.device)
+        return self.sampler.other_class(y, self.k)
 
     # ----------------------------------------------------------------------------------- memory
     @torch.no_grad()

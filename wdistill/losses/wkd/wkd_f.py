@@ -58,13 +58,16 @@ def wkd_f_parts(f_s: torch.Tensor, f_t: torch.Tensor, grid: int = 1, eps: float 
                 cov: str = "diag") -> tuple[torch.Tensor, torch.Tensor]:
     """(mean_loss, cov_loss) of WKD-F between projected student and teacher maps (B, C, H, W).
 
+    The maps may differ in height and width: each is cut into its own grid x grid cells (at grid 1
+    the Gaussians are the channels' statistics over all positions, which need no spatial match).
     With per-cell Gaussians N(mu, Sigma) (see :func:`channel_gaussians`) and W2^2 split into
     ``||mu_s - mu_t||^2`` and the covariance part (``||sd_s - sd_t||^2`` for diagonal Gaussians,
     ``tr(S_t + S_s - 2 (S_t^1/2 S_s S_t^1/2)^1/2)`` for full ones), both summed over cells,
     channels and batch and divided by ``B * grid^2``.
     """
-    if f_s.shape != f_t.shape:
-        raise ValueError(f"WKD-F: projected student map {tuple(f_s.shape)} differs from teacher map {tuple(f_t.shape)}")
+    if f_s.shape[:2] != f_t.shape[:2]:
+        raise ValueError(f"WKD-F: projected student map {tuple(f_s.shape)} and teacher map {tuple(f_t.shape)} "
+                         "differ in batch or channels")
     if cov not in ("diag", "full"):
         raise ConfigError(f"unknown cov {cov!r}; use 'diag' or 'full'")
     mu_s, sec_s = channel_gaussians(f_s, grid, eps, cov)
@@ -102,7 +105,9 @@ class WKDFeatures(Term):
 
     Defaults are the paper's CIFAR-100 resnet32x4 -> resnet8x4 setting: lambda_f=0.08, gamma=4,
     grid=1, decay from epoch 150 of 240 (decay_start_frac=150/240), diagonal Gaussians with
-    eps=1e-5. ``projector``: "convreg" (FitNet ConvReg + BN + ReLU, a 1x1 conv when sizes match),
+    eps=1e-5. ``projector``: "convreg" (FitNet ConvReg + BN + ReLU, a 1x1 conv when sizes match; when
+    the student map is smaller than its rules cover, a 1x1 conv that keeps the student's size: the
+    Gaussians are per-cell statistics and need no spatial match),
     "bottleneck" (ImageNet setting) or "none" (shapes must match). ``cov="full"`` uses the
     full-covariance Bures-Wasserstein distance instead (an option; not in the published results).
     """
@@ -129,17 +134,14 @@ class WKDFeatures(Term):
     def setup(self, ctx: SetupContext) -> None:
         s_shape = tuple(ctx.student_out["feats"][self.layer].shape)
         t_shape = tuple(ctx.teacher_out["feats"][self.layer].shape)
-        if self.projector_kind == "convreg":
-            self.projector = ConvReg(s_shape, t_shape, use_relu=True)
+        if self.projector_kind == "convreg":  # a student map too small for its rules keeps its own size
+            self.projector = ConvReg(s_shape, t_shape, use_relu=True, mismatch="channels")
         elif self.projector_kind == "bottleneck":
-            if s_shape[2:] != t_shape[2:]:
-                raise ConfigError(f"projector='bottleneck' needs equal map sizes, got student {s_shape[2:]} and "
-                                  f"teacher {t_shape[2:]}; use projector='convreg'")
             self.projector = Bottleneck(s_shape[1], t_shape[1])
         else:
-            if s_shape[1:] != t_shape[1:]:
-                raise ConfigError(f"projector='none' needs equal feature shapes, got student {s_shape[1:]} and "
-                                  f"teacher {t_shape[1:]}; use projector='convreg'")
+            if s_shape[1] != t_shape[1]:
+                raise ConfigError(f"projector='none' needs equal channel counts, got student {s_shape[1]} and "
+                                  f"teacher {t_shape[1]}; use projector='convreg'")
             self.projector = nn.Identity()
         self.projector.to(ctx.device)
 
