@@ -102,6 +102,16 @@ def _cmd_diagnostics(args) -> int:
     return 0
 
 
+def _cmd_auto(args) -> int:
+    from benchtools.auto import run_auto_bench  # per-command import: keeps `--help` fast
+
+    _threads(args.threads)
+    result = run_auto_bench(args.runs, args.out, args.root, args.seeds, ["python", "-m", "benchtools"] + sys.argv[1:])
+    print(f"chose {result['recommended']['label']}; test top-1 per seed: "
+          + ", ".join(f"{t['test_top1']:.2f}" for t in result["trained"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchtools", description=__doc__)
     bs = p.add_subparsers(dest="bench_command", required=True)
@@ -109,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(bs)
     _add_speed(bs)
     _add_diagnostics(bs)
+    _add_auto(bs)
     return p
 
 
@@ -203,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileLoadError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _add_auto(bs) -> None:
+    s = bs.add_parser("auto", help="protocol E: `wdistill auto` on FMNIST-KD v1 within a third of protocol A's "
+                                   "compute, then the choice trained for 3 seeds and tested")
+    s.add_argument("--seeds", type=int, default=3, help="seeds of the final training of the recommended recipe")
+    _add_run_dirs(s)
+    s.set_defaults(func=_cmd_auto)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """wdistill: knowledge distillation in PyTorch built around optimal transport.
 
-``wdistill.distill(student, teacher, train_data, test_data, ...)`` is the Python entry point
-(:mod:`wdistill.api`); it is loaded on first use, so ``import wdistill`` stays light.
+``wdistill.distill(student, teacher, train_data, test_data, ...)`` and ``wdistill.auto(...)`` are the
+Python entry points (:mod:`wdistill.api`); they load on first use, so ``import wdistill`` stays light.
 """
 import importlib
 
 __version__ = "0.1.0"
-_API = ("distill",)
+_API = ("distill", "auto")
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from wdistill.cli import config, demo, evaluate, models, train
+from wdistill.cli import auto, config, demo, evaluate, models, train
 from wdistill.errors import ConfigError, FileLoadError, NonFiniteLoss
 
 BENCH_MOVED = ("the benchmarks are project tooling, not part of the installed package: from a wdistill checkout "
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wdistill", description="Knowledge distillation built around optimal transport.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (train, evaluate, demo, config, models):
+    for group in (train, auto, evaluate, demo, config, models):
         group.add_parsers(sub)
     b = sub.add_parser("bench", help="moved: `python -m benchtools ...` in a checkout", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
