@@ -82,6 +82,8 @@ def test_teacher_logits_on_student_proposals_equal_a_hand_run_of_its_box_head():
         got = out["teacher"][key]
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out["teacher"]["fpn"]["0"], feats["0"], atol=1e-4, rtol=1e-4)
+    own = student.roi_heads.box_roi_pool(out["student"]["fpn"], out["proposals"], out["image_sizes"])
+    torch.testing.assert_close(out["student"]["roi_feats"], own)  # the proposals returned are those both heads read
     assert out["student"]["roi_feats"].shape == out["teacher"]["roi_feats"].shape == (len(logits), 256, 7, 7)
     assert out["student"]["logits"].shape == logits.shape == (len(out["roi_labels"]), 4)
     assert list(out["student"]["fpn"]) == list(out["teacher"]["fpn"]) == ["0", "1", "2", "3", "pool"]
@@ -197,8 +199,8 @@ def test_cocoeval_on_a_hand_worked_case(tmp_path):
 def test_cocoeval_maps_labels_to_category_ids_and_boxes_to_the_original_scale(tmp_path):
     anns = [(1, 7, [10, 20, 30, 20]), (1, 3, [50, 40, 40, 30])]  # category ids 3 and 7 -> labels 1 and 2
     gt = _gt_file(tmp_path, [(1, 100, 80)], anns, cats=(7, 3))
-    half = [[v / 2 for v in _xyxy(b)] for _, _, b in anns]  # the model saw a 50 x 40 image
-    right = {"image_id": 1, "boxes": half, "scores": [0.9, 0.8], "labels": [2, 1], "image_size": (40, 50)}
+    seen = [[b[0] / 4, b[1] / 2, (b[0] + b[2]) / 4, (b[1] + b[3]) / 2] for _, _, b in anns]  # it saw 25 x 40
+    right = {"image_id": 1, "boxes": seen, "scores": [0.9, 0.8], "labels": [2, 1], "image_size": (40, 25)}
     assert coco_evaluate(gt, [right])["AP"] == pytest.approx(1.0, abs=1e-12)
     assert coco_evaluate(gt, [{**right, "labels": [1, 2]}])["AP"] == 0.0
     assert coco_evaluate(gt, [{**right, "image_size": None}])["AP"] == 0.0

@@ -1,8 +1,9 @@
 """COCO-format object detection: a streamed dataset over an image folder + annotation JSON, and COCOeval.
 
-pycocotools is an optional dependency (the ``detection`` extra). It is imported at the top inside a
-try/except, so this module (and ``wdistill.data``) imports without it; building a dataset or
-evaluating without it raises one :class:`ConfigError` saying how to install it.
+pycocotools is an optional dependency. It is imported at the top inside a try/except, so this module
+imports without it; building a dataset or evaluating without it raises one :class:`ConfigError`
+saying how to install it. Annotations are read with json and checked here first, so a malformed file
+gets a message naming what is wrong instead of a KeyError from inside pycocotools.
 
 Targets follow torchvision's detection format: ``boxes`` float32 (N, 4) as (x1, y1, x2, y2) in
 pixels of the returned image, ``labels`` int64 (N,) in 1..K (the file's category ids in ascending
@@ -12,9 +13,10 @@ order map to 1..K; 0 is the background), plus ``image_id`` (the file's id, an in
 Policy for bad input, all decided when the dataset is built (before any training step):
 
 - a box reaching outside its image is clipped to it; a box empty after clipping (or of zero or
-  negative width/height) is dropped. Both are counted (a clipped box counts once, as clipped or as
-  dropped) in :attr:`CocoDetection.report` and said in
-  one warning. A bbox that is not four finite numbers is an error naming the annotation.
+  negative width/height) is dropped. Both are counted in :attr:`CocoDetection.report` (a box
+  counts once, as clipped or as dropped) and said in one warning. A bbox that is not four finite
+  numbers is an error naming the annotation. An annotation without ``area`` gets its box's area
+  (COCOeval sorts boxes into small/medium/large by it).
 - an annotation whose ``category_id`` is not among the file's categories is an error naming the
   file, the annotation id and the known ids (guessing a class would train on a wrong label).
 - crowd annotations (``iscrowd`` 1) are not training targets (as in torchvision's and detectron2's
@@ -53,7 +55,7 @@ except ImportError as _e:  # optional: only needed once COCO data is used
     COCO = COCOeval = None
     _MISSING = str(_e)
 
-INSTALL = "pip install pycocotools (or the wdistill[detection] extra)"
+INSTALL = "pip install pycocotools"
 
 
 def require_pycocotools() -> None:
@@ -88,10 +90,11 @@ def load_coco(ann_file: str | os.PathLike) -> "COCO":
     data.setdefault("annotations", [])
     for key, need in (("images", ("id", "file_name")), ("categories", ("id",)),
                       ("annotations", ("id", "image_id", "category_id", "bbox"))):
-        bad = [i for i, e in enumerate(data[key]) if not isinstance(e, dict) or any(k not in e for k in need)]
+        bad = [i for i, e in enumerate(data[key]) if not isinstance(e, dict) or any(k not in e for k in need)
+               or any(not isinstance(e[k], int) for k in need if k.endswith("id"))]
         if bad:
-            raise ConfigError(f"{ann_file}: {len(bad)} entries of '{key}' lack one of {list(need)} "
-                              f"(first at position {bad[0]})")
+            raise ConfigError(f"{ann_file}: {len(bad)} entries of '{key}' lack one of {list(need)} or have an id "
+                              f"that is not an integer (first at position {bad[0]})")
         ids = [e["id"] for e in data[key]]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{ann_file}: the ids of '{key}' are not unique")
