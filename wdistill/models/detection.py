@@ -79,6 +79,15 @@ def _fpn_backbone(name: str, norm_layer, trainable: int, returned_layers):
                               trainable_layers=trainable, returned_layers=returned_layers)
 
 
+def _load_backbone(body, path, family: str) -> None:
+    """An ImageNet classifier of torchvision's layout into an FPN backbone's body: the classifier
+    head is dropped, and a MobileNet's ``features.`` prefix (the body holds those blocks directly)."""
+    head = "fc." if family == "resnet" else "classifier."
+    sd = {k.removeprefix("features.") if family == "mobilenet" else k: v
+          for k, v in read_weights(path, "backbone weights").items() if not k.startswith(head)}
+    load_weights(body.body, sd, f"backbone weights {path}")
+
+
 def build_faster_rcnn(backbone: str, num_classes: int, *, min_size: int = 800, max_size: int = 1333,
                       fixed_size: tuple[int, int] | None = None, trainable_layers: int | None = None,
                       norm: str = "auto", backbone_weights=None, weights=None, anchor_sizes=None,
@@ -119,11 +128,7 @@ def build_faster_rcnn(backbone: str, num_classes: int, *, min_size: int = 800, m
                           f"got {trainable_layers}")
     body = _fpn_backbone(backbone, FrozenBatchNorm2d if frozen else nn.BatchNorm2d, trainable_layers, returned_layers)
     if backbone_weights is not None:
-        sd = read_weights(backbone_weights, "backbone weights")
-        head = "fc." if family == "resnet" else "classifier."
-        sd = {k.removeprefix("features.") if family == "mobilenet" else k: v for k, v in sd.items()
-              if not k.startswith(head)}
-        load_weights(body.body, sd, f"backbone weights {backbone_weights}")
+        _load_backbone(body, backbone_weights, family)
     names = list(body.body.return_layers.values())  # the FPN levels the RoI pooler reads
     n_levels = len(names) + 1  # + the max-pooled 'pool' level, which only the RPN reads
     anchors = tuple(tuple(a) for a in anchor_sizes) if anchor_sizes is not None else _default_anchors(family, n_levels)
