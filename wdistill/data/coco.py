@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import ConfigError
+from wdistill.errors import ConfigError
 
 _MISSING = "pycocotools is not installed"
 try:

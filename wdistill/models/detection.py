@@ -23,8 +23,8 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..errors import ConfigError
-from .checkpoint import _extract_state_dict, _strip_module
+from wdistill.errors import ConfigError
+from wdistill.models.weights import extract_state_dict, strip_module
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 MOBILENETS = ("mobilenet_v3_large",)
@@ -37,7 +37,7 @@ def read_weights(path, what: str) -> dict[str, torch.Tensor]:
     """A state dict from a local file, loaded weights-only (a bare state dict, or one under
     'model'/'state_dict'; a DataParallel 'module.' prefix removed)."""
     try:
-        return dict(_strip_module(_extract_state_dict(torch.load(path, map_location="cpu", weights_only=True))))
+        return dict(strip_module(extract_state_dict(torch.load(path, map_location="cpu", weights_only=True))))
     except FileNotFoundError:
         raise ConfigError(f"{what} file {path} does not exist (weights are read from local files only)") from None
     except Exception as e:  # noqa: BLE001 - refused pickles, damaged files, odd layouts: one message
