@@ -8,23 +8,25 @@ weights-only.
 :func:`detection_step` runs one training forward of a student detector *by its parts*, because
 torchvision's forward does not return the proposals its RoI head sampled, and runs the teacher's
 RoI head on exactly those proposals. No torchvision class or forward is patched.
+
+``wdistill.models.det_features`` gives a detector's box-head features of ground-truth boxes and of
+background proposals, by class (WKD-L's category cost for detectors).
 """
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
-from torchvision.models.detection.roi_heads import fastrcnn_loss
-from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from wdistill.errors import ConfigError
-from wdistill.models.weights import extract_state_dict, strip_module
+from wdistill.models.weights import extract_state_dict, pretrained_path, strip_module
+
+# torchvision is optional (the `detection` extra): it is imported where a detector is built or run,
+# so that importing wdistill (and this module) never needs it.
+INSTALL = "pip install 'wdistill[detection]' (torchvision and pycocotools, built for your torch)"
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 MOBILENETS = ("mobilenet_v3_large",)
@@ -71,7 +73,17 @@ def _default_anchors(family: str, n_levels: int) -> tuple:
     return ((32, 64, 128, 256, 512),) * n_levels
 
 
+def require_torchvision() -> None:
+    """A ConfigError naming the extra to install when torchvision cannot be imported."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception as e:  # ImportError, or a torchvision built for another torch
+        raise ConfigError(f"detection needs torchvision, which is not importable here ({type(e).__name__}: "
+                          f"{e}): {INSTALL}") from None
+
+
 def _fpn_backbone(name: str, norm_layer, trainable: int, returned_layers):
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
     if name in RESNETS:
         return resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=norm_layer,
                                    trainable_layers=trainable, returned_layers=returned_layers)
@@ -92,7 +104,7 @@ def build_faster_rcnn(backbone: str, num_classes: int, *, min_size: int = 800, m
                       fixed_size: tuple[int, int] | None = None, trainable_layers: int | None = None,
                       norm: str = "auto", backbone_weights=None, weights=None, anchor_sizes=None,
                       returned_layers: list[int] | None = None, rois_per_image: int = 512,
-                      roi_canonical_scale: int = 224, image_mean=None, image_std=None, **kwargs) -> FasterRCNN:
+                      roi_canonical_scale: int = 224, image_mean=None, image_std=None, **kwargs) -> nn.Module:
     """A torchvision Faster R-CNN with an FPN on ``backbone`` (one of :data:`DETECTOR_BACKBONES`).
 
     num_classes: object categories K, without the background; the predictor has K + 1 outputs,
@@ -114,6 +126,11 @@ def build_faster_rcnn(backbone: str, num_classes: int, *, min_size: int = 800, m
     """
     if backbone not in DETECTOR_BACKBONES:
         raise ConfigError(f"detector backbone {backbone!r} is not supported; choose one of {list(DETECTOR_BACKBONES)}")
+    require_torchvision()
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops.misc import FrozenBatchNorm2d
     if num_classes < 1:
         raise ConfigError(f"num_classes counts object categories (background excluded): need >= 1, got {num_classes}")
     if norm not in ("auto", "frozen", "batch"):
@@ -145,6 +162,24 @@ def build_faster_rcnn(backbone: str, num_classes: int, *, min_size: int = 800, m
         load_weights(model, read_weights(weights, "detector weights"), f"detector weights {weights}",
                      skip_if_shape_differs=("roi_heads.box_predictor.",))
     return model
+
+
+def create_detector(name: str, num_classes: int, in_channels: int, pretrained, kwargs: dict) -> nn.Module:
+    """``detection:<backbone>``: :func:`wdistill.models.detection.build_faster_rcnn` for ``num_classes``
+    object categories (the background is added); ``pretrained`` is the backbone's ImageNet classifier
+    (a file, or ``true`` for ``<cache>/pretrained/torchvision/<backbone>.pth``)."""
+    if name not in DETECTOR_BACKBONES:
+        close = difflib.get_close_matches(name, DETECTOR_BACKBONES, n=3)
+        raise ValueError(f"detection:{name} is not a supported detector backbone; choose one of "
+                         f"{', '.join(DETECTOR_BACKBONES)}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    if in_channels != 3:
+        raise ValueError(f"detection:{name} takes 3-channel images, the data has {in_channels}")
+    if pretrained and "backbone_weights" in kwargs:
+        raise ValueError(f"detection:{name}: give the backbone weights once, as pretrained or as "
+                         "kwargs.backbone_weights")
+    if pretrained:
+        kwargs = dict(kwargs, backbone_weights=pretrained_path(f"torchvision:{name}", pretrained, "torchvision"))
+    return build_faster_rcnn(name, num_classes, **kwargs)
 
 
 def _check_targets(targets: list[dict]) -> None:
@@ -185,7 +220,7 @@ def teacher_input(images, student_transform, teacher_transform) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 
-def _as_dict(features) -> OrderedDict:
+def as_feature_dict(features) -> OrderedDict:
     return OrderedDict([("0", features)]) if isinstance(features, torch.Tensor) else features
 
 
@@ -196,8 +231,8 @@ def _box_head(model, features, proposals, image_sizes):
     return pooled, logits, deltas
 
 
-def detection_step(student: FasterRCNN, images: list[torch.Tensor], targets: list[dict],
-                   teacher: FasterRCNN | None = None) -> dict:
+def detection_step(student: nn.Module, images: list[torch.Tensor], targets: list[dict],
+                   teacher: nn.Module | None = None) -> dict:
     """One training forward of ``student`` by its parts, with the teacher's box head on the
     student's sampled proposals.
 
@@ -221,9 +256,10 @@ def detection_step(student: FasterRCNN, images: list[torch.Tensor], targets: lis
         raise ConfigError("detection_step trains the student: call student.train() first (the RPN only "
                           "computes its losses in training mode)")
     _check_targets(targets)
+    from torchvision.models.detection.roi_heads import fastrcnn_loss
     # torchvision's transform, RPN and sampler, as GeneralizedRCNN.forward and RoIHeads.forward call them.
     image_list, targets_t = student.transform(images, targets)
-    fpn_s = _as_dict(student.backbone(image_list.tensors))
+    fpn_s = as_feature_dict(student.backbone(image_list.tensors))
     proposals, rpn_losses = student.rpn(image_list, fpn_s, targets_t)
     proposals, _, labels, regression_targets = student.roi_heads.select_training_samples(proposals, targets_t)
     roi_s, logits_s, deltas_s = _box_head(student, fpn_s, proposals, image_list.image_sizes)
@@ -236,10 +272,11 @@ def detection_step(student: FasterRCNN, images: list[torch.Tensor], targets: lis
     if teacher is not None:
         teacher.eval()
         with torch.no_grad():
-            fpn_t = _as_dict(teacher.backbone(teacher_input(image_list, student.transform, teacher.transform)))
+            fpn_t = as_feature_dict(teacher.backbone(teacher_input(image_list, student.transform, teacher.transform)))
             roi_t, logits_t, deltas_t = _box_head(teacher, fpn_t, proposals, image_list.image_sizes)
         if logits_t.shape[1] != logits_s.shape[1]:
             raise ConfigError(f"the teacher predicts {logits_t.shape[1] - 1} classes and the student "
                               f"{logits_s.shape[1] - 1}: RoI-level distillation needs the same categories")
         out["teacher"] = {"logits": logits_t, "box_regression": deltas_t, "roi_feats": roi_t, "fpn": fpn_t}
     return out
+

@@ -1,7 +1,8 @@
 """Every model a config can name: ``create(spec, num_classes, in_channels)``.
 
 A spec is a zoo name (``resnet8``, registered by the files of ``wdistill.models.zoo`` with
-:func:`register`), ``timm:<name>``, ``torchvision:<name>`` or ``"pkg.module:factory"`` (a Python
+:func:`register`), ``timm:<name>``, ``torchvision:<name>``, ``detection:<backbone>`` (a torchvision
+Faster R-CNN with an FPN, ``wdistill.models.detection``) or ``"pkg.module:factory"`` (a Python
 callable returning an ``nn.Module``). Nothing is downloaded: ``pretrained`` is a local file, or
 ``true`` for the file in wdistill's cache (``<cache>/pretrained/<library>/<name>.safetensors`` or
 ``.pth``; see :func:`cache_dir`). Errors are ``ValueError`` with the fix in the message (the engine
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from wdistill.models.detection import create_detector
 from wdistill.models.weights import (
     examples,
     extract_state_dict,
@@ -61,13 +63,14 @@ def _zoo(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Modu
             "To use your own nn.Module, pass it directly and describe its stages with a TapSpec.")
     return _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
 
-LIBRARIES = ("timm", "torchvision")
+
+DETECTION = "detection"
 
 
 def kind_of(spec: str) -> str:
-    """'zoo', 'timm', 'torchvision' or 'factory'."""
+    """'zoo', 'timm', 'torchvision', 'detection' or 'factory'."""
     head, sep, _ = spec.partition(":")
-    if sep and head in LIBRARIES:
+    if sep and (head in LIBRARIES or head == DETECTION):
         return head
     if sep:
         return "factory"
@@ -148,7 +151,8 @@ def _factory(spec: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.
 def create(spec: str, num_classes: int = 100, in_channels: int = 3, pretrained: str | bool | None = None,
            **kwargs) -> nn.Module:
     """The model ``spec`` names, for ``num_classes`` outputs and ``in_channels`` input planes;
-    ``kwargs`` go to its constructor (zoo function, timm/torchvision builder or factory).
+    ``kwargs`` go to its constructor (zoo function, timm/torchvision builder, detector builder or
+    factory). For ``detection:<backbone>`` ``num_classes`` counts the object categories.
 
     ``pretrained``: a weights file (``.safetensors``/``.pt``/``.pth``), or ``True`` for
     ``<cache>/pretrained/<library>/<name>.(safetensors|pth)``. The classifier is kept only when its
@@ -161,6 +165,8 @@ def create(spec: str, num_classes: int = 100, in_channels: int = 3, pretrained: 
         model = _timm(spec[len("timm:"):], num_classes, in_channels, kwargs)
     elif kind == "torchvision":
         model = _torchvision(spec[len("torchvision:"):], num_classes, in_channels, kwargs)
+    elif kind == DETECTION:  # its pretrained weights are the backbone's, loaded by the builder
+        return create_detector(spec[len("detection:"):], num_classes, in_channels, pretrained, kwargs)
     else:
         model = _factory(spec, num_classes, in_channels, kwargs)
     if pretrained:
