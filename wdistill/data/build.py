@@ -23,7 +23,7 @@ from wdistill.data.augment import Augmentation, augment_recipe, resolve
 from wdistill.data.dataset import ImageDataset
 from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD, decode_files
 from wdistill.data.loader import BatchLoader
-from wdistill.data.registry import load_dataset
+from wdistill.data.registry import DETECTION_DATASETS, load_dataset
 from wdistill.data.stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
 from wdistill.data.subsets import head, holdout
 from wdistill.data.user import (
@@ -61,6 +61,10 @@ def open_datasets(d) -> tuple[Any, Any]:
     """(train, test) of a data section; image folders are only listed here, never decoded."""
     if d.name == "python":
         return load_factory(d.factory, d.kwargs)
+    if d.name in DETECTION_DATASETS:
+        raise ConfigError(f"data.name={d.name} holds detection data: it is read by the detection task (task: "
+                          "detection, run by `wdistill train/distill` or wdistill.engine.make_trainer), not by the "
+                          "classification trainer")
     if d.name == "image_folder":  # listed only: the memory path decodes just the files it keeps
         if d.root is None:
             raise ConfigError("data.name=image_folder needs data.root: a directory holding train/<class>/* "

@@ -257,13 +257,14 @@ def collate_detection(batch):
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco_evaluate(coco_gt, detections: list[dict]) -> dict[str, float]:
+def coco_evaluate(coco_gt, detections: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:
     """COCO box AP of ``detections`` against ``coco_gt`` (a COCO object or an annotation file).
 
     Each detection dict holds ``image_id``, ``boxes`` (x1y1x2y2 in pixels of the image the model
     saw), ``scores``, ``labels`` (1..K, the dataset's contiguous labels) and optionally
     ``image_size`` ((h, w) the model saw; boxes are rescaled to the file's width/height). Labels
-    are mapped back to the file's category ids. Returns COCOeval's stats[0:6] as
+    are mapped back to the file's category ids. ``image_ids``: evaluate on these images only
+    (default: every image of the file). Returns COCOeval's stats[0:6] as
     {AP, AP50, AP75, APs, APm, APl} in [0, 1]; NaN where the file has no box of that size range.
     """
     gt = coco_gt if COCO is not None and isinstance(coco_gt, COCO) else load_coco(coco_gt)
@@ -288,6 +289,8 @@ def coco_evaluate(coco_gt, detections: list[dict]) -> dict[str, float]:
                          "iscrowd": 0})
     res = _quiet_coco({"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": anns})
     ev = COCOeval(gt, res, iouType="bbox")
+    if image_ids is not None:
+        ev.params.imgIds = sorted(int(i) for i in image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
         ev.accumulate()

@@ -13,6 +13,7 @@ from typing import Callable
 from wdistill.data.benchmark_splits import fmnist_kd_v1
 from wdistill.data.cifar import cifar_splits
 from wdistill.data.dataset import ImageDataset
+from wdistill.data.det_loader import coco_splits
 from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD, image_folder
 from wdistill.data.idx import fashion_mnist, mnist
 from wdistill.data.sample import bundled_sample
@@ -59,6 +60,18 @@ def _image_folder(root, size: int = 32, cache_dir=None, mean=IMAGENET_MEAN, std=
     return train, val
 
 
+def _coco(root, train_split: str = "train", eval_split: str = "val", size: int | None = None,
+          max_size: int | None = None, keep_empty: bool = False):
+    """A COCO-format detection folder (``task: detection``): ``annotations/instances_<split>.json`` and
+    ``images/<split>/`` (or ``<split>/``); ``size``/``max_size`` resize the images (short side, long
+    side cap; None: the detector's own resize only); ``keep_empty`` trains on images without boxes too.
+    Returns (train, eval) ``CocoDetection`` datasets, not ImageDatasets."""
+    return coco_splits(root, train_split, eval_split, size, max_size, keep_empty)
+
+
+# Data sets read by the detection task (``task: detection``); the others are classification data.
+DETECTION_DATASETS = ("coco",)
+
 DATASETS: dict[str, Callable[..., tuple[ImageDataset, ImageDataset]]] = {
     "fmnist_sample": _sample,
     "fashion_mnist": _fmnist,
@@ -66,6 +79,7 @@ DATASETS: dict[str, Callable[..., tuple[ImageDataset, ImageDataset]]] = {
     "cifar10": _cifar10,
     "cifar100": _cifar100,
     "image_folder": _image_folder,
+    "coco": _coco,
 }
 
 
