@@ -27,9 +27,19 @@ A term is an ``nn.Module``. The engine calls, in order:
 
 Class attributes the engine reads instead of naming methods: ``requires_teacher`` (False: the
 term trains without a teacher, like ``ce``), ``needs_train_targets`` (the training labels must
-be known, for class-aware sampling) and ``num_negatives_param`` (the parameter holding the
-number of contrastive negatives, which benchmarks set to the published value). A renamed
-parameter stays accepted, with a warning, through ``renamed_params``.
+be known, for class-aware sampling), ``num_negatives_param`` (the parameter holding the
+number of contrastive negatives, which benchmarks set to the published value), ``tasks`` (the
+tasks whose outputs it can read: a config pairing it with another task is refused when it is
+checked) and ``supervised`` (the task's own loss, ``ce`` or the detector's ``det``, which "is it
+helping?" reads the other terms against). A renamed parameter stays accepted, with a warning,
+through ``renamed_params``.
+
+Detection (``task: detection``, ``wdistill.engine.det_distiller``): ``student``/``teacher`` hold,
+for the student's sampled proposals, ``logits`` (R, K + 1; background at 0), ``box_regression``,
+``roi_feats`` (R, C, 7, 7: RoI-Align), ``fpn`` (the FPN maps by name) and ``feats`` (the FPN maps
+the RoI pooler reads, finest first); the student's also ``losses`` (torchvision's). ``batch``
+holds ``target`` (R,): the RoIs' matched labels, ``targets`` (per image, in the detector's
+coordinates), ``proposals``, ``image_sizes``, ``epoch``, ``num_epochs`` and ``step``.
 """
 from __future__ import annotations
 
@@ -53,6 +63,9 @@ class SetupContext:
     train_batches: callable -> iterator of un-augmented, normalised training batches
       (dicts with image/target/index), for statistics over the training set.
     cache_dir: where a term may cache artefacts (e.g. WKD-L cost matrices).
+    task: "classification" or "detection" (then ``num_classes`` counts the background: the logit
+      width K + 1, ``teacher`` is the teacher detector and ``train_batches`` yields detection
+      batches, un-flipped).
     """
 
     student_out: dict
@@ -66,6 +79,7 @@ class SetupContext:
     train_batches: Callable[[], Iterator[dict]] | None = None
     cache_dir: str | None = None
     extra: dict = field(default_factory=dict)
+    task: str = "classification"
 
 
 @dataclass
@@ -101,6 +115,10 @@ class Term(nn.Module):
     built_by_setup: tuple[str, ...] = ()
     # Deprecated parameter names still accepted: old -> (new, {old value: new value}); a warning names the new.
     renamed_params: dict[str, tuple[str, dict]] = {}
+    # The tasks whose model outputs the term can read (wdistill.config.schema: RunConfig.task).
+    tasks: tuple[str, ...] = ("classification",)
+    # The task's own supervised loss (ce; det for detectors): "is it helping?" reads the others against it.
+    supervised: bool = False
 
     def setup(self, ctx: SetupContext) -> None:  # noqa: D401 - optional hook
         """Build shape-dependent parts. Default: nothing to build."""

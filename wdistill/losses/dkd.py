@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from wdistill.errors import ConfigError
 from wdistill.losses.base import Term
-from wdistill.losses.recipes import ce, publish
+from wdistill.losses.recipes import ce, det, publish, publish_detection
 from wdistill.losses.registry import register
 
 
@@ -53,9 +53,15 @@ class DKD(Term):
         T: temperature (4), warmup: warm-up epochs (20; 0 = none).
 
     Recommended weight: 1.
+
+    Detection (mdistiller's detection/ code, detectron2): DKD on the RoI head's class logits of the
+    student's sampled proposals, background included, the teacher's box pooler, head and predictor
+    run on the same proposals; alpha 1, beta 0.25, T 1, no warm-up, weight 1 beside the detector's
+    losses (``publish_detection("dkd")``).
     """
 
     name = "dkd"
+    tasks = ("classification", "detection")
     ensemble = "mean"  # an ensemble's mean distribution at T (engine.distiller.mean_output)
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20):
@@ -87,3 +93,7 @@ PAIR_BETA = {("resnet56", "resnet20"): 2, ("resnet110", "resnet32"): 2, ("vgg13"
              ("vgg13", "MobileNetV2"): 6, ("wrn_40_2", "wrn_16_2"): 6, ("wrn_40_2", "wrn_40_1"): 6,
              ("resnet32x4", "resnet8x4"): 8, ("resnet32x4", "ShuffleV1"): 8, ("resnet32x4", "ShuffleV2"): 8,
              ("ResNet50", "MobileNetV2"): 8, ("wrn_40_2", "ShuffleV1"): 8}
+# Detection (mdistiller detection/model/config.py: KD.DKD ALPHA 1, BETA 0.25, T 1; the loss is added to the
+# detector's losses with weight 1 and no warm-up).
+publish_detection("dkd", label="DKD", order=2, terms=[det(), {"name": "dkd", "weight": 1.0, "alpha": 1.0,
+                                                              "beta": 0.25, "T": 1.0, "warmup": 0}])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from wdistill.losses.base import Term
-from wdistill.losses.recipes import ce, publish
+from wdistill.losses.recipes import ce, det, publish, publish_detection
 from wdistill.losses.registry import register
 
 
@@ -15,6 +15,7 @@ class CrossEntropy(Term):
 
     name = "ce"
     requires_teacher = False
+    supervised = True
     ensemble = "mean"  # reads no teacher: one instance, whatever the ensemble
 
     def __init__(self, label_smoothing: float = 0.0):
@@ -38,9 +39,15 @@ class KD(Term):
 
     L = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean. Default T=4 (RepDistiller);
     the classic recipe weights it 0.9 beside CE at 0.1.
+
+    Detection: the same loss on the RoI head's class logits (background included) of the
+    student's sampled proposals, the teacher's box head run on those proposals; the mean is over
+    RoIs. No detection setting is published for KD: the recipe uses T=1 and weight 1 beside the
+    detector's losses, as mdistiller's detection DKD does.
     """
 
     name = "kd"
+    tasks = ("classification", "detection")
     ensemble = "mean"  # an ensemble's mean distribution at T (engine.distiller.mean_output)
 
     def __init__(self, T: float = 4.0):
@@ -55,3 +62,5 @@ class KD(Term):
 publish("vanilla", label="vanilla", order=0, terms=[ce()], demo=0, quick=True)
 publish("kd", label="KD", order=1, terms=[ce(0.1), {"name": "kd", "weight": 0.9, "T": 4}],
         grid=[{}, {"kd.T": 2}, {"kd.T": 8}], tune_priority=0, demo=1, quick=True)
+# Detection (no published setting): KD on the RoI logits at DKD's detection temperature and weight.
+publish_detection("kd", label="KD", order=1, terms=[det(), {"name": "kd", "weight": 1.0, "T": 1.0}])

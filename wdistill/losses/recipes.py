@@ -77,6 +77,37 @@ def publish(method: str, *, label: str, terms: list[dict], grid: list[dict] | No
     return entry
 
 
+_DETECTION: dict[str, Published] = {}
+
+
+def det(weight: float = 1.0) -> dict:
+    """The detector's own losses, the term every detection recipe starts from (CE's counterpart)."""
+    return {"name": "det", "weight": weight}
+
+
+def publish_detection(method: str, *, label: str, terms: list[dict], order: float = math.inf) -> Published:
+    """Declare detection row ``method`` (``task: detection``): its terms on Faster R-CNN, beside
+    the method's classification row. The COCO presets (``wdistill/config/presets/coco``) and the
+    FMNIST-Det benchmark read these."""
+    if method in _DETECTION:
+        raise ValueError(f"detection recipe {method!r} published twice")
+    entry = Published(method, label, tuple(copy.deepcopy(terms)), None, order, math.inf, None, False, len(_DETECTION))
+    _DETECTION[method] = entry
+    return entry
+
+
+def detection_rows() -> list[Published]:
+    """Every detection row in protocol order."""
+    return sorted(_DETECTION.values(), key=lambda p: (p.order, p.seq))
+
+
+def detection_recipe(method: str) -> list[dict]:
+    """The terms of detection row ``method`` (fresh copies)."""
+    if method not in _DETECTION:
+        raise ValueError(f"no detection recipe {method!r}; known: {', '.join(p.method for p in detection_rows())}")
+    return [dict(t) for t in _DETECTION[method].terms]
+
+
 def unpublish(method: str) -> None:
     """Remove a row (tests that declare a toy method clean up with this)."""
     _PUBLISHED.pop(method, None)

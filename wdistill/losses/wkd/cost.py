@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from wdistill import ot
 from wdistill.errors import FileLoadError
 from wdistill.io import atomic_save, safe_load
+from wdistill.models.det_features import class_box_features
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,13 @@ def collect_class_features(teacher_tap: Callable[[torch.Tensor], dict], batches:
                 if not 0 <= y < num_classes:
                     raise ValueError(f"label {y} outside [0, {num_classes}) while building the WKD cost")
                 per_class[y].append((len(per_class[y]) if i is None else i, r))
+    return _stack_classes(per_class, max_per_class)
+
+
+def _stack_classes(per_class: list[list[tuple[int, torch.Tensor]]], max_per_class: int | None) -> torch.Tensor:
+    """(C, n * rows, D) from each class's (order key, rows of one example) entries: entries sorted by
+    key, every class cut to the smallest entry count (or ``max_per_class``); the k-th entry of every
+    class is paired with the k-th of every other."""
     counts = [len(c) for c in per_class]
     if min(counts) == 0:
         missing = [c for c, k in enumerate(counts) if k == 0][:10]
@@ -81,6 +89,37 @@ def collect_class_features(teacher_tap: Callable[[torch.Tensor], dict], batches:
         rows.sort(key=lambda p: p[0])
         stacked.append(torch.cat([r for _, r in rows[:n]], 0))
     return torch.stack(stacked)
+
+
+def collect_box_class_features(teacher: nn.Module, batches: Iterable[dict], num_classes: int,
+                               mode: str = "features", max_per_class: int | None = None,
+                               device: torch.device | str | None = None, progress: bool | None = True) -> torch.Tensor:
+    """A teacher detector's box-head rows of every class, background included: (K + 1, n, D).
+
+    Each training image's ground-truth boxes give a row of their class and as many background
+    proposals give rows of class 0 (:func:`wdistill.models.det_features.class_box_features`; mode
+    "features": the box head's representation, "logits": the class logits). Rows keep the order of
+    the batches; the k-th row of every class is paired with the k-th of every other, all classes cut
+    to the smallest count (or ``max_per_class``, which also ends the pass once every class has that
+    many). ``batches``: detection batches (``images``, ``targets``), un-flipped.
+    """
+    per_class: list[list[tuple[int, torch.Tensor]]] = [[] for _ in range(num_classes)]
+    total = len(batches) if hasattr(batches, "__len__") else None
+    bar = tqdm(batches, desc=f"WKD cost: teacher box {mode}", total=total, leave=False,
+               disable=None if progress is None else not progress)
+    for batch in bar:
+        images = [x if device is None else x.to(device) for x in batch["images"]]
+        targets = [{k: v.to(images[0].device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                   for t in batch["targets"]]
+        rows, labels, _ = class_box_features(teacher, images, targets, mode)
+        for r, y in zip(rows.float().cpu(), labels.tolist()):
+            if not 0 <= y < num_classes:
+                raise ValueError(f"box label {y} outside [0, {num_classes}) while building the WKD cost")
+            if max_per_class is None or len(per_class[y]) < max_per_class:
+                per_class[y].append((len(per_class[y]), r[None]))
+        if max_per_class is not None and min(len(c) for c in per_class) >= max_per_class:
+            break
+    return _stack_classes(per_class, max_per_class)
 
 
 def build_cost_matrix(teacher_tap: Callable[[torch.Tensor], dict], batches: Iterable[dict], num_classes: int,
@@ -99,15 +138,19 @@ def load_or_build_cka(ctx, mode: str, max_per_class: int | None, progress: bool 
     """The (C, C) CKA matrix for ``ctx``'s teacher: loaded from ``ctx.cache_dir`` or built and saved.
     Only a build shows a progress bar (``progress`` as in :func:`collect_class_features`).
 
-    The cache key holds the teacher's state_dict checksum, the mode, the row cap and the
-    training-set size, so a different teacher or data set never reuses a stale matrix.
+    The cache key holds the teacher's state_dict checksum, the task, the mode, the row cap and the
+    training-set size, so a different teacher or data set never reuses a stale matrix. For a
+    detector (``ctx.task == "detection"``) the rows are its box-head outputs on ground-truth boxes
+    and background proposals (:func:`collect_box_class_features`), background included.
     """
-    if ctx.teacher_tap is None or ctx.train_batches is None:
+    detection = getattr(ctx, "task", "classification") == "detection"
+    if (ctx.teacher if detection else ctx.teacher_tap) is None or ctx.train_batches is None:
         raise ValueError("the CKA cost needs a teacher and the training batches; give cost='cosine_classifier' "
                          "or the path of a saved (C, C) cost matrix instead")
     path = None
     if ctx.cache_dir and ctx.teacher is not None:
-        key = f"{teacher_checksum(ctx.teacher)[:16]}_{mode}_{max_per_class or 'all'}_n{ctx.num_samples}"
+        key = (f"{teacher_checksum(ctx.teacher)[:16]}_{'det_' if detection else ''}{mode}_{max_per_class or 'all'}"
+               f"_n{ctx.num_samples}")
         path = os.path.join(ctx.cache_dir, f"wkd_cka_{key}.pt")
         if os.path.exists(path):
             try:
@@ -119,9 +162,14 @@ def load_or_build_cka(ctx, mode: str, max_per_class: int | None, progress: bool 
                     and torch.isfinite(cka).all():
                 _say(f"WKD-L: loaded the CKA matrix from {path}")
                 return cka
-    _say(f"WKD-L: building the CKA matrix from teacher {mode} ({ctx.num_classes} classes)")
-    feats = collect_class_features(ctx.teacher_tap, ctx.train_batches(), ctx.num_classes, mode,
-                                   max_per_class, ctx.device, progress)
+    _say(f"WKD-L: building the CKA matrix from teacher {'box ' if detection else ''}{mode} ({ctx.num_classes} "
+         "classes)")
+    if detection:
+        feats = collect_box_class_features(ctx.teacher, ctx.train_batches(), ctx.num_classes, mode, max_per_class,
+                                           ctx.device, progress)
+    else:
+        feats = collect_class_features(ctx.teacher_tap, ctx.train_batches(), ctx.num_classes, mode,
+                                       max_per_class, ctx.device, progress)
     cka = ot.class_cka_matrix(feats).cpu()
     if path is not None:
         os.makedirs(ctx.cache_dir, exist_ok=True)

@@ -9,11 +9,17 @@ from wdistill import ot
 from wdistill.errors import ConfigError
 from wdistill.losses._shared.heads import ConvReg
 from wdistill.losses.base import SetupContext, Term
-from wdistill.losses.recipes import bracket, ce, publish
+from wdistill.losses.recipes import bracket, ce, det, publish, publish_detection
 from wdistill.losses.registry import register
 from wdistill.losses.wkd.official import CIFAR as OFFICIAL_CIFAR
 from wdistill.losses.wkd.official import f_params, l_params
-from wdistill.losses.wkd.wkd_l import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch
+from wdistill.losses.wkd.wkd_l import (
+    DEFAULT_DECAY_FRAC,
+    DETECTION_L,
+    check_decay_args,
+    cosine_decayed,
+    decay_start_epoch,
+)
 
 
 def _cells(size: int, grid: int) -> list[tuple[int, int]]:
@@ -107,20 +113,30 @@ class WKDFeatures(Term):
     grid=1, decay from epoch 150 of 240 (decay_start_frac=150/240), diagonal Gaussians with
     eps=1e-5. ``projector``: "convreg" (FitNet ConvReg + BN + ReLU, a 1x1 conv when sizes match; when
     the student map is smaller than its rules cover, a 1x1 conv that keeps the student's size: the
-    Gaussians are per-cell statistics and need no spatial match),
-    "bottleneck" (ImageNet setting) or "none" (shapes must match). ``cov="full"`` uses the
-    full-covariance Bures-Wasserstein distance instead (an option; not in the published results).
+    Gaussians are per-cell statistics and need no spatial match), "conv" (the same without the
+    ReLU, for signed targets), "bottleneck" (ImageNet setting) or "none" (shapes must match).
+    ``cov="full"`` uses the full-covariance Bures-Wasserstein distance instead (an option; not in
+    the published results).
+
+    Detection: WKD-F distils the RoI-Align features (``roi_feats``, R x 256 x 7 x 7) of the
+    student's sampled proposals against the teacher's on the same proposals, one Gaussian per RoI
+    (and per cell with ``grid`` > 1: 2-4 on a 7 x 7 map), diagonal by default, as the WKD authors
+    describe their Faster R-CNN setting (official repository, issue #5: diagonal covariance;
+    a finer grid or a full covariance may help, both options here); ``layer`` is not used. The
+    recipe's projector is "conv": RoI-Align features of FPN maps are signed, which a ReLU'd
+    projection could not match.
     """
 
     name = "wkd_f"
+    tasks = ("classification", "detection")
     built_by_setup = ("projector",)
 
     def __init__(self, lambda_f: float = 0.08, gamma: float = 4.0, grid: int = 1, eps: float = 1e-5,
                  projector: str = "convreg", cov: str = "diag", layer: int = -1,
                  decay_start: float | None = None, decay_start_frac: float | None = DEFAULT_DECAY_FRAC):
         super().__init__()
-        if projector not in ("convreg", "bottleneck", "none"):
-            raise ConfigError(f"unknown projector {projector!r}; use 'convreg', 'bottleneck' or 'none'")
+        if projector not in ("convreg", "conv", "bottleneck", "none"):
+            raise ConfigError(f"unknown projector {projector!r}; use 'convreg', 'conv', 'bottleneck' or 'none'")
         if cov not in ("diag", "full"):
             raise ConfigError(f"unknown cov {cov!r}; use 'diag' or 'full'")
         if grid < 1:
@@ -130,12 +146,16 @@ class WKDFeatures(Term):
         self.projector_kind, self.cov, self.layer = projector, cov, layer
         self.decay_start, self.decay_start_frac = decay_start, decay_start_frac
         self.projector: nn.Module | None = None
+        self.on_rois = False  # detection: the RoI-Align features instead of feats[layer] (set up by setup)
+
+    def _map(self, out: dict) -> torch.Tensor:
+        return out["roi_feats"] if self.on_rois else out["feats"][self.layer]
 
     def setup(self, ctx: SetupContext) -> None:
-        s_shape = tuple(ctx.student_out["feats"][self.layer].shape)
-        t_shape = tuple(ctx.teacher_out["feats"][self.layer].shape)
-        if self.projector_kind == "convreg":  # a student map too small for its rules keeps its own size
-            self.projector = ConvReg(s_shape, t_shape, use_relu=True, mismatch="channels")
+        self.on_rois = getattr(ctx, "task", "classification") == "detection"
+        s_shape, t_shape = tuple(self._map(ctx.student_out).shape), tuple(self._map(ctx.teacher_out).shape)
+        if self.projector_kind in ("convreg", "conv"):  # a student map too small for its rules keeps its own size
+            self.projector = ConvReg(s_shape, t_shape, use_relu=self.projector_kind == "convreg", mismatch="channels")
         elif self.projector_kind == "bottleneck":
             self.projector = Bottleneck(s_shape[1], t_shape[1])
         else:
@@ -146,8 +166,8 @@ class WKDFeatures(Term):
         self.projector.to(ctx.device)
 
     def forward(self, student, teacher, batch):
-        f_s = self.projector(student["feats"][self.layer])
-        f_t = teacher["feats"][self.layer].detach()
+        f_s = self.projector(self._map(student))
+        f_t = self._map(teacher).detach()
         with torch.autocast(device_type=f_s.device.type, enabled=False):
             dtype = torch.float64 if f_s.dtype == torch.float64 else torch.float32
             mean_loss, cov_loss = wkd_f_parts(f_s.to(dtype), f_t.to(dtype), self.grid, self.eps, self.cov)
@@ -167,3 +187,9 @@ publish("wkd_lf", label="WKD-L+WKD-F", order=18, tune_priority=2, demo=5, quick=
     ce(), {"name": "wkd_l", "weight": 1.0, **l_params(_ROW["LF"]), **_DECAY},
     {"name": "wkd_f", "weight": 1.0, **f_params(_ROW["LF"]), **_DECAY}],
     grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 10.0, "wkd_l.tau": 4.0}])
+# Detection (the WKD authors: RoI-Align features, diagonal Gaussians; their weights are not published):
+# one Gaussian per RoI, a 1x1 conv + BN projector, no decay; WKD-L+WKD-F adds the two rows' terms.
+DETECTION_F = {"lambda_f": 0.02, "gamma": 2.0, "grid": 1, "projector": "conv", "decay_start_frac": None}
+publish_detection("wkd_f", label="WKD-F", order=5, terms=[det(), {"name": "wkd_f", "weight": 1.0, **DETECTION_F}])
+publish_detection("wkd_lf", label="WKD-L+WKD-F", order=6, terms=[
+    det(), {"name": "wkd_l", "weight": 1.0, **DETECTION_L}, {"name": "wkd_f", "weight": 1.0, **DETECTION_F}])

@@ -8,7 +8,7 @@ from wdistill import ot
 from wdistill.errors import ConfigError, FileLoadError
 from wdistill.io import safe_load
 from wdistill.losses.base import SetupContext, Term, mean_distribution_logits
-from wdistill.losses.recipes import ce, publish
+from wdistill.losses.recipes import ce, det, publish, publish_detection
 from wdistill.losses.registry import register
 from wdistill.losses.wkd.cost import classifier_weight, load_or_build_cka
 from wdistill.losses.wkd.decay import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch  # noqa: F401
@@ -94,9 +94,26 @@ class WKDLogits(Term):
     category cost is the mean of the members' costs (per-teacher CKA, each cached by its teacher),
     so a pair of classes is far apart as much as the teachers agree it is on average; CKA on
     pooled features of several networks would mix feature spaces that need not be aligned.
+
+    Detection (``task: detection``; the WKD authors have not published where WKD-L acts on a
+    detector nor how its cost is built, so this is wdistill's decision): WKD-L acts on the RoI
+    head's class logits of the student's sampled proposals, background included (K + 1 classes,
+    the target of each RoI its matched label, 0 for background), the teacher's box head run on the
+    same proposals: the place where KD and DKD act in mdistiller's detection code, so the three
+    compare on the same distributions. The category cost is built as in the paper, linear CKA
+    between the teacher's class-conditional features, from the features the teacher's classifier
+    reads: its box-head output (``cka_mode`` "features"; "logits": its class logits) on every
+    ground-truth box of the training images (RoI-Aligned from its own FPN maps), and for the
+    background class on as many of its own proposals per image whose IoU with every ground-truth
+    box is below 0.5 (the sampler's background), so the cost also says how far background is
+    from each object class (``wdistill.models.det_features``). Why not the alternatives: the
+    teacher's classifier rows (``cost: cosine_classifier``, available) see only the last linear
+    layer; CKA on whole-image features, the classification recipe, has no class per image when an
+    image holds several objects.
     """
 
     name = "wkd_l"
+    tasks = ("classification", "detection")
     built_by_setup = ("cost",)
     ensemble = "mean"
     ensemble_T = 1.0  # ``logits`` at T=1; the non-target part reads the members at tau (forward)
@@ -176,3 +193,7 @@ publish("wkd_l", label="WKD-L", order=16, terms=[ce(), {"name": "wkd_l", "weight
         **l_params(OFFICIAL_CIFAR["homogeneous"]["L"]), "decay_start_frac": DEFAULT_DECAY_FRAC}],
         grid=[{}, {"wkd_l.lambda_l": 30.0, "wkd_l.tau": 4.0}, {"wkd_l.lambda_l": 100.0, "wkd_l.tau": 4.0}],
         tune_priority=1, demo=4, quick=True)
+# Detection (nothing published; wdistill's setting, docs/methods.md): the ImageNet R34 -> R18 row's lambda_L and tau
+# (the large-scale setting), no decay (the detector's schedule drops the learning rate itself).
+DETECTION_L = {"lambda_l": 30.0, "tau": 2.0, "kappa": 1.0, "decay_start_frac": None}
+publish_detection("wkd_l", label="WKD-L", order=4, terms=[det(), {"name": "wkd_l", "weight": 1.0, **DETECTION_L}])
