@@ -5,7 +5,7 @@ import json
 
 from wdistill.cli._args import add_config_args, positive_int
 from wdistill.config import load_config
-from wdistill.engine import Trainer
+from wdistill.engine import make_trainer
 from wdistill.errors import ConfigError
 from wdistill.workflows.selfdistill import run_generations
 
@@ -19,7 +19,7 @@ def cmd_train(args, require_teacher: bool) -> int:
     if require_teacher and not cfg.teacher_sections():
         raise ConfigError("`wdistill distill` needs a 'teacher:' section (model + checkpoint); "
                           "to train without a teacher use `wdistill train`")
-    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    trainer = make_trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     summary = trainer.fit()
     if trainer.rank == 0:  # under torchrun, one summary, not one per process
         print(json.dumps(summary, indent=2))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from wdistill import losses  # importing the package registers every term
 from wdistill.config.schema_data import DataSection, Strict
+from wdistill.config.schema_detection import DetectionSection, Task, task_problems
 from wdistill.data.views import ViewSpec
 from wdistill.errors import ConfigError
 
@@ -176,6 +177,8 @@ class AutoSection(Strict):
 
 
 class RunConfig(Strict):
+    task: Task = Field("classification", description="classification, or detection: torchvision Faster R-CNNs "
+                       "(detection:<backbone>) on a COCO-format folder (data.name: coco), scored by COCOeval.")
     run: RunSection = Field(default_factory=RunSection, description="Name, output directory, seed, device.")
     data: DataSection = Field(default_factory=DataSection, description="Data set, batches and augmentation.")
     student: ModelSection = Field(description="The model trained (required).")
@@ -190,6 +193,15 @@ class RunConfig(Strict):
                                 "scale-out, logging.")
     auto: AutoSection = Field(default_factory=AutoSection, description="`wdistill auto`'s search (ignored by "
                               "train and distill).")
+    detection: DetectionSection = Field(default_factory=DetectionSection, description="Settings of task: "
+                                        "detection (learning-rate warm-up in steps, teacher evaluation).")
+
+    @model_validator(mode="after")
+    def _fits_its_task(self):
+        problems = task_problems(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
 
     @field_validator("loss")
     @classmethod

@@ -12,10 +12,12 @@ import yaml
 
 from wdistill import losses, models
 from wdistill.config.schema import RunConfig
+from wdistill.config.schema_detection import DETECTOR_PREFIX
 from wdistill.data.views import View
 from wdistill.engine.distiller import Distiller
 from wdistill.engine.rundir import CONFIG
 from wdistill.errors import ConfigError
+from wdistill.models.detection import DETECTOR_BACKBONES
 from wdistill.models.teachers import missing_checkpoint_hint
 
 
@@ -119,7 +121,7 @@ def check_teacher_needs(cfg: RunConfig) -> None:
     needy = [t.name for t in cfg.loss if losses.get(t.name).requires_teacher]
     if needy:
         raise ConfigError(f"loss terms {needy} need a teacher: add a 'teacher:' section (model + checkpoint), "
-                          "or train with terms that need none (e.g. ce)")
+                          "or train with terms that need none (e.g. ce; det for a detector)")
 
 
 def build_distiller(cfg: RunConfig, student: nn.Module, teachers: list[nn.Module], channels: int) -> Distiller:
@@ -148,6 +150,10 @@ def check_config(cfg: RunConfig) -> list[str]:
     for role, section in [("student", cfg.student)] + [("teacher", s) for s in cfg.teacher_sections()]:
         if ":" not in section.model and section.model not in models.available():  # timm:/torchvision:/factory
             raise ConfigError(f"{role}.model {section.model!r} is not a zoo model; `wdistill list` names them")
+        backbone = section.model.removeprefix(DETECTOR_PREFIX)
+        if section.model.startswith(DETECTOR_PREFIX) and backbone not in DETECTOR_BACKBONES:
+            raise ConfigError(f"{role}.model {section.model!r}: detectors are detection:<backbone> with backbone "
+                              f"one of {', '.join(DETECTOR_BACKBONES)}")
         if section.checkpoint:
             problem = missing_checkpoint(section, role)
             if problem:
@@ -158,7 +164,7 @@ def check_config(cfg: RunConfig) -> list[str]:
             losses.create(t.name, **t.params)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"loss.{i} ({t.name}): {e}") from None
-    return ["schema", "data set and options", "models", "loss terms", "checkpoints exist"]
+    return ["schema", "task", "data set and options", "models", "loss terms", "checkpoints exist"]
 
 
 def tensorboard_writer(cfg: RunConfig, run_dir):

@@ -245,9 +245,9 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict, writer) -> None:
         """Record the epoch; rank 0 writes the metrics, last.pt (and best.pt) and the log line."""
         self.history.append(row)
-        improved = row.get("test_top1", -1) > self.best_top1
+        improved = row.get(metric := getattr(self, "best_metric", "test_top1"), -1) > self.best_top1  # top-1, or AP
         if improved:
-            self.best_top1 = row["test_top1"]
+            self.best_top1 = row[metric]
         if self.rank != 0:
             return
         self._write_metrics()
@@ -259,7 +259,7 @@ class Trainer:
         self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs} " + " ".join(
             f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("epoch",) and not k.startswith("grad_norm_")))
         if epoch == 0:
-            ce = [k for k, term in self.distiller.terms.items() if term.name == "ce"]
+            ce = [k for k, term in self.distiller.terms.items() if term.supervised]  # ce, or det for detectors
             for line in helping_warnings(row, dict(self.distiller.weights), ce):
                 self.log(line)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from wdistill.config import load_config
-from wdistill.engine import Trainer, rundir
+from wdistill.engine import make_trainer, rundir
 from wdistill.errors import RunBusy
 from wdistill.io import atomic_write_text
 
@@ -106,8 +106,8 @@ def _run_or_load(cfg, run: rundir.RunDir, log, data, models) -> dict:
         (path / rundir.SUMMARY).unlink(missing_ok=True)
     t0 = time.time()
     student, teachers = models or (None, None)
-    trainer = Trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data, held=run, student=student,
-                      teachers=teachers)
+    trainer = make_trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data, held=run,
+                           student=student, teachers=teachers)
     try:
         summary = trainer.fit()
     finally:

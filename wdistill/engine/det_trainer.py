@@ -1,0 +1,157 @@
+"""The detection task in the training loop: a Trainer whose data, models, step and evaluation are a
+detector's (``task: detection``).
+
+Everything else is the classification Trainer's own code: the run directory and its lock,
+``config.yaml``, ``last.pt``/``best.pt`` (best by COCO AP), exact resume after any epoch, the
+non-finite guard, progress bars, metrics, "is it helping?" (against the ``det`` term) and the
+student file. What differs: COCO-format data streamed in lists (``wdistill.data.det_loader``),
+``detection:<backbone>`` models built for the data's categories, :class:`DetectionDistiller` as the
+step, a linear learning-rate warm-up counted in optimiser steps (``detection.warmup_steps``), and
+COCOeval (AP, AP50, AP75, APs, APm, APl) in the metrics (``test_AP``...) and the summary
+(``final_AP``..., ``best_AP``, ``teacher_AP``...). One process only for now.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from wdistill.data.coco import STAT_NAMES, require_pycocotools
+from wdistill.data.det_loader import build_detection_data
+from wdistill.engine import rundir
+from wdistill.engine.build import build_model, build_terms, check_teacher_needs, tensorboard_writer
+from wdistill.engine.det_distiller import DetectionDistiller, evaluate_detection
+from wdistill.engine.trainer import Trainer
+from wdistill.errors import ConfigError
+from wdistill.io import atomic_write_text
+from wdistill.models.detection import require_torchvision
+
+
+def warmup_factor(step: int, steps: int, factor: float) -> float:
+    """detectron2's linear warm-up: ``factor`` at step 0, rising linearly to 1 at ``steps``."""
+    if step >= steps:
+        return 1.0
+    alpha = step / steps
+    return factor * (1 - alpha) + alpha
+
+
+class DetectionTrainer(Trainer):
+    """Runs one ``task: detection`` job (see the module docstring). ``data``: optional (train, eval)
+    ``CocoDetection`` datasets; ``student``/``teachers``: optional detectors built by the caller."""
+
+    best_metric = "test_AP"
+
+    def _build(self, student, teachers, data) -> None:
+        cfg = self.cfg
+        if self.world_size > 1:
+            raise ConfigError("detection runs in one process for now: start it without torchrun (or with "
+                              "--nproc_per_node 1)")
+        require_torchvision()
+        require_pycocotools()
+        if not teachers:
+            check_teacher_needs(cfg)  # before the data loads
+        self.micro_batch = cfg.data.batch_size
+        torch.manual_seed(cfg.run.seed)
+        self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, self.log, cfg.train.progress,
+                                         datasets=data)
+        self.train_set, self.test_set = self.data.train_set, self.data.test_set
+        k = self.data.num_classes
+        self.student = student if student is not None else build_model(cfg.student, k, 3, "student")
+        self.teachers = teachers if teachers is not None else [build_model(s, k, 3, "teacher")
+                                                               for s in cfg.teacher_sections()]
+        try:
+            self.distiller = DetectionDistiller(self.student, self.teachers, build_terms(cfg)).to(self.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
+        self.progress = cfg.train.progress
+        self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
+        self.history: list[dict] = []
+        self.best_top1 = -1.0  # the best test_AP so far (best_metric), under the checkpoint's usual key
+        self.start_epoch = 0
+        self.stages_done: list[str] = []
+        self._terms_ready = False
+
+    def setup_terms(self) -> None:
+        """Probe one training batch and let every term build its parts; ``num_classes`` counts the
+        background (the detectors' logit width), the statistics batches are un-flipped."""
+        probe = next(iter(self.train_loader))
+        ctx = dict(num_classes=self.data.num_classes + 1, num_samples=self.data.num_samples, train_targets=None,
+                   device=self.device, train_batches=self.data.plain_batches,
+                   cache_dir=str(Path(self.cfg.run.out_dir) / "cache"))
+        self.distiller.setup(ctx, probe)
+        self.distiller.to(self.device)
+        self._terms_ready = True
+
+    def run_loop(self, stepper, desc: str, where: str, first_step: int = 0) -> dict:
+        """The classification loop, with the learning rate warmed up over the first optimiser steps
+        (from the step index, so a resumed run warms up exactly as an uninterrupted one)."""
+        w = self.cfg.detection
+        if w.warmup_steps > first_step:
+            groups = self.optimizer.param_groups
+            base, inner = [g["lr"] for g in groups], stepper.step
+
+            def step(batch, i):
+                f = warmup_factor(i, w.warmup_steps, w.warmup_factor)
+                for g, lr in zip(groups, base):
+                    g["lr"] = lr * f
+                inner(batch, i)
+            stepper.step = step
+        return super().run_loop(stepper, desc, where, first_step)
+
+    def _train_epoch(self, epoch: int) -> dict:
+        row = super()._train_epoch(epoch)
+        row.pop("train_top1", None)  # a detection step counts no classification accuracy
+        return row
+
+    def evaluate(self, model, desc: str = "COCOeval") -> dict[str, float]:
+        """COCO box AP of ``model`` on the evaluation split."""
+        return evaluate_detection(model, self.test_loader, self.data.coco_gt, self.data.eval_image_ids,
+                                  self.amp_ctx, self.progress, desc)
+
+    def _fit(self) -> dict:
+        self._start()
+        cfg = self.cfg
+        teacher = None
+        if self.teachers and cfg.detection.eval_teacher:
+            teacher = self.evaluate(self.teachers[0], "COCOeval teacher")
+            self.log("teacher: " + " ".join(f"{k}={v:.4f}" for k, v in teacher.items()))
+        writer = tensorboard_writer(cfg, self.run_dir)
+        t0 = time.time()
+        stop = min(cfg.optim.epochs, cfg.train.stop_after or cfg.optim.epochs)
+        for epoch in range(self.start_epoch, stop):
+            start = time.time()
+            row = self._train_epoch(epoch)
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
+                row.update({f"test_{k}": v for k, v in self.evaluate(self.student).items()})
+            row["seconds"] = time.time() - start
+            self._end_epoch(epoch, row, writer)
+        summary = self._summary(teacher, t0)
+        if writer:
+            writer.close()
+        if stop < cfg.optim.epochs:  # paused (train.stop_after): last.pt holds it; nothing is final yet
+            return summary | {"paused_after": stop}
+        record = rundir.student_record(cfg, self.data.num_classes, 3, summary)
+        rundir.write_student(self.run_dir / rundir.STUDENT, self.student.state_dict(), record)
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / rundir.SUMMARY)
+        return summary
+
+    def _summary(self, teacher: dict | None, t0: float) -> dict:
+        last = self.history[-1] if self.history else {}
+        summary = {"run": self.cfg.run.name, "task": "detection",
+                   **{f"final_{k}": _finite(last.get(f"test_{k}")) for k in STAT_NAMES},
+                   "best_AP": self.best_top1 if self.history and self.best_top1 >= 0 else None,
+                   "epochs": self.cfg.optim.epochs, "steps_per_epoch": len(self.train_loader),
+                   **{f"teacher_{k}": _finite(teacher[k]) if teacher else None for k in STAT_NAMES},
+                   "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0,
+                   "world_size": 1}
+        return summary
+
+
+def _finite(v):
+    """JSON has no NaN: a size range without boxes (NaN AP) is written as null."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
