@@ -1,6 +1,6 @@
-"""Write the CIFAR-100 and ImageNet presets under configs/ from one table of published settings.
+"""Write the CIFAR-100, ImageNet and COCO presets under configs/ from one table of published settings.
 
-    python scripts/make_presets.py            # (re)write configs/cifar100/** and configs/imagenet/**
+    python scripts/make_presets.py            # (re)write configs/cifar100/**, configs/imagenet/**, configs/coco/**
     python scripts/make_presets.py --check    # exit 1 if a committed preset differs from the table
 
 Every number in a preset comes from a source named in that file's header, always a public
@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from wdistill.losses.dkd import PAIR_BETA
-from wdistill.losses.recipes import RECIPES
+from wdistill.losses.recipes import RECIPES, describe, detection_recipe, detection_rows
 from wdistill.losses.wkd import official as wkd_official
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,6 +361,85 @@ def imagenet_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
     return f"imagenet/{t}-{s}/{method}.yaml", cfg, header
 
 
+# --------------------------------------------------------------------------------------------- COCO
+# mdistiller's detection pairs (detection/configs/DKD/*.yaml); torchvision has no MobileNetV2-FPN detector, so its
+# MobileNetV2 student is torchvision's MobileNetV3-Large-FPN here.
+COCO_PAIRS = [("resnet101", "resnet18"), ("resnet101", "resnet50"), ("resnet50", "mobilenet_v3_large")]
+COCO_RECIPE_SRC = ("mdistiller detection/configs/DKD/DKD-*.yaml (detectron2): 180k iterations of batch 8 (12.2 "
+                   "COCO epochs: 12 here, the engine's schedule is in epochs), SGD lr 0.01 (momentum 0.9, weight "
+                   "decay 1e-4), x0.1 at 120k and 160k iterations (epochs 8 and 11), 1000-iteration linear "
+                   "warm-up (detectron2's default), multi-scale training (short side 640-800, long side at most "
+                   "1333), flip; COCO train2017, evaluated on val2017")
+COCO_DATA = {"name": "coco", "root": "data/coco", "batch_size": 8, "eval_batch_size": 8,
+             "options": {"train_split": "train2017", "eval_split": "val2017"}}
+COCO_TRAIN_SIZE = {"min_size": [640, 672, 704, 736, 768, 800], "max_size": 1333}
+COCO_TEST_SIZE = {"min_size": 800, "max_size": 1333}
+COCO_OPTIM = {"epochs": 12, "lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+              "schedule": "multistep", "milestones": [8, 11], "gamma": 0.1}
+COCO_NOTES = {
+    "vanilla": "the student alone: the detector's own losses (det).",
+    "kd": "KD on the RoI class logits (background included), T=1, weight 1: no published detection setting; "
+          "DKD's detection temperature and weight.",
+    "dkd": "DKD on the RoI class logits of the student's sampled proposals, background included, the teacher's "
+           "box head on the same proposals: alpha 1, beta 0.25, T 1, weight 1, no warm-up (mdistiller "
+           "detection/model/config.py and rcnn.py).",
+    "fitnet": "FitNet on every FPN level the RoI pooler reads, a 1x1 conv + BN regressor per level, weight 1: no "
+              "published detection setting.",
+    "wkd_l": "WKD-L on the RoI class logits, background included; cost: CKA of the teacher's box-head features on "
+             "ground-truth boxes and background proposals (at most 100 per class); the paper's ImageNet "
+             "R34 -> R18 lambda_L 30 and tau 2, no decay: the WKD authors have not published a detection setting.",
+    "wkd_f": "WKD-F on the RoI-Align features, one diagonal Gaussian per RoI (the WKD authors, official "
+             "repository issue #5), 1x1 conv + BN projector; the paper's ImageNet R34 -> R18 lambda_F 0.02 and "
+             "gamma 2, no decay: no published detection weights.",
+    "wkd_lf": "WKD-L and WKD-F together, each with its own row's setting.",
+}
+
+
+def coco_teacher_path(t: str) -> str:
+    return f"runs/coco/models/{t}/student.pt"
+
+
+def coco_model(backbone: str, sizes: dict) -> dict:
+    return {"model": f"detection:{backbone}", "pretrained": f"checkpoints/imagenet/{backbone}.pth",
+            "kwargs": dict(sizes)}
+
+
+def coco_terms(method: str) -> list[dict]:
+    terms = detection_recipe(method)
+    for t in terms:
+        if t["name"] == "wkd_l":
+            t["max_per_class"] = 100  # the teacher's pass over COCO ends once every class has 100 boxes
+    return terms
+
+
+def coco_preset(t: str, s: str, method: str) -> tuple[str, dict, list[str]]:
+    cfg = {"task": "detection", "run": {"name": f"coco/{t}-{s}/{method}", "out_dir": "runs", "seed": 0},
+           "data": dict(COCO_DATA, options=dict(COCO_DATA["options"])), "student": coco_model(s, COCO_TRAIN_SIZE)}
+    if method != "vanilla":
+        cfg["teacher"] = {"model": f"detection:{t}", "checkpoint": coco_teacher_path(t), "kwargs": dict(COCO_TEST_SIZE)}
+    cfg.update({"loss": coco_terms(method), "optim": dict(COCO_OPTIM), "detection": {"warmup_steps": 1000}})
+    header = [f"COCO 2017, Faster R-CNN, teacher {t}-FPN -> student {s}-FPN (torchvision), method {method}.",
+              GENERATED, f"Recipe: {COCO_RECIPE_SRC}.", f"Loss: {COCO_NOTES[method]}",
+              f"  ({describe(cfg['loss']) or 'det'})",
+              "Student backbone: torchvision's ImageNet classifier weights at checkpoints/imagenet/<backbone>.pth"
+              " (frozen BatchNorm, the last 3 stages trained, torchvision's rule).",
+              f"Teacher checkpoint: {coco_teacher_path(t)}, trained by `wdistill train coco/models/{t}`"
+              " (configs/coco/README.md)."]
+    if s == "mobilenet_v3_large":
+        header.append("mdistiller's student here is MobileNetV2-FPN; torchvision has none, so MobileNetV3-Large-FPN.")
+    return f"coco/{t}-{s}/{method}.yaml", cfg, header
+
+
+def coco_teacher_preset(t: str) -> tuple[str, dict, list[str]]:
+    cfg = {"task": "detection", "run": {"name": f"coco/models/{t}", "out_dir": "runs", "seed": 0},
+           "data": dict(COCO_DATA, options=dict(COCO_DATA["options"])), "student": coco_model(t, COCO_TRAIN_SIZE),
+           "loss": [{"name": "det", "weight": 1.0}], "optim": dict(COCO_OPTIM), "detection": {"warmup_steps": 1000}}
+    header = [f"COCO 2017, Faster R-CNN {t}-FPN (torchvision) trained alone: the teacher of the coco/{t}-* presets.",
+              GENERATED, f"Recipe: {COCO_RECIPE_SRC}.",
+              "mdistiller's teachers are detectron2 model-zoo weights, which torchvision cannot load: train it here."]
+    return f"coco/models/{t}.yaml", cfg, header
+
+
 # --------------------------------------------------------------------------------------- output
 def render(cfg: dict, header: list[str]) -> str:
     """Header comment (wrapped at 100 columns) + YAML with one line per loss term."""
@@ -389,11 +468,18 @@ def all_presets() -> dict[str, str]:
         for method in ("kd", "wkd_l", "wkd_f", "wkd_lf"):
             rel, cfg, header = imagenet_preset(t, s, method)
             files[rel] = render(cfg, header)
+    for t, s in COCO_PAIRS:
+        for row in detection_rows():
+            rel, cfg, header = coco_preset(t, s, row.method)
+            files[rel] = render(cfg, header)
+    for t in dict.fromkeys(t for t, _ in COCO_PAIRS):
+        rel, cfg, header = coco_teacher_preset(t)
+        files[rel] = render(cfg, header)
     return files
 
 
 def owned(configs: Path) -> list[Path]:
-    return sorted(p for d in ("cifar100", "imagenet") for p in (configs / d).rglob("*.yaml"))
+    return sorted(p for d in ("cifar100", "imagenet", "coco") for p in (configs / d).rglob("*.yaml"))
 
 
 def main(argv: list[str] | None = None) -> int:
