@@ -9,6 +9,9 @@ that must catch it, so the run takes minutes and the list grows with every bug f
     python scripts/mutation.py                 # all mutations (progress bar; results in .mutation/)
     python scripts/mutation.py --only kd_t_squared crd_z_sum
     python scripts/mutation.py --resume        # skip mutations already killed in the last run
+
+An entry with ``venv: tv`` runs its tests in the torchvision venv (``$TV_VENV``, default ``.venv-tv``,
+as ``scripts/tv_venv.sh`` builds it) with WDISTILL_REQUIRE_TV=1, so they fail rather than skip there.
 """
 from __future__ import annotations
 
@@ -51,14 +54,20 @@ def run_one(m: dict, timeout: int) -> dict:
                 shutil.copy(src, tree / part)
         apply(tree, m)
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        python = sys.executable
+        if m.get("venv") == "tv":
+            python = str(Path(os.environ.get("TV_VENV", ROOT / ".venv-tv")) / "bin" / "python")
+            env["WDISTILL_REQUIRE_TV"] = "1"
         selection = [arg for t in m["tests"] for arg in shlex.split(t)]
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
+        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
         start = time.time()
         try:
             proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
             code, tail = proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-1:]
         except subprocess.TimeoutExpired:
             code, tail = -1, ["timeout"]
+        except FileNotFoundError:
+            code, tail = -2, [f"no interpreter {python}: build the tv venv (scripts/tv_venv.sh) or set TV_VENV"]
     # pytest: 0 all passed (survived), 1 a test failed (killed); 2-5 are errors of the run itself
     status = {0: "SURVIVED", 1: "killed"}.get(code, f"error (pytest exit {code})")
     return {

@@ -142,7 +142,11 @@ def test_each_term_on_detection_outputs_equals_an_independent_computation(tiny):
              ("wkd_l", 1.0, make("wkd_l", lambda_l=30.0, tau=2.0, cost="cosine_classifier", decay_start_frac=None)),
              ("wkd_f", 2.0, make("wkd_f", lambda_f=0.02, gamma=2.0, projector="conv", decay_start_frac=None))]
     d = DetectionDistiller(student, [teacher], terms)
+    buffers = {k: v.clone() for k, v in student.named_buffers()}
     d.setup(_ctx(train), batch)
+    for k, v in student.named_buffers():  # the probe step leaves the student's BatchNorm statistics alone
+        assert torch.equal(v, buffers[k]), k
+    assert not any(r.use_relu for r in d.terms["fitnet"].regressor) and not d.terms["wkd_f"].projector.use_relu
     d.train()
     torch.manual_seed(7)
     total, parts, _ = d(batch)
@@ -249,6 +253,24 @@ def test_loader_layouts_subsets_and_cocoeval_on_the_evaluated_images_only(tiny, 
     assert len(a) == 2 and len(DetectionLoader(train, 3, True)) == 2  # training drops the last partial batch
 
 
+def test_the_learning_rate_warms_up_over_the_first_steps(tiny, tmp_path):
+    root = _two_image_folder(tiny, tmp_path / "two", copies=2)
+    trainer = make_trainer(_config(root, tmp_path / "runs", "warm", detection={"warmup_steps": 4}), log=lambda *_: None)
+    trainer.optimizer = torch.optim.SGD(trainer.student.parameters(), lr=0.1)
+    seen = []
+
+    class Recorder:  # stands in for the loop's Stepper: records the rate of every step
+        guard = type("G", (), {"check": lambda self, where: None})()
+        meter = type("M", (), {"read": lambda self, world_size=1: {}})()
+
+        def step(self, batch, i):
+            seen.append((i, trainer.optimizer.param_groups[0]["lr"]))
+    trainer.run_loop(Recorder(), "epoch 1", "epoch 1", first_step=2)  # a resumed epoch: global steps 2 and 3
+    want = [(i, 0.1 * (0.001 * (1 - i / 4) + i / 4)) for i in (2, 3)]
+    assert [i for i, _ in seen] == [2, 3] and all(lr == pytest.approx(w) for (_, lr), (_, w) in zip(seen, want))
+    trainer.close()
+
+
 def _two_image_folder(tiny, out, copies):
     """The first two training canvases, each listed ``copies`` times for training, once for evaluation."""
     data = json.loads((tiny / "annotations/instances_train.json").read_text())
@@ -299,6 +321,7 @@ def test_a_two_image_run_through_the_engine_learns(tiny, tmp_path):
     assert record["arch"] == "detection:resnet18" and record["num_classes"] == 10
     again = build_faster_rcnn("resnet18", 10, **SMALL)
     again.load_state_dict(record["model"])  # the student file rebuilds the detector
+    assert cli_main(["eval", str(run)]) == 2  # `wdistill eval` scores classifiers: a clear refusal, no traceback
 
 
 def test_resumed_detection_run_equals_an_uninterrupted_one(tiny, tmp_path):
