@@ -165,11 +165,12 @@ def _data_sets() -> list[str]:
 
 
 def _terms() -> list[str]:
-    rows = [(f"`{n}`", ", ".join(f"`{k}` ({flow(v)})" for k, v in params.items()) or "none", doc)
-            for n, (doc, params) in methods(shipped_only=True).items()]
+    rows = [(f"`{n}`", ", ".join(losses.get(n).tasks), ", ".join(f"`{k}` ({flow(v)})" for k, v in params.items())
+             or "none", doc) for n, (doc, params) in methods(shipped_only=True).items()]
     return (["", "## Loss terms (`loss[].name`) and their parameters", "",
              "Parameters are further keys of the loss item, e.g. `{name: kd, weight: 0.9, T: 4}`. The defaults "
-             "are the published settings.", ""] + _table(("term", "parameters (default)", "what it is"), rows))
+             "are the published settings. A term runs only in the tasks it lists (`task:`); another is refused "
+             "when the config is read.", ""] + _table(("term", "tasks", "parameters (default)", "what it is"), rows))
 
 
 def reference_markdown() -> str:

@@ -22,6 +22,7 @@ from wdistill import models
 from wdistill.config import load_config
 from wdistill.data import BatchLoader, ImageDataset, load_dataset
 from wdistill.data.build import open_datasets, to_memory
+from wdistill.data.registry import DETECTION_DATASETS
 from wdistill.data.stream import FolderImages
 from wdistill.data.views import View, Viewed
 from wdistill.engine import evaluate, rundir
@@ -52,6 +53,10 @@ def _test_data(checkpoint, data: str | None, root: str | None, cfg: dict | None,
         return test, {"name": data, "root": root, "from": "--data"}, {}
     if cfg and isinstance(cfg.get("data"), dict):
         section = dict(cfg["data"])
+        if section.get("name") in DETECTION_DATASETS:
+            raise ConfigError(f"{checkpoint} is a detector (task: detection): `wdistill eval` scores classifiers. Its "
+                              "COCO AP on the evaluation split is in the run's summary.json (final_AP, AP50, AP75...) "
+                              "and metrics.csv")
         if root:
             section["root"] = root
         run_cfg = load_config({"student": {"model": "unused"}, "data": section})
