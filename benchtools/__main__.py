@@ -1,4 +1,4 @@
-"""``python -m benchtools accuracy|settings|speed|diagnostics``: the project's benchmarks (protocols:
+"""``python -m benchtools accuracy|settings|speed|diagnostics|auto|detection``: the project's benchmarks (protocols:
 docs/benchmarks.md), run from a wdistill checkout; they write their results into ``benchmarks/``."""
 from __future__ import annotations
 
@@ -112,6 +112,25 @@ def _cmd_auto(args) -> int:
     return 0
 
 
+def _cmd_detection(args) -> int:
+    from benchtools.det_protocol import ROWS, SEEDS
+    from benchtools.detection import calibrate, run_detection
+
+    _threads(args.threads)
+    methods = args.methods.split(",") if args.methods else list(ROWS)
+    if args.calibrate:
+        for m, w in calibrate(args.runs, args.out, args.root, methods=methods).items():
+            print(f"{m:>8s} {w}")
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)
+    table = run_detection(args.runs, args.out, args.root, seeds, methods,
+                          command=["python", "-m", "benchtools"] + sys.argv[1:], train=not args.report_only)
+    for r in table:
+        print(f"{r['method']:>8s} AP {r['AP']:6.2f} AP50 {r['AP50']:6.2f} AP75 {r['AP75']:6.2f} (n={r['n']})")
+    print(f"wrote {Path(args.out) / 'fmnist-det-v1'}.md/.csv/.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchtools", description=__doc__)
     bs = p.add_subparsers(dest="bench_command", required=True)
@@ -120,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed(bs)
     _add_diagnostics(bs)
     _add_auto(bs)
+    _add_detection(bs)
     return p
 
 
@@ -222,6 +242,19 @@ def _add_auto(bs) -> None:
     s.add_argument("--seeds", type=int, default=3, help="seeds of the final training of the recommended recipe")
     _add_run_dirs(s)
     s.set_defaults(func=_cmd_auto)
+
+
+def _add_detection(bs) -> None:
+    s = bs.add_parser("detection", help="protocol D: FMNIST-Det v1, Faster R-CNN distillation (R50-FPN -> R18-FPN), "
+                                        "7 rows x 3 seeds, AP/AP50/AP75 and the overhead per step; needs torchvision "
+                                        "and pycocotools")
+    s.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
+    s.add_argument("--methods", default=None, help="comma-separated subset of the rows, e.g. vanilla,kd,wkd_l")
+    s.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
+    s.add_argument("--calibrate", action="store_true", help="measure the terms' gradient norms at the start of "
+                                                            "training (the rule that sets the benchmark's weights)")
+    _add_run_dirs(s)
+    s.set_defaults(func=_cmd_detection)
 
 
 if __name__ == "__main__":

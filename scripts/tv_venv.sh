@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a separate venv holding torchvision + timm + pycocotools, then run only the modules that need them
-# (tests/test_timm_torchvision.py, tests/test_detection_data_models.py, tests/test_detection_engine.py) in it.
+# (tests/test_timm_torchvision.py, tests/test_detection_data_models.py, tests/test_detection_engine.py,
+# tests/test_bench_detection.py) in it.
 #
 # Why a separate venv: the project venv has the CPU torch 2.13.0, whose only matching torchvision
 # wheel is a CUDA build that fails to import there. torch 2.14.1 + torchvision 0.29.1 (CUDA builds,
@@ -39,4 +40,5 @@ if ! "$VENV/bin/python" -c "import pycocotools.cocoeval" 2>/dev/null; then
   pipi "pycocotools==2.0.11"
 fi
 PYTHONPATH=$PWD OMP_NUM_THREADS=1 WDISTILL_REQUIRE_TV=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_timm_torchvision.py tests/test_detection_data_models.py tests/test_detection_engine.py "$@"
+  tests/test_timm_torchvision.py tests/test_detection_data_models.py tests/test_detection_engine.py \
+  tests/test_bench_detection.py "$@"

@@ -1,0 +1,193 @@
+"""The results files of `python -m benchtools detection` (docs/benchmarks.md, protocol D):
+``out/fmnist-det-v1.md|csv|png`` from the finished runs' summaries, the teacher's and the step times."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from benchtools import det_protocol as P
+from benchtools import report
+from wdistill.io import atomic_write_text
+from wdistill.losses.recipes import describe, detection_rows
+
+METRICS = ("AP", "AP50", "AP75")
+LABELS = {p.method: p.label for p in detection_rows()}
+
+
+def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
+    """One row per method with finished runs: mean/std of AP, AP50, AP75 (x100), APs/APm means, the
+    AP gain over vanilla, wall time per run, the step time and its ratio to vanilla's step."""
+    by_method: dict[str, list[dict]] = {}
+    for (method, _seed), summary in results.items():
+        if summary is not None and summary.get("final_AP") is not None:
+            by_method.setdefault(method, []).append(summary)
+    rows = []
+    for method in P.ROWS:
+        runs = by_method.get(method)
+        if not runs:
+            continue
+        row = {"method": method, "n": len(runs), "settings": describe(P.row_terms(method))}
+        for k in METRICS + ("APs", "APm"):  # None where the test canvases hold no box of that size range
+            values = [100 * r[f"final_{k}"] for r in runs if r.get(f"final_{k}") is not None]
+            row[k], row[f"{k}_std"] = report.mean_std(values) if values else (None, None)
+        row["wall_seconds"] = report.mean_std([r["wall_seconds"] for r in runs])[0]
+        row["per_seed"] = [100 * r["final_AP"] for r in runs]
+        row["step_seconds"] = speed.get(method)
+        rows.append(row)
+    base = next((r for r in rows if r["method"] == "vanilla"), None)
+    for r in rows:
+        r["gain"] = None if base is None or r is base else r["AP"] - base["AP"]
+        r["overhead"] = (r["step_seconds"] / base["step_seconds"] if base and base.get("step_seconds")
+                         and r.get("step_seconds") else None)
+    return rows
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def results_markdown(rows: list[dict], teacher_val: dict, teacher_test: dict) -> str:
+    lines = ["| row | AP | AP50 | AP75 | APs | APm | AP vs vanilla | s / step | step vs vanilla | runs | settings |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    t = {k: None if v is None or v != v else 100 * v for k, v in teacher_test.items()}
+    lines.append(f"| teacher R50-FPN (2,000 steps; 1 run) | {_pm(t['AP'], None)} | {_pm(t['AP50'], None)} | "
+                 f"{_pm(t['AP75'], None)} | {_pm(t['APs'], None)} | {_pm(t['APm'], None)} | | | | 1 | "
+                 f"val AP {100 * teacher_val['final_AP']:.2f} |")
+    for r in rows:
+        gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
+        step = "" if r["step_seconds"] is None else f"{r['step_seconds']:.2f}"
+        ratio = "" if r["overhead"] is None else f"x{r['overhead']:.2f}"
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {_pm(r['AP'], r['AP_std'])} | "
+                     f"{_pm(r['AP50'], r['AP50_std'])} | {_pm(r['AP75'], r['AP75_std'])} | {_pm(r['APs'], None)} | "
+                     f"{_pm(r['APm'], None)} | {gain} | {step} | {ratio} | {r['n']} | {r['settings']} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparisons(rows: list[dict]) -> list[str]:
+    """The WKD rows against KD and DKD (and vanilla), as differences of the AP means with the
+    standard error of the difference (sample stds over seeds)."""
+    by = {r["method"]: r for r in rows}
+    out = []
+    for w in ("wkd_l", "wkd_f", "wkd_lf"):
+        if w not in by:
+            continue
+        parts = []
+        for other in ("vanilla", "kd", "dkd"):
+            if other in by:
+                a, b = by[w], by[other]
+                se = math.sqrt(((a["AP_std"] or 0) ** 2) / a["n"] + ((b["AP_std"] or 0) ** 2) / b["n"])
+                parts.append(f"{a['AP'] - b['AP']:+.2f} AP vs {LABELS[other]} (± {se:.2f} s.e.)")
+        out.append(f"- {LABELS[w]}: " + "; ".join(parts))
+    return out
+
+
+def results_csv(rows: list[dict], stamp: dict) -> str:
+    buf = io.StringIO()
+    for k, v in stamp.items():
+        buf.write(f"# {k}: {v}\n")
+    w = csv.writer(buf)
+    w.writerow(["method", "runs", "AP_mean", "AP_std", "AP50_mean", "AP50_std", "AP75_mean", "AP75_std",
+                "APs_mean", "APm_mean", "gain_AP_vs_vanilla", "step_seconds", "step_vs_vanilla",
+                "wall_seconds_per_run", "per_seed_AP", "settings"])
+    f = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        w.writerow([r["method"], r["n"], f(r["AP"]), f(r["AP_std"]), f(r["AP50"]), f(r["AP50_std"]), f(r["AP75"]),
+                    f(r["AP75_std"]), f(r["APs"]), f(r["APm"]), f(r["gain"]), f(r["step_seconds"]),
+                    f(r["overhead"]), f"{r['wall_seconds']:.1f}", " ".join(f"{x:.2f}" for x in r["per_seed"]),
+                    r["settings"]])
+    return buf.getvalue()
+
+
+def chart(rows: list[dict], teacher_test: dict, path: Path, seeds) -> None:
+    """AP, AP50, AP75 per row (mean, error bar = sample std over seeds), the teacher's as dashed lines;
+    beside it each row's step time as a ratio to the vanilla student's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [3, 1.25]})
+    names = [LABELS.get(r["method"], r["method"]) for r in rows]
+    width, colours = 0.27, ("#4C72B0", "#DD8452", "#55A868")
+    for i, (k, c) in enumerate(zip(METRICS, colours)):
+        xs = [j + (i - 1) * width for j in range(len(rows))]
+        bars = ax.bar(xs, [r[k] for r in rows], width, yerr=[r[f"{k}_std"] or 0 for r in rows], capsize=2, color=c,
+                      label=f"{k} (student)")
+        ax.bar_label(bars, fmt="%.1f", fontsize=6.5, padding=3)
+        ax.axhline(100 * teacher_test[k], color=c, ls="--", lw=1, label=f"{k} of the R50-FPN teacher (1 run)")
+    ax.set_xticks(range(len(rows)), names)
+    top = max([100 * teacher_test[k] for k in METRICS] + [r[k] + (r[f"{k}_std"] or 0) for r in rows for k in METRICS])
+    ax.set_ylim(0, max(top, 1.0) * 1.18)
+    ax.set_ylabel("COCO box AP on the 1,000 test canvases (%)")
+    ax.set_title(f"R18-FPN students, {P.STUDENT_EPOCHS * P.STUDENT_STEPS} steps each: mean ± std over "
+                 f"{len(tuple(seeds))} seeds")
+    ax.legend(ncol=2, fontsize=8, loc="upper left")
+    timed = [r for r in rows if r["overhead"] is not None]
+    bx.bar(range(len(timed)), [r["overhead"] for r in timed], color="#8172B2")
+    bx.axhline(1.0, color="black", lw=0.8)
+    bx.set_xticks(range(len(timed)), [LABELS.get(r["method"], r["method"]) for r in timed], rotation=45, ha="right")
+    bx.set_ylabel("training step time / vanilla student's")
+    bx.set_ylim(0, max([r["overhead"] for r in timed] + [1.0]) * 1.2)
+    bx.set_title("distillation overhead per step")
+    fig.suptitle("FMNIST-Det v1 (Fashion-MNIST items on 96 px canvases): Faster R-CNN distillation, "
+                 "R50-FPN teacher -> R18-FPN student")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(results: dict, teacher_val: dict, teacher_test: dict, speed: dict, out, stamp: dict,
+                  seeds) -> list[dict]:
+    """``out/fmnist-det-v1.md``, ``.csv`` and ``.png``; returns the table rows."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(results, speed)
+    md = [f"# {P.NAME}: detection distillation on real-image canvases (protocol D)", "",
+          report.stamp_markdown(stamp), "Protocol: docs/benchmarks.md, section D. Sizing: the section below.", "",
+          results_markdown(rows, teacher_val, teacher_test), "", "AP in %, COCOeval (pycocotools) on the 1,000 test "
+          "canvases; mean ± sample std over seeds; APl is undefined (no box above 96 x 96 px). The step times are "
+          "medians of interleaved training steps measured in one process after the runs (batch 8, one thread).",
+          "", "## The WKD rows against KD and DKD, as they came out", "", *comparisons(rows), "",
+          "## Per-seed AP", "", *[f"- {LABELS[r['method']]}: {', '.join(f'{x:.2f}' for x in r['per_seed'])}"
+                                  for r in rows], "", *cost_lines(rows), "", sizing_text()]
+    notes = out / f"{P.NAME}.notes.md"
+    if notes.is_file():
+        md += ["", notes.read_text().strip()]
+    atomic_write_text("\n".join(md) + "\n", out / f"{P.NAME}.md")
+    atomic_write_text(results_csv(rows, stamp), out / f"{P.NAME}.csv")
+    if rows:
+        chart(rows, teacher_test, out / f"{P.NAME}.png", seeds)
+    return rows
+
+
+def cost_lines(rows: list[dict]) -> list[str]:
+    """The measured wall time of the runs (one thread each; the machine's load is in the notes)."""
+    if not rows:
+        return []
+    per = ", ".join(f"{LABELS.get(r['method'], r['method'])} {r['wall_seconds']:.0f} s" for r in rows)
+    total = sum(r["wall_seconds"] * r["n"] for r in rows)
+    return ["## Measured cost", "", f"Wall time per student run (training, its test evaluation and, for WKD-L, its "
+            f"share of the cost pass; one thread): {per}. All student runs together: {total / 3600:.2f} hours of "
+            "single-thread wall time (the teacher's is in its run directory)."]
+
+
+def sizing_text() -> str:
+    return P.SIZING
+
+
+def write_calibration(ratios: dict[str, dict[str, float]], out, stamp: dict) -> None:
+    """``out/fmnist-det-v1-calibration.md``: each term's gradient norm relative to det's, at the recipe weights."""
+    lines = [f"# {P.NAME}: the distillation terms' strength at the start of training", "",
+             report.stamp_markdown(stamp),
+             "Gradient norm of each weighted term on the student, divided by that of the detector's own losses "
+             "(`det`), averaged over the first 8 training batches; student at its seed-0 initialisation, the "
+             "trained R50-FPN teacher, each row at its published detection recipe (wdistill.losses.recipes). "
+             "No evaluation split is read. The benchmark's rule (docs/benchmarks.md, section D): every "
+             "distillation term without a published detection setting gets the weight that gives it DKD's "
+             "published ratio.", "", "| row | term | gradient norm / det's | recipe |", "|---|---|---:|---|"]
+    for m, terms in ratios.items():
+        for k, v in terms.items():
+            lines.append(f"| {LABELS.get(m, m)} | {k} | {v:.4g} | {describe(P.recipe_terms(m))} |")
+    atomic_write_text("\n".join(lines) + "\n", Path(out) / f"{P.NAME}-calibration.md")

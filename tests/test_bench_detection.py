@@ -1,0 +1,63 @@
+"""`python -m benchtools detection` end to end at toy size (protocol D's code path: the canvases, the
+teacher, the queue of rows, the calibration, the overhead timing and the results files). Needs
+torchvision and pycocotools: runs in the venv of `scripts/tv_venv.sh` (WDISTILL_REQUIRE_TV=1 fails
+instead of skipping when they are missing)."""
+import csv
+import os
+
+import pytest
+from conftest import FMNIST_DIR
+
+
+def _importable(name):
+    try:
+        return __import__(name)
+    except Exception as e:  # ImportError, or a torchvision built for another torch
+        if os.environ.get("WDISTILL_REQUIRE_TV") == "1":
+            pytest.fail(f"WDISTILL_REQUIRE_TV=1 but {name} is not importable: {e}", pytrace=False)
+        pytest.skip(f"{name} not importable: {e}", allow_module_level=True)
+
+
+_importable("torchvision")
+_importable("pycocotools")
+
+from benchtools import det_protocol as P  # noqa: E402
+from benchtools import detection as D  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """The protocol at toy size: 64-px canvases, a two-step teacher, one-step students of batch 2."""
+    monkeypatch.setattr(P, "DATA_ARGS", {"size": 64, "train": 8, "val": 2, "test": 2})
+    monkeypatch.setattr(P, "DETECTOR", dict(P.DETECTOR, min_size=64, max_size=64, rois_per_image=8,
+                                            anchor_sizes=[[8], [16], [32], [64], [128]]))
+    for name, value in (("TEACHER_EPOCHS", 1), ("TEACHER_STEPS", 2), ("TEACHER_MILESTONES", [1]),
+                        ("STUDENT_EPOCHS", 1), ("STUDENT_STEPS", 1), ("STUDENT_MILESTONES", [1]), ("BATCH", 2)):
+        monkeypatch.setattr(P, name, value)
+    root = os.environ.get("WDISTILL_FMNIST", FMNIST_DIR)
+    if not os.path.isdir(root):
+        pytest.fail(f"Fashion-MNIST is not at {root}: apt-get install dataset-fashion-mnist", pytrace=False)
+    return root
+
+
+def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    ratios = D.calibrate(runs, out, toy, methods=["kd"], batches=1, log=lambda *_: None)
+    assert set(ratios) == {"kd"} and ratios["kd"]["kd"] > 0
+    assert "| KD | kd |" in (out / "fmnist-det-v1-calibration.md").read_text()
+    table = D.run_detection(runs, out, toy, seeds=[0], methods=["vanilla", "kd"], command=["toy"],
+                            log=lambda *_: None)
+    assert [r["method"] for r in table] == ["vanilla", "kd"] and table[0]["overhead"] == 1.0
+    assert table[1]["overhead"] > 0 and all(0 <= r["AP"] <= 100 for r in table)
+    for run in ("teacher", "vanilla/seed0", "kd/seed0"):  # every run an ordinary run directory
+        assert (runs / P.NAME / run / "summary.json").is_file() and (runs / P.NAME / run / "config.yaml").is_file()
+    md = (out / "fmnist-det-v1.md").read_text()
+    assert "Command: `toy`" in md and "| KD |" in md and "The WKD rows against KD and DKD" in md
+    rows = list(csv.DictReader(line for line in (out / "fmnist-det-v1.csv").read_text().splitlines()
+                               if not line.startswith("#")))
+    assert [r["method"] for r in rows] == ["vanilla", "kd"] and float(rows[0]["step_vs_vanilla"]) == 1.0
+    assert (out / "fmnist-det-v1.png").stat().st_size > 10_000
+    again = D.run_detection(runs, out, toy, seeds=[0], methods=["vanilla", "kd"], train=False, log=lambda *_: None)
+    assert [r["AP"] for r in again] == [r["AP"] for r in table]  # --report-only reads the same runs
