@@ -16,7 +16,7 @@ from benchtools import accuracy, accuracy_report, diagnostics, kernels, protocol
 from benchtools.measure import peak_memory
 from benchtools.speed_report import run_speed
 from wdistill import cli, losses
-from wdistill.engine import rundir
+from wdistill.engine import make_trainer, rundir
 from wdistill.errors import RunBusy
 from wdistill.losses.recipes import LABELS, RECIPES
 from wdistill.workflows import plots
@@ -104,7 +104,7 @@ def test_accuracy_files_and_table(bench_dir):
 def test_report_only_trains_nothing_and_lists_missing_rows(bench_dir, monkeypatch, tmp_path):
     root, table = bench_dir
     monkeypatch.setattr(protocol, "TEACHER", "resnet8")
-    monkeypatch.setattr(runs, "Trainer", None)  # any training attempt would fail
+    monkeypatch.setattr(runs, "make_trainer", None)  # any training attempt would fail
     again = accuracy.run_accuracy(TINY, ["kd", "dkd"], None, root / "runs", tmp_path, preset_dir=root / "presets",
                                   overrides=TINY_DATA, teacher_overrides=TINY_DATA + ["optim.epochs=1"], train=False)
     assert again == table
@@ -119,12 +119,11 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resume(bench_dir, monkey
     done = json.loads((runs.run_dir_of(cfg) / "summary.json").read_text())
     calls = []
 
-    class Spy(runs.Trainer):
-        def __init__(self, cfg, **kw):
-            calls.append(kw)
-            super().__init__(cfg, **kw)
+    def spy(cfg, **kw):
+        calls.append(kw)
+        return make_trainer(cfg, **kw)
 
-    monkeypatch.setattr(runs, "Trainer", Spy)
+    monkeypatch.setattr(runs, "make_trainer", spy)
     assert runs.run_or_load(cfg)["final_top1"] == done["final_top1"] and calls == []
     (runs.run_dir_of(cfg) / "summary.json").unlink()  # as if killed after the last checkpoint
     again = runs.run_or_load(cfg, log=lambda m: None)

@@ -61,7 +61,7 @@ class FitNet(Term):
         for layer in layers:
             if not -n <= layer < n:
                 raise ConfigError(
-                    f"fitnet hint layer {layer} is out of range: the student has {len(s)} "
+                    f"fitnet hint_layer={layer} is out of range: the student has {len(s)} "
                     f"and the teacher {len(t)} tapped feature maps, so valid indices are "
                     f"{list(range(n))} (0 = stem, or the finest FPN level; negative indices count from the end)")
         pairs = [(i, _same_size(s, t, i) if detection else i) for i in layers]
