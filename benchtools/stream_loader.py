@@ -1,6 +1,6 @@
 """Streaming-loader benchmark (issue 11): peak memory vs data set size, and images/s vs its floor.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/stream_loader.py --out benchmarks/stream_loader.md
+    OMP_NUM_THREADS=1 python -m benchtools.stream_loader --out benchmarks/stream_loader.md
 
 (a) Folders of real JPEG files (64x64, ImageNet layout, 2,000 and 8,000 training images) are
     written once under --work; for each, a fresh process iterates one training epoch of the
@@ -30,6 +30,9 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+
+from wdistill.data.synthetic import make_image_folder
+from wdistill.io import atomic_write_text
 
 CROP, BATCH = 56, 64
 
@@ -143,7 +146,16 @@ def main() -> int:
                                        normalise=args.child != "loader_u8")))
         return 0
 
-    from wdistill.data.synthetic import make_image_folder
+    memory, runs = _measure(args)
+    text = "\n".join(_header(args) + _memory_lines(memory) + _throughput_lines(runs) + _cpu_lines(runs))
+    print(text)
+    if args.out:
+        atomic_write_text(text, args.out)
+    return 0
+
+
+def _measure(args) -> tuple[dict, dict]:
+    """(peak memory of one epoch at 2,000 and 8,000 images, alternating throughput runs)."""
     roots = {}
     for n in (2000, 8000):
         root = Path(args.work) / f"jpeg{n}"
@@ -155,13 +167,14 @@ def main() -> int:
     for _ in range(args.repeats):
         for kind in runs:
             runs[kind].append(run_child(kind, roots[8000], args.workers))
-    rate = {k: statistics.median(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
-    best = {k: max(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
-    cpu = {k: statistics.median(1000 * r["cpu"] / r["images"] for r in v) for k, v in runs.items()}
-    lines = [
+    return memory, runs
+
+
+def _header(args) -> list[str]:
+    return [
         "# Streaming loader: peak memory and throughput",
         "",
-        f"Command: `PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/stream_loader.py --workers {args.workers} "
+        f"Command: `OMP_NUM_THREADS=1 python -m benchtools.stream_loader --workers {args.workers} "
         f"--repeats {args.repeats} --out benchmarks/stream_loader.md` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
@@ -183,7 +196,10 @@ def main() -> int:
         "| epoch (s) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
-    total = {}
+
+
+def _memory_lines(memory: dict) -> list[str]:
+    lines, total = [], {}
     for n in sorted(memory):
         m = memory[n]
         total[n] = (m["hwm_main"] + sum(m["hwm_workers"])) / 2**20
@@ -198,6 +214,14 @@ def main() -> int:
         "",
         f"8,000 vs 2,000 images: main + workers high-water mark {growth:+.1f}%, peak PSS {growth_pss:+.1f}% "
         f"(target: within 10%) -- {'met' if abs(growth) <= 10 else 'NOT met'} on the high-water mark.",
+    ]
+    return lines
+
+
+def _throughput_lines(runs: dict) -> list[str]:
+    rate = {k: statistics.median(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
+    best = {k: max(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
+    lines = [
         "",
         "## Throughput against the floor (8,000 images)",
         "",
@@ -220,7 +244,12 @@ def main() -> int:
             f"runs (target: at most +10%): median {'met' if overhead <= 10 else 'NOT met'}, "
             f"best {'met' if overhead_best <= 10 else 'NOT met'}."
         )
-    lines += [
+    return lines
+
+
+def _cpu_lines(runs: dict) -> list[str]:
+    cpu = {k: statistics.median(1000 * r["cpu"] / r["images"] for r in v) for k, v in runs.items()}
+    return [
         "",
         "CPU time is far less disturbed by other jobs than wall time: user + system seconds of the "
         "main process and all its workers per 1,000 images (medians; includes interpreter and "
@@ -237,14 +266,6 @@ def main() -> int:
         "on uint8 batches copied there).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from wdistill.engine.checkpoint import atomic_write_text
-
-        atomic_write_text(text, args.out)
-    return 0
 
 
 if __name__ == "__main__":
