@@ -120,7 +120,8 @@ def _cmd_gpu(args) -> int:
     setup = GpuSetup(args.device, args.quick, tuple(args.batches), args.steps, args.warmup)
     if args.quick:
         setup = GpuSetup(args.device, True, (8,), min(args.steps, 3), min(args.warmup, 1))
-    res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, ["python", "-m", "benchtools"] + sys.argv[1:])
+    res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, ["python", "-m", "benchtools"] + sys.argv[1:],
+                  official=args.official, official_workers=args.official_workers)
     bad = [r["method"] for r in res["parity"] if not r["ok"]]
     print(f"wrote {args.out}/gpu.md; parity misses: {', '.join(bad) or 'none'}")
     return 0
@@ -250,6 +251,10 @@ def _add_gpu(bs) -> None:
     g.add_argument("--compile", action="store_true", help="also time the torch.compile'd WKD-L kernel")
     g.add_argument("--ddp", action="store_true", help="also a one-process torchrun through DDP (NCCL on a GPU)")
     g.add_argument("--e2e", action="store_true", help="also the FMNIST-KD v1 teacher and 4 students on the device")
+    g.add_argument("--official", metavar="PATH", default=None,
+                   help="a checkout of the official WKD repository: also its step (KD, DKD, WKD-L, WKD-F) and a "
+                        "CIFAR-100 WKD-L epoch side by side with ours (the epoch needs torchvision)")
+    g.add_argument("--official-workers", type=int, default=8, help="DataLoader workers of the official epoch")
     g.add_argument("--out", default="benchmarks")
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=_cmd_gpu)

@@ -30,7 +30,8 @@ KERNEL_SHAPES = ((64, 100), (256, 1000))
 
 
 def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = False, ddp: bool = False,
-            e2e: bool = False, command: list[str] | None = None) -> dict:
+            e2e: bool = False, command: list[str] | None = None, official: str | None = None,
+            official_workers: int = 8) -> dict:
     """Every section; returns the results (also written as gpu.json, and gpu.md beside it)."""
     device = torch.device(setup.device)
     if device.type == "cuda":
@@ -58,6 +59,8 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
         res["ddp"] = torchrun_one_process(device)
     if e2e:
         res["e2e"] = end_to_end(setup)
+    if official:
+        res["official"] = side_by_side(official, setup, official_workers)
     write(res, Path(out))
     return res
 
@@ -95,6 +98,39 @@ def end_to_end(setup: GpuSetup) -> list[dict]:
         s = run_or_load(cfg, log=lambda msg: None)
         rows.append({"row": m, "top1": s["final_top1"], "seconds": time.time() - t0})
     return rows
+
+
+def side_by_side(path: str, setup: GpuSetup, workers: int) -> dict:
+    """The official WKD trainer's step and CIFAR-100 epoch against ours (``benchtools.official``)."""
+    from benchtools import official  # imports the official checkout: only when asked for
+
+    off = official.load_official(path)
+    out = {"path": str(off.root), "steps": official.step_side_by_side(off, setup, setup.batches[0])}
+    try:
+        out["epoch"] = official.epoch_side_by_side(off, setup, workers)
+    except ImportError as e:  # the official data pipeline is torchvision's
+        out["epoch_skipped"] = f"{e} (the official data pipeline needs torchvision)"
+    return out
+
+
+def _official_lines(res: dict) -> list[str]:
+    o = res["official"]
+    lines = ["", "## Side by side with the official WKD trainer", "",
+             f"Official code from `{o['path']}`. Step: the same batch, pair (resnet32x4 -> resnet8x4) and precision "
+             "(float16 + GradScaler on a GPU, the official forward's own autocast; float32 on the CPU); the official "
+             "step includes its per-step readouts (host syncs). Target: ours at least 1.5x the official images/s.",
+             "", "| method | batch | ours img/s | official img/s | ours / official |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['method']} | {r['batch']} | {r['ours_img_s']:.0f} | {r['official_img_s']:.0f} | "
+              f"{r['ratio']:.2f} |" for r in o["steps"]]
+    if "epoch" in o:
+        e = o["epoch"]
+        lines += ["", f"One WKD-L training epoch of {e['images']} generated CIFAR-100 images (genuine pickle files), "
+                      f"each side with its own data pipeline (official: torchvision + PIL, {e['workers']} workers, "
+                      f"cudnn.deterministic as its tools/train.py sets): ours {e['ours_s']:.1f} s, official "
+                      f"{e['official_s']:.1f} s, ratio {e['ratio']:.2f} (target at least 3)."]
+    else:
+        lines += ["", f"Epoch not measured: {o['epoch_skipped']}."]
+    return lines
 
 
 def _parity_lines(res: dict) -> list[str]:
@@ -144,6 +180,8 @@ def write(res: dict, out: Path) -> None:
     if "e2e" in res:
         lines += ["", "## FMNIST-KD v1 on the device (seed 0)", "", "| row | test top-1 | wall s |", "|---|---:|---:|"]
         lines += [f"| {r['row']} | {r['top1']:.2f} | {r['seconds']:.0f} |" for r in res["e2e"]]
+    if "official" in res:
+        lines += _official_lines(res)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text("\n".join(lines) + "\n", out / "gpu.md")
     atomic_write_text(json.dumps(res, indent=2, default=str) + "\n", out / "gpu.json")
