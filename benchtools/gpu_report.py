@@ -87,7 +87,7 @@ def end_to_end(setup: GpuSetup) -> list[dict]:
     device, rows = setup.device, []
     tiny = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=512", "data.test_subset=256",
             "optim.epochs=1"] if setup.quick else []
-    over = [f"run.device={device}", "train.amp=true"] + tiny
+    over = [f"run.device={device}"] + tiny  # train.precision auto: bfloat16 on a recent GPU
     runs_root = f"runs/gpu-bench/{device.replace(':', '')}"
     t0 = time.time()
     teacher = run_or_load(protocol.teacher_config(runs_root, overrides=over), log=lambda m: None)

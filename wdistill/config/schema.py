@@ -133,7 +133,14 @@ class OptimSection(Strict):
 
 
 class TrainSection(Strict):
-    amp: bool = Field(False, description="Mixed precision (bfloat16 on CPU, float16 with loss scaling on GPU).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Arithmetic of the forward pass. auto: bfloat16 autocast on a CUDA GPU that has it "
+        "(Ampere and later), float16 autocast with loss scaling on older CUDA GPUs, float32 on CPU and MPS. "
+        "fp16 always scales the loss. The OT solvers run in float32 inside any of them.")
+    tf32: bool = Field(False, description="TensorFloat-32 for float32 matrix products and convolutions on CUDA "
+                       "(Ampere and later). Off: float32 stays float32, so the OT solvers' products (Sinkhorn, "
+                       "CKA, covariances), which run in float32 inside autocast, keep their 23-bit mantissa and a "
+                       "precision=fp32 run matches the CPU; under bf16/fp16 autocast it changes little else.")
     channels_last: bool = Field(False, description="channels_last memory format (usually faster on CPU and GPU).")
     compile: bool = Field(False, description="torch.compile the student.")
     sync_bn: bool = Field(False, description="SyncBatchNorm over all processes (GPU runs under torchrun).")
@@ -152,6 +159,18 @@ class TrainSection(Strict):
     grad_share: bool = Field(True, description="Once per epoch, measure each loss term's gradient norm on the "
                              "student (one extra backward per term) and record its share (metrics grad_share_<id>); "
                              "warn when a term's is under 1% or over 100x the cross-entropy's.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amp_is_precision(cls, data):
+        """``amp``, precision's earlier name: true meant half precision (now bf16), false float32."""
+        if isinstance(data, dict) and "amp" in data:
+            data = dict(data)
+            amp = data.pop("amp")
+            if "precision" in data:
+                raise ValueError("train.amp and train.precision both given: keep precision (amp is its old name)")
+            data["precision"] = "bf16" if amp else "fp32"
+        return data
 
 
 class AutoSection(Strict):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from wdistill.engine.distiller import lr_at
 from wdistill.engine.evaluate import Ensemble, evaluate
 from wdistill.engine.helping import grad_share_row, helping_warnings
 from wdistill.engine.loop import Guard, Meter, Stepper, run_pass
+from wdistill.engine.precision import Precision, configure_backends
 from wdistill.engine.stages import run_stage
 from wdistill.engine.state import restore, save_finite, training_state
 from wdistill.errors import ConfigError
@@ -44,6 +44,8 @@ class Trainer:
         self.cfg, self.log, self.resume, self.overwrite = cfg, log, resume, overwrite
         self.rank, self.world_size = ddp.init_distributed()
         self.device = resolve_device(cfg.run.device)
+        self.precision = Precision(cfg.train.precision, self.device)  # refused before any long work
+        configure_backends(self.device, cfg.train.tf32)
         self.rundir = held or rundir.RunDir(cfg)
         self._owns_lock = not self.rundir.locked
         self.run_dir = self.rundir.path
@@ -102,8 +104,7 @@ class Trainer:
             self.distiller.student_tap.model = torch.compile(self.student)
         self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
         self.progress = cfg.train.progress and self.rank == 0
-        self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
+        self.scaler = self.precision.scaler()
         self.history: list[dict] = []
         self.best_top1 = -1.0
         self.start_epoch = 0
@@ -117,9 +118,7 @@ class Trainer:
         return self.student if view.is_identity else Viewed(self.student, view)
 
     def amp_ctx(self):
-        if not self.cfg.train.amp:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def _prepare(self, batch: dict) -> dict:
         if self.cfg.train.channels_last:
