@@ -54,12 +54,18 @@ def rss_tree(pid: int) -> int:
     return total
 
 
-def one_epoch(root: str, workers: int, sample_memory: bool = True, normalise: bool = True) -> dict:
-    """(in a fresh process) iterate one training epoch; peak RSS of the process tree and images/s."""
+def one_epoch(root: str, workers: int, sample_memory: bool = True, normalise: bool = True,
+              device: str = "cpu") -> dict:
+    """(in a fresh process) iterate one training epoch; peak RSS of the process tree and images/s.
+    On a CUDA ``device`` the batches arrive there through pinned memory (the copy is timed: the
+    epoch ends with a synchronise)."""
+    import torch
+
     from wdistill.data.stream import ImageTransform, StreamLoader, folder_images
 
     ds = folder_images(Path(root) / "train")
-    loader = StreamLoader(ds, BATCH, True, transform=ImageTransform(True, flip=True, resized_crop=CROP, rgb=True),
+    loader = StreamLoader(ds, BATCH, True, device, transform=ImageTransform(True, flip=True, resized_crop=CROP,
+                                                                            rgb=True),
                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed=0, workers=workers)
     peak, stop = [0], threading.Event()
 
@@ -72,6 +78,8 @@ def one_epoch(root: str, workers: int, sample_memory: bool = True, normalise: bo
         if n == 0 and sample_memory:  # once the workers are up: /proc reads during a fork double-count
             threading.Thread(target=sample, daemon=True).start()
         n += len(batch["target"])
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     stop.set()
     hwm = [high_water(p) for p in [os.getpid()] + children(os.getpid())]  # workers persist: still alive
@@ -123,8 +131,9 @@ def floor_epoch(root: str, workers: int) -> dict:
     return {"images": n, "seconds": seconds, "cpu": cpu_seconds()}
 
 
-def run_child(kind: str, root: Path, workers: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--root", str(root), "--workers", str(workers)],
+def run_child(kind: str, root: Path, workers: int, device: str = "cpu") -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--root", str(root), "--workers", str(workers),
+                          "--device", device],
                          check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -134,6 +143,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/wdistill-stream-bench", help="where the JPEG folders are written")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where batches are delivered (cuda: through pinned memory)")
     ap.add_argument("--out", default=None, help="markdown results file")
     ap.add_argument("--child", choices=["memory", "loader", "loader_u8", "floor"], help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -143,7 +153,7 @@ def main() -> int:
             print(json.dumps(floor_epoch(args.root, args.workers)))
         else:  # throughput runs do not sample memory: reading smaps costs CPU the floor does not pay
             print(json.dumps(one_epoch(args.root, args.workers, sample_memory=args.child == "memory",
-                                       normalise=args.child != "loader_u8")))
+                                       normalise=args.child != "loader_u8", device=args.device)))
         return 0
 
     memory, runs = _measure(args)
@@ -162,11 +172,11 @@ def _measure(args) -> tuple[dict, dict]:
         if not (root / "train").is_dir():
             make_image_folder(root, n // 10, classes=10, size=(64, 64), seed=n, splits=("train",))
         roots[n] = root
-    memory = {n: run_child("memory", r, args.workers) for n, r in roots.items()}
+    memory = {n: run_child("memory", r, args.workers, args.device) for n, r in roots.items()}
     runs = {"floor": [], "loader_u8": [], "loader": []}
     for _ in range(args.repeats):
         for kind in runs:
-            runs[kind].append(run_child(kind, roots[8000], args.workers))
+            runs[kind].append(run_child(kind, roots[8000], args.workers, args.device))
     return memory, runs
 
 
@@ -175,6 +185,7 @@ def _header(args) -> list[str]:
         "# Streaming loader: peak memory and throughput",
         "",
         f"Command: `OMP_NUM_THREADS=1 python -m benchtools.stream_loader --workers {args.workers} "
+        + ("" if args.device == "cpu" else f"--device {args.device} ") +
         f"--repeats {args.repeats} --out benchmarks/stream_loader.md` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
