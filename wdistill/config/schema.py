@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wdistill import losses  # importing the package registers every term
+from wdistill.config.training import OptimSection, TrainSection
 from wdistill.data.registry import DATASETS
 from wdistill.data.registry import options as dataset_options
 from wdistill.data.views import ViewSpec
@@ -18,6 +19,9 @@ from wdistill.errors import ConfigError
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+__all__ = ["RunSection", "DataSection", "ModelSection", "TermSection", "OptimSection", "TrainSection", "RunConfig"]
 
 
 class RunSection(_Strict):
@@ -77,6 +81,12 @@ class DataSection(_Strict):
     workers: int | None = Field(None, ge=0, description="Streaming worker processes (None: the CPU cores, at "
                                 "most 8, divided over processes).")
     prefetch_factor: int = Field(2, gt=0, description="Batches each streaming worker prepares ahead.")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="An image that cannot be read (truncated, empty, not an image). error: stop, "
+        "naming every bad file found so far (the in-memory path checks all before training; a streamed run "
+        "writes last.pt first, so --resume continues after the fix). skip: use the next readable sample in its "
+        "place (deterministic), count it (metrics: skipped_images) and name the file in the log. `wdistill data "
+        "check CONFIG` lists every bad file in one pass.")
     factory: str | None = Field(None, description="name: python -- 'pkg.module:function' returning (train, test) "
                                 "torch Datasets of (image, target).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the factory.")
@@ -207,56 +217,6 @@ class TermSection(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-
-class OptimSection(_Strict):
-    epochs: int = Field(240, ge=1, description="Training epochs (the CIFAR-100 recipe: 240).")
-    lr: float = Field(0.05, gt=0, allow_inf_nan=False, description="Initial SGD learning rate.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    nesterov: bool = Field(False, description="Nesterov momentum.")
-    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="SGD weight decay.")
-    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate schedule.")
-    milestones: list[int] = Field(
-        default_factory=lambda: [150, 180, 210],
-        description="multistep: increasing epochs at which the rate is multiplied by gamma.",
-    )
-    gamma: float = Field(0.1, gt=0, allow_inf_nan=False, description="multistep: factor at each milestone.")
-    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule (< epochs).")
-
-    @model_validator(mode="after")
-    def _schedule_fits(self):
-        if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
-            raise ValueError(f"optim.milestones {self.milestones} must be increasing epochs >= 1")
-        if self.warmup_epochs >= self.epochs and self.warmup_epochs:
-            raise ValueError(f"optim.warmup_epochs={self.warmup_epochs} must be below optim.epochs={self.epochs}")
-        return self
-
-
-class TrainSection(_Strict):
-    amp: bool = Field(False, description="Mixed precision (bfloat16 on CPU, float16 with loss scaling on GPU).")
-    channels_last: bool = Field(False, description="channels_last memory format (usually faster on CPU and GPU).")
-    compile: bool = Field(False, description="torch.compile the student.")
-    sync_bn: bool = Field(False, description="SyncBatchNorm over all processes (GPU runs under torchrun).")
-    tensorboard: bool = Field(False, description="Also log to run_dir/tb (needs the tensorboard extra).")
-    progress: bool = Field(True, description="Progress bars (shown on a terminal only).")
-    eval_every: int = Field(1, gt=0, description="Evaluate on the test split every N epochs (and after the last).")
-    accumulate: int = Field(
-        1,
-        ge=1,
-        description="Gradient accumulation: each optimiser step sums this many "
-        "micro-batches (batch_size stays the batch of one step).",
-    )
-    log_every: int = Field(
-        50,
-        ge=1,
-        description="Loss, accuracy and the non-finite check are read from the "
-        "device (a host sync) every this many steps.",
-    )
-    max_steps: int | None = Field(
-        None,
-        gt=0,
-        description="Stop each epoch after this many steps (smoke tests of large presets); None: the whole epoch.",
-    )
 
 
 class RunConfig(_Strict):
