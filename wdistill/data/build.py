@@ -22,10 +22,12 @@ from torch.utils.data import Dataset
 
 from wdistill.data.augment import Augmentation, augment_recipe, resolve
 from wdistill.data.dataset import ImageDataset
-from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD, folder_images, image_folder
 from wdistill.data.loader import BatchLoader
 from wdistill.data.registry import load_dataset
-from wdistill.data.stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
+from wdistill.data.registry import options as dataset_options
+from wdistill.data.samples import FolderImages, bad_message, default_workers
+from wdistill.data.stream import ImageTransform, StreamLoader
 from wdistill.data.user import (
     check_dataset,
     infer_num_classes,
@@ -35,7 +37,7 @@ from wdistill.data.user import (
     probe_channels,
     scan_targets,
 )
-from wdistill.errors import ConfigError
+from wdistill.errors import BadImages, ConfigError
 
 GIB = 1024 ** 3
 
@@ -84,15 +86,49 @@ def _head(ds, n: int | None, what: str):
     if isinstance(ds, ImageDataset):
         return ds.subset(slice(0, n))
     if isinstance(ds, FolderImages):
-        return FolderImages(ds.files[:n], ds.targets[:n].tolist(), ds.classes, ds.name)
+        kept = set(ds.files[:n])
+        return FolderImages(ds.files[:n], ds.targets[:n].tolist(), ds.classes, ds.name,
+                            [f for f in ds.empty if f in kept])
     return _Head(ds, n)
 
 
-def open_datasets(d) -> tuple[Any, Any]:
-    """(train, test) of a data section; image folders are only listed here, never decoded."""
+def _empty_files(train, test, on_bad_image: str) -> None:
+    """Streamed folders: 0-byte files are known from the listing, so under on_bad_image=error they
+    stop the run here, all of them named, before anything trains."""
+    empty = [(0, f, "an empty file (0 bytes)") for ds in (train, test) for f in getattr(ds, "empty", ())]
+    if empty and on_bad_image == "error":
+        raise BadImages(bad_message(empty, "the image folder"))
+
+
+def _folder_in_memory(d, log) -> tuple[ImageDataset, ImageDataset]:
+    """Both splits of an image folder decoded into memory (with the .npz cache), data.on_bad_image applied."""
+    unknown = sorted(set(d.options) - set(dataset_options("image_folder")))
+    if unknown:
+        raise ConfigError(f"image_folder has no option {', '.join(unknown)}; its options: "
+                          f"{', '.join(dataset_options('image_folder'))}")
+    if d.root is None:
+        raise ConfigError("data.name=image_folder needs data.root: a directory holding train/<class>/* and "
+                          "val/<class>/*")
+    o = dict(d.options)
+    kw = dict(size=o.get("size", 32), cache_dir=o.get("cache_dir"), mean=o.get("mean", IMAGENET_MEAN),
+              std=o.get("std", IMAGENET_STD), on_bad_image=d.on_bad_image, log=log)
+    try:
+        train = image_folder(Path(d.root) / "train", **kw)
+        return train, image_folder(Path(d.root) / "val", classes=train.classes, **kw)
+    except (FileNotFoundError, ValueError) as e:
+        if isinstance(e, BadImages):
+            raise
+        raise ConfigError(f"data.root: {e}") from None
+
+
+def open_datasets(d, log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """(train, test) of a data section; image folders are only listed here, never decoded, unless
+    data.loader is memory."""
     if d.name == "python":
         return load_factory(d.factory, d.kwargs)
-    if d.name == "image_folder" and d.loader != "memory":
+    if d.name == "image_folder" and d.loader == "memory":
+        return _folder_in_memory(d, log)
+    if d.name == "image_folder":
         if d.root is None:
             raise ConfigError("data.name=image_folder needs data.root: a directory holding train/<class>/* "
                               "and val/<class>/*")
@@ -102,19 +138,19 @@ def open_datasets(d) -> tuple[Any, Any]:
                               "mean, std")
         try:
             train = folder_images(Path(d.root) / "train")
-            return train, folder_images(Path(d.root) / "val", train.classes)
+            test = folder_images(Path(d.root) / "val", train.classes)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"data.root: {e}") from None
+        return train, test
     try:
         return load_dataset(d.name, d.root, **d.options)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"data: {e}") from None
 
 
-def _to_memory(d, train, test, num_classes: int, mean, std) -> tuple[ImageDataset, ImageDataset]:
+def _to_memory(d, train, test, num_classes: int, mean, std, log) -> tuple[ImageDataset, ImageDataset]:
     if isinstance(train, FolderImages):  # decode once (with its .npz cache) at options.size
-        options = {k: v for k, v in d.options.items()}
-        full_train, full_test = load_dataset("image_folder", d.root, **options)
+        full_train, full_test = _folder_in_memory(d, log)
         return full_train.subset(slice(0, len(train))), full_test.subset(slice(0, len(test)))
     return (materialize(train, "train", num_classes, mean, std), materialize(test, "test", num_classes, mean, std))
 
@@ -146,8 +182,10 @@ def _normalisation(d, train) -> tuple:
 
 def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", rank: int = 0,
                   world_size: int = 1, batch_size: int | None = None, eval_batch_size: int | None = None,
-                  need_targets: bool = False, log: Callable[[str], None] = print) -> RunData:
+                  need_targets: bool = False, log: Callable[[str], None] = print,
+                  shield_signals: tuple[str, ...] = ()) -> RunData:
     """Loaders for data section ``d`` (or the ``(train, test)`` datasets given), sharded for ``rank``.
+    ``shield_signals``: the stop signals, which streaming workers ignore (the Trainer's).
 
     ``batch_size``/``eval_batch_size``: per rank (default: the section's). ``need_targets``: a term
     samples by label (CRD, WCoRD), so labels are read even when the dataset does not list them.
@@ -160,9 +198,10 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
             check_dataset(ds, role)
         recipe_name = train.name if isinstance(train, ImageDataset) else "python"
     else:
-        train, test = open_datasets(d)
+        train, test = open_datasets(d, log)
         recipe_name = d.name
     train, test = _head(train, d.train_subset, "train_subset"), _head(test, d.test_subset, "test_subset")
+    _empty_files(train, test, d.on_bad_image)
     num_classes = infer_num_classes(train, d.num_classes)
     folder = isinstance(train, FolderImages)
     stored = d.options.get("size", 32) if folder else None
@@ -170,7 +209,7 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
     path, why = _choose_path(d, train, test, stored)
     mean, std = _normalisation(d, train)
     if path == "memory" and not isinstance(train, ImageDataset):
-        train, test = _to_memory(d, train, test, num_classes, mean, std)
+        train, test = _to_memory(d, train, test, num_classes, mean, std, log)
 
     channels = probe_channels(train)
     side = train.size[0] if isinstance(train, ImageDataset) else 0
@@ -188,13 +227,13 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
 
     try:
         return _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_classes, channels,
-                        recipe_name, seed, device, rank, world_size, batch_size, eval_batch_size, log)
+                        recipe_name, seed, device, rank, world_size, batch_size, eval_batch_size, log, shield_signals)
     except ValueError as e:  # a loader refusing its settings (batch larger than the split, ...)
         raise ConfigError(f"data: {e}") from None
 
 
 def _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_classes, channels, recipe_name,
-             seed, device, rank, world_size, batch_size, eval_batch_size, log) -> RunData:
+             seed, device, rank, world_size, batch_size, eval_batch_size, log, shield_signals) -> RunData:
     shard = dict(rank=rank, world_size=world_size)
     folder = isinstance(train, FolderImages)
     stored = d.options.get("size", 32) if folder else None
@@ -212,13 +251,16 @@ def _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_cl
         t_train = ImageTransform(True, aug.crop_padding, aug.flip, aug.resized_crop, None, aug.scale, aug.ratio, rgb)
         t_eval = ImageTransform(False, resized_crop=aug.resized_crop,
                                 resize=stored if folder else None, rgb=rgb)
-        common = dict(mean=mean, std=std, workers=workers, prefetch_factor=d.prefetch_factor)
+        common = dict(mean=mean, std=std, workers=workers, prefetch_factor=d.prefetch_factor,
+                      on_bad_image=d.on_bad_image, log=log, shield_signals=shield_signals)
         train_loader = StreamLoader(train, batch_size, True, device, t_train, seed=seed, **shard, **common,
                                     name="the training split")
-        test_loader = StreamLoader(test, eval_batch_size, False, device, t_eval, **shard, **common)
+        test_loader = StreamLoader(test, eval_batch_size, False, device, t_eval, **shard, **common,
+                                   name="the test split")
 
         def plain_batches():
-            return iter(StreamLoader(train, eval_batch_size, False, device, t_eval, **common))
+            return iter(StreamLoader(train, eval_batch_size, False, device, t_eval, **common,
+                                     name="the training split"))
         detail = (f"torch DataLoader, {workers} worker{'s' * (workers != 1)}, prefetch {d.prefetch_factor}, "
                   f"pin_memory={torch.device(device).type == 'cuda'}"
                   + ("" if mean is not None else "; uint8 images scaled to [0, 1], no mean/std (set data.mean/std)"))
