@@ -33,7 +33,8 @@ RUN_FILES = (LAST, BEST, STUDENT, STUDENT_SAFETENSORS, METRICS_CSV, METRICS_JSON
 WHICH = {"student": STUDENT, "best": BEST, "last": LAST}
 # What a resumed run may change: the length of the schedule and how it reports and where it runs.
 RESUMABLE_CHANGES = ("optim.epochs", "train.progress", "train.eval_every", "train.log_every",
-                     "train.tensorboard", "run.device", "data.workers", "data.eval_batch_size")
+                     "train.tensorboard", "run.device", "data.workers", "data.eval_batch_size",
+                     "train.checkpoint_every", "train.stop_signals", "data.on_bad_image")
 
 
 def run_path(cfg: RunConfig) -> Path:
@@ -162,9 +163,10 @@ class RunDir:
         """Take the run's lock (see :func:`acquire`)."""
         self._lock = acquire(self.path, wait, log, poll)
 
-    def claim(self, resume: bool, overwrite: bool) -> None:
+    def claim(self, resume: bool | str, overwrite: bool) -> bool:
         """Lock the directory (unless this process holds its lock already) and check that the
-        requested start fits what it holds."""
+        requested start fits what it holds. ``resume="auto"`` continues the run the directory holds,
+        if any, else starts it. Returns whether the run resumes."""
         if resume and overwrite:
             raise ConfigError("--resume continues a run and --overwrite starts it again: pass one of them")
         if not self.locked:
@@ -174,11 +176,14 @@ class RunDir:
                 holder = str(busy).rsplit("process ", 1)[-1].split()[0]
                 raise ConfigError(f"run directory {self.path} is in use by process {holder}: wait for it to "
                                   "finish (or stop it), or choose another run.name") from None
+        if resume == "auto":
+            resume = self.last.exists()
         try:
-            self._check_start(resume, overwrite)
+            self._check_start(bool(resume), overwrite)
         except BaseException:
             self.release()
             raise
+        return bool(resume)
 
     def _check_start(self, resume: bool, overwrite: bool) -> None:
         has_run = self.last.exists()
@@ -210,6 +215,8 @@ class RunDir:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "tb", ignore_errors=True)
+        for tmp in self.path.glob(".*.tmp"):  # an atomic write cut short by a kill: never a run file itself
+            tmp.unlink(missing_ok=True)
         atomic_write_text(dump_config(self.cfg), self.path / CONFIG)
 
     def release(self) -> None:
