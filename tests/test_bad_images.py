@@ -194,3 +194,24 @@ def test_transient_io_errors_are_retried_and_a_run_of_failures_is_not_skipped(mo
     assert index == 0 and [b[0] for b in bad] == [38, 39] and "ValueError: decoder crashed" in bad[0][2]
     x, _, _, bad = keyed[(10, 0)]  # 10..25 broken: MAX_NEIGHBOURS in a row, no replacement
     assert x is None and len(bad) == MAX_NEIGHBOURS
+
+
+class _Mixed(Dataset):
+    """A user Dataset: item 2 raises, item 5 is not an image, the rest are fine."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 2:
+            raise OSError("the object store returned 503")
+        return ("not an image" if i == 5 else torch.zeros(3, 4, 4, dtype=torch.uint8)), 0
+
+
+def test_data_check_reads_a_user_dataset_item_by_item():
+    items = datacheck._Items([("train", _Mixed())])
+    found = [items[k] for k in range(len(items))]
+    bad = [(name, problem) for _, name, problem in found if problem]
+    assert bad == [("item 2 of _Mixed", ("unreadable", "OSError: the object store returned 503")),
+                   ("item 5 of _Mixed", ("unreadable", "TypeError: an image must be a PIL image, a numpy array or "
+                                                       "a tensor, got a str"))]

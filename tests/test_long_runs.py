@@ -143,6 +143,40 @@ def test_workers_ignore_a_schedulers_sigterm_but_obey_their_parent():
     assert worker.exitcode == 0
 
 
+def _signal_self_on(prefix: str, logs: list):
+    """A log callback that sends this process SIGTERM when a line starting with ``prefix`` is logged."""
+    def log(msg):
+        logs.append(msg)
+        if msg.startswith(prefix):
+            os.kill(os.getpid(), signal.SIGTERM)
+    return log
+
+
+def test_a_signal_during_evaluation_or_a_stage_stops_at_the_right_place(tmp_path):
+    """SIGTERM during evaluation (here: while the epoch-1 line is logged, after its checkpoint)
+    stops right after that epoch; in a pre-training stage (AB's initialisation) it stops at the
+    next step writing nothing new, and --auto-resume runs the stage again. Both are Preempted (exit
+    75 from the CLI); outside fit() the process's own handler is back."""
+    from wdistill.errors import Preempted
+    cfg = small_run(tmp_path, seed=8, epochs=2, name="ev", extra_train={"checkpoint_every": None})
+    logs = []
+    with pytest.raises(Preempted, match="stopped after epoch 1, whose checkpoint is written"):
+        Trainer(load_config(cfg), log=_signal_self_on("epoch 1/2", logs)).fit()
+    assert torch.load(tmp_path / "runs" / "ev" / "last.pt", weights_only=True)["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    Trainer(load_config(cfg), resume=True, log=lambda m: None).fit()
+    assert [r["epoch"] for r in _rows(tmp_path / "runs" / "ev")] == [1, 2]
+    teacher = {"model": "resnet8", "checkpoint": _teacher(tmp_path)}
+    staged = small_run(tmp_path, seed=8, epochs=1, name="st", teacher=teacher,
+                       loss=[{"name": "ce"}, {"name": "ab", "init_epochs": 2}])
+    with pytest.raises(Preempted, match="stopped during stage 'ab_init' epoch 1 .* nothing new was written"):
+        Trainer(load_config(staged), log=_signal_self_on("stage ab_init", [])).fit()
+    assert not (tmp_path / "runs" / "st" / "last.pt").exists()
+    logs = []
+    Trainer(load_config(staged), resume="auto", log=logs.append).fit()
+    assert "stage ab_init: 2 epochs" in logs and [r["epoch"] for r in _rows(tmp_path / "runs" / "st")] == [1]
+
+
 # ---- step checkpoints: a crash right after one, on both data paths -------------------------------
 class _Crash(Exception):
     pass

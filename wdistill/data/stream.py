@@ -96,6 +96,8 @@ def to_tensor(image) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(image))
         if t.dim() == 3 and t.shape[2] in (1, 3, 4) and t.shape[0] not in (1, 3, 4):
             t = t.permute(2, 0, 1)  # numpy images are (H, W, C)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"an image must be a PIL image, a numpy array or a tensor, got a {type(image).__name__}")
     else:  # PIL: one numpy copy into (C, H, W), then a single torch call (per-call overhead dominates)
         arr = np.asarray(image)
         arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
