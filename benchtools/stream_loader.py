@@ -61,7 +61,8 @@ def one_epoch(root: str, workers: int, sample_memory: bool = True, normalise: bo
     epoch ends with a synchronise)."""
     import torch
 
-    from wdistill.data.stream import ImageTransform, StreamLoader, folder_images
+    from wdistill.data.folder import folder_images
+    from wdistill.data.stream import ImageTransform, StreamLoader
 
     ds = folder_images(Path(root) / "train")
     loader = StreamLoader(ds, BATCH, True, device, transform=ImageTransform(True, flip=True, resized_crop=CROP,
@@ -120,7 +121,7 @@ def _floor_item(path: str) -> np.ndarray:
 
 
 def floor_epoch(root: str, workers: int) -> dict:
-    from wdistill.data.stream import folder_images
+    from wdistill.data.folder import folder_images
     files = folder_images(Path(root) / "train").files
     t0 = time.perf_counter()  # worker start-up included, as in the loader's epoch
     pool = Pool(workers)

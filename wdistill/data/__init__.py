@@ -3,12 +3,13 @@ DataLoader workers (StreamLoader); ``build.build_loaders`` picks the path for a 
 from wdistill.data.benchmark_splits import fmnist_kd_v1
 from wdistill.data.cifar import cifar10, cifar100
 from wdistill.data.dataset import ImageDataset, stratified_indices
-from wdistill.data.folder import image_folder
+from wdistill.data.folder import folder_images, image_folder
 from wdistill.data.idx import fashion_mnist, mnist, read_idx
 from wdistill.data.loader import BatchLoader
 from wdistill.data.registry import DATASETS, load_dataset
 from wdistill.data.sample import bundled_sample
-from wdistill.data.stream import FolderImages, StreamLoader, folder_images
+from wdistill.data.samples import FolderImages
+from wdistill.data.stream import StreamLoader
 from wdistill.data.synthetic import make_image_folder
 
 __all__ = ["ImageDataset", "stratified_indices", "fashion_mnist", "mnist", "read_idx", "BatchLoader",
