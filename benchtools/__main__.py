@@ -131,6 +131,21 @@ def _cmd_detection(args) -> int:
     return 0
 
 
+def _cmd_gpu(args) -> int:
+    from benchtools.gpu import GpuSetup  # per-command imports: keeps `--help` fast
+    from benchtools.gpu_report import run_gpu
+
+    _threads(args.threads)
+    setup = GpuSetup(args.device, args.quick, tuple(args.batches), args.steps, args.warmup)
+    if args.quick:
+        setup = GpuSetup(args.device, True, (8,), min(args.steps, 3), min(args.warmup, 1))
+    res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, ["python", "-m", "benchtools"] + sys.argv[1:],
+                  official=args.official, official_workers=args.official_workers)
+    bad = [r["method"] for r in res["parity"] if not r["ok"]]
+    print(f"wrote {args.out}/gpu.md; parity misses: {', '.join(bad) or 'none'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchtools", description=__doc__)
     bs = p.add_subparsers(dest="bench_command", required=True)
@@ -140,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diagnostics(bs)
     _add_auto(bs)
     _add_detection(bs)
+    _add_gpu(bs)
     return p
 
 
@@ -255,6 +271,26 @@ def _add_detection(bs) -> None:
                                                             "training (the rule that sets the benchmark's weights)")
     _add_run_dirs(s)
     s.set_defaults(func=_cmd_detection)
+
+
+def _add_gpu(bs) -> None:
+    g = bs.add_parser("gpu", help="issue 26: parity of every method on the device, host syncs, step times against "
+                                  "their bound, the WKD-L kernel; benchmarks/gpu.md (--device cpu --quick: the test)")
+    g.add_argument("--device", default="cuda")
+    g.add_argument("--quick", action="store_true", help="small shapes and three methods (the CPU test)")
+    g.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--warmup", type=int, default=10)
+    g.add_argument("--compile", action="store_true", help="also time the torch.compile'd WKD-L kernel")
+    g.add_argument("--ddp", action="store_true", help="also a one-process torchrun through DDP (NCCL on a GPU)")
+    g.add_argument("--e2e", action="store_true", help="also the FMNIST-KD v1 teacher and 4 students on the device")
+    g.add_argument("--official", metavar="PATH", default=None,
+                   help="a checkout of the official WKD repository: also its step (KD, DKD, WKD-L, WKD-F) and a "
+                        "CIFAR-100 WKD-L epoch side by side with ours (the epoch needs torchvision)")
+    g.add_argument("--official-workers", type=int, default=8, help="DataLoader workers of the official epoch")
+    g.add_argument("--out", default="benchmarks")
+    g.add_argument("--threads", type=int, default=None)
+    g.set_defaults(func=_cmd_gpu)
 
 
 if __name__ == "__main__":

@@ -68,17 +68,19 @@ class SyntheticTask:
         st.load_state_dict(self.student_state)
         return st
 
-    def distiller(self, method: str) -> Distiller:
-        """Teacher + fresh student + the method's terms, set up exactly as the Trainer does."""
+    def distiller(self, method: str, device: torch.device | str = "cpu") -> Distiller:
+        """Teacher + fresh student + the method's terms on ``device``, set up exactly as the Trainer does."""
+        device = torch.device(device)
         terms = [(t["name"], t.get("weight", 1.0),
                   losses.create(t["name"], **{k: v for k, v in t.items() if k not in ("name", "weight")}))
                  for t in speed_terms(method)]
-        d = Distiller(self.new_student(), [self.teacher], terms)
+        d = Distiller(self.new_student(), [self.teacher], terms).to(device)
+        on = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self._setup_batch.items()}
         ctx = dict(num_classes=self.setup_.classes, num_samples=self.setup_.num_samples,
-                   train_targets=self.train_targets, device=torch.device("cpu"),
-                   train_batches=lambda: iter([dict(self._setup_batch)]), cache_dir=None)
-        d.setup(ctx, self.batch)
-        return d.train()
+                   train_targets=self.train_targets.to(device), device=device,
+                   train_batches=lambda: iter([dict(on)]), cache_dir=None)
+        d.setup(ctx, {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.batch.items()})
+        return d.to(device).train()
 
 
 def _train_step(distiller: Distiller, opt: torch.optim.Optimizer, batch: dict) -> None:

@@ -54,16 +54,19 @@ def _cfg(tmp_path, **over):
     return small_run(tmp_path, seed=2, extra_data={"crop_padding": 2}, loss=[{"name": "ce"}], **over)
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_amp_really_autocasts_the_forward(tmp_path, amp):
-    """train.amp=true: the student's convolutions run in bfloat16 on CPU (float16 on GPU)."""
-    cfg = load_config(_cfg(tmp_path), ["optim.epochs=1", f"train.amp={str(amp).lower()}", "train.max_steps=2"])
+@pytest.mark.parametrize("setting,dtype", [("precision=auto", torch.float32), ("precision=bf16", torch.bfloat16),
+                                           ("precision=fp32", torch.float32), ("amp=true", torch.bfloat16)])
+def test_precision_really_autocasts_the_forward(tmp_path, setting, dtype):
+    """train.precision: the student's convolutions run in the dtype asked for (auto is float32 on the
+    CPU); amp, its earlier name, still means half precision. Every step stays finite."""
+    cfg = load_config(_cfg(tmp_path), ["optim.epochs=1", f"train.{setting}", "train.max_steps=2"])
     tr = Trainer(cfg)
     seen = []
     hook = tr.student.conv1.register_forward_hook(lambda m, a, out: seen.append(out.dtype) if m.training else None)
-    tr.fit()
+    summary = tr.fit()
     hook.remove()
-    assert seen and set(seen) == {torch.bfloat16 if amp else torch.float32}
+    assert seen and set(seen) == {dtype}
+    assert math.isfinite(tr.history[-1]["train_loss"]) and summary["final_top1"] is not None
 
 
 def test_resume_restores_best_so_far_and_schedule(tmp_path):

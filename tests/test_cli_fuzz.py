@@ -17,12 +17,12 @@ KEYS = ["run.name", "run.seed", "run.device", "run.out_dir", "data.name", "data.
         "data.test_subset", "data.crop_padding", "data.flip", "data.eval_batch_size", "data.options",
         "student.model", "student.taps", "student.kwargs", "loss.0.name", "loss.0.weight", "loss.1.name",
         "loss.1.T", "loss.1.weight", "loss.1.num_negatives", "optim.epochs", "optim.lr", "optim.schedule",
-        "optim.milestones", "optim.warmup_epochs", "optim.momentum", "optim.gamma", "train.amp",
+        "optim.milestones", "optim.warmup_epochs", "optim.momentum", "optim.gamma", "train.precision",
         "train.accumulate", "train.log_every", "train.max_steps", "train.eval_every", "bogus.key", "data.bogus",
         "loss", "optim", "teacher.model", "teacher.checkpoint", "optim.lr.x"]
 VALUES = ["1", "0", "-5", "2", "16", "1e1", "abc", "[1,", "true", "null", "{a: 1}", "[1, 2]", "2.5", "resnet8",
           "resnet14", "kd", "ce", "crd", "1e30", ".nan", "", "../x", "cpu", "cuda", "tpu", "cosine", "{feats: [x]}",
-          "fmnist_sample", "cifar100", "[]", "0.05", "-0.1", "'7'", "]"]
+          "fmnist_sample", "cifar100", "bf16", "fp16", "auto", "[]", "0.05", "-0.1", "'7'", "]"]
 COMMANDS = ["train", "train", "distill", "distill", "eval", "export", "list", "nonsense"]
 FLAGS = [
     "--resume",

@@ -47,7 +47,7 @@ def test_config_show_prints_the_resolved_config_with_defaults(tmp_path, capsys):
     assert cli.main(["config", "show", str(p), "optim.lr=0.2", "train.eval_every=2"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["optim"] == {**shown["optim"], "epochs": 3, "lr": 0.2, "momentum": 0.9, "schedule": "multistep"}
-    assert shown["train"]["amp"] is False and shown["data"]["name"] == "fmnist_sample"
+    assert shown["train"]["precision"] == "auto" and shown["data"]["name"] == "fmnist_sample"
     # term parameters resolved with their defaults (typed by the term signature)
     assert (
         shown["loss"] == [{"name": "ce", "id": "ce", "weight": 1.0, "label_smoothing": 0.0}]
@@ -105,7 +105,8 @@ def test_list_shows_data_sets_with_options_and_methods_with_defaults(capsys):
     assert "wkd_l:" in only and "models:" not in only and "fashion_mnist" not in only
 
 
-def test_missing_teacher_message_points_to_where_the_teacher_comes_from(tmp_path, capsys):
+def test_missing_teacher_message_points_to_where_the_teacher_comes_from(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the preset's teacher path is relative: never the checkout's own runs/
     out = str(tmp_path / "runs")
     assert cli.main(["config", "check", str(PRESETS[0])]) == 2
     err = capsys.readouterr().err

@@ -15,7 +15,8 @@ from wdistill import distill, models
 from wdistill.config import load_config
 from wdistill.data.augment import augment_recipe, resolve
 from wdistill.data.build import build_loaders
-from wdistill.data.stream import ImageTransform, ShardedBatchSampler, StreamLoader, folder_images
+from wdistill.data.folder import folder_images
+from wdistill.data.stream import ImageTransform, ShardedBatchSampler, StreamLoader
 from wdistill.data.synthetic import make_image_folder
 from wdistill.engine import Trainer
 from wdistill.errors import ConfigError

@@ -344,6 +344,44 @@ def test_resumed_detection_run_equals_an_uninterrupted_one(tiny, tmp_path):
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
 
 
+class _Crash(Exception):
+    pass
+
+
+def test_a_detection_run_killed_after_a_step_checkpoint_resumes_inside_the_epoch_bit_identically(
+        tiny, tmp_path, monkeypatch):
+    """train.checkpoint_every on a detector: last.pt every 2 steps; a run killed right after the one
+    after step 2 of epoch 2 resumes at the next batch (the
+    detection loader restarts at it, every flip from (seed, epoch, position)) and ends equal to an
+    uninterrupted run, weights and metrics."""
+    from wdistill.engine import epochs as epochs_module
+    root = _two_image_folder(tiny, tmp_path / "two", copies=4)  # 4 steps per epoch
+    torch.manual_seed(5)
+    torch.save({"model": _randomize_bn(build_faster_rcnn("resnet18", 10, **SMALL)).state_dict()}, tmp_path / "t.pt")
+    teacher = {"model": "detection:resnet18", "checkpoint": str(tmp_path / "t.pt"), "kwargs": dict(SMALL)}
+    kw = dict(teacher=teacher, loss=[{"name": "det"}, {"name": "kd", "T": 1.0}],
+              optim={"epochs": 2, "milestones": [2], "lr": 0.002}, train={"checkpoint_every": 2})
+    whole = make_trainer(_config(root, tmp_path / "runs", "whole", **kw), log=lambda *_: None)
+    whole.fit()
+    real = epochs_module.save_finite
+
+    def save_then_die(state, run_dir, names):
+        real(state, run_dir, names)
+        if (state["epoch"], state["step"]) == (1, 2):
+            raise _Crash  # as a SIGKILL right after the write
+    monkeypatch.setattr(epochs_module, "save_finite", save_then_die)
+    with pytest.raises(_Crash):
+        make_trainer(_config(root, tmp_path / "runs", "cut", **kw), log=lambda *_: None).fit()
+    monkeypatch.undo()
+    logs = []
+    resumed = make_trainer(_config(root, tmp_path / "runs", "cut", **kw), resume=True, log=logs.append)
+    resumed.fit()
+    assert any(m.startswith("resuming epoch 2 at step 3 of 4") for m in logs), logs
+    for (k, a), b in zip(whole.distiller.state_dict().items(), resumed.distiller.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
+    assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
+
+
 @pytest.mark.parametrize("preset", ["coco/resnet101-resnet18/dkd", "coco/resnet50-mobilenet_v3_large/fitnet"])
 def test_distill_from_a_coco_preset_on_a_tiny_coco_folder(preset, tiny, tmp_path, capsys):
     teacher_arch = preset.split("/")[1].split("-")[0]

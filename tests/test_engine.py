@@ -117,7 +117,7 @@ def test_non_finite_loss_names_term_and_keeps_last_checkpoint(tmp_path, teacher_
 def test_amp_and_channels_last_run(tmp_path, teacher_ckpt):
     cfg = load_config(_base(tmp_path, teacher={"model": "resnet14", "checkpoint": teacher_ckpt},
                             loss=[{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}]),
-                      ["optim.epochs=1", "data.train_subset=128", "train.amp=true", "train.channels_last=true"])
+                      ["optim.epochs=1", "data.train_subset=128", "train.precision=bf16", "train.channels_last=true"])
     tr = Trainer(cfg)
     out = tr.fit()
     assert out["final_top1"] is not None

@@ -320,6 +320,9 @@ def test_fsp_channel_mismatch_is_a_clear_error():
 
 
 def test_ft_paraphraser_stage_then_frozen():
+    # The paraphraser and translator draw their weights from the global RNG: seeded here, or the
+    # tests run before decide them (3 of 30 states give a parameter an all-zero gradient).
+    torch.manual_seed(0)
     s, t = pair(10)
     term = make("ft", s, t)
     (stage,) = term.stages()

@@ -76,7 +76,7 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
             batch_size: int = 64, schedule: str = "cosine", student_taps: dict | None = None,
             teacher_taps: dict | list[dict] | None = None, student_view: dict | None = None,
             teacher_view: dict | list[dict] | None = None, out_dir: str = "runs", name: str = "distill",
-            seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
+            seed: int = 0, device: str = "auto", resume: bool | str = False, overwrite: bool = False,
             **config) -> dict:
     """Train ``student`` on ``train_data`` with the given loss terms, distilling from ``teacher``.
 
@@ -88,7 +88,9 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
     with the teacher on the full image; one view for every teacher or a list, one per teacher.
     Views: ``wdistill.data.views`` (identity, downsample, mask, channels, lowpass, highpass).
     Further keyword arguments are config sections (``data=``, ``train=``, ``optim=``) merged in.
-    Returns the run summary; the run directory is ``out_dir/name``.
+    Returns the run summary; the run directory is ``out_dir/name``. ``resume=True`` continues the
+    run there (``"auto"``: if there is one); a stop signal (``train={"stop_signals": [...]}``)
+    raises ``wdistill.errors.Preempted`` once last.pt is written.
 
     ``train_data``/``test_data``: in-memory ``ImageDataset`` splits (augmented with their data set's
     recipe), or any map-style ``torch.utils.data.Dataset`` returning ``(image, target)`` with a PIL

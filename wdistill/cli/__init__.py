@@ -1,8 +1,11 @@
 """The ``wdistill`` command line: one module per command group, each its argparse definition and
 one call into the library (``wdistill.workflows``, ``wdistill.engine``).
 
-Exit codes: 0 done; 1 internal error (a wdistill bug); 2 bad input (config, file, argument);
-3 the loss became non-finite; 130 interrupted. Errors print as one paragraph; ``--debug`` (or
+Exit codes: 0 done; 1 internal error (a wdistill bug); 2 bad input (config, file, argument, unreadable
+images); 3 the loss became non-finite; 74 a run file could not be written (disk full, quota, read-only;
+the previous file is intact); 75 stopped by a signal (SIGTERM, SIGUSR1: ``train.stop_signals``) after
+writing a checkpoint, run it again with ``--resume`` (EX_TEMPFAIL: the code to requeue on); 130
+interrupted (Ctrl-C). Errors print as one paragraph; ``--debug`` (or
 ``WDISTILL_DEBUG=1``) adds the traceback.
 """
 from __future__ import annotations
@@ -11,9 +14,10 @@ import argparse
 import os
 import sys
 
-from wdistill.cli import auto, config, demo, evaluate, models, train
-from wdistill.errors import ConfigError, FileLoadError, NonFiniteLoss
+from wdistill.cli import auto, config, data, demo, evaluate, models, train
+from wdistill.errors import ConfigError, FileLoadError, NonFiniteLoss, PeerLost, Preempted, StorageError
 
+EXIT_STORAGE, EXIT_PREEMPTED = 74, 75  # sysexits.h: EX_IOERR, EX_TEMPFAIL (a scheduler requeues on 75)
 BENCH_MOVED = ("the benchmarks are project tooling, not part of the installed package: from a wdistill checkout "
                "run `python -m benchtools {args}` (protocols: docs/benchmarks.md)")
 
@@ -26,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wdistill", description="Knowledge distillation built around optimal transport.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (train, auto, evaluate, demo, config, models):
+    for group in (train, auto, evaluate, data, demo, config, models):
         group.add_parsers(sub)
     b = sub.add_parser("bench", help="moved: `python -m benchtools ...` in a checkout", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
@@ -37,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a scheduler's log file shows every line as it is written
+        sys.stdout.reconfigure(line_buffering=True)
     debug = args.debug or os.environ.get("WDISTILL_DEBUG") == "1"
     try:
         return args.func(args)
@@ -46,9 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("interrupted: every finished epoch is saved; continue with the same command and --resume",
-              file=sys.stderr)
+        print("interrupted: the last checkpoint (each epoch end, and every train.checkpoint_every) is kept; "
+              "continue with the same command and --resume", file=sys.stderr)
         return 130
+    except Preempted as e:  # a checkpoint was written: not an error, a pause
+        print(f"stopped: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except StorageError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STORAGE
+    except PeerLost as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except NonFiniteLoss as e:
         if debug:
             raise

@@ -12,14 +12,14 @@ from wdistill.workflows.selfdistill import run_generations
 
 def cmd_train(args, require_teacher: bool) -> int:
     cfg = load_config(args.config, args.overrides)
+    resume = "auto" if args.auto_resume else args.resume
     if getattr(args, "generations", None):  # born-again chain
-        print(json.dumps(run_generations(cfg, args.generations, resume=args.resume, overwrite=args.overwrite),
-                         indent=2))
+        print(json.dumps(run_generations(cfg, args.generations, resume=resume, overwrite=args.overwrite), indent=2))
         return 0
     if require_teacher and not cfg.teacher_sections():
         raise ConfigError("`wdistill distill` needs a 'teacher:' section (model + checkpoint); "
                           "to train without a teacher use `wdistill train`")
-    trainer = make_trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+    trainer = make_trainer(cfg, resume=resume, overwrite=args.overwrite)
     summary = trainer.fit()
     if trainer.rank == 0:  # under torchrun, one summary, not one per process
         print(json.dumps(summary, indent=2))
@@ -32,6 +32,9 @@ def add_parsers(sub) -> None:
         s = sub.add_parser(name, help=helptext)
         add_config_args(s)
         s.add_argument("--resume", action="store_true", help="continue the run in run.out_dir/run.name")
+        s.add_argument("--auto-resume", action="store_true",
+                       help="continue the run in run.out_dir/run.name if there is one, else start it: the flag for "
+                            "a job a scheduler may requeue (after a torchrun restart it is implied)")
         s.add_argument("--overwrite", action="store_true", help="start again over an existing run directory")
         if name == "distill":
             s.add_argument("--generations", type=positive_int, default=None, metavar="N",

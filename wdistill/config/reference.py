@@ -31,7 +31,8 @@ def _type_name(annotation) -> str:
 
 
 def _short(type_name: str) -> str:
-    return type_name.replace("wdistill.config.schema.", "").replace("wdistill.data.views.", "")
+    return (type_name.replace("wdistill.config.schema.", "").replace("wdistill.config.training.", "")
+            .replace("wdistill.data.views.", ""))
 
 
 def _section_model(annotation) -> type[BaseModel] | None:

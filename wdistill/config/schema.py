@@ -5,18 +5,23 @@ sections (``wdistill.config.reference``). The data section is in ``schema_data.p
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wdistill import losses  # importing the package registers every term
 from wdistill.config.schema_data import DataSection, Strict
 from wdistill.config.schema_detection import DetectionSection, Task, task_problems
+from wdistill.config.training import OptimSection, TrainSection
 from wdistill.data.views import ViewSpec
 from wdistill.errors import ConfigError
 
 # The recipes `wdistill auto` tries by default: the logit, Wasserstein and contrastive families.
 AUTO_METHODS = ("kd", "dkd", "wkd_l", "wkd_f", "wkd_lf", "crd_kd", "wcord_kd", "fitnet")
+
+
+__all__ = ["RunSection", "DataSection", "ModelSection", "TermSection", "OptimSection", "TrainSection",
+           "AutoSection", "RunConfig"]
 
 
 class RunSection(Strict):
@@ -109,50 +114,6 @@ class TermSection(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-
-class OptimSection(Strict):
-    epochs: int = Field(240, ge=1, description="Training epochs (the CIFAR-100 recipe: 240).")
-    lr: float = Field(0.05, gt=0, allow_inf_nan=False, description="Initial SGD learning rate.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    nesterov: bool = Field(False, description="Nesterov momentum.")
-    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="SGD weight decay.")
-    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="Learning-rate "
-                                                                 "schedule.")
-    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210], description="multistep: increasing "
-                                  "epochs at which the rate is multiplied by gamma.")
-    gamma: float = Field(0.1, gt=0, allow_inf_nan=False, description="multistep: factor at each milestone.")
-    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule (< epochs).")
-
-    @model_validator(mode="after")
-    def _schedule_fits(self):
-        if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
-            raise ValueError(f"optim.milestones {self.milestones} must be increasing epochs >= 1")
-        if self.warmup_epochs >= self.epochs and self.warmup_epochs:
-            raise ValueError(f"optim.warmup_epochs={self.warmup_epochs} must be below optim.epochs={self.epochs}")
-        return self
-
-
-class TrainSection(Strict):
-    amp: bool = Field(False, description="Mixed precision (bfloat16 on CPU, float16 with loss scaling on GPU).")
-    channels_last: bool = Field(False, description="channels_last memory format (usually faster on CPU and GPU).")
-    compile: bool = Field(False, description="torch.compile the student.")
-    sync_bn: bool = Field(False, description="SyncBatchNorm over all processes (GPU runs under torchrun).")
-    tensorboard: bool = Field(False, description="Also log to run_dir/tb (needs the tensorboard extra).")
-    progress: bool = Field(True, description="Progress bars (shown on a terminal only).")
-    eval_every: int = Field(1, gt=0, description="Evaluate on the test split every N epochs (and after the last).")
-    accumulate: int = Field(1, ge=1, description="Gradient accumulation: each optimiser step sums this many "
-                            "micro-batches (batch_size stays the batch of one step).")
-    log_every: int = Field(50, ge=1, description="Loss, accuracy and the non-finite check are read from the "
-                           "device (a host sync) every this many steps.")
-    max_steps: int | None = Field(None, gt=0, description="Stop each epoch after this many steps (smoke tests "
-                                  "of large presets); None: the whole epoch.")
-    stop_after: int | None = Field(None, gt=0, description="Pause after this many epochs: last.pt is written and "
-                                   "the run continues later (--resume, or a larger value); the schedule still spans "
-                                   "optim.epochs (`wdistill auto` trains candidates rung by rung this way).")
-    grad_share: bool = Field(True, description="Once per epoch, measure each loss term's gradient norm on the "
-                             "student (one extra backward per term) and record its share (metrics grad_share_<id>); "
-                             "warn when a term's is under 1% or over 100x the cross-entropy's.")
 
 
 class AutoSection(Strict):

@@ -46,6 +46,12 @@ class DataSection(Strict):
     workers: int | None = Field(None, ge=0, description="Streaming worker processes (None: the CPU cores, at "
                                 "most 8, divided over processes).")
     prefetch_factor: int = Field(2, gt=0, description="Batches each streaming worker prepares ahead.")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="An image that cannot be read (truncated, empty, not an image). error: stop, "
+        "naming every bad file found so far (the in-memory path checks all before training; a streamed run "
+        "writes last.pt first, so --resume continues after the fix). skip: use the next readable sample in its "
+        "place (deterministic), count it (metrics: skipped_images) and name the file in the log. `wdistill data "
+        "check CONFIG` lists every bad file in one pass.")
     factory: str | None = Field(None, description="name: python -- 'pkg.module:function' returning (train, test) "
                                 "torch Datasets of (image, target).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the factory.")

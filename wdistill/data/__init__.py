@@ -8,12 +8,13 @@ from wdistill.data.coco import CocoDetection, coco_evaluate, collate_detection
 from wdistill.data.dataset import ImageDataset, stratified_indices
 from wdistill.data.det_loader import DetectionLoader, build_detection_data, coco_splits
 from wdistill.data.det_transforms import detection_transforms
-from wdistill.data.folder import image_folder
+from wdistill.data.folder import folder_images, image_folder
 from wdistill.data.idx import fashion_mnist, mnist, read_idx
 from wdistill.data.loader import BatchLoader
 from wdistill.data.registry import DATASETS, load_dataset
 from wdistill.data.sample import bundled_sample
-from wdistill.data.stream import FolderImages, StreamLoader, folder_images
+from wdistill.data.samples import FolderImages
+from wdistill.data.stream import StreamLoader
 from wdistill.data.synthetic import make_image_folder
 
 __all__ = ["ImageDataset", "stratified_indices", "fashion_mnist", "mnist", "read_idx", "BatchLoader",

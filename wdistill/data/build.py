@@ -21,10 +21,11 @@ import torch
 
 from wdistill.data.augment import Augmentation, augment_recipe, resolve
 from wdistill.data.dataset import ImageDataset
-from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD, decode_files
+from wdistill.data.folder import IMAGENET_MEAN, IMAGENET_STD, decode_files, folder_images
 from wdistill.data.loader import BatchLoader
 from wdistill.data.registry import DETECTION_DATASETS, load_dataset
-from wdistill.data.stream import FolderImages, ImageTransform, StreamLoader, default_workers, folder_images
+from wdistill.data.samples import FolderImages, bad_message, default_workers
+from wdistill.data.stream import ImageTransform, StreamLoader
 from wdistill.data.subsets import head, holdout
 from wdistill.data.user import (
     check_dataset,
@@ -35,7 +36,7 @@ from wdistill.data.user import (
     probe_channels,
     scan_targets,
 )
-from wdistill.errors import ConfigError
+from wdistill.errors import BadImages, ConfigError
 
 GIB = 1024 ** 3
 
@@ -84,14 +85,25 @@ def open_datasets(d) -> tuple[Any, Any]:
         raise ConfigError(f"data: {e}") from None
 
 
-def to_memory(d, ds, name: str, num_classes: int, mean=None, std=None) -> ImageDataset:
+def _empty_files(train, test, on_bad_image: str) -> None:
+    """Streamed folders: 0-byte files are known from the listing, so under on_bad_image=error they
+    stop the run here, all of them named, before anything trains."""
+    empty = [(0, f, "an empty file (0 bytes)") for ds in (train, test) for f in getattr(ds, "empty", ())]
+    if empty and on_bad_image == "error":
+        raise BadImages(bad_message(empty, "the image folder"))
+
+
+def to_memory(d, ds, name: str, num_classes: int, mean=None, std=None, log: Callable[[str], None] = print
+              ) -> ImageDataset:
     """A split as in-memory uint8 tensors: an image folder's files decoded once at ``options.size``
-    (only the files of this split: a subset or a held-out part never decodes the rest), a user's
+    (only the files of this split: a subset or a held-out part never decodes the rest; every file
+    before anything trains, so ``data.on_bad_image`` applies to all of them at once), a user's
     Dataset read once."""
     if isinstance(ds, FolderImages):
         o = d.options
         return decode_files(ds.root, ds.files, ds.labels, ds.classes, o.get("size", 32), o.get("cache_dir"),
-                            o.get("mean", IMAGENET_MEAN), o.get("std", IMAGENET_STD))
+                            o.get("mean", IMAGENET_MEAN), o.get("std", IMAGENET_STD),
+                            on_bad_image=d.on_bad_image, log=log)
     return materialize(ds, name, num_classes, mean, std)
 
 
@@ -142,13 +154,14 @@ def _normalisation(d, train) -> tuple:
 def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", rank: int = 0,
                   world_size: int = 1, batch_size: int | None = None, eval_batch_size: int | None = None,
                   need_targets: bool = False, num_classes_hint: int | None = None,
-                  log: Callable[[str], None] = print) -> RunData:
+                  log: Callable[[str], None] = print, shield_signals: tuple[str, ...] = ()) -> RunData:
     """Loaders for data section ``d`` (or the ``(train, test)`` datasets given), sharded for ``rank``.
 
     ``batch_size``/``eval_batch_size``: per rank (default: the section's). ``need_targets``: a term
     samples by label (CRD, WCoRD), so labels are read even when the dataset does not list them.
     ``num_classes_hint``: the class count the student's classifier outputs, used when neither the
-    section nor the data set says it (the labels are then checked against it).
+    section nor the data set says it (the labels are then checked against it). ``shield_signals``:
+    the stop signals, which streaming workers ignore (the Trainer's).
     """
     batch_size = batch_size or d.batch_size
     eval_batch_size = eval_batch_size or d.eval_batch_size
@@ -161,6 +174,7 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
         train, test = open_datasets(d)
         recipe_name = d.name
     train, test = head(train, d.train_subset, "train_subset"), head(test, d.test_subset, "test_subset")
+    _empty_files(train, test, d.on_bad_image)
     num_classes, from_student = _num_classes(train, d.num_classes, num_classes_hint)
     need_targets = need_targets or from_student  # a count read off the student is checked against the labels
     if d.holdout:  # model selection on a stratified part of the training split, never on the test split
@@ -173,8 +187,8 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
     path, why = _choose_path(d, train, test, stored)
     mean, std = _normalisation(d, train)
     if path == "memory" and not isinstance(train, ImageDataset):
-        train, test = (to_memory(d, train, "train", num_classes, mean, std),
-                       to_memory(d, test, "test", num_classes, mean, std))
+        train, test = (to_memory(d, train, "train", num_classes, mean, std, log),
+                       to_memory(d, test, "test", num_classes, mean, std, log))
 
     channels = probe_channels(train)
     side = train.size[0] if isinstance(train, ImageDataset) else 0
@@ -190,13 +204,14 @@ def build_loaders(d, *, data: tuple | None = None, seed: int = 0, device="cpu", 
 
     try:
         return _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_classes, channels,
-                        recipe_name, seed, device, rank, world_size, batch_size, eval_batch_size, log)
+                        recipe_name, seed, device, rank, world_size, batch_size, eval_batch_size, log,
+                        shield_signals)
     except ValueError as e:  # a loader refusing its settings (batch larger than the split, ...)
         raise ConfigError(f"data: {e}") from None
 
 
 def _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_classes, channels, recipe_name,
-             seed, device, rank, world_size, batch_size, eval_batch_size, log) -> RunData:
+             seed, device, rank, world_size, batch_size, eval_batch_size, log, shield_signals) -> RunData:
     shard = dict(rank=rank, world_size=world_size)
     folder = isinstance(train, FolderImages)
     stored = d.options.get("size", 32) if folder else None
@@ -214,13 +229,16 @@ def _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_cl
         t_train = ImageTransform(True, aug.crop_padding, aug.flip, aug.resized_crop, None, aug.scale, aug.ratio, rgb)
         t_eval = ImageTransform(False, resized_crop=aug.resized_crop,
                                 resize=stored if folder else None, rgb=rgb)
-        common = dict(mean=mean, std=std, workers=workers, prefetch_factor=d.prefetch_factor)
+        common = dict(mean=mean, std=std, workers=workers, prefetch_factor=d.prefetch_factor,
+                      on_bad_image=d.on_bad_image, log=log, shield_signals=shield_signals)
         train_loader = StreamLoader(train, batch_size, True, device, t_train, seed=seed, **shard, **common,
                                     name="the training split")
-        test_loader = StreamLoader(test, eval_batch_size, False, device, t_eval, **shard, **common)
+        test_loader = StreamLoader(test, eval_batch_size, False, device, t_eval, **shard, **common,
+                                   name="the test split")
 
         def plain_batches():
-            return iter(StreamLoader(train, eval_batch_size, False, device, t_eval, **common))
+            return iter(StreamLoader(train, eval_batch_size, False, device, t_eval, **common,
+                                     name="the training split"))
         detail = (f"torch DataLoader, {workers} worker{'s' * (workers != 1)}, prefetch {d.prefetch_factor}, "
                   f"pin_memory={torch.device(device).type == 'cuda'}"
                   + ("" if mean is not None else "; uint8 images scaled to [0, 1], no mean/std (set data.mean/std)"))

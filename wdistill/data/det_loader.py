@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from wdistill.data.coco import CocoDetection, collate_detection
 from wdistill.data.det_transforms import detection_transforms
-from wdistill.data.stream import ShardedBatchSampler, default_workers
+from wdistill.data.samples import default_workers
+from wdistill.data.stream import ShardedBatchSampler
 from wdistill.errors import ConfigError
 
 FLIP = 0.5  # horizontal flip probability when data.flip is on (the default for detection)
@@ -121,16 +122,28 @@ class DetectionLoader:
         self.sampler = ShardedBatchSampler(len(dataset), batch_size, train, seed, drop_last=train)
         self.loader = DataLoader(_Seeded(dataset), batch_sampler=self.sampler, num_workers=workers,
                                  collate_fn=collate_detection, persistent_workers=workers > 0,
-                                 prefetch_factor=prefetch_factor if workers > 0 else None)
+                                 prefetch_factor=prefetch_factor if workers > 0 else None,
+                                 generator=torch.Generator().manual_seed(seed))  # iterating leaves the global RNG
+        self._before = {"batch": 0}
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def start_at(self, batch: int, state: dict | None = None) -> None:
+        """The next pass over this epoch starts at ``batch`` (a run resumed from a step checkpoint):
+        the order and each sample's flip depend on (seed, epoch, position) alone."""
+        self.sampler.start = batch
+
+    def resume_state(self) -> dict:
+        """Where to start again to give the batch last yielded once more (see :meth:`start_at`)."""
+        return dict(self._before)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict]:
-        for images, targets in self.loader:
+        for b, (images, targets) in enumerate(self.loader, self.sampler.start):
+            self._before = {"batch": b}
             images = [x.to(self.device, non_blocking=True) for x in images]
             targets = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
                        for t in targets]

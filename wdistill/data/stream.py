@@ -25,18 +25,18 @@ in the main process on the training device, on 4x fewer bytes than float would m
 from __future__ import annotations
 
 import math
-import os
 import random
-from pathlib import Path
-from typing import Iterator
+from functools import partial
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from wdistill.data.augment import center_crop, crop_flip, fallback_box, resized_crop_flip
-from wdistill.data.folder import scan
+from wdistill.data.samples import Keyed, bad_message, collate, ignore_signals
+from wdistill.errors import BadImages
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -68,10 +68,10 @@ class ShardedBatchSampler(Sampler):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.start = epoch, 0
 
     def __len__(self) -> int:
         step = self.batch_size * self.world_size
@@ -80,7 +80,8 @@ class ShardedBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(self.n, self.seed, self.epoch, self.shuffle).tolist()
         step = self.batch_size * self.world_size
-        for b in range(len(self)):
+        first, self.start = self.start, 0  # a resumed epoch starts once at its batch, then from 0
+        for b in range(first, len(self)):
             start = b * step + self.rank * self.batch_size
             stop = min(start + self.batch_size, (b + 1) * step, self.n)
             if start < stop:  # a rank's slice of the last partial (evaluation) batch may be empty
@@ -95,6 +96,8 @@ def to_tensor(image) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(image))
         if t.dim() == 3 and t.shape[2] in (1, 3, 4) and t.shape[0] not in (1, 3, 4):
             t = t.permute(2, 0, 1)  # numpy images are (H, W, C)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"an image must be a PIL image, a numpy array or a tensor, got a {type(image).__name__}")
     else:  # PIL: one numpy copy into (C, H, W), then a single torch call (per-call overhead dominates)
         arr = np.asarray(image)
         arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
@@ -180,49 +183,6 @@ def resize_center_crop(image, resize: int, crop: int):
     return image.crop((left, top, left + crop, top + crop))
 
 
-class FolderImages(Dataset):
-    """An image folder as (PIL RGB image, label): only the file list and labels live in memory."""
-
-    def __init__(self, files: list, labels: list[int], classes: tuple[str, ...], name: str = "", root=None):
-        self.files = [str(f) for f in files]
-        self.root = Path(root) if root is not None else Path(self.files[0]).parent.parent if self.files else None
-        self.labels = [int(y) for y in labels]  # item access: a list is ~10x cheaper than a tensor
-        self.targets = torch.tensor(self.labels, dtype=torch.long)
-        self.classes, self.name = tuple(classes), name
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        path = self.files[i]
-        try:
-            if path.lower().endswith(".npy"):
-                return Image.fromarray(np.load(path, allow_pickle=False)).convert("RGB"), self.labels[i]
-            with Image.open(path) as im:
-                return im.convert("RGB"), self.labels[i]
-        except Exception as e:
-            raise ValueError(f"cannot read image {path}: {e}; delete or replace the file") from e
-
-
-class _Keyed(Dataset):
-    """``dataset[(index, seed)]`` -> (transformed image, target, index), for the DataLoader workers."""
-
-    def __init__(self, dataset, transform: ImageTransform):
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        i, seed = key
-        item = self.dataset[i]
-        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-            raise TypeError(f"dataset item {i} is a {type(item).__name__}: a dataset must return (image, target)")
-        image, target = item[0], item[1]
-        x = self.transform(image, seed)
-        return x, int(target), i
-
-
 class StreamLoader:
     """Batches ``{'image', 'target', 'index'}`` from any map-style ``dataset`` through a DataLoader.
 
@@ -233,8 +193,17 @@ class StreamLoader:
 
     def __init__(self, dataset, batch_size: int, train: bool, device="cpu", transform: ImageTransform | None = None,
                  mean=None, std=None, seed: int = 0, drop_last: bool | None = None, rank: int = 0,
-                 world_size: int = 1, workers: int = 0, prefetch_factor: int = 2, name: str = ""):
+                 world_size: int = 1, workers: int = 0, prefetch_factor: int = 2, name: str = "",
+                 on_bad_image: str = "error", log: Callable[[str], None] | None = None,
+                 shield_signals: tuple[str, ...] = ()):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.what, self.on_bad_image, self.log = name or "the data", on_bad_image, log or (lambda msg: None)
+        # defer_errors: under on_bad_image=error a bad batch is yielded (an empty dict when a sample
+        # found no replacement) with last_bad set, for the Trainer to stop the ranks together after a
+        # checkpoint; otherwise the loader raises BadImages itself.
+        self.defer_errors, self.last_bad, self.last_failed = False, [], False
+        self.bad_seen: dict[str, str] = {}  # every bad file met so far -> its reason (logged once)
+        self.skipped, self._before = 0, {"batch": 0, "skipped": 0}
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.drop_last = train if drop_last is None else drop_last
@@ -253,9 +222,13 @@ class StreamLoader:
             self.norm = (1.0 / s).to(self.device), (-m / s).to(self.device)
         workers = max(0, int(workers))
         self.workers = workers
-        self.loader = DataLoader(_Keyed(dataset, self.transform), batch_sampler=self.sampler, num_workers=workers,
+        # Its own generator draws the workers' base seed, so iterating never moves the global RNG
+        # (a resumed epoch recreates the iterator at another point of the run).
+        self.loader = DataLoader(Keyed(dataset, self.transform), batch_sampler=self.sampler, num_workers=workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                                 prefetch_factor=prefetch_factor if workers > 0 else None)
+                                 prefetch_factor=prefetch_factor if workers > 0 else None, collate_fn=collate,
+                                 generator=torch.Generator().manual_seed(seed),
+                                 worker_init_fn=partial(ignore_signals, tuple(shield_signals)))
 
     @property
     def epoch(self) -> int:
@@ -263,12 +236,45 @@ class StreamLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+        self.skipped = 0
+
+    def start_at(self, batch: int, state: dict | None = None) -> None:
+        """The next pass over this epoch starts at ``batch`` (a resumed run): the sampler's order
+        and per-sample seeds depend on (seed, epoch, position) alone, so nothing else is needed;
+        ``state`` (from :meth:`resume_state`) restores the count of skipped images."""
+        self.sampler.start = batch
+        self.skipped = int((state or {}).get("skipped", 0))
+
+    def resume_state(self) -> dict:
+        """Where to start again to give the batch last yielded once more (see :meth:`start_at`)."""
+        return dict(self._before)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def _met_bad(self, bad: list) -> None:
+        if self.on_bad_image == "skip":
+            self.skipped += len(bad)
+            for _, name, reason in bad:
+                if name not in self.bad_seen:
+                    self.log(f"data: skipped {name} ({reason}): the next readable sample takes its place "
+                             "(data.on_bad_image=skip)")
+            self.bad_seen.update({name: reason for _, name, reason in bad})
+        elif not self.defer_errors:
+            raise BadImages(bad_message(bad, self.what))
+
     def __iter__(self) -> Iterator[dict]:
-        for images, targets, index in self.loader:
+        first = self.sampler.start
+        for b, (images, targets, index, bad, failed) in enumerate(self.loader, first):
+            self._before = {"batch": b, "skipped": self.skipped}
+            self.last_bad, self.last_failed = bad, failed
+            if failed:
+                if not self.defer_errors:
+                    raise BadImages(bad_message(bad, self.what, exhausted=True))
+                yield {}
+                continue
+            if bad:
+                self._met_bad(bad)
             x = images.to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:
                 x = x.float()
@@ -280,17 +286,3 @@ class StreamLoader:
                 x = x.float()
             yield {"image": x, "target": targets.to(self.device, non_blocking=True),
                    "index": index.to(self.device)}
-
-
-def default_workers() -> int:
-    """``data.workers`` when unset: one per CPU core the process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
-
-
-def folder_images(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> FolderImages:
-    classes, files, labels = scan(root, classes)
-    return FolderImages(files, labels, classes, Path(root).name, root)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wdistill.data.dataset import ImageDataset
-from wdistill.data.stream import FolderImages
+from wdistill.data.samples import FolderImages
 from wdistill.data.user import known_targets
 from wdistill.errors import ConfigError
 
@@ -41,7 +41,10 @@ def take(ds, index: torch.Tensor, targets: torch.Tensor | None = None):
     if isinstance(ds, ImageDataset):
         return ds.subset(index)
     if isinstance(ds, FolderImages):
-        return FolderImages([ds.files[i] for i in index], ds.targets[index].tolist(), ds.classes, ds.name, ds.root)
+        files = [ds.files[i] for i in index]
+        kept = set(files)
+        return FolderImages(files, ds.targets[index].tolist(), ds.classes, ds.name,
+                            [f for f in ds.empty if f in kept], ds.root)
     return Indexed(ds, index, targets)
 
 

@@ -21,10 +21,38 @@ from wdistill.losses._shared import distributed as helpers
 
 def init_distributed() -> tuple[int, int]:
     """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
-    GPUs, gloo on CPUs."""
+    GPUs, gloo on CPUs.
+
+    torchrun keeps one key-value store for all the attempts of a job, so after an elastic restart
+    (``--max-restarts``) the new workers would find the dead attempt's addresses under the same keys
+    and fail to connect. Each attempt therefore keys its process groups under its own prefix."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "TORCHELASTIC_RESTART_COUNT" in os.environ:
+            store, rank, world = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"wdistill/attempt_{restart_count()}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend)
     return helpers.rank(), helpers.world_size()
+
+
+def restart_count() -> int:
+    """How many times torchrun's elastic agent restarted this job's workers (``--max-restarts``):
+    after a restart the run continues from its last checkpoint instead of starting over."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another rank died (gloo's "Connection reset /
+    closed by peer", NCCL's remote errors), not a bug of this process."""
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        m in text for m in ("Connection reset by peer", "Connection closed by peer", "remote worker", "ncclRemoteError",
+                            "NCCL communicator was aborted"))
 
 
 def per_rank_batch(global_batch: int, world_size: int, accumulate: int = 1) -> int:

@@ -68,13 +68,8 @@ class DetectionTrainer(Trainer):
             raise ConfigError(str(e)) from None
         self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
         self.progress = cfg.train.progress
-        self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
-        self.history: list[dict] = []
-        self.best_top1 = -1.0  # the best test_AP so far (best_metric), under the checkpoint's usual key
-        self.start_epoch = 0
-        self.stages_done: list[str] = []
-        self._terms_ready = False
+        self.scaler = self.precision.scaler()
+        self._fresh_progress()
 
     def setup_terms(self) -> None:
         """Probe one training batch and let every term build its parts; ``num_classes`` counts the
@@ -87,7 +82,7 @@ class DetectionTrainer(Trainer):
         self.distiller.to(self.device)
         self._terms_ready = True
 
-    def run_loop(self, stepper, desc: str, where: str, first_step: int = 0) -> dict:
+    def run_loop(self, stepper, desc: str, where: str, first_step: int = 0, start: int = 0, control=None) -> dict:
         """The classification loop, with the learning rate warmed up over the first optimiser steps
         (from the step index, so a resumed run warms up exactly as an uninterrupted one)."""
         w = self.cfg.detection
@@ -101,12 +96,12 @@ class DetectionTrainer(Trainer):
                     g["lr"] = lr * f
                 inner(batch, i)
             stepper.step = step
-        return super().run_loop(stepper, desc, where, first_step)
+        return super().run_loop(stepper, desc, where, first_step, start, control)
 
-    def _train_epoch(self, epoch: int) -> dict:
-        row = super()._train_epoch(epoch)
+    def _train_epoch(self, epoch: int) -> tuple[dict, float]:
+        row, before = super()._train_epoch(epoch)
         row.pop("train_top1", None)  # a detection step counts no classification accuracy
-        return row
+        return row, before
 
     def evaluate(self, model, desc: str = "COCOeval") -> dict[str, float]:
         """COCO box AP of ``model`` on the evaluation split."""
@@ -125,11 +120,12 @@ class DetectionTrainer(Trainer):
         stop = min(cfg.optim.epochs, cfg.train.stop_after or cfg.optim.epochs)
         for epoch in range(self.start_epoch, stop):
             start = time.time()
-            row = self._train_epoch(epoch)
+            row, before = self._train_epoch(epoch)
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
                 row.update({f"test_{k}": v for k, v in self.evaluate(self.student).items()})
-            row["seconds"] = time.time() - start
+            row["seconds"] = before + time.time() - start
             self._end_epoch(epoch, row, writer)
+            self._stop_if_signalled(epoch)
         summary = self._summary(teacher, t0)
         if writer:
             writer.close()

@@ -165,26 +165,48 @@ def term_grad_norms(parts: dict[str, torch.Tensor], params: list[torch.Tensor]) 
 
 
 def run_pass(loader, stepper: Stepper, *, steps: int, log_every: int, progress: bool, prepare: Callable,
-             world_size: int, desc: str, where: str, first_step: int = 0) -> dict:
-    """The first ``steps`` batches of ``loader`` through ``stepper`` with a progress bar; the guard
-    and the running loss are read (a host sync) every ``log_every`` steps and at the end. Returns
-    the meter's sums over the pass (and the ranks)."""
-    bar = tqdm(total=steps, desc=desc, leave=False, disable=None if progress else True)
-    for step, batch in enumerate(loader):
-        if step == steps:
-            break
-        batch = prepare(batch)
-        batch["step"] = first_step + step
-        stepper.step(batch, first_step + step)
-        bar.update(1)
-        if (step + 1) % log_every == 0 and step + 1 < steps:
-            stepper.guard.check(where)
-            if progress:
-                s = stepper.meter.read()
-                post = {"loss": f"{s['loss'] / s['n']:.4f}"}
-                if "correct" in s:
-                    post["acc"] = f"{100 * s['correct'] / s['n']:.1f}"
-                bar.set_postfix(post)
-    bar.close()
+             world_size: int, desc: str, where: str, first_step: int = 0, start: int = 0, control=None) -> dict:
+    """Batches ``start`` to ``steps - 1`` of ``loader`` through ``stepper`` with a progress bar; the
+    guard and the running loss are read (a host sync) every ``log_every`` steps and at the end.
+    Returns the meter's sums over the pass (and the ranks).
+
+    The loader must begin at batch ``start`` (``loader.start_at``). Batch k + 1 is fetched before
+    step k trains, so ``control`` (a ``preempt.StepControl``) gets its vote on batch k + 1 started
+    (``control.send()``) a whole step before it decides (``control.decide(k + 1)``), which may write
+    a checkpoint or stop the run."""
+    bar = tqdm(total=steps, initial=start, desc=desc, leave=False, disable=None if progress else True)
+    try:
+        batches = iter(loader) if start < steps else iter(())
+        nxt = next(batches, None)
+        if control is not None and nxt is not None:
+            control.send()
+        for step in range(start, steps):
+            if nxt is None:
+                break
+            if control is not None:
+                control.decide(step)
+            batch = nxt
+            nxt = next(batches, None) if step + 1 < steps else None
+            if control is not None and nxt is not None:
+                control.send()
+            batch = prepare(batch)
+            batch["step"] = first_step + step
+            stepper.step(batch, first_step + step)
+            bar.update(1)
+            if (step + 1) % log_every == 0 and step + 1 < steps:
+                _report(stepper, bar, where, progress)
+    finally:
+        bar.close()
     stepper.guard.check(where)
     return stepper.meter.read(world_size)
+
+
+def _report(stepper: Stepper, bar, where: str, progress: bool) -> None:
+    """Every ``log_every`` steps: the non-finite check and the running loss (one host sync)."""
+    stepper.guard.check(where)
+    if progress:
+        s = stepper.meter.read()
+        post = {"loss": f"{s['loss'] / s['n']:.4f}"}
+        if "correct" in s:
+            post["acc"] = f"{100 * s['correct'] / s['n']:.1f}"
+        bar.set_postfix(post)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -20,15 +19,16 @@ from wdistill.config.schema import RunConfig
 from wdistill.data import ImageDataset
 from wdistill.data.build import build_loaders
 from wdistill.data.views import Viewed
-from wdistill.engine import ddp, rundir
+from wdistill.engine import ddp, preempt, rundir
 from wdistill.engine.build import build_distiller, build_model, check_teacher_needs, resolve_device, tensorboard_writer
-from wdistill.engine.distiller import lr_at
+from wdistill.engine.epochs import train_epoch
 from wdistill.engine.evaluate import Ensemble, evaluate
-from wdistill.engine.helping import grad_share_row, helping_warnings
-from wdistill.engine.loop import Guard, Meter, Stepper, run_pass
+from wdistill.engine.helping import helping_warnings
+from wdistill.engine.loop import Stepper, run_pass
+from wdistill.engine.precision import Precision, configure_backends
 from wdistill.engine.stages import run_stage
 from wdistill.engine.state import restore, save_finite, training_state
-from wdistill.errors import ConfigError
+from wdistill.errors import ConfigError, PeerLost, Preempted
 from wdistill.io import atomic_write_text, load_dict
 
 
@@ -41,9 +41,14 @@ class Trainer:
     def __init__(self, cfg: RunConfig, *, student: nn.Module | None = None, teachers: list[nn.Module] | None = None,
                  data: tuple[ImageDataset, ImageDataset] | None = None, resume: bool = False,
                  overwrite: bool = False, log=print, held: rundir.RunDir | None = None):
-        self.cfg, self.log, self.resume, self.overwrite = cfg, log, resume, overwrite
         self.rank, self.world_size = ddp.init_distributed()
+        self.vote = preempt.Vote(self.world_size)  # every rank creates its group here, in step
+        if ddp.restart_count() and not resume:  # torchrun restarted the workers: continue, never start over
+            resume, overwrite = "auto", False
+        self.cfg, self.log, self.resume, self.overwrite = cfg, log, resume, overwrite
         self.device = resolve_device(cfg.run.device)
+        self.precision = Precision(cfg.train.precision, self.device)  # refused before any long work
+        configure_backends(self.device, cfg.train.tf32)
         self.rundir = held or rundir.RunDir(cfg)
         self._owns_lock = not self.rundir.locked
         self.run_dir = self.rundir.path
@@ -56,19 +61,21 @@ class Trainer:
 
     def _claim_run_dir(self) -> None:
         """Rank 0 locks and checks the directory; every rank learns the verdict (so a refused
-        distributed run stops on all ranks at once instead of hanging in a collective)."""
-        error = None
+        distributed run stops on all ranks at once instead of hanging in a collective) and, for
+        ``resume="auto"``, whether there is a run to continue."""
+        error, resume = None, self.resume
         if self.rank == 0:
             try:
-                self.rundir.claim(self.resume, self.overwrite)
+                resume = self.rundir.claim(self.resume, self.overwrite)
             except ConfigError as e:
                 error = str(e)
         if self.world_size > 1:
-            box = [error]
+            box = [error, resume]
             dist.broadcast_object_list(box, 0)
-            error = box[0]
+            error, resume = box
         if error:
             raise ConfigError(error)
+        self.resume = bool(resume)
 
     def _release(self) -> None:
         if self._owns_lock:
@@ -86,7 +93,8 @@ class Trainer:
                                   eval_batch_size=max(1, cfg.data.eval_batch_size // self.world_size),
                                   need_targets=any(losses.get(t.name).needs_train_targets for t in cfg.loss),
                                   num_classes_hint=None if student is None else models.output_classes(student),
-                                  log=self.log if self.rank == 0 else (lambda msg: None))
+                                  log=self.log if self.rank == 0 else (lambda msg: None),
+                                  shield_signals=tuple(cfg.train.stop_signals))
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         nc, ch = self.data.num_classes, self.data.channels
         self.student = student if student is not None else build_model(cfg.student, nc, ch, "student")
@@ -102,11 +110,16 @@ class Trainer:
             self.distiller.student_tap.model = torch.compile(self.student)
         self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
         self.progress = cfg.train.progress and self.rank == 0
-        self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
+        self.scaler = self.precision.scaler()
+        self._fresh_progress()
+
+    def _fresh_progress(self) -> None:
+        """Where a run stands before it starts (a resumed one: set again by ``state.restore``)."""
         self.history: list[dict] = []
-        self.best_top1 = -1.0
-        self.start_epoch = 0
+        self.best_top1 = -1.0  # the best ``best_metric`` so far (test_top1, or test_AP for detectors)
+        self.start_epoch, self.start_step, self.resume_ranks = 0, 0, []
+        self.signals = preempt.StopSignals([])  # fit() installs the configured ones
+        self.clock = {"saved": time.monotonic()}  # when last.pt was last written (train.checkpoint_every)
         self.stages_done: list[str] = []
         self._terms_ready = False
 
@@ -117,9 +130,7 @@ class Trainer:
         return self.student if view.is_identity else Viewed(self.student, view)
 
     def amp_ctx(self):
-        if not self.cfg.train.amp:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def _prepare(self, batch: dict) -> dict:
         if self.cfg.train.channels_last:
@@ -153,11 +164,8 @@ class Trainer:
         self._release()
 
     # ---- checkpoints ---------------------------------------------------------------------
-    def _state(self, epoch: int) -> dict:
-        return training_state(self, epoch)
-
-    def _save(self, state: dict, *names: str) -> None:
-        save_finite(state, self.run_dir, names)
+    def _save(self, epoch: int, *names: str) -> None:
+        save_finite(training_state(self, epoch), self.run_dir, names)
 
     def _write_metrics(self) -> None:
         keys = list(dict.fromkeys(k for row in self.history for k in row))
@@ -166,49 +174,30 @@ class Trainer:
         atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / rundir.METRICS_JSONL)
 
     # ---- stages and epochs -------------------------------------------------------------------
-    def run_loop(self, stepper: Stepper, desc: str, where: str, first_step: int = 0) -> dict:
-        """Every batch of one pass of the training loader through ``stepper``; returns the sums."""
+    def run_loop(self, stepper: Stepper, desc: str, where: str, first_step: int = 0, start: int = 0,
+                 control: preempt.StepControl | None = None) -> dict:
+        """Every batch of one pass of the training loader through ``stepper``; returns the sums.
+        Without ``control`` (a pre-training stage) a stop signal stops it and nothing is written."""
         tr = self.cfg.train
         steps = min(len(self.train_loader), tr.max_steps or len(self.train_loader))
+        control = control or preempt.StepControl(self.signals, self.vote, self.train_loader, self.rank, where)
         return run_pass(self.train_loader, stepper, steps=steps, log_every=tr.log_every, progress=self.progress,
                         prepare=self._prepare, world_size=self.world_size, desc=desc, where=where,
-                        first_step=first_step)
-
-    def _train_epoch(self, epoch: int) -> dict:
-        o = self.cfg.optim
-        lr = lr_at(epoch, o.lr, o.schedule, o.epochs, o.milestones, o.gamma, o.warmup_epochs)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        torch.manual_seed(self.cfg.run.seed * 1000003 + epoch)
-        self.train_loader.set_epoch(epoch)
-        self.distiller.train()
-        module = self.train_module
-
-        def forward(batch):
-            total, parts, s_out = module(dict(batch, epoch=epoch, num_epochs=o.epochs))
-            return total, parts, s_out["logits"]
-
-        first = epoch * len(self.train_loader)
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        probe = (first, params) if self.cfg.train.grad_share else None
-        stepper = Stepper(module, forward, self.optimizer, self.scaler, self.amp_ctx, self.cfg.train.accumulate,
-                          self.optimizer_params, Meter(self.device),
-                          Guard(list(self.distiller.terms), dict(self.distiller.weights), self.device),
-                          self.distiller.after_step, grad_probe=probe)
-        sums = self.run_loop(stepper, f"epoch {epoch + 1}/{o.epochs}", f"epoch {epoch + 1}", first_step=first)
-        shares = grad_share_row(sums, self.world_size)
-        n = sums.pop("n")
-        correct = sums.pop("correct", 0.0)
-        row = {"epoch": epoch + 1, "lr": lr}
-        row.update({f"train_{k}": v / n for k, v in sums.items()})
-        row["train_top1"] = 100.0 * correct / n
-        return row | shares
+                        first_step=first_step, start=start, control=control)
 
     def fit(self) -> dict:
         """Run (or resume) the job; returns the summary also written to ``summary.json``.
-        Under torch.distributed every rank trains; rank 0 alone writes files and logs."""
+        Under torch.distributed every rank trains; rank 0 alone writes files and logs. A stop
+        signal (``train.stop_signals``) ends it with :class:`Preempted` once last.pt is written."""
         try:
-            return self._fit()
+            with preempt.StopSignals(self.cfg.train.stop_signals, self.log) as self.signals:
+                return self._fit()
+        except RuntimeError as e:
+            if self.world_size > 1 and ddp.peer_lost(e):
+                raise PeerLost(f"another process of this {self.world_size}-process job stopped or died (its own "
+                               "log says why), so this one cannot go on. torchrun --max-restarts=N restarts the "
+                               "job, which continues from its last checkpoint by itself") from e
+            raise
         finally:
             self._release()
 
@@ -223,7 +212,13 @@ class Trainer:
         self.optimizer = self.make_optimizer(self.optimizer_params, self.cfg.optim.lr)
         if self.resume:
             restore(self, load_dict(self.run_dir / rundir.LAST, self.device, what="run checkpoint"))
-            self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
+            if main:
+                within = f" and {self.start_step} steps of the next" if self.start_step else ""
+                self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}{within}")
+        if hasattr(self.train_loader, "defer_errors"):  # streamed: a bad file stops every rank at once, saved
+            self.train_loader.defer_errors = True
+            for loader in (self.train_loader, self.test_loader):  # every rank names the bad files it meets
+                loader.log = self.log if self.rank == 0 else (lambda m: self.log(f"[rank {self.rank}] {m}"))
         for name, stage, teacher_index, term in self.distiller.stages():
             if name in self.stages_done:
                 continue
@@ -233,7 +228,7 @@ class Trainer:
             term.on_stage_end(stage)
             self.stages_done.append(name)
             if main:
-                self._save(self._state(self.start_epoch), rundir.LAST)
+                self._save(self.start_epoch, rundir.LAST)
         # DDP broadcasts rank 0's parameters and buffers once here, then averages gradients in
         # the backward pass. Stage-only parameters take no part in the main loss.
         self.train_module = ddp.wrap(self.distiller, self.device, self.world_size,
@@ -250,8 +245,9 @@ class Trainer:
             self.best_top1 = row[metric]
         if self.rank != 0:
             return
-        self._write_metrics()
-        self._save(self._state(epoch + 1), *((rundir.LAST, rundir.BEST) if improved else (rundir.LAST,)))
+        self._save(epoch + 1, *((rundir.LAST, rundir.BEST) if improved else (rundir.LAST,)))
+        self.clock["saved"] = time.monotonic()
+        self._write_metrics()  # after last.pt: the metrics never show an epoch the checkpoint lacks
         if writer:
             for k, v in row.items():
                 if k != "epoch":
@@ -263,6 +259,17 @@ class Trainer:
             for line in helping_warnings(row, dict(self.distiller.weights), ce):
                 self.log(line)
 
+    def _train_epoch(self, epoch: int) -> tuple[dict, float]:
+        """(metrics row, seconds spent before a resume inside it) of one main epoch (epochs.py)."""
+        return train_epoch(self, epoch)
+
+    def _stop_if_signalled(self, epoch: int) -> None:
+        """A stop signal that came during evaluation (or on another rank) ends the run here, with
+        the epoch's checkpoint written."""
+        if self.vote.now([int(self.signals.requested), 0, 0])[preempt.STOP]:
+            raise Preempted(f"{self.signals.received or 'a stop signal (on another rank)'}: stopped after epoch "
+                            f"{epoch + 1}, whose checkpoint is written. Run the same command with --resume")
+
     def _fit(self) -> dict:
         self._start()
         d = self.distiller
@@ -273,13 +280,14 @@ class Trainer:
         stop = min(self.cfg.optim.epochs, self.cfg.train.stop_after or self.cfg.optim.epochs)
         for epoch in range(self.start_epoch, stop):
             start = time.time()
-            row = self._train_epoch(epoch)
+            row, before = self._train_epoch(epoch)
             ddp.broadcast_buffers(self.student, self.world_size)
             if (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.optim.epochs:
                 row.update({f"test_{k}": v for k, v in evaluate(self.viewed_student(), self.test_loader,
                                                                 self.amp_ctx).items()})
-            row["seconds"] = time.time() - start
+            row["seconds"] = before + time.time() - start
             self._end_epoch(epoch, row, writer)
+            self._stop_if_signalled(epoch)
         last = self.history[-1] if self.history else {}
         summary = {"run": self.cfg.run.name, "final_top1": last.get("test_top1"), "final_top5": last.get("test_top5"),
                    "best_top1": self.best_top1 if self.history else None, "epochs": self.cfg.optim.epochs,
@@ -295,6 +303,7 @@ class Trainer:
         if writer:
             writer.close()
         return summary
+
 
 def _fmt(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)

@@ -14,7 +14,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from wdistill.io import safe_load
+from wdistill.io import nbytes, safe_load, storage_errors
 
 _WRAPPER_KEYS = ("model", "state_dict")
 
@@ -79,15 +79,17 @@ def save_student_safetensors(state_dict: dict[str, torch.Tensor], path: str | os
         tensors[k] = v
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items() if v is not None}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tmp = None
+    with storage_errors(path, nbytes(tensors)):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 

@@ -160,11 +160,17 @@ def run_auto(base: dict, auto: AutoSection, root: Path, models=None, data=None, 
     report = {**record, "root": str(root), "rows": rows, "recommended": best, "recommended_config": rec_cfg,
               "trained": trained}
     atomic_write_text(json.dumps(report, indent=2) + "\n", root / "report.json")
-    leaderboard_chart([{"name": r["key"] if r["key"] == "vanilla" else r["label"], "top1": r["mean"], "std": r["std"]}
-                       for r in rows], root / "report.png", f"wdistill auto: held-out top-1 of the finalists "
-                      f"({record['epochs']} epochs)", f"Mean ± std over seeds on {100 * auto.holdout:.0f}% of the "
-                      "training split held out; the test split is not used.")
+    auto_chart(rows, root / "report.png", record["epochs"], auto.holdout)
     return report
+
+
+def auto_chart(rows: list[dict], path: Path, epochs: int, holdout: float) -> Path:
+    """The finalists' held-out top-1 beside the vanilla student's (``report.png``)."""
+    return leaderboard_chart([{"name": r["key"] if r["key"] == "vanilla" else r["label"], "top1": r["mean"],
+                               "std": r["std"]} for r in rows], path,
+                             f"wdistill auto: held-out top-1 of the finalists ({epochs} epochs)",
+                             f"Mean ± std over seeds on {100 * holdout:.0f}% of the training split held out; the "
+                             "test split is not used.", ylabel="held-out top-1 (%)")
 
 
 def auto_from_config(cfg: RunConfig, train_seeds: int = 0, command: str | None = None, log=print) -> dict:

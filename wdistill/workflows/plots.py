@@ -148,20 +148,22 @@ def row_kind(name: str) -> str:
     return "wasserstein" if key.startswith(("wkd", "wcord")) else "baseline"
 
 
-def leaderboard_chart(rows: list[dict], path: str | Path, title: str, note: str) -> Path:
+def leaderboard_chart(rows: list[dict], path: str | Path, title: str, note: str,
+                      ylabel: str = "test top-1 (%)") -> Path:
     """:func:`leaderboard_figure` written to ``path`` (PNG)."""
-    fig = leaderboard_figure(rows, title, note)
+    fig = leaderboard_figure(rows, title, note, ylabel)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
 
 
-def leaderboard_figure(rows: list[dict], title: str, note: str):
+def leaderboard_figure(rows: list[dict], title: str, note: str, ylabel: str = "test top-1 (%)"):
     """Bars of top-1 per row: ``rows`` hold ``name``, ``top1`` and ``std`` (None for a single run:
     no error bar). Colours by kind with a legend; a dashed line at the vanilla student's top-1; the
     y-axis starts near the lowest bar, and then says so (text and break marks on the axis);
-    ``note`` (seeds, test images) is printed under the chart."""
+    ``note`` (seeds, test images) is printed under the chart. Long row names (a recipe with its
+    settings) are wrapped onto several lines under an upright label."""
     names = [r["name"] for r in rows]
     vals = [r["top1"] for r in rows]
     errs = [r.get("std") for r in rows]
@@ -177,7 +179,10 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
         ax.errorbar(i, v, yerr=e, fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
     for i, (v, e) in enumerate(zip(vals, errs)):
         ax.text(i, v + (e or 0) + 0.15, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(list(x), names, rotation=40 if len(rows) > 8 else 30, ha="right", fontsize=8)
+    if max(len(n) for n in names) > 24 and len(rows) <= 6:
+        ax.set_xticks(list(x), [textwrap.fill(n, 17, break_long_words=False) for n in names], fontsize=7)
+    else:
+        ax.set_xticks(list(x), names, rotation=40 if len(rows) > 8 else 30, ha="right", fontsize=8)
     lo = min(v - (e or 0) for v, e in zip(vals, errs))
     hi = max(v + (e or 0) for v, e in zip(vals, errs))
     bottom = max(0.0, float(int(lo - 2)))
@@ -191,7 +196,6 @@ def leaderboard_figure(rows: list[dict], title: str, note: str):
     if with_err:
         handles.append(Line2D([], [], color="black", lw=1, marker="_", ms=8, label="± std over seeds"))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ylabel = "test top-1 (%)"
     if bottom > 0:  # a truncated axis exaggerates differences: say so on the axis itself
         ylabel += f"\naxis starts at {bottom:.0f}%, not 0"
         kw = dict(transform=ax.transAxes, color="black", clip_on=False, lw=1)

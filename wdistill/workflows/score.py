@@ -23,7 +23,7 @@ from wdistill.config import load_config
 from wdistill.data import BatchLoader, ImageDataset, load_dataset
 from wdistill.data.build import open_datasets, to_memory
 from wdistill.data.registry import DETECTION_DATASETS
-from wdistill.data.stream import FolderImages
+from wdistill.data.samples import FolderImages
 from wdistill.data.views import View, Viewed
 from wdistill.engine import evaluate, rundir
 from wdistill.engine.build import resolve_device

@@ -101,9 +101,10 @@ class RunDir:
         """Take the run's lock (see :func:`acquire`)."""
         self._lock = acquire(self.path, wait, log, poll)
 
-    def claim(self, resume: bool, overwrite: bool) -> None:
+    def claim(self, resume: bool | str, overwrite: bool) -> bool:
         """Lock the directory (unless this process holds its lock already) and check that the
-        requested start fits what it holds."""
+        requested start fits what it holds. ``resume="auto"`` continues the run the directory holds,
+        if any, else starts it. Returns whether the run resumes."""
         if resume and overwrite:
             raise ConfigError("--resume continues a run and --overwrite starts it again: pass one of them")
         if not self.locked:
@@ -113,11 +114,14 @@ class RunDir:
                 holder = str(busy).rsplit("process ", 1)[-1].split()[0]
                 raise ConfigError(f"run directory {self.path} is in use by process {holder}: wait for it to "
                                   "finish (or stop it), or choose another run.name") from None
+        if resume == "auto":
+            resume = self.last.exists()
         try:
-            self._check_start(resume, overwrite)
+            self._check_start(bool(resume), overwrite)
         except BaseException:
             self.release()
             raise
+        return bool(resume)
 
     def _check_start(self, resume: bool, overwrite: bool) -> None:
         has_run = self.last.exists()
@@ -150,6 +154,8 @@ class RunDir:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "tb", ignore_errors=True)
+        for tmp in self.path.glob(".*.tmp"):  # an atomic write cut short by a kill: never a run file itself
+            tmp.unlink(missing_ok=True)
         atomic_write_text(dump_config(self.cfg), self.path / CONFIG)
 
     def release(self) -> None:

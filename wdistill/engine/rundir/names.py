@@ -9,6 +9,6 @@ WHICH = {"student": STUDENT, "best": BEST, "last": LAST}
 # What a resumed run may change: the length of the schedule and how it reports and where it runs.
 RESUMABLE_CHANGES = ("optim.epochs", "train.progress", "train.eval_every", "train.log_every",
                      "train.tensorboard", "run.device", "data.workers", "data.eval_batch_size", "train.stop_after",
-                     "train.grad_share")
+                     "train.grad_share", "train.checkpoint_every", "train.stop_signals", "data.on_bad_image")
 # Settings that say how far a run goes or what a search around it does, not which run it is.
 NOT_IDENTITY = ("train.stop_after", "auto.")

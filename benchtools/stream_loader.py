@@ -1,6 +1,6 @@
 """Streaming-loader benchmark (issue 11): peak memory vs data set size, and images/s vs its floor.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/stream_loader.py --out benchmarks/stream_loader.md
+    OMP_NUM_THREADS=1 python -m benchtools.stream_loader --out benchmarks/stream_loader.md
 
 (a) Folders of real JPEG files (64x64, ImageNet layout, 2,000 and 8,000 training images) are
     written once under --work; for each, a fresh process iterates one training epoch of the
@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wdistill.data.synthetic import make_image_folder
+from wdistill.io import atomic_write_text
+
 CROP, BATCH = 56, 64
 
 
@@ -51,12 +54,19 @@ def rss_tree(pid: int) -> int:
     return total
 
 
-def one_epoch(root: str, workers: int, sample_memory: bool = True, normalise: bool = True) -> dict:
-    """(in a fresh process) iterate one training epoch; peak RSS of the process tree and images/s."""
-    from wdistill.data.stream import ImageTransform, StreamLoader, folder_images
+def one_epoch(root: str, workers: int, sample_memory: bool = True, normalise: bool = True,
+              device: str = "cpu") -> dict:
+    """(in a fresh process) iterate one training epoch; peak RSS of the process tree and images/s.
+    On a CUDA ``device`` the batches arrive there through pinned memory (the copy is timed: the
+    epoch ends with a synchronise)."""
+    import torch
+
+    from wdistill.data.folder import folder_images
+    from wdistill.data.stream import ImageTransform, StreamLoader
 
     ds = folder_images(Path(root) / "train")
-    loader = StreamLoader(ds, BATCH, True, transform=ImageTransform(True, flip=True, resized_crop=CROP, rgb=True),
+    loader = StreamLoader(ds, BATCH, True, device, transform=ImageTransform(True, flip=True, resized_crop=CROP,
+                                                                            rgb=True),
                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed=0, workers=workers)
     peak, stop = [0], threading.Event()
 
@@ -69,6 +79,8 @@ def one_epoch(root: str, workers: int, sample_memory: bool = True, normalise: bo
         if n == 0 and sample_memory:  # once the workers are up: /proc reads during a fork double-count
             threading.Thread(target=sample, daemon=True).start()
         n += len(batch["target"])
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     stop.set()
     hwm = [high_water(p) for p in [os.getpid()] + children(os.getpid())]  # workers persist: still alive
@@ -109,7 +121,7 @@ def _floor_item(path: str) -> np.ndarray:
 
 
 def floor_epoch(root: str, workers: int) -> dict:
-    from wdistill.data.stream import folder_images
+    from wdistill.data.folder import folder_images
     files = folder_images(Path(root) / "train").files
     t0 = time.perf_counter()  # worker start-up included, as in the loader's epoch
     pool = Pool(workers)
@@ -120,8 +132,9 @@ def floor_epoch(root: str, workers: int) -> dict:
     return {"images": n, "seconds": seconds, "cpu": cpu_seconds()}
 
 
-def run_child(kind: str, root: Path, workers: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--root", str(root), "--workers", str(workers)],
+def run_child(kind: str, root: Path, workers: int, device: str = "cpu") -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--root", str(root), "--workers", str(workers),
+                          "--device", device],
                          check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -131,6 +144,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/wdistill-stream-bench", help="where the JPEG folders are written")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where batches are delivered (cuda: through pinned memory)")
     ap.add_argument("--out", default=None, help="markdown results file")
     ap.add_argument("--child", choices=["memory", "loader", "loader_u8", "floor"], help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -140,28 +154,39 @@ def main() -> int:
             print(json.dumps(floor_epoch(args.root, args.workers)))
         else:  # throughput runs do not sample memory: reading smaps costs CPU the floor does not pay
             print(json.dumps(one_epoch(args.root, args.workers, sample_memory=args.child == "memory",
-                                       normalise=args.child != "loader_u8")))
+                                       normalise=args.child != "loader_u8", device=args.device)))
         return 0
 
-    from wdistill.data.synthetic import make_image_folder
+    memory, runs = _measure(args)
+    text = "\n".join(_header(args) + _memory_lines(memory) + _throughput_lines(runs) + _cpu_lines(runs))
+    print(text)
+    if args.out:
+        atomic_write_text(text, args.out)
+    return 0
+
+
+def _measure(args) -> tuple[dict, dict]:
+    """(peak memory of one epoch at 2,000 and 8,000 images, alternating throughput runs)."""
     roots = {}
     for n in (2000, 8000):
         root = Path(args.work) / f"jpeg{n}"
         if not (root / "train").is_dir():
             make_image_folder(root, n // 10, classes=10, size=(64, 64), seed=n, splits=("train",))
         roots[n] = root
-    memory = {n: run_child("memory", r, args.workers) for n, r in roots.items()}
+    memory = {n: run_child("memory", r, args.workers, args.device) for n, r in roots.items()}
     runs = {"floor": [], "loader_u8": [], "loader": []}
     for _ in range(args.repeats):
         for kind in runs:
-            runs[kind].append(run_child(kind, roots[8000], args.workers))
-    rate = {k: statistics.median(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
-    best = {k: max(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
-    cpu = {k: statistics.median(1000 * r["cpu"] / r["images"] for r in v) for k, v in runs.items()}
-    lines = [
+            runs[kind].append(run_child(kind, roots[8000], args.workers, args.device))
+    return memory, runs
+
+
+def _header(args) -> list[str]:
+    return [
         "# Streaming loader: peak memory and throughput",
         "",
-        f"Command: `PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/stream_loader.py --workers {args.workers} "
+        f"Command: `OMP_NUM_THREADS=1 python -m benchtools.stream_loader --workers {args.workers} "
+        + ("" if args.device == "cpu" else f"--device {args.device} ") +
         f"--repeats {args.repeats} --out benchmarks/stream_loader.md` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
@@ -183,7 +208,10 @@ def main() -> int:
         "| epoch (s) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
-    total = {}
+
+
+def _memory_lines(memory: dict) -> list[str]:
+    lines, total = [], {}
     for n in sorted(memory):
         m = memory[n]
         total[n] = (m["hwm_main"] + sum(m["hwm_workers"])) / 2**20
@@ -198,6 +226,14 @@ def main() -> int:
         "",
         f"8,000 vs 2,000 images: main + workers high-water mark {growth:+.1f}%, peak PSS {growth_pss:+.1f}% "
         f"(target: within 10%) -- {'met' if abs(growth) <= 10 else 'NOT met'} on the high-water mark.",
+    ]
+    return lines
+
+
+def _throughput_lines(runs: dict) -> list[str]:
+    rate = {k: statistics.median(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
+    best = {k: max(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
+    lines = [
         "",
         "## Throughput against the floor (8,000 images)",
         "",
@@ -220,7 +256,12 @@ def main() -> int:
             f"runs (target: at most +10%): median {'met' if overhead <= 10 else 'NOT met'}, "
             f"best {'met' if overhead_best <= 10 else 'NOT met'}."
         )
-    lines += [
+    return lines
+
+
+def _cpu_lines(runs: dict) -> list[str]:
+    cpu = {k: statistics.median(1000 * r["cpu"] / r["images"] for r in v) for k, v in runs.items()}
+    return [
         "",
         "CPU time is far less disturbed by other jobs than wall time: user + system seconds of the "
         "main process and all its workers per 1,000 images (medians; includes interpreter and "
@@ -237,14 +278,6 @@ def main() -> int:
         "on uint8 batches copied there).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from wdistill.engine.checkpoint import atomic_write_text
-
-        atomic_write_text(text, args.out)
-    return 0
 
 
 if __name__ == "__main__":

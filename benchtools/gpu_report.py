@@ -1,0 +1,187 @@
+"""Runs the GPU benchmark and writes ``benchmarks/gpu.md`` and ``benchmarks/gpu.json`` (issue 26).
+
+Sections: the stamp; parity of every method (CPU float32 against the device in float32, bfloat16
+and float16 + GradScaler); the training step without host syncs; step times at each batch size
+against each method's own bound, with the targets (1.10 for logit methods, 1.25 for feature
+methods); the WKD-L kernel, eager and (``--compile``) compiled; optionally the FMNIST-KD v1 teacher
+and students trained on the device (``--e2e``) and a one-process torchrun through NCCL (``--ddp``).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from benchtools import protocol, report
+from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time, wkd_l_kernel
+from benchtools.targets import ratio_target
+from wdistill.config.presets import recipe
+from wdistill.io import atomic_write_text
+from wdistill.workflows.reuse import run_or_load
+
+KERNEL_SHAPES = ((64, 100), (256, 1000))
+
+
+def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = False, ddp: bool = False,
+            e2e: bool = False, command: list[str] | None = None, official: str | None = None,
+            official_workers: int = 8) -> dict:
+    """Every section; returns the results (also written as gpu.json, and gpu.md beside it)."""
+    device = torch.device(setup.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+    methods = methods_of(setup.quick)
+    bar = tqdm(total=2 * len(methods) * (1 + len(setup.batches)), desc="gpu benchmark", unit="item")
+    res = {"environment": environment(device), "setup": setup.__dict__, "parity": [], "steps": [], "kernels": [],
+           "command": shlex.join(command or ["python", "-m", "benchtools", "gpu"]), "date": report.stamp()["date"]}
+    for m in methods:
+        bar.set_postfix_str(f"parity {m}")
+        res["parity"].append(parity(m, setup))
+        bar.update(2)
+    for b in setup.batches:
+        for m in methods:
+            bar.set_postfix_str(f"step {m} B={b}")
+            row = step_time(m, b, setup, sync_check=b == setup.batches[0])
+            row["target"] = ratio_target(m)
+            res["steps"].append(row)
+            bar.update(2)
+    bar.close()
+    shapes = ((8, 10),) if setup.quick else KERNEL_SHAPES
+    res["kernels"] = [wkd_l_kernel(B, C, setup, c) for B, C in shapes
+                      for c in ((False, True) if compiled else (False,))]
+    if ddp:
+        res["ddp"] = torchrun_one_process(device)
+    if e2e:
+        res["e2e"] = end_to_end(setup)
+    if official:
+        res["official"] = side_by_side(official, setup, official_workers)
+    write(res, Path(out))
+    return res
+
+
+def torchrun_one_process(device: torch.device) -> dict:
+    """`torchrun --nproc_per_node=1` of a one-epoch training through the DDP wrapper (NCCL on a GPU,
+    gloo on the CPU); returns the exit code, the backend and the seconds."""
+    work = Path("runs/gpu-bench-ddp")
+    cfg = {"run": {"name": "ddp", "out_dir": str(work), "device": device.type},
+           "data": {"name": "fmnist_sample", "train_subset": 512, "test_subset": 128},
+           "student": {"model": "resnet8"}, "optim": {"epochs": 1}, "train": {"progress": False}}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    t0 = time.time()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "wdistill.cli",
+                          "train", str(work / "ddp.yaml"), "--overwrite"], capture_output=True, text=True)
+    return {"returncode": run.returncode, "backend": "nccl" if device.type == "cuda" else "gloo",
+            "seconds": time.time() - t0, "tail": (run.stdout + run.stderr).strip().splitlines()[-3:]}
+
+
+def end_to_end(setup: GpuSetup) -> list[dict]:
+    """The FMNIST-KD v1 teacher and the vanilla, KD, WKD-L and WKD-L+WKD-F students on the device
+    (seed 0; protocol A's configs), or in quick mode one epoch of each on the bundled sample."""
+    device, rows = setup.device, []
+    tiny = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=512", "data.test_subset=256",
+            "optim.epochs=1"] if setup.quick else []
+    over = [f"run.device={device}"] + tiny  # train.precision auto: bfloat16 on a recent GPU
+    runs_root = f"runs/gpu-bench/{device.replace(':', '')}"
+    t0 = time.time()
+    teacher = run_or_load(protocol.teacher_config(runs_root, overrides=over), log=lambda m: None)
+    rows.append({"row": "teacher", "top1": teacher["final_top1"], "seconds": time.time() - t0})
+    for m in ("vanilla", "kd", "wkd_l", "wkd_lf"):
+        cfg = protocol.student_config(m, recipe(m), protocol.FULL, 0, runs_root, overrides=over)
+        t0 = time.time()
+        s = run_or_load(cfg, log=lambda msg: None)
+        rows.append({"row": m, "top1": s["final_top1"], "seconds": time.time() - t0})
+    return rows
+
+
+def side_by_side(path: str, setup: GpuSetup, workers: int) -> dict:
+    """The official WKD trainer's step and CIFAR-100 epoch against ours (``benchtools.official``)."""
+    from benchtools import official  # imports the official checkout: only when asked for
+
+    off = official.load_official(path)
+    out = {"path": str(off.root), "steps": official.step_side_by_side(off, setup, setup.batches[0])}
+    try:
+        out["epoch"] = official.epoch_side_by_side(off, setup, workers)
+    except ImportError as e:  # the official data pipeline is torchvision's
+        out["epoch_skipped"] = f"{e} (the official data pipeline needs torchvision)"
+    return out
+
+
+def _official_lines(res: dict) -> list[str]:
+    o = res["official"]
+    lines = ["", "## Side by side with the official WKD trainer", "",
+             f"Official code from `{o['path']}`. Step: the same batch, pair (resnet32x4 -> resnet8x4) and precision "
+             "(float16 + GradScaler on a GPU, the official forward's own autocast; float32 on the CPU); the official "
+             "step includes its per-step readouts (host syncs). Target: ours at least 1.5x the official images/s.",
+             "", "| method | batch | ours img/s | official img/s | ours / official |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['method']} | {r['batch']} | {r['ours_img_s']:.0f} | {r['official_img_s']:.0f} | "
+              f"{r['ratio']:.2f} |" for r in o["steps"]]
+    if "epoch" in o:
+        e = o["epoch"]
+        lines += ["", f"One WKD-L training epoch of {e['images']} generated CIFAR-100 images (genuine pickle files), "
+                      f"each side with its own data pipeline (official: torchvision + PIL, {e['workers']} workers, "
+                      f"cudnn.deterministic as its tools/train.py sets): ours {e['ours_s']:.1f} s, official "
+                      f"{e['official_s']:.1f} s, ratio {e['ratio']:.2f} (target at least 3)."]
+    else:
+        lines += ["", f"Epoch not measured: {o['epoch_skipped']}."]
+    return lines
+
+
+def _parity_lines(res: dict) -> list[str]:
+    lines = ["## Parity (relative difference of the loss / of the student's gradient)", "",
+             "CPU float32 is the reference. float32 on the device with TF32 off must agree to 1e-4, bfloat16 "
+             "autocast to 3e-2; float16 with a GradScaler must take three finite steps.", "",
+             "| method | float32 loss | float32 grad | bfloat16 loss | bfloat16 grad | float16 + scaler | ok |",
+             "|---|---:|---:|---:|---:|:-:|:-:|"]
+    for r in res["parity"]:
+        f16 = {True: "finite", False: "NOT finite", None: "n/a (CPU)"}[r["float16_scaler"]]
+        lines.append(f"| {r['method']} | {r['float32_loss']:.1e} | {r['float32_grad']:.1e} | "
+                     f"{r.get('bfloat16_loss', float('nan')):.1e} | {r.get('bfloat16_grad', float('nan')):.1e} | "
+                     f"{f16} | {'yes' if r['ok'] else 'NO'} |")
+    return lines
+
+
+def _step_lines(res: dict) -> list[str]:
+    lines = ["", "## Training step against its bound", "",
+             "Median of the timed steps after warm-up; the bound is the student's CE step plus the teacher's "
+             "forward under the same settings (bfloat16 autocast and channels_last on a GPU). Host syncs: "
+             "`torch.cuda.set_sync_debug_mode(\"error\")` around three steps at the first batch size.", "",
+             "| method | batch | step ms | bound ms | ratio | target | host-sync free |",
+             "|---|---:|---:|---:|---:|---:|:-:|"]
+    for r in res["steps"]:
+        sync = {True: "yes", False: f"NO ({r.get('sync_error')})", None: "n/a"}[r["sync_free"]]
+        verdict = "met" if r["target"] is not None and r["ratio"] <= r["target"] else "missed"
+        met = "" if r["target"] is None else f"<= {r['target']:.2f} ({verdict})"
+        lines.append(f"| {r['method']} | {r['batch']} | {1e3 * r['step_s']:.2f} | {1e3 * r['bound_s']:.2f} | "
+                     f"{r['ratio']:.2f} | {met} | {sync} |")
+    return lines
+
+
+def write(res: dict, out: Path) -> None:
+    env = res["environment"]
+    head = ", ".join(f"{k} {v}" for k, v in env.items())
+    lines = ["# The CUDA path: parity, host syncs, step times", "", f"{res['date']}; {head}.", "",
+             f"Command: `{res['command']}`", ""] + _parity_lines(res) + _step_lines(res)
+    lines += ["", "## WKD-L loss forward + backward", "", "| B | C | compiled | microseconds | peak MiB |",
+              "|---:|---:|:-:|---:|---:|"]
+    for k in res["kernels"]:
+        peak = "n/a" if k["peak_mib"] is None else f"{k['peak_mib']:.1f}"
+        lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | {k['us']:.0f} | {peak} |")
+    if "ddp" in res:
+        d = res["ddp"]
+        lines += ["", f"torchrun --nproc_per_node=1 through DDP ({d['backend']}): exit {d['returncode']} in "
+                      f"{d['seconds']:.0f} s."]
+    if "e2e" in res:
+        lines += ["", "## FMNIST-KD v1 on the device (seed 0)", "", "| row | test top-1 | wall s |", "|---|---:|---:|"]
+        lines += [f"| {r['row']} | {r['top1']:.2f} | {r['seconds']:.0f} |" for r in res["e2e"]]
+    if "official" in res:
+        lines += _official_lines(res)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text("\n".join(lines) + "\n", out / "gpu.md")
+    atomic_write_text(json.dumps(res, indent=2, default=str) + "\n", out / "gpu.json")
