@@ -93,7 +93,9 @@ def _optim(epochs: int, milestones: list[int]) -> dict:
 
 def _common(steps: int, epochs: int) -> dict:
     return {"detection": {"warmup_steps": 50, "warmup_factor": 0.001, "eval_teacher": False},
-            "train": {"max_steps": steps, "eval_every": epochs, "progress": False, "log_every": 25}}
+            # float32 stated (not precision: auto): the protocol's arithmetic does not change with the device
+            "train": {"max_steps": steps, "eval_every": epochs, "progress": False, "log_every": 25,
+                      "precision": "fp32"}}
 
 
 def teacher_config(runs_root, overrides: list[str] | None = None) -> dict:
