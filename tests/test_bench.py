@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -125,6 +126,11 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resume(bench_dir, monkey
 
     monkeypatch.setattr(runs, "make_trainer", spy)
     assert runs.run_or_load(cfg)["final_top1"] == done["final_top1"] and calls == []
+    # the same directory reached through another spelling of run.out_dir (found when a benchmark given
+    # an absolute --runs retrained a finished 80-minute teacher written with a relative one)
+    moved = dict(cfg, run=dict(cfg["run"], out_dir=os.path.relpath(cfg["run"]["out_dir"])))
+    assert moved["run"]["out_dir"] != cfg["run"]["out_dir"]
+    assert runs.run_or_load(moved)["final_top1"] == done["final_top1"] and calls == []
     (runs.run_dir_of(cfg) / "summary.json").unlink()  # as if killed after the last checkpoint
     again = runs.run_or_load(cfg, log=lambda m: None)
     assert calls[-1]["resume"] is True and again["final_top1"] == done["final_top1"]

@@ -10,5 +10,6 @@ WHICH = {"student": STUDENT, "best": BEST, "last": LAST}
 RESUMABLE_CHANGES = ("optim.epochs", "train.progress", "train.eval_every", "train.log_every",
                      "train.tensorboard", "run.device", "data.workers", "data.eval_batch_size", "train.stop_after",
                      "train.grad_share", "train.checkpoint_every", "train.stop_signals", "data.on_bad_image")
-# Settings that say how far a run goes or what a search around it does, not which run it is.
-NOT_IDENTITY = ("train.stop_after", "auto.")
+# Settings that say how far a run goes, what a search around it does, or how its directory was reached
+# (a relative or an absolute run.out_dir: the config.yaml read is the one inside it), not which run it is.
+NOT_IDENTITY = ("train.stop_after", "auto.", "run.out_dir")
