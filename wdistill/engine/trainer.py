@@ -167,12 +167,6 @@ class Trainer:
     def _save(self, epoch: int, *names: str) -> None:
         save_finite(training_state(self, epoch), self.run_dir, names)
 
-    def _write_metrics(self) -> None:
-        keys = list(dict.fromkeys(k for row in self.history for k in row))
-        lines = [",".join(keys)] + [",".join(_fmt(row.get(k, "")) for k in keys) for row in self.history]
-        atomic_write_text("\n".join(lines) + "\n", self.run_dir / rundir.METRICS_CSV)
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / rundir.METRICS_JSONL)
-
     # ---- stages and epochs -------------------------------------------------------------------
     def run_loop(self, stepper: Stepper, desc: str, where: str, first_step: int = 0, start: int = 0,
                  control: preempt.StepControl | None = None) -> dict:
@@ -247,13 +241,13 @@ class Trainer:
             return
         self._save(epoch + 1, *((rundir.LAST, rundir.BEST) if improved else (rundir.LAST,)))
         self.clock["saved"] = time.monotonic()
-        self._write_metrics()  # after last.pt: the metrics never show an epoch the checkpoint lacks
+        rundir.write_metrics(self.run_dir, self.history)  # after last.pt: never an epoch the checkpoint lacks
         if writer:
             for k, v in row.items():
                 if k != "epoch":
                     writer.add_scalar(k, v, epoch + 1)
         self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs} " + " ".join(
-            f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("epoch",) and not k.startswith("grad_norm_")))
+            f"{k}={rundir.fmt(v)}" for k, v in row.items() if k not in ("epoch",) and not k.startswith("grad_norm_")))
         if epoch == 0:
             ce = [k for k, term in self.distiller.terms.items() if term.supervised]  # ce, or det for detectors
             for line in helping_warnings(row, dict(self.distiller.weights), ce):
@@ -304,6 +298,3 @@ class Trainer:
             writer.close()
         return summary
 
-
-def _fmt(v) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)

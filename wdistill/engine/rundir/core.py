@@ -10,6 +10,7 @@ RunDir to the Trainer, so one lock file covers a run from that decision to its l
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,17 @@ import yaml
 from wdistill.config.load import dump_config, load_config
 from wdistill.config.schema import RunConfig
 from wdistill.engine.rundir.lock import acquire, unlock
-from wdistill.engine.rundir.names import CONFIG, LAST, NOT_IDENTITY, RESUMABLE_CHANGES, RUN_FILES, STUDENT, SUMMARY
+from wdistill.engine.rundir.names import (
+    CONFIG,
+    LAST,
+    METRICS_CSV,
+    METRICS_JSONL,
+    NOT_IDENTITY,
+    RESUMABLE_CHANGES,
+    RUN_FILES,
+    STUDENT,
+    SUMMARY,
+)
 from wdistill.errors import ConfigError, RunBusy
 from wdistill.io import atomic_write_text, load_dict
 
@@ -61,6 +72,19 @@ def changes_from(stored: dict, cfg: RunConfig) -> list[str]:
     except ConfigError as e:
         raise ConfigError(f"the stored config is no longer valid ({str(e).splitlines()[-1].strip()})") from None
     return config_differences(then, cfg.model_dump(mode="json"))
+
+
+def fmt(v) -> str:
+    """A metric as the log and metrics.csv show it."""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.csv and metrics.jsonl: one row per finished epoch (every key any row has)."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    lines = [",".join(keys)] + [",".join(fmt(row.get(k, "")) for k in keys) for row in history]
+    atomic_write_text("\n".join(lines) + "\n", Path(run_dir) / METRICS_CSV)
+    atomic_write_text("".join(json.dumps(r) + "\n" for r in history), Path(run_dir) / METRICS_JSONL)
 
 
 def holds_config(run_dir: Path, cfg: RunConfig) -> bool:
