@@ -124,23 +124,37 @@ def test_a_second_signal_exits_at_once_and_a_quick_repeat_counts_once(tmp_path):
     assert "SIGUSR1 received: finishing this step" in err and "SIGUSR1 again: exiting now" in err
 
 
+_WORKER_CHECK = """
+import subprocess, time, torch
+from wdistill.data.stream import StreamLoader
+torch.set_num_threads(2)
+torch.randn(256, 256) @ torch.randn(256, 256)  # the parent's thread pool started, as in any training process
+loader = StreamLoader([(torch.zeros(1, 2, 2, dtype=torch.uint8), 0)] * 64, 4, True, workers=1,
+                      shield_signals=("SIGTERM", "SIGUSR1"))
+batches = iter(loader)
+next(batches)
+worker = loader.loader._iterator._workers[0]
+for sig in ("-TERM", "-USR1"):
+    subprocess.run(["kill", sig, str(worker.pid)], check=True)  # sent by another process
+time.sleep(0.3)
+assert worker.is_alive() and sum(1 for _ in batches) == 15
+worker.terminate()  # SIGTERM from the main process
+worker.join(10)
+assert worker.exitcode == 0, worker.exitcode
+print("ok")
+"""
+
+
 def test_workers_ignore_a_schedulers_sigterm_but_obey_their_parent():
     """SLURM signals every process of a job: a DataLoader worker must survive a SIGTERM from
     outside (its main process still needs it to finish the step), yet exit when its own main
-    process terminates it, or interpreter exit would wait for it forever."""
-    from wdistill.data.stream import StreamLoader
-    loader = StreamLoader([(torch.zeros(1, 2, 2, dtype=torch.uint8), 0)] * 64, 4, True, workers=1,
-                          shield_signals=("SIGTERM", "SIGUSR1"))
-    batches = iter(loader)
-    next(batches)
-    worker = loader.loader._iterator._workers[0]
-    for sig in ("-TERM", "-USR1"):
-        subprocess.run(["kill", sig, str(worker.pid)], check=True)  # sent by another process
-    time.sleep(0.3)
-    assert worker.is_alive() and sum(1 for _ in batches) == 15
-    worker.terminate()  # SIGTERM from the main process
-    worker.join(10)
-    assert worker.exitcode == 0
+    process terminates it, or interpreter exit would wait for it forever. Run as a user runs it
+    (without OMP_NUM_THREADS=1, the parent's thread pool started): then a worker holds a thread
+    before its worker_init_fn runs, which a SIGTERM could reach (CI found it; a test process with
+    one OpenMP thread did not)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", _WORKER_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def _signal_self_on(prefix: str, logs: list):

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -187,12 +188,31 @@ def _exit_when_the_parent_asks() -> None:
             os._exit(0)
 
 
+@contextmanager
+def workers_start_shielded(names: tuple[str, ...]):
+    """Start DataLoader workers inside this block: with SIGTERM among the stop signals ``names``, this
+    thread blocks it meanwhile, so that each worker, which inherits the signal mask of the thread that
+    forks it, starts with SIGTERM blocked in every thread. torch starts threads in a worker before its
+    ``worker_init_fn`` runs, and a SIGTERM sent to the process goes to any thread that does not block
+    it: blocking it in :func:`ignore_signals` alone left those threads open, and the worker killed
+    (one CI run in several). A SIGTERM meant for this process meanwhile stays pending, then arrives."""
+    if "SIGTERM" not in names:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def ignore_signals(names: tuple[str, ...], worker_id: int = 0) -> None:
     """A worker's ``worker_init_fn``: the run's stop signals do not stop a worker. A scheduler's
     SIGTERM reaches every process of a job, and a worker it killed would crash the main process
     before its checkpoint; the main process stops its workers itself. SIGTERM is still obeyed when
-    the main process sends it (its fallback at shutdown): it is blocked and read by a thread that
-    checks the sender, since ignoring it would leave the main process waiting for the worker."""
+    the main process sends it (its fallback at shutdown): it is blocked (from the fork on, see
+    :func:`workers_start_shielded`) and read by a thread that checks the sender, since ignoring it
+    would leave the main process waiting for the worker."""
     for name in names:
         if name != "SIGTERM":
             signal.signal(getattr(signal, name), signal.SIG_IGN)

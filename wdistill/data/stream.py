@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 
 from wdistill.data.augment import center_crop, crop_flip, fallback_box, resized_crop_flip
-from wdistill.data.samples import Keyed, bad_message, collate, ignore_signals
+from wdistill.data.samples import Keyed, bad_message, collate, ignore_signals, workers_start_shielded
 from wdistill.errors import BadImages
 
 
@@ -221,14 +221,14 @@ class StreamLoader:
                 raise ValueError(f"std must be positive per channel, got {tuple(std)}")
             self.norm = (1.0 / s).to(self.device), (-m / s).to(self.device)
         workers = max(0, int(workers))
-        self.workers = workers
+        self.workers, self.shield_signals = workers, tuple(shield_signals)
         # Its own generator draws the workers' base seed, so iterating never moves the global RNG
         # (a resumed epoch recreates the iterator at another point of the run).
         self.loader = DataLoader(Keyed(dataset, self.transform), batch_sampler=self.sampler, num_workers=workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                                  prefetch_factor=prefetch_factor if workers > 0 else None, collate_fn=collate,
                                  generator=torch.Generator().manual_seed(seed),
-                                 worker_init_fn=partial(ignore_signals, tuple(shield_signals)))
+                                 worker_init_fn=partial(ignore_signals, self.shield_signals))
 
     @property
     def epoch(self) -> int:
@@ -265,7 +265,9 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[dict]:
         first = self.sampler.start
-        for b, (images, targets, index, bad, failed) in enumerate(self.loader, first):
+        with workers_start_shielded(self.shield_signals):  # workers (if any) are started here
+            batches = iter(self.loader)
+        for b, (images, targets, index, bad, failed) in enumerate(batches, first):
             self._before = {"batch": b, "skipped": self.skipped}
             self.last_bad, self.last_failed = bad, failed
             if failed:
