@@ -125,12 +125,18 @@ def test_a_second_signal_exits_at_once_and_a_quick_repeat_counts_once(tmp_path):
 
 
 _WORKER_CHECK = """
-import subprocess, time, torch
+import subprocess, sys, time, torch
+from wdistill.data.det_loader import DetectionLoader
 from wdistill.data.stream import StreamLoader
 torch.set_num_threads(2)
 torch.randn(256, 256) @ torch.randn(256, 256)  # the parent's thread pool started, as in any training process
-loader = StreamLoader([(torch.zeros(1, 2, 2, dtype=torch.uint8), 0)] * 64, 4, True, workers=1,
-                      shield_signals=("SIGTERM", "SIGUSR1"))
+shield = ("SIGTERM", "SIGUSR1")
+if sys.argv[1] == "stream":
+    items = [(torch.zeros(1, 2, 2, dtype=torch.uint8), 0)] * 64
+    loader = StreamLoader(items, 4, True, workers=1, shield_signals=shield)
+else:
+    item = (torch.zeros(3, 4, 4), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)})
+    loader = DetectionLoader([item] * 64, 4, True, workers=1, shield_signals=shield)
 batches = iter(loader)
 next(batches)
 worker = loader.loader._iterator._workers[0]
@@ -145,7 +151,8 @@ print("ok")
 """
 
 
-def test_workers_ignore_a_schedulers_sigterm_but_obey_their_parent():
+@pytest.mark.parametrize("kind", ["stream", "detection"])
+def test_workers_ignore_a_schedulers_sigterm_but_obey_their_parent(kind):
     """SLURM signals every process of a job: a DataLoader worker must survive a SIGTERM from
     outside (its main process still needs it to finish the step), yet exit when its own main
     process terminates it, or interpreter exit would wait for it forever. Run as a user runs it
@@ -153,7 +160,8 @@ def test_workers_ignore_a_schedulers_sigterm_but_obey_their_parent():
     before its worker_init_fn runs, which a SIGTERM could reach (CI found it; a test process with
     one OpenMP thread did not)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", _WORKER_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", _WORKER_CHECK, kind], env=env, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 

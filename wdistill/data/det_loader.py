@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wdistill.data.coco import CocoDetection, collate_detection
 from wdistill.data.det_transforms import detection_transforms
-from wdistill.data.samples import default_workers
+from wdistill.data.samples import default_workers, ignore_signals, workers_start_shielded
 from wdistill.data.stream import ShardedBatchSampler
 from wdistill.errors import ConfigError
 
@@ -114,16 +115,17 @@ class DetectionLoader:
     world_size = 1
 
     def __init__(self, dataset, batch_size: int, train: bool, device="cpu", seed: int = 0, workers: int = 0,
-                 prefetch_factor: int = 2, name: str = "the dataset"):
+                 prefetch_factor: int = 2, name: str = "the dataset", shield_signals: tuple[str, ...] = ()):
         if train and len(dataset) < batch_size:
             raise ConfigError(f"{name} has {len(dataset)} usable images, fewer than one batch ({batch_size}): "
                               "lower data.batch_size")
-        self.dataset, self.device = dataset, torch.device(device)
+        self.dataset, self.device, self.shield_signals = dataset, torch.device(device), tuple(shield_signals)
         self.sampler = ShardedBatchSampler(len(dataset), batch_size, train, seed, drop_last=train)
         self.loader = DataLoader(_Seeded(dataset), batch_sampler=self.sampler, num_workers=workers,
                                  collate_fn=collate_detection, persistent_workers=workers > 0,
                                  prefetch_factor=prefetch_factor if workers > 0 else None,
-                                 generator=torch.Generator().manual_seed(seed))  # iterating leaves the global RNG
+                                 generator=torch.Generator().manual_seed(seed),  # iterating leaves the global RNG
+                                 worker_init_fn=partial(ignore_signals, self.shield_signals))  # as StreamLoader
         self._before = {"batch": 0}
 
     def set_epoch(self, epoch: int) -> None:
@@ -142,7 +144,10 @@ class DetectionLoader:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict]:
-        for b, (images, targets) in enumerate(self.loader, self.sampler.start):
+        first = self.sampler.start
+        with workers_start_shielded(self.shield_signals):
+            batches = iter(self.loader)
+        for b, (images, targets) in enumerate(batches, first):
             self._before = {"batch": b}
             images = [x.to(self.device, non_blocking=True) for x in images]
             targets = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
@@ -177,9 +182,11 @@ class DetectionData:
 
 
 def build_detection_data(d, seed: int = 0, device="cpu", log: Callable[[str], None] = print,
-                         progress: bool = True, datasets: tuple | None = None) -> DetectionData:
+                         progress: bool = True, datasets: tuple | None = None,
+                         shield_signals: tuple[str, ...] = ()) -> DetectionData:
     """Loaders of the data section ``d`` (``name: coco``) for one process; ``datasets``: (train, eval)
-    CocoDetection datasets to use instead of reading ``d.root`` (their own transforms kept)."""
+    CocoDetection datasets to use instead of reading ``d.root`` (their own transforms kept);
+    ``shield_signals``: the run's stop signals, which the workers ignore (the main process stops them)."""
     if datasets is not None:
         train, test = datasets
         if not all(isinstance(x, CocoDetection) for x in datasets):
@@ -189,7 +196,7 @@ def build_detection_data(d, seed: int = 0, device="cpu", log: Callable[[str], No
         train, test = coco_splits(d.root, **d.options, flip=flip, progress=progress)
     train, test = head(train, d.train_subset, "train_subset"), head(test, d.test_subset, "test_subset")
     workers = d.workers if d.workers is not None else default_workers()
-    common = dict(device=device, workers=workers, prefetch_factor=d.prefetch_factor)
+    common = dict(device=device, workers=workers, prefetch_factor=d.prefetch_factor, shield_signals=shield_signals)
     train_loader = DetectionLoader(train, d.batch_size, True, seed=seed, name="the training split", **common)
     test_loader = DetectionLoader(test, d.eval_batch_size, False, **common)
     plain = with_transforms(train, test.transforms)

@@ -56,7 +56,8 @@ class DetectionTrainer(Trainer):
         self.micro_batch = cfg.data.batch_size
         torch.manual_seed(cfg.run.seed)
         self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, self.log, cfg.train.progress,
-                                         datasets=data)
+                                         datasets=data,
+                                         shield_signals=tuple(cfg.train.stop_signals))
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         k = self.data.num_classes
         self.student = student if student is not None else build_model(cfg.student, k, 3, "student")
