@@ -121,8 +121,11 @@ def chart(rows: list[dict], teacher_test: dict, path: Path, seeds) -> None:
     top = max([100 * teacher_test[k] for k in METRICS] + [r[k] + (r[f"{k}_std"] or 0) for r in rows for k in METRICS])
     ax.set_ylim(0, max(top, 1.0) * 1.18)
     ax.set_ylabel("COCO box AP on the 1,000 test canvases (%)")
-    ax.set_title(f"R18-FPN students, {P.STUDENT_EPOCHS * P.STUDENT_STEPS} steps each: mean ± std over "
-                 f"{len(tuple(seeds))} seeds")
+    counts = sorted({r["n"] for r in rows})
+    runs = f"{counts[0]} seed{'s' * (counts[0] != 1)}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
+    spread = f"mean ± std over {runs}" if counts[-1] > 1 else "one seed"
+    ax.set_title(f"R18-FPN students, {P.STUDENT_EPOCHS * P.STUDENT_STEPS} steps each: {spread} "
+                 f"(of {len(tuple(seeds))} planned; runs per row in the table)")
     ax.legend(ncol=2, fontsize=8, loc="upper left")
     timed = [r for r in rows if r["overhead"] is not None]
     bx.bar(range(len(timed)), [r["overhead"] for r in timed], color="#8172B2")
@@ -148,7 +151,8 @@ def write_results(results: dict, teacher_val: dict, teacher_test: dict, speed: d
           report.stamp_markdown(stamp), "Protocol: docs/benchmarks.md, section D. Sizing: the section below.", "",
           results_markdown(rows, teacher_val, teacher_test), "", "AP in %, COCOeval (pycocotools) on the 1,000 test "
           "canvases; mean ± sample std over seeds; APl is undefined (no box above 96 x 96 px). The step times are "
-          "medians of interleaved training steps measured in one process after the runs (batch 8, one thread).",
+          "medians of interleaved training steps of every row, measured in one process (batch 8, one thread; "
+          "what else held the machine then is in the notes).",
           "", "## The WKD rows against KD and DKD, as they came out", "", *comparisons(rows), "",
           "## Per-seed AP", "", *[f"- {LABELS[r['method']]}: {', '.join(f'{x:.2f}' for x in r['per_seed'])}"
                                   for r in rows], "", *cost_lines(rows), "", sizing_text()]
