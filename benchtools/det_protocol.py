@@ -36,9 +36,11 @@ ROWS = ("vanilla", "kd", "dkd", "fitnet", "wkd_l", "wkd_f", "wkd_lf")
 # The benchmark's weights: each row's published detection recipe (wdistill.losses.recipes), its weights rescaled
 # by `python -m benchtools detection --calibrate` (benchmarks/fmnist-det-v1-calibration.md, 2026-12-04).
 CALIBRATED: dict[str, dict[str, float]] = {
-    # DKD's published ratio 0.9207 over each term's own at weight 1 (3 significant digits)
-    "kd": {"kd.weight": 0.993}, "fitnet": {"fitnet.weight": 2.39}, "wkd_l": {"wkd_l.weight": 0.595},
-    "wkd_f": {"wkd_f.weight": 0.418}, "wkd_lf": {"wkd_l.weight": 0.595, "wkd_f.weight": 0.418},
+    # DKD's published ratio 0.9207 over each term's own at weight 1 (3 significant digits). WKD-L's 0.595
+    # diverged (NaN at step 40 of 400, as the warm-up reached lr 0.02, on seed 0); 0.3 is the one deviation
+    # from the rule, set after a 60-step check of the warm-up only (no accuracy read).
+    "kd": {"kd.weight": 0.993}, "fitnet": {"fitnet.weight": 2.39}, "wkd_l": {"wkd_l.weight": 0.3},
+    "wkd_f": {"wkd_f.weight": 0.418}, "wkd_lf": {"wkd_l.weight": 0.3, "wkd_f.weight": 0.418},
 }
 
 
