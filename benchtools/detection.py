@@ -19,6 +19,7 @@ from wdistill.engine import make_trainer
 from wdistill.engine.build import build_model
 from wdistill.engine.det_distiller import evaluate_detection
 from wdistill.engine.loop import term_grad_norms
+from wdistill.errors import NonFiniteLoss
 from wdistill.io import atomic_write_text
 from wdistill.workflows.reuse import load_finished, run_lock, run_or_load, shared_queue
 
@@ -117,7 +118,7 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
                 for m in methods for s in seeds]
         bar = tqdm(total=len(jobs), desc="FMNIST-Det v1 runs", unit="run")
         run_or_load(P.teacher_config(runs_root), log=bar.write)
-        results = dict(shared_queue(jobs, run_or_load, bar))
+        results = dict(shared_queue(jobs, run_or_report, bar))
         bar.close()
     else:
         results = {(m, s): load_finished(P.student_config(m, s, runs_root)) for m in methods for s in seeds}
@@ -128,6 +129,16 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
     table = det_report.write_results(results, teacher, teacher_test(runs_root, log), speed, out,
                                      report.stamp(command=command), seeds)
     return table
+
+
+def run_or_report(cfg: dict, log=print, **kw) -> dict | None:
+    """run_or_load, except that a run whose loss becomes non-finite is reported and skipped (None:
+    missing from the table) instead of stopping every run queued after it."""
+    try:
+        return run_or_load(cfg, log=log, **kw)
+    except NonFiniteLoss as e:
+        log(f"{cfg['run']['name']}: diverged, left out of the table: {e}")
+        return None
 
 
 def calibrate(runs_root="runs/bench", out="benchmarks", fmnist_root=None, methods: list[str] | None = None,

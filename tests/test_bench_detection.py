@@ -61,3 +61,20 @@ def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_
     assert (out / "fmnist-det-v1.png").stat().st_size > 10_000
     again = D.run_detection(runs, out, toy, seeds=[0], methods=["vanilla", "kd"], train=False, log=lambda *_: None)
     assert [r["AP"] for r in again] == [r["AP"] for r in table]  # --report-only reads the same runs
+
+
+def test_a_diverging_run_is_reported_and_the_queue_goes_on(monkeypatch):
+    """One run's non-finite loss must not stop the runs queued after it (it did: WKD-L at its
+    calibrated weight stopped both queue processes)."""
+    from benchtools import detection
+    from wdistill.errors import NonFiniteLoss
+
+    def fake(cfg, log=print, **kw):
+        if cfg["run"]["name"] == "bad":
+            raise NonFiniteLoss("loss became non-finite in epoch 1, step 40")
+        return {"final_AP": 0.5}
+    monkeypatch.setattr(detection, "run_or_load", fake)
+    logs = []
+    assert detection.run_or_report({"run": {"name": "bad"}}, log=logs.append) is None
+    assert "bad: diverged, left out of the table" in logs[0]
+    assert detection.run_or_report({"run": {"name": "good"}}, log=logs.append) == {"final_AP": 0.5}
