@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchtools.measure import median_time  # noqa: E402
 from wdistill.data.coco import CocoDetection, coco_evaluate, collate_detection  # noqa: E402
 from wdistill.models.detection import build_faster_rcnn, detection_step  # noqa: E402
 
@@ -41,15 +41,8 @@ def build(arch: str, size: int, rois: int, post_nms_test: int = 1000):
 
 def timed(fn, steps: int) -> dict:
     load0 = os.getloadavg()[0]
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "load_before": load0,
-            "load_after": os.getloadavg()[0]}
+    median, times = median_time(fn, steps, warmup=2)
+    return {"median_s": median, "min_s": min(times), "load_before": load0, "load_after": os.getloadavg()[0]}
 
 
 def train_step_fn(student, teacher, images, targets):

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from wdistill.data.coco import coco_evaluate
 from wdistill.data.views import View
+from wdistill.engine.distiller import hold_models
 from wdistill.losses.base import SetupContext, Term
 from wdistill.models.detection import detection_step
 
@@ -40,15 +41,7 @@ class DetectionDistiller(nn.Module):
         super().__init__()
         if len(teachers) > 1:
             raise ValueError("detection distils from one teacher")
-        self.student = student
-        self.teachers = nn.ModuleList(teachers)
-        for t in self.teachers:
-            t.eval()
-            t.requires_grad_(False)
-        names = [n for n, _, _ in terms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"each loss term may appear once, got {names}")
-        self.term_names = names
+        self.term_names = names = hold_models(self, student, teachers, terms)
         self.weights = {n: w for n, w, _ in terms}
         self.terms = nn.ModuleDict({n: t for n, _, t in terms})
         self.term_teacher = {n: None for n in names}

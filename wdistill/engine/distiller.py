@@ -40,6 +40,20 @@ def mean_output(outs: list[dict], T: float) -> dict:
     return merged
 
 
+def hold_models(module: nn.Module, student: nn.Module, teachers: list, terms: list) -> list[str]:
+    """Set ``module.student`` and ``module.teachers`` (frozen, in eval mode) and return the term names
+    of ``terms`` ((name, weight, term) triples), each of which may appear once."""
+    module.student = student
+    module.teachers = nn.ModuleList(teachers)
+    for t in module.teachers:
+        t.eval()
+        t.requires_grad_(False)
+    names = [n for n, _, _ in terms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each loss term may appear once, got {names}")
+    return names
+
+
 class Distiller(nn.Module):
     """Runs one forward of each model through hook taps and sums ``weight * term(...)``.
 
@@ -56,14 +70,7 @@ class Distiller(nn.Module):
                  student_taps: TapSpec | dict | None = None, teacher_taps: list | None = None,
                  student_view=None, teacher_views: list | None = None):
         super().__init__()
-        self.student = student
-        self.teachers = nn.ModuleList(teachers)
-        for t in self.teachers:
-            t.eval()
-            t.requires_grad_(False)
-        names = [n for n, _, _ in terms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"each loss term may appear once, got {names}")
+        hold_models(self, student, teachers, terms)
         n = len(teachers)
         expanded, self.term_teacher = [], {}
         for name, weight, term in terms:
