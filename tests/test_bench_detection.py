@@ -6,20 +6,10 @@ import csv
 import os
 
 import pytest
-from conftest import FMNIST_DIR
+from conftest import FMNIST_DIR, require_importable
 
-
-def _importable(name):
-    try:
-        return __import__(name)
-    except Exception as e:  # ImportError, or a torchvision built for another torch
-        if os.environ.get("WDISTILL_REQUIRE_TV") == "1":
-            pytest.fail(f"WDISTILL_REQUIRE_TV=1 but {name} is not importable: {e}", pytrace=False)
-        pytest.skip(f"{name} not importable: {e}", allow_module_level=True)
-
-
-_importable("torchvision")
-_importable("pycocotools")
+require_importable("torchvision")
+require_importable("pycocotools")
 
 from benchtools import det_protocol as P  # noqa: E402
 from benchtools import detection as D  # noqa: E402

@@ -7,27 +7,17 @@ tests/test_timm_torchvision.py). The canvas generator and the transforms need ne
 """
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_importable
 from PIL import Image
 
-
-def _importable(name):
-    try:
-        return __import__(name)
-    except Exception as e:  # ImportError, or a torchvision built for another torch (RuntimeError)
-        if os.environ.get("WDISTILL_REQUIRE_TV") == "1":
-            pytest.fail(f"WDISTILL_REQUIRE_TV=1 but {name} is not importable: {e}", pytrace=False)
-        pytest.skip(f"{name} not importable: {e}", allow_module_level=True)
-
-
-tv = _importable("torchvision")
-_importable("pycocotools")
+tv = require_importable("torchvision")
+require_importable("pycocotools")
 
 from wdistill.data import coco as coco_mod  # noqa: E402
 from wdistill.data.coco import CocoDetection, coco_evaluate, collate_detection  # noqa: E402

@@ -16,20 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import FMNIST_DIR
+from conftest import FMNIST_DIR, require_importable
 
-
-def _importable(name):
-    try:
-        return __import__(name)
-    except Exception as e:  # ImportError, or a torchvision built for another torch (RuntimeError)
-        if os.environ.get("WDISTILL_REQUIRE_TV") == "1":
-            pytest.fail(f"WDISTILL_REQUIRE_TV=1 but {name} is not importable: {e}", pytrace=False)
-        pytest.skip(f"{name} not importable: {e}", allow_module_level=True)
-
-
-tv = _importable("torchvision")
-_importable("pycocotools")
+tv = require_importable("torchvision")
+require_importable("pycocotools")
 
 from wdistill import losses  # noqa: E402
 from wdistill.cli import main as cli_main  # noqa: E402

@@ -5,24 +5,14 @@ have them (its CPU torch has no matching torchvision), so these tests run in a s
 `scripts/tv_venv.sh` builds it from local wheels and runs this module with WDISTILL_REQUIRE_TV=1,
 which turns a missing package into a failure instead of a skip.
 """
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_importable
 
-
-def _importable(name):
-    try:
-        return __import__(name)
-    except Exception as e:  # ImportError, or a torchvision built for another torch (RuntimeError)
-        if os.environ.get("WDISTILL_REQUIRE_TV") == "1":
-            pytest.fail(f"WDISTILL_REQUIRE_TV=1 but {name} is not importable: {e}", pytrace=False)
-        pytest.skip(f"{name} not importable: {e}", allow_module_level=True)
-
-
-tv = _importable("torchvision")
-timm = _importable("timm")
+tv = require_importable("torchvision")
+timm = require_importable("timm")
 
 from wdistill import models  # noqa: E402
 from wdistill.cli import main  # noqa: E402
