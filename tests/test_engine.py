@@ -210,3 +210,40 @@ def test_kd_learns_on_real_fashion_mnist(tmp_path, fmnist_dir):
                                   optim=optim),
                             ["run.name=kd"])).fit()
     assert s["final_top1"] > 60 and s["teacher_top1"] == pytest.approx(t["final_top1"])
+
+
+def test_clip_grad_norm_scales_a_large_gradient_to_the_limit_and_counts_the_step():
+    """train.clip_grad_norm by hand: loss 10 * sum(w) over 4 weights has gradient norm 20, clipped to 5
+    (SGD at lr 1 moves each weight by 10 * 5 / 20 = 2.5); then sum(w) has norm 2, under the limit,
+    untouched (a move of 1). The meter counts the first step's 3 samples as clipped, not the second's."""
+    from contextlib import nullcontext
+
+    from wdistill.engine.loop import Guard, Meter, Stepper
+    w = torch.nn.Parameter(torch.zeros(4))
+    scale = [10.0]
+    meter, cpu = Meter(torch.device("cpu")), torch.device("cpu")
+    stepper = Stepper(torch.nn.Module(), lambda b: (scale[0] * w.sum(), {}, None), torch.optim.SGD([w], lr=1.0),
+                      torch.amp.GradScaler("cpu", enabled=False), nullcontext, 1, [w], meter, Guard([], {}, cpu),
+                      clip=5.0)
+    stepper.step({"target": torch.zeros(3)}, 0)
+    assert torch.allclose(w.detach(), torch.full((4,), -2.5), atol=1e-5)
+    scale[0] = 1.0
+    stepper.step({"target": torch.zeros(3)}, 1)
+    assert torch.allclose(w.detach(), torch.full((4,), -3.5), atol=1e-5)
+    sums = meter.read()
+    assert sums["clipped"] == 3 and sums["n"] == 6
+
+
+def test_clip_grad_norm_in_a_run_records_the_share_clipped_and_a_loose_limit_changes_nothing(tmp_path):
+    """A limit far above every gradient leaves the run bit-identical to one without it (train_clipped 0); a
+    tiny one clips every step (train_clipped 1)."""
+    rows, weights = {}, {}
+    for name, clip in (("none", None), ("loose", 1e9), ("tight", 1e-6)):
+        cfg = small_run(tmp_path, seed=3, epochs=1, name=name, extra_train={"clip_grad_norm": clip})
+        t = Trainer(load_config(cfg), log=lambda *_: None)
+        t.fit()
+        rows[name], weights[name] = t.history[-1], t.student.state_dict()
+    assert "train_clipped" not in rows["none"]
+    assert rows["loose"]["train_clipped"] == 0 and rows["tight"]["train_clipped"] == 1
+    assert all(torch.equal(weights["none"][k], weights["loose"][k]) for k in weights["none"])
+    assert not all(torch.equal(weights["none"][k], weights["tight"][k]) for k in weights["none"])

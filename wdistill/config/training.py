@@ -96,6 +96,11 @@ class TrainSection(Strict):
     stop_after: int | None = Field(None, gt=0, description="Pause after this many epochs: last.pt is written and "
                                    "the run continues later (--resume, or a larger value); the schedule still spans "
                                    "optim.epochs (`wdistill auto` trains candidates rung by rung this way).")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="Clip the gradient's total L2 norm over the trained parameters to this value before "
+        "each optimiser step (after loss-scale unscaling); the metrics record the share of steps clipped "
+        "(train_clipped). null: no clipping, as in the published recipes. Detection toolkits use it to survive "
+        "loss spikes (mmdetection's configs often set 35).")
     grad_share: bool = Field(True, description="Once per epoch, measure each loss term's gradient norm on the "
                              "student (one extra backward per term) and record its share (metrics grad_share_<id>); "
                              "warn when a term's is under 1% or over 100x the cross-entropy's.")

@@ -40,7 +40,8 @@ def _stepper(trainer, epoch: int) -> Stepper:
     params = [p for p in trainer.student.parameters() if p.requires_grad]
     probe = (epoch * len(trainer.train_loader), params) if trainer.cfg.train.grad_share else None
     return Stepper(module, forward, trainer.optimizer, trainer.scaler, trainer.amp_ctx, trainer.cfg.train.accumulate,
-                   trainer.optimizer_params, Meter(trainer.device), guard, d.after_step, grad_probe=probe)
+                   trainer.optimizer_params, Meter(trainer.device), guard, d.after_step, grad_probe=probe,
+                   clip=trainer.cfg.train.clip_grad_norm)
 
 
 def _resume_inside(trainer, epoch: int, loader, stepper: Stepper) -> tuple[int, float]:

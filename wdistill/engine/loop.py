@@ -107,13 +107,16 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
 
 class Stepper:
     """Forward (under autocast), backward with DDP's gradient averaging (``no_sync`` on all but the
-    last micro-batch), optimiser step, then ``after_step()`` (the terms' hooks: memory banks) once.
+    last micro-batch), the gradient's norm clipped to ``clip`` if given, optimiser step, then
+    ``after_step()`` (the terms' hooks: memory banks) once.
     ``forward(batch) -> (total, {name: weighted value}, logits or None)``."""
 
     def __init__(self, module: nn.Module, forward: Callable, optimizer: torch.optim.Optimizer, scaler,
                  amp_ctx: Callable, accumulate: int, params: list[torch.Tensor], meter: Meter, guard: Guard,
-                 after_step: Callable[[], None] | None = None, grad_probe: tuple[int, list] | None = None):
+                 after_step: Callable[[], None] | None = None, grad_probe: tuple[int, list] | None = None,
+                 clip: float | None = None):
         self.module, self.forward, self.optimizer, self.scaler = module, forward, optimizer, scaler
+        self.clip = clip  # train.clip_grad_norm
         self.amp_ctx, self.accumulate, self.params = amp_ctx, accumulate, params
         self.meter, self.guard, self.after_step = meter, guard, after_step
         # (step, student parameters): at that step, each term's gradient norm on the student
@@ -145,6 +148,9 @@ class Stepper:
         grads = [p.grad for p in self.params if p.grad is not None]
         gnorm = torch.nn.utils.get_total_norm(grads) if grads else None
         self.guard.observe(step, total, parts, gnorm)
+        if self.clip is not None and gnorm is not None:  # with the norm already taken: no second pass, no sync
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, gnorm)  # scales each p.grad
+            self.meter.add("clipped", (gnorm > self.clip).float() * len(batch["target"]))  # a share of n
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -43,6 +43,7 @@ def run_stage(trainer, stage, teacher_index: int | None = None) -> None:
         student.train(stage.train_student)
         stepper = Stepper(module, lambda b: module(dict(b, epoch=-1, num_epochs=cfg.optim.epochs)), opt,
                           torch.amp.GradScaler(trainer.device.type, enabled=False), trainer.amp_ctx,
-                          cfg.train.accumulate, params, Meter(trainer.device), Guard([], {}, trainer.device))
+                          cfg.train.accumulate, params, Meter(trainer.device), Guard([], {}, trainer.device),
+                          clip=cfg.train.clip_grad_norm)
         trainer.run_loop(stepper, f"stage {stage.name} {e + 1}/{stage.epochs}", f"stage {stage.name!r} epoch {e + 1}")
     student.train()
