@@ -385,9 +385,10 @@ COCO_NOTES = {
            "detection/model/config.py and rcnn.py).",
     "fitnet": "FitNet on every FPN level the RoI pooler reads, a 1x1 conv + BN regressor per level, weight 1: no "
               "published detection setting.",
-    "wkd_l": "WKD-L on the RoI class logits, background included; cost: CKA of the teacher's box-head features on "
-             "ground-truth boxes and background proposals (at most 100 per class); the paper's ImageNet "
-             "R34 -> R18 lambda_L 30 and tau 2, no decay: the WKD authors have not published a detection setting.",
+    "wkd_l": "WKD-L on the RoI class logits, background included; cost: CKA of the teacher's RoI-Align maps "
+             "(rows by position) of ground-truth boxes and background proposals (at most 100 per class); the paper's "
+             "ImageNet R34 -> R18 lambda_L 30 and tau 2, no decay: the WKD authors have not published a detection "
+             "setting.",
     "wkd_f": "WKD-F on the RoI-Align features, one diagonal Gaussian per RoI (the WKD authors, official "
              "repository issue #5), 1x1 conv + BN projector; the paper's ImageNet R34 -> R18 lambda_F 0.02 and "
              "gamma 2, no decay: no published detection weights.",

@@ -163,28 +163,34 @@ def test_each_term_on_detection_outputs_equals_an_independent_computation(tiny):
     assert not any(p.grad is not None for p in teacher.parameters())
 
 
-def test_box_features_are_the_teachers_box_head_on_ground_truth_and_background_boxes(tiny):
+def test_box_features_are_the_teachers_roi_align_maps_by_position_on_ground_truth_and_background_boxes(tiny):
     _, teacher = _pair(1)
     train = _split(tiny, "train")
     images, targets = collate_detection([train[i] for i in range(3)])
     rows, labels, boxes = class_box_features(teacher.train(), images, targets)
     assert teacher.training  # put back as it was
     teacher.eval()
-    with torch.no_grad():  # by hand: the teacher's transform, backbone, RoI-Align of the ground truth, box head
+    with torch.no_grad():  # by hand: the teacher's transform, backbone, RoI-Align of the ground truth
         il, tt = teacher.transform(images, [dict(t) for t in targets])
         fpn = teacher.backbone(il.tensors)
-        gt_rows = teacher.roi_heads.box_head(teacher.roi_heads.box_roi_pool(fpn, [x["boxes"] for x in tt],
-                                                                             il.image_sizes))
+        gt_maps = teacher.roi_heads.box_roi_pool(fpn, [x["boxes"] for x in tt], il.image_sizes)  # (N, 256, 7, 7)
+    assert rows.shape[1:] == (49, 256)
     start, seen = 0, 0
     for t, b in zip(tt, boxes):
         n = len(t["boxes"])
-        torch.testing.assert_close(rows[start:start + n], gt_rows[seen:seen + n], rtol=1e-4, atol=1e-5)
+        for k in range(n):  # row 7 * i + j of a box is its map at position (i, j)
+            for i, j in ((0, 0), (3, 5), (6, 6)):
+                torch.testing.assert_close(rows[start + k, 7 * i + j], gt_maps[seen + k, :, i, j], rtol=1e-4, atol=1e-5)
         assert labels[start:start + n].tolist() == t["labels"].tolist()
         bg = b[n:]
         assert 0 < len(bg) <= n and (labels[start + n:start + len(b)] == 0).all()
         assert (tv.ops.box_iou(bg, t["boxes"]).max(1).values < 0.5).all()  # background: IoU < 0.5 with every box
         start, seen = start + len(b), seen + n
     assert start == len(rows) == len(labels)
+    logits, _, _ = class_box_features(teacher, images, targets, mode="logits")
+    with torch.no_grad():
+        want = teacher.roi_heads.box_predictor(teacher.roi_heads.box_head(gt_maps[:len(tt[0]["boxes"])]))[0]
+    torch.testing.assert_close(logits[:len(tt[0]["boxes"]), 0], want, rtol=1e-4, atol=1e-5)
 
 
 def _cka(x, y):
@@ -193,7 +199,7 @@ def _cka(x, y):
     return (K * L).sum() / (K.norm() * L.norm())
 
 
-def test_wkd_l_detection_cost_is_the_cka_of_the_teachers_box_features_by_class(tiny):
+def test_wkd_l_detection_cost_is_the_cka_of_the_teachers_roi_features_by_class_position_with_position(tiny):
     student, teacher = _pair(2)
     train = _split(tiny, "train")
     batch = dict(zip(("images", "targets"), collate_detection([train[i] for i in range(2)])))
@@ -204,10 +210,10 @@ def test_wkd_l_detection_cost_is_the_cka_of_the_teachers_box_features_by_class(t
     for b in DetectionLoader(plain, 4, False):
         rows, labels, _ = class_box_features(teacher, b["images"], b["targets"])
         for r, k in zip(rows, labels.tolist()):
-            by_class[k].append(r)
+            by_class[k].append(r)  # (49, 256): one box's positions
     n = min(len(v) for v in by_class.values())
     assert n >= 1 and len(by_class[0]) >= n  # background included, as class 0
-    X = [torch.stack(by_class[k][:n]).double() for k in range(11)]
+    X = [torch.cat(by_class[k][:n]).double() for k in range(11)]  # the k-th box of each class, position by position
     cka = torch.tensor([[float(_cka(X[i], X[j])) for j in range(11)] for i in range(11)])
     want = 1 - torch.exp(-2.0 * (1 - cka) * (1 - torch.eye(11)))
     torch.testing.assert_close(d.terms["wkd_l"].cost.double(), want.double(), rtol=1e-4, atol=1e-5)

@@ -1,5 +1,5 @@
-"""A detector's box-head features by class: of the ground-truth boxes and of background proposals,
-for statistics over a training set (WKD-L's category cost for detectors, ``wdistill.losses.wkd``)."""
+"""A detector's RoI features by class: of the ground-truth boxes and of background proposals, for
+statistics over a training set (WKD-L's category cost for detectors, ``wdistill.losses.wkd``)."""
 from __future__ import annotations
 
 import torch
@@ -24,18 +24,21 @@ def _background(proposals: torch.Tensor, gt: torch.Tensor, count: int, iou_below
 @torch.no_grad()
 def class_box_features(model: nn.Module, images: list[torch.Tensor], targets: list[dict], mode: str = "features",
                        iou_below: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """(rows (N, D), labels (N,), boxes per image): ``model``'s box-head output on the ground-truth
-    boxes of one batch, and on as many background proposals, for statistics by class (WKD-L's
-    category cost). Rows run image by image, each image's ground-truth boxes first; ``boxes`` are
-    those boxes in the model's resized coordinates.
+    """(rows (N, R, D), labels (N,), boxes per image): ``model``'s features of the ground-truth boxes
+    of one batch, and of as many background proposals, for statistics by class (WKD-L's category
+    cost). Boxes run image by image, each image's ground-truth boxes first; ``boxes`` are those
+    boxes in the model's resized coordinates.
 
-    The model runs in eval mode on its own transform of the images. Foreground rows: every
-    ground-truth box, RoI-Aligned from the model's FPN maps and passed through its box head, labelled
-    with its class (1..K). Background rows (label 0): per image, as many of the model's own RPN
-    proposals as the image has ground-truth boxes, among those whose IoU with every ground-truth box
-    is below ``iou_below`` (0.5: torchvision's background threshold for sampled RoIs), evenly
-    spaced in the RPN's objectness order. ``mode`` "features": the box head's representation, which
-    the classifier reads (1024 wide for TwoMLPHead); "logits": the class logits (K + 1 wide).
+    The model runs in eval mode on its own transform of the images. Foreground: every ground-truth
+    box, labelled with its class (1..K). Background (label 0): per image, as many of the model's own
+    RPN proposals as the image has ground-truth boxes, among those whose IoU with every ground-truth
+    box is below ``iou_below`` (0.5: torchvision's background threshold for sampled RoIs), evenly
+    spaced in the RPN's objectness order.
+
+    ``mode`` "features": the box's RoI-Align map from the model's FPN, the input of its box head,
+    as R = S x S rows (its positions, row-major) of D channels: the classification recipe's rows
+    (an example's last-stage map, one row per position), so that paired rows of two classes share
+    a position. "logits": the box predictor's class logits, one row (R = 1) of K + 1.
     """
     if mode not in ("features", "logits"):
         raise ConfigError(f"box feature mode must be 'features' or 'logits', got {mode!r}")
@@ -48,11 +51,12 @@ def class_box_features(model: nn.Module, images: list[torch.Tensor], targets: li
         gt = [t["boxes"] for t in targets_t]
         bg = [_background(p, g, len(g), iou_below) for p, g in zip(proposals, gt)]
         boxes = [torch.cat([g, b]) for g, b in zip(gt, bg)]
-        pooled = model.roi_heads.box_roi_pool(fpn, boxes, image_list.image_sizes)
-        rows = model.roi_heads.box_head(pooled)
+        pooled = model.roi_heads.box_roi_pool(fpn, boxes, image_list.image_sizes)  # (N, D, S, S)
         if mode == "logits":
-            rows = model.roi_heads.box_predictor(rows)[0]
+            rows = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))[0][:, None]
+        else:
+            rows = pooled.flatten(2).transpose(1, 2)  # (N, S * S, D)
     finally:
         model.train(was)
     labels = torch.cat([torch.cat([t["labels"], t["labels"].new_zeros(len(b))]) for t, b in zip(targets_t, bg)])
-    return rows.flatten(1), labels, boxes
+    return rows, labels, boxes

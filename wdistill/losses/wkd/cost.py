@@ -94,14 +94,15 @@ def _stack_classes(per_class: list[list[tuple[int, torch.Tensor]]], max_per_clas
 def collect_box_class_features(teacher: nn.Module, batches: Iterable[dict], num_classes: int,
                                mode: str = "features", max_per_class: int | None = None,
                                device: torch.device | str | None = None, progress: bool | None = True) -> torch.Tensor:
-    """A teacher detector's box-head rows of every class, background included: (K + 1, n, D).
+    """A teacher detector's box rows of every class, background included: (K + 1, n * R, D).
 
-    Each training image's ground-truth boxes give a row of their class and as many background
+    Each training image's ground-truth boxes give rows of their class and as many background
     proposals give rows of class 0 (:func:`wdistill.models.det_features.class_box_features`; mode
-    "features": the box head's representation, "logits": the class logits). Rows keep the order of
-    the batches; the k-th row of every class is paired with the k-th of every other, all classes cut
-    to the smallest count (or ``max_per_class``, which also ends the pass once every class has that
-    many). ``batches``: detection batches (``images``, ``targets``), un-flipped.
+    "features": each box's RoI-Align map, R = S x S rows, one per position; "logits": its class
+    logits, R = 1). Boxes keep the order of the batches; the k-th box of every class is paired with
+    the k-th of every other, position with position, all classes cut to the smallest box count (or
+    ``max_per_class`` boxes, which also ends the pass once every class has that many).
+    ``batches``: detection batches (``images``, ``targets``), un-flipped.
     """
     per_class: list[list[tuple[int, torch.Tensor]]] = [[] for _ in range(num_classes)]
     total = len(batches) if hasattr(batches, "__len__") else None
@@ -116,7 +117,7 @@ def collect_box_class_features(teacher: nn.Module, batches: Iterable[dict], num_
             if not 0 <= y < num_classes:
                 raise ValueError(f"box label {y} outside [0, {num_classes}) while building the WKD cost")
             if max_per_class is None or len(per_class[y]) < max_per_class:
-                per_class[y].append((len(per_class[y]), r[None]))
+                per_class[y].append((len(per_class[y]), r))
         if max_per_class is not None and min(len(c) for c in per_class) >= max_per_class:
             break
     return _stack_classes(per_class, max_per_class)
@@ -140,8 +141,9 @@ def load_or_build_cka(ctx, mode: str, max_per_class: int | None, progress: bool 
 
     The cache key holds the teacher's state_dict checksum, the task, the mode, the row cap and the
     training-set size, so a different teacher or data set never reuses a stale matrix. For a
-    detector (``ctx.task == "detection"``) the rows are its box-head outputs on ground-truth boxes
-    and background proposals (:func:`collect_box_class_features`), background included.
+    detector (``ctx.task == "detection"``) the rows are its RoI-Align features (or class logits) of
+    ground-truth boxes and background proposals (:func:`collect_box_class_features`), background
+    included.
     """
     detection = getattr(ctx, "task", "classification") == "detection"
     if (ctx.teacher if detection else ctx.teacher_tap) is None or ctx.train_batches is None:
@@ -149,7 +151,8 @@ def load_or_build_cka(ctx, mode: str, max_per_class: int | None, progress: bool 
                          "or the path of a saved (C, C) cost matrix instead")
     path = None
     if ctx.cache_dir and ctx.teacher is not None:
-        key = (f"{teacher_checksum(ctx.teacher)[:16]}_{'det_' if detection else ''}{mode}_{max_per_class or 'all'}"
+        # det2_: the RoI-Align rows by position (det_ held the box head's output, whose CKA was ~0 for every pair)
+        key = (f"{teacher_checksum(ctx.teacher)[:16]}_{'det2_' if detection else ''}{mode}_{max_per_class or 'all'}"
                f"_n{ctx.num_samples}")
         path = os.path.join(ctx.cache_dir, f"wkd_cka_{key}.pt")
         if os.path.exists(path):

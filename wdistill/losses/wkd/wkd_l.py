@@ -101,15 +101,21 @@ class WKDLogits(Term):
     the target of each RoI its matched label, 0 for background), the teacher's box head run on the
     same proposals: the place where KD and DKD act in mdistiller's detection code, so the three
     compare on the same distributions. The category cost is built as in the paper, linear CKA
-    between the teacher's class-conditional features, from the features the teacher's classifier
-    reads: its box-head output (``cka_mode`` "features"; "logits": its class logits) on every
-    ground-truth box of the training images (RoI-Aligned from its own FPN maps), and for the
-    background class on as many of its own proposals per image whose IoU with every ground-truth
-    box is below 0.5 (the sampler's background), so the cost also says how far background is
-    from each object class (``wdistill.models.det_features``). Why not the alternatives: the
-    teacher's classifier rows (``cost: cosine_classifier``, available) see only the last linear
-    layer; CKA on whole-image features, the classification recipe, has no class per image when an
-    image holds several objects.
+    between the teacher's class-conditional features, with the paper's rows: an example's feature
+    map, one row per position. For a detector the example is a box and its map is the RoI-Align
+    map its box head reads (``cka_mode`` "features", 7 x 7 rows of 256 channels; "logits": one row
+    of class logits per box), of every ground-truth box of the training images, and for the
+    background class of as many of the teacher's own proposals per image whose IoU with every
+    ground-truth box is below 0.5 (the sampler's background), so the cost also says how far
+    background is from each object class (``wdistill.models.det_features``). The k-th box of
+    one class meets the k-th of another position by position. Why not the box head's 1024-wide
+    output, one row per box (this term's first detection cost): two classes' boxes are unrelated,
+    so their CKA is ~0 for every pair (0.006-0.022 on FMNIST-Det's R50-FPN teacher) and the cost is
+    uniform, which makes the Wasserstein distance a scaled total variation; paired positions
+    share the map's spatial statistics, as in classification, and give a cost with structure.
+    The teacher's classifier rows (``cost: cosine_classifier``) remain an option; CKA on
+    whole-image features, the classification recipe, has no class per image when an image holds
+    several objects.
     """
 
     name = "wkd_l"
