@@ -134,8 +134,8 @@ def chart(rows: list[dict], teacher_test: dict, path: Path, seeds) -> None:
     bx.set_ylabel("training step time / vanilla student's")
     bx.set_ylim(0, max([r["overhead"] for r in timed] + [1.0]) * 1.2)
     bx.set_title("distillation overhead per step")
-    fig.suptitle("FMNIST-Det v1 (Fashion-MNIST items on 96 px canvases): Faster R-CNN distillation, "
-                 "R50-FPN teacher -> R18-FPN student")
+    fig.suptitle(f"{P.REPORT} (Fashion-MNIST items on 96 px canvases): Faster R-CNN distillation, "
+                 f"R50-FPN teacher -> R18-FPN students at lr {P.STUDENT_LR:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -143,11 +143,11 @@ def chart(rows: list[dict], teacher_test: dict, path: Path, seeds) -> None:
 
 def write_results(results: dict, teacher_val: dict, teacher_test: dict, speed: dict, out, stamp: dict,
                   seeds) -> list[dict]:
-    """``out/fmnist-det-v1.md``, ``.csv`` and ``.png``; returns the table rows."""
+    """``out/<P.REPORT>.md``, ``.csv`` and ``.png``; returns the table rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(results, speed)
-    md = [f"# {P.NAME}: detection distillation on real-image canvases (protocol D)", "",
+    md = [f"# {P.REPORT}: detection distillation on real-image canvases (protocol D)", "",
           report.stamp_markdown(stamp), "Protocol: docs/benchmarks.md, section D. Sizing: the section below.", "",
           results_markdown(rows, teacher_val, teacher_test), "", "AP in %, COCOeval (pycocotools) on the 1,000 test "
           "canvases; mean ± sample std over seeds; APl is undefined (no box above 96 x 96 px). The step times are "
@@ -156,13 +156,13 @@ def write_results(results: dict, teacher_val: dict, teacher_test: dict, speed: d
           "", "## The WKD rows against KD and DKD, as they came out", "", *comparisons(rows), "",
           "## Per-seed AP", "", *[f"- {LABELS[r['method']]}: {', '.join(f'{x:.2f}' for x in r['per_seed'])}"
                                   for r in rows], "", *cost_lines(rows), "", sizing_text()]
-    notes = out / f"{P.NAME}.notes.md"
+    notes = out / f"{P.REPORT}.notes.md"
     if notes.is_file():
         md += ["", notes.read_text().strip()]
-    atomic_write_text("\n".join(md) + "\n", out / f"{P.NAME}.md")
-    atomic_write_text(results_csv(rows, stamp), out / f"{P.NAME}.csv")
+    atomic_write_text("\n".join(md) + "\n", out / f"{P.REPORT}.md")
+    atomic_write_text(results_csv(rows, stamp), out / f"{P.REPORT}.csv")
     if rows:
-        chart(rows, teacher_test, out / f"{P.NAME}.png", seeds)
+        chart(rows, teacher_test, out / f"{P.REPORT}.png", seeds)
     return rows
 
 

@@ -41,14 +41,14 @@ def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_
                             log=lambda *_: None)
     assert [r["method"] for r in table] == ["vanilla", "kd"] and table[0]["overhead"] == 1.0
     assert table[1]["overhead"] > 0 and all(0 <= r["AP"] <= 100 for r in table)
-    for run in ("teacher", "vanilla/seed0", "kd/seed0"):  # every run an ordinary run directory
-        assert (runs / P.NAME / run / "summary.json").is_file() and (runs / P.NAME / run / "config.yaml").is_file()
-    md = (out / "fmnist-det-v1.md").read_text()
+    for run in (P.NAME + "/teacher", P.REPORT + "/vanilla/seed0", P.REPORT + "/kd/seed0"):  # ordinary run directories
+        assert (runs / run / "summary.json").is_file() and (runs / run / "config.yaml").is_file()
+    md = (out / f"{P.REPORT}.md").read_text()
     assert "Command: `toy`" in md and "| KD |" in md and "The WKD rows against KD and DKD" in md
-    rows = list(csv.DictReader(line for line in (out / "fmnist-det-v1.csv").read_text().splitlines()
+    rows = list(csv.DictReader(line for line in (out / f"{P.REPORT}.csv").read_text().splitlines()
                                if not line.startswith("#")))
     assert [r["method"] for r in rows] == ["vanilla", "kd"] and float(rows[0]["step_vs_vanilla"]) == 1.0
-    assert (out / "fmnist-det-v1.png").stat().st_size > 10_000
+    assert (out / f"{P.REPORT}.png").stat().st_size > 10_000
     again = D.run_detection(runs, out, toy, seeds=[0], methods=["vanilla", "kd"], train=False, log=lambda *_: None)
     assert [r["AP"] for r in again] == [r["AP"] for r in table]  # --report-only reads the same runs
 
