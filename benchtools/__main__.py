@@ -113,7 +113,7 @@ def _cmd_auto(args) -> int:
 
 
 def _cmd_detection(args) -> int:
-    from benchtools.det_protocol import ROWS, SEEDS
+    from benchtools.det_protocol import REPORT, ROWS, SEEDS
     from benchtools.detection import calibrate, run_detection
 
     _threads(args.threads)
@@ -127,7 +127,7 @@ def _cmd_detection(args) -> int:
                           command=["python", "-m", "benchtools"] + sys.argv[1:], train=not args.report_only)
     for r in table:
         print(f"{r['method']:>8s} AP {r['AP']:6.2f} AP50 {r['AP50']:6.2f} AP75 {r['AP75']:6.2f} (n={r['n']})")
-    print(f"wrote {Path(args.out) / 'fmnist-det-v1'}.md/.csv/.png")
+    print(f"wrote {Path(args.out) / REPORT}.md/.csv/.png")
     return 0
 
 
