@@ -1,5 +1,5 @@
 """The results files of `python -m benchtools detection` (docs/benchmarks.md, protocol D):
-``out/fmnist-det-v1.md|csv|png`` from the finished runs' summaries, the teacher's and the step times."""
+``out/<det_protocol.REPORT>.md|csv|png`` from the finished runs' summaries, the teacher's and the step times."""
 from __future__ import annotations
 
 import csv

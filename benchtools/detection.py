@@ -1,7 +1,7 @@
-"""`python -m benchtools detection`: FMNIST-Det v1 (docs/benchmarks.md, protocol D). Makes the canvases,
+"""`python -m benchtools detection`: FMNIST-Det (docs/benchmarks.md, protocol D). Makes the canvases,
 trains the R50-FPN teacher once, then every row x seed as an ordinary run directory (resumable; two shells
 running the same command share the queue), measures the distillation overhead per step, and writes
-``benchmarks/fmnist-det-v1.md/.csv/.png`` (tables: ``benchtools.det_report``)."""
+``benchmarks/<det_protocol.REPORT>.md/.csv/.png`` (tables: ``benchtools.det_report``)."""
 from __future__ import annotations
 
 import json
@@ -116,7 +116,7 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
         P.make_data(runs_root, fmnist_root, log)
         jobs = [((m, s), lambda m=m, s=s: P.student_config(m, s, runs_root), [P.teacher_config(runs_root)])
                 for m in methods for s in seeds]
-        bar = tqdm(total=len(jobs), desc="FMNIST-Det v1 runs", unit="run")
+        bar = tqdm(total=len(jobs), desc=f"{P.REPORT} runs", unit="run")
         run_or_load(P.teacher_config(runs_root), log=bar.write)
         results = dict(shared_queue(jobs, run_or_report, bar))
         bar.close()
