@@ -122,6 +122,12 @@ def _cmd_detection(args) -> int:
         for m, w in calibrate(args.runs, args.out, args.root, methods=methods).items():
             print(f"{m:>8s} {w}")
         return 0
+    if args.merge:
+        from benchtools.det_report import merge_results
+
+        table = merge_results(args.merge, args.out, command=["python", "-m", "benchtools"] + sys.argv[1:])
+        print(f"pooled {len(args.merge)} results files into {Path(args.out) / REPORT}.md/.csv/.png")
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)
     table = run_detection(args.runs, args.out, args.root, seeds, methods,
                           command=["python", "-m", "benchtools"] + sys.argv[1:], train=not args.report_only)
@@ -267,6 +273,8 @@ def _add_detection(bs) -> None:
     s.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
     s.add_argument("--methods", default=None, help="comma-separated subset of the rows, e.g. vanilla,kd,wkd_l")
     s.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
+    s.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="train nothing: pool results CSVs of disjoint seeds (same teacher) into one results file")
     s.add_argument("--calibrate", action="store_true", help="measure the terms' gradient norms at the start of "
                                                             "training (the rule that sets the benchmark's weights)")
     _add_run_dirs(s)

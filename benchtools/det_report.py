@@ -19,16 +19,17 @@ LABELS = {p.method: p.label for p in detection_rows()}
 def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
     """One row per method with finished runs: mean/std of AP, AP50, AP75 (x100), APs/APm means, the
     AP gain over vanilla, wall time per run, the step time and its ratio to vanilla's step."""
-    by_method: dict[str, list[dict]] = {}
-    for (method, _seed), summary in results.items():
+    by_method: dict[str, list[tuple[int, dict]]] = {}
+    for (method, seed), summary in sorted(results.items(), key=lambda kv: kv[0][1]):
         if summary is not None and summary.get("final_AP") is not None:
-            by_method.setdefault(method, []).append(summary)
+            by_method.setdefault(method, []).append((seed, summary))
     rows = []
     for method in P.ROWS:
-        runs = by_method.get(method)
+        runs = [r for _, r in by_method.get(method, [])]
         if not runs:
             continue
-        row = {"method": method, "n": len(runs), "settings": describe(P.row_terms(method))}
+        row = {"method": method, "n": len(runs), "settings": describe(P.row_terms(method)),
+               "seeds": [sd for sd, _ in by_method[method]]}
         for k in METRICS + ("APs", "APm"):  # None where the test canvases hold no box of that size range
             values = [100 * r[f"final_{k}"] for r in runs if r.get(f"final_{k}") is not None]
             row[k], row[f"{k}_std"] = report.mean_std(values) if values else (None, None)
@@ -36,6 +37,11 @@ def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
         row["per_seed"] = [100 * r["final_AP"] for r in runs]
         row["step_seconds"] = speed.get(method)
         rows.append(row)
+    return _relative(rows)
+
+
+def _relative(rows: list[dict]) -> list[dict]:
+    """Each row's AP gain over vanilla and its step time as a ratio to vanilla's (None without vanilla)."""
     base = next((r for r in rows if r["method"] == "vanilla"), None)
     for r in rows:
         r["gain"] = None if base is None or r is base else r["AP"] - base["AP"]
@@ -44,19 +50,26 @@ def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
     return rows
 
 
+def teacher_row(teacher_val: dict, teacher_test: dict) -> dict:
+    """The teacher's line of the table in % (its test COCOeval and its validation AP; None for a size range
+    without boxes)."""
+    test = {k: teacher_test.get(k) for k in METRICS + ("APs", "APm")}
+    row = {k: None if v is None or v != v else 100 * v for k, v in test.items()}
+    return row | {"val_AP": 100 * teacher_val["final_AP"]}
+
+
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
-def results_markdown(rows: list[dict], teacher_val: dict, teacher_test: dict) -> str:
+def results_markdown(rows: list[dict], t: dict) -> str:
     lines = ["| row | AP | AP50 | AP75 | APs | APm | AP vs vanilla | s / step | step vs vanilla | runs | settings |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    t = {k: None if v is None or v != v else 100 * v for k, v in teacher_test.items()}
     lines.append(f"| teacher R50-FPN (2,000 steps; 1 run) | {_pm(t['AP'], None)} | {_pm(t['AP50'], None)} | "
                  f"{_pm(t['AP75'], None)} | {_pm(t['APs'], None)} | {_pm(t['APm'], None)} | | | | 1 | "
-                 f"val AP {100 * teacher_val['final_AP']:.2f} |")
+                 f"val AP {t['val_AP']:.2f} |")
     for r in rows:
         gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
         step = "" if r["step_seconds"] is None else f"{r['step_seconds']:.2f}"
@@ -85,24 +98,108 @@ def comparisons(rows: list[dict]) -> list[str]:
     return out
 
 
-def results_csv(rows: list[dict], stamp: dict) -> str:
+COLUMNS = ["method", "runs", "seeds", "AP_mean", "AP_std", "AP50_mean", "AP50_std", "AP75_mean", "AP75_std",
+           "APs_mean", "APm_mean", "gain_AP_vs_vanilla", "step_seconds", "step_vs_vanilla", "wall_seconds_per_run",
+           "per_seed_AP", "settings"]
+
+
+def results_csv(rows: list[dict], teacher: dict, stamp: dict) -> str:
+    """The table as CSV, the teacher first (its settings column holds its validation AP); with the seeds of
+    each row, so that a later session can pool it with other seeds' results (:func:`merge_results`)."""
     buf = io.StringIO()
     for k, v in stamp.items():
         buf.write(f"# {k}: {v}\n")
     w = csv.writer(buf)
-    w.writerow(["method", "runs", "AP_mean", "AP_std", "AP50_mean", "AP50_std", "AP75_mean", "AP75_std",
-                "APs_mean", "APm_mean", "gain_AP_vs_vanilla", "step_seconds", "step_vs_vanilla",
-                "wall_seconds_per_run", "per_seed_AP", "settings"])
+    w.writerow(COLUMNS)
     f = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    w.writerow(["teacher", 1, "", f(teacher["AP"]), "", f(teacher["AP50"]), "", f(teacher["AP75"]), "",
+                f(teacher["APs"]), f(teacher["APm"]), "", "", "", "", "", f"val AP {teacher['val_AP']:.4f}"])
     for r in rows:
-        w.writerow([r["method"], r["n"], f(r["AP"]), f(r["AP_std"]), f(r["AP50"]), f(r["AP50_std"]), f(r["AP75"]),
-                    f(r["AP75_std"]), f(r["APs"]), f(r["APm"]), f(r["gain"]), f(r["step_seconds"]),
-                    f(r["overhead"]), f"{r['wall_seconds']:.1f}", " ".join(f"{x:.2f}" for x in r["per_seed"]),
-                    r["settings"]])
+        w.writerow([r["method"], r["n"], " ".join(map(str, r["seeds"])), f(r["AP"]), f(r["AP_std"]), f(r["AP50"]),
+                    f(r["AP50_std"]), f(r["AP75"]), f(r["AP75_std"]), f(r["APs"]), f(r["APm"]), f(r["gain"]),
+                    f(r["step_seconds"]), f(r["overhead"]), f"{r['wall_seconds']:.1f}",
+                    " ".join(f"{x:.2f}" for x in r["per_seed"]), r["settings"]])
     return buf.getvalue()
 
 
-def chart(rows: list[dict], teacher_test: dict, path: Path, seeds) -> None:
+def read_results_csv(path) -> tuple[dict, dict, list[dict]]:
+    """(stamp, teacher, rows) of a results CSV written by :func:`results_csv`."""
+    lines = Path(path).read_text().splitlines()
+    stamp = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)
+    reader = csv.DictReader(line for line in lines if not line.startswith("#"))
+    if reader.fieldnames != COLUMNS:
+        raise ValueError(f"{path}: not a results CSV of `python -m benchtools detection` with its seeds (columns "
+                         f"{', '.join(COLUMNS)} expected)")
+    num = lambda v: float(v) if v else None  # noqa: E731
+    teacher, rows = None, []
+    for r in reader:
+        row = {k: num(r[f"{k}_mean"]) for k in METRICS + ("APs", "APm")}
+        if r["method"] == "teacher":
+            teacher = row | {"val_AP": float(r["settings"].removeprefix("val AP "))}
+            continue
+        rows.append(row | {f"{k}_std": num(r[f"{k}_std"]) for k in METRICS} | {
+            "method": r["method"], "n": int(r["runs"]), "seeds": [int(x) for x in r["seeds"].split()],
+            "settings": r["settings"], "wall_seconds": float(r["wall_seconds_per_run"]),
+            "per_seed": [float(x) for x in r["per_seed_AP"].split()], "step_seconds": num(r["step_seconds"])})
+    if teacher is None:
+        raise ValueError(f"{path}: no teacher row")
+    return stamp, teacher, rows
+
+
+def merge_results(paths: list, out, command: list[str] | None = None) -> list[dict]:
+    """One results table from results CSVs of disjoint seeds (their run directories gone): each row's AP,
+    AP50 and AP75 mean and sample std pooled exactly from the parts' (runs, mean, std), APs, APm and wall
+    time run-weighted means, the per-seed AP in seed order, the step time from the first part that measured
+    it. Refused unless every part has the same teacher (its test AP, AP50, AP75, APs, APm and validation AP
+    to the table's two decimals: a teacher trained again must match all six), a row's
+    settings are the same in every part and no seed of a row is in two parts."""
+    parts = [(Path(p), *read_results_csv(p)) for p in paths]
+    teacher = parts[0][2]
+    shown = lambda t: {k: None if v is None else round(v, 2) for k, v in t.items()}  # noqa: E731
+    groups: dict[str, list[tuple[Path, dict]]] = {}
+    for path, _, t, rows in parts:
+        if shown(t) != shown(teacher):
+            raise ValueError(f"{path}: its teacher ({t}) is not {parts[0][0]}'s ({teacher}); its students had "
+                             "another teacher, so the two cannot share a table")
+        for r in rows:
+            groups.setdefault(r["method"], []).append((path, r))
+    merged = []
+    for method in [m for m in P.ROWS if m in groups]:
+        merged.append(_pool_row(method, groups[method]))
+    _relative(merged)
+    seeds = sorted({sd for r in merged for sd in r["seeds"]})
+    sources = [f"`{p.name}` ({st.get('date', '?')}, commit `{st.get('commit', '?')}`, `{st.get('command', '?')}`)"
+               for p, st, _, _ in parts]
+    stamp = report.stamp(command=command) | {"pooled from": "; ".join(sources)}
+    write_results(merged, teacher, out, stamp, seeds)
+    return merged
+
+
+def _pool_row(method: str, group: list[tuple[Path, dict]]) -> dict:
+    seen: dict[int, Path] = {}
+    for path, r in group:
+        if r["settings"] != group[0][1]["settings"]:
+            raise ValueError(f"{method}: settings '{r['settings']}' in {path} but '{group[0][1]['settings']}' in "
+                             f"{group[0][0]}: only runs of the same settings can be pooled")
+        for sd in r["seeds"]:
+            if sd in seen:
+                raise ValueError(f"{method} seed {sd} is in both {seen[sd]} and {path}: merge only disjoint seeds")
+            seen[sd] = path
+    rows = [r for _, r in group]
+    n = sum(r["n"] for r in rows)
+    out = {"method": method, "n": n, "settings": rows[0]["settings"]}
+    for k in METRICS:
+        _, out[k], out[f"{k}_std"] = report.pool([(r["n"], r[k], r[f"{k}_std"]) for r in rows])
+    for k in ("APs", "APm", "wall_seconds"):
+        known = [r for r in rows if r[k] is not None]
+        out[k] = sum(r["n"] * r[k] for r in known) / sum(r["n"] for r in known) if known else None
+    by_seed = sorted((sd, ap) for r in rows for sd, ap in zip(r["seeds"], r["per_seed"]))
+    out["seeds"], out["per_seed"] = [sd for sd, _ in by_seed], [ap for _, ap in by_seed]
+    out["step_seconds"] = next((r["step_seconds"] for r in rows if r["step_seconds"] is not None), None)
+    return out
+
+
+def chart(rows: list[dict], teacher: dict, path: Path, seeds) -> None:
     """AP, AP50, AP75 per row (mean, error bar = sample std over seeds), the teacher's as dashed lines;
     beside it each row's step time as a ratio to the vanilla student's."""
     import matplotlib
@@ -116,9 +213,9 @@ def chart(rows: list[dict], teacher_test: dict, path: Path, seeds) -> None:
         bars = ax.bar(xs, [r[k] for r in rows], width, yerr=[r[f"{k}_std"] or 0 for r in rows], capsize=2, color=c,
                       label=f"{k} (student)")
         ax.bar_label(bars, fmt="%.1f", fontsize=6.5, padding=3)
-        ax.axhline(100 * teacher_test[k], color=c, ls="--", lw=1, label=f"{k} of the R50-FPN teacher (1 run)")
+        ax.axhline(teacher[k], color=c, ls="--", lw=1, label=f"{k} of the R50-FPN teacher (1 run)")
     ax.set_xticks(range(len(rows)), names)
-    top = max([100 * teacher_test[k] for k in METRICS] + [r[k] + (r[f"{k}_std"] or 0) for r in rows for k in METRICS])
+    top = max([teacher[k] for k in METRICS] + [r[k] + (r[f"{k}_std"] or 0) for r in rows for k in METRICS])
     ax.set_ylim(0, max(top, 1.0) * 1.18)
     ax.set_ylabel("COCO box AP on the 1,000 test canvases (%)")
     counts = sorted({r["n"] for r in rows})
@@ -141,15 +238,16 @@ def chart(rows: list[dict], teacher_test: dict, path: Path, seeds) -> None:
     plt.close(fig)
 
 
-def write_results(results: dict, teacher_val: dict, teacher_test: dict, speed: dict, out, stamp: dict,
-                  seeds) -> list[dict]:
-    """``out/<P.REPORT>.md``, ``.csv`` and ``.png``; returns the table rows."""
+def write_results(rows: list[dict], teacher: dict, out, stamp: dict, seeds) -> list[dict]:
+    """``out/<P.REPORT>.md``, ``.csv`` and ``.png`` from the table's rows (:func:`summarise` or
+    :func:`merge_results`) and the teacher's line (:func:`teacher_row`); returns the rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = summarise(results, speed)
     md = [f"# {P.REPORT}: detection distillation on real-image canvases (protocol D)", "",
-          report.stamp_markdown(stamp), "Protocol: docs/benchmarks.md, section D. Sizing: the section below.", "",
-          results_markdown(rows, teacher_val, teacher_test), "", "AP in %, COCOeval (pycocotools) on the 1,000 test "
+          report.stamp_markdown(stamp), *([f"Pooled from: {stamp['pooled from']}", ""] if "pooled from" in stamp
+                                          else []),
+          "Protocol: docs/benchmarks.md, section D. Sizing: the section below.", "",
+          results_markdown(rows, teacher), "", "AP in %, COCOeval (pycocotools) on the 1,000 test "
           "canvases; mean ± sample std over seeds; APl is undefined (no box above 96 x 96 px). The step times are "
           "medians of interleaved training steps of every row, measured in one process (batch 8, one thread; "
           "what else held the machine then is in the notes).",
@@ -160,9 +258,9 @@ def write_results(results: dict, teacher_val: dict, teacher_test: dict, speed: d
     if notes.is_file():
         md += ["", notes.read_text().strip()]
     atomic_write_text("\n".join(md) + "\n", out / f"{P.REPORT}.md")
-    atomic_write_text(results_csv(rows, stamp), out / f"{P.REPORT}.csv")
+    atomic_write_text(results_csv(rows, teacher, stamp), out / f"{P.REPORT}.csv")
     if rows:
-        chart(rows, teacher_test, out / f"{P.REPORT}.png", seeds)
+        chart(rows, teacher, out / f"{P.REPORT}.png", seeds)
     return rows
 
 

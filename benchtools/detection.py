@@ -126,7 +126,8 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
     if teacher is None:
         raise FileNotFoundError(f"the teacher run {Path(runs_root) / P.NAME / 'teacher'} has not finished")
     speed = step_overhead(runs_root, methods, log=log) if train else read_speed(runs_root)
-    table = det_report.write_results(results, teacher, teacher_test(runs_root, log), speed, out,
+    table = det_report.write_results(det_report.summarise(results, speed),
+                                     det_report.teacher_row(teacher, teacher_test(runs_root, log)), out,
                                      report.stamp(command=command), seeds)
     return table
 

@@ -47,7 +47,8 @@ def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_
     assert "Command: `toy`" in md and "| KD |" in md and "The WKD rows against KD and DKD" in md
     rows = list(csv.DictReader(line for line in (out / f"{P.REPORT}.csv").read_text().splitlines()
                                if not line.startswith("#")))
-    assert [r["method"] for r in rows] == ["vanilla", "kd"] and float(rows[0]["step_vs_vanilla"]) == 1.0
+    assert [r["method"] for r in rows] == ["teacher", "vanilla", "kd"] and float(rows[1]["step_vs_vanilla"]) == 1.0
+    assert rows[1]["seeds"] == "0" and rows[0]["settings"].startswith("val AP ")
     assert (out / f"{P.REPORT}.png").stat().st_size > 10_000
     again = D.run_detection(runs, out, toy, seeds=[0], methods=["vanilla", "kd"], train=False, log=lambda *_: None)
     assert [r["AP"] for r in again] == [r["AP"] for r in table]  # --report-only reads the same runs
