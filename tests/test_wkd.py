@@ -108,6 +108,12 @@ def test_wkd_l_term_weighting_and_gradient_flow():
     value.backward()
     assert s_logits.grad is not None and s_logits.grad.abs().sum() > 0
     assert t_logits.grad is None
+    for w in (0.0, 0.25):  # the named option target_weight scales the target part only
+        scaled = losses.create("wkd_l", cost=cost, lambda_l=600.0, tau=8.0, target_weight=w)
+        value = scaled({"logits": s_logits}, {"logits": t_logits}, batch(y, 0))
+        assert abs(float(value.detach()) - float(w * loss_t + 600 * wd)) < 1e-4 * float(value.detach())
+    with pytest.raises(ValueError, match="target_weight must be >= 0"):
+        losses.create("wkd_l", target_weight=-1.0)
 
 
 def official_weight(w: float, epoch1: int, num_epochs: int, s: float) -> float:

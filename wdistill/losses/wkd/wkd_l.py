@@ -79,6 +79,10 @@ class WKDLogits(Term):
     Defaults are the paper's CIFAR-100 resnet32x4 -> resnet8x4 setting: lambda_l=600, tau=8,
     kappa=1, decay from epoch 150 of 240 (``decay_start_frac=150/240``; or give ``decay_start`` in
     epochs), Sinkhorn reg=0.05 with 10 plain-domain iterations (``solver="log"`` runs to convergence).
+    ``target_weight`` (named option, published 1) scales the target part: it is a cross-entropy on the
+    target class weighted by the teacher's probability of it, so beside a task loss that already holds a
+    cross-entropy (a detector's RoI classification) it adds a second pull towards confidence; 0 keeps
+    only the Wasserstein part.
 
     cost: "cka" (teacher class features, built in setup and cached by the teacher's checksum;
     ``cka_mode`` "features" = last-stage map rows, "logits" = one logit row per image; the official
@@ -127,8 +131,12 @@ class WKDLogits(Term):
     def __init__(self, lambda_l: float = 600.0, tau: float = 8.0, kappa: float = 1.0, reg: float = 0.05,
                  num_iters: int = 10, solver: str = "plain", tol: float = 1e-5, max_iters: int = 1000,
                  decay_start: float | None = None, decay_start_frac: float | None = DEFAULT_DECAY_FRAC,
-                 cost: str | torch.Tensor = "cka", cka_mode: str = "features", max_per_class: int | None = None):
+                 cost: str | torch.Tensor = "cka", cka_mode: str = "features", max_per_class: int | None = None,
+                 target_weight: float = 1.0):
         super().__init__()
+        if target_weight < 0:
+            raise ConfigError(f"target_weight must be >= 0 (1 is published, 0 leaves the Wasserstein part alone), "
+                              f"got {target_weight}")
         if solver not in ("plain", "log"):
             raise ConfigError(f"unknown solver {solver!r}; use 'plain' (published) or 'log' (converged)")
         if tau <= 0 or reg <= 0 or kappa <= 0:
@@ -140,6 +148,7 @@ class WKDLogits(Term):
         self.solver, self.tol, self.max_iters = solver, tol, max_iters
         self.decay_start, self.decay_start_frac = decay_start, decay_start_frac
         self.cost_spec, self.cka_mode, self.max_per_class = cost, cka_mode, max_per_class
+        self.target_weight = target_weight
         self.register_buffer("cost", torch.as_tensor(cost).float() if isinstance(cost, torch.Tensor) else None)
 
     def setup(self, ctx: SetupContext) -> None:
@@ -190,7 +199,7 @@ class WKDLogits(Term):
                 s.to(dtype), teacher["logits"].detach().to(dtype), batch["target"], self.cost, self.tau,
                 self.reg, self.num_iters, self.solver, t_logits_nt=t_nt,
                 **({"tol": self.tol, "max_iters": self.max_iters} if self.solver == "log" else {}))
-        return loss_t + self.weight_at(batch) * wd
+        return self.target_weight * loss_t + self.weight_at(batch) * wd
 
 
 # Published recipe: the official resnet32x4 -> resnet8x4 setting (wkd_official); candidates: weight
