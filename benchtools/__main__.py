@@ -183,25 +183,12 @@ def _add_accuracy(bs) -> None:
         action="store_true",
         help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist",
     )
-    a.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: write the results files from the runs finished so far",
-    )
-    a.add_argument(
-        "--merge",
-        nargs="+",
-        default=None,
-        metavar="CSV",
-        help="train nothing: pool results CSVs of disjoint seeds into one results file",
-    )
-    a.add_argument(
-        "--replace",
-        nargs="+",
-        default=None,
-        metavar="CSV",
-        help="with --merge: results CSVs of a re-run whose methods replace those rows",
-    )
+    a.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the results files from the runs finished so far")
+    a.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="train nothing: pool results CSVs of disjoint seeds into one results file")
+    a.add_argument("--replace", nargs="+", default=None, metavar="CSV",
+                   help="with --merge: results CSVs of a re-run whose methods replace those rows")
     _add_run_dirs(a)
     a.set_defaults(func=_cmd_accuracy)
 
