@@ -92,7 +92,10 @@ def comparisons(rows: list[dict]) -> list[str]:
         for other in ("vanilla", "kd", "dkd"):
             if other in by:
                 a, b = by[w], by[other]
-                se = math.sqrt(((a["AP_std"] or 0) ** 2) / a["n"] + ((b["AP_std"] or 0) ** 2) / b["n"])
+                if a["AP_std"] is None or b["AP_std"] is None:  # a single run has no spread to give an s.e.
+                    parts.append(f"{a['AP'] - b['AP']:+.2f} AP vs {LABELS[other]} (no s.e.: a single run)")
+                    continue
+                se = math.sqrt(a["AP_std"] ** 2 / a["n"] + b["AP_std"] ** 2 / b["n"])
                 parts.append(f"{a['AP'] - b['AP']:+.2f} AP vs {LABELS[other]} (± {se:.2f} s.e.)")
         out.append(f"- {LABELS[w]}: " + "; ".join(parts))
     return out

@@ -63,6 +63,8 @@ def test_parts_that_cannot_share_a_table_are_refused(tmp_path):
     edited.write_text(_write(tmp_path / "d", [2]).read_text().replace("kd w=", "kd w=2"))
     with pytest.raises(ValueError, match="kd: settings .* only runs of the same settings"):
         R.merge_results([a, edited], tmp_path / "m")
+    single = (tmp_path / "c" / f"{R.P.REPORT}.md").read_text()  # one run per row: no standard error is made up
+    assert "AP vs KD (no s.e.: a single run)" in single and "± 0.00 s.e." not in single
     old = tmp_path / "old.csv"  # a file without the seeds column cannot say which seeds it holds
     old.write_text(a.read_text().replace("method,runs,seeds,", "method,runs,"))
     with pytest.raises(ValueError, match="with its seeds"):
