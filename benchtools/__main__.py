@@ -125,7 +125,7 @@ def _cmd_detection(args) -> int:
     if args.merge:
         from benchtools.det_report import merge_results
 
-        table = merge_results(args.merge, args.out, command=["python", "-m", "benchtools"] + sys.argv[1:])
+        merge_results(args.merge, args.out, command=["python", "-m", "benchtools"] + sys.argv[1:])
         print(f"pooled {len(args.merge)} results files into {Path(args.out) / REPORT}.md/.csv/.png")
         return 0
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)

@@ -13,6 +13,7 @@ from wdistill.io import atomic_write_text
 from wdistill.losses.recipes import describe, detection_rows
 
 METRICS = ("AP", "AP50", "AP75")
+SIZES = ("APs", "APm")  # the size ranges the 96-px canvases hold (no box is large: APl is undefined)
 LABELS = {p.method: p.label for p in detection_rows()}
 
 
@@ -30,7 +31,7 @@ def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
             continue
         row = {"method": method, "n": len(runs), "settings": describe(P.row_terms(method)),
                "seeds": [sd for sd, _ in by_method[method]]}
-        for k in METRICS + ("APs", "APm"):  # None where the test canvases hold no box of that size range
+        for k in METRICS + SIZES:  # None where the test canvases hold no box of that size range
             values = [100 * r[f"final_{k}"] for r in runs if r.get(f"final_{k}") is not None]
             row[k], row[f"{k}_std"] = report.mean_std(values) if values else (None, None)
         row["wall_seconds"] = report.mean_std([r["wall_seconds"] for r in runs])[0]
@@ -53,7 +54,7 @@ def _relative(rows: list[dict]) -> list[dict]:
 def teacher_row(teacher_val: dict, teacher_test: dict) -> dict:
     """The teacher's line of the table in % (its test COCOeval and its validation AP; None for a size range
     without boxes)."""
-    test = {k: teacher_test.get(k) for k in METRICS + ("APs", "APm")}
+    test = {k: teacher_test.get(k) for k in METRICS + SIZES}
     row = {k: None if v is None or v != v else 100 * v for k, v in test.items()}
     return row | {"val_AP": 100 * teacher_val["final_AP"]}
 
@@ -127,16 +128,14 @@ def results_csv(rows: list[dict], teacher: dict, stamp: dict) -> str:
 
 def read_results_csv(path) -> tuple[dict, dict, list[dict]]:
     """(stamp, teacher, rows) of a results CSV written by :func:`results_csv`."""
-    lines = Path(path).read_text().splitlines()
-    stamp = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)
-    reader = csv.DictReader(line for line in lines if not line.startswith("#"))
+    stamp, reader = report.read_stamped_csv(path)
     if reader.fieldnames != COLUMNS:
         raise ValueError(f"{path}: not a results CSV of `python -m benchtools detection` with its seeds (columns "
                          f"{', '.join(COLUMNS)} expected)")
     num = lambda v: float(v) if v else None  # noqa: E731
     teacher, rows = None, []
     for r in reader:
-        row = {k: num(r[f"{k}_mean"]) for k in METRICS + ("APs", "APm")}
+        row = {k: num(r[f"{k}_mean"]) for k in METRICS + SIZES}
         if r["method"] == "teacher":
             teacher = row | {"val_AP": float(r["settings"].removeprefix("val AP "))}
             continue
@@ -166,10 +165,7 @@ def merge_results(paths: list, out, command: list[str] | None = None) -> list[di
                              "another teacher, so the two cannot share a table")
         for r in rows:
             groups.setdefault(r["method"], []).append((path, r))
-    merged = []
-    for method in [m for m in P.ROWS if m in groups]:
-        merged.append(_pool_row(method, groups[method]))
-    _relative(merged)
+    merged = _relative([_pool_row(m, groups[m]) for m in P.ROWS if m in groups])
     seeds = sorted({sd for r in merged for sd in r["seeds"]})
     sources = [f"`{p.name}` ({st.get('date', '?')}, commit `{st.get('commit', '?')}`, `{st.get('command', '?')}`)"
                for p, st, _, _ in parts]
@@ -193,7 +189,7 @@ def _pool_row(method: str, group: list[tuple[Path, dict]]) -> dict:
     out = {"method": method, "n": n, "settings": rows[0]["settings"]}
     for k in METRICS:
         _, out[k], out[f"{k}_std"] = report.pool([(r["n"], r[k], r[f"{k}_std"]) for r in rows])
-    for k in ("APs", "APm", "wall_seconds"):
+    for k in (*SIZES, "wall_seconds"):
         known = [r for r in rows if r[k] is not None]
         out[k] = sum(r["n"] * r[k] for r in known) / sum(r["n"] for r in known) if known else None
     by_seed = sorted((sd, ap) for r in rows for sd, ap in zip(r["seeds"], r["per_seed"]))

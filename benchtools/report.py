@@ -149,12 +149,17 @@ def pool(groups: list[tuple[int, float, float | None]]) -> tuple[int, float, flo
     return n, mean, math.sqrt(ss / (n - 1))
 
 
-def read_results_csv(path: str | Path) -> tuple[dict, list[dict], dict[str, str]]:
-    """A results CSV written by :func:`results_csv` with its ``# key: value`` stamp: (stamp, table, settings)."""
+def read_stamped_csv(path: str | Path) -> tuple[dict, csv.DictReader]:
+    """A CSV with its ``# key: value`` stamp above the header: (stamp, a DictReader over the rows)."""
     lines = Path(path).read_text().splitlines()
     stamp_ = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# ") and ": " in line)
+    return stamp_, csv.DictReader([line for line in lines if not line.startswith("#")])
+
+
+def read_results_csv(path: str | Path) -> tuple[dict, list[dict], dict[str, str]]:
+    """A results CSV written by :func:`results_csv` with its ``# key: value`` stamp: (stamp, table, settings)."""
+    stamp_, reader = read_stamped_csv(path)
     need = {"method", "runs", "final_top1_mean", "final_top1_std", "best_top1_mean", "wall_seconds_per_run"}
-    reader = csv.DictReader(line for line in lines if not line.startswith("#"))
     if not need <= set(reader.fieldnames or []):
         raise ValueError(f"{path}: not a results CSV of `python -m benchtools accuracy` (columns {sorted(need)} "
                          "expected)")
