@@ -129,6 +129,14 @@ def _cmd_detection(args) -> int:
         print(f"pooled {len(args.merge)} results files into {Path(args.out) / REPORT}.md/.csv/.png")
         return 0
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)
+    if args.diagnostics:
+        from benchtools.detection import run_detection_diagnostics
+
+        command = ["python", "-m", "benchtools"] + sys.argv[1:]
+        for r in run_detection_diagnostics(args.runs, args.out, args.root, seeds, command, train=not args.report_only):
+            print(f"{r['name']:>14s} AP {r['AP']:6.2f} per seed {' '.join(f'{x:.2f}' for x in r['per_seed'])}")
+        print(f"wrote {Path(args.out) / REPORT}-diagnostics.md")
+        return 0
     table = run_detection(args.runs, args.out, args.root, seeds, methods,
                           command=["python", "-m", "benchtools"] + sys.argv[1:], train=not args.report_only)
     for r in table:
@@ -264,6 +272,8 @@ def _add_detection(bs) -> None:
                    help="train nothing: pool results CSVs of disjoint seeds (same teacher) into one results file")
     s.add_argument("--calibrate", action="store_true", help="measure the terms' gradient norms at the start of "
                                                             "training (the rule that sets the benchmark's weights)")
+    s.add_argument("--diagnostics", action="store_true", help="WKD-L's diagnostic runs (each of its parts alone, the "
+                                                              "whole at half weight) beside the vanilla and WKD-L rows")
     _add_run_dirs(s)
     s.set_defaults(func=_cmd_detection)
 

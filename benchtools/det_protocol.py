@@ -49,6 +49,15 @@ CALIBRATED: dict[str, dict[str, float]] = {
 }
 
 
+# Diagnostic runs, not rows of the table: WKD-L's row with one change each, to find which part of the term fails to
+# help a detector (`python -m benchtools detection --diagnostics`): {name: (row, change to its term, what it tests)}.
+DIAGNOSTICS: dict[str, tuple[str, dict, str]] = {
+    "wkd_l-lambda0": ("wkd_l", {"lambda_l": 0.0}, "target part alone (`wkd_l.lambda_l=0`)"),
+    "wkd_l-target0": ("wkd_l", {"target_weight": 0.0}, "Wasserstein part alone (`wkd_l.target_weight=0`)"),
+    "wkd_l-half": ("wkd_l", {"weight": CALIBRATED["wkd_l"]["wkd_l.weight"] / 2}, "whole term at half weight"),
+}
+
+
 def recipe_terms(method: str) -> list[dict]:
     """Row ``method``'s detection recipe as published with the term (the COCO presets hold the same)."""
     return detection_recipe(method)
@@ -57,6 +66,14 @@ def recipe_terms(method: str) -> list[dict]:
 def row_terms(method: str) -> list[dict]:
     """Row ``method``'s terms in this benchmark: the recipe with the calibrated weights."""
     return apply_candidate(recipe_terms(method), CALIBRATED.get(method, {}))
+
+
+def diagnostic_config(name: str, seed: int, runs_root) -> dict:
+    """The run of diagnostic ``name`` (:data:`DIAGNOSTICS`): its row's student config, one term changed, run
+    under ``diag/<name>/seed<seed>``."""
+    row, change, _ = DIAGNOSTICS[name]
+    terms = [dict(t, **change) if t["name"] == row else t for t in row_terms(row)]
+    return student_config(row, seed, runs_root, terms=terms, run_name=f"diag/{name}/seed{seed}")
 
 
 def data_dir(runs_root) -> Path:

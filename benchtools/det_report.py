@@ -263,6 +263,58 @@ def write_results(rows: list[dict], teacher: dict, out, stamp: dict, seeds) -> l
     return rows
 
 
+def diagnostics_rows(results: dict) -> list[dict]:
+    """One row per run name of ``results`` ({(name, seed): summary or None}; vanilla first): its AP per seed, mean ±
+    std of AP, AP50 and AP75, and its gain over vanilla paired by seed (the same seed: the same initialisation and
+    batch order), mean ± standard error over the seeds both finished."""
+    ap = {}
+    for (name, seed), summary in results.items():
+        if summary is not None and summary.get("final_AP") is not None:
+            ap.setdefault(name, {})[seed] = summary
+    order = [*P.ROWS, *P.DIAGNOSTICS]
+    names = sorted(ap, key=lambda n: order.index(n) if n in order else len(order))
+    rows = []
+    for name in names:
+        runs = ap[name]
+        row = {"name": name, "seeds": sorted(runs), "per_seed": [100 * runs[s]["final_AP"] for s in sorted(runs)]}
+        for k in METRICS:
+            row[k], row[f"{k}_std"] = report.mean_std([100 * r[f"final_{k}"] for _, r in sorted(runs.items())])
+        diffs = [100 * (runs[s]["final_AP"] - ap["vanilla"][s]["final_AP"]) for s in sorted(runs)
+                 if name != "vanilla" and s in ap.get("vanilla", {})]
+        mean, std = report.mean_std(diffs) if diffs else (None, None)
+        se = None if std is None else std / math.sqrt(len(diffs))
+        row["paired_gain"], row["paired_se"], row["paired_n"] = mean, se, len(diffs)
+        rows.append(row)
+    return rows
+
+
+def write_diagnostics(results: dict, out, stamp: dict) -> list[dict]:
+    """``out/<P.REPORT>-diagnostics.md``: the table of :func:`diagnostics_rows`, each run named by what it changes."""
+    rows = diagnostics_rows(results)
+    what = {r["name"]: f"the row: {describe(P.row_terms(r['name']))}" for r in rows if r["name"] in P.ROWS}
+    what |= {n: d for n, (_, _, d) in P.DIAGNOSTICS.items()}
+    lines = [f"# {P.REPORT}: which part of WKD-L fails to help a detector (diagnostic runs)", "",
+             report.stamp_markdown(stamp),
+             "Not rows of the protocol: WKD-L's row with one change each (benchtools.det_protocol.DIAGNOSTICS), "
+             "beside the vanilla and WKD-L rows at the same seeds and teacher. AP in % on the 1,000 test canvases; "
+             "mean ± sample std over seeds; the gain over vanilla is paired by seed (mean ± standard error of the "
+             "per-seed differences).", "",
+             "| run | what it is | AP per seed | AP | AP50 | AP75 | AP vs vanilla, paired | runs |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        seeds = ", ".join(f"{x:.2f} (s{s})" for s, x in zip(r["seeds"], r["per_seed"]))
+        gain = ("" if r["paired_gain"] is None else f"{r['paired_gain']:+.2f}" +
+                ("" if r["paired_se"] is None else f" ± {r['paired_se']:.2f}") + f" ({r['paired_n']} seeds)")
+        metrics = " | ".join(_pm(r[k], r[f"{k}_std"]) for k in METRICS)
+        lines.append(f"| {r['name']} | {what.get(r['name'], '')} | {seeds} | {metrics} | {gain} | {len(r['seeds'])} |")
+    notes = Path(out) / f"{P.REPORT}-diagnostics.notes.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text("\n".join(lines) + "\n", Path(out) / f"{P.REPORT}-diagnostics.md")
+    return rows
+
+
 def cost_lines(rows: list[dict]) -> list[str]:
     """The measured wall time of the runs (one thread each; the machine's load is in the notes)."""
     if not rows:

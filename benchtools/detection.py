@@ -132,6 +132,25 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
     return table
 
 
+def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_root=None, seeds=P.SEEDS,
+                    command: list[str] | None = None, train: bool = True) -> list[dict]:
+    """The diagnostic runs (:data:`det_protocol.DIAGNOSTICS`) beside the vanilla row and the rows they change, at
+    the same seeds (rows already run are reused); writes ``out/<REPORT>-diagnostics.md`` (``train=False``: from the runs
+    finished so far)."""
+    names = list(dict.fromkeys(["vanilla", *(row for row, _, _ in P.DIAGNOSTICS.values()), *P.DIAGNOSTICS]))
+    config = lambda n, s: P.student_config(n, s, runs_root) if n in P.ROWS else P.diagnostic_config(n, s, runs_root)  # noqa: E731
+    if train:
+        P.make_data(runs_root, fmnist_root)
+        jobs = [((n, s), lambda n=n, s=s: config(n, s), [P.teacher_config(runs_root)]) for n in names for s in seeds]
+        bar = tqdm(total=len(jobs), desc=f"{P.REPORT} diagnostics", unit="run")
+        run_or_load(P.teacher_config(runs_root), log=bar.write)
+        results = dict(shared_queue(jobs, run_or_report, bar))
+        bar.close()
+    else:
+        results = {(n, s): load_finished(config(n, s)) for n in names for s in seeds}
+    return det_report.write_diagnostics(results, out, report.stamp(command=command))
+
+
 def run_or_report(cfg: dict, log=print, **kw) -> dict | None:
     """run_or_load, except that a run whose loss becomes non-finite is reported and skipped (None:
     missing from the table) instead of stopping every run queued after it."""

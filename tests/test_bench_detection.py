@@ -32,7 +32,7 @@ def toy(monkeypatch):
     return root
 
 
-def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_path):
+def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_path, monkeypatch):
     runs, out = tmp_path / "runs", tmp_path / "out"
     ratios = D.calibrate(runs, out, toy, methods=["kd"], batches=1, log=lambda *_: None)
     assert set(ratios) == {"kd"} and ratios["kd"]["kd"] > 0
@@ -52,6 +52,12 @@ def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_
     assert (out / f"{P.REPORT}.png").stat().st_size > 10_000
     again = D.run_detection(runs, out, toy, seeds=[0], methods=["vanilla", "kd"], train=False, log=lambda *_: None)
     assert [r["AP"] for r in again] == [r["AP"] for r in table]  # --report-only reads the same runs
+    monkeypatch.setattr(P, "DIAGNOSTICS", {"kd-half": ("kd", {"weight": 0.5}, "KD at half weight")})
+    diag = D.run_detection_diagnostics(runs, out, toy, seeds=[0], command=["toy"])  # rows reused, kd-half trained
+    assert [r["name"] for r in diag] == ["vanilla", "kd", "kd-half"] and diag[1]["AP"] == table[1]["AP"]
+    assert (runs / P.REPORT / "diag/kd-half/seed0/summary.json").is_file()
+    assert diag[2]["paired_gain"] == pytest.approx(diag[2]["AP"] - table[0]["AP"])
+    assert "| kd-half | KD at half weight |" in (out / f"{P.REPORT}-diagnostics.md").read_text()
 
 
 def test_a_diverging_run_is_reported_and_the_queue_goes_on(monkeypatch):

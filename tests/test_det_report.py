@@ -69,3 +69,35 @@ def test_parts_that_cannot_share_a_table_are_refused(tmp_path):
     old.write_text(a.read_text().replace("method,runs,seeds,", "method,runs,"))
     with pytest.raises(ValueError, match="with its seeds"):
         R.merge_results([old], tmp_path / "m")
+
+
+def test_diagnostic_gains_are_paired_by_seed(tmp_path):
+    """A run's gain over vanilla is the mean of its per-seed differences over the seeds both finished, with
+    their standard error; a seed the run misses (diverged, or not run yet) drops out of the pairing."""
+    ap = {("vanilla", 2): 0.36, ("vanilla", 3): 0.40, ("vanilla", 4): 0.35, ("wkd_l-lambda0", 2): 0.39,
+          ("wkd_l-lambda0", 3): 0.41, ("wkd_l-lambda0", 4): None, ("wkd_l", 3): 0.37}
+    results = {k: None if v is None else {"final_AP": v, "final_AP50": v + 0.2, "final_AP75": v + 0.05}
+               for k, v in ap.items()}
+    stamp = {"date": "d", "commit": "c", "torch": "t", "device": "cpu", "threads": 1, "cpus": 2, "command": "c"}
+    rows = R.write_diagnostics(results, tmp_path, stamp)
+    assert [r["name"] for r in rows] == ["vanilla", "wkd_l", "wkd_l-lambda0"]  # the protocol's order
+    van, row, lam = rows
+    assert van["paired_gain"] is None and van["AP"] == pytest.approx(37.0) and van["AP_std"] == pytest.approx(7 ** 0.5)
+    # seeds 2 and 3: differences 3 and 1 -> mean 2, sample std sqrt(2), s.e. 1 (unpaired means would give 40 - 37)
+    assert lam["seeds"] == [2, 3] and lam["paired_n"] == 2
+    assert lam["paired_gain"] == pytest.approx(2.0) and lam["paired_se"] == pytest.approx(1.0)
+    assert row["paired_gain"] == pytest.approx(-3.0) and row["paired_se"] is None and row["paired_n"] == 1
+    text = (tmp_path / f"{R.P.REPORT}-diagnostics.md").read_text()
+    assert "| wkd_l-lambda0 | target part alone (`wkd_l.lambda_l=0`) | 39.00 (s2), 41.00 (s3) | 40.00 ± 1.41 |" in text
+    assert "| +2.00 ± 1.00 (2 seeds) | 2 |" in text
+
+
+def test_a_diagnostic_run_is_its_row_with_one_change():
+    for name, (row, change, _) in R.P.DIAGNOSTICS.items():
+        base, diag = R.P.student_config(row, 3, "runs"), R.P.diagnostic_config(name, 3, "runs")
+        assert diag["run"]["name"] == f"diag/{name}/seed3" and diag["run"]["seed"] == 3
+        changed = [(a, b) for a, b in zip(base["loss"], diag["loss"]) if a != b]
+        assert len(changed) == 1 and changed[0][1] == changed[0][0] | change, name
+        assert {k: v for k, v in diag.items() if k not in ("run", "loss")} == \
+               {k: v for k, v in base.items() if k not in ("run", "loss")}
+    assert R.P.DIAGNOSTICS["wkd_l-half"][1]["weight"] == pytest.approx(R.P.row_terms("wkd_l")[1]["weight"] / 2)
