@@ -113,11 +113,11 @@ def _cmd_auto(args) -> int:
 
 
 def _cmd_detection(args) -> int:
-    from benchtools.det_protocol import REPORT, ROWS, SEEDS
+    from benchtools.det_protocol import REPORT, SEEDS
     from benchtools.detection import calibrate, run_detection
 
     _threads(args.threads)
-    methods = args.methods.split(",") if args.methods else list(ROWS)
+    methods = args.methods.split(",") if args.methods else None
     if args.calibrate:
         for m, w in calibrate(args.runs, args.out, args.root, methods=methods).items():
             print(f"{m:>8s} {w}")
@@ -133,7 +133,8 @@ def _cmd_detection(args) -> int:
         from benchtools.detection import run_detection_diagnostics
 
         command = ["python", "-m", "benchtools"] + sys.argv[1:]
-        for r in run_detection_diagnostics(args.runs, args.out, args.root, seeds, command, train=not args.report_only):
+        for r in run_detection_diagnostics(args.runs, args.out, args.root, seeds, command, not args.report_only,
+                                           methods):
             print(f"{r['name']:>14s} AP {r['AP']:6.2f} per seed {' '.join(f'{x:.2f}' for x in r['per_seed'])}")
         print(f"wrote {Path(args.out) / REPORT}-diagnostics.md")
         return 0
@@ -266,7 +267,8 @@ def _add_detection(bs) -> None:
                                         "7 rows x 3 seeds, AP/AP50/AP75 and the overhead per step; needs torchvision "
                                         "and pycocotools")
     s.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
-    s.add_argument("--methods", default=None, help="comma-separated subset of the rows, e.g. vanilla,kd,wkd_l")
+    s.add_argument("--methods", default=None, help="comma-separated subset of the rows, e.g. vanilla,kd,wkd_l (with "
+                                                  "--diagnostics: of the diagnostic runs, e.g. wkd_l-lambda0)")
     s.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
     s.add_argument("--merge", nargs="+", default=None, metavar="CSV",
                    help="train nothing: pool results CSVs of disjoint seeds (same teacher) into one results file")

@@ -133,11 +133,16 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
 
 
 def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_root=None, seeds=P.SEEDS,
-                    command: list[str] | None = None, train: bool = True) -> list[dict]:
+                              command: list[str] | None = None, train: bool = True,
+                              only: list[str] | None = None) -> list[dict]:
     """The diagnostic runs (:data:`det_protocol.DIAGNOSTICS`) beside the vanilla row and the rows they change, at
-    the same seeds (rows already run are reused); writes ``out/<REPORT>-diagnostics.md`` (``train=False``: from the runs
-    finished so far)."""
-    names = list(dict.fromkeys(["vanilla", *(row for row, _, _ in P.DIAGNOSTICS.values()), *P.DIAGNOSTICS]))
+    the same seeds (rows already run are reused; ``only``: those diagnostics); writes
+    ``out/<REPORT>-diagnostics.md`` (``train=False``: from the runs finished so far)."""
+    diags = only or list(P.DIAGNOSTICS)
+    bad = [n for n in diags if n not in P.DIAGNOSTICS]
+    if bad:
+        raise ValueError(f"unknown diagnostic run(s) {bad}; the protocol's are {', '.join(P.DIAGNOSTICS)}")
+    names = list(dict.fromkeys(["vanilla", *(P.DIAGNOSTICS[n][0] for n in diags), *diags]))
     config = lambda n, s: P.student_config(n, s, runs_root) if n in P.ROWS else P.diagnostic_config(n, s, runs_root)  # noqa: E731
     if train:
         P.make_data(runs_root, fmnist_root)

@@ -58,6 +58,8 @@ def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_
     assert (runs / P.REPORT / "diag/kd-half/seed0/summary.json").is_file()
     assert diag[2]["paired_gain"] == pytest.approx(diag[2]["AP"] - table[0]["AP"])
     assert "| kd-half | KD at half weight |" in (out / f"{P.REPORT}-diagnostics.md").read_text()
+    with pytest.raises(ValueError, match="unknown diagnostic run"):
+        D.run_detection_diagnostics(runs, out, toy, seeds=[0], only=["kd-double"])
 
 
 def test_a_diverging_run_is_reported_and_the_queue_goes_on(monkeypatch):
