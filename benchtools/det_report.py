@@ -81,9 +81,21 @@ def results_markdown(rows: list[dict], t: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float | None, float | None, int]:
+    """(mean, standard error, n) of the differences a[seed] - b[seed] over the seeds both have: runs of one seed
+    share their initialisation and batch order, so their difference leaves that out of the spread. (None, None, 0)
+    without a common seed; the standard error is None for one."""
+    diffs = [a[s] - b[s] for s in sorted(a) if s in b]
+    if not diffs:
+        return None, None, 0
+    mean, std = report.mean_std(diffs)
+    return mean, None if std is None else std / math.sqrt(len(diffs)), len(diffs)
+
+
 def comparisons(rows: list[dict]) -> list[str]:
     """The WKD rows against KD and DKD (and vanilla), as differences of the AP means with the
-    standard error of the difference (sample stds over seeds)."""
+    standard error of the difference (sample stds over seeds), and paired by seed (:func:`paired`) where the
+    two rows share at least two seeds."""
     by = {r["method"]: r for r in rows}
     out = []
     for w in ("wkd_l", "wkd_f", "wkd_lf"):
@@ -97,7 +109,9 @@ def comparisons(rows: list[dict]) -> list[str]:
                     parts.append(f"{a['AP'] - b['AP']:+.2f} AP vs {LABELS[other]} (no s.e.: a single run)")
                     continue
                 se = math.sqrt(a["AP_std"] ** 2 / a["n"] + b["AP_std"] ** 2 / b["n"])
-                parts.append(f"{a['AP'] - b['AP']:+.2f} AP vs {LABELS[other]} (± {se:.2f} s.e.)")
+                d, pse, n = paired(dict(zip(a["seeds"], a["per_seed"])), dict(zip(b["seeds"], b["per_seed"])))
+                by_seed = "" if pse is None else f"; paired by seed {d:+.2f} ± {pse:.2f} over {n}"
+                parts.append(f"{a['AP'] - b['AP']:+.2f} AP vs {LABELS[other]} (± {se:.2f} s.e.{by_seed})")
         out.append(f"- {LABELS[w]}: " + "; ".join(parts))
     return out
 
@@ -279,11 +293,8 @@ def diagnostics_rows(results: dict) -> list[dict]:
         row = {"name": name, "seeds": sorted(runs), "per_seed": [100 * runs[s]["final_AP"] for s in sorted(runs)]}
         for k in METRICS:
             row[k], row[f"{k}_std"] = report.mean_std([100 * r[f"final_{k}"] for _, r in sorted(runs.items())])
-        diffs = [100 * (runs[s]["final_AP"] - ap["vanilla"][s]["final_AP"]) for s in sorted(runs)
-                 if name != "vanilla" and s in ap.get("vanilla", {})]
-        mean, std = report.mean_std(diffs) if diffs else (None, None)
-        se = None if std is None else std / math.sqrt(len(diffs))
-        row["paired_gain"], row["paired_se"], row["paired_n"] = mean, se, len(diffs)
+        base = {} if name == "vanilla" else {s: 100 * r["final_AP"] for s, r in ap.get("vanilla", {}).items()}
+        row["paired_gain"], row["paired_se"], row["paired_n"] = paired(dict(zip(row["seeds"], row["per_seed"])), base)
         rows.append(row)
     return rows
 

@@ -47,6 +47,8 @@ def test_pooling_two_parts_of_disjoint_seeds_equals_the_table_of_all_runs(tmp_pa
         assert got["step_seconds"] == want["step_seconds"] and got["overhead"] == pytest.approx(want["overhead"])
     text = (tmp_path / "m" / f"{R.P.REPORT}.md").read_text()
     assert "Pooled from: `fmnist-det-v2.csv`" in text and "| teacher R50-FPN (2,000 steps; 1 run) | 53.00 |" in text
+    # WKD-L - vanilla per seed: 6.0, 8.2, 10.4 (AP in %): mean 8.2, sample std 2.2, standard error 2.2 / sqrt(3)
+    assert "+8.20 AP vs vanilla (± 2.31 s.e.; paired by seed +8.20 ± 1.27 over 3)" in text
     stamp, teacher, rows = R.read_results_csv(tmp_path / "m" / f"{R.P.REPORT}.csv")  # the pooled file pools again
     assert stamp["command"] == "merge" and teacher["val_AP"] == pytest.approx(53.91) and teacher["AP"] == 53.0
     assert math.isclose(rows[1]["AP_std"], whole[1]["AP_std"], abs_tol=2e-4)
