@@ -181,7 +181,8 @@ def merge_results(paths: list, out, command: list[str] | None = None) -> list[di
             groups.setdefault(r["method"], []).append((path, r))
     merged = _relative([_pool_row(m, groups[m]) for m in P.ROWS if m in groups])
     seeds = sorted({sd for r in merged for sd in r["seeds"]})
-    sources = [f"`{p.name}` ({st.get('date', '?')}, commit `{st.get('commit', '?')}`, `{st.get('command', '?')}`)"
+    sources = [st.get("pooled from") or  # a pooled part names its own sources
+               f"`{p.name}` ({st.get('date', '?')}, commit `{st.get('commit', '?')}`, `{st.get('command', '?')}`)"
                for p, st, _, _ in parts]
     stamp = report.stamp(command=command) | {"pooled from": "; ".join(sources)}
     write_results(merged, teacher, out, stamp, seeds)

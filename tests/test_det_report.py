@@ -51,6 +51,9 @@ def test_pooling_two_parts_of_disjoint_seeds_equals_the_table_of_all_runs(tmp_pa
     assert "+8.20 AP vs vanilla (± 2.31 s.e.; paired by seed +8.20 ± 1.27 over 3)" in text
     stamp, teacher, rows = R.read_results_csv(tmp_path / "m" / f"{R.P.REPORT}.csv")  # the pooled file pools again
     assert stamp["command"] == "merge" and teacher["val_AP"] == pytest.approx(53.91) and teacher["AP"] == 53.0
+    again = R.merge_results([tmp_path / "m" / f"{R.P.REPORT}.csv"], tmp_path / "m2", command=["merge again"])
+    assert [r["per_seed"] for r in again] == [r["per_seed"] for r in rows]
+    assert R.read_results_csv(tmp_path / "m2" / f"{R.P.REPORT}.csv")[0]["pooled from"] == stamp["pooled from"]
     assert math.isclose(rows[1]["AP_std"], whole[1]["AP_std"], abs_tol=2e-4)
 
 
