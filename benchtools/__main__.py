@@ -158,7 +158,9 @@ def _cmd_gpu(args) -> int:
                   official=args.official, official_workers=args.official_workers)
     bad = [r["method"] for r in res["parity"] if not r["ok"]]
     print(f"wrote {args.out}/gpu.md; parity misses: {', '.join(bad) or 'none'}")
-    return 0
+    for e in res["errors"]:
+        print(f"error: {e['error']}", file=sys.stderr)
+    return 1 if res["errors"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

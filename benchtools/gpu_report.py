@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -32,37 +33,58 @@ KERNEL_SHAPES = ((64, 100), (256, 1000))
 def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = False, ddp: bool = False,
             e2e: bool = False, command: list[str] | None = None, official: str | None = None,
             official_workers: int = 8) -> dict:
-    """Every section; returns the results (also written as gpu.json, and gpu.md beside it)."""
-    device = torch.device(setup.device)
+    """Every section; returns the results, written as gpu.json and gpu.md after each section, so that a device
+    session cut short keeps what it measured. A section or a method that raises is recorded with its error
+    (``errors`` lists them) and the rest still runs."""
+    device, out = torch.device(setup.device), Path(out)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
     methods = methods_of(setup.quick)
     bar = tqdm(total=2 * len(methods) * (1 + len(setup.batches)), desc="gpu benchmark", unit="item")
     res = {"environment": environment(device), "setup": setup.__dict__, "parity": [], "steps": [], "kernels": [],
-           "command": shlex.join(command or ["python", "-m", "benchtools", "gpu"]), "date": report.stamp()["date"]}
+           "errors": [], "command": shlex.join(command or ["python", "-m", "benchtools", "gpu"]),
+           "date": report.stamp()["date"]}
     for m in methods:
         bar.set_postfix_str(f"parity {m}")
-        res["parity"].append(parity(m, setup))
+        res["parity"].append(_guarded(res, f"parity {m}", lambda m=m: parity(m, setup),
+                                      {"method": m, "ok": False}))
         bar.update(2)
+    write(res, out)
     for b in setup.batches:
         for m in methods:
             bar.set_postfix_str(f"step {m} B={b}")
-            row = step_time(m, b, setup, sync_check=b == setup.batches[0])
-            row["target"] = ratio_target(m)
-            res["steps"].append(row)
+            row = _guarded(res, f"step {m} B={b}", lambda m=m, b=b: step_time(m, b, setup, b == setup.batches[0]),
+                           {"method": m, "batch": b})
+            res["steps"].append(row | {"target": ratio_target(m)})
             bar.update(2)
+        write(res, out)
     bar.close()
     shapes = ((8, 10),) if setup.quick else KERNEL_SHAPES
-    res["kernels"] = [wkd_l_kernel(B, C, setup, c) for B, C in shapes
-                      for c in ((False, True) if compiled else (False,))]
-    if ddp:
-        res["ddp"] = torchrun_one_process(device)
-    if e2e:
-        res["e2e"] = end_to_end(setup)
-    if official:
-        res["official"] = side_by_side(official, setup, official_workers)
-    write(res, Path(out))
+    for B, C in shapes:
+        for c in (False, True) if compiled else (False,):
+            res["kernels"].append(_guarded(res, f"WKD-L kernel B={B} C={C} compiled={c}",
+                                           lambda B=B, C=C, c=c: wkd_l_kernel(B, C, setup, c),
+                                           {"B": B, "C": C, "compiled": c}))
+    write(res, out)
+    sections = {"ddp": (ddp, lambda: torchrun_one_process(device)), "e2e": (e2e, lambda: end_to_end(setup)),
+                "official": (official, lambda: side_by_side(official, setup, official_workers))}
+    for key, (wanted, fn) in sections.items():
+        if wanted:
+            res[key] = _guarded(res, key, fn, {})
+            write(res, out)
     return res
+
+
+def _guarded(res: dict, what: str, fn, failed):
+    """``fn()``; if it raises, the error is appended to ``res["errors"]`` and ``failed`` (with the error, when
+    it is a dict) is returned in its place: one broken method must not cost a device session the rest."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - recorded in the results and in the report, not hidden
+        error = f"{what}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        res["errors"].append({"what": what, "error": error, "traceback": traceback.format_exc()[-3000:]})
+        tqdm.write(f"FAILED {error}")
+        return failed | {"error": error} if isinstance(failed, dict) else failed
 
 
 def torchrun_one_process(device: torch.device) -> dict:
@@ -140,6 +162,9 @@ def _parity_lines(res: dict) -> list[str]:
              "| method | float32 loss | float32 grad | bfloat16 loss | bfloat16 grad | float16 + scaler | ok |",
              "|---|---:|---:|---:|---:|:-:|:-:|"]
     for r in res["parity"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {_cell(r['error'])} | | | | | NO |")
+            continue
         f16 = {True: "finite", False: "NOT finite", None: "n/a (CPU)"}[r["float16_scaler"]]
         lines.append(f"| {r['method']} | {r['float32_loss']:.1e} | {r['float32_grad']:.1e} | "
                      f"{r.get('bfloat16_loss', float('nan')):.1e} | {r.get('bfloat16_grad', float('nan')):.1e} | "
@@ -155,12 +180,20 @@ def _step_lines(res: dict) -> list[str]:
              "| method | batch | step ms | bound ms | ratio | target | host-sync free |",
              "|---|---:|---:|---:|---:|---:|:-:|"]
     for r in res["steps"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['batch']} | failed: {_cell(r['error'])} | | | | |")
+            continue
         sync = {True: "yes", False: f"NO ({r.get('sync_error')})", None: "n/a"}[r["sync_free"]]
         verdict = "met" if r["target"] is not None and r["ratio"] <= r["target"] else "missed"
         met = "" if r["target"] is None else f"<= {r['target']:.2f} ({verdict})"
         lines.append(f"| {r['method']} | {r['batch']} | {1e3 * r['step_s']:.2f} | {1e3 * r['bound_s']:.2f} | "
                      f"{r['ratio']:.2f} | {met} | {sync} |")
     return lines
+
+
+def _cell(text: str) -> str:
+    """One line of text that a markdown table cell can hold."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def write(res: dict, out: Path) -> None:
@@ -171,17 +204,25 @@ def write(res: dict, out: Path) -> None:
     lines += ["", "## WKD-L loss forward + backward", "", "| B | C | compiled | microseconds | peak MiB |",
               "|---:|---:|:-:|---:|---:|"]
     for k in res["kernels"]:
+        if "error" in k:
+            lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | failed: {_cell(k['error'])} | |")
+            continue
         peak = "n/a" if k["peak_mib"] is None else f"{k['peak_mib']:.1f}"
         lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | {k['us']:.0f} | {peak} |")
-    if "ddp" in res:
+    failed = [k for k in ("ddp", "e2e", "official") if isinstance(res.get(k), dict) and "error" in res[k]]
+    lines += [line for k in failed for line in ("", f"Section `{k}` failed: {_cell(res[k]['error'])}.")]
+    if "ddp" in res and "ddp" not in failed:
         d = res["ddp"]
         lines += ["", f"torchrun --nproc_per_node=1 through DDP ({d['backend']}): exit {d['returncode']} in "
                       f"{d['seconds']:.0f} s."]
-    if "e2e" in res:
+    if "e2e" in res and "e2e" not in failed:
         lines += ["", "## FMNIST-KD v1 on the device (seed 0)", "", "| row | test top-1 | wall s |", "|---|---:|---:|"]
         lines += [f"| {r['row']} | {r['top1']:.2f} | {r['seconds']:.0f} |" for r in res["e2e"]]
-    if "official" in res:
+    if "official" in res and "official" not in failed:
         lines += _official_lines(res)
+    if res.get("errors"):
+        lines += ["", "## Errors", "", *[f"- {_cell(e['error'])}" for e in res["errors"]],
+                  "", "Tracebacks: `errors` in gpu.json."]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text("\n".join(lines) + "\n", out / "gpu.md")
     atomic_write_text(json.dumps(res, indent=2, default=str) + "\n", out / "gpu.json")

@@ -22,6 +22,7 @@ def test_quick_mode_writes_every_section(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     res = json.loads((tmp_path / "gpu.json").read_text())
     assert res["environment"]["device"] == "cpu" and res["environment"]["torch"] == torch.__version__
+    assert res["errors"] == [] and "## Errors" not in (tmp_path / "gpu.md").read_text()
     assert {r["method"] for r in res["parity"]} == {"kd", "wkd_lf", "crd_kd"}
     for r in res["parity"]:
         assert r["float32_loss"] == 0.0 and r["float32_grad"] == 0.0  # the same arithmetic on both sides
@@ -39,3 +40,37 @@ def test_relative_difference_and_tf32_guard():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     row = parity("dkd", GpuSetup(device="cpu", quick=True))
     assert row["float32_loss"] == 0.0 and row["float16_scaler"] is None
+
+
+def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch):
+    """A device session is one short try: a method that raises must not cost the other methods' figures,
+    and what was measured is on disk after each section, even if a later one kills the process."""
+    from benchtools import gpu_report as G
+
+    def parity(m, setup):
+        if m == "wkd_lf":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+        return {"method": m, "float32_loss": 0.0, "float32_grad": 0.0, "float16_scaler": None, "ok": True}
+
+    def end_to_end(setup):
+        so_far = json.loads((tmp_path / "gpu.json").read_text())
+        assert so_far["kernels"] and "ddp" in so_far, "every section before e2e is on disk when it starts"
+        raise KeyboardInterrupt  # not an Exception: stops the run, as a killed session would
+    monkeypatch.setattr(G, "parity", parity)
+    monkeypatch.setattr(G, "step_time", lambda m, b, setup, sync: {"method": m, "batch": b, "sync_free": None,
+                                                                   "step_s": 0.002, "bound_s": 0.001, "ratio": 2.0})
+    monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, c: (_ for _ in ()).throw(ValueError("no kernel")))
+    monkeypatch.setattr(G, "torchrun_one_process", lambda device: 1 / 0)
+    monkeypatch.setattr(G, "end_to_end", end_to_end)
+    with pytest.raises(KeyboardInterrupt):
+        G.run_gpu(GpuSetup(device="cpu", quick=True, batches=(8,)), tmp_path, ddp=True, e2e=True)
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    assert [r["method"] for r in res["parity"]] == ["kd", "wkd_lf", "crd_kd"]
+    assert res["parity"][1]["ok"] is False and "illegal memory access" in res["parity"][1]["error"]
+    assert [r["ratio"] for r in res["steps"]] == [2.0, 2.0, 2.0]
+    assert [e["what"] for e in res["errors"]] == ["parity wkd_lf", "WKD-L kernel B=8 C=10 compiled=False", "ddp"]
+    assert "ZeroDivisionError" in res["ddp"]["error"] and "Traceback" in res["errors"][2]["traceback"]
+    md = (tmp_path / "gpu.md").read_text()
+    assert "| wkd_lf | failed: parity wkd_lf: RuntimeError: CUDA error: an illegal memory access was encountered |" \
+        in md
+    assert "Section `ddp` failed: ddp: ZeroDivisionError" in md and "## Errors" in md
