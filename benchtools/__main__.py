@@ -155,7 +155,7 @@ def _cmd_gpu(args) -> int:
     if args.quick:
         setup = GpuSetup(args.device, True, (8,), min(args.steps, 3), min(args.warmup, 1))
     res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, ["python", "-m", "benchtools"] + sys.argv[1:],
-                  official=args.official, official_workers=args.official_workers)
+                  official=args.official, official_workers=args.official_workers, detection=args.detection)
     bad = [r["method"] for r in res["parity"] if not r["ok"]]
     print(f"wrote {args.out}/gpu.md; parity misses: {', '.join(bad) or 'none'}")
     for e in res["errors"]:
@@ -297,6 +297,9 @@ def _add_gpu(bs) -> None:
                    help="a checkout of the official WKD repository: also its step (KD, DKD, WKD-L, WKD-F) and a "
                         "CIFAR-100 WKD-L epoch side by side with ours (the epoch needs torchvision)")
     g.add_argument("--official-workers", type=int, default=8, help="DataLoader workers of the official epoch")
+    g.add_argument("--detection", action="store_true", help="also protocol D's detectors, small, on the device: every "
+                                                            "row's step time and a finite run (needs torchvision, "
+                                                            "pycocotools and Fashion-MNIST)")
     g.add_argument("--out", default="benchmarks")
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=_cmd_gpu)

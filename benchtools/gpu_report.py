@@ -4,11 +4,13 @@ Sections: the stamp; parity of every method (CPU float32 against the device in f
 and float16 + GradScaler); the training step without host syncs; step times at each batch size
 against each method's own bound, with the targets (1.10 for logit methods, 1.25 for feature
 methods); the WKD-L kernel, eager and (``--compile``) compiled; optionally the FMNIST-KD v1 teacher
-and students trained on the device (``--e2e``) and a one-process torchrun through NCCL (``--ddp``).
+and students trained on the device (``--e2e``), a one-process torchrun through NCCL (``--ddp``) and protocol D's
+detectors, small (``--detection``).
 """
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time, wkd_l_kernel
 from benchtools.targets import ratio_target
 from wdistill.config.presets import recipe
+from wdistill.engine.rundir import read_history
 from wdistill.io import atomic_write_text
 from wdistill.workflows.reuse import run_or_load
 
@@ -32,7 +35,7 @@ KERNEL_SHAPES = ((64, 100), (256, 1000))
 
 def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = False, ddp: bool = False,
             e2e: bool = False, command: list[str] | None = None, official: str | None = None,
-            official_workers: int = 8) -> dict:
+            official_workers: int = 8, detection: bool = False) -> dict:
     """Every section; returns the results, written as gpu.json and gpu.md after each section, so that a device
     session cut short keeps what it measured. A section or a method that raises is recorded with its error
     (``errors`` lists them) and the rest still runs."""
@@ -40,11 +43,11 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
     methods = methods_of(setup.quick)
-    bar = tqdm(total=2 * len(methods) * (1 + len(setup.batches)), desc="gpu benchmark", unit="item")
+    bar = tqdm(total=2 * (1 + len(methods) * (1 + len(setup.batches))), desc="gpu benchmark", unit="item")
     res = {"environment": environment(device), "setup": setup.__dict__, "parity": [], "steps": [], "kernels": [],
            "errors": [], "command": shlex.join(command or ["python", "-m", "benchtools", "gpu"]),
            "date": report.stamp()["date"]}
-    for m in methods:
+    for m in ["vanilla", *methods]:  # vanilla: what bfloat16 does to the student's CE step alone, the reference
         bar.set_postfix_str(f"parity {m}")
         res["parity"].append(_guarded(res, f"parity {m}", lambda m=m: parity(m, setup),
                                       {"method": m, "ok": False}))
@@ -67,7 +70,8 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
                                            {"B": B, "C": C, "compiled": c}))
     write(res, out)
     sections = {"ddp": (ddp, lambda: torchrun_one_process(device)), "e2e": (e2e, lambda: end_to_end(setup)),
-                "official": (official, lambda: side_by_side(official, setup, official_workers))}
+                "official": (official, lambda: side_by_side(official, setup, official_workers)),
+                "detection": (detection, lambda: detection_on_device(setup))}
     for key, (wanted, fn) in sections.items():
         if wanted:
             res[key] = _guarded(res, key, fn, {})
@@ -122,6 +126,48 @@ def end_to_end(setup: GpuSetup) -> list[dict]:
     return rows
 
 
+# The detection check's size: canvases per split, the steps of the teacher and of each student, the rows (None: all).
+DET_SIZE = {"counts": {"train": 400, "val": 50, "test": 200}, "teacher_steps": 200, "student_steps": 100, "rows": None}
+DET_QUICK = {"counts": {"train": 16, "val": 4, "test": 4}, "teacher_steps": 2, "student_steps": 2,
+             "rows": ("vanilla", "wkd_lf")}
+
+
+def detection_on_device(setup: GpuSetup) -> list[dict]:
+    """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
+    (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
+    row's R18-FPN student, every one an ordinary run directory. Per row: its seconds per training step (its epoch's
+    time over its steps, data loading included) against vanilla's, and its AP. A check that the detection path
+    runs and stays finite on the device, not an accuracy: the teacher is barely trained."""
+    from benchtools import det_protocol as P  # needs torchvision and pycocotools
+
+    size = DET_QUICK if setup.quick else DET_SIZE
+    runs_root = f"runs/gpu-bench-det/{setup.device.replace(':', '')}"
+    P.make_data(runs_root, os.environ.get("WDISTILL_FMNIST"), log=lambda *_: None, counts=size["counts"])
+
+    def over(steps: int) -> list[str]:
+        return [f"run.device={setup.device}", "train.precision=auto", "optim.epochs=1", "optim.milestones=[1]",
+                f"train.max_steps={steps}", "train.eval_every=1"]
+
+    def run(cfg: dict, name: str) -> dict:
+        t0 = time.time()
+        summary = run_or_load(cfg, log=lambda m: None)
+        run_dir = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
+        per_step = read_history(run_dir)[0]["seconds"] / cfg["train"]["max_steps"]
+        return {"row": name, "AP": 100 * summary["final_AP"], "step_s": per_step, "seconds": time.time() - t0}
+
+    rows = [run(P.teacher_config(runs_root, over(size["teacher_steps"])), "teacher")]
+    for m in size["rows"] or P.ROWS:
+        cfg = P.student_config(m, 0, runs_root, overrides=over(size["student_steps"]))
+        try:
+            rows.append(run(cfg, m))
+        except Exception as e:  # noqa: BLE001 - a row that fails (a non-finite loss, say) is a finding
+            rows.append({"row": m, "error": f"{type(e).__name__}: {e}"})
+    base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
+    for r in rows[1:]:
+        r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None
+    return rows
+
+
 def side_by_side(path: str, setup: GpuSetup, workers: int) -> dict:
     """The official WKD trainer's step and CIFAR-100 epoch against ours (``benchtools.official``)."""
     from benchtools import official  # imports the official checkout: only when asked for
@@ -158,17 +204,21 @@ def _official_lines(res: dict) -> list[str]:
 def _parity_lines(res: dict) -> list[str]:
     lines = ["## Parity (relative difference of the loss / of the student's gradient)", "",
              "CPU float32 is the reference. float32 on the device with TF32 off must agree to 1e-4, bfloat16 "
-             "autocast to 3e-2; float16 with a GradScaler must take three finite steps.", "",
-             "| method | float32 loss | float32 grad | bfloat16 loss | bfloat16 grad | float16 + scaler | ok |",
-             "|---|---:|---:|---:|---:|:-:|:-:|"]
+             "autocast to 3e-2; float16 with a GradScaler must take three finite steps. The first row, vanilla (the "
+             "student's CE step alone), is what bfloat16 does to any step on this batch; the column after the "
+             "bfloat16 gradient is each method's excess over it.", "",
+             "| method | float32 loss | float32 grad | bfloat16 loss | bfloat16 grad | bf16 grad - vanilla's | "
+             "float16 + scaler | ok |", "|---|---:|---:|---:|---:|---:|:-:|:-:|"]
+    ref = next((r for r in res["parity"] if r["method"] == "vanilla" and "bfloat16_grad" in r), None)
     for r in res["parity"]:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {_cell(r['error'])} | | | | | NO |")
+            lines.append(f"| {r['method']} | failed: {_cell(r['error'])} | | | | | | NO |")
             continue
         f16 = {True: "finite", False: "NOT finite", None: "n/a (CPU)"}[r["float16_scaler"]]
+        excess = f"{r['bfloat16_grad'] - ref['bfloat16_grad']:+.1e}" if ref and "bfloat16_grad" in r else ""
         lines.append(f"| {r['method']} | {r['float32_loss']:.1e} | {r['float32_grad']:.1e} | "
                      f"{r.get('bfloat16_loss', float('nan')):.1e} | {r.get('bfloat16_grad', float('nan')):.1e} | "
-                     f"{f16} | {'yes' if r['ok'] else 'NO'} |")
+                     f"{excess} | {f16} | {'yes' if r['ok'] else 'NO'} |")
     return lines
 
 
@@ -191,6 +241,22 @@ def _step_lines(res: dict) -> list[str]:
     return lines
 
 
+def _detection_lines(rows: list[dict]) -> list[str]:
+    lines = ["", "## Detection on the device (protocol D's detectors, small)", "",
+             f"FMNIST-Det canvases ({DET_SIZE['counts']['train']} train, {DET_SIZE['counts']['test']} test; the quick "
+             f"mode fewer), the R50-FPN teacher for {DET_SIZE['teacher_steps']} steps, each row's R18-FPN student for "
+             f"{DET_SIZE['student_steps']} steps, batch 8, `train.precision=auto`. Seconds per step: the epoch's time "
+             "over its steps, data loading included. AP: a sanity check of the path, not an accuracy.", "",
+             "| row | s / step | step vs vanilla | AP | wall s |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['row']} | failed: {_cell(r['error'])} | | | |")
+            continue
+        ratio = "" if r.get("vs_vanilla") is None else f"x{r['vs_vanilla']:.2f}"
+        lines.append(f"| {r['row']} | {r['step_s']:.4f} | {ratio} | {r['AP']:.2f} | {r['seconds']:.0f} |")
+    return lines
+
+
 def _cell(text: str) -> str:
     """One line of text that a markdown table cell can hold."""
     return " ".join(str(text).split()).replace("|", "\\|")
@@ -209,7 +275,7 @@ def write(res: dict, out: Path) -> None:
             continue
         peak = "n/a" if k["peak_mib"] is None else f"{k['peak_mib']:.1f}"
         lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | {k['us']:.0f} | {peak} |")
-    failed = [k for k in ("ddp", "e2e", "official") if isinstance(res.get(k), dict) and "error" in res[k]]
+    failed = [k for k in ("ddp", "e2e", "official", "detection") if isinstance(res.get(k), dict) and "error" in res[k]]
     lines += [line for k in failed for line in ("", f"Section `{k}` failed: {_cell(res[k]['error'])}.")]
     if "ddp" in res and "ddp" not in failed:
         d = res["ddp"]
@@ -220,6 +286,8 @@ def write(res: dict, out: Path) -> None:
         lines += [f"| {r['row']} | {r['top1']:.2f} | {r['seconds']:.0f} |" for r in res["e2e"]]
     if "official" in res and "official" not in failed:
         lines += _official_lines(res)
+    if "detection" in res and "detection" not in failed:
+        lines += _detection_lines(res["detection"])
     if res.get("errors"):
         lines += ["", "## Errors", "", *[f"- {_cell(e['error'])}" for e in res["errors"]],
                   "", "Tracebacks: `errors` in gpu.json."]

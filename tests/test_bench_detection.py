@@ -6,6 +6,7 @@ import csv
 import os
 
 import pytest
+import yaml
 from conftest import FMNIST_DIR, require_importable
 
 require_importable("torchvision")
@@ -77,3 +78,20 @@ def test_a_diverging_run_is_reported_and_the_queue_goes_on(monkeypatch):
     assert detection.run_or_report({"run": {"name": "bad"}}, log=logs.append) is None
     assert "bad: diverged, left out of the table" in logs[0]
     assert detection.run_or_report({"run": {"name": "good"}}, log=logs.append) == {"final_AP": 0.5}
+
+
+def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_path, monkeypatch):
+    """`python -m benchtools gpu --detection` in its CPU quick mode: the canvases, the teacher and the students
+    are ordinary run directories trained in the engine's automatic precision on the given device, and each row
+    reports its step time against vanilla's."""
+    from benchtools.gpu import GpuSetup
+    from benchtools.gpu_report import _detection_lines, detection_on_device
+
+    monkeypatch.chdir(tmp_path)
+    rows = detection_on_device(GpuSetup(device="cpu", quick=True))
+    assert [r["row"] for r in rows] == ["teacher", "vanilla", "wkd_lf"] and all("error" not in r for r in rows)
+    assert rows[1]["vs_vanilla"] == 1.0
+    assert rows[2]["vs_vanilla"] == pytest.approx(rows[2]["step_s"] / rows[1]["step_s"])
+    cfg = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0/config.yaml").read_text())
+    assert cfg["run"]["device"] == "cpu" and cfg["train"]["precision"] == "auto" and cfg["train"]["max_steps"] == 2
+    assert any(line.startswith("| wkd_lf | ") for line in _detection_lines(rows))

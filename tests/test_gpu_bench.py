@@ -23,7 +23,7 @@ def test_quick_mode_writes_every_section(tmp_path):
     res = json.loads((tmp_path / "gpu.json").read_text())
     assert res["environment"]["device"] == "cpu" and res["environment"]["torch"] == torch.__version__
     assert res["errors"] == [] and "## Errors" not in (tmp_path / "gpu.md").read_text()
-    assert {r["method"] for r in res["parity"]} == {"kd", "wkd_lf", "crd_kd"}
+    assert [r["method"] for r in res["parity"]] == ["vanilla", "kd", "wkd_lf", "crd_kd"]  # vanilla: the reference
     for r in res["parity"]:
         assert r["float32_loss"] == 0.0 and r["float32_grad"] == 0.0  # the same arithmetic on both sides
         assert 0.0 < r["bfloat16_grad"] < 1.0  # autocast engaged, and the gradient still points the same way
@@ -31,6 +31,9 @@ def test_quick_mode_writes_every_section(tmp_path):
     assert res["ddp"]["returncode"] == 0 and res["ddp"]["backend"] == "gloo"
     md = (tmp_path / "gpu.md").read_text()
     assert "## Parity" in md and "## Training step against its bound" in md and "| kd | 8 |" in md
+    kd = res["parity"][1]
+    excess = f"{kd['bfloat16_grad'] - res['parity'][0]['bfloat16_grad']:+.1e}"
+    assert f"| {kd['bfloat16_grad']:.1e} | {excess} | n/a (CPU) |" in md
 
 
 def test_relative_difference_and_tf32_guard():
@@ -65,8 +68,8 @@ def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         G.run_gpu(GpuSetup(device="cpu", quick=True, batches=(8,)), tmp_path, ddp=True, e2e=True)
     res = json.loads((tmp_path / "gpu.json").read_text())
-    assert [r["method"] for r in res["parity"]] == ["kd", "wkd_lf", "crd_kd"]
-    assert res["parity"][1]["ok"] is False and "illegal memory access" in res["parity"][1]["error"]
+    assert [r["method"] for r in res["parity"]] == ["vanilla", "kd", "wkd_lf", "crd_kd"]
+    assert res["parity"][2]["ok"] is False and "illegal memory access" in res["parity"][2]["error"]
     assert [r["ratio"] for r in res["steps"]] == [2.0, 2.0, 2.0]
     assert [e["what"] for e in res["errors"]] == ["parity wkd_lf", "WKD-L kernel B=8 C=10 compiled=False", "ddp"]
     assert "ZeroDivisionError" in res["ddp"]["error"] and "Traceback" in res["errors"][2]["traceback"]
