@@ -143,7 +143,10 @@ def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_r
     if bad:
         raise ValueError(f"unknown diagnostic run(s) {bad}; the protocol's are {', '.join(P.DIAGNOSTICS)}")
     names = list(dict.fromkeys(["vanilla", *(P.DIAGNOSTICS[n][0] for n in diags), *diags]))
-    config = lambda n, s: P.student_config(n, s, runs_root) if n in P.ROWS else P.diagnostic_config(n, s, runs_root)  # noqa: E731
+
+    def config(name: str, seed: int) -> dict:
+        return P.student_config(name, seed, runs_root) if name in P.ROWS else P.diagnostic_config(name, seed, runs_root)
+
     if train:
         P.make_data(runs_root, fmnist_root)
         jobs = [((n, s), lambda n=n, s=s: config(n, s), [P.teacher_config(runs_root)]) for n in names for s in seeds]
