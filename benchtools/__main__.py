@@ -13,6 +13,11 @@ from wdistill.errors import ConfigError, FileLoadError
 # errors answer at once instead of after loading torch and the library.
 
 
+def _command() -> list[str]:
+    """This command line, as the results files record it."""
+    return ["python", "-m", "benchtools"] + sys.argv[1:]
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -26,7 +31,7 @@ def _cmd_accuracy(args) -> int:
     from wdistill.losses.recipes import RECIPES
 
     _threads(args.threads)
-    command = ["python", "-m", "benchtools"] + sys.argv[1:]
+    command = _command()
     if args.tune:
         methods = args.methods.split(",") if args.methods else PRIORITY
         choices = run_tuning(methods, args.runs, args.out, args.root)
@@ -60,16 +65,8 @@ def _cmd_settings(args) -> int:
 
     _threads(args.threads)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-    table = run_settings(
-        args.setting,
-        seeds,
-        args.runs,
-        args.out,
-        args.root,
-        command=["python", "-m", "benchtools"] + sys.argv[1:],
-        train=not args.report_only,
-        finetune_epochs=args.finetune,
-    )
+    table = run_settings(args.setting, seeds, args.runs, args.out, args.root, command=_command(),
+                         train=not args.report_only, finetune_epochs=args.finetune)
     for r in table:
         probe = "" if r.get("probe_mean") is None else f" probe {r['probe_mean']:6.2f}"
         print(f"{r['method']:>22s} {r['final_mean']:6.2f} (n={r['n']}){probe}")
@@ -84,7 +81,7 @@ def _cmd_speed(args) -> int:
     _threads(args.threads)
     methods = args.methods.split(",") if args.methods else None
     setup = replace(SpeedSetup(), steps=args.steps, warmup=args.warmup)
-    res = run_speed(args.out, methods, setup, command=["python", "-m", "benchtools"] + sys.argv[1:])
+    res = run_speed(args.out, methods, setup, command=_command())
     for r in res["rows"]:
         print(f"{r['method']:>10s} {1e3 * r['step_s']:8.0f} ms  ratio {r['ratio']:.2f}")
     for m in misses(res):
@@ -106,7 +103,7 @@ def _cmd_auto(args) -> int:
     from benchtools.auto import run_auto_bench  # per-command import: keeps `--help` fast
 
     _threads(args.threads)
-    result = run_auto_bench(args.runs, args.out, args.root, args.seeds, ["python", "-m", "benchtools"] + sys.argv[1:])
+    result = run_auto_bench(args.runs, args.out, args.root, args.seeds, _command())
     print(f"chose {result['recommended']['label']}; test top-1 per seed: "
           + ", ".join(f"{t['test_top1']:.2f}" for t in result["trained"]))
     return 0
@@ -123,23 +120,21 @@ def _cmd_detection(args) -> int:
             print(f"{m:>8s} {w}")
         return 0
     if args.merge:
-        from benchtools.det_report import merge_results
+        from benchtools.det_merge import merge_results
 
-        merge_results(args.merge, args.out, command=["python", "-m", "benchtools"] + sys.argv[1:])
+        merge_results(args.merge, args.out, command=_command())
         print(f"pooled {len(args.merge)} results files into {Path(args.out) / REPORT}.md/.csv/.png")
         return 0
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)
     if args.diagnostics:
         from benchtools.detection import run_detection_diagnostics
 
-        command = ["python", "-m", "benchtools"] + sys.argv[1:]
-        for r in run_detection_diagnostics(args.runs, args.out, args.root, seeds, command, not args.report_only,
+        for r in run_detection_diagnostics(args.runs, args.out, args.root, seeds, _command(), not args.report_only,
                                            methods):
             print(f"{r['name']:>14s} AP {r['AP']:6.2f} per seed {' '.join(f'{x:.2f}' for x in r['per_seed'])}")
         print(f"wrote {Path(args.out) / REPORT}-diagnostics.md")
         return 0
-    table = run_detection(args.runs, args.out, args.root, seeds, methods,
-                          command=["python", "-m", "benchtools"] + sys.argv[1:], train=not args.report_only)
+    table = run_detection(args.runs, args.out, args.root, seeds, methods, _command(), train=not args.report_only)
     for r in table:
         print(f"{r['method']:>8s} AP {r['AP']:6.2f} AP50 {r['AP50']:6.2f} AP75 {r['AP75']:6.2f} (n={r['n']})")
     print(f"wrote {Path(args.out) / REPORT}.md/.csv/.png")
@@ -154,7 +149,7 @@ def _cmd_gpu(args) -> int:
     setup = GpuSetup(args.device, args.quick, tuple(args.batches), args.steps, args.warmup)
     if args.quick:
         setup = GpuSetup(args.device, True, (8,), min(args.steps, 3), min(args.warmup, 1))
-    res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, ["python", "-m", "benchtools"] + sys.argv[1:],
+    res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, _command(),
                   official=args.official, official_workers=args.official_workers, detection=args.detection)
     bad = [r["method"] for r in res["parity"] if not r["ok"]]
     print(f"wrote {args.out}/gpu.md; parity misses: {', '.join(bad) or 'none'}")
@@ -189,11 +184,8 @@ def _add_accuracy(bs) -> None:
     a.add_argument("--quick", action="store_true", help="first 5,000 images, 6 epochs, seed 0")
     a.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2 (quick: 0)")
     a.add_argument("--methods", default=None, help="comma-separated subset, e.g. kd,wkd_l")
-    a.add_argument(
-        "--tune",
-        action="store_true",
-        help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist",
-    )
+    a.add_argument("--tune", action="store_true",
+                   help="tune each method on the validation split (quick schedule, seed 0); writes configs/fmnist")
     a.add_argument("--report-only", action="store_true",
                    help="train nothing: write the results files from the runs finished so far")
     a.add_argument("--merge", nargs="+", default=None, metavar="CSV",
@@ -205,21 +197,13 @@ def _add_accuracy(bs) -> None:
 
 
 def _add_settings(bs) -> None:
-    st = bs.add_parser(
-        "settings",
-        help="protocol C (docs/benchmarks.md): ensembles, privileged information, cross-modal, "
-        "self-distillation on FMNIST-KD v1; results in --out",
-    )
+    st = bs.add_parser("settings", help="protocol C (docs/benchmarks.md): ensembles, privileged information, "
+                                        "cross-modal, self-distillation on FMNIST-KD v1; results in --out")
     st.add_argument("--setting", required=True, choices=["ensemble", "privileged", "crossmodal", "selfdistill"])
     st.add_argument("--seeds", default=None, help="comma-separated, default 0,1,2")
     st.add_argument("--report-only", action="store_true", help="train nothing: report the runs finished so far")
-    st.add_argument(
-        "--finetune",
-        type=int,
-        default=0,
-        metavar="N",
-        help="view settings: also fine-tune each student by CE for N epochs (CRD Figure 3); default 0, off",
-    )
+    st.add_argument("--finetune", type=int, default=0, metavar="N",
+                    help="view settings: also fine-tune each student by CE for N epochs (CRD Figure 3); default 0, off")
     _add_run_dirs(st)
     st.set_defaults(func=_cmd_settings)
 

@@ -38,10 +38,10 @@ def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
         row["per_seed"] = [100 * r["final_AP"] for r in runs]
         row["step_seconds"] = speed.get(method)
         rows.append(row)
-    return _relative(rows)
+    return relative_to_vanilla(rows)
 
 
-def _relative(rows: list[dict]) -> list[dict]:
+def relative_to_vanilla(rows: list[dict]) -> list[dict]:
     """Each row's AP gain over vanilla and its step time as a ratio to vanilla's (None without vanilla)."""
     base = next((r for r in rows if r["method"] == "vanilla"), None)
     for r in rows:
@@ -123,7 +123,8 @@ COLUMNS = ["method", "runs", "seeds", "AP_mean", "AP_std", "AP50_mean", "AP50_st
 
 def results_csv(rows: list[dict], teacher: dict, stamp: dict) -> str:
     """The table as CSV, the teacher first (its settings column holds its validation AP); with the seeds of
-    each row, so that a later session can pool it with other seeds' results (:func:`merge_results`)."""
+    each row, so that a later session can pool it with other seeds' results
+    (:func:`benchtools.det_merge.merge_results`)."""
     buf = io.StringIO()
     for k, v in stamp.items():
         buf.write(f"# {k}: {v}\n")
@@ -138,79 +139,6 @@ def results_csv(rows: list[dict], teacher: dict, stamp: dict) -> str:
                     f(r["step_seconds"]), f(r["overhead"]), f"{r['wall_seconds']:.1f}",
                     " ".join(f"{x:.2f}" for x in r["per_seed"]), r["settings"]])
     return buf.getvalue()
-
-
-def read_results_csv(path) -> tuple[dict, dict, list[dict]]:
-    """(stamp, teacher, rows) of a results CSV written by :func:`results_csv`."""
-    stamp, reader = report.read_stamped_csv(path)
-    if reader.fieldnames != COLUMNS:
-        raise ValueError(f"{path}: not a results CSV of `python -m benchtools detection` with its seeds (columns "
-                         f"{', '.join(COLUMNS)} expected)")
-    num = lambda v: float(v) if v else None  # noqa: E731
-    teacher, rows = None, []
-    for r in reader:
-        row = {k: num(r[f"{k}_mean"]) for k in METRICS + SIZES}
-        if r["method"] == "teacher":
-            teacher = row | {"val_AP": float(r["settings"].removeprefix("val AP "))}
-            continue
-        rows.append(row | {f"{k}_std": num(r[f"{k}_std"]) for k in METRICS} | {
-            "method": r["method"], "n": int(r["runs"]), "seeds": [int(x) for x in r["seeds"].split()],
-            "settings": r["settings"], "wall_seconds": float(r["wall_seconds_per_run"]),
-            "per_seed": [float(x) for x in r["per_seed_AP"].split()], "step_seconds": num(r["step_seconds"])})
-    if teacher is None:
-        raise ValueError(f"{path}: no teacher row")
-    return stamp, teacher, rows
-
-
-def merge_results(paths: list, out, command: list[str] | None = None) -> list[dict]:
-    """One results table from results CSVs of disjoint seeds (their run directories gone): each row's AP,
-    AP50 and AP75 mean and sample std pooled exactly from the parts' (runs, mean, std), APs, APm and wall
-    time run-weighted means, the per-seed AP in seed order, the step time from the first part that measured
-    it. Refused unless every part has the same teacher (its test AP, AP50, AP75, APs, APm and validation AP
-    to the table's two decimals: a teacher trained again must match all six), a row's
-    settings are the same in every part and no seed of a row is in two parts."""
-    parts = [(Path(p), *read_results_csv(p)) for p in paths]
-    teacher = parts[0][2]
-    shown = lambda t: {k: None if v is None else round(v, 2) for k, v in t.items()}  # noqa: E731
-    groups: dict[str, list[tuple[Path, dict]]] = {}
-    for path, _, t, rows in parts:
-        if shown(t) != shown(teacher):
-            raise ValueError(f"{path}: its teacher ({t}) is not {parts[0][0]}'s ({teacher}); its students had "
-                             "another teacher, so the two cannot share a table")
-        for r in rows:
-            groups.setdefault(r["method"], []).append((path, r))
-    merged = _relative([_pool_row(m, groups[m]) for m in P.ROWS if m in groups])
-    seeds = sorted({sd for r in merged for sd in r["seeds"]})
-    sources = [st.get("pooled from") or  # a pooled part names its own sources
-               f"`{p.name}` ({st.get('date', '?')}, commit `{st.get('commit', '?')}`, `{st.get('command', '?')}`)"
-               for p, st, _, _ in parts]
-    stamp = report.stamp(command=command) | {"pooled from": "; ".join(sources)}
-    write_results(merged, teacher, out, stamp, seeds)
-    return merged
-
-
-def _pool_row(method: str, group: list[tuple[Path, dict]]) -> dict:
-    seen: dict[int, Path] = {}
-    for path, r in group:
-        if r["settings"] != group[0][1]["settings"]:
-            raise ValueError(f"{method}: settings '{r['settings']}' in {path} but '{group[0][1]['settings']}' in "
-                             f"{group[0][0]}: only runs of the same settings can be pooled")
-        for sd in r["seeds"]:
-            if sd in seen:
-                raise ValueError(f"{method} seed {sd} is in both {seen[sd]} and {path}: merge only disjoint seeds")
-            seen[sd] = path
-    rows = [r for _, r in group]
-    n = sum(r["n"] for r in rows)
-    out = {"method": method, "n": n, "settings": rows[0]["settings"]}
-    for k in METRICS:
-        _, out[k], out[f"{k}_std"] = report.pool([(r["n"], r[k], r[f"{k}_std"]) for r in rows])
-    for k in (*SIZES, "wall_seconds"):
-        known = [r for r in rows if r[k] is not None]
-        out[k] = sum(r["n"] * r[k] for r in known) / sum(r["n"] for r in known) if known else None
-    by_seed = sorted((sd, ap) for r in rows for sd, ap in zip(r["seeds"], r["per_seed"]))
-    out["seeds"], out["per_seed"] = [sd for sd, _ in by_seed], [ap for _, ap in by_seed]
-    out["step_seconds"] = next((r["step_seconds"] for r in rows if r["step_seconds"] is not None), None)
-    return out
 
 
 def chart(rows: list[dict], teacher: dict, path: Path, seeds) -> None:
@@ -254,7 +182,7 @@ def chart(rows: list[dict], teacher: dict, path: Path, seeds) -> None:
 
 def write_results(rows: list[dict], teacher: dict, out, stamp: dict, seeds) -> list[dict]:
     """``out/<P.REPORT>.md``, ``.csv`` and ``.png`` from the table's rows (:func:`summarise` or
-    :func:`merge_results`) and the teacher's line (:func:`teacher_row`); returns the rows."""
+    :func:`benchtools.det_merge.merge_results`) and the teacher's line (:func:`teacher_row`); returns the rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# {P.REPORT}: detection distillation on real-image canvases (protocol D)", "",

@@ -1,9 +1,10 @@
-"""Protocol D's results files (benchtools/det_report.py): a table pooled from the results CSVs of
+"""Protocol D's results files (benchtools/det_report.py, det_merge.py): a table pooled from the results CSVs of
 disjoint seeds equals the table of all the runs at once, and what cannot be pooled is refused."""
 import math
 
 import pytest
 
+from benchtools import det_merge as M
 from benchtools import det_report as R
 
 TEACHER_VAL = {"final_AP": 0.5391}
@@ -32,7 +33,7 @@ def _write(out, seeds, speed=None, teacher_test=TEACHER_TEST):
 def test_pooling_two_parts_of_disjoint_seeds_equals_the_table_of_all_runs(tmp_path):
     a = _write(tmp_path / "a", [0, 1], speed={"vanilla": 2.0, "kd": 2.5, "wkd_l": 2.7})
     b = _write(tmp_path / "b", [2])  # its step times were not measured: the first part's are kept
-    merged = R.merge_results([b, a], tmp_path / "m", command=["merge"])
+    merged = M.merge_results([b, a], tmp_path / "m", command=["merge"])
     whole = R.summarise(_runs([0, 1, 2]), {"vanilla": 2.0, "kd": 2.5, "wkd_l": 2.7})
     assert [r["method"] for r in merged] == [r["method"] for r in whole] == ["vanilla", "kd", "wkd_l"]
     for got, want in zip(merged, whole):
@@ -49,31 +50,31 @@ def test_pooling_two_parts_of_disjoint_seeds_equals_the_table_of_all_runs(tmp_pa
     assert "Pooled from: `fmnist-det-v2.csv`" in text and "| teacher R50-FPN (2,000 steps; 1 run) | 53.00 |" in text
     # WKD-L - vanilla per seed: 6.0, 8.2, 10.4 (AP in %): mean 8.2, sample std 2.2, standard error 2.2 / sqrt(3)
     assert "+8.20 AP vs vanilla (± 2.31 s.e.; paired by seed +8.20 ± 1.27 over 3)" in text
-    stamp, teacher, rows = R.read_results_csv(tmp_path / "m" / f"{R.P.REPORT}.csv")  # the pooled file pools again
+    stamp, teacher, rows = M.read_results_csv(tmp_path / "m" / f"{R.P.REPORT}.csv")  # the pooled file pools again
     assert stamp["command"] == "merge" and teacher["val_AP"] == pytest.approx(53.91) and teacher["AP"] == 53.0
-    again = R.merge_results([tmp_path / "m" / f"{R.P.REPORT}.csv"], tmp_path / "m2", command=["merge again"])
+    again = M.merge_results([tmp_path / "m" / f"{R.P.REPORT}.csv"], tmp_path / "m2", command=["merge again"])
     assert [r["per_seed"] for r in again] == [r["per_seed"] for r in rows]
-    assert R.read_results_csv(tmp_path / "m2" / f"{R.P.REPORT}.csv")[0]["pooled from"] == stamp["pooled from"]
+    assert M.read_results_csv(tmp_path / "m2" / f"{R.P.REPORT}.csv")[0]["pooled from"] == stamp["pooled from"]
     assert math.isclose(rows[1]["AP_std"], whole[1]["AP_std"], abs_tol=2e-4)
 
 
 def test_parts_that_cannot_share_a_table_are_refused(tmp_path):
     a = _write(tmp_path / "a", [0, 1])
     with pytest.raises(ValueError, match="vanilla seed 1 is in both"):
-        R.merge_results([a, _write(tmp_path / "b", [1, 2])], tmp_path / "m")
+        M.merge_results([a, _write(tmp_path / "b", [1, 2])], tmp_path / "m")
     other = _write(tmp_path / "c", [2], teacher_test=dict(TEACHER_TEST, AP=0.52))
     with pytest.raises(ValueError, match="its students had another teacher"):
-        R.merge_results([a, other], tmp_path / "m")
+        M.merge_results([a, other], tmp_path / "m")
     edited = tmp_path / "d.csv"
     edited.write_text(_write(tmp_path / "d", [2]).read_text().replace("kd w=", "kd w=2"))
     with pytest.raises(ValueError, match="kd: settings .* only runs of the same settings"):
-        R.merge_results([a, edited], tmp_path / "m")
+        M.merge_results([a, edited], tmp_path / "m")
     single = (tmp_path / "c" / f"{R.P.REPORT}.md").read_text()  # one run per row: no standard error is made up
     assert "AP vs KD (no s.e.: a single run)" in single and "± 0.00 s.e." not in single
     old = tmp_path / "old.csv"  # a file without the seeds column cannot say which seeds it holds
     old.write_text(a.read_text().replace("method,runs,seeds,", "method,runs,"))
     with pytest.raises(ValueError, match="with its seeds"):
-        R.merge_results([old], tmp_path / "m")
+        M.merge_results([old], tmp_path / "m")
 
 
 def test_diagnostic_gains_are_paired_by_seed(tmp_path):
