@@ -135,9 +135,9 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
 def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_root=None, seeds=P.SEEDS,
                               command: list[str] | None = None, train: bool = True,
                               only: list[str] | None = None) -> list[dict]:
-    """The diagnostic runs (:data:`det_protocol.DIAGNOSTICS`) beside the vanilla row and the rows they change, at
-    the same seeds (rows already run are reused; ``only``: those diagnostics); writes
-    ``out/<REPORT>-diagnostics.md`` (``train=False``: from the runs finished so far)."""
+    """The diagnostic runs (:data:`det_protocol.DIAGNOSTICS`; ``only``: those) reported beside the vanilla row and
+    the rows they change at the same seeds, as the protocol's own command left them (a row that diverged is not
+    tried again here); writes ``out/<REPORT>-diagnostics.md`` (``train=False``: from the runs finished so far)."""
     diags = only or list(P.DIAGNOSTICS)
     bad = [n for n in diags if n not in P.DIAGNOSTICS]
     if bad:
@@ -149,13 +149,14 @@ def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_r
 
     if train:
         P.make_data(runs_root, fmnist_root)
-        jobs = [((n, s), lambda n=n, s=s: config(n, s), [P.teacher_config(runs_root)]) for n in names for s in seeds]
+        jobs = [((n, s), lambda n=n, s=s: config(n, s), [P.teacher_config(runs_root)]) for n in diags for s in seeds]
         bar = tqdm(total=len(jobs), desc=f"{P.REPORT} diagnostics", unit="run")
         run_or_load(P.teacher_config(runs_root), log=bar.write)
-        results = dict(shared_queue(jobs, run_or_report, bar))
+        trained = dict(shared_queue(jobs, run_or_report, bar))
         bar.close()
-    else:
-        results = {(n, s): load_finished(config(n, s)) for n in names for s in seeds}
+    results = {(n, s): load_finished(config(n, s)) for n in names for s in seeds}
+    if train:
+        results |= trained
     return det_report.write_diagnostics(results, out, report.stamp(command=command))
 
 

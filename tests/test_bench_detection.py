@@ -54,10 +54,11 @@ def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_
     again = D.run_detection(runs, out, toy, seeds=[0], methods=["vanilla", "kd"], train=False, log=lambda *_: None)
     assert [r["AP"] for r in again] == [r["AP"] for r in table]  # --report-only reads the same runs
     monkeypatch.setattr(P, "DIAGNOSTICS", {"kd-half": ("kd", {"weight": 0.5}, "KD at half weight")})
-    diag = D.run_detection_diagnostics(runs, out, toy, seeds=[0], command=["toy"])  # rows reused, kd-half trained
+    diag = D.run_detection_diagnostics(runs, out, toy, seeds=[0, 1], command=["toy"])  # kd-half trained, rows read
+    assert not (runs / P.REPORT / "kd/seed1").exists()  # a row's missing seed is the protocol's to run, not this
     assert [r["name"] for r in diag] == ["vanilla", "kd", "kd-half"] and diag[1]["AP"] == table[1]["AP"]
-    assert (runs / P.REPORT / "diag/kd-half/seed0/summary.json").is_file()
-    assert diag[2]["paired_gain"] == pytest.approx(diag[2]["AP"] - table[0]["AP"])
+    assert (runs / P.REPORT / "diag/kd-half/seed0/summary.json").is_file() and diag[2]["seeds"] == [0, 1]
+    assert diag[2]["paired_n"] == 1 and diag[2]["paired_gain"] == pytest.approx(diag[2]["per_seed"][0] - table[0]["AP"])
     assert "| kd-half | KD at half weight |" in (out / f"{P.REPORT}-diagnostics.md").read_text()
     with pytest.raises(ValueError, match="unknown diagnostic run"):
         D.run_detection_diagnostics(runs, out, toy, seeds=[0], only=["kd-double"])
