@@ -71,7 +71,7 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
     write(res, out)
     sections = {"ddp": (ddp, lambda: torchrun_one_process(device)), "e2e": (e2e, lambda: end_to_end(setup)),
                 "official": (official, lambda: side_by_side(official, setup, official_workers)),
-                "detection": (detection, lambda: detection_on_device(setup))}
+                "detection": (detection, lambda: detection_on_device(setup, res))}
     for key, (wanted, fn) in sections.items():
         if wanted:
             res[key] = _guarded(res, key, fn, {})
@@ -93,7 +93,7 @@ def _guarded(res: dict, what: str, fn, failed):
 
 def torchrun_one_process(device: torch.device) -> dict:
     """`torchrun --nproc_per_node=1` of a one-epoch training through the DDP wrapper (NCCL on a GPU,
-    gloo on the CPU); returns the exit code, the backend and the seconds."""
+    gloo on the CPU); returns the backend and the seconds, or raises with the output's last lines if it fails."""
     work = Path("runs/gpu-bench-ddp")
     cfg = {"run": {"name": "ddp", "out_dir": str(work), "device": device.type},
            "data": {"name": "fmnist_sample", "train_subset": 512, "test_subset": 128},
@@ -103,8 +103,11 @@ def torchrun_one_process(device: torch.device) -> dict:
     t0 = time.time()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "wdistill.cli",
                           "train", str(work / "ddp.yaml"), "--overwrite"], capture_output=True, text=True)
+    tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
+    if run.returncode:  # an error, counted as one (the report's Errors, the exit status), not a quiet row
+        raise RuntimeError(f"torchrun exited {run.returncode}: {' / '.join(tail)}")
     return {"returncode": run.returncode, "backend": "nccl" if device.type == "cuda" else "gloo",
-            "seconds": time.time() - t0, "tail": (run.stdout + run.stderr).strip().splitlines()[-3:]}
+            "seconds": time.time() - t0, "tail": tail}
 
 
 def end_to_end(setup: GpuSetup) -> list[dict]:
@@ -132,14 +135,16 @@ DET_QUICK = {"counts": {"train": 16, "val": 4, "test": 4}, "teacher_steps": 2, "
              "rows": ("vanilla", "wkd_lf")}
 
 
-def detection_on_device(setup: GpuSetup) -> list[dict]:
+def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
     (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
     row's R18-FPN student, every one an ordinary run directory. Per row: its seconds per training step (its epoch's
     time over its steps, data loading included) against vanilla's, and its AP. A check that the detection path
-    runs and stays finite on the device, not an accuracy: the teacher is barely trained."""
+    runs and stays finite on the device, not an accuracy: the teacher is barely trained. A student row that fails
+    (a non-finite loss, say) is a finding: it goes into ``res["errors"]`` and the other rows still run."""
     from benchtools import det_protocol as P  # needs torchvision and pycocotools
 
+    res = {"errors": []} if res is None else res
     size = DET_QUICK if setup.quick else DET_SIZE
     runs_root = f"runs/gpu-bench-det/{setup.device.replace(':', '')}"
     P.make_data(runs_root, os.environ.get("WDISTILL_FMNIST"), log=lambda *_: None, counts=size["counts"])
@@ -158,10 +163,7 @@ def detection_on_device(setup: GpuSetup) -> list[dict]:
     rows = [run(P.teacher_config(runs_root, over(size["teacher_steps"])), "teacher")]
     for m in size["rows"] or P.ROWS:
         cfg = P.student_config(m, 0, runs_root, overrides=over(size["student_steps"]))
-        try:
-            rows.append(run(cfg, m))
-        except Exception as e:  # noqa: BLE001 - a row that fails (a non-finite loss, say) is a finding
-            rows.append({"row": m, "error": f"{type(e).__name__}: {e}"})
+        rows.append(_guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
     base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
     for r in rows[1:]:
         r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None

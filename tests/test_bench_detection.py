@@ -96,3 +96,18 @@ def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_pa
     cfg = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0/config.yaml").read_text())
     assert cfg["run"]["device"] == "cpu" and cfg["train"]["precision"] == "auto" and cfg["train"]["max_steps"] == 2
     assert any(line.startswith("| wkd_lf | ") for line in _detection_lines(rows))
+
+    # A row that fails is an error of the run (the report's Errors, the exit status); the other rows still run.
+    from benchtools import gpu_report as G
+    from wdistill.errors import NonFiniteLoss
+    real = G.run_or_load
+
+    def run_or_load(cfg, log):
+        if cfg["run"]["name"].startswith("vanilla"):
+            raise NonFiniteLoss("loss is nan at step 1")
+        return real(cfg, log=log)  # finished above: loaded, not trained again
+    monkeypatch.setattr(G, "run_or_load", run_or_load)
+    res = {"errors": []}
+    again = detection_on_device(GpuSetup(device="cpu", quick=True), res)
+    assert [e["what"] for e in res["errors"]] == ["detection vanilla"] and "loss is nan" in again[1]["error"]
+    assert again[2]["AP"] == rows[2]["AP"] and again[2]["vs_vanilla"] is None

@@ -77,3 +77,14 @@ def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_pat
     assert "| wkd_lf | failed: parity wkd_lf: RuntimeError: CUDA error: an illegal memory access was encountered |" \
         in md
     assert "Section `ddp` failed: ddp: ZeroDivisionError" in md and "## Errors" in md
+
+
+def test_a_failed_torchrun_is_an_error_not_a_quiet_row(tmp_path, monkeypatch):
+    """NCCL that does not start exits torchrun nonzero: that must reach the report's Errors and the exit status."""
+    from benchtools import gpu_report as G
+
+    monkeypatch.chdir(tmp_path)
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="...\nNCCL error: unhandled system error\n")
+    monkeypatch.setattr(G.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(RuntimeError, match="torchrun exited 1: .*NCCL error: unhandled system error"):
+        G.torchrun_one_process(torch.device("cpu"))
