@@ -9,6 +9,10 @@ that must catch it, so the run takes minutes and the list grows with every bug f
     python scripts/mutation.py                 # all mutations (progress bar; results in .mutation/)
     python scripts/mutation.py --only kd_t_squared crd_z_sum
     python scripts/mutation.py --resume        # skip mutations already killed in the last run
+    python scripts/mutation.py --baseline      # first, the same tests on an unplanted copy must pass
+
+A kill only counts if the tests pass without the bug: ``--baseline`` runs each venv's selected tests once on
+an unplanted copy and stops if any fails there (a file the copy lacks, say), since every kill would be false.
 
 An entry with ``venv: tv`` runs its tests in the torchvision venv (``$TV_VENV``, default ``.venv-tv``,
 as ``scripts/tv_venv.sh`` builds it) with WDISTILL_REQUIRE_TV=1, so they fail rather than skip there.
@@ -45,14 +49,15 @@ def apply(tree: Path, m: dict) -> None:
 def run_one(m: dict, timeout: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"mut-{m['id']}-") as tmp:
         tree = Path(tmp)
-        for part in ("wdistill", "benchtools", "tests", "pyproject.toml"):
+        for part in ("wdistill", "benchtools", "tests", "scripts", "pyproject.toml"):
             src = ROOT / part
             if src.is_dir():
                 shutil.copytree(src, tree / part, symlinks=True,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             else:
                 shutil.copy(src, tree / part)
-        apply(tree, m)
+        if "find" in m:  # the baseline plants nothing
+            apply(tree, m)
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         python = sys.executable
         if m.get("venv") == "tv":
@@ -78,12 +83,31 @@ def run_one(m: dict, timeout: int) -> dict:
     }
 
 
+def baseline(todo: list[dict], timeout: int) -> bool:
+    """Run each venv's tests of ``todo`` on an unplanted copy; True (and a message) if any fails."""
+    failed = False
+    for venv in sorted({m.get("venv", "main") for m in todo}):
+        tests = sorted({t for m in todo if m.get("venv", "main") == venv for t in m["tests"]})
+        # node ids together; a selection with options (``-k``) alone, as one -k would override another
+        groups = [[t for t in tests if " " not in t]] + [[t] for t in tests if " " in t]
+        for group in filter(None, groups):
+            r = run_one({"id": f"baseline-{venv}", "tests": group, "venv": venv}, timeout * 4)
+            print(f"baseline ({venv} venv, {' '.join(group) if len(group) == 1 else f'{len(group)} test selections'}"
+                  f", {r['seconds']} s): {r['last_line']}")
+            if r["status"] != "SURVIVED":  # on the unplanted copy every test must pass
+                print(f"the unplanted copy fails these tests ({r['status']}): their kills would be false; "
+                      "fix that first")
+                failed = True
+    return failed
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--list", default=str(ROOT / "tests" / "mutations.yaml"))
     p.add_argument("--only", nargs="*", default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--baseline", action="store_true", help="first run the selected tests on an unplanted copy")
     args = p.parse_args()
     mutations = yaml.safe_load(Path(args.list).read_text())
     ids = [m["id"] for m in mutations]
@@ -101,6 +125,8 @@ def main() -> int:
         if apply_check != 1:
             raise SystemExit(f"mutation {m['id']}: its text occurs {apply_check} times in {m['file']}")
     todo = [m for m in mutations if done.get(m["id"], {}).get("status") != "killed"]
+    if args.baseline and baseline(todo, args.timeout):
+        return 1
     for m in tqdm(todo, desc="mutations", unit="mutant"):
         r = run_one(m, args.timeout)
         done[m["id"]] = r
