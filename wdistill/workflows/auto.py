@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from wdistill.config.schema import AutoSection
 from wdistill.engine import rundir
-from wdistill.errors import ConfigError
+from wdistill.errors import ConfigError, NonFiniteLoss
 from wdistill.losses.recipes import (
     GRIDS,
     LABELS,
@@ -159,15 +159,22 @@ class Search:
             cfg.pop("teachers", None)
         return cfg
 
-    def value(self, cand: Candidate, seed: int, epoch: int) -> float:
-        """Held-out top-1 of ``cand`` after ``epoch`` epochs of seed ``seed`` (trained if not yet)."""
+    def value(self, cand: Candidate, seed: int, epoch: int) -> float | None:
+        """Held-out top-1 of ``cand`` after ``epoch`` epochs of seed ``seed`` (trained if not yet); None if
+        its loss became non-finite (recorded in its ``diverged``: a finding of the search, not its end)."""
         cfg = self.config(cand, seed, epoch if epoch < self.epochs else None)
         path = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
         seen = {r["epoch"]: r for r in rundir.read_history(path)} if path.is_dir() else {}
         if epoch not in seen or "test_top1" not in seen[epoch]:
             done = max((e for e in seen if e <= epoch), default=0)
-            run_or_load(cfg, log=self._trial_log, data=self.data, models=self._models(cand, seed))
-            self.bar.update(epoch - done)
+            try:
+                run_or_load(cfg, log=self._trial_log, data=self.data, models=self._models(cand, seed))
+            except NonFiniteLoss as e:
+                self.results[cand.key].setdefault("diverged", {})[str(seed)] = str(e)
+                self.bar.write(f"auto: {cand.label}, seed {seed}: diverged; it is out of the search")
+                return None
+            finally:
+                self.bar.update(epoch - done)
             seen = {r["epoch"]: r for r in rundir.read_history(path)}
         return float(seen[epoch]["test_top1"])
 
@@ -194,7 +201,11 @@ class Search:
                 break
             scores = {c.key: self.value(c, 0, r) for c in alive}
             for c in alive:
-                self.results[c.key]["values"][r] = scores[c.key]
+                if scores[c.key] is None:
+                    self.results[c.key]["status"] = f"diverged before epoch {r}"
+                else:
+                    self.results[c.key]["values"][r] = scores[c.key]
+            alive = [c for c in alive if scores[c.key] is not None]  # a diverged candidate is never promoted
             keep = survivors(len(alive), self.auto, last=i == len(steps) - 1)
             ranked = sorted(alive, key=lambda c: -scores[c.key])
             for c in ranked[keep:]:
@@ -214,7 +225,8 @@ class Search:
             seeds = range(self.auto.seeds) if not self.out_of_time() else range(1)
             final[cand.key] = {s: self.value(cand, s, self.epochs) for s in seeds}
             self.results[cand.key]["status"] = "finalist" if cand is not vanilla else "reference"
-            self.results[cand.key]["values"][self.epochs] = final[cand.key][0]
+            if final[cand.key][0] is not None:
+                self.results[cand.key]["values"][self.epochs] = final[cand.key][0]
         self.bar.close()
         return {"epochs": self.epochs, "auto": self.auto.model_dump(), "notes": self.notes,
                 "out_of_time": self.out_of_time(), "wall_seconds": time.time() - self.start,

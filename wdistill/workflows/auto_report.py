@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from wdistill.config.schema import AutoSection, RunConfig
-from wdistill.errors import ConfigError
+from wdistill.errors import ConfigError, NonFiniteLoss
 from wdistill.io import atomic_write_text
 from wdistill.workflows.auto import Search, fresh_student
 from wdistill.workflows.plots import leaderboard_chart
@@ -61,26 +61,36 @@ def summarise(record: dict) -> list[dict]:
     labels = {c["key"]: c for c in record["candidates"]}
     rows = []
     for key, per_seed in final.items():
-        mean, std = mean_std(list(per_seed.values()))
-        shared = [s for s in per_seed if s in base]
-        diffs = [per_seed[s] - base[s] for s in shared]
+        done = {s: v for s, v in per_seed.items() if v is not None}  # None: that seed diverged
+        mean, std = mean_std(list(done.values())) if done else (None, None)
+        diffs = [done[s] - base[s] for s in done if base.get(s) is not None]
         say, se = verdict(diffs) if key != "vanilla" else ("reference", None)
+        diverged = len(per_seed) - len(done)
+        if diverged:  # unstable at this setting: reported, never recommended
+            say = f"diverged on {diverged} of {len(per_seed)} seed(s)"
         cost = secs[key] / secs["vanilla"] if secs.get(key) and secs.get("vanilla") else None
         rows.append({"key": key, "label": labels[key]["label"], "method": labels[key]["method"],
-                     "terms": labels[key]["terms"], "seeds": len(per_seed), "mean": mean, "std": std,
-                     "gain": sum(diffs) / len(diffs) if diffs and key != "vanilla" else None, "gain_se": se,
-                     "verdict": say, "cost": cost})
-    return sorted(rows, key=lambda r: -r["mean"])
+                     "terms": labels[key]["terms"], "seeds": len(done), "diverged": diverged, "mean": mean,
+                     "std": std, "gain": sum(diffs) / len(diffs) if diffs and key != "vanilla" else None,
+                     "gain_se": se, "verdict": say, "cost": cost})
+    return sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0.0)))
 
 
 def recommend(rows: list[dict]) -> dict:
-    """The best mean among the finalists that beat vanilla beyond noise; else the best mean (the
-    report then says that nothing beat vanilla beyond noise)."""
+    """The best mean among the finalists that beat vanilla beyond noise; else the best mean of the
+    rows that never diverged (the report then says that nothing beat vanilla beyond noise)."""
     beating = [r for r in rows if r["verdict"] == "beats vanilla"]
-    return (beating or rows)[0]
+    stable = [r for r in rows if not r["diverged"]]
+    if not (beating or stable):
+        raise NonFiniteLoss("wdistill auto: every finalist and the vanilla student diverged on at least one seed, "
+                            "so there is nothing to recommend; lower optim.lr (each run's diverged.json says where "
+                            "its loss became non-finite)")
+    return (beating or stable)[0]
 
 
-def _pm(mean: float, std: float | None) -> str:
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "diverged"
     return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
@@ -109,7 +119,9 @@ def markdown(record: dict, rows: list[dict], best: dict, files: dict, command: s
               "|---|---|---|"]
     for c in record["candidates"]:
         vals = ", ".join(f"{e}: {v:.2f}" for e, v in sorted(c["values"].items(), key=lambda kv: int(kv[0])))
-        lines.append(f"| {c['label']} | {vals} | {c['status']} |")
+        seeds = ", ".join(sorted(c.get("diverged", {})))
+        status = c["status"] + (f" (diverged: seed {seeds})" if seeds and "diverged" not in c["status"] else "")
+        lines.append(f"| {c['label']} | {vals} | {status} |")
     if files.get("trained"):
         lines += ["", "## The recommended config on the test split", "", files["trained"]]
     return "\n".join(lines) + "\n"
@@ -167,7 +179,7 @@ def run_auto(base: dict, auto: AutoSection, root: Path, models=None, data=None, 
 def auto_chart(rows: list[dict], path: Path, epochs: int, holdout: float) -> Path:
     """The finalists' held-out top-1 beside the vanilla student's (``report.png``)."""
     return leaderboard_chart([{"name": r["key"] if r["key"] == "vanilla" else r["label"], "top1": r["mean"],
-                               "std": r["std"]} for r in rows], path,
+                               "std": r["std"]} for r in rows if r["mean"] is not None], path,
                              f"wdistill auto: held-out top-1 of the finalists ({epochs} epochs)",
                              f"Mean ± std over seeds on {100 * holdout:.0f}% of the training split held out; the "
                              "test split is not used.", ylabel="held-out top-1 (%)")

@@ -5,6 +5,11 @@ benchmarks and ``wdistill auto`` run their jobs through :func:`run_or_load`.
 Two processes given the same list of jobs share it as a work queue (:func:`shared_queue`): the run
 directory's lock (``engine.rundir``) is held from the load-or-train decision to the end of
 training, so the second process skips a job the first is training and comes back to it.
+
+A run whose loss became non-finite is marked (``diverged.json``) and raises :class:`NonFiniteLoss`
+again when asked for, without training: resuming it from its last checkpoint would replay the same
+steps into the same divergence, in this process or in another one sharing the queue. A changed
+config starts the run again; deleting the file tries the same config again.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import torch
 
 from wdistill.config import load_config
 from wdistill.engine import make_trainer, rundir
-from wdistill.errors import RunBusy
+from wdistill.errors import NonFiniteLoss, RunBusy
 from wdistill.io import atomic_write_text
 
 WALL_FILE = "wall.json"  # wall seconds of every session that worked on the run, summed
@@ -99,17 +104,24 @@ def _run_or_load(cfg, run: rundir.RunDir, log, data, models) -> dict:
     same = rundir.holds_config(path, cfg)
     if same and rundir.finished(path):
         return _with_wall(path, json.loads((path / rundir.SUMMARY).read_text()))
+    if same and (path / rundir.DIVERGED).is_file():
+        error = json.loads((path / rundir.DIVERGED).read_text())["error"]
+        raise NonFiniteLoss(f"{path} diverged when it was trained (delete {path / rundir.DIVERGED} to try the same "
+                            f"config again): {error}")
     resume = same and (path / rundir.LAST).is_file()
     if (path / rundir.CONFIG).is_file() and not same:
         log(f"{path}: holds a run of another configuration; starting again")
-        (path / WALL_FILE).unlink(missing_ok=True)
-        (path / rundir.SUMMARY).unlink(missing_ok=True)
+        for name in (WALL_FILE, rundir.SUMMARY, rundir.DIVERGED):
+            (path / name).unlink(missing_ok=True)
     t0 = time.time()
     student, teachers = models or (None, None)
     trainer = make_trainer(cfg, resume=resume, overwrite=not resume, log=log, data=data, held=run,
                            student=student, teachers=teachers)
     try:
         summary = trainer.fit()
+    except NonFiniteLoss as e:
+        atomic_write_text(json.dumps({"error": str(e)}) + "\n", path / rundir.DIVERGED)
+        raise
     finally:
         trainer.close()  # the models get their forward hooks back off (a shared teacher serves many runs)
     wall = _wall_record(path).get("wall_seconds", 0.0) + time.time() - t0

@@ -15,6 +15,7 @@ from wdistill.engine.rundir.lock import acquire, try_lock, unlock
 from wdistill.engine.rundir.names import (
                                         BEST,
                                         CONFIG,
+                                        DIVERGED,
                                         LAST,
                                         LOCK,
                                         METRICS_CSV,
@@ -38,6 +39,7 @@ from wdistill.engine.rundir.student import (
 
 __all__ = ["RunDir", "changes_from", "config_differences", "finished", "fmt", "holds_config", "run_path",
            "write_metrics", "acquire",
-           "try_lock", "unlock", "BEST", "CONFIG", "LAST", "LOCK", "METRICS_CSV", "METRICS_JSONL", "NOT_IDENTITY",
+           "try_lock", "unlock", "BEST", "CONFIG", "DIVERGED", "LAST", "LOCK", "METRICS_CSV", "METRICS_JSONL",
+           "NOT_IDENTITY",
            "RESUMABLE_CHANGES", "RUN_FILES", "STUDENT", "STUDENT_SAFETENSORS", "SUMMARY", "WHICH", "read_history",
            "resolve_checkpoint", "run_config", "student_record", "student_weights", "write_student"]

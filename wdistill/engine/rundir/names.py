@@ -3,7 +3,8 @@
 CONFIG, LAST, BEST, STUDENT, SUMMARY = "config.yaml", "last.pt", "best.pt", "student.pt", "summary.json"
 STUDENT_SAFETENSORS, METRICS_CSV, METRICS_JSONL = "student.safetensors", "metrics.csv", "metrics.jsonl"
 LOCK = ".lock"
-RUN_FILES = (LAST, BEST, STUDENT, STUDENT_SAFETENSORS, METRICS_CSV, METRICS_JSONL, SUMMARY, CONFIG)
+DIVERGED = "diverged.json"  # written by workflows.reuse when a run's loss became non-finite
+RUN_FILES = (LAST, BEST, STUDENT, STUDENT_SAFETENSORS, METRICS_CSV, METRICS_JSONL, SUMMARY, CONFIG, DIVERGED)
 # What `wdistill eval` and the probe read from a run directory, by --which.
 WHICH = {"student": STUDENT, "best": BEST, "last": LAST}
 # What a resumed run may change: the length of the schedule and how it reports and where it runs.
