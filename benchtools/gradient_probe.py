@@ -20,6 +20,7 @@ import yaml
 
 from wdistill.config import load_config
 from wdistill.engine import Trainer
+from wdistill.io import safe_load
 
 BATCHES = 10
 
@@ -29,7 +30,7 @@ def probe(run_dir: Path, scratch: str) -> tuple[dict, dict]:
     raw["run"] = {**raw["run"], "out_dir": scratch, "name": run_dir.parent.name}
     trainer = Trainer(load_config(raw), log=lambda *_: None, overwrite=True)
     trainer.setup_terms()
-    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    state = safe_load(run_dir / "last.pt")  # weights only: nothing in a file runs code
     trainer.distiller.load_state_dict(state["distiller"], strict=False)
     trainer.distiller.train()
     params = [p for p in trainer.student.parameters() if p.requires_grad]
