@@ -1,0 +1,143 @@
+"""How a run diverges, step by step: each loss term's gradient on the student, their cosines and the total.
+
+Trains a run's config (a run directory's config.yaml, into a scratch folder: the run itself is not touched) for
+``--steps`` steps through the engine's own training loop, and records at every step the learning rate, each
+weighted term's value, the L2 norm of its gradient on the student's parameters, the cosine between every two terms'
+gradients, and the total gradient's norm as the loop clips and checks it. WKD-L is split into its two parts (``wkd_l
+target``: the teacher-weighted cross-entropy of the target class; ``wkd_l wd``: the Wasserstein part), each with its
+weight. A run whose loss becomes non-finite ends the trace there, with the engine's message.
+
+    python benchtools/step_trace.py RUN_DIR --steps 110 --out trace.jsonl [--set train.clip_grad_norm=35]
+
+Per step it costs one extra backward per term (the graph kept for the step's own). Single-thread runs replay the
+same steps as the run they copy: the trace of a run that diverged diverges at the same step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from wdistill.config import load_config
+from wdistill.config.load import apply_overrides
+from wdistill.engine import epochs, loop, make_trainer
+from wdistill.errors import NonFiniteLoss
+from wdistill.losses.wkd import wkd_l as wkd_l_module
+
+
+class _Done(Exception):
+    """The trace has its steps."""
+
+
+@contextmanager
+def _patched(module, name: str, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def _split_wkd_l(trainer, parts: dict, batch: dict, last: dict) -> dict:
+    """``parts`` with WKD-L's weighted value replaced by its two weighted parts (when it ran this step)."""
+    if "wkd_l" not in parts or "wkd_l" not in last:
+        return dict(parts)
+    term, weight = trainer.distiller.terms["wkd_l"], float(trainer.distiller.weights["wkd_l"])
+    loss_t, wd = last.pop("wkd_l")
+    out = {k: v for k, v in parts.items() if k != "wkd_l"}
+    out["wkd_l target"] = weight * term.target_weight * loss_t
+    out["wkd_l wd"] = weight * term.weight_at(batch) * wd
+    return out
+
+
+def _record(terms: dict, params: list[torch.Tensor]) -> dict:
+    """Each term's value and gradient norm on ``params``, and the cosine between every two gradients."""
+    grads = {}
+    for name, value in terms.items():
+        g = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True) if value.requires_grad else ()
+        flat = [x.flatten() if x is not None else torch.zeros_like(p).flatten() for x, p in zip(g, params)]
+        grads[name] = torch.cat(flat) if flat else torch.zeros(1)
+    names = list(grads)
+    return {"values": {k: float(v.detach()) for k, v in terms.items()},
+            "gradnorm": {k: float(g.norm()) for k, g in grads.items()},
+            "cosine": {f"{a} ~ {b}": float(F.cosine_similarity(grads[a], grads[b], dim=0))
+                       for i, a in enumerate(names) for b in names[i + 1:]}}
+
+
+def trace(cfg_dict: dict, steps: int, log=print) -> dict:
+    """The first ``steps`` steps of ``cfg_dict`` (trained in a scratch folder): {"rows": [per step], "ended": None
+    or the NonFiniteLoss message}."""
+    rows, last, ended = [], {}, None
+    real_parts, real_stepper, real_observe = wkd_l_module.wkd_l_parts, epochs._stepper, loop.Guard.observe
+
+    def parts(*a, **k):
+        out = real_parts(*a, **k)
+        last["wkd_l"] = out
+        return out
+
+    def observe(guard, step, total, parts_, gnorm):
+        rows[-1]["total_gradnorm"] = float(gnorm) if gnorm is not None else None
+        return real_observe(guard, step, total, parts_, gnorm)
+
+    if (cfg_dict.get("train") or {}).get("accumulate", 1) != 1:
+        raise ValueError("step_trace records one forward per step: trace with train.accumulate=1")
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = dict(cfg_dict, run={**cfg_dict["run"], "out_dir": scratch, "name": "trace"})
+        trainer = make_trainer(load_config(cfg), overwrite=True, log=lambda *_: None)
+
+        def stepper(tr, epoch):
+            s = real_stepper(tr, epoch)
+            forward = s.forward
+
+            def traced(batch):
+                step = batch["step"]
+                if step >= steps:
+                    raise _Done
+                total, parts_, logits = forward(batch)
+                row = {"step": step, "lr": trainer.optimizer.param_groups[0]["lr"]}
+                timed = dict(batch, epoch=epoch, num_epochs=tr.cfg.optim.epochs)  # as the step's forward had it
+                rows.append(row | _record(_split_wkd_l(trainer, parts_, timed, last), s.params))
+                return total, parts_, logits
+            s.forward = traced
+            return s
+
+        with _patched(wkd_l_module, "wkd_l_parts", parts), _patched(epochs, "_stepper", stepper), \
+                _patched(loop.Guard, "observe", observe):
+            try:
+                trainer.fit()
+            except _Done:
+                pass
+            except NonFiniteLoss as e:
+                ended = str(e)
+            finally:
+                trainer.close()
+    log(f"{len(rows)} steps traced" + (f"; the run diverged: {ended}" if ended else ""))
+    return {"rows": rows, "ended": ended}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", help="a run directory (its config.yaml is traced)")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--out", required=True, help="the trace, one JSON object per step, then the ending")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    raw = apply_overrides(yaml.safe_load((Path(args.run_dir) / "config.yaml").read_text()), args.set)
+    res = trace(raw, args.steps)
+    lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
