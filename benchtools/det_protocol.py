@@ -49,12 +49,17 @@ CALIBRATED: dict[str, dict[str, float]] = {
 }
 
 
-# Diagnostic runs, not rows of the table: WKD-L's row with one change each, to find which part of the term fails to
-# help a detector (`python -m benchtools detection --diagnostics`): {name: (row, change to its term, what it tests)}.
+# Diagnostic runs, not rows of the table: a row with one change each, to find which part of WKD-L fails to help a
+# detector and what keeps it stable (`python -m benchtools detection --diagnostics`): {name: (row, change, what it
+# tests)}. A change's key without a dot is a parameter of the row's term of that name; a dotted key is a config path.
+CLIP = 35.0  # mmdetection's usual max_norm where its detector configs clip (the public Faster R-CNN recipes do not)
 DIAGNOSTICS: dict[str, tuple[str, dict, str]] = {
     "wkd_l-lambda0": ("wkd_l", {"lambda_l": 0.0}, "target part alone (`wkd_l.lambda_l=0`)"),
     "wkd_l-target0": ("wkd_l", {"target_weight": 0.0}, "Wasserstein part alone (`wkd_l.target_weight=0`)"),
     "wkd_l-half": ("wkd_l", {"weight": CALIBRATED["wkd_l"]["wkd_l.weight"] / 2}, "whole term at half weight"),
+    "wkd_l-clip": ("wkd_l", {"train.clip_grad_norm": CLIP}, f"the row, gradient norm clipped at {CLIP:g} "
+                   f"(`train.clip_grad_norm={CLIP:g}`)"),
+    "vanilla-clip": ("vanilla", {"train.clip_grad_norm": CLIP}, f"vanilla, clipped at {CLIP:g}: wkd_l-clip's pair"),
 }
 
 
@@ -69,11 +74,13 @@ def row_terms(method: str) -> list[dict]:
 
 
 def diagnostic_config(name: str, seed: int, runs_root) -> dict:
-    """The run of diagnostic ``name`` (:data:`DIAGNOSTICS`): its row's student config, one term changed, run
-    under ``diag/<name>/seed<seed>``."""
+    """The run of diagnostic ``name`` (:data:`DIAGNOSTICS`): its row's student config with the change (to the row's
+    term, or to a config path), run under ``diag/<name>/seed<seed>``."""
     row, change, _ = DIAGNOSTICS[name]
-    terms = [dict(t, **change) if t["name"] == row else t for t in row_terms(row)]
-    return student_config(row, seed, runs_root, terms=terms, run_name=f"diag/{name}/seed{seed}")
+    term = {k: v for k, v in change.items() if "." not in k}
+    terms = [dict(t, **term) if t["name"] == row else t for t in row_terms(row)]
+    overrides = [f"{k}={v}" for k, v in change.items() if "." in k]
+    return student_config(row, seed, runs_root, terms=terms, run_name=f"diag/{name}/seed{seed}", overrides=overrides)
 
 
 def data_dir(runs_root) -> Path:

@@ -102,8 +102,16 @@ def test_a_diagnostic_run_is_its_row_with_one_change():
     for name, (row, change, _) in R.P.DIAGNOSTICS.items():
         base, diag = R.P.student_config(row, 3, "runs"), R.P.diagnostic_config(name, 3, "runs")
         assert diag["run"]["name"] == f"diag/{name}/seed3" and diag["run"]["seed"] == 3
-        changed = [(a, b) for a, b in zip(base["loss"], diag["loss"]) if a != b]
-        assert len(changed) == 1 and changed[0][1] == changed[0][0] | change, name
+        (key, value), = change.items()
+        if "." in key:  # a config path: the terms as the row has them, that one setting changed
+            section, option = key.split(".")
+            assert diag["loss"] == base["loss"] and diag[section][option] == value != base[section].get(option)
+            diag[section] = {k: v for k, v in diag[section].items() if k != option}
+            base[section] = {k: v for k, v in base[section].items() if k != option}
+        else:  # a parameter of the row's own term
+            changed = [(a, b) for a, b in zip(base["loss"], diag["loss"]) if a != b]
+            assert len(changed) == 1 and changed[0][1] == changed[0][0] | change, name
         assert {k: v for k, v in diag.items() if k not in ("run", "loss")} == \
                {k: v for k, v in base.items() if k not in ("run", "loss")}
+    assert {n for n, d in R.P.DIAGNOSTICS.items() if "train.clip_grad_norm" in d[1]} == {"wkd_l-clip", "vanilla-clip"}
     assert R.P.DIAGNOSTICS["wkd_l-half"][1]["weight"] == pytest.approx(R.P.row_terms("wkd_l")[1]["weight"] / 2)
