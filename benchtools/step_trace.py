@@ -9,6 +9,9 @@ weight. A run whose loss becomes non-finite ends the trace there, with the engin
 
     python benchtools/step_trace.py RUN_DIR --steps 110 --out trace.jsonl [--set train.clip_grad_norm=35]
 
+It writes the trace (one JSON object per step, then the ending) and prints a summary by windows of steps: each
+term's median gradient norm, the total's median and maximum, the median cosines.
+
 Per step it costs one extra backward per term (the graph kept for the step's own). Single-thread runs replay the
 same steps as the run they copy: the trace of a run that diverged diverges at the same step.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -123,6 +127,27 @@ def trace(cfg_dict: dict, steps: int, log=print) -> dict:
     return {"rows": rows, "ended": ended}
 
 
+def summary(rows: list[dict], window: int) -> str:
+    """A markdown table of the trace by windows of ``window`` steps: each term's median gradient norm, the total's
+    median and maximum, each pair's median cosine, the largest value of the first term (the task's own loss)."""
+    if not rows:
+        return "(no steps traced)"
+    terms, pairs = list(rows[0]["gradnorm"]), list(rows[0]["cosine"])
+    first = terms[0]
+    lines = ["| steps | " + " | ".join(f"{t} grad" for t in terms) + " | total grad (max) | "
+             + " | ".join(f"cos {p}" for p in pairs) + f" | max {first} |",
+             "|---|" + "---:|" * (len(terms) + 2 + len(pairs))]
+    for lo in range(rows[0]["step"], rows[-1]["step"] + 1, window):
+        part = [r for r in rows if lo <= r["step"] < lo + window]
+        totals = [r["total_gradnorm"] for r in part if r.get("total_gradnorm") is not None]
+        cells = [f"{statistics.median(r['gradnorm'][t] for r in part):.3g}" for t in terms]
+        cells.append(f"{statistics.median(totals):.3g} ({max(totals):.3g})" if totals else "")
+        cells += [f"{statistics.median(r['cosine'][p] for r in part):+.2f}" for p in pairs]
+        cells.append(f"{max(r['values'][first] for r in part):.3g}")
+        lines.append(f"| {part[0]['step']}-{part[-1]['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", help="a run directory (its config.yaml is traced)")
@@ -130,12 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="the trace, one JSON object per step, then the ending")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--window", type=int, default=25, help="steps per line of the printed summary")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     raw = apply_overrides(yaml.safe_load((Path(args.run_dir) / "config.yaml").read_text()), args.set)
     res = trace(raw, args.steps)
     lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
     Path(args.out).write_text("\n".join(lines) + "\n")
+    print(summary(res["rows"], args.window))
     return 0
 
 

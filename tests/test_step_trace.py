@@ -62,3 +62,17 @@ def test_a_diverging_run_ends_the_trace_with_the_engines_message(tmp_path, explo
     steps = [r["step"] for r in res["rows"]]
     assert steps[:3] == [0, 1, 2] and math.isnan(res["rows"][2]["values"]["exploding_later"])
     assert all(math.isfinite(v) for r in res["rows"][:2] for v in r["gradnorm"].values())
+
+
+def test_the_summary_by_hand():
+    from benchtools.step_trace import summary
+
+    def row(step, a, b, cos, total, loss):
+        return {"step": step, "values": {"det": loss, "kd": 0.1}, "gradnorm": {"det": a, "kd": b},
+                "cosine": {"det ~ kd": cos}, "total_gradnorm": total}
+    rows = [row(0, 1.0, 2.0, 0.5, 3.0, 4.0), row(1, 3.0, 4.0, 0.1, 9.0, 2.0), row(2, 2.0, 6.0, -0.3, 5.0, 1.0),
+            row(3, 10.0, 1.0, 0.9, 11.0, 7.0)]
+    table = summary(rows, window=3).splitlines()
+    assert table[0] == "| steps | det grad | kd grad | total grad (max) | cos det ~ kd | max det |"
+    assert table[2] == "| 0-2 | 2 | 4 | 5 (9) | +0.10 | 4 |"  # medians of three, the max of the task loss
+    assert table[3] == "| 3-3 | 10 | 1 | 11 (11) | +0.90 | 7 |"
