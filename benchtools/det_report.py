@@ -233,9 +233,9 @@ def write_diagnostics(results: dict, out, stamp: dict) -> list[dict]:
     rows = diagnostics_rows(results)
     what = {r["name"]: f"the row: {describe(P.row_terms(r['name']))}" for r in rows if r["name"] in P.ROWS}
     what |= {n: d for n, (_, _, d) in P.DIAGNOSTICS.items()}
-    lines = [f"# {P.REPORT}: which part of WKD-L fails to help a detector (diagnostic runs)", "",
+    lines = [f"# {P.REPORT}: why WKD-L fails a detector (diagnostic runs)", "",
              report.stamp_markdown(stamp),
-             "Not rows of the protocol: WKD-L's row with one change each (benchtools.det_protocol.DIAGNOSTICS), "
+             "Not rows of the protocol: a row with one change each (benchtools.det_protocol.DIAGNOSTICS), "
              "beside the vanilla and WKD-L rows at the same seeds and teacher. AP in % on the 1,000 test canvases; "
              "mean ± sample std over seeds; the gain over vanilla is paired by seed (mean ± standard error of the "
              "per-seed differences).", "",
