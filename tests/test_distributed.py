@@ -154,3 +154,16 @@ def test_sync_bn_converts_every_batchnorm_and_refuses_cpu():
     converted = sync_batchnorm(net, torch.device("cuda"), 2)  # conversion itself needs no GPU
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == n_bn
     assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
+
+
+def test_the_command_line_leaves_its_process_group_when_the_job_is_done(tmp_path, capsys):
+    """Left to interpreter shutdown, a gloo group's destructor can abort a finished worker ("terminate called
+    without an active exception", seen once in CI after a torchrun restart), and torchrun counts the job failed."""
+    from wdistill import cli
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert cli.main(["list"]) == 0 and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -15,6 +15,7 @@ import os
 import sys
 
 from wdistill.cli import auto, config, data, demo, evaluate, models, train
+from wdistill.engine import ddp
 from wdistill.errors import ConfigError, FileLoadError, NonFiniteLoss, PeerLost, Preempted, StorageError
 
 EXIT_STORAGE, EXIT_PREEMPTED = 74, 75  # sysexits.h: EX_IOERR, EX_TEMPFAIL (a scheduler requeues on 75)
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     debug = args.debug or os.environ.get("WDISTILL_DEBUG") == "1"
     try:
-        return args.func(args)
+        code = args.func(args)
+        ddp.leave()  # under torchrun: a finished job leaves its process group cleanly (exit 0, not an abort)
+        return code
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0

@@ -37,6 +37,14 @@ def init_distributed() -> tuple[int, int]:
     return helpers.rank(), helpers.world_size()
 
 
+def leave() -> None:
+    """Leave the process group, if this process joined one, before the interpreter exits. Left to
+    interpreter shutdown, the group's destructor can abort the process ("terminate called without an
+    active exception") after a finished job, which torchrun then counts as a failed worker."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def restart_count() -> int:
     """How many times torchrun's elastic agent restarted this job's workers (``--max-restarts``):
     after a restart the run continues from its last checkpoint instead of starting over."""
