@@ -40,3 +40,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def plant_term():
+    """``plant_term(name, fn, recipe=None, weight=1.0)``: register a teacher-free loss term ``name`` whose value is
+    ``fn(student_outputs, batch)`` for one test; with ``recipe``, also publish a recipe of that name (CE + the
+    term at ``weight``). Returns the recipe's name, else the term's; both are removed after the test."""
+    from wdistill import losses
+    from wdistill.losses import recipes as published
+
+    terms, recipes = [], []
+
+    def plant(name: str, fn, recipe: str | None = None, weight: float = 1.0) -> str:
+        class Planted(losses.Term):
+            """A term planted by a test."""
+            requires_teacher = False
+
+            def forward(self, student, teacher, batch):
+                return fn(student, batch)
+        Planted.name = name
+        losses.register(Planted)
+        terms.append(name)
+        if recipe is not None:
+            published.publish(recipe, label=recipe.title(), terms=[published.ce(), {"name": name, "weight": weight}],
+                              grid=[{}])
+            recipes.append(recipe)
+        return recipe or name
+
+    yield plant
+    for recipe in recipes:
+        published.unpublish(recipe)
+    for name in terms:
+        losses.registry._TERMS.pop(name)

@@ -14,7 +14,6 @@ import yaml
 from torch.utils.data import Dataset
 
 import wdistill
-from wdistill import losses
 from wdistill.config import load_config
 from wdistill.config.schema import AutoSection
 from wdistill.data import bundled_sample
@@ -24,7 +23,6 @@ from wdistill.engine import Trainer
 from wdistill.engine.helping import grad_share_row, helping_warnings
 from wdistill.engine.loop import term_grad_norms
 from wdistill.errors import ConfigError
-from wdistill.losses import recipes as published
 from wdistill.workflows import auto as auto_mod
 from wdistill.workflows.auto import Search, candidates, fit_budget, plan_cost, rungs
 from wdistill.workflows.auto_report import summarise, t975, verdict
@@ -77,22 +75,11 @@ def test_plan_cost_and_budget_shrinking_by_hand():
 
 
 @pytest.fixture
-def sabotage():
-    """A planted bad recipe: cross-entropy towards the next class, heavily weighted."""
-    @losses.register
-    class WrongLabels(losses.Term):
-        """CE towards label + 1: teaches the wrong classes."""
-        name = "wrong_labels"
-        requires_teacher = False
-
-        def forward(self, student, teacher, batch):
-            return F.cross_entropy(student["logits"], (batch["target"] + 1) % student["logits"].shape[1])
-
-    published.publish("sabotage", label="Sabotage", terms=[published.ce(), {"name": "wrong_labels", "weight": 5.0}],
-                      grid=[{}])
-    yield "sabotage"
-    published.unpublish("sabotage")
-    losses.registry._TERMS.pop("wrong_labels")
+def sabotage(plant_term):
+    """A planted bad recipe: cross-entropy towards the next class (label + 1), heavily weighted."""
+    def wrong_labels(student, batch):
+        return F.cross_entropy(student["logits"], (batch["target"] + 1) % student["logits"].shape[1])
+    return plant_term("wrong_labels", wrong_labels, recipe="sabotage", weight=5.0)
 
 
 def _base(tmp_path, epochs=3, n=600):

@@ -9,10 +9,8 @@ import json
 import pytest
 import torch.nn.functional as F
 
-from wdistill import losses
 from wdistill.config.schema import AutoSection
 from wdistill.errors import NonFiniteLoss
-from wdistill.losses import recipes as published
 from wdistill.workflows import reuse
 from wdistill.workflows.auto import Search
 from wdistill.workflows.auto_report import markdown, recommend, summarise
@@ -22,21 +20,10 @@ SHIPPED = "wdistill/assets/demo_teacher_resnet20.pt"
 
 
 @pytest.fixture
-def exploding():
-    """A planted unstable recipe: its term is NaN from the first step."""
-    @losses.register
-    class Exploding(losses.Term):
-        """CE times NaN."""
-        name = "exploding"
-        requires_teacher = False
-
-        def forward(self, student, teacher, batch):
-            return F.cross_entropy(student["logits"], batch["target"]) * float("nan")
-
-    published.publish("exploding", label="Exploding", terms=[published.ce(), {"name": "exploding"}], grid=[{}])
-    yield "exploding"
-    published.unpublish("exploding")
-    losses.registry._TERMS.pop("exploding")
+def exploding(plant_term):
+    """A planted unstable recipe: its term (CE times NaN) is NaN from the first step."""
+    return plant_term("exploding", lambda student, batch: F.cross_entropy(student["logits"], batch["target"])
+                      * float("nan"), recipe="exploding")
 
 
 def _base(tmp_path, epochs=3):

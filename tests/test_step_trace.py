@@ -11,7 +11,6 @@ import pytest
 import torch.nn.functional as F
 
 from benchtools.step_trace import trace
-from wdistill import losses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHIPPED = "wdistill/assets/demo_teacher_resnet20.pt"
@@ -42,18 +41,12 @@ def test_the_trace_is_the_engines_step_and_splits_wkd_l(tmp_path):
 
 
 @pytest.fixture
-def exploding():
-    @losses.register
-    class Exploding(losses.Term):
-        """CE times NaN from step 2 on."""
-        name = "exploding_later"
-        requires_teacher = False
-
-        def forward(self, student, teacher, batch):
-            ce = F.cross_entropy(student["logits"], batch["target"])
-            return ce * float("nan") if batch["step"] >= 2 else ce
-    yield
-    losses.registry._TERMS.pop("exploding_later")
+def exploding(plant_term):
+    """A planted term: CE, times NaN from step 2 on."""
+    def exploding_later(student, batch):
+        ce = F.cross_entropy(student["logits"], batch["target"])
+        return ce * float("nan") if batch["step"] >= 2 else ce
+    return plant_term("exploding_later", exploding_later)
 
 
 def test_a_diverging_run_ends_the_trace_with_the_engines_message(tmp_path, exploding):
