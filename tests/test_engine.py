@@ -247,3 +247,29 @@ def test_clip_grad_norm_in_a_run_records_the_share_clipped_and_a_loose_limit_cha
     assert rows["loose"]["train_clipped"] == 0 and rows["tight"]["train_clipped"] == 1
     assert all(torch.equal(weights["none"][k], weights["loose"][k]) for k in weights["none"])
     assert not all(torch.equal(weights["none"][k], weights["tight"][k]) for k in weights["none"])
+
+
+def test_the_divergence_message_names_one_culprit_only_when_one_term_grew():
+    """One weighted term that grew past 1e6 is named as the likely cause; when every term grew (the model ran away:
+    WKD-L on a detector, where the detector's own loss blew up with it), blaming the largest term's weight would
+    send the user to the wrong fix, so the message says the run ran away and names the learning rate and clipping."""
+    from wdistill.engine.loop import Guard
+    cpu = torch.device("cpu")
+
+    def message(values: dict[str, float]) -> str:
+        guard = Guard(list(values), {n: 1.0 for n in values}, cpu)
+        guard.observe(0, torch.tensor(1.0), {n: torch.tensor(1.0) for n in values}, torch.tensor(1.0))
+        guard.observe(1, torch.tensor(sum(values.values())), {n: torch.tensor(v) for n, v in values.items()},
+                      torch.tensor(float("nan")))
+        with pytest.raises(NonFiniteLoss) as err:
+            guard.check("epoch 1")
+        return str(err.value)
+
+    one = message({"det": 2.0, "wkd_l": 5e9})
+    assert "The largest weighted term is 'wkd_l' (weight 1) at 5e+09: its weight is the likely cause" in one
+    assert "gradient (every loss value finite) became non-finite in epoch 1, step 1" in one
+    both = message({"det": 4.7e14, "wkd_l": 6e12})
+    assert "its weight is the likely cause" not in both
+    assert "Every weighted term grew past 1e6 first (the largest, 'det', to 4.7e+14): the model itself ran away" in both
+    assert "clip the gradient (train.clip_grad_norm)" in both
+    assert "likely cause" not in message({"det": 2.0, "wkd_l": 3.0})  # nothing grew: no culprit is guessed

@@ -59,17 +59,24 @@ class Guard:
         else:
             what = "the gradient (every loss value finite)"
         # The likely culprit when every value was finite (a too-large weight blows up the gradient),
-        # or when values grew before turning NaN: the largest weighted term.
+        # or when values grew before turning NaN: the one weighted term that grew huge. When every term grew
+        # huge, the weights together drove the model itself away: no single weight is to blame.
         sizes = {n: max(peak[n], abs(v) if v == v and abs(v) != float("inf") else 0.0) for n, v in terms.items()}
-        suspect = max(sizes, key=sizes.get) if sizes else None
+        huge = [n for n in self.names if sizes[n] > 1e6]
+        suspect = max(huge, key=sizes.get) if huge else None
+        fix = "Lower the learning rate or that term's weight, or use a log-domain solver"
         hint = ""
-        if suspect and sizes[suspect] > 1e6:
+        if suspect and len(huge) > 1 and len(huge) == len(self.names):
+            hint = (f" Every weighted term grew past 1e6 first (the largest, {suspect!r}, to "
+                    f"{sizes[suspect]:.3g}): the model itself ran away, not one term.")
+            fix = ("Lower the learning rate, clip the gradient (train.clip_grad_norm) or lower the distillation "
+                   "terms' weights together")
+        elif suspect:
             hint = (f" The largest weighted term is {suspect!r} (weight {self.weights[suspect]:g}) at "
                     f"{sizes[suspect]:.3g}: its weight is the likely cause.")
         raise NonFiniteLoss(
             f"{what} became non-finite in {where}, step {step}: {described}; total {total:.4g}, gradient norm "
-            f"{gnorm:.4g}.{hint} Lower the learning rate or that term's weight, or use a log-domain solver; "
-            "nothing non-finite was saved, the last checkpoint is the last good state.")
+            f"{gnorm:.4g}.{hint} {fix}; nothing non-finite was saved, the last checkpoint is the last good state.")
 
 
 class Meter:
