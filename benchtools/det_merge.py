@@ -13,7 +13,7 @@ from benchtools.det_report import COLUMNS, METRICS, SIZES, relative_to_vanilla, 
 def read_results_csv(path) -> tuple[dict, dict, list[dict]]:
     """(stamp, teacher, rows) of a results CSV written by :func:`results_csv`."""
     stamp, reader = report.read_stamped_csv(path)
-    if reader.fieldnames != COLUMNS:
+    if reader.fieldnames not in (COLUMNS, COLUMNS[:-1]):  # files written before 2026-12-06 lack diverged_seeds
         raise ValueError(f"{path}: not a results CSV of `python -m benchtools detection` with its seeds (columns "
                          f"{', '.join(COLUMNS)} expected)")
     num = lambda v: float(v) if v else None  # noqa: E731
@@ -25,8 +25,9 @@ def read_results_csv(path) -> tuple[dict, dict, list[dict]]:
             continue
         rows.append(row | {f"{k}_std": num(r[f"{k}_std"]) for k in METRICS} | {
             "method": r["method"], "n": int(r["runs"]), "seeds": [int(x) for x in r["seeds"].split()],
-            "settings": r["settings"], "wall_seconds": float(r["wall_seconds_per_run"]),
-            "per_seed": [float(x) for x in r["per_seed_AP"].split()], "step_seconds": num(r["step_seconds"])})
+            "settings": r["settings"], "wall_seconds": num(r["wall_seconds_per_run"]),
+            "per_seed": [float(x) for x in r["per_seed_AP"].split()], "step_seconds": num(r["step_seconds"]),
+            "diverged": [int(x) for x in (r.get("diverged_seeds") or "").split()]})
     if teacher is None:
         raise ValueError(f"{path}: no teacher row")
     return stamp, teacher, rows
@@ -65,15 +66,17 @@ def _pool_row(method: str, group: list[tuple[Path, dict]]) -> dict:
         if r["settings"] != group[0][1]["settings"]:
             raise ValueError(f"{method}: settings '{r['settings']}' in {path} but '{group[0][1]['settings']}' in "
                              f"{group[0][0]}: only runs of the same settings can be pooled")
-        for sd in r["seeds"]:
+        for sd in r["seeds"] + r["diverged"]:
             if sd in seen:
                 raise ValueError(f"{method} seed {sd} is in both {seen[sd]} and {path}: merge only disjoint seeds")
             seen[sd] = path
     rows = [r for _, r in group]
     n = sum(r["n"] for r in rows)
-    out = {"method": method, "n": n, "settings": rows[0]["settings"]}
+    out = {"method": method, "n": n, "settings": rows[0]["settings"],
+           "diverged": sorted(sd for r in rows for sd in r["diverged"])}
     for k in METRICS:
-        _, out[k], out[f"{k}_std"] = report.pool([(r["n"], r[k], r[f"{k}_std"]) for r in rows])
+        finished = [(r["n"], r[k], r[f"{k}_std"]) for r in rows if r["n"]]
+        _, out[k], out[f"{k}_std"] = report.pool(finished) if finished else (0, None, None)
     for k in (*SIZES, "wall_seconds"):
         known = [r for r in rows if r[k] is not None]
         out[k] = sum(r["n"] * r[k] for r in known) / sum(r["n"] for r in known) if known else None

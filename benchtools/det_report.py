@@ -17,35 +17,55 @@ SIZES = ("APs", "APm")  # the size ranges the 96-px canvases hold (no box is lar
 LABELS = {p.method: p.label for p in detection_rows()}
 
 
-def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
-    """One row per method with finished runs: mean/std of AP, AP50, AP75 (x100), APs/APm means, the
-    AP gain over vanilla, wall time per run, the step time and its ratio to vanilla's step."""
-    by_method: dict[str, list[tuple[int, dict]]] = {}
-    for (method, seed), summary in sorted(results.items(), key=lambda kv: kv[0][1]):
+def split_runs(results: dict) -> tuple[dict[str, dict[int, dict]], dict[str, list[int]]]:
+    """(finished, diverged) of ``results`` ({(name, seed): a run's summary, a ``{"diverged": message}`` record of
+    a run whose loss became non-finite, or None: not run}): {name: {seed: summary}} of the runs with an AP and
+    {name: [seeds]} of the diverged runs, seeds in order."""
+    finished: dict[str, dict[int, dict]] = {}
+    diverged: dict[str, list[int]] = {}
+    for (name, seed), summary in sorted(results.items(), key=lambda kv: kv[0][1]):
         if summary is not None and summary.get("final_AP") is not None:
-            by_method.setdefault(method, []).append((seed, summary))
+            finished.setdefault(name, {})[seed] = summary
+        elif summary is not None and "diverged" in summary:
+            diverged.setdefault(name, []).append(seed)
+    return finished, diverged
+
+
+def summarise(results: dict, speed: dict[str, float]) -> list[dict]:
+    """One row per method with finished or diverged runs (:func:`split_runs`): mean/std of AP, AP50, AP75 (x100)
+    and APs/APm means over the finished runs, the seeds that diverged, the AP gain over vanilla, wall time per
+    finished run, the step time and its ratio to vanilla's step. A row whose every run diverged has ``n`` 0 and
+    no metrics."""
+    finished, diverged = split_runs(results)
     rows = []
     for method in P.ROWS:
-        runs = [r for _, r in by_method.get(method, [])]
-        if not runs:
+        if method not in finished and method not in diverged:
             continue
-        row = {"method": method, "n": len(runs), "settings": describe(P.row_terms(method)),
-               "seeds": [sd for sd, _ in by_method[method]]}
+        runs = finished.get(method, {})
+        row = {"method": method, "n": len(runs), "settings": describe(P.row_terms(method)), "seeds": list(runs),
+               "diverged": diverged.get(method, [])}
         for k in METRICS + SIZES:  # None where the test canvases hold no box of that size range
-            values = [100 * r[f"final_{k}"] for r in runs if r.get(f"final_{k}") is not None]
+            values = [100 * r[f"final_{k}"] for r in runs.values() if r.get(f"final_{k}") is not None]
             row[k], row[f"{k}_std"] = report.mean_std(values) if values else (None, None)
-        row["wall_seconds"] = report.mean_std([r["wall_seconds"] for r in runs])[0]
-        row["per_seed"] = [100 * r["final_AP"] for r in runs]
+        row["wall_seconds"] = report.mean_std([r["wall_seconds"] for r in runs.values()])[0] if runs else None
+        row["per_seed"] = [100 * r["final_AP"] for r in runs.values()]
         row["step_seconds"] = speed.get(method)
         rows.append(row)
     return relative_to_vanilla(rows)
+
+
+def runs_cell(n: int, diverged: list[int]) -> str:
+    """The table's runs column: the finished runs, and which seeds diverged (left out of the means)."""
+    if not diverged:
+        return str(n)
+    return f"{n} (+{len(diverged)} diverged: {', '.join(f's{sd}' for sd in diverged)})"
 
 
 def relative_to_vanilla(rows: list[dict]) -> list[dict]:
     """Each row's AP gain over vanilla and its step time as a ratio to vanilla's (None without vanilla)."""
     base = next((r for r in rows if r["method"] == "vanilla"), None)
     for r in rows:
-        r["gain"] = None if base is None or r is base else r["AP"] - base["AP"]
+        r["gain"] = None if base is None or r is base or None in (r["AP"], base["AP"]) else r["AP"] - base["AP"]
         r["overhead"] = (r["step_seconds"] / base["step_seconds"] if base and base.get("step_seconds")
                          and r.get("step_seconds") else None)
     return rows
@@ -75,9 +95,10 @@ def results_markdown(rows: list[dict], t: dict) -> str:
         gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
         step = "" if r["step_seconds"] is None else f"{r['step_seconds']:.2f}"
         ratio = "" if r["overhead"] is None else f"x{r['overhead']:.2f}"
-        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {_pm(r['AP'], r['AP_std'])} | "
-                     f"{_pm(r['AP50'], r['AP50_std'])} | {_pm(r['AP75'], r['AP75_std'])} | {_pm(r['APs'], None)} | "
-                     f"{_pm(r['APm'], None)} | {gain} | {step} | {ratio} | {r['n']} | {r['settings']} |")
+        metrics = (f"{_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | {_pm(r['AP75'], r['AP75_std'])} | "
+                   f"{_pm(r['APs'], None)} | {_pm(r['APm'], None)}" if r["n"] else "diverged on every seed | | | |")
+        lines.append(f"| {LABELS.get(r['method'], r['method'])} | {metrics} | {gain} | {step} | {ratio} | "
+                     f"{runs_cell(r['n'], r['diverged'])} | {r['settings']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +117,7 @@ def comparisons(rows: list[dict]) -> list[str]:
     """The WKD rows against KD and DKD (and vanilla), as differences of the AP means with the
     standard error of the difference (sample stds over seeds), and paired by seed (:func:`paired`) where the
     two rows share at least two seeds."""
-    by = {r["method"]: r for r in rows}
+    by = {r["method"]: r for r in rows if r["n"]}
     out = []
     for w in ("wkd_l", "wkd_f", "wkd_lf"):
         if w not in by:
@@ -118,7 +139,7 @@ def comparisons(rows: list[dict]) -> list[str]:
 
 COLUMNS = ["method", "runs", "seeds", "AP_mean", "AP_std", "AP50_mean", "AP50_std", "AP75_mean", "AP75_std",
            "APs_mean", "APm_mean", "gain_AP_vs_vanilla", "step_seconds", "step_vs_vanilla", "wall_seconds_per_run",
-           "per_seed_AP", "settings"]
+           "per_seed_AP", "settings", "diverged_seeds"]  # the last since 2026-12-06: older files lack it
 
 
 def results_csv(rows: list[dict], teacher: dict, stamp: dict) -> str:
@@ -130,25 +151,29 @@ def results_csv(rows: list[dict], teacher: dict, stamp: dict) -> str:
         buf.write(f"# {k}: {v}\n")
     w = csv.writer(buf)
     w.writerow(COLUMNS)
-    f = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    f = lambda v, spec=".4f": "" if v is None else format(v, spec)  # noqa: E731
     w.writerow(["teacher", 1, "", f(teacher["AP"]), "", f(teacher["AP50"]), "", f(teacher["AP75"]), "",
-                f(teacher["APs"]), f(teacher["APm"]), "", "", "", "", "", f"val AP {teacher['val_AP']:.4f}"])
+                f(teacher["APs"]), f(teacher["APm"]), "", "", "", "", "", f"val AP {teacher['val_AP']:.4f}", ""])
     for r in rows:
         w.writerow([r["method"], r["n"], " ".join(map(str, r["seeds"])), f(r["AP"]), f(r["AP_std"]), f(r["AP50"]),
                     f(r["AP50_std"]), f(r["AP75"]), f(r["AP75_std"]), f(r["APs"]), f(r["APm"]), f(r["gain"]),
-                    f(r["step_seconds"]), f(r["overhead"]), f"{r['wall_seconds']:.1f}",
-                    " ".join(f"{x:.2f}" for x in r["per_seed"]), r["settings"]])
+                    f(r["step_seconds"]), f(r["overhead"]), f(r["wall_seconds"], ".1f"),
+                    " ".join(f"{x:.2f}" for x in r["per_seed"]), r["settings"], " ".join(map(str, r["diverged"]))])
     return buf.getvalue()
 
 
 def chart(rows: list[dict], teacher: dict, path: Path, seeds) -> None:
-    """AP, AP50, AP75 per row (mean, error bar = sample std over seeds), the teacher's as dashed lines;
-    beside it each row's step time as a ratio to the vanilla student's."""
+    """AP, AP50, AP75 per row with a finished run (mean, error bar = sample std over seeds; the seeds that
+    diverged under the row's name), the teacher's as dashed lines; beside it each row's step time as a ratio to
+    the vanilla student's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [3, 1.25]})
-    names = [LABELS.get(r["method"], r["method"]) for r in rows]
+    timed = [r for r in rows if r["overhead"] is not None]
+    rows = [r for r in rows if r["n"]]
+    names = [LABELS.get(r["method"], r["method"]) + (f"\n({len(r['diverged'])} diverged)" if r["diverged"] else "")
+             for r in rows]
     width, colours = 0.27, ("#4C72B0", "#DD8452", "#55A868")
     for i, (k, c) in enumerate(zip(METRICS, colours)):
         xs = [j + (i - 1) * width for j in range(len(rows))]
@@ -166,7 +191,6 @@ def chart(rows: list[dict], teacher: dict, path: Path, seeds) -> None:
     ax.set_title(f"R18-FPN students, {P.STUDENT_EPOCHS * P.STUDENT_STEPS} steps each: {spread} "
                  f"(of {len(tuple(seeds))} planned; runs per row in the table)")
     ax.legend(ncol=2, fontsize=8, loc="upper left")
-    timed = [r for r in rows if r["overhead"] is not None]
     bx.bar(range(len(timed)), [r["overhead"] for r in timed], color="#8172B2")
     bx.axhline(1.0, color="black", lw=0.8)
     bx.set_xticks(range(len(timed)), [LABELS.get(r["method"], r["method"]) for r in timed], rotation=45, ha="right")
@@ -194,34 +218,36 @@ def write_results(rows: list[dict], teacher: dict, out, stamp: dict, seeds) -> l
           "medians of interleaved training steps of every row, measured in one process (batch 8, one thread; "
           "what else held the machine then is in the notes).",
           "", "## The WKD rows against KD and DKD, as they came out", "", *comparisons(rows), "",
-          "## Per-seed AP", "", *[f"- {LABELS[r['method']]}: {', '.join(f'{x:.2f}' for x in r['per_seed'])}"
-                                  for r in rows], "", *cost_lines(rows), "", sizing_text()]
+          "## Per-seed AP", "", *[f"- {LABELS[r['method']]}: " + ", ".join(
+              [*(f"{x:.2f} (s{sd})" for sd, x in zip(r["seeds"], r["per_seed"])),
+               *(f"diverged (s{sd})" for sd in r["diverged"])]) for r in rows], "",
+          *cost_lines([r for r in rows if r["n"]]), "", sizing_text()]
     notes = out / f"{P.REPORT}.notes.md"
     if notes.is_file():
         md += ["", notes.read_text().strip()]
     atomic_write_text("\n".join(md) + "\n", out / f"{P.REPORT}.md")
     atomic_write_text(results_csv(rows, teacher, stamp), out / f"{P.REPORT}.csv")
-    if rows:
+    if any(r["n"] for r in rows):
         chart(rows, teacher, out / f"{P.REPORT}.png", seeds)
     return rows
 
 
 def diagnostics_rows(results: dict) -> list[dict]:
-    """One row per run name of ``results`` ({(name, seed): summary or None}; vanilla first): its AP per seed, mean ±
-    std of AP, AP50 and AP75, and its gain over vanilla paired by seed (the same seed: the same initialisation and
-    batch order), mean ± standard error over the seeds both finished."""
-    ap = {}
-    for (name, seed), summary in results.items():
-        if summary is not None and summary.get("final_AP") is not None:
-            ap.setdefault(name, {})[seed] = summary
+    """One row per run name of ``results`` (as :func:`split_runs` reads them; vanilla first): its AP per seed, mean ±
+    std of AP, AP50 and AP75, the seeds that diverged, and its gain over vanilla paired by seed (the same seed: the
+    same initialisation and batch order), mean ± standard error over the seeds both finished. A run name whose
+    every seed diverged has no metrics (None)."""
+    ap, diverged = split_runs(results)
     order = [*P.ROWS, *P.DIAGNOSTICS]
-    names = sorted(ap, key=lambda n: order.index(n) if n in order else len(order))
+    names = sorted(ap.keys() | diverged.keys(), key=lambda n: order.index(n) if n in order else len(order))
     rows = []
     for name in names:
-        runs = ap[name]
-        row = {"name": name, "seeds": sorted(runs), "per_seed": [100 * runs[s]["final_AP"] for s in sorted(runs)]}
+        runs = ap.get(name, {})
+        row = {"name": name, "seeds": sorted(runs), "per_seed": [100 * runs[s]["final_AP"] for s in sorted(runs)],
+               "diverged": diverged.get(name, [])}
         for k in METRICS:
-            row[k], row[f"{k}_std"] = report.mean_std([100 * r[f"final_{k}"] for _, r in sorted(runs.items())])
+            values = [100 * r[f"final_{k}"] for _, r in sorted(runs.items())]
+            row[k], row[f"{k}_std"] = report.mean_std(values) if values else (None, None)
         base = {} if name == "vanilla" else {s: 100 * r["final_AP"] for s, r in ap.get("vanilla", {}).items()}
         row["paired_gain"], row["paired_se"], row["paired_n"] = paired(dict(zip(row["seeds"], row["per_seed"])), base)
         rows.append(row)
@@ -237,16 +263,19 @@ def write_diagnostics(results: dict, out, stamp: dict) -> list[dict]:
              report.stamp_markdown(stamp),
              "Not rows of the protocol: a row with one change each (benchtools.det_protocol.DIAGNOSTICS), "
              "beside the vanilla and WKD-L rows at the same seeds and teacher. AP in % on the 1,000 test canvases; "
-             "mean ± sample std over seeds; the gain over vanilla is paired by seed (mean ± standard error of the "
+             "mean ± sample std over the seeds that finished (a run whose loss became non-finite is marked "
+             "diverged and left out); the gain over vanilla is paired by seed (mean ± standard error of the "
              "per-seed differences).", "",
              "| run | what it is | AP per seed | AP | AP50 | AP75 | AP vs vanilla, paired | runs |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        seeds = ", ".join(f"{x:.2f} (s{s})" for s, x in zip(r["seeds"], r["per_seed"]))
+        seeds = ", ".join([*(f"{x:.2f} (s{s})" for s, x in zip(r["seeds"], r["per_seed"])),
+                           *(f"diverged (s{s})" for s in r["diverged"])])
         gain = ("" if r["paired_gain"] is None else f"{r['paired_gain']:+.2f}" +
                 ("" if r["paired_se"] is None else f" ± {r['paired_se']:.2f}") + f" ({r['paired_n']} seeds)")
         metrics = " | ".join(_pm(r[k], r[f"{k}_std"]) for k in METRICS)
-        lines.append(f"| {r['name']} | {what.get(r['name'], '')} | {seeds} | {metrics} | {gain} | {len(r['seeds'])} |")
+        lines.append(f"| {r['name']} | {what.get(r['name'], '')} | {seeds} | {metrics} | {gain} | "
+                     f"{runs_cell(len(r['seeds']), r['diverged'])} |")
     notes = Path(out) / f"{P.REPORT}-diagnostics.notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

@@ -21,7 +21,7 @@ from wdistill.engine.det_distiller import evaluate_detection
 from wdistill.engine.loop import term_grad_norms
 from wdistill.errors import NonFiniteLoss
 from wdistill.io import atomic_write_text
-from wdistill.workflows.reuse import load_finished, run_lock, run_or_load, shared_queue
+from wdistill.workflows.reuse import load_diverged, load_finished, run_lock, run_or_load, shared_queue
 
 TEACHER_TEST = "teacher_test.json"  # the teacher's COCOeval on the test canvases, beside the run directories
 SPEED = "step_seconds.json"  # the median step time of each row's student
@@ -121,7 +121,7 @@ def run_detection(runs_root="runs/bench", out="benchmarks", fmnist_root=None, se
         results = dict(shared_queue(jobs, run_or_report, bar))
         bar.close()
     else:
-        results = {(m, s): load_finished(P.student_config(m, s, runs_root)) for m in methods for s in seeds}
+        results = {(m, s): load_result(P.student_config(m, s, runs_root)) for m in methods for s in seeds}
     teacher = load_finished(P.teacher_config(runs_root))
     if teacher is None:
         raise FileNotFoundError(f"the teacher run {Path(runs_root) / P.NAME / 'teacher'} has not finished")
@@ -154,20 +154,31 @@ def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_r
         run_or_load(P.teacher_config(runs_root), log=bar.write)
         trained = dict(shared_queue(jobs, run_or_report, bar))
         bar.close()
-    results = {(n, s): load_finished(config(n, s)) for n in names for s in seeds}
+    results = {(n, s): load_result(config(n, s)) for n in names for s in seeds}
     if train:
         results |= trained
     return det_report.write_diagnostics(results, out, report.stamp(command=command))
 
 
-def run_or_report(cfg: dict, log=print, **kw) -> dict | None:
-    """run_or_load, except that a run whose loss becomes non-finite is reported and skipped (None:
-    missing from the table) instead of stopping every run queued after it."""
+def run_or_report(cfg: dict, log=print, **kw) -> dict:
+    """run_or_load, except that a run whose loss becomes non-finite is reported and its
+    ``{"diverged": message}`` record returned (marked in the tables, left out of their means) instead of
+    stopping every run queued after it."""
     try:
         return run_or_load(cfg, log=log, **kw)
     except NonFiniteLoss as e:
-        log(f"{cfg['run']['name']}: diverged, left out of the table: {e}")
-        return None
+        log(f"{cfg['run']['name']}: diverged, marked in the table and left out of its means: {e}")
+        return {"diverged": str(e)}
+
+
+def load_result(cfg: dict) -> dict | None:
+    """What the tables read of a run without training it: a finished run's summary, the ``{"diverged":
+    message}`` record of a run that diverged (its ``diverged.json``), or None (not run, or another config)."""
+    summary = load_finished(cfg)
+    if summary is not None:
+        return summary
+    message = load_diverged(cfg)
+    return None if message is None else {"diverged": message}
 
 
 def calibrate(runs_root="runs/bench", out="benchmarks", fmnist_root=None, methods: list[str] | None = None,

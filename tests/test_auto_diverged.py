@@ -52,6 +52,8 @@ def test_a_diverged_run_is_remembered_not_replayed(tmp_path, monkeypatch, explod
         reuse.run_or_load(cfg, log=lambda m: None)
     marker = json.loads((tmp_path / "x" / "diverged.json").read_text())
     assert "became non-finite" in marker["error"] and trained == ["x"]
+    assert reuse.load_diverged(cfg) == marker["error"] and reuse.load_finished(cfg) is None  # the tables read it
+    assert reuse.load_diverged(cfg | {"loss": [{"name": "ce"}]}) is None  # only for exactly this config
     with pytest.raises(NonFiniteLoss, match=r"x diverged when it was trained \(delete .*diverged.json"):
         reuse.run_or_load(cfg, log=lambda m: None)  # asked again, in this process or another: refused at once
     assert trained == ["x"]

@@ -76,8 +76,9 @@ def test_a_diverging_run_is_reported_and_the_queue_goes_on(monkeypatch):
         return {"final_AP": 0.5}
     monkeypatch.setattr(detection, "run_or_load", fake)
     logs = []
-    assert detection.run_or_report({"run": {"name": "bad"}}, log=logs.append) is None
-    assert "bad: diverged, left out of the table" in logs[0]
+    assert detection.run_or_report({"run": {"name": "bad"}}, log=logs.append) == {
+        "diverged": "loss became non-finite in epoch 1, step 40"}
+    assert "bad: diverged, marked in the table and left out of its means" in logs[0]
     assert detection.run_or_report({"run": {"name": "good"}}, log=logs.append) == {"final_AP": 0.5}
 
 

@@ -8,6 +8,7 @@ from benchtools import det_merge as M
 from benchtools import det_report as R
 
 TEACHER_VAL = {"final_AP": 0.5391}
+STAMP = {"date": "d", "commit": "c", "torch": "t", "device": "cpu", "threads": 1, "cpus": 2, "command": "c"}
 TEACHER_TEST = {"AP": 0.53, "AP50": 0.7304, "AP75": 0.6492, "APs": 0.5251, "APm": 0.5112, "APl": float("nan")}
 
 
@@ -115,3 +116,65 @@ def test_a_diagnostic_run_is_its_row_with_one_change():
                {k: v for k, v in base.items() if k not in ("run", "loss")}
     assert {n for n, d in R.P.DIAGNOSTICS.items() if "train.clip_grad_norm" in d[1]} == {"wkd_l-clip", "vanilla-clip"}
     assert R.P.DIAGNOSTICS["wkd_l-half"][1]["weight"] == pytest.approx(R.P.row_terms("wkd_l")[1]["weight"] / 2)
+
+
+def _with_diverged(seeds_finished, diverged):
+    """_runs of ``seeds_finished``, and {"diverged": message} records for the (method, seed)s of ``diverged``."""
+    out = _runs(seeds_finished)
+    for key in diverged:
+        out.pop(key, None)
+        out[key] = {"diverged": f"loss became non-finite ({key})"}
+    return out
+
+
+def test_a_diverged_run_is_marked_not_dropped(tmp_path):
+    """A run whose loss became non-finite stays in the table as a mark (runs column, per-seed list, CSV, chart
+    label), out of the means; a row whose every seed diverged is a row saying so, out of the comparisons."""
+    results = _with_diverged([0, 1, 2], [("wkd_l", 1), ("wkd_l", 2), ("kd", 0), ("kd", 1), ("kd", 2)])
+    rows = R.summarise(results, {"vanilla": 2.0, "kd": 2.5, "wkd_l": 2.7})
+    by = {r["method"]: r for r in rows}
+    assert [r["method"] for r in rows] == ["vanilla", "kd", "wkd_l"]
+    assert by["wkd_l"]["n"] == 1 and by["wkd_l"]["seeds"] == [0] and by["wkd_l"]["diverged"] == [1, 2]
+    assert by["wkd_l"]["AP"] == pytest.approx(100 * _runs([0])[("wkd_l", 0)]["final_AP"])  # the finished seed only
+    assert by["kd"]["n"] == 0 and by["kd"]["AP"] is None and by["kd"]["gain"] is None
+    assert by["kd"]["diverged"] == [0, 1, 2]
+    assert by["kd"]["overhead"] == pytest.approx(1.25)  # its step was still timed
+    R.write_results(rows, R.teacher_row(TEACHER_VAL, TEACHER_TEST), tmp_path / "a", STAMP, [0, 1, 2])
+    text = (tmp_path / "a" / f"{R.P.REPORT}.md").read_text()
+    assert "| 1 (+2 diverged: s1, s2) | det w=1; wkd_l" in text
+    assert "| KD | diverged on every seed | | | | |  | 2.50 | x1.25 | 0 (+3 diverged: s0, s1, s2) |" in text
+    assert "- WKD-L: 36.00 (s0), diverged (s1), diverged (s2)" in text
+    assert "vs KD" not in text  # no comparison with a row that has no AP
+    assert (tmp_path / "a" / f"{R.P.REPORT}.png").is_file()
+    # the CSV keeps the marks, so that a pooled table keeps them too; a seed cannot be both finished and diverged
+    stamp, teacher, back = M.read_results_csv(tmp_path / "a" / f"{R.P.REPORT}.csv")
+    assert {r["method"]: r["diverged"] for r in back} == {"vanilla": [], "kd": [0, 1, 2], "wkd_l": [1, 2]}
+    R.write_results(R.summarise(_with_diverged([3], [("wkd_l", 3)]), {}), R.teacher_row(TEACHER_VAL, TEACHER_TEST),
+                    tmp_path / "b", STAMP, [3])
+    merged = {r["method"]: r for r in M.merge_results([tmp_path / "a" / f"{R.P.REPORT}.csv",
+                                                       tmp_path / "b" / f"{R.P.REPORT}.csv"], tmp_path / "m")}
+    assert merged["wkd_l"]["n"] == 1 and merged["wkd_l"]["diverged"] == [1, 2, 3]
+    assert merged["wkd_l"]["AP"] == pytest.approx(by["wkd_l"]["AP"], abs=1e-4) and merged["wkd_l"]["AP_std"] is None
+    assert merged["kd"]["n"] == 1 and merged["kd"]["diverged"] == [0, 1, 2] and merged["kd"]["seeds"] == [3]
+    R.write_results(R.summarise(_with_diverged([4], [("wkd_l", 1)]), {}), R.teacher_row(TEACHER_VAL, TEACHER_TEST),
+                    tmp_path / "c", STAMP, [4])
+    with pytest.raises(ValueError, match="wkd_l seed 1 is in both"):
+        M.merge_results([tmp_path / "a" / f"{R.P.REPORT}.csv", tmp_path / "c" / f"{R.P.REPORT}.csv"], tmp_path / "m")
+    old = tmp_path / "old.csv"  # a file from before the column: read as nothing diverged
+    old.write_text((tmp_path / "b" / f"{R.P.REPORT}.csv").read_text().replace(",diverged_seeds", "")
+                   .replace(",3\n", "\n"))
+    assert all(r["diverged"] == [] for r in M.read_results_csv(old)[2])
+
+
+def test_a_diverged_diagnostic_run_is_marked(tmp_path):
+    results = {("vanilla", 2): {"final_AP": 0.36, "final_AP50": 0.56, "final_AP75": 0.41},
+               ("vanilla", 3): {"final_AP": 0.40, "final_AP50": 0.60, "final_AP75": 0.45},
+               ("wkd_l", 2): {"final_AP": 0.35, "final_AP50": 0.55, "final_AP75": 0.40},
+               ("wkd_l", 3): {"diverged": "loss became non-finite"}, ("wkd_l-half", 2): {"diverged": "x"},
+               ("wkd_l-half", 3): None}
+    rows = {r["name"]: r for r in R.write_diagnostics(results, tmp_path, STAMP)}
+    assert rows["wkd_l"]["seeds"] == [2] and rows["wkd_l"]["diverged"] == [3] and rows["wkd_l"]["paired_n"] == 1
+    assert rows["wkd_l-half"]["AP"] is None and rows["wkd_l-half"]["diverged"] == [2]  # seed 3 not run: no mark
+    text = (tmp_path / f"{R.P.REPORT}-diagnostics.md").read_text()
+    assert "| 35.00 (s2), diverged (s3) | 35.00 | 55.00 | 40.00 | -1.00 (1 seeds) | 1 (+1 diverged: s3) |" in text
+    assert "| diverged (s2) | n/a | n/a | n/a |  | 0 (+1 diverged: s2) |" in text

@@ -99,6 +99,14 @@ def load_finished(cfg_dict: dict) -> dict | None:
     return None
 
 
+def load_diverged(cfg_dict: dict) -> str | None:
+    """The engine's message if a run of exactly this config diverged (its ``diverged.json``), else None."""
+    path = run_dir_of(cfg_dict)
+    if (path / rundir.DIVERGED).is_file() and rundir.holds_config(path, load_config(cfg_dict)):
+        return json.loads((path / rundir.DIVERGED).read_text())["error"]
+    return None
+
+
 def _run_or_load(cfg, run: rundir.RunDir, log, data, models) -> dict:
     path = run.path
     same = rundir.holds_config(path, cfg)
