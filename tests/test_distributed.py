@@ -167,3 +167,63 @@ def test_the_command_line_leaves_its_process_group_when_the_job_is_done(tmp_path
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+RESTARTED_WORKER = """
+import os, sys, time
+import torch, torch.distributed as dist
+from wdistill.engine import ddp
+attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+if attempt > 0 and int(os.environ["RANK"]) == attempt - 1:
+    time.sleep(2.0)  # restart k: rank k-1 joins late, so the other rank reads the store first
+ddp.init_distributed()
+x = torch.tensor([float(os.environ["RANK"]) + 1.0])
+dist.all_reduce(x)
+dist.all_reduce(x, group=dist.new_group(backend="gloo"))  # a second group, as the stop-signal vote makes
+print(f"attempt {attempt} sum {float(x)}", flush=True)
+if attempt == 0:
+    time.sleep(300)  # killed from outside, as torchrun's agent kills the survivors of a failed attempt
+ddp.leave()
+"""
+
+
+def test_a_restarted_attempt_never_reads_the_dead_attempts_keys(tmp_path):
+    """torchrun's agent keeps one key-value store for every attempt of a job. The test hosts such a store, runs
+    attempt 0 (two real gloo workers, SIGKILLed after joining, as the agent does), then restarts 1 and 2 with one
+    rank late each time. Each restarted attempt must join, and no key an attempt wrote may be one a dead attempt
+    left: under a shared key a worker can read the dead peer's address and hang on "Connection refused" (whether
+    it does depends on which side of a gloo pair connects, so the key check, not the hang, decides the test)."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", port, 3, is_master=True, timeout=timedelta(seconds=60),
+                          wait_for_workers=False)
+    written: list[set[str]] = []
+    for attempt in range(3):
+        before = set(store.list_keys())
+        workers = [subprocess.Popen(
+            [sys.executable, "-c", RESTARTED_WORKER], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(r),
+                     LOCAL_RANK=str(r), TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT=str(attempt),
+                     OMP_NUM_THREADS="1")) for r in range(2)]
+        try:
+            if attempt == 0:
+                assert [w.stdout.readline().strip() for w in workers] == ["attempt 0 sum 6.0"] * 2
+                for w in workers:
+                    w.kill()
+                    w.wait()
+            else:
+                outs = [w.communicate(timeout=30)[0] for w in workers]
+                assert [w.returncode for w in workers] == [0, 0], outs
+                assert all(f"attempt {attempt} sum 6.0" in out for out in outs), outs
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"restart {attempt} hung: a worker is connecting to a dead attempt's address")
+        finally:
+            for w in workers:
+                w.kill()
+        written.append(set(store.list_keys()) - before)
+    assert written[0], "attempt 0 wrote nothing: the workers did not use the test's store"
+    assert written[1] and written[2], f"a restarted attempt wrote no key of its own: it reused the dead one's {written}"
+    assert not written[1] & written[0] and not written[2] & (written[0] | written[1]), written
