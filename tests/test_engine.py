@@ -273,3 +273,44 @@ def test_the_divergence_message_names_one_culprit_only_when_one_term_grew():
     assert "Every weighted term grew past 1e6 first (the largest, 'det', to 4.7e+14): the model itself ran away" in both
     assert "clip the gradient (train.clip_grad_norm)" in both
     assert "likely cause" not in message({"det": 2.0, "wkd_l": 3.0})  # nothing grew: no culprit is guessed
+
+
+def test_a_step_watcher_sees_every_step_its_terms_and_the_unclipped_gradient_norm(tmp_path):
+    """Trainer.watchers: every step of the main epochs once, in order, with the weighted terms' live graph (a
+    term's own gradient can be taken) and the norm of the whole gradient as the loop checks it, before clipping:
+    equal to a norm taken here from the parameters' .grad at that moment. It changes nothing of the run."""
+    from wdistill.engine import StepWatcher
+
+    class Watch(StepWatcher):
+        def __init__(self, trainer):
+            self.trainer, self.seen = trainer, []
+
+        def before_backward(self, step, batch, parts):
+            params = [p for p in self.trainer.student.parameters() if p.requires_grad]
+            kd = torch.autograd.grad(parts["kd"], params, retain_graph=True)
+            self.seen.append({"step": step, "n": len(batch["target"]), "terms": sorted(parts),
+                              "kd_grad": float(torch.cat([g.flatten() for g in kd]).norm())})
+
+        def after_backward(self, step, grad_norm):
+            grads = [p.grad.flatten() for p in self.trainer.optimizer_params if p.grad is not None]
+            self.seen[-1] |= {"after": step, "norm": float(grad_norm), "mine": float(torch.cat(grads).norm())}
+
+    teacher = random_teacher(tmp_path / "t.pt")
+    runs = {}
+    for name, watched in (("plain", False), ("watched", True)):
+        cfg = small_run(tmp_path, seed=5, epochs=2, name=name, extra_train={"clip_grad_norm": 1e-3},
+                        teacher={"model": "resnet8", "checkpoint": teacher},
+                        loss=[{"name": "ce"}, {"name": "kd", "weight": 0.9}])
+        t = Trainer(load_config(cfg), log=lambda *_: None)
+        watch = Watch(t)
+        if watched:
+            t.watchers.append(watch)
+        t.fit()
+        runs[name] = (watch.seen, t.student.state_dict(), t.history)
+    seen, weights, history = runs["watched"]
+    assert [s["step"] for s in seen] == [s["after"] for s in seen] == list(range(8))  # 128 / 32 = 4 steps x 2
+    assert all(s["terms"] == ["ce", "kd"] and s["n"] == 32 and s["kd_grad"] > 0 for s in seen)
+    assert all(s["norm"] == pytest.approx(s["mine"], rel=1e-5) and s["norm"] > 1e-3 for s in seen)  # not clipped
+    untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert untimed(history) == untimed(runs["plain"][2])
+    assert all(torch.equal(weights[k], runs["plain"][1][k]) for k in weights)

@@ -4,7 +4,8 @@ trainer of the config's task (classification, or detection: ``det_trainer``)."""
 from wdistill.engine.det_trainer import DetectionTrainer
 from wdistill.engine.distiller import Distiller
 from wdistill.engine.evaluate import evaluate
+from wdistill.engine.loop import StepWatcher
 from wdistill.engine.tasks import make_trainer
 from wdistill.engine.trainer import Trainer
 
-__all__ = ["Distiller", "DetectionTrainer", "Trainer", "evaluate", "make_trainer"]
+__all__ = ["Distiller", "DetectionTrainer", "StepWatcher", "Trainer", "evaluate", "make_trainer"]

@@ -21,7 +21,7 @@ import torch
 from wdistill.engine import ddp, rundir
 from wdistill.engine.distiller import lr_at
 from wdistill.engine.helping import grad_share_row
-from wdistill.engine.loop import Guard, Meter, Stepper
+from wdistill.engine.loop import GradShareProbe, Guard, Meter, Stepper
 from wdistill.engine.preempt import StepControl
 from wdistill.engine.state import apply_local, local_state, save_finite, training_state
 
@@ -33,14 +33,14 @@ def _stepper(trainer, epoch: int) -> Stepper:
         total, parts, s_out = module(dict(batch, epoch=epoch, num_epochs=o.epochs))
         return total, parts, s_out["logits"]
 
-    d = trainer.distiller
+    d, meter = trainer.distiller, Meter(trainer.device)
     guard = Guard(list(d.terms), dict(d.weights), trainer.device)
     # train.grad_share: each term's gradient norm on the student at the epoch's first step (a run
     # resumed inside the epoch has it in the restored metric sums already)
     params = [p for p in trainer.student.parameters() if p.requires_grad]
-    probe = (epoch * len(trainer.train_loader), params) if trainer.cfg.train.grad_share else None
+    probe = [GradShareProbe(epoch * len(trainer.train_loader), params, meter)] if trainer.cfg.train.grad_share else []
     return Stepper(module, forward, trainer.optimizer, trainer.scaler, trainer.amp_ctx, trainer.cfg.train.accumulate,
-                   trainer.optimizer_params, Meter(trainer.device), guard, d.after_step, grad_probe=probe,
+                   trainer.optimizer_params, meter, guard, d.after_step, watchers=probe + trainer.watchers,
                    clip=trainer.cfg.train.clip_grad_norm)
 
 

@@ -8,7 +8,7 @@ or an epoch, before anything is saved, so a non-finite value never reaches a che
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -112,26 +112,53 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
     return out
 
 
+class StepWatcher:
+    """Sees every step of a run's main epochs: append one to ``Trainer.watchers`` before ``fit()`` and override
+    what you need. ``step`` counts from the run's first step (its epoch is ``step // len(trainer.train_loader)``).
+
+    ``before_backward(step, batch, parts)``: the step's (first micro-) batch and its weighted terms
+    ``{name: value}``, their graph still alive, so ``torch.autograd.grad(value, params, retain_graph=True)`` may
+    take one term's gradient (it costs a backward). ``after_backward(step, grad_norm)``: the norm of the whole
+    gradient on the trained parameters, as the loop checks it for non-finite values and before
+    ``train.clip_grad_norm`` clips it (None without gradients). Both run on every rank, with no host sync of
+    their own: a watcher that reads a value (``float(...)``) adds one."""
+
+    def before_backward(self, step: int, batch: dict, parts: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def after_backward(self, step: int, grad_norm: torch.Tensor | None) -> None:
+        pass
+
+
+class GradShareProbe(StepWatcher):
+    """``train.grad_share``: at ``step``, each weighted term's gradient norm on ``params`` (the student's) into
+    ``meter`` as ``gradnorm_<term>``."""
+
+    def __init__(self, step: int, params: list[torch.Tensor], meter: Meter):
+        self.step, self.params, self.meter = step, params, meter
+
+    def before_backward(self, step: int, batch: dict, parts: dict[str, torch.Tensor]) -> None:
+        if step == self.step:
+            for name, norm in term_grad_norms(parts, self.params).items():
+                self.meter.add(f"gradnorm_{name}", norm)
+
+
 class Stepper:
     """Forward (under autocast), backward with DDP's gradient averaging (``no_sync`` on all but the
     last micro-batch), the gradient's norm clipped to ``clip`` if given, optimiser step, then
-    ``after_step()`` (the terms' hooks: memory banks) once.
+    ``after_step()`` (the terms' hooks: memory banks) once. ``watchers`` (:class:`StepWatcher`) see the first
+    micro-batch's terms before its backward and the gradient's norm.
     ``forward(batch) -> (total, {name: weighted value}, logits or None)``."""
 
     def __init__(self, module: nn.Module, forward: Callable, optimizer: torch.optim.Optimizer, scaler,
                  amp_ctx: Callable, accumulate: int, params: list[torch.Tensor], meter: Meter, guard: Guard,
-                 after_step: Callable[[], None] | None = None, grad_probe: tuple[int, list] | None = None,
+                 after_step: Callable[[], None] | None = None, watchers: Sequence[StepWatcher] = (),
                  clip: float | None = None):
         self.module, self.forward, self.optimizer, self.scaler = module, forward, optimizer, scaler
         self.clip = clip  # train.clip_grad_norm
         self.amp_ctx, self.accumulate, self.params = amp_ctx, accumulate, params
         self.meter, self.guard, self.after_step = meter, guard, after_step
-        # (step, student parameters): at that step, each term's gradient norm on the student
-        self.grad_probe = grad_probe
-
-    def _probe_grads(self, parts: dict[str, torch.Tensor], params: list[torch.Tensor]) -> None:
-        for name, norm in term_grad_norms(parts, params).items():
-            self.meter.add(f"gradnorm_{name}", norm)
+        self.watchers = list(watchers)
 
     def step(self, batch: dict, step: int) -> None:
         micro = split_batch(batch, self.accumulate)
@@ -141,8 +168,9 @@ class Stepper:
             with sync:
                 with self.amp_ctx():
                     total, parts, logits = self.forward(mb)
-                if self.grad_probe is not None and step == self.grad_probe[0] and i == 0:
-                    self._probe_grads(parts, self.grad_probe[1])
+                if i == 0:
+                    for w in self.watchers:
+                        w.before_backward(step, mb, parts)
                 self.scaler.scale(total / self.accumulate).backward()
             b = torch.tensor(float(len(mb["target"])), device=total.device)
             self.meter.add("n", b)
@@ -155,6 +183,8 @@ class Stepper:
         grads = [p.grad for p in self.params if p.grad is not None]
         gnorm = torch.nn.utils.get_total_norm(grads) if grads else None
         self.guard.observe(step, total, parts, gnorm)
+        for w in self.watchers:
+            w.after_backward(step, gnorm)
         if self.clip is not None and gnorm is not None:  # with the norm already taken: no second pass, no sync
             torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, gnorm)  # scales each p.grad
             self.meter.add("clipped", (gnorm > self.clip).float() * len(batch["target"]))  # a share of n

@@ -24,7 +24,7 @@ from wdistill.engine.build import build_distiller, build_model, check_teacher_ne
 from wdistill.engine.epochs import train_epoch
 from wdistill.engine.evaluate import Ensemble, evaluate
 from wdistill.engine.helping import helping_warnings
-from wdistill.engine.loop import Stepper, run_pass
+from wdistill.engine.loop import Stepper, StepWatcher, run_pass
 from wdistill.engine.precision import Precision, configure_backends
 from wdistill.engine.stages import run_stage
 from wdistill.engine.state import restore, save_finite, training_state
@@ -36,7 +36,8 @@ class Trainer:
     """Runs one configured job. Models and data may be passed in (Python API, benchmarks);
     otherwise they are built from ``cfg``. Everything is validated here, before any training;
     the run directory is locked from here until :meth:`fit` ends or :meth:`close`. A caller that
-    holds the run directory's lock already passes that RunDir as ``held`` (and keeps the lock)."""
+    holds the run directory's lock already passes that RunDir as ``held`` (and keeps the lock).
+    ``watchers``: :class:`~wdistill.engine.loop.StepWatcher` objects that see every step of the main epochs."""
 
     def __init__(self, cfg: RunConfig, *, student: nn.Module | None = None, teachers: list[nn.Module] | None = None,
                  data: tuple[ImageDataset, ImageDataset] | None = None, resume: bool = False,
@@ -46,6 +47,7 @@ class Trainer:
         if ddp.restart_count() and not resume:  # torchrun restarted the workers: continue, never start over
             resume, overwrite = "auto", False
         self.cfg, self.log, self.resume, self.overwrite = cfg, log, resume, overwrite
+        self.watchers: list[StepWatcher] = []
         self.device = resolve_device(cfg.run.device)
         self.precision = Precision(cfg.train.precision, self.device)  # refused before any long work
         configure_backends(self.device, cfg.train.tf32)
