@@ -31,7 +31,7 @@ import yaml
 
 from wdistill.config import load_config
 from wdistill.config.load import apply_overrides
-from wdistill.engine import epochs, loop, make_trainer
+from wdistill.engine import StepWatcher, make_trainer
 from wdistill.errors import NonFiniteLoss
 from wdistill.losses.wkd import wkd_l as wkd_l_module
 
@@ -76,45 +76,46 @@ def _record(terms: dict, params: list[torch.Tensor]) -> dict:
                        for i, a in enumerate(names) for b in names[i + 1:]}}
 
 
+class _Trace(StepWatcher):
+    """Records each step (a row of :func:`_record`, with the step, the learning rate and the total gradient's
+    norm) until ``steps`` steps are done; ``last`` holds WKD-L's unweighted parts of the step's forward."""
+
+    def __init__(self, trainer, steps: int, last: dict):
+        self.trainer, self.steps, self.last, self.rows = trainer, steps, last, []
+        self.params = [p for p in trainer.student.parameters() if p.requires_grad]
+
+    def before_backward(self, step: int, batch: dict, parts: dict) -> None:
+        if step >= self.steps:
+            raise _Done
+        tr = self.trainer
+        epoch = step // len(tr.train_loader)
+        timed = dict(batch, epoch=epoch, num_epochs=tr.cfg.optim.epochs)  # as the step's forward had it
+        row = {"step": step, "lr": tr.optimizer.param_groups[0]["lr"]}
+        self.rows.append(row | _record(_split_wkd_l(tr, parts, timed, self.last), self.params))
+
+    def after_backward(self, step: int, grad_norm) -> None:
+        self.rows[-1]["total_gradnorm"] = None if grad_norm is None else float(grad_norm)
+
+
 def trace(cfg_dict: dict, steps: int, log=print) -> dict:
     """The first ``steps`` steps of ``cfg_dict`` (trained in a scratch folder): {"rows": [per step], "ended": None
     or the NonFiniteLoss message}."""
-    rows, last, ended = [], {}, None
-    real_parts, real_stepper, real_observe = wkd_l_module.wkd_l_parts, epochs._stepper, loop.Guard.observe
+    last, ended = {}, None
+    real_parts = wkd_l_module.wkd_l_parts
 
-    def parts(*a, **k):
+    def parts(*a, **k):  # WKD-L's two parts, unweighted, as its forward computed them this step
         out = real_parts(*a, **k)
         last["wkd_l"] = out
         return out
-
-    def observe(guard, step, total, parts_, gnorm):
-        rows[-1]["total_gradnorm"] = float(gnorm) if gnorm is not None else None
-        return real_observe(guard, step, total, parts_, gnorm)
 
     if (cfg_dict.get("train") or {}).get("accumulate", 1) != 1:
         raise ValueError("step_trace records one forward per step: trace with train.accumulate=1")
     with tempfile.TemporaryDirectory() as scratch:
         cfg = dict(cfg_dict, run={**cfg_dict["run"], "out_dir": scratch, "name": "trace"})
         trainer = make_trainer(load_config(cfg), overwrite=True, log=lambda *_: None)
-
-        def stepper(tr, epoch):
-            s = real_stepper(tr, epoch)
-            forward = s.forward
-
-            def traced(batch):
-                step = batch["step"]
-                if step >= steps:
-                    raise _Done
-                total, parts_, logits = forward(batch)
-                row = {"step": step, "lr": trainer.optimizer.param_groups[0]["lr"]}
-                timed = dict(batch, epoch=epoch, num_epochs=tr.cfg.optim.epochs)  # as the step's forward had it
-                rows.append(row | _record(_split_wkd_l(trainer, parts_, timed, last), s.params))
-                return total, parts_, logits
-            s.forward = traced
-            return s
-
-        with _patched(wkd_l_module, "wkd_l_parts", parts), _patched(epochs, "_stepper", stepper), \
-                _patched(loop.Guard, "observe", observe):
+        watcher = _Trace(trainer, steps, last)
+        trainer.watchers.append(watcher)
+        with _patched(wkd_l_module, "wkd_l_parts", parts):
             try:
                 trainer.fit()
             except _Done:
@@ -123,6 +124,7 @@ def trace(cfg_dict: dict, steps: int, log=print) -> dict:
                 ended = str(e)
             finally:
                 trainer.close()
+    rows = watcher.rows
     log(f"{len(rows)} steps traced" + (f"; the run diverged: {ended}" if ended else ""))
     return {"rows": rows, "ended": ended}
 
