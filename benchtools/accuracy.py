@@ -11,8 +11,10 @@ from tqdm.auto import tqdm
 from benchtools import protocol, report
 from benchtools.accuracy_report import write_results
 from benchtools.protocol import FULL, TUNE, Schedule
+from benchtools.runs import diverged, load_result, run_or_report
 from benchtools.tuning import CANDIDATES, apply_candidate, check_budget, describe
 from wdistill.config.presets import FMNIST_DIR, recipe
+from wdistill.engine.rundir import DIVERGED
 from wdistill.io import atomic_write_text
 from wdistill.losses.recipes import LABELS, RECIPES, default_recipe
 from wdistill.workflows.reuse import load_finished, run_or_load, shared_queue
@@ -39,7 +41,8 @@ def check_methods(methods: list[str]) -> list[str]:
 def run_tuning(methods: list[str], runs_root="runs/bench", out="benchmarks", root=None, preset_dir=FMNIST_DIR,
                log=print, overrides=None, teacher_overrides=None) -> dict[str, dict]:
     """Train every candidate of every method (quick schedule, seed 0, val split), keep the best by
-    final-epoch val top-1 (ties: the earlier candidate, i.e. the published recipe first), write
+    final-epoch val top-1 (ties: the earlier candidate, i.e. the published recipe first; a candidate that
+    diverged is never kept), write
     ``preset_dir/<method>.yaml`` as soon as a method's candidates are done, and
     ``out/fmnist-kd-v1-tuning.md`` over every method tuned so far. Returns {method: choice}."""
     check_budget()
@@ -57,7 +60,7 @@ def run_tuning(methods: list[str], runs_root="runs/bench", out="benchmarks", roo
         terms = apply_candidate(default_recipe(m), cand)
         cfg = protocol.student_config(m, terms, TUNE, 0, runs_root, root, run_name=f"{m}/cand{i}/seed0",
                                       overrides=overrides)
-        tried.setdefault(m, []).append((cand, run_or_load(cfg, _log_to(bar))))
+        tried.setdefault(m, []).append((cand, run_or_report(cfg, _log_to(bar))))
         if len(tried[m]) == len(CANDIDATES[m]):
             choices[m] = choose(m, tried[m])
             write_preset(m, choices[m]["terms"], tried[m], choices[m]["candidate"], runs_root, root, preset_dir)
@@ -67,19 +70,26 @@ def run_tuning(methods: list[str], runs_root="runs/bench", out="benchmarks", roo
 
 
 def choose(method: str, tried: list[tuple[dict, dict]]) -> dict:
-    best = max(range(len(tried)), key=lambda i: (tried[i][1]["final_top1"], -i))
+    """The best candidate by final val top-1 among those that did not diverge (their val top-1 is None)."""
+    stable = [i for i, (_, s) in enumerate(tried) if not diverged(s)]
+    if not stable:
+        raise ValueError(f"every tuning candidate of {method} diverged; lower optim.lr or the candidates' weights")
+    best = max(stable, key=lambda i: (tried[i][1]["final_top1"], -i))
     return {"candidate": best, "terms": apply_candidate(default_recipe(method), tried[best][0]), "tried": [
-        {"settings": describe(apply_candidate(default_recipe(method), c)), "val_final": s["final_top1"],
-         "val_best": s["best_top1"]} for c, s in tried]}
+        {"settings": describe(apply_candidate(default_recipe(method), c)), "val_final": s.get("final_top1"),
+         "val_best": s.get("best_top1")} for c, s in tried]}
 
 
 def collect_tuning(runs_root) -> dict[str, dict]:
-    """Choices of every method whose candidates have all finished (from their run directories)."""
+    """Choices of every method whose candidates have all finished or diverged (from their run directories)."""
     out = {}
     for m, cands in CANDIDATES.items():
-        files = [Path(runs_root) / TUNE.name / m / f"cand{i}" / "seed0" / "summary.json" for i in range(len(cands))]
-        if all(f.is_file() for f in files):
-            out[m] = choose(m, [(c, json.loads(f.read_text())) for c, f in zip(cands, files)])
+        dirs = [Path(runs_root) / TUNE.name / m / f"cand{i}" / "seed0" for i in range(len(cands))]
+        results = [json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else
+                   {"diverged": json.loads((d / DIVERGED).read_text())["error"]} if (d / DIVERGED).is_file() else None
+                   for d in dirs]
+        if all(r is not None for r in results):
+            out[m] = choose(m, list(zip(cands, results)))
     return out
 
 
@@ -92,7 +102,7 @@ def write_preset(method: str, terms: list[dict], tried, best: int, runs_root, ro
               "# Tuned on the validation split (train images 10,000..14,999), seed 0, quick schedule; val top-1 "
               "(final epoch):"]
     header += [f"#   {'*' if i == best else ' '} {describe(apply_candidate(default_recipe(method), c))}: "
-               f"{s['final_top1']:.2f}" for i, (c, s) in enumerate(tried)]
+               + ("diverged" if diverged(s) else f"{s['final_top1']:.2f}") for i, (c, s) in enumerate(tried)]
     header.append("# Run: wdistill distill configs/fmnist/" + f"{method}.yaml (needs the cached teacher)")
     path = Path(preset_dir) / f"{method}.yaml"
     atomic_write_text("\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False), path)
@@ -114,10 +124,8 @@ def write_tuning_report(choices: dict, path: Path, reference: dict | None = None
         )
     for m, c in choices.items():
         for i, t in enumerate(c["tried"]):
-            lines.append(
-                f"| {LABELS[m]} | {t['settings']} | {t['val_final']:.2f} | {t['val_best']:.2f} | "
-                f"{'yes' if i == c['candidate'] else ''} |"
-            )
+            top1 = "diverged | " if t["val_final"] is None else f"{t['val_final']:.2f} | {t['val_best']:.2f}"
+            lines.append(f"| {LABELS[m]} | {t['settings']} | {top1} | {'yes' if i == c['candidate'] else ''} |")
     atomic_write_text("\n".join(lines) + "\n", path)
 
 
@@ -141,15 +149,17 @@ def run_accuracy(
 ) -> list[dict]:
     """Teacher, vanilla and every method under ``schedule``; writes ``out/<schedule>.md|csv|png``.
 
-    ``train=False`` trains nothing: the files report the runs finished so far and list the rest.
+    ``train=False`` trains nothing: the files report the runs finished so far and list the rest. A student run
+    whose loss becomes non-finite is listed as diverged (not in the means) and the queue goes on.
     """
     methods = ["vanilla"] + [m for m in check_methods(methods) if m != "vanilla"]
     seeds = list(seeds if seeds is not None else schedule.seeds)
-    get = run_or_load if train else (lambda cfg, log=None, wait=True: load_finished(cfg))
-    teacher = get(protocol.teacher_config(runs_root, root, 0, teacher_overrides), log=log)
+    get = run_or_report if train else load_result
+    load_teacher = run_or_load if train else (lambda cfg, log=None: load_finished(cfg))
+    teacher = load_teacher(protocol.teacher_config(runs_root, root, 0, teacher_overrides), log=log)
     rows: dict[str, list[dict]] = {"teacher": [{**teacher, "seed": 0}]} if teacher else {}
     settings = {"teacher": f"{protocol.TEACHER}, {protocol.TEACHER_EPOCHS} epochs, seed 0", "vanilla": "CE only"}
-    missing = [] if teacher else ["teacher"]
+    missing, diverged_runs = ([] if teacher else ["teacher"]), []
 
     def job(m: str, seed: int):
         def make() -> dict:  # at its turn: a preset re-tuned meanwhile (another shell) is used
@@ -162,7 +172,9 @@ def run_accuracy(
 
     bar = tqdm(total=len(methods) * len(seeds), desc=schedule.name, unit="run", disable=not train)
     for (m, seed), summary in shared_queue([job(m, s) for m in methods for s in seeds], get, bar):
-        if summary:
+        if diverged(summary):
+            diverged_runs.append(f"{m} seed {seed}")
+        elif summary:
             rows.setdefault(m, []).append({**summary, "seed": seed})
         else:
             missing.append(f"{m} seed {seed}")
@@ -170,5 +182,5 @@ def run_accuracy(
     order = ["teacher"] + methods
     rows = {m: sorted(rows[m], key=lambda r: r["seed"]) for m in order if m in rows}
     table = report.summarise(rows)
-    write_results(table, schedule, seeds, Path(out), settings, command, missing)
+    write_results(table, schedule, seeds, Path(out), settings, command, missing, diverged=diverged_runs)
     return table

@@ -180,6 +180,7 @@ def write_results(
     command: list[str] | None = None,
     missing: list[str] | None = None,
     sources: list[str] | None = None,
+    diverged: list[str] | None = None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = out / schedule.name
@@ -206,6 +207,9 @@ def write_results(
             "**Incomplete:** not finished yet (the same command without --report-only trains them, "
             f"skipping finished runs): {', '.join(missing)}.\n"
         ]
+    if diverged:
+        md += [f"**Diverged:** the loss became non-finite; not in the table's means, and not tried again by the same "
+               f"command (each run directory holds diverged.json: delete it to retry): {', '.join(diverged)}.\n"]
     targets = targets_module  # the project's claims, checked when run from a checkout
     if targets:
         md += ["## Targets\n", *[f"- {n}" for n in targets.findings(table)], ""]

@@ -13,15 +13,15 @@ from tqdm.auto import tqdm
 from benchtools import det_protocol as P
 from benchtools import det_report, report
 from benchtools.measure import interleaved_medians
+from benchtools.runs import load_result, run_or_report
 from wdistill.config import load_config
 from wdistill.data.det_loader import build_detection_data
 from wdistill.engine import make_trainer
 from wdistill.engine.build import build_model
 from wdistill.engine.det_distiller import evaluate_detection
 from wdistill.engine.loop import term_grad_norms
-from wdistill.errors import NonFiniteLoss
 from wdistill.io import atomic_write_text
-from wdistill.workflows.reuse import load_diverged, load_finished, run_lock, run_or_load, shared_queue
+from wdistill.workflows.reuse import load_finished, run_lock, run_or_load, shared_queue
 
 TEACHER_TEST = "teacher_test.json"  # the teacher's COCOeval on the test canvases, beside the run directories
 SPEED = "step_seconds.json"  # the median step time of each row's student
@@ -158,27 +158,6 @@ def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_r
     if train:
         results |= trained
     return det_report.write_diagnostics(results, out, report.stamp(command=command))
-
-
-def run_or_report(cfg: dict, log=print, **kw) -> dict:
-    """run_or_load, except that a run whose loss becomes non-finite is reported and its
-    ``{"diverged": message}`` record returned (marked in the tables, left out of their means) instead of
-    stopping every run queued after it."""
-    try:
-        return run_or_load(cfg, log=log, **kw)
-    except NonFiniteLoss as e:
-        log(f"{cfg['run']['name']}: diverged, marked in the table and left out of its means: {e}")
-        return {"diverged": str(e)}
-
-
-def load_result(cfg: dict) -> dict | None:
-    """What the tables read of a run without training it: a finished run's summary, the ``{"diverged":
-    message}`` record of a run that diverged (its ``diverged.json``), or None (not run, or another config)."""
-    summary = load_finished(cfg)
-    if summary is not None:
-        return summary
-    message = load_diverged(cfg)
-    return None if message is None else {"diverged": message}
 
 
 def calibrate(runs_root="runs/bench", out="benchmarks", fmnist_root=None, methods: list[str] | None = None,

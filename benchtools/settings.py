@@ -32,12 +32,13 @@ from tqdm.auto import tqdm
 
 from benchtools import protocol, report, settings_report
 from benchtools import settings_spec as spec
+from benchtools.runs import diverged, load_result, run_or_report
 from benchtools.tuning import describe
 from wdistill.config.load import apply_overrides, load_config
 from wdistill.config.presets import recipe
 from wdistill.losses.recipes import scale_epoch_params
 from wdistill.workflows import probe  # as a module: its functions are looked up at call time (tests replace them)
-from wdistill.workflows.reuse import load_finished, run_dir_of, run_lock, run_or_load, shared_queue
+from wdistill.workflows.reuse import run_dir_of, run_lock, shared_queue
 from wdistill.workflows.selfdistill import generation_config
 
 
@@ -161,14 +162,15 @@ def run_settings(
     finetune_epochs: int = 0,
 ) -> list[dict]:
     """Train (or reuse) every job of ``setting``, probe the view settings' students (and fine-tune
-    them for ``finetune_epochs`` if > 0), write results."""
+    them for ``finetune_epochs`` if > 0), write results. A job whose loss becomes non-finite is listed as
+    diverged (not in the table) and the queue goes on."""
     seeds = list(seeds if seeds is not None else spec.SCHEDULE.seeds)
     jobs = plan(setting, seeds, runs_root, root, overrides, teacher_overrides)
     students = {run_dir_of(cfg) for row, _, cfg in jobs if setting in spec.VIEWS and not row.startswith("teacher")}
     get = _job_getter(students, train, finetune_epochs)
-    rows, settings, missing = _run_jobs(setting, jobs, get, train)
+    rows, settings, missing, diverged_jobs = _run_jobs(setting, jobs, get, train)
     table = _table(jobs, rows)
-    settings_report.write_results(setting, table, Path(out), settings, seeds, command, missing)
+    settings_report.write_results(setting, table, Path(out), settings, seeds, command, missing, diverged_jobs)
     return table
 
 
@@ -179,9 +181,9 @@ def _job_getter(students: set[Path], train: bool, finetune_epochs: int):
     def get(cfg, log=print, wait=True):
         """The job's summary, with its probe (and fine-tune) for a view setting's student. These run
         under the job's bench lock, so a second shell defers or waits for them as for training."""
-        summary = run_or_load(cfg, log=log, wait=wait) if train else load_finished(cfg)
+        summary = run_or_report(cfg, log=log, wait=wait) if train else load_result(cfg)
         run_dir = run_dir_of(cfg)
-        if not summary or run_dir not in students:
+        if not summary or diverged(summary) or run_dir not in students:
             return summary
         if not train:  # report-only: the probe (quick, deterministic) and the fine-tune finished earlier
             return {**summary, "probe_top1": probe_or_load(run_dir), **finished_finetune(run_dir, finetune_epochs)}
@@ -202,10 +204,11 @@ def _needs(cfg: dict, made_by: dict[str, dict]) -> list[dict]:
 
 def _run_jobs(setting: str, jobs: list[tuple[str, int | None, dict]], get, train: bool):
     """Every job through the shared queue (a teacher before its students): (rows, settings,
-    missing) = {row: its runs' summaries}, {row: its loss in words}, the jobs not finished."""
+    missing, diverged) = {row: its runs' summaries}, {row: its loss in words}, the jobs not finished, the jobs
+    whose loss became non-finite."""
     rows: dict[str, list[dict]] = {}
     settings: dict[str, str] = {}
-    missing = []
+    missing, diverged_jobs = [], []
     made_by = {str(run_dir_of(cfg) / "student.pt"): cfg for _, _, cfg in jobs}  # checkpoint -> its job
     bar = tqdm(total=len(jobs), desc=f"settings: {setting}", unit="run", disable=not train)
     queue = [
@@ -214,13 +217,16 @@ def _run_jobs(setting: str, jobs: list[tuple[str, int | None, dict]], get, train
     ]
     for (row, seed, i), summary in shared_queue(queue, get, bar):
         cfg = jobs[i][2]
+        if diverged(summary):
+            diverged_jobs.append(f"{row} seed {seed}")
+            continue
         if not summary:
             missing.append(f"{row} seed {seed}")
             continue
         rows.setdefault(row, []).append({**summary, "seed": cfg["run"]["seed"]})
         settings.setdefault(row, describe(cfg["loss"]) or "CE only")
     bar.close()
-    return rows, settings, missing
+    return rows, settings, missing, diverged_jobs
 
 
 def _table(jobs: list[tuple[str, int | None, dict]], rows: dict[str, list[dict]]) -> list[dict]:

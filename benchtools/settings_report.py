@@ -159,6 +159,7 @@ def write_results(
     seeds: list[int],
     command: list[str] | None,
     missing: list[str],
+    diverged: list[str] = (),
 ) -> None:
     stem = out / f"{spec.SCHEDULE.name}-{setting}"
     stamp = report.stamp(command=command)
@@ -174,6 +175,9 @@ def write_results(
         lines += ["", notes.read_text().rstrip()]
     if missing:
         lines += ["", "Not finished yet (not in the table): " + ", ".join(missing) + "."]
+    if diverged:
+        lines += ["", "Diverged (the loss became non-finite; not in the table, and not tried again by the same "
+                  "command: each run directory holds diverged.json, delete it to retry): " + ", ".join(diverged) + "."]
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text("\n".join(lines) + "\n", stem.with_suffix(".md"))
     atomic_write_text(_results_csv(table, settings, stamp, seeds), stem.with_suffix(".csv"))

@@ -18,7 +18,7 @@ from benchtools.measure import peak_memory
 from benchtools.speed_report import run_speed
 from wdistill import cli, losses
 from wdistill.engine import make_trainer, rundir
-from wdistill.errors import RunBusy
+from wdistill.errors import NonFiniteLoss, RunBusy
 from wdistill.losses.recipes import LABELS, RECIPES
 from wdistill.workflows import plots
 from wdistill.workflows import reuse as runs
@@ -170,25 +170,67 @@ def test_tuning_picks_by_validation_and_writes_preset(bench_dir, monkeypatch, tm
     monkeypatch.setattr(protocol, "TUNE", protocol.Schedule("tiny-tune", False, 1, "val", (0,)))
     monkeypatch.setattr(accuracy, "TUNE", protocol.TUNE)
     # CANDIDATES is generated from the published recipes (read-only): give the runner a patched copy
-    monkeypatch.setattr(accuracy, "CANDIDATES", {**tuning.CANDIDATES, "kd": [{}, {"kd.T": 2}]})
+    monkeypatch.setattr(accuracy, "CANDIDATES", {**tuning.CANDIDATES, "kd": [{}, {"kd.T": 2}, {"kd.T": 8}]})
     seen = []
 
-    def fake_run(cfg, log=print, data=None):  # val top-1 from the candidate: T=2 wins
+    def fake_run(cfg, log=print, data=None):  # val top-1 from the candidate: T=2 wins; T=8 diverges
         seen.append(cfg["data"]["options"])
         if cfg["run"]["name"].startswith("vanilla"):
             return {"final_top1": 44.0, "best_top1": 45.0}
         t = next(x for x in cfg["loss"] if x["name"] == "kd")["T"]
+        if t == 8:
+            raise NonFiniteLoss("loss became non-finite in epoch 1, step 3")
         return {"final_top1": 50.0 + (10 if t == 2 else 0), "best_top1": 61.0}
 
     monkeypatch.setattr(accuracy, "run_or_load", fake_run)
+    monkeypatch.setattr(runs, "run_or_load", fake_run)  # the candidates' runs (benchtools.runs.run_or_report)
     monkeypatch.setattr(accuracy, "ensure_teacher", lambda *a, **k: {})
     choices = accuracy.run_tuning(["kd"], root / "runs", tmp_path, preset_dir=tmp_path / "presets")
     assert choices["kd"]["candidate"] == 1
-    # vanilla (the reference) + 2 candidates, all on the validation split, never the test split
-    assert seen == [{"protocol": "kd_v1", "quick": False, "eval_split": "val"}] * 3
+    # vanilla (the reference) + 3 candidates, all on the validation split, never the test split
+    assert seen == [{"protocol": "kd_v1", "quick": False, "eval_split": "val"}] * 4
     preset = (tmp_path / "presets" / "kd.yaml").read_text()
-    assert "T: 2" in preset and "*" in preset
+    assert "T: 2" in preset and "*" in preset and "T=8: diverged" in preset  # a diverged candidate is never kept
     assert "| vanilla (reference) | CE only | 44.00 | 45.00 |" in (tmp_path / "fmnist-kd-v1-tuning.md").read_text()
+    # the tuning report reads the candidates' run directories: a diverged.json counts as done, and says so
+    tree = tmp_path / "tree"
+    for i, res in enumerate([{"final_top1": 50.0, "best_top1": 51.0}, {"final_top1": 60.0, "best_top1": 61.0}]):
+        (tree / "tiny-tune/kd" / f"cand{i}/seed0").mkdir(parents=True)
+        (tree / "tiny-tune/kd" / f"cand{i}/seed0/summary.json").write_text(json.dumps(res))
+    assert "kd" not in accuracy.collect_tuning(tree)  # candidate 2 not run yet
+    (tree / "tiny-tune/kd/cand2/seed0").mkdir(parents=True)
+    (tree / "tiny-tune/kd/cand2/seed0/diverged.json").write_text(json.dumps({"error": "non-finite"}))
+    collected = accuracy.collect_tuning(tree)
+    assert collected["kd"]["candidate"] == 1
+    accuracy.write_tuning_report(collected, tmp_path / "t.md")
+    assert "T=8 | diverged |  |  |" in (tmp_path / "t.md").read_text()
+    with pytest.raises(ValueError, match="every tuning candidate of kd diverged"):
+        accuracy.choose("kd", [({}, {"diverged": "x"})])
+
+
+def test_a_diverging_student_is_listed_and_the_accuracy_queue_goes_on(monkeypatch, tmp_path):
+    """A student whose loss becomes non-finite no longer stops the protocol's queue (and, remembered by its
+    diverged.json, every later run of the command at that job): it is listed as diverged, out of the means."""
+    monkeypatch.setattr(protocol, "TEACHER", "resnet8")
+    trained = []
+
+    def fake_run(cfg, log=print, **kw):
+        name = cfg["run"]["name"]
+        trained.append(name)
+        if name.startswith("kd/") and cfg["run"]["seed"] == 1:
+            raise NonFiniteLoss("loss became non-finite in epoch 1, step 3")
+        return {"final_top1": 80.0 + cfg["run"]["seed"], "best_top1": 81.0, "wall_seconds": 1.0}
+
+    monkeypatch.setattr(accuracy, "run_or_load", fake_run)
+    monkeypatch.setattr(runs, "run_or_load", fake_run)
+    table = accuracy.run_accuracy(TINY, ["kd", "at"], None, tmp_path / "runs", tmp_path / "out",
+                                  preset_dir=tmp_path / "presets", log=lambda m: None, overrides=TINY_DATA)
+    by = {r["method"]: r for r in table}
+    assert by["kd"]["n"] == 1 and by["kd"]["final_mean"] == 80.0 and by["at"]["n"] == 2  # the queue went on
+    assert len(trained) == 1 + 3 * 2
+    md = (tmp_path / "out" / "tiny.md").read_text()
+    assert "**Diverged:** the loss became non-finite" in md and "diverged.json: delete it to retry): kd seed 1." in md
+    assert "Incomplete" not in md
 
 
 def test_speed_ratio_is_step_over_its_interleaved_bound(monkeypatch):
@@ -350,7 +392,7 @@ def test_busy_run_is_deferred_to_the_back_of_the_queue(bench_dir, monkeypatch, t
             raise RunBusy(f"{busy_dir}: busy")
         return real(cfg, log, data, wait)
 
-    monkeypatch.setattr(accuracy, "run_or_load", fake)
+    monkeypatch.setattr(runs, "run_or_load", fake)  # the students' runs (benchtools.runs.run_or_report)
     table = accuracy.run_accuracy(TINY, ["kd"], None, root / "runs", tmp_path / "out", preset_dir=root / "presets",
                                   log=lambda m: None, overrides=TINY_DATA,
                                   teacher_overrides=TINY_DATA + ["optim.epochs=1"])

@@ -67,19 +67,19 @@ def test_the_detection_benchmark_writes_its_results_from_ordinary_runs(toy, tmp_
 def test_a_diverging_run_is_reported_and_the_queue_goes_on(monkeypatch):
     """One run's non-finite loss must not stop the runs queued after it (it did: WKD-L at its
     calibrated weight stopped both queue processes)."""
-    from benchtools import detection
+    from benchtools import runs
     from wdistill.errors import NonFiniteLoss
 
     def fake(cfg, log=print, **kw):
         if cfg["run"]["name"] == "bad":
             raise NonFiniteLoss("loss became non-finite in epoch 1, step 40")
         return {"final_AP": 0.5}
-    monkeypatch.setattr(detection, "run_or_load", fake)
+    monkeypatch.setattr(runs.reuse, "run_or_load", fake)
     logs = []
-    assert detection.run_or_report({"run": {"name": "bad"}}, log=logs.append) == {
+    assert runs.run_or_report({"run": {"name": "bad"}}, log=logs.append) == {
         "diverged": "loss became non-finite in epoch 1, step 40"}
     assert "bad: diverged, marked in the table and left out of its means" in logs[0]
-    assert detection.run_or_report({"run": {"name": "good"}}, log=logs.append) == {"final_AP": 0.5}
+    assert runs.run_or_report({"run": {"name": "good"}}, log=logs.append) == {"final_AP": 0.5}
 
 
 def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_path, monkeypatch):

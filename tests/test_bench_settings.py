@@ -153,7 +153,7 @@ def test_a_second_shell_defers_a_students_probe_and_fine_tune_while_another_hold
 
     monkeypatch.setattr(settings, "finetune_or_load", finetune)
     release = threading.Timer(0.5, lambda: (holder.send_signal(signal.SIGKILL), holder.wait()))
-    real_run_or_load = settings.run_or_load
+    real_run_or_load = bench_runs.run_or_load
 
     def run_or_load(cfg, log=print, wait=True):
         # the other process lets go only once the queue has deferred kd and come back to wait for it,
@@ -162,7 +162,7 @@ def test_a_second_shell_defers_a_students_probe_and_fine_tune_while_another_hold
             release.start()
         return real_run_or_load(cfg, log=log, wait=wait)
 
-    monkeypatch.setattr(settings, "run_or_load", run_or_load)
+    monkeypatch.setattr(bench_runs, "run_or_load", run_or_load)  # what benchtools.runs.run_or_report calls
     try:
         settings.run_settings("privileged", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None,
                               finetune_epochs=1)
@@ -223,3 +223,28 @@ def test_t_quantiles_are_students():
     from scipy import stats
     for df, t in enumerate(settings_report.T975, start=1):
         assert t == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
+
+
+def test_a_diverging_job_is_listed_and_the_settings_queue_goes_on(tmp_path, tiny, monkeypatch):
+    """A student whose loss becomes non-finite is listed as diverged (out of the table) and the other jobs still
+    run; the same command again reads its diverged.json and trains nothing (before, it stopped the queue each
+    time, so the setting could never be reported)."""
+    from wdistill.losses.kd import KD
+    from wdistill.workflows import reuse
+
+    real_kd = KD.forward
+    monkeypatch.setattr(KD, "forward", lambda self, s, t, b: real_kd(self, s, t, b) * float("nan"))
+    monkeypatch.setattr(settings_spec, "ENSEMBLE_METHODS", ("kd", "crd"))
+    monkeypatch.setattr(settings_spec, "ENSEMBLE_SIZES", (2,))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    settings.run_settings("ensemble", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
+    rows = _csv(out / "fmnist-settings-v1-ensemble.csv")
+    assert "kd n=2" not in rows and "crd n=2" in rows  # the queue went on past the diverged job
+    md = (out / "fmnist-settings-v1-ensemble.md").read_text()
+    assert "Diverged (the loss became non-finite; not in the table" in md and "): kd n=2 seed 0." in md
+    assert (runs / "fmnist-settings-v1" / "ensemble" / "kd" / "n2" / "seed0" / rundir.DIVERGED).is_file()
+    trained = []
+    real = reuse.make_trainer
+    monkeypatch.setattr(reuse, "make_trainer", lambda cfg, **kw: trained.append(cfg.run.name) or real(cfg, **kw))
+    settings.run_settings("ensemble", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
+    assert trained == [] and "): kd n=2 seed 0." in (out / "fmnist-settings-v1-ensemble.md").read_text()
