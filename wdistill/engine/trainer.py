@@ -24,7 +24,7 @@ from wdistill.engine.build import build_distiller, build_model, check_teacher_ne
 from wdistill.engine.epochs import train_epoch
 from wdistill.engine.evaluate import Ensemble, evaluate
 from wdistill.engine.helping import helping_warnings
-from wdistill.engine.loop import Stepper, StepWatcher, run_pass
+from wdistill.engine.loop import Stepper, run_pass
 from wdistill.engine.precision import Precision, configure_backends
 from wdistill.engine.stages import run_stage
 from wdistill.engine.state import restore, save_finite, training_state
@@ -33,10 +33,9 @@ from wdistill.io import atomic_write_text, load_dict
 
 
 class Trainer:
-    """Runs one configured job. Models and data may be passed in (Python API, benchmarks);
-    otherwise they are built from ``cfg``. Everything is validated here, before any training;
-    the run directory is locked from here until :meth:`fit` ends or :meth:`close`. A caller that
-    holds the run directory's lock already passes that RunDir as ``held`` (and keeps the lock).
+    """Runs one configured job. Models and data may be passed in (Python API, benchmarks); otherwise they are
+    built from ``cfg``. Everything is validated here, before any training; the run directory is locked from here
+    until :meth:`fit` ends or :meth:`close` (a caller holding its lock passes that RunDir as ``held``).
     ``watchers``: :class:`~wdistill.engine.loop.StepWatcher` objects that see every step of the main epochs."""
 
     def __init__(self, cfg: RunConfig, *, student: nn.Module | None = None, teachers: list[nn.Module] | None = None,
@@ -46,8 +45,7 @@ class Trainer:
         self.vote = preempt.Vote(self.world_size)  # every rank creates its group here, in step
         if ddp.restart_count() and not resume:  # torchrun restarted the workers: continue, never start over
             resume, overwrite = "auto", False
-        self.cfg, self.log, self.resume, self.overwrite = cfg, log, resume, overwrite
-        self.watchers: list[StepWatcher] = []
+        self.cfg, self.log, self.resume, self.overwrite, self.watchers = cfg, log, resume, overwrite, []
         self.device = resolve_device(cfg.run.device)
         self.precision = Precision(cfg.train.precision, self.device)  # refused before any long work
         configure_backends(self.device, cfg.train.tf32)
