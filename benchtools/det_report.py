@@ -79,7 +79,7 @@ def teacher_row(teacher_val: dict, teacher_test: dict) -> dict:
     return row | {"val_AP": 100 * teacher_val["final_AP"]}
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
@@ -88,15 +88,15 @@ def _pm(mean: float | None, std: float | None) -> str:
 def results_markdown(rows: list[dict], t: dict) -> str:
     lines = ["| row | AP | AP50 | AP75 | APs | APm | AP vs vanilla | s / step | step vs vanilla | runs | settings |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    lines.append(f"| teacher R50-FPN (2,000 steps; 1 run) | {_pm(t['AP'], None)} | {_pm(t['AP50'], None)} | "
-                 f"{_pm(t['AP75'], None)} | {_pm(t['APs'], None)} | {_pm(t['APm'], None)} | | | | 1 | "
+    lines.append(f"| teacher R50-FPN (2,000 steps; 1 run) | {pm(t['AP'], None)} | {pm(t['AP50'], None)} | "
+                 f"{pm(t['AP75'], None)} | {pm(t['APs'], None)} | {pm(t['APm'], None)} | | | | 1 | "
                  f"val AP {t['val_AP']:.2f} |")
     for r in rows:
         gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
         step = "" if r["step_seconds"] is None else f"{r['step_seconds']:.2f}"
         ratio = "" if r["overhead"] is None else f"x{r['overhead']:.2f}"
-        metrics = (f"{_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | {_pm(r['AP75'], r['AP75_std'])} | "
-                   f"{_pm(r['APs'], None)} | {_pm(r['APm'], None)}" if r["n"] else "diverged on every seed | | | |")
+        metrics = (f"{pm(r['AP'], r['AP_std'])} | {pm(r['AP50'], r['AP50_std'])} | {pm(r['AP75'], r['AP75_std'])} | "
+                   f"{pm(r['APs'], None)} | {pm(r['APm'], None)}" if r["n"] else "diverged on every seed | | | |")
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {metrics} | {gain} | {step} | {ratio} | "
                      f"{runs_cell(r['n'], r['diverged'])} | {r['settings']} |")
     return "\n".join(lines) + "\n"
@@ -229,58 +229,6 @@ def write_results(rows: list[dict], teacher: dict, out, stamp: dict, seeds) -> l
     atomic_write_text(results_csv(rows, teacher, stamp), out / f"{P.REPORT}.csv")
     if any(r["n"] for r in rows):
         chart(rows, teacher, out / f"{P.REPORT}.png", seeds)
-    return rows
-
-
-def diagnostics_rows(results: dict) -> list[dict]:
-    """One row per run name of ``results`` (as :func:`split_runs` reads them; vanilla first): its AP per seed, mean ±
-    std of AP, AP50 and AP75, the seeds that diverged, and its gain over vanilla paired by seed (the same seed: the
-    same initialisation and batch order), mean ± standard error over the seeds both finished. A run name whose
-    every seed diverged has no metrics (None)."""
-    ap, diverged = split_runs(results)
-    order = [*P.ROWS, *P.DIAGNOSTICS]
-    names = sorted(ap.keys() | diverged.keys(), key=lambda n: order.index(n) if n in order else len(order))
-    rows = []
-    for name in names:
-        runs = ap.get(name, {})
-        row = {"name": name, "seeds": sorted(runs), "per_seed": [100 * runs[s]["final_AP"] for s in sorted(runs)],
-               "diverged": diverged.get(name, [])}
-        for k in METRICS:
-            values = [100 * r[f"final_{k}"] for _, r in sorted(runs.items())]
-            row[k], row[f"{k}_std"] = report.mean_std(values) if values else (None, None)
-        base = {} if name == "vanilla" else {s: 100 * r["final_AP"] for s, r in ap.get("vanilla", {}).items()}
-        row["paired_gain"], row["paired_se"], row["paired_n"] = paired(dict(zip(row["seeds"], row["per_seed"])), base)
-        rows.append(row)
-    return rows
-
-
-def write_diagnostics(results: dict, out, stamp: dict) -> list[dict]:
-    """``out/<P.REPORT>-diagnostics.md``: the table of :func:`diagnostics_rows`, each run named by what it changes."""
-    rows = diagnostics_rows(results)
-    what = {r["name"]: f"the row: {describe(P.row_terms(r['name']))}" for r in rows if r["name"] in P.ROWS}
-    what |= {n: d for n, (_, _, d) in P.DIAGNOSTICS.items()}
-    lines = [f"# {P.REPORT}: why WKD-L fails a detector (diagnostic runs)", "",
-             report.stamp_markdown(stamp),
-             "Not rows of the protocol: a row with one change each (benchtools.det_protocol.DIAGNOSTICS), "
-             "beside the vanilla and WKD-L rows at the same seeds and teacher. AP in % on the 1,000 test canvases; "
-             "mean ± sample std over the seeds that finished (a run whose loss became non-finite is marked "
-             "diverged and left out); the gain over vanilla is paired by seed (mean ± standard error of the "
-             "per-seed differences).", "",
-             "| run | what it is | AP per seed | AP | AP50 | AP75 | AP vs vanilla, paired | runs |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        seeds = ", ".join([*(f"{x:.2f} (s{s})" for s, x in zip(r["seeds"], r["per_seed"])),
-                           *(f"diverged (s{s})" for s in r["diverged"])])
-        gain = ("" if r["paired_gain"] is None else f"{r['paired_gain']:+.2f}" +
-                ("" if r["paired_se"] is None else f" ± {r['paired_se']:.2f}") + f" ({r['paired_n']} seeds)")
-        metrics = " | ".join(_pm(r[k], r[f"{k}_std"]) for k in METRICS)
-        lines.append(f"| {r['name']} | {what.get(r['name'], '')} | {seeds} | {metrics} | {gain} | "
-                     f"{runs_cell(len(r['seeds']), r['diverged'])} |")
-    notes = Path(out) / f"{P.REPORT}-diagnostics.notes.md"
-    if notes.is_file():
-        lines += ["", notes.read_text().strip()]
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text("\n".join(lines) + "\n", Path(out) / f"{P.REPORT}-diagnostics.md")
     return rows
 
 

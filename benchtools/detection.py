@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from benchtools import det_diagnostics, det_report, report
 from benchtools import det_protocol as P
-from benchtools import det_report, report
 from benchtools.measure import interleaved_medians
 from benchtools.runs import load_result, run_or_report
 from wdistill.config import load_config
@@ -157,7 +157,7 @@ def run_detection_diagnostics(runs_root="runs/bench", out="benchmarks", fmnist_r
     results = {(n, s): load_result(config(n, s)) for n in names for s in seeds}
     if train:
         results |= trained
-    return det_report.write_diagnostics(results, out, report.stamp(command=command))
+    return det_diagnostics.write_diagnostics(results, out, report.stamp(command=command))
 
 
 def calibrate(runs_root="runs/bench", out="benchmarks", fmnist_root=None, methods: list[str] | None = None,

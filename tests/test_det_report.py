@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from benchtools import det_diagnostics as D
 from benchtools import det_merge as M
 from benchtools import det_report as R
 
@@ -86,7 +87,7 @@ def test_diagnostic_gains_are_paired_by_seed(tmp_path):
     results = {k: None if v is None else {"final_AP": v, "final_AP50": v + 0.2, "final_AP75": v + 0.05}
                for k, v in ap.items()}
     stamp = {"date": "d", "commit": "c", "torch": "t", "device": "cpu", "threads": 1, "cpus": 2, "command": "c"}
-    rows = R.write_diagnostics(results, tmp_path, stamp)
+    rows = D.write_diagnostics(results, tmp_path, stamp)
     assert [r["name"] for r in rows] == ["vanilla", "wkd_l", "wkd_l-lambda0"]  # the protocol's order
     van, row, lam = rows
     assert van["paired_gain"] is None and van["AP"] == pytest.approx(37.0) and van["AP_std"] == pytest.approx(7 ** 0.5)
@@ -172,7 +173,7 @@ def test_a_diverged_diagnostic_run_is_marked(tmp_path):
                ("wkd_l", 2): {"final_AP": 0.35, "final_AP50": 0.55, "final_AP75": 0.40},
                ("wkd_l", 3): {"diverged": "loss became non-finite"}, ("wkd_l-half", 2): {"diverged": "x"},
                ("wkd_l-half", 3): None}
-    rows = {r["name"]: r for r in R.write_diagnostics(results, tmp_path, STAMP)}
+    rows = {r["name"]: r for r in D.write_diagnostics(results, tmp_path, STAMP)}
     assert rows["wkd_l"]["seeds"] == [2] and rows["wkd_l"]["diverged"] == [3] and rows["wkd_l"]["paired_n"] == 1
     assert rows["wkd_l-half"]["AP"] is None and rows["wkd_l-half"]["diverged"] == [2]  # seed 3 not run: no mark
     text = (tmp_path / f"{R.P.REPORT}-diagnostics.md").read_text()
