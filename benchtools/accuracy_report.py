@@ -49,9 +49,9 @@ def merge_results(
     replace those methods' rows, whatever their seeds or settings (e.g. rows re-run after a fix).
     Their teacher must be the same run as the parts' one (same top-1), or the table would mix
     students of two teachers."""
-    merged, settings, all_seeds, missing, sources = _pool(paths, schedule)
+    merged, settings, all_seeds, missing, sources, diverged = _pool(paths, schedule)
     if replace:
-        new, new_settings, _, new_missing, new_sources = _pool(replace, schedule)
+        new, new_settings, _, new_missing, new_sources, new_diverged = _pool(replace, schedule)
         old_teacher = next((r for r in merged if r["method"] == "teacher"), None)
         new_teacher = next((r for r in new if r["method"] == "teacher"), None)
         if old_teacher and new_teacher and old_teacher["final_mean"] != new_teacher["final_mean"]:
@@ -63,14 +63,15 @@ def merge_results(
         merged = [by_method.pop(r["method"], r) for r in merged] + list(by_method.values())
         settings = settings | {m: new_settings[m] for m in new_settings if m != "teacher"}
         missing = [x for x in missing if x.split(":")[0].split(" ")[0] not in new_settings] + new_missing
+        diverged = [x for x in diverged if x.split(" ")[0] not in new_settings] + new_diverged
         sources = sources + [f"{x} — replaces its methods' rows" for x in new_sources]
         _set_gains(merged)
-    write_results(merged, schedule, all_seeds, Path(out), settings, command, missing, sources)
+    write_results(merged, schedule, all_seeds, Path(out), settings, command, missing, sources, diverged)
     return merged
 
 
 def _pool(paths: list, schedule: Schedule):
-    """(rows, settings, seeds, missing, sources) pooled from results CSVs of disjoint seeds."""
+    """(rows, settings, seeds, missing, sources, diverged) pooled from results CSVs of disjoint seeds."""
     parts = []
     for path in paths:
         st, table, settings = report.read_results_csv(path)
@@ -81,19 +82,31 @@ def _pool(paths: list, schedule: Schedule):
     order.sort(key=lambda m: rank.get(m, len(rank)))  # the protocol's row order, whatever the parts' order
     merged = [_pooled_row(m, groups[m], row_seeds[m], threads[m]) for m in order]
     _set_gains(merged)
+    diverged = [f"{m} seed {sd}" for _, st, _, _, _ in parts for m, sds in _diverged_of(st).items() for sd in sds]
     missing = partial + [
         f"{m} seed {sd}"
         for m in order
         if m != "teacher"
         for sd in all_seeds
         if sd not in row_seeds[m] and not any(x.startswith(f"{m}: ") for x in partial)
+        and f"{m} seed {sd}" not in diverged
     ]
     sources = [
         f"`{Path(p).name}` ({len(sd)} seed(s): {', '.join(map(str, sd))}; {st.get('date', '?')}, commit "
         f"`{st.get('commit', '?')}`, `{st.get('command', '?')}`)"
         for p, st, sd, _, _ in parts
     ]
-    return merged, settings, all_seeds, missing, sources
+    return merged, settings, all_seeds, missing, sources, diverged
+
+
+def _diverged_of(stamp: dict) -> dict[str, list[int]]:
+    """{method: seeds} of a results file's ``diverged`` stamp line ("kd seed 1; crd seed 0"; none before
+    2026-12-06)."""
+    out: dict[str, list[int]] = {}
+    for entry in filter(None, stamp.get("diverged", "").split("; ")):
+        method, _, seed = entry.rpartition(" seed ")
+        out.setdefault(method, []).append(int(seed))
+    return out
 
 
 def _disjoint_seeds(parts: list[tuple]) -> list[int]:
@@ -132,8 +145,8 @@ def _group_rows(parts: list[tuple]):
                 if groups[m]:
                     continue
                 row_seeds[m] = [0]
-            elif r["n"] == len(seeds):
-                row_seeds[m] += seeds
+            elif r["n"] == len(ran := [sd for sd in seeds if sd not in _diverged_of(st).get(m, [])]):
+                row_seeds[m] += ran  # every seed of the part but those its stamp says diverged
             else:  # an incomplete part: its CSV does not say which of its seeds ran
                 partial.append(f"{m}: {r['n']} of seeds {','.join(map(str, seeds))} in {path}")
             groups[m].append(r)
@@ -186,6 +199,8 @@ def write_results(
     base = out / schedule.name
     s = report.stamp(command=command)
     s["seeds"] = ",".join(map(str, seeds))
+    if diverged:  # read back by a merge (_diverged_of): which seeds of a row are not in it, and why
+        s["diverged"] = "; ".join(diverged)
     run_threads = sorted({r for row in table for r in row.get("threads", []) if r})
     if run_threads:  # the runs' own thread counts, not this (possibly report-only) process's
         s["threads"] = "/".join(map(str, run_threads))

@@ -6,6 +6,9 @@ queued after it or dropping it silently: asked for again, a diverged run is repo
 (``wdistill.workflows.reuse``)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from wdistill.engine.rundir import DIVERGED
 from wdistill.errors import NonFiniteLoss
 from wdistill.workflows import reuse
 
@@ -15,7 +18,12 @@ def diverged(result: dict | None) -> bool:
 
 
 def run_or_report(cfg: dict, log=print, **kw) -> dict:
-    """``reuse.run_or_load``, except that a run whose loss becomes non-finite is reported and its mark returned."""
+    """``reuse.run_or_load``, except that a run whose loss becomes non-finite is reported and its mark returned,
+    and so is a run whose teacher is a run of the queue that diverged (its checkpoint was never written)."""
+    teacher = diverged_teacher(cfg)
+    if teacher is not None:
+        log(f"{cfg['run']['name']}: not trained, its teacher {teacher} diverged")
+        return {"diverged": f"its teacher {teacher} diverged"}
     try:
         return reuse.run_or_load(cfg, log=log, **kw)
     except NonFiniteLoss as e:
@@ -31,3 +39,13 @@ def load_result(cfg: dict, log=None, wait: bool = True) -> dict | None:
         return summary
     message = reuse.load_diverged(cfg)
     return None if message is None else {"diverged": message}
+
+
+def diverged_teacher(cfg: dict) -> str | None:
+    """The run directory of a teacher of ``cfg`` whose checkpoint is missing because that run diverged, or None."""
+    teachers = cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
+    for t in teachers:
+        checkpoint = Path(str(t.get("checkpoint") or ""))
+        if t.get("checkpoint") and not checkpoint.exists() and (checkpoint.parent / DIVERGED).is_file():
+            return str(checkpoint.parent)
+    return None

@@ -231,6 +231,14 @@ def test_a_diverging_student_is_listed_and_the_accuracy_queue_goes_on(monkeypatc
     md = (tmp_path / "out" / "tiny.md").read_text()
     assert "**Diverged:** the loss became non-finite" in md and "diverged.json: delete it to retry): kd seed 1." in md
     assert "Incomplete" not in md
+    # the results CSV says which seed diverged, so a merge with another seed's file knows which of kd's ran
+    accuracy.run_accuracy(TINY, ["kd", "at"], [2], tmp_path / "runs", tmp_path / "out2",
+                          preset_dir=tmp_path / "presets", log=lambda m: None, overrides=TINY_DATA)
+    merged = {r["method"]: r for r in accuracy_report.merge_results(
+        [tmp_path / "out" / "tiny.csv", tmp_path / "out2" / "tiny.csv"], TINY, tmp_path / "m")}
+    assert merged["kd"]["seeds"] == [0, 2] and merged["kd"]["final_mean"] == pytest.approx(81.0)
+    md = (tmp_path / "m" / "tiny.md").read_text()
+    assert "delete it to retry): kd seed 1." in md and "Incomplete" not in md
 
 
 def test_speed_ratio_is_step_over_its_interleaved_bound(monkeypatch):

@@ -248,3 +248,27 @@ def test_a_diverging_job_is_listed_and_the_settings_queue_goes_on(tmp_path, tiny
     monkeypatch.setattr(reuse, "make_trainer", lambda cfg, **kw: trained.append(cfg.run.name) or real(cfg, **kw))
     settings.run_settings("ensemble", [0], runs, out, overrides=TINY, teacher_overrides=TINY, log=lambda m: None)
     assert trained == [] and "): kd n=2 seed 0." in (out / "fmnist-settings-v1-ensemble.md").read_text()
+
+
+def test_a_student_of_a_diverged_teacher_is_marked_not_trained(tmp_path, monkeypatch):
+    """Protocol C trains its teachers in the queue: a student whose teacher diverged (a run directory with
+    diverged.json and no checkpoint) is marked diverged without training, instead of stopping the queue on the
+    missing checkpoint; a teacher that finished, or a checkpoint from elsewhere, trains the student as usual."""
+    from benchtools import runs
+    from wdistill.workflows import reuse
+
+    trained = []
+    monkeypatch.setattr(reuse, "run_or_load", lambda cfg, log=print, **kw: trained.append(cfg) or {"final_top1": 1.0})
+    for name in ("t0", "t1"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "t0" / "student.pt").write_bytes(b"x")
+    (tmp_path / "t1" / rundir.DIVERGED).write_text(json.dumps({"error": "non-finite"}))
+    cfg = {"run": {"name": "student"},
+           "teachers": [{"model": "resnet8", "checkpoint": str(tmp_path / f"{t}/student.pt")} for t in ("t0", "t1")]}
+    logs = []
+    assert runs.run_or_report(cfg, log=logs.append) == {"diverged": f"its teacher {tmp_path / 't1'} diverged"}
+    assert trained == [] and "student: not trained, its teacher" in logs[0]
+    one = {"run": {"name": "student"}, "teacher": {"model": "resnet8", "checkpoint": "cache:teachers/x.pth"}}
+    assert runs.run_or_report(one) == {"final_top1": 1.0} and trained == [one]
+    (tmp_path / "t1" / rundir.DIVERGED).unlink()  # retried: the teacher's checkpoint will exist before its student
+    assert runs.run_or_report(cfg) == {"final_top1": 1.0}
