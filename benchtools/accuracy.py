@@ -84,13 +84,19 @@ def collect_tuning(runs_root) -> dict[str, dict]:
     """Choices of every method whose candidates have all finished or diverged (from their run directories)."""
     out = {}
     for m, cands in CANDIDATES.items():
-        dirs = [Path(runs_root) / TUNE.name / m / f"cand{i}" / "seed0" for i in range(len(cands))]
-        results = [json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else
-                   {"diverged": json.loads((d / DIVERGED).read_text())["error"]} if (d / DIVERGED).is_file() else None
-                   for d in dirs]
+        results = [_tuning_result(Path(runs_root) / TUNE.name / m / f"cand{i}" / "seed0") for i in range(len(cands))]
         if all(r is not None for r in results):
             out[m] = choose(m, list(zip(cands, results)))
     return out
+
+
+def _tuning_result(run_dir: Path) -> dict | None:
+    """A tuning candidate's summary, its diverged mark, or None (not done yet)."""
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    if (run_dir / DIVERGED).is_file():
+        return {"diverged": json.loads((run_dir / DIVERGED).read_text())["error"]}
+    return None
 
 
 def write_preset(method: str, terms: list[dict], tried, best: int, runs_root, root, preset_dir) -> Path:
