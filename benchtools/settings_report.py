@@ -163,6 +163,8 @@ def write_results(
 ) -> None:
     stem = out / f"{spec.SCHEDULE.name}-{setting}"
     stamp = report.stamp(command=command)
+    if diverged:  # named in the CSV too, as protocol A's results files name theirs
+        stamp["diverged"] = "; ".join(diverged)
     lines = [
         f"# FMNIST settings v1: {setting}\n",
         report.stamp_markdown(stamp),

@@ -242,6 +242,7 @@ def test_a_diverging_job_is_listed_and_the_settings_queue_goes_on(tmp_path, tiny
     assert "kd n=2" not in rows and "crd n=2" in rows  # the queue went on past the diverged job
     md = (out / "fmnist-settings-v1-ensemble.md").read_text()
     assert "Diverged (the loss became non-finite; not in the table" in md and "): kd n=2 seed 0." in md
+    assert "# diverged: kd n=2 seed 0\n" in (out / "fmnist-settings-v1-ensemble.csv").read_text()
     assert (runs / "fmnist-settings-v1" / "ensemble" / "kd" / "n2" / "seed0" / rundir.DIVERGED).is_file()
     trained = []
     real = reuse.make_trainer
