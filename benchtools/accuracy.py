@@ -14,10 +14,9 @@ from benchtools.protocol import FULL, TUNE, Schedule
 from benchtools.runs import diverged, load_result, run_or_report
 from benchtools.tuning import CANDIDATES, apply_candidate, check_budget, describe
 from wdistill.config.presets import FMNIST_DIR, recipe
-from wdistill.engine.rundir import DIVERGED
 from wdistill.io import atomic_write_text
 from wdistill.losses.recipes import LABELS, RECIPES, default_recipe
-from wdistill.workflows.reuse import load_finished, run_or_load, shared_queue
+from wdistill.workflows.reuse import diverged_error, load_finished, run_or_load, shared_queue
 
 METHODS = [m for m in RECIPES if m != "vanilla"]
 
@@ -94,9 +93,8 @@ def _tuning_result(run_dir: Path) -> dict | None:
     """A tuning candidate's summary, its diverged mark, or None (not done yet)."""
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
-    if (run_dir / DIVERGED).is_file():
-        return {"diverged": json.loads((run_dir / DIVERGED).read_text())["error"]}
-    return None
+    error = diverged_error(run_dir)
+    return None if error is None else {"diverged": error}
 
 
 def write_preset(method: str, terms: list[dict], tried, best: int, runs_root, root, preset_dir) -> Path:

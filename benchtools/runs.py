@@ -41,10 +41,14 @@ def load_result(cfg: dict, log=None, wait: bool = True) -> dict | None:
     return None if message is None else {"diverged": message}
 
 
+def teacher_sections(cfg: dict) -> list[dict]:
+    """The teacher sections of a config dict: its ``teachers`` list, or its one ``teacher``, or none."""
+    return cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
+
+
 def diverged_teacher(cfg: dict) -> str | None:
     """The run directory of a teacher of ``cfg`` whose checkpoint is missing because that run diverged, or None."""
-    teachers = cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
-    for t in teachers:
+    for t in teacher_sections(cfg):
         checkpoint = Path(str(t.get("checkpoint") or ""))
         if t.get("checkpoint") and not checkpoint.exists() and (checkpoint.parent / DIVERGED).is_file():
             return str(checkpoint.parent)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from benchtools import protocol, report, settings_report
 from benchtools import settings_spec as spec
-from benchtools.runs import diverged, load_result, run_or_report
+from benchtools.runs import diverged, load_result, run_or_report, teacher_sections
 from benchtools.tuning import describe
 from wdistill.config.load import apply_overrides, load_config
 from wdistill.config.presets import recipe
@@ -198,8 +198,7 @@ def _job_getter(students: set[Path], train: bool, finetune_epochs: int):
 
 def _needs(cfg: dict, made_by: dict[str, dict]) -> list[dict]:
     """The jobs of the plan whose checkpoints ``cfg`` distils from (its teachers trained here)."""
-    teachers = cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
-    return [made_by[t["checkpoint"]] for t in teachers if t["checkpoint"] in made_by]
+    return [made_by[t["checkpoint"]] for t in teacher_sections(cfg) if t["checkpoint"] in made_by]
 
 
 def _run_jobs(setting: str, jobs: list[tuple[str, int | None, dict]], get, train: bool):

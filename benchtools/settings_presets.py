@@ -7,6 +7,7 @@ from __future__ import annotations
 import yaml
 
 from benchtools import settings_spec as spec
+from benchtools.runs import teacher_sections
 from benchtools.settings import _section, _student, plan
 from wdistill.config.presets import PRESETS_DIR
 from wdistill.io import atomic_write_text
@@ -71,7 +72,7 @@ def preset_files() -> dict[str, str]:
             cfg["teacher"] = _section(jobs[(setting, "teacher (resnet8, CE)")])
         else:
             cfg = jobs[(setting, row)]
-        teachers = cfg.get("teachers") or ([cfg["teacher"]] if cfg.get("teacher") else [])
+        teachers = teacher_sections(cfg)
         header = [
             f"# FMNIST-KD v1, {what}.",
             "# An example config of docs/benchmarks.md, protocol C (`python -m benchtools settings --setting "

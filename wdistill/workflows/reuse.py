@@ -99,12 +99,17 @@ def load_finished(cfg_dict: dict) -> dict | None:
     return None
 
 
+def diverged_error(path: Path) -> str | None:
+    """The engine's message in run directory ``path``'s ``diverged.json``, or None (it has none)."""
+    f = Path(path) / rundir.DIVERGED
+    return json.loads(f.read_text())["error"] if f.is_file() else None
+
+
 def load_diverged(cfg_dict: dict) -> str | None:
     """The engine's message if a run of exactly this config diverged (its ``diverged.json``), else None."""
     path = run_dir_of(cfg_dict)
-    if (path / rundir.DIVERGED).is_file() and rundir.holds_config(path, load_config(cfg_dict)):
-        return json.loads((path / rundir.DIVERGED).read_text())["error"]
-    return None
+    error = diverged_error(path)
+    return error if error is not None and rundir.holds_config(path, load_config(cfg_dict)) else None
 
 
 def _run_or_load(cfg, run: rundir.RunDir, log, data, models) -> dict:
@@ -112,8 +117,8 @@ def _run_or_load(cfg, run: rundir.RunDir, log, data, models) -> dict:
     same = rundir.holds_config(path, cfg)
     if same and rundir.finished(path):
         return _with_wall(path, json.loads((path / rundir.SUMMARY).read_text()))
-    if same and (path / rundir.DIVERGED).is_file():
-        error = json.loads((path / rundir.DIVERGED).read_text())["error"]
+    error = diverged_error(path) if same else None
+    if error is not None:
         raise NonFiniteLoss(f"{path} diverged when it was trained (delete {path / rundir.DIVERGED} to try the same "
                             f"config again): {error}")
     resume = same and (path / rundir.LAST).is_file()
