@@ -3,9 +3,9 @@
 Trains a run's config (a run directory's config.yaml, into a scratch folder: the run itself is not touched) for
 ``--steps`` steps through the engine's own training loop, and records at every step the learning rate, each
 weighted term's value, the L2 norm of its gradient on the student's parameters, the cosine between every two terms'
-gradients, and the total gradient's norm as the loop clips and checks it. WKD-L is split into its two parts (``wkd_l
-target``: the teacher-weighted cross-entropy of the target class; ``wkd_l wd``: the Wasserstein part), each with its
-weight. A run whose loss becomes non-finite ends the trace there, with the engine's message.
+gradients, and the total gradient's norm as the loop clips and checks it. A term made of named parts (its
+``last_parts``: WKD-L's ``target`` and ``wd``, DKD's ``tckd`` and ``nckd``, the detector's four losses) is split into
+them, each with the term's weight. A run whose loss becomes non-finite ends the trace there, with the engine's message.
 
     python benchtools/step_trace.py RUN_DIR --steps 110 --out trace.jsonl [--set train.clip_grad_norm=35]
 
@@ -22,7 +22,6 @@ import json
 import statistics
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,32 +32,22 @@ from wdistill.config import load_config
 from wdistill.config.load import apply_overrides
 from wdistill.engine import StepWatcher, make_trainer
 from wdistill.errors import NonFiniteLoss
-from wdistill.losses.wkd import wkd_l as wkd_l_module
 
 
 class _Done(Exception):
     """The trace has its steps."""
 
 
-@contextmanager
-def _patched(module, name: str, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
-def _split_wkd_l(trainer, parts: dict, batch: dict, last: dict) -> dict:
-    """``parts`` with WKD-L's weighted value replaced by its two weighted parts (when it ran this step)."""
-    if "wkd_l" not in parts or "wkd_l" not in last:
-        return dict(parts)
-    term, weight = trainer.distiller.terms["wkd_l"], float(trainer.distiller.weights["wkd_l"])
-    loss_t, wd = last.pop("wkd_l")
-    out = {k: v for k, v in parts.items() if k != "wkd_l"}
-    out["wkd_l target"] = weight * term.target_weight * loss_t
-    out["wkd_l wd"] = weight * term.weight_at(batch) * wd
+def _split(trainer, parts: dict) -> dict:
+    """``parts`` with each term that kept its named parts this step replaced by them, times the term's weight."""
+    out = {}
+    for name, value in parts.items():
+        term = trainer.distiller.terms[name]
+        kept, term.last_parts = term.last_parts, None
+        if kept is None:
+            out[name] = value
+        else:
+            out.update({f"{name} {k}": trainer.distiller.weights[name] * v for k, v in kept.items()})
     return out
 
 
@@ -78,20 +67,18 @@ def _record(terms: dict, params: list[torch.Tensor]) -> dict:
 
 class _Trace(StepWatcher):
     """Records each step (a row of :func:`_record`, with the step, the learning rate and the total gradient's
-    norm) until ``steps`` steps are done; ``last`` holds WKD-L's unweighted parts of the step's forward."""
+    norm) until ``steps`` steps are done."""
 
-    def __init__(self, trainer, steps: int, last: dict):
-        self.trainer, self.steps, self.last, self.rows = trainer, steps, last, []
+    def __init__(self, trainer, steps: int):
+        self.trainer, self.steps, self.rows = trainer, steps, []
         self.params = [p for p in trainer.student.parameters() if p.requires_grad]
 
     def before_backward(self, step: int, batch: dict, parts: dict) -> None:
         if step >= self.steps:
             raise _Done
-        tr = self.trainer
-        epoch = step // len(tr.train_loader)
-        timed = dict(batch, epoch=epoch, num_epochs=tr.cfg.optim.epochs)  # as the step's forward had it
-        row = {"step": step, "lr": tr.optimizer.param_groups[0]["lr"]}
-        self.rows.append(row | _record(_split_wkd_l(tr, parts, timed, self.last), self.params))
+        row = {"step": step, "lr": self.trainer.optimizer.param_groups[0]["lr"],
+               "terms": {k: float(v.detach()) for k, v in parts.items()}}  # each term whole, weighted
+        self.rows.append(row | _record(_split(self.trainer, parts), self.params))
 
     def after_backward(self, step: int, grad_norm) -> None:
         self.rows[-1]["total_gradnorm"] = None if grad_norm is None else float(grad_norm)
@@ -100,30 +87,24 @@ class _Trace(StepWatcher):
 def trace(cfg_dict: dict, steps: int, log=print) -> dict:
     """The first ``steps`` steps of ``cfg_dict`` (trained in a scratch folder): {"rows": [per step], "ended": None
     or the NonFiniteLoss message}."""
-    last, ended = {}, None
-    real_parts = wkd_l_module.wkd_l_parts
-
-    def parts(*a, **k):  # WKD-L's two parts, unweighted, as its forward computed them this step
-        out = real_parts(*a, **k)
-        last["wkd_l"] = out
-        return out
-
+    ended = None
     if (cfg_dict.get("train") or {}).get("accumulate", 1) != 1:
         raise ValueError("step_trace records one forward per step: trace with train.accumulate=1")
     with tempfile.TemporaryDirectory() as scratch:
         cfg = dict(cfg_dict, run={**cfg_dict["run"], "out_dir": scratch, "name": "trace"})
         trainer = make_trainer(load_config(cfg), overwrite=True, log=lambda *_: None)
-        watcher = _Trace(trainer, steps, last)
+        for term in trainer.distiller.terms.values():
+            term.keep_parts = True
+        watcher = _Trace(trainer, steps)
         trainer.watchers.append(watcher)
-        with _patched(wkd_l_module, "wkd_l_parts", parts):
-            try:
-                trainer.fit()
-            except _Done:
-                pass
-            except NonFiniteLoss as e:
-                ended = str(e)
-            finally:
-                trainer.close()
+        try:
+            trainer.fit()
+        except _Done:
+            pass
+        except NonFiniteLoss as e:
+            ended = str(e)
+        finally:
+            trainer.close()
     rows = watcher.rows
     log(f"{len(rows)} steps traced" + (f"; the run diverged: {ended}" if ended else ""))
     return {"rows": rows, "ended": ended}
@@ -131,11 +112,13 @@ def trace(cfg_dict: dict, steps: int, log=print) -> dict:
 
 def summary(rows: list[dict], window: int) -> str:
     """A markdown table of the trace by windows of ``window`` steps: each term's median gradient norm, the total's
-    median and maximum, each pair's median cosine, the largest value of the first term (the task's own loss)."""
+    median and maximum, each pair's median cosine, the largest value of the first term (the task's own loss), whole
+    when it is split into parts."""
     if not rows:
         return "(no steps traced)"
     terms, pairs = list(rows[0]["gradnorm"]), list(rows[0]["cosine"])
-    first = terms[0]
+    whole = "terms" if "terms" in rows[0] else "values"  # traces written before parts were split keep no "terms"
+    first = next(iter(rows[0][whole]))
     lines = ["| steps | " + " | ".join(f"{t} grad" for t in terms) + " | total grad (max) | "
              + " | ".join(f"cos {p}" for p in pairs) + f" | max {first} |",
              "|---|" + "---:|" * (len(terms) + 2 + len(pairs))]
@@ -145,7 +128,7 @@ def summary(rows: list[dict], window: int) -> str:
         cells = [f"{statistics.median(r['gradnorm'][t] for r in part):.3g}" for t in terms]
         cells.append(f"{statistics.median(totals):.3g} ({max(totals):.3g})" if totals else "")
         cells += [f"{statistics.median(r['cosine'][p] for r in part):+.2f}" for p in pairs]
-        cells.append(f"{max(r['values'][first] for r in part):.3g}")
+        cells.append(f"{max(r[whole][first] for r in part):.3g}")
         lines.append(f"| {part[0]['step']}-{part[-1]['step']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

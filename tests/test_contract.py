@@ -368,3 +368,22 @@ def test_pending_rows_gather_every_micro_batch_once():
     assert torch.equal(bank[[0, 3]], torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]))  # rows not in the step
     assert torch.allclose(bank[[1, 2]], F.normalize(torch.tensor([[1.0, 0.5, 0.5]]), dim=1).expand(2, 3))
     assert torch.allclose(bank[4], F.normalize(torch.tensor([1.5, 1.0, 1.0]), dim=0))
+
+
+def test_the_detectors_loss_keeps_its_four_parts_when_asked():
+    """det, read by its parts (benchtools/step_trace.py): torchvision's four losses, each times its stage's weight."""
+    names = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+    raw = {k: torch.tensor(float(i + 1), requires_grad=True) for i, k in enumerate(names)}
+    term = losses.create("det", rpn=2.0, roi=0.5)
+    value = term({"losses": raw}, None, {})
+    assert term.last_parts is None and float(value) == 2 * (1 + 2) + 0.5 * (3 + 4)
+    term.keep_parts = True
+    term({"losses": raw}, None, {})
+    parts = term.last_parts
+    expected = {"rpn objectness": ("loss_objectness", 2.0), "rpn box": ("loss_rpn_box_reg", 2.0),
+                "roi class": ("loss_classifier", 0.5), "roi box": ("loss_box_reg", 0.5)}
+    assert set(parts) == set(expected)
+    for part, (loss, w) in expected.items():
+        grads = torch.autograd.grad(parts[part], list(raw.values()), allow_unused=True)
+        assert [None if g is None else float(g) for g in grads] == [w if k == loss else None for k in names]
+        assert float(parts[part]) == w * float(raw[loss])

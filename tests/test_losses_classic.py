@@ -375,7 +375,11 @@ def test_dkd(epoch, factor):
     s, t = pair(11)
     term = make("dkd", s, t)
     tckd, nckd = dkd_bf(s["logits"], t["logits"].detach(), batch()["target"], 4.0)
+    term.keep_parts = True  # its two parts, each at its weight and the warm-up's, for tooling
     assert_value_and_grad(term(s, t, batch(epoch)), factor * (tckd + 8 * nckd), [s["logits"]])
+    for i, (part, w) in enumerate([("tckd", 1), ("nckd", 8)]):
+        brute = dkd_bf(s["logits"], t["logits"].detach(), batch()["target"], 4.0)[i]  # a fresh graph each
+        assert_value_and_grad(term.last_parts[part], factor * w * brute, [s["logits"]])
 
 
 def test_dkd_extreme_logits_stay_finite():

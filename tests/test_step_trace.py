@@ -69,3 +69,12 @@ def test_the_summary_by_hand():
     assert table[0] == "| steps | det grad | kd grad | total grad (max) | cos det ~ kd | max det |"
     assert table[2] == "| 0-2 | 2 | 4 | 5 (9) | +0.10 | 4 |"  # medians of three, the max of the task loss
     assert table[3] == "| 3-3 | 10 | 1 | 11 (11) | +0.90 | 7 |"
+
+
+def test_the_summary_reads_the_task_loss_whole_when_it_is_split():
+    from benchtools.step_trace import summary
+    rows = [{"step": i, "terms": {"det": 3.0 + i, "kd": 0.1}, "values": {"det rpn": 1.0, "det roi": 2.0 + i, "kd": 0.1},
+             "gradnorm": {"det rpn": 1.0, "det roi": 2.0, "kd": 1.0}, "cosine": {}, "total_gradnorm": 2.0}
+            for i in range(2)]
+    table = summary(rows, window=2).splitlines()
+    assert table[0].endswith("| max det |") and table[2].endswith("| 4 |")  # det whole (3, 4), not its part

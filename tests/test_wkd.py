@@ -116,6 +116,29 @@ def test_wkd_l_term_weighting_and_gradient_flow():
         losses.create("wkd_l", target_weight=-1.0)
 
 
+def test_wkd_l_keeps_its_two_parts_only_when_asked():
+    """Tooling (benchtools/step_trace.py) reads WKD-L as its two parts: each with its own weight (the target
+    part's target_weight, the Wasserstein part's decayed lambda_l), summing to the term's value."""
+    B, C = 8, 5
+    cost = random_cost(C).float()
+    s_logits = logits(B, C, 5, dtype=torch.float32).requires_grad_()
+    t_logits = logits(B, C, 6, dtype=torch.float32)
+    y = torch.arange(B) % C
+    term = losses.create("wkd_l", cost=cost, lambda_l=600.0, tau=8.0, target_weight=0.25)
+    term.setup(ctx_for({"logits": s_logits.detach()}, {"logits": t_logits}, C))
+    term({"logits": s_logits}, {"logits": t_logits}, batch(y, 194))
+    assert term.last_parts is None  # not asked: nothing kept
+    term.keep_parts = True
+    value = term({"logits": s_logits}, {"logits": t_logits}, batch(y, 194))  # weight halved by the decay
+    parts = term.last_parts
+    loss_t, wd = wkd_l_parts(s_logits.detach().double(), t_logits.double(), y, cost.double(), 8.0)
+    assert set(parts) == {"target", "wd"}
+    assert float(parts["target"]) == pytest.approx(0.25 * float(loss_t), rel=1e-5)
+    assert float(parts["wd"]) == pytest.approx(300 * float(wd), rel=1e-5)
+    assert torch.equal(parts["target"] + parts["wd"], value)
+    assert parts["wd"].requires_grad  # with their graphs, for per-part gradients
+
+
 def official_weight(w: float, epoch1: int, num_epochs: int, s: float) -> float:
     """The official trainer's weight (mdistiller/distillers/WKD.py): epochs counted from 1,
     decayed only once epoch > s."""

@@ -25,6 +25,10 @@ A term is an ``nn.Module``. The engine calls, in order:
    recorded by ``forward`` in training mode. Under torch.distributed every rank calls it, so it
    may use collectives.
 
+A term made of named parts (WKD-L, DKD, the detector's losses) calls ``record_parts`` in ``forward``:
+when tooling has set ``keep_parts`` (benchtools/step_trace.py does), ``last_parts`` then maps each
+part to its value, before the engine's weight, summing to the term's value; otherwise nothing is kept.
+
 Class attributes the engine reads instead of naming methods: ``requires_teacher`` (False: the
 term trains without a teacher, like ``ce``), ``needs_train_targets`` (the training labels must
 be known, for class-aware sampling), ``num_negatives_param`` (the parameter holding the
@@ -119,6 +123,11 @@ class Term(nn.Module):
     tasks: tuple[str, ...] = ("classification",)
     # The task's own supervised loss (ce; det for detectors): "is it helping?" reads the others against it.
     supervised: bool = False
+    # Set by tooling that reads a term by its parts (benchtools/step_trace.py): a term made of named parts then
+    # keeps them, summing to its value before the engine's weight, in ``last_parts`` at each forward (with
+    # their graphs); left False, nothing is kept or computed.
+    keep_parts: bool = False
+    last_parts: dict[str, torch.Tensor] | None = None
 
     def setup(self, ctx: SetupContext) -> None:  # noqa: D401 - optional hook
         """Build shape-dependent parts. Default: nothing to build."""
@@ -132,6 +141,11 @@ class Term(nn.Module):
 
     def after_step(self, student: dict, teacher: dict | None, batch: dict) -> None:
         """Called once per optimiser step, after it. Default: nothing."""
+
+    def record_parts(self, parts: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Keep ``parts()``, the term's value split into named parts, in ``last_parts`` when ``keep_parts``."""
+        if self.keep_parts:
+            self.last_parts = parts()
 
     def check_ready(self) -> None:
         """Raise if ``setup`` has not built this term's parts yet."""

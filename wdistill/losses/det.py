@@ -37,6 +37,10 @@ class DetectorLoss(Term):
         missing = [k for k in PARTS if k not in losses]
         if missing:
             raise ConfigError(f"det needs the detector's losses {list(PARTS)}; the step gave {sorted(losses)}")
+        self.record_parts(lambda: {"rpn objectness": self.rpn * losses["loss_objectness"],
+                                   "rpn box": self.rpn * losses["loss_rpn_box_reg"],
+                                   "roi class": self.roi * losses["loss_classifier"],
+                                   "roi box": self.roi * losses["loss_box_reg"]})
         return (self.rpn * (losses["loss_objectness"] + losses["loss_rpn_box_reg"])
                 + self.roi * (losses["loss_classifier"] + losses["loss_box_reg"]))
 

@@ -80,7 +80,9 @@ class DKD(Term):
         if s_logits.shape[1] < 2:
             raise ConfigError("dkd needs at least 2 classes (it splits target from non-target)")
         tckd, nckd = dkd_parts(s_logits, teacher["logits"].detach(), batch["target"], self.T)
-        return self.warmup_factor(int(batch["epoch"])) * (self.alpha * tckd + self.beta * nckd)
+        w = self.warmup_factor(int(batch["epoch"]))
+        self.record_parts(lambda: {"tckd": w * self.alpha * tckd, "nckd": w * self.beta * nckd})
+        return w * (self.alpha * tckd + self.beta * nckd)
 
 
 # Published recipe (mdistiller): CE + DKD, alpha 1, beta 8, T 4, 20-epoch warm-up; the candidates try

@@ -199,6 +199,7 @@ class WKDLogits(Term):
                 s.to(dtype), teacher["logits"].detach().to(dtype), batch["target"], self.cost, self.tau,
                 self.reg, self.num_iters, self.solver, t_logits_nt=t_nt,
                 **({"tol": self.tol, "max_iters": self.max_iters} if self.solver == "log" else {}))
+        self.record_parts(lambda: {"target": self.target_weight * loss_t, "wd": self.weight_at(batch) * wd})
         return self.target_weight * loss_t + self.weight_at(batch) * wd
 
 
