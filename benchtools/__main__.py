@@ -111,6 +111,7 @@ def _cmd_auto(args) -> int:
 
 def _cmd_detection(args) -> int:
     from benchtools.det_protocol import REPORT, SEEDS
+    from benchtools.det_report import console_line
     from benchtools.detection import calibrate, run_detection
 
     _threads(args.threads)
@@ -131,12 +132,12 @@ def _cmd_detection(args) -> int:
 
         for r in run_detection_diagnostics(args.runs, args.out, args.root, seeds, _command(), not args.report_only,
                                            methods):
-            print(f"{r['name']:>14s} AP {r['AP']:6.2f} per seed {' '.join(f'{x:.2f}' for x in r['per_seed'])}")
+            print(console_line(r["name"], r))
         print(f"wrote {Path(args.out) / REPORT}-diagnostics.md")
         return 0
     table = run_detection(args.runs, args.out, args.root, seeds, methods, _command(), train=not args.report_only)
     for r in table:
-        print(f"{r['method']:>8s} AP {r['AP']:6.2f} AP50 {r['AP50']:6.2f} AP75 {r['AP75']:6.2f} (n={r['n']})")
+        print(console_line(r["method"], r))
     print(f"wrote {Path(args.out) / REPORT}.md/.csv/.png")
     return 0
 

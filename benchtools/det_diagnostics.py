@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchtools import det_protocol as P
 from benchtools import report
-from benchtools.det_report import METRICS, paired, pm, runs_cell, split_runs
+from benchtools.det_report import METRICS, paired, per_seed_text, pm, runs_cell, split_runs
 from wdistill.io import atomic_write_text
 from wdistill.losses.recipes import describe
 
@@ -48,12 +48,10 @@ def write_diagnostics(results: dict, out, stamp: dict) -> list[dict]:
              "| run | what it is | AP per seed | AP | AP50 | AP75 | AP vs vanilla, paired | runs |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        seeds = ", ".join([*(f"{x:.2f} (s{s})" for s, x in zip(r["seeds"], r["per_seed"])),
-                           *(f"diverged (s{s})" for s in r["diverged"])])
         gain = ("" if r["paired_gain"] is None else f"{r['paired_gain']:+.2f}" +
                 ("" if r["paired_se"] is None else f" ± {r['paired_se']:.2f}") + f" ({r['paired_n']} seeds)")
         metrics = " | ".join(pm(r[k], r[f"{k}_std"]) for k in METRICS)
-        lines.append(f"| {r['name']} | {what.get(r['name'], '')} | {seeds} | {metrics} | {gain} | "
+        lines.append(f"| {r['name']} | {what.get(r['name'], '')} | {per_seed_text(r)} | {metrics} | {gain} | "
                      f"{runs_cell(len(r['seeds']), r['diverged'])} |")
     notes = Path(out) / f"{P.REPORT}-diagnostics.notes.md"
     if notes.is_file():

@@ -79,6 +79,17 @@ def teacher_row(teacher_val: dict, teacher_test: dict) -> dict:
     return row | {"val_AP": 100 * teacher_val["final_AP"]}
 
 
+def per_seed_text(r: dict) -> str:
+    """A row's AP per seed, then its seeds that diverged: ``36.00 (s0), diverged (s1)``."""
+    return ", ".join([*(f"{x:.2f} (s{sd})" for sd, x in zip(r["seeds"], r["per_seed"])),
+                      *(f"diverged (s{sd})" for sd in r["diverged"])])
+
+
+def console_line(name: str, r: dict) -> str:
+    """A row for the terminal: AP, AP50, AP75 (n/a when every seed diverged) and the AP per seed."""
+    return f"{name:>14s} " + " ".join(f"{m} {pm(r[m], None):>6s}" for m in METRICS) + f" per seed {per_seed_text(r)}"
+
+
 def pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
@@ -218,9 +229,7 @@ def write_results(rows: list[dict], teacher: dict, out, stamp: dict, seeds) -> l
           "medians of interleaved training steps of every row, measured in one process (batch 8, one thread; "
           "what else held the machine then is in the notes).",
           "", "## The WKD rows against KD and DKD, as they came out", "", *comparisons(rows), "",
-          "## Per-seed AP", "", *[f"- {LABELS[r['method']]}: " + ", ".join(
-              [*(f"{x:.2f} (s{sd})" for sd, x in zip(r["seeds"], r["per_seed"])),
-               *(f"diverged (s{sd})" for sd in r["diverged"])]) for r in rows], "",
+          "## Per-seed AP", "", *[f"- {LABELS[r['method']]}: {per_seed_text(r)}" for r in rows], "",
           *cost_lines([r for r in rows if r["n"]]), "", sizing_text()]
     notes = out / f"{P.REPORT}.notes.md"
     if notes.is_file():

@@ -140,6 +140,8 @@ def test_a_diverged_run_is_marked_not_dropped(tmp_path):
     assert by["kd"]["n"] == 0 and by["kd"]["AP"] is None and by["kd"]["gain"] is None
     assert by["kd"]["diverged"] == [0, 1, 2]
     assert by["kd"]["overhead"] == pytest.approx(1.25)  # its step was still timed
+    assert R.console_line("kd", by["kd"]) == ("            kd AP    n/a AP50    n/a AP75    n/a per seed "
+                                              "diverged (s0), diverged (s1), diverged (s2)")  # what the command prints
     R.write_results(rows, R.teacher_row(TEACHER_VAL, TEACHER_TEST), tmp_path / "a", STAMP, [0, 1, 2])
     text = (tmp_path / "a" / f"{R.P.REPORT}.md").read_text()
     assert "| 1 (+2 diverged: s1, s2) | det w=1; wkd_l" in text
@@ -179,3 +181,8 @@ def test_a_diverged_diagnostic_run_is_marked(tmp_path):
     text = (tmp_path / f"{R.P.REPORT}-diagnostics.md").read_text()
     assert "| 35.00 (s2), diverged (s3) | 35.00 | 55.00 | 40.00 | -1.00 (1 seeds) | 1 (+1 diverged: s3) |" in text
     assert "| diverged (s2) | n/a | n/a | n/a |  | 0 (+1 diverged: s2) |" in text
+    # what the command prints of each row, a row whose every seed diverged included
+    assert R.console_line("wkd_l", rows["wkd_l"]) == \
+        "         wkd_l AP  35.00 AP50  55.00 AP75  40.00 per seed 35.00 (s2), diverged (s3)"
+    assert R.console_line("wkd_l-half", rows["wkd_l-half"]) == \
+        "    wkd_l-half AP    n/a AP50    n/a AP75    n/a per seed diverged (s2)"
