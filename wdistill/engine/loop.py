@@ -69,8 +69,8 @@ class Guard:
         if suspect and len(huge) > 1 and len(huge) == len(self.names):
             hint = (f" Every weighted term grew past 1e6 first (the largest, {suspect!r}, to "
                     f"{sizes[suspect]:.3g}): the model itself ran away, not one term.")
-            fix = ("Lower the learning rate, clip the gradient (train.clip_grad_norm) or lower the distillation "
-                   "terms' weights together")
+            fix = ("Lower the distillation terms' weights together (halve them) or the learning rate; clipping the "
+                   "gradient (train.clip_grad_norm) keeps the numbers finite but can leave the model unable to learn")
         elif suspect:
             hint = (f" The largest weighted term is {suspect!r} (weight {self.weights[suspect]:g}) at "
                     f"{sizes[suspect]:.3g}: its weight is the likely cause.")
