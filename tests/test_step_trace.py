@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 from benchtools.step_trace import trace
@@ -78,3 +79,58 @@ def test_the_summary_reads_the_task_loss_whole_when_it_is_split():
             for i in range(2)]
     table = summary(rows, window=2).splitlines()
     assert table[0].endswith("| max det |") and table[2].endswith("| 4 |")  # det whole (3, 4), not its part
+
+
+def test_watched_sizes_by_hand():
+    """--watch's figures for a module with known weights and input: the mean row norm of its output, its largest
+    entry, the norm of its parameters; the last forward of the step counts, and a step without one records None."""
+    from benchtools.step_trace import _Sizes
+    lin = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        lin.bias.copy_(torch.tensor([0.0, -2.0]))
+    model = torch.nn.Sequential(lin)
+    sizes = _Sizes(model, ["0"])
+    model(torch.ones(1, 2))  # an earlier forward of the same step: replaced by the last
+    model(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))  # rows [3, 6] (norm sqrt 45) and [0, 0] (norm 0)
+    row = sizes.row()["0"]
+    assert row["out_norm"] == pytest.approx(math.sqrt(45) / 2) and row["out_absmax"] == 6.0
+    assert row["param_norm"] == pytest.approx(3.0)  # sqrt(1 + 4 + 4)
+    assert sizes.row()["0"]["out_norm"] is None  # no forward since
+    assert sizes.grads()["0"] == {"grad_norm": None, "grad_cos_param": None}  # no backward yet
+    lin.weight.grad = torch.tensor([[-1.0, 0.0], [0.0, 0.0]])  # against the first weight: the step grows it
+    lin.bias.grad = torch.tensor([0.0, 1.0])
+    g = sizes.grads()["0"]  # |g| = sqrt 2; <g, w> = -1 - 2 = -3; cos = -3 / (sqrt 2 * 3)
+    assert g["grad_norm"] == pytest.approx(math.sqrt(2)) and g["grad_cos_param"] == pytest.approx(-1 / math.sqrt(2))
+
+
+def test_the_sizes_summary_by_hand():
+    from benchtools.step_trace import sizes_summary
+
+    def row(step, norm, peak, param, grad, cos):
+        return {"step": step, "watch": {"fc": {"out_norm": norm, "out_absmax": peak, "param_norm": param,
+                                               "grad_norm": grad, "grad_cos_param": cos}}}
+    rows = [row(0, 1.0, 5.0, 2.0, 0.5, -0.1), row(1, 3.0, 2.0, 2.5, 1.5, 0.3), row(2, None, None, 3.0, None, None)]
+    table = sizes_summary(rows, window=2).splitlines()
+    assert table[0] == "| steps | fc out norm | fc max out | fc param norm | fc grad | fc cos grad~param |"
+    assert table[2] == "| 0-1 | 2 | 5 | 2.5 | 1 | +0.10 |"  # medians of two, the largest entry, the last norm
+    assert table[3] == "| 2-2 |  |  | 3 |  |  |"  # a step without a forward or backward of the module
+
+
+def test_the_trace_watches_the_students_modules(tmp_path):
+    """The watched module is the student's own: at step 0 (sizes read after the forward, before the update) its
+    parameters are the freshly built student's."""
+    from wdistill.config import load_config
+    from wdistill.engine import make_trainer
+    cfg = _cfg(tmp_path, [{"name": "ce"}, {"name": "kd"}])
+    res = trace(cfg, steps=2, log=lambda m: None, watch=["fc"])
+    fresh = make_trainer(load_config(dict(cfg, run={"out_dir": str(tmp_path / "f"), "name": "f"})),
+                         log=lambda *_: None)
+    expected = float(torch.cat([p.detach().flatten() for p in fresh.student.fc.parameters()]).norm())
+    fresh.close()
+    first, second = (r["watch"]["fc"] for r in res["rows"])
+    assert first["param_norm"] == pytest.approx(expected, rel=1e-6) and second["param_norm"] != first["param_norm"]
+    assert 0 < first["out_norm"] and first["out_absmax"] > 0
+    assert all(0 < r["watch"]["fc"]["grad_norm"] < r["total_gradnorm"] for r in res["rows"])  # a share of the step's
+    with pytest.raises(ValueError, match="no module of that name"):
+        trace(cfg, steps=1, log=lambda m: None, watch=["no.such"])
