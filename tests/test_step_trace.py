@@ -134,3 +134,39 @@ def test_the_trace_watches_the_students_modules(tmp_path):
     assert all(0 < r["watch"]["fc"]["grad_norm"] < r["total_gradnorm"] for r in res["rows"])  # a share of the step's
     with pytest.raises(ValueError, match="no module of that name"):
         trace(cfg, steps=1, log=lambda m: None, watch=["no.such"])
+
+
+def test_trace_plot_series_ends_where_the_run_ran_away(tmp_path):
+    """benchtools/trace_plot.py reads a watched module's values step by step and leaves out what is not finite or
+    above the cap (a runaway), and names the fix when a trace did not watch the module."""
+    import json
+    from benchtools.trace_plot import main, series
+    rows = [{"step": s, "watch": {"fc": {"param_norm": v, "out_absmax": 1.0}}}
+            for s, v in enumerate([2.0, 3.0, None, 5e9, float("inf")])]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + json.dumps({"ended": "non-finite"}) + "\n")
+    assert series(path, "fc", "param_norm", cap=1000.0) == ([0, 1], [2.0, 3.0])
+    with pytest.raises(ValueError, match="--watch head"):
+        series(path, "head", "param_norm", cap=1000.0)
+    assert main(["--module", "fc", "--out", str(tmp_path / "f.png"), f"a={path}"]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_trace_plot_table_by_hand(tmp_path):
+    import json
+    from benchtools.trace_plot import table
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps({"step": s, "watch": {"fc": w}}) for s, w in enumerate(rows)) + "\n")
+        return path
+
+    def w(norm, grad, cos, out):
+        return {"param_norm": norm, "grad_norm": grad, "grad_cos_param": cos, "out_absmax": out}
+    calm = write("a.jsonl", [w(1.0, 2.0, 0.1, 5.0), w(1.5, 4.0, 0.3, 7.0), w(2.0, 1.0, -0.2, 3.0)])
+    wild = write("b.jsonl", [w(1.0, 2.0, 0.1, 5.0), w(float("nan"), 9.0, 0.0, 1e9)])
+    lines = table({"calm": calm, "wild": wild}, "fc", [0, 2, 3], cap=1000.0).splitlines()
+    assert lines[0] == ("| trace | param norm at steps 0 / 2 / 3 | steps 0-1: grad, cos grad~param, max out "
+                        "| steps 2-2: grad, cos grad~param, max out |")
+    assert lines[2] == "| calm | 1.00 / 2.00 / - | 3.00, +0.200, 7 | 1.00, -0.200, 3 |"  # medians of two; no step 3
+    assert lines[3] == "| wild | 1.00 / - / - | diverged | - |"
