@@ -37,6 +37,7 @@ from wdistill.config import load_config
 from wdistill.config.load import apply_overrides
 from wdistill.engine import StepWatcher, make_trainer
 from wdistill.errors import NonFiniteLoss
+from wdistill.io import atomic_write_text
 
 
 class _Done(Exception):
@@ -229,11 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watch", nargs="*", default=[], metavar="MODULE",
                     help="module paths of the student whose output and parameter sizes each step records")
     args = ap.parse_args(argv)
+    config = Path(args.run_dir) / "config.yaml"
+    if not config.is_file():
+        ap.error(f"{config} not found: give a run directory (one that `wdistill train` or `distill` wrote)")
     torch.set_num_threads(args.threads)
-    raw = apply_overrides(yaml.safe_load((Path(args.run_dir) / "config.yaml").read_text()), args.set)
-    res = trace(raw, args.steps, watch=args.watch)
+    try:
+        res = trace(apply_overrides(yaml.safe_load(config.read_text()), args.set), args.steps, watch=args.watch)
+    except ValueError as e:  # ConfigError and FileLoadError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", Path(args.out))
     print(summary(res["rows"], args.window))
     return 0
 

@@ -170,3 +170,21 @@ def test_trace_plot_table_by_hand(tmp_path):
                         "| steps 2-2: grad, cos grad~param, max out |")
     assert lines[2] == "| calm | 1.00 / 2.00 / - | 3.00, +0.200, 7 | 1.00, -0.200, 3 |"  # medians of two; no step 3
     assert lines[3] == "| wild | 1.00 / - / - | diverged | - |"
+
+
+def test_the_command_names_a_bad_module_or_directory_without_a_traceback(tmp_path, capsys):
+    import yaml
+    from benchtools.step_trace import main
+    cfg = _cfg(tmp_path, [{"name": "ce"}])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "t.jsonl"
+    assert main([str(run), "--steps", "1", "--out", str(out), "--watch", "no.such"]) == 2
+    assert "--watch no.such: the student has no module of that name" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "missing"), "--steps", "1", "--out", str(out)])
+    assert e.value.code == 2 and "config.yaml not found" in capsys.readouterr().err
+    assert main([str(run), "--steps", "2", "--out", str(out), "--watch", "fc"]) == 0
+    assert out.read_text().count('"watch"') == 2
