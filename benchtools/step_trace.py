@@ -81,7 +81,8 @@ class _Sizes:
                 self.modules[path] = model.get_submodule(path)
             except AttributeError:
                 names = ", ".join(n for n, _ in model.named_modules() if n) or "(none)"
-                raise ValueError(f"--watch {path}: the student has no module of that name; its modules: {names}")
+                raise ValueError(f"--watch {path}: the student has no module of that name; "
+                                 f"its modules: {names}") from None
             self.modules[path].register_forward_hook(self._hook(path))
 
     def _hook(self, path: str):

@@ -91,7 +91,8 @@ def plot(traces: dict[str, Path], module: str, out: Path, title: str, cap: float
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels = (("param_norm", "its parameters' L2 norm", "weights"), ("out_absmax", "largest |entry| of its output", "outputs"))
+    panels = (("param_norm", "its parameters' L2 norm", "weights"),
+              ("out_absmax", "largest |entry| of its output", "outputs"))
     for ax, (key, ylabel, what) in zip(axes, panels):
         for label, path in traces.items():
             ax.plot(*series(path, module, key, cap), label=label, linewidth=1.4)

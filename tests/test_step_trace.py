@@ -140,6 +140,7 @@ def test_trace_plot_series_ends_where_the_run_ran_away(tmp_path):
     """benchtools/trace_plot.py reads a watched module's values step by step and leaves out what is not finite or
     above the cap (a runaway), and names the fix when a trace did not watch the module."""
     import json
+
     from benchtools.trace_plot import main, series
     rows = [{"step": s, "watch": {"fc": {"param_norm": v, "out_absmax": 1.0}}}
             for s, v in enumerate([2.0, 3.0, None, 5e9, float("inf")])]
@@ -154,6 +155,7 @@ def test_trace_plot_series_ends_where_the_run_ran_away(tmp_path):
 
 def test_trace_plot_table_by_hand(tmp_path):
     import json
+
     from benchtools.trace_plot import table
 
     def write(name, rows):
@@ -174,6 +176,7 @@ def test_trace_plot_table_by_hand(tmp_path):
 
 def test_the_command_names_a_bad_module_or_directory_without_a_traceback(tmp_path, capsys):
     import yaml
+
     from benchtools.step_trace import main
     cfg = _cfg(tmp_path, [{"name": "ce"}])
     run = tmp_path / "run"

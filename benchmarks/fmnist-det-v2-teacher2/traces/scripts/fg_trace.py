@@ -1,8 +1,16 @@
 """One-off: step_trace of a WKD-L detection run with the Wasserstein part on the object RoIs only (the target part
-on all RoIs, as published): does the classifier's weight growth go with the background RoIs?"""
-import json, sys
+on all RoIs, as published; the Wasserstein part's mean over the object RoIs): does the classifier's weight growth
+go with the background RoIs? One-off analysis behind the diagnostics notes (2026-12-06).
+
+    PYTHONPATH=. python benchmarks/fmnist-det-v2-teacher2/traces/scripts/fg_trace.py RUN_DIR STEPS OUT.jsonl
+"""
+import json
+import sys
 from pathlib import Path
-import torch, yaml
+
+import torch
+import yaml
+
 from benchtools import step_trace as st
 from wdistill.losses.wkd import wkd_l as W
 
@@ -17,5 +25,6 @@ W.wkd_l_parts = fg_only
 torch.set_num_threads(1)
 raw = yaml.safe_load((Path(sys.argv[1]) / "config.yaml").read_text())
 res = st.trace(raw, int(sys.argv[2]), watch=["roi_heads.box_head", "roi_heads.box_predictor.cls_score"])
-Path(sys.argv[3]).write_text("\n".join([json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]) + "\n")
+lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
+Path(sys.argv[3]).write_text("\n".join(lines) + "\n")
 print(st.summary(res["rows"], 10))
