@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 
-def series(path: Path, module: str, key: str, cap: float) -> tuple[list[int], list[float]]:
-    """(steps, values) of ``key`` of ``module`` in a trace, finite values up to ``cap`` only."""
-    steps, values = [], []
+def _rows(path: Path, module: str) -> dict[int, dict]:
+    """The watched ``module``'s figures by step; an error naming the fix if a step did not watch it."""
+    out = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
         if "step" not in row:
@@ -29,21 +29,15 @@ def series(path: Path, module: str, key: str, cap: float) -> tuple[list[int], li
         if module not in row.get("watch", {}):
             raise ValueError(f"{path}: step {row['step']} has no watched module {module!r}; trace it with "
                              f"benchtools/step_trace.py --watch {module}")
-        x = row["watch"][module].get(key)
-        if x is not None and math.isfinite(x) and x <= cap:
-            steps.append(row["step"])
-            values.append(x)
-    return steps, values
-
-
-def _rows(path: Path, module: str) -> dict[int, dict]:
-    """The watched ``module``'s figures by step."""
-    out = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if "step" in row:
-            out[row["step"]] = row.get("watch", {}).get(module)
+        out[row["step"]] = row["watch"][module]
     return out
+
+
+def series(path: Path, module: str, key: str, cap: float) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` of ``module`` in a trace, finite values up to ``cap`` only."""
+    kept = [(step, w.get(key)) for step, w in _rows(path, module).items()]
+    kept = [(step, x) for step, x in kept if x is not None and math.isfinite(x) and x <= cap]
+    return [step for step, _ in kept], [x for _, x in kept]
 
 
 def table(traces: dict[str, Path], module: str, at: list[int], cap: float) -> str:
@@ -60,16 +54,13 @@ def table(traces: dict[str, Path], module: str, at: list[int], cap: float) -> st
 
     for label, path in traces.items():
         by = _rows(path, module)
-        if not any(by.values()):
-            raise ValueError(f"{path}: no step has a watched module {module!r}; trace it with "
-                             f"benchtools/step_trace.py --watch {module}")
         norms = []
         for s in at:
-            x = (by.get(s) or {}).get("param_norm")
+            x = by.get(s, {}).get("param_norm")
             norms.append("-" if s not in by else f"{x:.2f}" if ok(x) else "diverged")
         cells = [label, " / ".join(norms)]
         for a, b in spans:
-            got = [by[s] for s in range(a, b) if by.get(s)]
+            got = [by[s] for s in range(a, b) if s in by]
             if not got:
                 cells.append("-")
                 continue
