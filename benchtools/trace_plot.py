@@ -33,10 +33,14 @@ def _rows(path: Path, module: str) -> dict[int, dict]:
     return out
 
 
+def _sane(x: float | None, cap: float) -> bool:
+    """A figure to show: present, finite and not beyond ``cap`` (past it, a runaway)."""
+    return x is not None and math.isfinite(x) and abs(x) <= cap
+
+
 def series(path: Path, module: str, key: str, cap: float) -> tuple[list[int], list[float]]:
     """(steps, values) of ``key`` of ``module`` in a trace, finite values up to ``cap`` only."""
-    kept = [(step, w.get(key)) for step, w in _rows(path, module).items()]
-    kept = [(step, x) for step, x in kept if x is not None and math.isfinite(x) and x <= cap]
+    kept = [(step, w.get(key)) for step, w in _rows(path, module).items() if _sane(w.get(key), cap)]
     return [step for step, _ in kept], [x for _, x in kept]
 
 
@@ -49,22 +53,19 @@ def table(traces: dict[str, Path], module: str, at: list[int], cap: float) -> st
     head += [f"steps {a}-{b - 1}: grad, cos grad~param, max out" for a, b in spans]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
 
-    def ok(x):
-        return x is not None and math.isfinite(x) and abs(x) <= cap
-
     for label, path in traces.items():
         by = _rows(path, module)
         norms = []
         for s in at:
             x = by.get(s, {}).get("param_norm")
-            norms.append("-" if s not in by else f"{x:.2f}" if ok(x) else "diverged")
+            norms.append("-" if s not in by else f"{x:.2f}" if _sane(x, cap) else "diverged")
         cells = [label, " / ".join(norms)]
         for a, b in spans:
             got = [by[s] for s in range(a, b) if s in by]
             if not got:
                 cells.append("-")
                 continue
-            if not all(ok(w["param_norm"]) and ok(w["out_absmax"]) for w in got):
+            if not all(_sane(w["param_norm"], cap) and _sane(w["out_absmax"], cap) for w in got):
                 cells.append("diverged")
                 continue
             grads = [w["grad_norm"] for w in got if w.get("grad_norm") is not None]
