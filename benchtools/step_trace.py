@@ -142,9 +142,11 @@ class _Trace(StepWatcher):
                 self.rows[-1]["watch"][path].update(g)
 
 
-def trace(cfg_dict: dict, steps: int, log=print, watch: list[str] = ()) -> dict:
+def trace(cfg_dict: dict, steps: int, log=print, watch: list[str] = (), watcher=None) -> dict:
     """The first ``steps`` steps of ``cfg_dict`` (trained in a scratch folder): {"rows": [per step], "ended": None
-    or the NonFiniteLoss message}. ``watch``: module paths of the student whose sizes each row records."""
+    or the NonFiniteLoss message}. ``watch``: module paths of the student whose sizes each row records.
+    ``watcher(trainer, steps)``: another StepWatcher that fills ``.rows`` (and raises ``_Done`` when it has
+    enough) instead of the default record."""
     ended = None
     if (cfg_dict.get("train") or {}).get("accumulate", 1) != 1:
         raise ValueError("step_trace records one forward per step: trace with train.accumulate=1")
@@ -153,7 +155,7 @@ def trace(cfg_dict: dict, steps: int, log=print, watch: list[str] = ()) -> dict:
         trainer = make_trainer(load_config(cfg), overwrite=True, log=lambda *_: None)
         for term in trainer.distiller.terms.values():
             term.keep_parts = True
-        watcher = _Trace(trainer, steps, watch)
+        watcher = _Trace(trainer, steps, watch) if watcher is None else watcher(trainer, steps)
         trainer.watchers.append(watcher)
         try:
             trainer.fit()
@@ -166,6 +168,12 @@ def trace(cfg_dict: dict, steps: int, log=print, watch: list[str] = ()) -> dict:
     rows = watcher.rows
     log(f"{len(rows)} steps traced" + (f"; the run diverged: {ended}" if ended else ""))
     return {"rows": rows, "ended": ended}
+
+
+def write(res: dict, path) -> None:
+    """A trace of :func:`trace` to ``path`` (atomically): one JSON object per step, then ``{"ended": ...}``."""
+    lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
+    atomic_write_text("\n".join(lines) + "\n", Path(path))
 
 
 def summary(rows: list[dict], window: int) -> str:
@@ -240,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # ConfigError and FileLoadError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
-    atomic_write_text("\n".join(lines) + "\n", Path(args.out))
+    write(res, args.out)
     print(summary(res["rows"], args.window))
     return 0
 

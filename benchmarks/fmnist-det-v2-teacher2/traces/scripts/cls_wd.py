@@ -41,8 +41,7 @@ def trace(run_dir: str, steps: str, wd: str, out: str) -> None:
     decay_classifier(float(wd))
     raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
     res = st.trace(raw, int(steps), watch=["roi_heads.box_head", CLS])
-    lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
-    Path(out).write_text("\n".join(lines) + "\n")
+    st.write(res, out)
     print(st.summary(res["rows"], 10))
     print(st.sizes_summary(res["rows"], 10))
 

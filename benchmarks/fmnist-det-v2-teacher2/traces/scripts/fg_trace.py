@@ -4,7 +4,6 @@ go with the background RoIs? One-off analysis behind the diagnostics notes (2026
 
     PYTHONPATH=. python benchmarks/fmnist-det-v2-teacher2/traces/scripts/fg_trace.py RUN_DIR STEPS OUT.jsonl
 """
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,5 @@ W.wkd_l_parts = fg_only
 torch.set_num_threads(1)
 raw = yaml.safe_load((Path(sys.argv[1]) / "config.yaml").read_text())
 res = st.trace(raw, int(sys.argv[2]), watch=["roi_heads.box_head", "roi_heads.box_predictor.cls_score"])
-lines = [json.dumps(r) for r in res["rows"]] + [json.dumps({"ended": res["ended"]})]
-Path(sys.argv[3]).write_text("\n".join(lines) + "\n")
+st.write(res, sys.argv[3])
 print(st.summary(res["rows"], 10))

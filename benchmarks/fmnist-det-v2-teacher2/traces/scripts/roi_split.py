@@ -3,21 +3,18 @@ WKD-L's two parts and of the RoI classification loss on the RoI class logits, sp
 
     PYTHONPATH=. python benchmarks/fmnist-det-v2-teacher2/traces/scripts/roi_split.py RUN_DIR STEPS OUT.jsonl
 
-Built on benchtools/step_trace.py (the same replay of the run's steps, in a scratch folder). It wraps WKD-L's forward
-to keep the logits and the RoI labels it saw; one row per step: RoI counts and, per part, the gradient's L2 norm over
-the background rows and over the object rows.
+Built on benchtools/step_trace.py (its replay of the run's steps in a scratch folder, with this watcher). It wraps
+WKD-L's forward to keep the logits and the RoI labels it saw; one row per step: RoI counts and, per part, the
+gradient's L2 norm over the background rows and over the object rows.
 """
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
 from benchtools import step_trace as st
-from wdistill.config import load_config
-from wdistill.engine import make_trainer
 from wdistill.losses.wkd import wkd_l as W
 
 seen = {}
@@ -51,16 +48,5 @@ class Split(st.StepWatcher):
 
 torch.set_num_threads(1)
 raw = yaml.safe_load((Path(sys.argv[1]) / "config.yaml").read_text())
-with tempfile.TemporaryDirectory() as scratch:
-    trainer = make_trainer(load_config(dict(raw, run={**raw["run"], "out_dir": scratch, "name": "trace"})),
-                           overwrite=True, log=lambda *_: None)
-    trainer.distiller.terms["wkd_l"].keep_parts = True
-    watcher = Split(trainer, int(sys.argv[2]))
-    trainer.watchers.append(watcher)
-    try:
-        trainer.fit()
-    except st._Done:
-        pass
-    finally:
-        trainer.close()
-Path(sys.argv[3]).write_text("\n".join(json.dumps(r) for r in watcher.rows) + "\n")
+res = st.trace(raw, int(sys.argv[2]), watcher=Split)
+Path(sys.argv[3]).write_text("\n".join(json.dumps(r) for r in res["rows"]) + "\n")
