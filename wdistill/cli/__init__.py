@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     debug = args.debug or os.environ.get("WDISTILL_DEBUG") == "1"
     try:
-        code = args.func(args)
-        ddp.leave()  # under torchrun: a finished job leaves its process group cleanly (exit 0, not an abort)
-        return code
+        return args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
@@ -87,3 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(e).__name__}: {e}. This is a wdistill bug; run again with --debug for the "
               "traceback and report it", file=sys.stderr)
         return 1
+    finally:
+        # under torchrun: leave the process group on every way out (done, stopped, failed, a peer lost), or its
+        # destructor at interpreter shutdown can abort the worker (exit -6 instead of this function's code)
+        ddp.leave()
