@@ -23,16 +23,17 @@ pipi() { PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= "$VENV/b
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import timm, torchvision, matplotlib" 2>/dev/null; then
   start=$(date +%s)
   "$PY" -m venv "$VENV"
-  # torch/torchvision/timm without their dependency lists: cuda-bindings (a torch 2.14.1
-  # requirement) has no local wheel, and pip must never resolve torch for timm. The CUDA runtime
-  # libraries libtorch links against come from the cuda-toolkit/nvidia wheels; triton (only for
-  # torch.compile on GPUs) is left out.
-  pipi --no-deps "torch==2.14.1" "torchvision==0.29.1" "timm==1.0.29"
+  # First what torch/torchvision/timm need: the CUDA runtime libraries libtorch links against (the
+  # cuda-toolkit/nvidia wheels) and the pure-Python dependencies.
   pipi "cuda-toolkit[cublas,cudart,cufft,cufile,cupti,curand,cusolver,cusparse,nvjitlink,nvrtc,nvtx]==13.0.3" \
     "nvidia-cudnn-cu13==9.24.0.43" "nvidia-cusparselt-cu13==0.8.1" "nvidia-nccl-cu13==2.30.7" \
     "nvidia-nvshmem-cu13==3.4.5" filelock "typing-extensions>=4.10" "setuptools>=77.0.3" "sympy>=1.13.3" \
     "networkx>=2.5.1" jinja2 "fsspec>=0.8.5" pillow
   pipi "safetensors==0.8.0" "huggingface_hub==1.33.0" pyyaml numpy "pydantic>=2" tqdm pytest matplotlib
+  # Then the three without their dependency lists: cuda-bindings (a torch 2.14.1 requirement) has no
+  # local wheel, triton (only for torch.compile on GPUs) is left out, and pip must never resolve torch
+  # for timm. Installed last, pip's dependency check finds every other requirement met and stays quiet.
+  pipi --no-deps "torch==2.14.1" "torchvision==0.29.1" "timm==1.0.29"
   echo "tv venv built in $(( $(date +%s) - start )) s, size $(du -sh "$VENV" | cut -f1)"
 fi
 # Separately, so that a venv built before detection gains it without a rebuild (it needs numpy only).
