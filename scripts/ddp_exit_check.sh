@@ -2,19 +2,27 @@
 # Does a finished torchrun worker exit cleanly? Left to interpreter shutdown, a gloo process group's destructor can
 # abort a worker that has done its work ("terminate called without an active exception", exit -6), and torchrun then
 # fails the job. wdistill's command line leaves its group first (wdistill.engine.ddp.leave). This runs the same
-# two-rank job RUNS times (default 40) in three ways and counts the jobs torchrun failed:
+# two-rank job RUNS times (default 40) in each way and counts the jobs torchrun failed:
 #   exit   the worker joins, reduces on the default group and on a second one (as the stop-signal vote does), exits
 #   leave  the same, then ddp.leave()
 #   cli    the same, then the command line's own exit (wdistill.cli.main, which leaves)
+# and two ways with a peer lost, counting the jobs whose surviving rank 0 aborted instead of exiting with its own
+# code 1. These start the two ranks by hand (torchrun's environment, without its agent): torchrun would SIGTERM the
+# survivor as soon as it saw rank 1 die, and that race would decide what is measured.
+#   lost-exit   after the reduces rank 1 kills itself (SIGKILL); rank 0's next reduce fails and it exits
+#   lost-leave  the same, with ddp.leave() on the way out (as the command line does on every way out)
 #
-#   bash scripts/ddp_exit_check.sh [RUNS]      (from a checkout whose .venv has the package: make setup)
+#   bash scripts/ddp_exit_check.sh [RUNS [WAY ...]]     (from a checkout whose .venv has the package: make setup)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-40}
+shift || true
+ways=${*:-exit leave cli lost-exit lost-leave}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/worker.py" <<'EOF'
 import os
+import signal
 import sys
 
 import torch
@@ -27,13 +35,36 @@ ddp.init_distributed()
 x = torch.tensor([float(os.environ["RANK"]) + 1.0])
 dist.all_reduce(x)
 dist.all_reduce(x, group=dist.new_group(backend="gloo"))
+if sys.argv[1].startswith("lost-"):
+    if os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        dist.all_reduce(x)
+    except RuntimeError:
+        if sys.argv[1] == "lost-leave":
+            ddp.leave()
+        sys.exit(1)
+    sys.exit("the reduce with the killed peer succeeded")
 if sys.argv[1] == "leave":
     ddp.leave()
 elif sys.argv[1] == "cli":
     sys.exit(cli.main(["list"]))
 EOF
 echo "torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'), $runs two-rank jobs per way (gloo, CPU)"
-for way in exit leave cli; do
+pair() {  # the two ranks of one job without torchrun's agent; prints rank 0's exit status
+    local port=$((29500 + RANDOM % 1000)) r pid0 rc=0
+    for r in 1 0; do
+        RANK=$r LOCAL_RANK=$r WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+            OMP_NUM_THREADS=1 PYTHONPATH="$PWD" timeout 120 .venv/bin/python "$work/worker.py" "$1" \
+            > "$work/log$r" 2>&1 &
+        pid0=$!
+    done
+    wait "$pid0" || rc=$?
+    wait || true
+    echo "$rc"
+}
+for way in $ways; do
+    [[ $way == lost-* ]] && continue
     failed=0
     for i in $(seq "$runs"); do
         if ! OMP_NUM_THREADS=1 PYTHONPATH="$PWD" .venv/bin/torchrun --nproc_per_node=2 \
@@ -43,4 +74,14 @@ for way in exit leave cli; do
         fi
     done
     echo "$way: torchrun failed $failed of $runs jobs"
+done
+for way in $ways; do
+    [[ $way == lost-* ]] || continue
+    aborted=0
+    for i in $(seq "$runs"); do
+        rc=$(pair "$way")
+        [ "$rc" = 1 ] || aborted=$((aborted + 1))
+        [ "$rc" = 1 ] || [ "$rc" = 134 ] || { echo "$way: rank 0 exited $rc (expected 1, or 134 for an abort):"; cat "$work/log0"; exit 1; }
+    done
+    echo "$way: rank 0 aborted (SIGABRT, exit 134) in $aborted of $runs jobs"
 done
