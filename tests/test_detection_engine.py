@@ -1,6 +1,7 @@
 """The detection task end to end: each term's value on detection outputs against an independent
 computation, WKD-L's category cost from the teacher's box features, COCOeval through the engine's
-loaders, a two-image run that learns, exact resume, and `wdistill distill` from a COCO preset.
+loaders, a two-image run that learns, exact resume, two torchrun ranks, and `wdistill distill` from a COCO
+preset.
 
 Needs torchvision and pycocotools, so it runs in the venv of `scripts/tv_venv.sh` with
 WDISTILL_REQUIRE_TV=1, where a missing package fails instead of skipping. What needs neither (the
@@ -378,6 +379,69 @@ def test_a_detection_run_killed_after_a_step_checkpoint_resumes_inside_the_epoch
     for (k, a), b in zip(whole.distiller.state_dict().items(), resumed.distiller.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out_dir: str, teacher: dict) -> None:
+    """One rank of a torchrun-like job (gloo): record the images it trains on in epoch 1, train, then
+    score an oracle that "detects" each evaluation image's ground truth."""
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = _config(root, out_dir, "ddp", teacher=teacher, loss=[{"name": "det"}, {"name": "kd", "T": 1.0}],
+                  optim={"epochs": 2, "milestones": [2], "lr": 0.002})
+    trainer = make_trainer(cfg, log=lambda *_: None)
+    trainer.train_loader.set_epoch(0)
+    seen = [int(t["image_id"]) for b in trainer.train_loader for t in b["targets"]]
+    start = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    summary = trainer.fit()
+    truth = {}
+    for b in DetectionLoader(trainer.test_set, 1, False):  # the whole evaluation split, on every rank
+        truth.update({float(x.sum()): t for x, t in zip(b["images"], b["targets"])})
+    asked = []
+
+    class Oracle(torch.nn.Module):
+        def forward(self, images):
+            asked.extend(truth[float(x.sum())]["image_id"] for x in images)
+            return [{"boxes": truth[float(x.sum())]["boxes"], "labels": truth[float(x.sum())]["labels"],
+                     "scores": torch.ones(len(truth[float(x.sum())]["boxes"]))} for x in images]
+    oracle = trainer.evaluate(Oracle())
+    torch.save({"seen": seen, "steps": len(trainer.train_loader), "summary": summary, "oracle_AP": oracle["AP"],
+                "asked": [int(i) for i in asked], "start": start, "student": trainer.student.state_dict()},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_train_one_detector_on_the_global_batch_and_score_every_evaluation_image(tiny, tmp_path):
+    """torchrun semantics for detectors (gloo, 2 ranks): the global batch of 2 is one image per rank,
+    disjoint and together the whole split; DDP keeps the students bit-identical (and they trained);
+    each rank detects on its own evaluation images and rank 0 scores them all: an oracle scores AP 1
+    on both ranks (half of the images would miss, each image twice would add false positives);
+    rank 0 alone writes the run directory."""
+    import socket
+
+    import torch.multiprocessing as mp
+    root = _two_image_folder(tiny, tmp_path / "two", copies=4)  # 8 training entries, 2 evaluation images
+    torch.manual_seed(5)
+    torch.save({"model": _randomize_bn(build_faster_rcnn("resnet18", 10, **SMALL)).state_dict()}, tmp_path / "t.pt")
+    teacher = {"model": "detection:resnet18", "checkpoint": str(tmp_path / "t.pt"), "kwargs": dict(SMALL)}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, port, str(root), str(tmp_path / "runs"), teacher), nprocs=2,
+                       join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / "runs" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 4 and len(r0["seen"]) == len(r1["seen"]) == 4
+    assert not set(r0["seen"]) & set(r1["seen"]) and set(r0["seen"]) | set(r1["seen"]) == {
+        1, 2, 11, 12, 21, 22, 31, 32}
+    for k, v in r0["student"].items():
+        assert torch.equal(v, r1["student"][k]), k
+    assert any(not torch.equal(v, r0["start"][k]) for k, v in r0["student"].items())
+    assert r0["oracle_AP"] == r1["oracle_AP"] == pytest.approx(1.0)
+    assert len(r0["asked"]) == len(r1["asked"]) == 1 and {*r0["asked"], *r1["asked"]} == {1, 2}
+    summary = json.loads((tmp_path / "runs/ddp/summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["final_AP"] == r0["summary"]["final_AP"] == r1["summary"]["final_AP"]
+    assert len((tmp_path / "runs/ddp/metrics.csv").read_text().splitlines()) == 3  # a header and two epochs
 
 
 @pytest.mark.parametrize("preset", ["coco/resnet101-resnet18/dkd", "coco/resnet50-mobilenet_v3_large/fitnet"])

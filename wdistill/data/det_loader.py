@@ -110,17 +110,19 @@ class _Seeded(Dataset):
 class DetectionLoader:
     """Batches ``{'images': [(3, H, W) float in [0, 1]], 'targets': [dict], 'target': the same
     list}`` (``target`` is what the training loop counts samples by), reshuffled per epoch;
-    training batches drop the last partial one."""
-
-    world_size = 1
+    training batches drop the last partial one. Under torchrun, ``batch_size`` is one rank's share
+    and rank r takes its slice of every global batch (``stream.ShardedBatchSampler``)."""
 
     def __init__(self, dataset, batch_size: int, train: bool, device="cpu", seed: int = 0, workers: int = 0,
-                 prefetch_factor: int = 2, name: str = "the dataset", shield_signals: tuple[str, ...] = ()):
-        if train and len(dataset) < batch_size:
-            raise ConfigError(f"{name} has {len(dataset)} usable images, fewer than one batch ({batch_size}): "
-                              "lower data.batch_size")
+                 prefetch_factor: int = 2, name: str = "the dataset", shield_signals: tuple[str, ...] = (),
+                 rank: int = 0, world_size: int = 1):
+        if train and len(dataset) < batch_size * world_size:
+            raise ConfigError(f"{name} has {len(dataset)} usable images, fewer than one batch "
+                              f"({batch_size * world_size}): lower data.batch_size")
         self.dataset, self.device, self.shield_signals = dataset, torch.device(device), tuple(shield_signals)
-        self.sampler = ShardedBatchSampler(len(dataset), batch_size, train, seed, drop_last=train)
+        self.world_size = world_size
+        self.sampler = ShardedBatchSampler(len(dataset), batch_size, train, seed, drop_last=train, rank=rank,
+                                           world_size=world_size)
         self.loader = DataLoader(_Seeded(dataset), batch_sampler=self.sampler, num_workers=workers,
                                  collate_fn=collate_detection, persistent_workers=workers > 0,
                                  prefetch_factor=prefetch_factor if workers > 0 else None,
@@ -183,10 +185,13 @@ class DetectionData:
 
 def build_detection_data(d, seed: int = 0, device="cpu", log: Callable[[str], None] = print,
                          progress: bool = True, datasets: tuple | None = None,
-                         shield_signals: tuple[str, ...] = ()) -> DetectionData:
-    """Loaders of the data section ``d`` (``name: coco``) for one process; ``datasets``: (train, eval)
-    CocoDetection datasets to use instead of reading ``d.root`` (their own transforms kept);
-    ``shield_signals``: the run's stop signals, which the workers ignore (the main process stops them)."""
+                         shield_signals: tuple[str, ...] = (), rank: int = 0, world_size: int = 1) -> DetectionData:
+    """Loaders of the data section ``d`` (``name: coco``) for process ``rank`` of ``world_size``:
+    ``d.batch_size`` and ``d.eval_batch_size`` are global, each rank loads its share of every batch
+    (the statistics batches, ``plain_batches``, are the whole training split on every rank).
+    ``datasets``: (train, eval) CocoDetection datasets to use instead of reading ``d.root`` (their
+    own transforms kept); ``shield_signals``: the run's stop signals, which the workers ignore (the
+    main process stops them)."""
     if datasets is not None:
         train, test = datasets
         if not all(isinstance(x, CocoDetection) for x in datasets):
@@ -197,8 +202,10 @@ def build_detection_data(d, seed: int = 0, device="cpu", log: Callable[[str], No
     train, test = head(train, d.train_subset, "train_subset"), head(test, d.test_subset, "test_subset")
     workers = d.workers if d.workers is not None else default_workers()
     common = dict(device=device, workers=workers, prefetch_factor=d.prefetch_factor, shield_signals=shield_signals)
-    train_loader = DetectionLoader(train, d.batch_size, True, seed=seed, name="the training split", **common)
-    test_loader = DetectionLoader(test, d.eval_batch_size, False, **common)
+    shard = dict(rank=rank, world_size=world_size)
+    train_loader = DetectionLoader(train, d.batch_size // world_size, True, seed=seed, name="the training split",
+                                   **common, **shard)
+    test_loader = DetectionLoader(test, max(1, d.eval_batch_size // world_size), False, **common, **shard)
     plain = with_transforms(train, test.transforms)
 
     def plain_batches():

@@ -111,11 +111,10 @@ class DetectionDistiller(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_detection(model: nn.Module, loader, coco_gt, image_ids: list[int] | None = None, amp_ctx=nullcontext,
-                       progress: bool = False, desc: str = "COCOeval") -> dict[str, float]:
-    """COCO box AP (AP, AP50, AP75, APs, APm, APl in [0, 1]; NaN where the split has no box of a
-    size range) of ``model``'s detections on every batch of ``loader``, against ``coco_gt``
-    restricted to ``image_ids``. Boxes are mapped back from the size the model saw to the file's."""
+def detect(model: nn.Module, loader, amp_ctx=nullcontext, progress: bool = False,
+           desc: str = "COCOeval") -> list[dict]:
+    """``model``'s detections on every batch of ``loader``, one dict per image (what
+    :func:`wdistill.data.coco.coco_evaluate` reads), on the CPU."""
     was = model.training
     model.eval()
     detections = []
@@ -127,4 +126,12 @@ def evaluate_detection(model: nn.Module, loader, coco_gt, image_ids: list[int] |
                                "scores": p["scores"].float().cpu(), "labels": p["labels"].cpu(),
                                "image_size": tuple(image.shape[-2:])})
     model.train(was)
-    return coco_evaluate(coco_gt, detections, image_ids)
+    return detections
+
+
+def evaluate_detection(model: nn.Module, loader, coco_gt, image_ids: list[int] | None = None, amp_ctx=nullcontext,
+                       progress: bool = False, desc: str = "COCOeval") -> dict[str, float]:
+    """COCO box AP (AP, AP50, AP75, APs, APm, APl in [0, 1]; NaN where the split has no box of a
+    size range) of ``model``'s detections on every batch of ``loader``, against ``coco_gt``
+    restricted to ``image_ids``. Boxes are mapped back from the size the model saw to the file's."""
+    return coco_evaluate(coco_gt, detect(model, loader, amp_ctx, progress, desc), image_ids)

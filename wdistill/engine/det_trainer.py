@@ -8,7 +8,14 @@ student file. What differs: COCO-format data streamed in lists (``wdistill.data.
 ``detection:<backbone>`` models built for the data's categories, :class:`DetectionDistiller` as the
 step, a linear learning-rate warm-up counted in optimiser steps (``detection.warmup_steps``), and
 COCOeval (AP, AP50, AP75, APs, APm, APl) in the metrics (``test_AP``...) and the summary
-(``final_AP``..., ``best_AP``, ``teacher_AP``...). One process only for now.
+(``final_AP``..., ``best_AP``, ``teacher_AP``...).
+
+Under torchrun it is the classification Trainer's scale-out: ``data.batch_size`` is the global
+batch, each rank trains on its slice through DistributedDataParallel, and each rank detects on its
+share of the evaluation images; rank 0 scores them all with COCOeval and every rank gets the
+numbers. As in detectron2 and torchvision's references, each rank's detector losses are averaged
+over its own RoIs and anchors and DDP averages the ranks' gradients, and the proposal samplers draw
+per rank: one step on N ranks is the same kind of step as on one process, not bit for bit the same.
 """
 from __future__ import annotations
 
@@ -19,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from wdistill.data.coco import STAT_NAMES, require_pycocotools
+from wdistill.data.coco import STAT_NAMES, coco_evaluate, require_pycocotools
 from wdistill.data.det_loader import build_detection_data
-from wdistill.engine import rundir
+from wdistill.engine import ddp, rundir
 from wdistill.engine.build import build_model, build_terms, check_teacher_needs, tensorboard_writer
-from wdistill.engine.det_distiller import DetectionDistiller, evaluate_detection
+from wdistill.engine.det_distiller import DetectionDistiller, detect
 from wdistill.engine.trainer import Trainer
 from wdistill.errors import ConfigError
 from wdistill.io import atomic_write_text
@@ -46,18 +53,17 @@ class DetectionTrainer(Trainer):
 
     def _build(self, student, teachers, data) -> None:
         cfg = self.cfg
-        if self.world_size > 1:
-            raise ConfigError("detection runs in one process for now: start it without torchrun (or with "
-                              "--nproc_per_node 1)")
         require_torchvision()
         require_pycocotools()
         if not teachers:
             check_teacher_needs(cfg)  # before the data loads
-        self.micro_batch = cfg.data.batch_size
+        self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size)  # accumulation is refused
         torch.manual_seed(cfg.run.seed)
-        self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, self.log, cfg.train.progress,
-                                         datasets=data,
-                                         shield_signals=tuple(cfg.train.stop_signals))
+        main = self.rank == 0
+        self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, self.log if main else (lambda m: None),
+                                         cfg.train.progress and main, datasets=data,
+                                         shield_signals=tuple(cfg.train.stop_signals), rank=self.rank,
+                                         world_size=self.world_size)
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         k = self.data.num_classes
         self.student = student if student is not None else build_model(cfg.student, k, 3, "student")
@@ -68,7 +74,7 @@ class DetectionTrainer(Trainer):
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
-        self.progress = cfg.train.progress
+        self.progress = cfg.train.progress and main
         self.scaler = self.precision.scaler()
         self._fresh_progress()
 
@@ -105,23 +111,30 @@ class DetectionTrainer(Trainer):
         return row, before
 
     def evaluate(self, model, desc: str = "COCOeval") -> dict[str, float]:
-        """COCO box AP of ``model`` on the evaluation split."""
-        return evaluate_detection(model, self.test_loader, self.data.coco_gt, self.data.eval_image_ids,
-                                  self.amp_ctx, self.progress, desc)
+        """COCO box AP of ``model`` on the evaluation split: each rank detects on its share, rank 0
+        scores every rank's detections, and every rank returns its numbers."""
+        parts = self.vote.gather(detect(model, self.test_loader, self.amp_ctx, self.progress, desc))
+        stats = None
+        if parts is not None:
+            stats = coco_evaluate(self.data.coco_gt, [d for part in parts for d in part], self.data.eval_image_ids)
+        return self.vote.all_gather(stats)[0]
 
     def _fit(self) -> dict:
         self._start()
         cfg = self.cfg
+        main = self.rank == 0
         teacher = None
         if self.teachers and cfg.detection.eval_teacher:
             teacher = self.evaluate(self.teachers[0], "COCOeval teacher")
-            self.log("teacher: " + " ".join(f"{k}={v:.4f}" for k, v in teacher.items()))
-        writer = tensorboard_writer(cfg, self.run_dir)
+            if main:
+                self.log("teacher: " + " ".join(f"{k}={v:.4f}" for k, v in teacher.items()))
+        writer = tensorboard_writer(cfg, self.run_dir) if main else None
         t0 = time.time()
         stop = min(cfg.optim.epochs, cfg.train.stop_after or cfg.optim.epochs)
         for epoch in range(self.start_epoch, stop):
             start = time.time()
             row, before = self._train_epoch(epoch)
+            ddp.broadcast_buffers(self.student, self.world_size)
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
                 row.update({f"test_{k}": v for k, v in self.evaluate(self.student).items()})
             row["seconds"] = before + time.time() - start
@@ -132,9 +145,10 @@ class DetectionTrainer(Trainer):
             writer.close()
         if stop < cfg.optim.epochs:  # paused (train.stop_after): last.pt holds it; nothing is final yet
             return summary | {"paused_after": stop}
-        record = rundir.student_record(cfg, self.data.num_classes, 3, summary)
-        rundir.write_student(self.run_dir / rundir.STUDENT, self.student.state_dict(), record)
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / rundir.SUMMARY)
+        if main:
+            record = rundir.student_record(cfg, self.data.num_classes, 3, summary)
+            rundir.write_student(self.run_dir / rundir.STUDENT, self.student.state_dict(), record)
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / rundir.SUMMARY)
         return summary
 
     def _summary(self, teacher: dict | None, t0: float) -> dict:
@@ -145,7 +159,7 @@ class DetectionTrainer(Trainer):
                    "epochs": self.cfg.optim.epochs, "steps_per_epoch": len(self.train_loader),
                    **{f"teacher_{k}": _finite(teacher[k]) if teacher else None for k in STAT_NAMES},
                    "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0,
-                   "world_size": 1}
+                   "world_size": self.world_size}
         return summary
 
 
