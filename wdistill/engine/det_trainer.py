@@ -19,7 +19,6 @@ per rank: one step on N ranks is the same kind of step as on one process, not bi
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -28,12 +27,11 @@ import torch
 
 from wdistill.data.coco import STAT_NAMES, coco_evaluate, require_pycocotools
 from wdistill.data.det_loader import build_detection_data
-from wdistill.engine import ddp, rundir
-from wdistill.engine.build import build_model, build_terms, check_teacher_needs, tensorboard_writer
+from wdistill.engine import ddp
+from wdistill.engine.build import build_model, build_terms, check_teacher_needs
 from wdistill.engine.det_distiller import DetectionDistiller, detect
 from wdistill.engine.trainer import Trainer
 from wdistill.errors import ConfigError
-from wdistill.io import atomic_write_text
 from wdistill.models.detection import require_torchvision
 
 
@@ -119,37 +117,17 @@ class DetectionTrainer(Trainer):
             stats = coco_evaluate(self.data.coco_gt, [d for part in parts for d in part], self.data.eval_image_ids)
         return self.vote.all_gather(stats)[0]
 
-    def _fit(self) -> dict:
-        self._start()
-        cfg = self.cfg
-        main = self.rank == 0
-        teacher = None
-        if self.teachers and cfg.detection.eval_teacher:
-            teacher = self.evaluate(self.teachers[0], "COCOeval teacher")
-            if main:
-                self.log("teacher: " + " ".join(f"{k}={v:.4f}" for k, v in teacher.items()))
-        writer = tensorboard_writer(cfg, self.run_dir) if main else None
-        t0 = time.time()
-        stop = min(cfg.optim.epochs, cfg.train.stop_after or cfg.optim.epochs)
-        for epoch in range(self.start_epoch, stop):
-            start = time.time()
-            row, before = self._train_epoch(epoch)
-            ddp.broadcast_buffers(self.student, self.world_size)
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
-                row.update({f"test_{k}": v for k, v in self.evaluate(self.student).items()})
-            row["seconds"] = before + time.time() - start
-            self._end_epoch(epoch, row, writer)
-            self._stop_if_signalled(epoch)
-        summary = self._summary(teacher, t0)
-        if writer:
-            writer.close()
-        if stop < cfg.optim.epochs:  # paused (train.stop_after): last.pt holds it; nothing is final yet
-            return summary | {"paused_after": stop}
-        if main:
-            record = rundir.student_record(cfg, self.data.num_classes, 3, summary)
-            rundir.write_student(self.run_dir / rundir.STUDENT, self.student.state_dict(), record)
-            atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / rundir.SUMMARY)
-        return summary
+    def evaluate_teacher(self) -> dict | None:
+        """The teacher's COCO AP (``detection.eval_teacher``), logged."""
+        if not (self.teachers and self.cfg.detection.eval_teacher):
+            return None
+        teacher = self.evaluate(self.teachers[0], "COCOeval teacher")
+        if self.rank == 0:
+            self.log("teacher: " + " ".join(f"{k}={v:.4f}" for k, v in teacher.items()))
+        return teacher
+
+    def evaluate_student(self) -> dict[str, float]:
+        return self.evaluate(self.student)
 
     def _summary(self, teacher: dict | None, t0: float) -> dict:
         last = self.history[-1] if self.history else {}

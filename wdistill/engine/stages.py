@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from wdistill.engine import ddp
+from wdistill.engine import ddp, rundir
 from wdistill.engine.distiller import Distiller
 from wdistill.engine.loop import Guard, Meter, Stepper
 
@@ -47,3 +47,18 @@ def run_stage(trainer, stage, teacher_index: int | None = None) -> None:
                           clip=cfg.train.clip_grad_norm)
         trainer.run_loop(stepper, f"stage {stage.name} {e + 1}/{stage.epochs}", f"stage {stage.name!r} epoch {e + 1}")
     student.train()
+
+
+def run_stages(trainer) -> None:
+    """Every stage of the run's terms that has not run yet (a resumed run skips the finished ones),
+    last.pt written after each."""
+    for name, stage, teacher_index, term in trainer.distiller.stages():
+        if name in trainer.stages_done:
+            continue
+        if trainer.rank == 0:
+            trainer.log(f"stage {name}: {stage.epochs} epochs")
+        run_stage(trainer, stage, teacher_index)
+        term.on_stage_end(stage)
+        trainer.stages_done.append(name)
+        if trainer.rank == 0:
+            trainer._save(trainer.start_epoch, rundir.LAST)

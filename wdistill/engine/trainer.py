@@ -26,7 +26,7 @@ from wdistill.engine.evaluate import Ensemble, evaluate
 from wdistill.engine.helping import helping_warnings
 from wdistill.engine.loop import Stepper, run_pass
 from wdistill.engine.precision import Precision, configure_backends
-from wdistill.engine.stages import run_stage
+from wdistill.engine.stages import run_stages
 from wdistill.engine.state import restore, save_finite, training_state
 from wdistill.errors import ConfigError, PeerLost, Preempted
 from wdistill.io import atomic_write_text, load_dict
@@ -213,16 +213,7 @@ class Trainer:
             self.train_loader.defer_errors = True
             for loader in (self.train_loader, self.test_loader):  # every rank names the bad files it meets
                 loader.log = self.log if self.rank == 0 else (lambda m: self.log(f"[rank {self.rank}] {m}"))
-        for name, stage, teacher_index, term in self.distiller.stages():
-            if name in self.stages_done:
-                continue
-            if main:
-                self.log(f"stage {name}: {stage.epochs} epochs")
-            run_stage(self, stage, teacher_index)
-            term.on_stage_end(stage)
-            self.stages_done.append(name)
-            if main:
-                self._save(self.start_epoch, rundir.LAST)
+        run_stages(self)
         # DDP broadcasts rank 0's parameters and buffers once here, then averages gradients in
         # the backward pass. Stage-only parameters take no part in the main loss.
         self.train_module = ddp.wrap(self.distiller, self.device, self.world_size,
@@ -264,37 +255,46 @@ class Trainer:
             raise Preempted(f"{self.signals.received or 'a stop signal (on another rank)'}: stopped after epoch "
                             f"{epoch + 1}, whose checkpoint is written. Run the same command with --resume")
 
+    def evaluate_teacher(self) -> dict | None:
+        """The teacher's (or the ensemble's) test metrics, once before training."""
+        d = self.distiller
+        return evaluate(Ensemble([Viewed(t, v) for t, v in zip(self.teachers, d.teacher_views)]),
+                        self.test_loader, self.amp_ctx) if self.teachers else None
+
+    def evaluate_student(self) -> dict[str, float]:
+        return evaluate(self.viewed_student(), self.test_loader, self.amp_ctx)
+
+    def _summary(self, teacher: dict | None, t0: float) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {"run": self.cfg.run.name, "final_top1": last.get("test_top1"), "final_top5": last.get("test_top5"),
+                "best_top1": self.best_top1 if self.history else None, "epochs": self.cfg.optim.epochs,
+                "teacher_top1": teacher["top1"] if teacher else None, "world_size": self.world_size,
+                "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0}
+
     def _fit(self) -> dict:
         self._start()
-        d = self.distiller
-        teacher_metrics = evaluate(Ensemble([Viewed(t, v) for t, v in zip(self.teachers, d.teacher_views)]),
-                                   self.test_loader, self.amp_ctx) if self.teachers else None
-        writer = tensorboard_writer(self.cfg, self.run_dir) if self.rank == 0 else None
+        cfg, main = self.cfg, self.rank == 0
+        teacher = self.evaluate_teacher()
+        writer = tensorboard_writer(cfg, self.run_dir) if main else None
         t0 = time.time()
-        stop = min(self.cfg.optim.epochs, self.cfg.train.stop_after or self.cfg.optim.epochs)
+        stop = min(cfg.optim.epochs, cfg.train.stop_after or cfg.optim.epochs)
         for epoch in range(self.start_epoch, stop):
             start = time.time()
             row, before = self._train_epoch(epoch)
             ddp.broadcast_buffers(self.student, self.world_size)
-            if (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.optim.epochs:
-                row.update({f"test_{k}": v for k, v in evaluate(self.viewed_student(), self.test_loader,
-                                                                self.amp_ctx).items()})
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
+                row.update({f"test_{k}": v for k, v in self.evaluate_student().items()})
             row["seconds"] = before + time.time() - start
             self._end_epoch(epoch, row, writer)
             self._stop_if_signalled(epoch)
-        last = self.history[-1] if self.history else {}
-        summary = {"run": self.cfg.run.name, "final_top1": last.get("test_top1"), "final_top5": last.get("test_top5"),
-                   "best_top1": self.best_top1 if self.history else None, "epochs": self.cfg.optim.epochs,
-                   "teacher_top1": teacher_metrics["top1"] if teacher_metrics else None,
-                   "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0,
-                   "world_size": self.world_size}
-        if stop < self.cfg.optim.epochs:  # paused (train.stop_after): last.pt holds it; nothing is final yet
-            return summary | {"paused_after": stop}
-        if self.rank == 0:
-            record = rundir.student_record(self.cfg, self.data.num_classes, self.data.channels, summary)
-            rundir.write_student(self.run_dir / rundir.STUDENT, self.student.state_dict(), record)
-            atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / rundir.SUMMARY)
+        summary = self._summary(teacher, t0)
         if writer:
             writer.close()
+        if stop < cfg.optim.epochs:  # paused (train.stop_after): last.pt holds it; nothing is final yet
+            return summary | {"paused_after": stop}
+        if main:
+            record = rundir.student_record(cfg, self.data.num_classes, self.data.channels, summary)
+            rundir.write_student(self.run_dir / rundir.STUDENT, self.student.state_dict(), record)
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", self.run_dir / rundir.SUMMARY)
         return summary
 
