@@ -268,15 +268,16 @@ def test_the_learning_rate_warms_up_over_the_first_steps(tiny, tmp_path):
     trainer.close()
 
 
-def _two_image_folder(tiny, out, copies):
-    """The first two training canvases, each listed ``copies`` times for training, once for evaluation."""
+def _two_image_folder(tiny, out, copies, ids=(1, 2)):
+    """The first two training canvases (or those of ``ids``), each listed ``copies`` times for training, once
+    for evaluation."""
     data = json.loads((tiny / "annotations/instances_train.json").read_text())
     (out / "annotations").mkdir(parents=True)
     (out / "images").mkdir()
     (out / "images/train").symlink_to(tiny / "images/train")
     (out / "images/val").symlink_to(tiny / "images/train")
-    two = [im for im in data["images"] if im["id"] in (1, 2)]
-    anns = [a for a in data["annotations"] if a["image_id"] in (1, 2)]
+    two = [im for im in data["images"] if im["id"] in ids]
+    anns = [a for a in data["annotations"] if a["image_id"] in ids]
     images, annotations = [], []
     for c in range(copies):
         for im in two:
@@ -379,6 +380,35 @@ def test_a_detection_run_killed_after_a_step_checkpoint_resumes_inside_the_epoch
     for (k, a), b in zip(whole.distiller.state_dict().items(), resumed.distiller.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_accumulated_micro_batches_take_the_step_of_the_whole_batch(tiny, tmp_path):
+    """train.accumulate on a detector: each micro-batch holds its share of the images (the lists are split) and
+    the step averages the micro-batches' losses. With one canvas listed twice and every anchor and RoI sampled
+    (so the samplers' random draws pick the same sets), one step on two micro-batches of one image equals one
+    step on the batch of both: an unsplit batch, or micro-batches summed instead of averaged, would not."""
+    from wdistill.engine.loop import StepWatcher
+    root = _two_image_folder(tiny, tmp_path / "one", copies=2, ids=(1,))  # one step of 2 per epoch
+    every = dict(SMALL, rois_per_image=100_000, rpn_batch_size_per_image=100_000)
+    runs = {}
+    for parts in (1, 2):
+        cfg = _config(root, tmp_path / "runs", f"acc{parts}", student={"kwargs": every}, data={"flip": False},
+                      train={"accumulate": parts}, optim={"epochs": 1, "milestones": [1], "lr": 0.02},
+                      detection={"warmup_steps": 0})
+        trainer = make_trainer(cfg, log=lambda *_: None)
+        seen = []
+
+        class Sizes(StepWatcher):
+            def before_backward(self, step, batch, parts):
+                seen.append(len(batch["images"]))
+        trainer.watchers.append(Sizes())
+        start = torch.cat([p.detach().flatten().clone() for p in trainer.student.parameters()])
+        trainer.fit()
+        runs[parts] = (seen, start, torch.cat([p.detach().flatten() for p in trainer.student.parameters()]))
+    (seen1, start1, end1), (seen2, start2, end2) = runs[1], runs[2]
+    assert seen1 == [2] and seen2 == [1]
+    assert torch.equal(start1, start2) and (end1 - start1).norm() > 0
+    assert (end2 - end1).norm() <= 1e-3 * (end1 - start1).norm(), ((end2 - end1).norm(), (end1 - start1).norm())
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, out_dir: str, teacher: dict) -> None:

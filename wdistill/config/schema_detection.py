@@ -69,8 +69,8 @@ def _detection_settings(cfg) -> list[str]:
             if v not in (None, 0)]
     if cfg.teachers and len(cfg.teachers) > 1:
         out.append("teachers: detection distils from one teacher; give a single 'teacher:' section")
-    for key, value in (("train.accumulate", tr.accumulate > 1), ("train.channels_last", tr.channels_last),
-                       ("train.compile", tr.compile), ("train.sync_bn", tr.sync_bn)):
+    for key, value in (("train.channels_last", tr.channels_last), ("train.compile", tr.compile),
+                       ("train.sync_bn", tr.sync_bn)):
         if value:
             out.append(f"{key} is not supported for detection yet: remove it")
     return out

@@ -16,6 +16,7 @@ share of the evaluation images; rank 0 scores them all with COCOeval and every r
 numbers. As in detectron2 and torchvision's references, each rank's detector losses are averaged
 over its own RoIs and anchors and DDP averages the ranks' gradients, and the proposal samplers draw
 per rank: one step on N ranks is the same kind of step as on one process, not bit for bit the same.
+``train.accumulate`` splits each rank's share into micro-batches in the same sense.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class DetectionTrainer(Trainer):
         require_pycocotools()
         if not teachers:
             check_teacher_needs(cfg)  # before the data loads
-        self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size)  # accumulation is refused
+        self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size, cfg.train.accumulate)
         torch.manual_seed(cfg.run.seed)
         main = self.rank == 0
         self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, self.log if main else (lambda m: None),

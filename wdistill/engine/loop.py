@@ -100,16 +100,16 @@ class Meter:
 
 
 def split_batch(batch: dict, parts: int) -> list[dict]:
-    """``parts`` micro-batches of equal size (tensors split on dim 0, other entries shared)."""
+    """``parts`` micro-batches of equal size: the entries with one row per sample (tensors on dim 0,
+    and lists: a detection batch's images and targets) are split, the others shared."""
     if parts == 1:
         return [batch]
     n = len(batch["target"])
     size = n // parts
-    out = []
-    for i in range(parts):
-        out.append({k: v[i * size:(i + 1) * size] if isinstance(v, torch.Tensor) and v.dim() and len(v) == n else v
-                    for k, v in batch.items()})
-    return out
+
+    def per_sample(v) -> bool:
+        return (isinstance(v, list) or isinstance(v, torch.Tensor) and v.dim() > 0) and len(v) == n
+    return [{k: v[i * size:(i + 1) * size] if per_sample(v) else v for k, v in batch.items()} for i in range(parts)]
 
 
 class StepWatcher:
