@@ -13,9 +13,9 @@ setup-test:
 demo: setup
 	.venv/bin/wdistill demo
 
-# Set up for the tests, then run the whole test suite.
+# Set up for the tests, then run the whole test suite, one pytest-xdist worker per core (at most 4).
 test: setup-test
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 tests
 
 # The benchmarks are project tooling beside the package (benchtools/, protocols in docs/benchmarks.md).
 bench-quick: setup-test

@@ -36,10 +36,11 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import timm, torchvis
   pipi --no-deps "torch==2.14.1" "torchvision==0.29.1" "timm==1.0.29"
   echo "tv venv built in $(( $(date +%s) - start )) s, size $(du -sh "$VENV" | cut -f1)"
 fi
-# Separately, so that a venv built before detection gains it without a rebuild (it needs numpy only).
-if ! "$VENV/bin/python" -c "import pycocotools.cocoeval" 2>/dev/null; then
-  pipi "pycocotools==2.0.11"
+# Separately, so that a venv built before detection (or before xdist) gains them without a rebuild.
+if ! "$VENV/bin/python" -c "import pycocotools.cocoeval, xdist" 2>/dev/null; then
+  pipi "pycocotools==2.0.11" "pytest-xdist==3.8.0"
 fi
 PYTHONPATH=$PWD OMP_NUM_THREADS=1 WDISTILL_REQUIRE_TV=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  -n auto --maxprocesses 4 \
   tests/test_timm_torchvision.py tests/test_detection_data_models.py tests/test_detection_engine.py \
   tests/test_bench_detection.py "$@"

@@ -3,8 +3,19 @@ import os
 import pytest
 import torch
 
-# OMP_NUM_THREADS, when set, wins: on a loaded machine one thread per process is far faster.
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+
+def _threads() -> int:
+    """OMP_NUM_THREADS, when set, wins: on a loaded machine one thread per process is far faster. Otherwise at
+    most 2, and under pytest-xdist (`make test`) the cores are shared out between the workers. The choice is
+    exported, so that the trainings the tests start as subprocesses take no more."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(os.environ["OMP_NUM_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
+os.environ["OMP_NUM_THREADS"] = str(_threads())
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
