@@ -10,7 +10,6 @@ detectors, small (``--detection``).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time, wkd_l_kernel
 from benchtools.targets import ratio_target
 from wdistill.config.presets import recipe
-from wdistill.engine.rundir import read_history
 from wdistill.io import atomic_write_text
 from wdistill.workflows.reuse import run_or_load
 
@@ -71,12 +69,20 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
     write(res, out)
     sections = {"ddp": (ddp, lambda: torchrun_one_process(device)), "e2e": (e2e, lambda: end_to_end(setup)),
                 "official": (official, lambda: side_by_side(official, setup, official_workers)),
-                "detection": (detection, lambda: detection_on_device(setup, res))}
+                "detection": (detection, lambda: gpu_detection().detection_on_device(setup, res)),
+                "detection_ddp": (detection and ddp, lambda: gpu_detection().detection_torchrun(setup))}
     for key, (wanted, fn) in sections.items():
         if wanted:
             res[key] = _guarded(res, key, fn, {})
             write(res, out)
     return res
+
+
+def gpu_detection():
+    """The detection sections' module, imported only when they run: it needs torchvision and pycocotools."""
+    from benchtools import gpu_detection as module
+
+    return module
 
 
 def _guarded(res: dict, what: str, fn, failed):
@@ -91,23 +97,27 @@ def _guarded(res: dict, what: str, fn, failed):
         return failed | {"error": error} if isinstance(failed, dict) else failed
 
 
-def torchrun_one_process(device: torch.device) -> dict:
-    """`torchrun --nproc_per_node=1` of a one-epoch training through the DDP wrapper (NCCL on a GPU,
-    gloo on the CPU); returns the backend and the seconds, or raises with the output's last lines if it fails."""
-    work = Path("runs/gpu-bench-ddp")
-    cfg = {"run": {"name": "ddp", "out_dir": str(work), "device": device.type},
-           "data": {"name": "fmnist_sample", "train_subset": 512, "test_subset": 128},
-           "student": {"model": "resnet8"}, "optim": {"epochs": 1}, "train": {"progress": False}}
+def torchrun_one_process(device: torch.device, cfg: dict | None = None) -> dict:
+    """`torchrun --nproc_per_node=1` of ``cfg`` through the DDP wrapper (NCCL on a GPU, gloo on the CPU); by
+    default a one-epoch classification training. Returns the backend the run used (from its summary), the seconds
+    and the summary, or raises with the output's last lines if it fails."""
+    cfg = cfg or {"run": {"name": "ddp", "out_dir": "runs/gpu-bench-ddp", "device": device.type},
+                  "data": {"name": "fmnist_sample", "train_subset": 512, "test_subset": 128},
+                  "student": {"model": "resnet8"}, "optim": {"epochs": 1}, "train": {"progress": False}}
+    work = Path(cfg["run"]["out_dir"])
     work.mkdir(parents=True, exist_ok=True)
-    (work / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    config = work / f"{cfg['run']['name']}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
     t0 = time.time()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "wdistill.cli",
-                          "train", str(work / "ddp.yaml"), "--overwrite"], capture_output=True, text=True)
+                          "train", str(config), "--overwrite"], capture_output=True, text=True)
     tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
     if run.returncode:  # an error, counted as one (the report's Errors, the exit status), not a quiet row
         raise RuntimeError(f"torchrun exited {run.returncode}: {' / '.join(tail)}")
-    return {"returncode": run.returncode, "backend": "nccl" if device.type == "cuda" else "gloo",
-            "seconds": time.time() - t0, "tail": tail}
+    summary = json.loads((work / cfg["run"]["name"] / "summary.json").read_text())
+    # The backend the run itself reports: none would mean it trained without the DDP wrapper.
+    return {"returncode": run.returncode, "backend": summary["backend"], "seconds": time.time() - t0, "tail": tail,
+            "summary": summary}
 
 
 def end_to_end(setup: GpuSetup) -> list[dict]:
@@ -126,47 +136,6 @@ def end_to_end(setup: GpuSetup) -> list[dict]:
         t0 = time.time()
         s = run_or_load(cfg, log=lambda msg: None)
         rows.append({"row": m, "top1": s["final_top1"], "seconds": time.time() - t0})
-    return rows
-
-
-# The detection check's size: canvases per split, the steps of the teacher and of each student, the rows (None: all).
-DET_SIZE = {"counts": {"train": 400, "val": 50, "test": 200}, "teacher_steps": 200, "student_steps": 100, "rows": None}
-DET_QUICK = {"counts": {"train": 16, "val": 4, "test": 4}, "teacher_steps": 2, "student_steps": 2,
-             "rows": ("vanilla", "wkd_lf")}
-
-
-def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
-    """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
-    (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
-    row's R18-FPN student, every one an ordinary run directory. Per row: its seconds per training step (its epoch's
-    time over its steps, data loading included) against vanilla's, and its AP. A check that the detection path
-    runs and stays finite on the device, not an accuracy: the teacher is barely trained. A student row that fails
-    (a non-finite loss, say) is a finding: it goes into ``res["errors"]`` and the other rows still run."""
-    from benchtools import det_protocol as P  # needs torchvision and pycocotools
-
-    res = {"errors": []} if res is None else res
-    size = DET_QUICK if setup.quick else DET_SIZE
-    runs_root = f"runs/gpu-bench-det/{setup.device.replace(':', '')}"
-    P.make_data(runs_root, os.environ.get("WDISTILL_FMNIST"), log=lambda *_: None, counts=size["counts"])
-
-    def over(steps: int) -> list[str]:
-        return [f"run.device={setup.device}", "train.precision=auto", "optim.epochs=1", "optim.milestones=[1]",
-                f"train.max_steps={steps}", "train.eval_every=1"]
-
-    def run(cfg: dict, name: str) -> dict:
-        t0 = time.time()
-        summary = run_or_load(cfg, log=lambda m: None)
-        run_dir = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
-        per_step = read_history(run_dir)[0]["seconds"] / cfg["train"]["max_steps"]
-        return {"row": name, "AP": 100 * summary["final_AP"], "step_s": per_step, "seconds": time.time() - t0}
-
-    rows = [run(P.teacher_config(runs_root, over(size["teacher_steps"])), "teacher")]
-    for m in size["rows"] or P.ROWS:
-        cfg = P.student_config(m, 0, runs_root, overrides=over(size["student_steps"]))
-        rows.append(_guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
-    base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
-    for r in rows[1:]:
-        r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None
     return rows
 
 
@@ -243,22 +212,6 @@ def _step_lines(res: dict) -> list[str]:
     return lines
 
 
-def _detection_lines(rows: list[dict]) -> list[str]:
-    lines = ["", "## Detection on the device (protocol D's detectors, small)", "",
-             f"FMNIST-Det canvases ({DET_SIZE['counts']['train']} train, {DET_SIZE['counts']['test']} test; the quick "
-             f"mode fewer), the R50-FPN teacher for {DET_SIZE['teacher_steps']} steps, each row's R18-FPN student for "
-             f"{DET_SIZE['student_steps']} steps, batch 8, `train.precision=auto`. Seconds per step: the epoch's time "
-             "over its steps, data loading included. AP: a sanity check of the path, not an accuracy.", "",
-             "| row | s / step | step vs vanilla | AP | wall s |", "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['row']} | failed: {_cell(r['error'])} | | | |")
-            continue
-        ratio = "" if r.get("vs_vanilla") is None else f"x{r['vs_vanilla']:.2f}"
-        lines.append(f"| {r['row']} | {r['step_s']:.4f} | {ratio} | {r['AP']:.2f} | {r['seconds']:.0f} |")
-    return lines
-
-
 def _cell(text: str) -> str:
     """One line of text that a markdown table cell can hold."""
     return " ".join(str(text).split()).replace("|", "\\|")
@@ -277,7 +230,8 @@ def write(res: dict, out: Path) -> None:
             continue
         peak = "n/a" if k["peak_mib"] is None else f"{k['peak_mib']:.1f}"
         lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | {k['us']:.0f} | {peak} |")
-    failed = [k for k in ("ddp", "e2e", "official", "detection") if isinstance(res.get(k), dict) and "error" in res[k]]
+    failed = [k for k in ("ddp", "e2e", "official", "detection", "detection_ddp")
+              if isinstance(res.get(k), dict) and "error" in res[k]]
     lines += [line for k in failed for line in ("", f"Section `{k}` failed: {_cell(res[k]['error'])}.")]
     if "ddp" in res and "ddp" not in failed:
         d = res["ddp"]
@@ -289,7 +243,9 @@ def write(res: dict, out: Path) -> None:
     if "official" in res and "official" not in failed:
         lines += _official_lines(res)
     if "detection" in res and "detection" not in failed:
-        lines += _detection_lines(res["detection"])
+        lines += gpu_detection().detection_lines(res["detection"])
+    if "detection_ddp" in res and "detection_ddp" not in failed:
+        lines += gpu_detection().torchrun_lines(res["detection_ddp"])
     if res.get("errors"):
         lines += ["", "## Errors", "", *[f"- {_cell(e['error'])}" for e in res["errors"]],
                   "", "Tracebacks: `errors` in gpu.json."]

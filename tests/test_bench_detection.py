@@ -85,9 +85,10 @@ def test_a_diverging_run_is_reported_and_the_queue_goes_on(monkeypatch):
 def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_path, monkeypatch):
     """`python -m benchtools gpu --detection` in its CPU quick mode: the canvases, the teacher and the students
     are ordinary run directories trained in the engine's automatic precision on the given device, and each row
-    reports its step time against vanilla's."""
+    reports its step time against vanilla's. With ``--ddp``, a detector also trains under a one-process torchrun,
+    through DDP on a process group (gloo here, NCCL on a GPU)."""
     from benchtools.gpu import GpuSetup
-    from benchtools.gpu_report import _detection_lines, detection_on_device
+    from benchtools.gpu_detection import detection_lines, detection_on_device, detection_torchrun, torchrun_lines
 
     monkeypatch.chdir(tmp_path)
     rows = detection_on_device(GpuSetup(device="cpu", quick=True))
@@ -96,10 +97,15 @@ def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_pa
     assert rows[2]["vs_vanilla"] == pytest.approx(rows[2]["step_s"] / rows[1]["step_s"])
     cfg = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0/config.yaml").read_text())
     assert cfg["run"]["device"] == "cpu" and cfg["train"]["precision"] == "auto" and cfg["train"]["max_steps"] == 2
-    assert any(line.startswith("| wkd_lf | ") for line in _detection_lines(rows))
+    assert any(line.startswith("| wkd_lf | ") for line in detection_lines(rows))
+
+    ddp = detection_torchrun(GpuSetup(device="cpu", quick=True))
+    assert ddp["backend"] == "gloo" and ddp["summary"]["world_size"] == 1 and ddp["summary"]["task"] == "detection"
+    assert 0 <= ddp["AP"] <= 100
+    assert "through DDP (gloo): 2 steps, exit 0" in torchrun_lines(ddp)[1]
 
     # A row that fails is an error of the run (the report's Errors, the exit status); the other rows still run.
-    from benchtools import gpu_report as G
+    from benchtools import gpu_detection as G
     from wdistill.errors import NonFiniteLoss
     real = G.run_or_load
 

@@ -20,13 +20,15 @@ from wdistill.losses._shared import distributed as helpers
 
 
 def init_distributed() -> tuple[int, int]:
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
-    GPUs, gloo on CPUs.
+    """(rank, world size). Under torchrun, even with one process, or wherever WORLD_SIZE > 1, joins
+    the process group: NCCL on GPUs, gloo on CPUs. A one-process torchrun thus trains through DDP
+    and NCCL as a job of many does (on one GPU, the only way to exercise that path).
 
     torchrun keeps one key-value store for all the attempts of a job, so after an elastic restart
     (``--max-restarts``) the new workers would find the dead attempt's addresses under the same keys
     and fail to connect. Each attempt therefore keys its process groups under its own prefix."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if "TORCHELASTIC_RESTART_COUNT" in os.environ:
             store, rank, world = next(dist.rendezvous("env://"))
@@ -35,6 +37,11 @@ def init_distributed() -> tuple[int, int]:
         else:
             dist.init_process_group(backend)
     return helpers.rank(), helpers.world_size()
+
+
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), or None when this process trains alone."""
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
 
 
 def leave() -> None:
@@ -73,14 +80,14 @@ def per_rank_batch(global_batch: int, world_size: int, accumulate: int = 1) -> i
     return global_batch // parts
 
 
-def wrap(module: nn.Module, device: torch.device, world_size: int, find_unused: bool) -> nn.Module:
-    """``module`` under DistributedDataParallel when several ranks train, else itself (buckets of
-    gradients are all-reduced while the backward pass runs).
+def wrap(module: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
+    """``module`` under DistributedDataParallel when this process is in a process group, else itself
+    (buckets of gradients are all-reduced while the backward pass runs).
 
     Buffers are not re-broadcast on every forward (memory banks are kept consistent by their
     terms, BatchNorm statistics at epoch ends or by SyncBatchNorm); DDP broadcasts rank 0's
     parameters and buffers once, here."""
-    if world_size == 1:
+    if backend() is None:
         return module
     ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False,

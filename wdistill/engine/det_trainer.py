@@ -138,7 +138,7 @@ class DetectionTrainer(Trainer):
                    "epochs": self.cfg.optim.epochs, "steps_per_epoch": len(self.train_loader),
                    **{f"teacher_{k}": _finite(teacher[k]) if teacher else None for k in STAT_NAMES},
                    "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0,
-                   "world_size": self.world_size}
+                   "world_size": self.world_size, "backend": ddp.backend()}
         return summary
 
 

@@ -35,8 +35,7 @@ def run_stage(trainer, stage, teacher_index: int | None = None) -> None:
     if stage.train_student:
         params = [p for p in student.parameters() if p.requires_grad] + params
     opt = trainer.make_optimizer(params, stage.lr or cfg.optim.lr)
-    module = ddp.wrap(StageLoss(trainer.distiller, stage, teacher_index), trainer.device, trainer.world_size,
-                      find_unused=True)
+    module = ddp.wrap(StageLoss(trainer.distiller, stage, teacher_index), trainer.device, find_unused=True)
     for e in range(stage.epochs):
         torch.manual_seed(cfg.run.seed * 1000003 + 7919 * (e + 1))
         trainer.train_loader.set_epoch(-(e + 1))

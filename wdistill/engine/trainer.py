@@ -216,11 +216,10 @@ class Trainer:
         run_stages(self)
         # DDP broadcasts rank 0's parameters and buffers once here, then averages gradients in
         # the backward pass. Stage-only parameters take no part in the main loss.
-        self.train_module = ddp.wrap(self.distiller, self.device, self.world_size,
-                                     find_unused=bool(self.distiller.stages()))
-        if main and self.world_size > 1:
-            self.log(f"distributed: {self.world_size} processes, global batch {self.cfg.data.batch_size} = "
-                     f"{self.world_size} x {self.micro_batch * self.cfg.train.accumulate} per process")
+        self.train_module = ddp.wrap(self.distiller, self.device, find_unused=bool(self.distiller.stages()))
+        if main and ddp.backend():
+            each = self.micro_batch * self.cfg.train.accumulate
+            self.log(f"DDP ({ddp.backend()}): global batch {self.cfg.data.batch_size} = {self.world_size} x {each}")
 
     def _end_epoch(self, epoch: int, row: dict, writer) -> None:
         """Record the epoch; rank 0 writes the metrics, last.pt (and best.pt) and the log line."""
@@ -269,7 +268,8 @@ class Trainer:
         return {"run": self.cfg.run.name, "final_top1": last.get("test_top1"), "final_top5": last.get("test_top5"),
                 "best_top1": self.best_top1 if self.history else None, "epochs": self.cfg.optim.epochs,
                 "teacher_top1": teacher["top1"] if teacher else None, "world_size": self.world_size,
-                "train_seconds": sum(r["seconds"] for r in self.history), "session_seconds": time.time() - t0}
+                "backend": ddp.backend(), "train_seconds": sum(r["seconds"] for r in self.history),
+                "session_seconds": time.time() - t0}
 
     def _fit(self) -> dict:
         self._start()

@@ -1,0 +1,91 @@
+"""The GPU benchmark's detection sections (``python -m benchtools gpu --detection``; with ``--ddp``, also under
+torchrun): protocol D's detectors, small, on the device. Needs torchvision and pycocotools."""
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from benchtools import det_protocol as P
+from benchtools.gpu import GpuSetup
+from benchtools.gpu_report import _cell, _guarded, torchrun_one_process
+from wdistill.engine.rundir import read_history
+from wdistill.workflows.reuse import run_or_load
+
+# The detection check's size: canvases per split, the steps of the teacher and of each student, the rows (None: all).
+DET_SIZE = {"counts": {"train": 400, "val": 50, "test": 200}, "teacher_steps": 200, "student_steps": 100, "rows": None}
+DET_QUICK = {"counts": {"train": 16, "val": 4, "test": 4}, "teacher_steps": 2, "student_steps": 2,
+             "rows": ("vanilla", "wkd_lf")}
+
+
+def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
+    """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
+    (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
+    row's R18-FPN student, every one an ordinary run directory. Per row: its seconds per training step (its epoch's
+    time over its steps, data loading included) against vanilla's, and its AP. A check that the detection path
+    runs and stays finite on the device, not an accuracy: the teacher is barely trained. A student row that fails
+    (a non-finite loss, say) is a finding: it goes into ``res["errors"]`` and the other rows still run."""
+    res = {"errors": []} if res is None else res
+    size = DET_QUICK if setup.quick else DET_SIZE
+    runs_root = _det_root(setup)
+    P.make_data(runs_root, os.environ.get("WDISTILL_FMNIST"), log=lambda *_: None, counts=size["counts"])
+    over = partial(_det_overrides, setup)
+
+    def run(cfg: dict, name: str) -> dict:
+        t0 = time.time()
+        summary = run_or_load(cfg, log=lambda m: None)
+        run_dir = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
+        per_step = read_history(run_dir)[0]["seconds"] / cfg["train"]["max_steps"]
+        return {"row": name, "AP": 100 * summary["final_AP"], "step_s": per_step, "seconds": time.time() - t0}
+
+    rows = [run(P.teacher_config(runs_root, over(size["teacher_steps"])), "teacher")]
+    for m in size["rows"] or P.ROWS:
+        cfg = P.student_config(m, 0, runs_root, overrides=over(size["student_steps"]))
+        rows.append(_guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
+    base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
+    for r in rows[1:]:
+        r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None
+    return rows
+
+
+def _det_root(setup: GpuSetup) -> str:
+    return f"runs/gpu-bench-det/{setup.device.replace(':', '')}"
+
+
+def _det_overrides(setup: GpuSetup, steps: int) -> list[str]:
+    return [f"run.device={setup.device}", "train.precision=auto", "optim.epochs=1", "optim.milestones=[1]",
+            f"train.max_steps={steps}", "train.eval_every=1"]
+
+
+def detection_torchrun(setup: GpuSetup) -> dict:
+    """WKD-L+WKD-F's detector (after ``detection_on_device``, which made the canvases and the teacher) under
+    `torchrun --nproc_per_node=1`: the detection trainer's DDP wrap, and on a GPU its NCCL process group."""
+    size = DET_QUICK if setup.quick else DET_SIZE
+    cfg = P.student_config("wkd_lf", 0, _det_root(setup), overrides=_det_overrides(setup, size["student_steps"]))
+    cfg["run"]["name"] += "-torchrun"
+    out = torchrun_one_process(torch.device(setup.device), cfg)
+    return out | {"AP": 100 * out["summary"]["final_AP"], "steps": size["student_steps"]}
+
+
+def detection_lines(rows: list[dict]) -> list[str]:
+    lines = ["", "## Detection on the device (protocol D's detectors, small)", "",
+             f"FMNIST-Det canvases ({DET_SIZE['counts']['train']} train, {DET_SIZE['counts']['test']} test; the quick "
+             f"mode fewer), the R50-FPN teacher for {DET_SIZE['teacher_steps']} steps, each row's R18-FPN student for "
+             f"{DET_SIZE['student_steps']} steps, batch 8, `train.precision=auto`. Seconds per step: the epoch's time "
+             "over its steps, data loading included. AP: a sanity check of the path, not an accuracy.", "",
+             "| row | s / step | step vs vanilla | AP | wall s |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['row']} | failed: {_cell(r['error'])} | | | |")
+            continue
+        ratio = "" if r.get("vs_vanilla") is None else f"x{r['vs_vanilla']:.2f}"
+        lines.append(f"| {r['row']} | {r['step_s']:.4f} | {ratio} | {r['AP']:.2f} | {r['seconds']:.0f} |")
+    return lines
+
+
+def torchrun_lines(d: dict) -> list[str]:
+    return ["", f"WKD-L+WKD-F's detector under torchrun --nproc_per_node=1 through DDP ({d['backend']}): "
+                f"{d['steps']} steps, exit {d['returncode']} in {d['seconds']:.0f} s, AP {d['AP']:.2f}."]
