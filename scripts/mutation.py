@@ -10,6 +10,7 @@ that must catch it, so the run takes minutes and the list grows with every bug f
     python scripts/mutation.py --only kd_t_squared crd_z_sum
     python scripts/mutation.py --resume        # skip mutations already killed in the last run
     python scripts/mutation.py --baseline      # first, the same tests on an unplanted copy must pass
+    python scripts/mutation.py --jobs 1        # one mutant at a time (default: one per core, at most 4)
 
 A kill only counts if the tests pass without the bug: ``--baseline`` runs each venv's selected tests once on
 an unplanted copy and stops if any fails there (a file the copy lacks, say), since every kill would be false.
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -46,7 +48,7 @@ def apply(tree: Path, m: dict) -> None:
     path.write_text(text.replace(m["find"], m["replace"]))
 
 
-def run_one(m: dict, timeout: int) -> dict:
+def run_one(m: dict, timeout: int, workers: int = 1) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"mut-{m['id']}-") as tmp:
         tree = Path(tmp)
         for part in ("wdistill", "benchtools", "tests", "scripts", "pyproject.toml"):
@@ -64,7 +66,8 @@ def run_one(m: dict, timeout: int) -> dict:
             python = str(Path(os.environ.get("TV_VENV", ROOT / ".venv-tv")) / "bin" / "python")
             env["WDISTILL_REQUIRE_TV"] = "1"
         selection = [arg for t in m["tests"] for arg in shlex.split(t)]
-        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
+        parallel = ["-n", str(workers)] if workers > 1 else []  # pytest-xdist, as `make test` runs the suite
+        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *parallel, *selection]
         start = time.time()
         try:
             proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
@@ -83,15 +86,17 @@ def run_one(m: dict, timeout: int) -> dict:
     }
 
 
-def baseline(todo: list[dict], timeout: int) -> bool:
-    """Run each venv's tests of ``todo`` on an unplanted copy; True (and a message) if any fails."""
+def baseline(todo: list[dict], timeout: int, workers: int) -> bool:
+    """Run each venv's tests of ``todo`` on an unplanted copy (``workers`` pytest-xdist workers); True (and a
+    message) if any fails."""
     failed = False
     for venv in sorted({m.get("venv", "main") for m in todo}):
         tests = sorted({t for m in todo if m.get("venv", "main") == venv for t in m["tests"]})
         # node ids together; a selection with options (``-k``) alone, as one -k would override another
         groups = [[t for t in tests if " " not in t]] + [[t] for t in tests if " " in t]
         for group in filter(None, groups):
-            r = run_one({"id": f"baseline-{venv}", "tests": group, "venv": venv}, timeout * 4)
+            r = run_one({"id": f"baseline-{venv}", "tests": group, "venv": venv}, timeout * 4,
+                        workers if len(group) > 1 else 1)
             print(f"baseline ({venv} venv, {' '.join(group) if len(group) == 1 else f'{len(group)} test selections'}"
                   f", {r['seconds']} s): {r['last_line']}")
             if r["status"] != "SURVIVED":  # on the unplanted copy every test must pass
@@ -108,6 +113,8 @@ def main() -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--baseline", action="store_true", help="first run the selected tests on an unplanted copy")
+    p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                   help="mutants tested at once, each in its own copy with one thread per test process")
     args = p.parse_args()
     mutations = yaml.safe_load(Path(args.list).read_text())
     ids = [m["id"] for m in mutations]
@@ -125,16 +132,19 @@ def main() -> int:
         if apply_check != 1:
             raise SystemExit(f"mutation {m['id']}: its text occurs {apply_check} times in {m['file']}")
     todo = [m for m in mutations if done.get(m["id"], {}).get("status") != "killed"]
-    if args.baseline and baseline(todo, args.timeout):
+    if args.baseline and baseline(todo, args.timeout, args.jobs):
         return 1
-    for m in tqdm(todo, desc="mutations", unit="mutant"):
-        r = run_one(m, args.timeout)
-        done[m["id"]] = r
-        out.parent.mkdir(exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(done, indent=1))
-        os.replace(tmp, out)
-        tqdm.write(f"{r['status']:>8}  {m['id']}  ({r['seconds']} s)  {m['why']}")
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(todo), desc="mutations", unit="mutant") as bar:
+        running = {pool.submit(run_one, m, args.timeout): m for m in todo}
+        for future in as_completed(running):  # each result is saved as it comes, so --resume loses none
+            m, r = running[future], future.result()
+            done[m["id"]] = r
+            out.parent.mkdir(exist_ok=True)
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(done, indent=1))
+            os.replace(tmp, out)
+            bar.update()
+            tqdm.write(f"{r['status']:>8}  {m['id']}  ({r['seconds']} s)  {m['why']}")
     bad = [i for i in ids if i in done and done[i]["status"] != "killed" and (not args.only or i in args.only)]
     total = sum(r["seconds"] for r in done.values())
     print(f"\n{len(done) - len(bad)} of {len(done)} mutations killed, {total:.0f} s of tests; results in {out}")
