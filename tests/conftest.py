@@ -6,16 +6,22 @@ import torch
 
 def _threads() -> int:
     """OMP_NUM_THREADS, when set, wins: on a loaded machine one thread per process is far faster. Otherwise at
-    most 2, and under pytest-xdist (`make test`) the cores are shared out between the workers. The choice is
-    exported, so that the trainings the tests start as subprocesses take no more."""
+    most 2, and under pytest-xdist (`make test`) the cores are shared out between the workers."""
     if os.environ.get("OMP_NUM_THREADS"):
         return int(os.environ["OMP_NUM_THREADS"])
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
     return max(1, min(2, (os.cpu_count() or 1) // workers))
 
 
-os.environ["OMP_NUM_THREADS"] = str(_threads())
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+def pytest_configure(config):
+    """Set each test process's threads, and export them so that the trainings the tests start as subprocesses
+    take no more. Not in pytest-xdist's controller: it runs no test, and its workers inherit its environment, so
+    a count chosen there (before the workers exist) would oversubscribe the cores."""
+    if config.getoption("numprocesses", default=None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(_threads())
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
