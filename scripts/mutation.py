@@ -21,6 +21,7 @@ as ``scripts/tv_venv.sh`` builds it) with WDISTILL_REQUIRE_TV=1, so they fail ra
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -48,6 +49,14 @@ def apply(tree: Path, m: dict) -> None:
     path.write_text(text.replace(m["find"], m["replace"]))
 
 
+@functools.cache
+def has_xdist(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import xdist"], capture_output=True).returncode == 0
+    except FileNotFoundError:  # no such interpreter: the run itself says so
+        return False
+
+
 def run_one(m: dict, timeout: int, workers: int = 1) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"mut-{m['id']}-") as tmp:
         tree = Path(tmp)
@@ -66,7 +75,8 @@ def run_one(m: dict, timeout: int, workers: int = 1) -> dict:
             python = str(Path(os.environ.get("TV_VENV", ROOT / ".venv-tv")) / "bin" / "python")
             env["WDISTILL_REQUIRE_TV"] = "1"
         selection = [arg for t in m["tests"] for arg in shlex.split(t)]
-        parallel = ["-n", str(workers)] if workers > 1 else []  # pytest-xdist, as `make test` runs the suite
+        # pytest-xdist, as `make test` runs the suite, where the venv has it (a tv venv built before it may not)
+        parallel = ["-n", str(workers)] if workers > 1 and has_xdist(python) else []
         cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *parallel, *selection]
         start = time.time()
         try:
