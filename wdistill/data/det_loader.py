@@ -185,10 +185,12 @@ class DetectionData:
 
 def build_detection_data(d, seed: int = 0, device="cpu", log: Callable[[str], None] = print,
                          progress: bool = True, datasets: tuple | None = None,
-                         shield_signals: tuple[str, ...] = (), rank: int = 0, world_size: int = 1) -> DetectionData:
+                         shield_signals: tuple[str, ...] = (), rank: int = 0, world_size: int = 1,
+                         batch_size: int | None = None, eval_batch_size: int | None = None) -> DetectionData:
     """Loaders of the data section ``d`` (``name: coco``) for process ``rank`` of ``world_size``:
-    ``d.batch_size`` and ``d.eval_batch_size`` are global, each rank loads its share of every batch
-    (the statistics batches, ``plain_batches``, are the whole training split on every rank).
+    each rank loads its share of every batch, ``batch_size``/``eval_batch_size`` rows (per rank, as the
+    trainer derives them; default: the section's), and the statistics batches, ``plain_batches``, are
+    the whole training split on every rank.
     ``datasets``: (train, eval) CocoDetection datasets to use instead of reading ``d.root`` (their
     own transforms kept); ``shield_signals``: the run's stop signals, which the workers ignore (the
     main process stops them)."""
@@ -203,9 +205,9 @@ def build_detection_data(d, seed: int = 0, device="cpu", log: Callable[[str], No
     workers = d.workers if d.workers is not None else default_workers()
     common = dict(device=device, workers=workers, prefetch_factor=d.prefetch_factor, shield_signals=shield_signals)
     shard = dict(rank=rank, world_size=world_size)
-    train_loader = DetectionLoader(train, d.batch_size // world_size, True, seed=seed, name="the training split",
+    train_loader = DetectionLoader(train, batch_size or d.batch_size, True, seed=seed, name="the training split",
                                    **common, **shard)
-    test_loader = DetectionLoader(test, max(1, d.eval_batch_size // world_size), False, **common, **shard)
+    test_loader = DetectionLoader(test, eval_batch_size or d.eval_batch_size, False, **common, **shard)
     plain = with_transforms(train, test.transforms)
 
     def plain_batches():

@@ -62,7 +62,8 @@ class DetectionTrainer(Trainer):
         self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, self.log if main else (lambda m: None),
                                          cfg.train.progress and main, datasets=data,
                                          shield_signals=tuple(cfg.train.stop_signals), rank=self.rank,
-                                         world_size=self.world_size)
+                                         world_size=self.world_size, batch_size=self.micro_batch * cfg.train.accumulate,
+                                         eval_batch_size=max(1, cfg.data.eval_batch_size // self.world_size))
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         k = self.data.num_classes
         self.student = student if student is not None else build_model(cfg.student, k, 3, "student")
