@@ -102,6 +102,16 @@ def all_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
     return t
 
 
+def loader_share(data, accumulate: int, rank: int, world_size: int, log) -> tuple[int, dict]:
+    """This rank's micro-batch, and the loader arguments of its part of the data: its share of the
+    global training and evaluation batches (``data.batch_size``, ``data.eval_batch_size``), and a
+    log that is silent off rank 0."""
+    micro = per_rank_batch(data.batch_size, world_size, accumulate)
+    return micro, dict(rank=rank, world_size=world_size, batch_size=micro * accumulate,
+                       eval_batch_size=max(1, data.eval_batch_size // world_size),
+                       log=log if rank == 0 else (lambda msg: None))
+
+
 def broadcast_buffers(model: nn.Module, world_size: int) -> None:
     """Give every rank rank 0's buffers of ``model`` (BatchNorm running statistics)."""
     if world_size > 1:

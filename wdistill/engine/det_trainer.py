@@ -56,25 +56,22 @@ class DetectionTrainer(Trainer):
         require_pycocotools()
         if not teachers:
             check_teacher_needs(cfg)  # before the data loads
-        self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size, cfg.train.accumulate)
+        self.micro_batch, share = ddp.loader_share(cfg.data, cfg.train.accumulate, self.rank, self.world_size, self.log)
         torch.manual_seed(cfg.run.seed)
-        main = self.rank == 0
-        self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, self.log if main else (lambda m: None),
-                                         cfg.train.progress and main, datasets=data,
-                                         shield_signals=tuple(cfg.train.stop_signals), rank=self.rank,
-                                         world_size=self.world_size, batch_size=self.micro_batch * cfg.train.accumulate,
-                                         eval_batch_size=max(1, cfg.data.eval_batch_size // self.world_size))
+        self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, datasets=data,
+                                         progress=cfg.train.progress and self.rank == 0,
+                                         shield_signals=tuple(cfg.train.stop_signals), **share)
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         k = self.data.num_classes
         self.student = student if student is not None else build_model(cfg.student, k, 3, "student")
         self.teachers = teachers if teachers is not None else [build_model(s, k, 3, "teacher")
                                                                for s in cfg.teacher_sections()]
         try:
-            self.distiller = DetectionDistiller(self.student, self.teachers, build_terms(cfg)).to(self.device)
+            self._assemble(lambda: DetectionDistiller(self.student, self.teachers, build_terms(cfg)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
-        self.progress = cfg.train.progress and main
+        self.progress = cfg.train.progress and self.rank == 0
         self.scaler = self.precision.scaler()
         self._fresh_progress()
 

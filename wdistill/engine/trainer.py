@@ -85,26 +85,18 @@ class Trainer:
         cfg = self.cfg
         if not teachers:
             check_teacher_needs(cfg)  # before the data loads
-        self.micro_batch = ddp.per_rank_batch(cfg.data.batch_size, self.world_size, cfg.train.accumulate)
+        self.micro_batch, share = ddp.loader_share(cfg.data, cfg.train.accumulate, self.rank, self.world_size, self.log)
         torch.manual_seed(cfg.run.seed)
-        # data.batch_size is the global batch of one optimiser step: each rank loads its share.
-        self.data = build_loaders(cfg.data, data=data, seed=cfg.run.seed, device=self.device, rank=self.rank,
-                                  world_size=self.world_size, batch_size=self.micro_batch * cfg.train.accumulate,
-                                  eval_batch_size=max(1, cfg.data.eval_batch_size // self.world_size),
+        self.data = build_loaders(cfg.data, data=data, seed=cfg.run.seed, device=self.device,
                                   need_targets=any(losses.get(t.name).needs_train_targets for t in cfg.loss),
                                   num_classes_hint=None if student is None else models.output_classes(student),
-                                  log=self.log if self.rank == 0 else (lambda msg: None),
-                                  shield_signals=tuple(cfg.train.stop_signals))
+                                  shield_signals=tuple(cfg.train.stop_signals), **share)
         self.train_set, self.test_set = self.data.train_set, self.data.test_set
         nc, ch = self.data.num_classes, self.data.channels
         self.student = student if student is not None else build_model(cfg.student, nc, ch, "student")
-        if cfg.train.sync_bn:
-            self.student = ddp.sync_batchnorm(self.student, self.device, self.world_size)
         self.teachers = teachers if teachers is not None else [build_model(s, nc, ch, "teacher")
                                                                for s in cfg.teacher_sections()]
-        self.distiller = build_distiller(cfg, self.student, self.teachers, ch).to(self.device)
-        if cfg.train.channels_last:
-            self.distiller.to(memory_format=torch.channels_last)
+        self._assemble(lambda: build_distiller(cfg, self.student, self.teachers, ch))
         if cfg.train.compile:
             # The hooks stay on the original submodules; dynamo traces them into the graph.
             self.distiller.student_tap.model = torch.compile(self.student)
@@ -112,6 +104,14 @@ class Trainer:
         self.progress = cfg.train.progress and self.rank == 0
         self.scaler = self.precision.scaler()
         self._fresh_progress()
+
+    def _assemble(self, make_distiller) -> None:
+        """``train.sync_bn`` on the student (before the distiller hooks it), the distiller, its memory format."""
+        if self.cfg.train.sync_bn:
+            self.student = ddp.sync_batchnorm(self.student, self.device, self.world_size)
+        self.distiller = make_distiller().to(self.device)
+        if self.cfg.train.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
 
     def _fresh_progress(self) -> None:
         """Where a run stands before it starts (a resumed one: set again by ``state.restore``)."""
