@@ -19,12 +19,14 @@ from wdistill.workflows.reuse import run_or_load
 DET_SIZE = {"counts": {"train": 400, "val": 50, "test": 200}, "teacher_steps": 200, "student_steps": 100, "rows": None}
 DET_QUICK = {"counts": {"train": 16, "val": 4, "test": 4}, "teacher_steps": 2, "student_steps": 2,
              "rows": ("vanilla", "wkd_lf")}
+CL_ROW = "wkd_lf channels_last"
 
 
 def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
     (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
-    row's R18-FPN student, every one an ordinary run directory. Per row: its seconds per training step (its epoch's
+    row's R18-FPN student, and WKD-L+WKD-F's again with ``train.channels_last``, every one an ordinary run
+    directory. Per row: its seconds per training step (its epoch's
     time over its steps, data loading included) against vanilla's, and its AP. A check that the detection path
     runs and stays finite on the device, not an accuracy: the teacher is barely trained. A student row that fails
     (a non-finite loss, say) is a finding: it goes into ``res["errors"]`` and the other rows still run."""
@@ -45,6 +47,11 @@ def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     for m in size["rows"] or P.ROWS:
         cfg = P.student_config(m, 0, runs_root, overrides=over(size["student_steps"]))
         rows.append(_guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
+    # train.channels_last on the detectors: the same row in the GPU-friendly layout (compile is left out: its
+    # first steps compile, which an epoch's time over its steps would count).
+    cfg = P.student_config("wkd_lf", 0, runs_root, overrides=over(size["student_steps"]) + ["train.channels_last=true"])
+    cfg["run"]["name"] += "-channels_last"
+    rows.append(_guarded(res, "detection wkd_lf channels_last", lambda: run(cfg, CL_ROW), {"row": CL_ROW}))
     base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
     for r in rows[1:]:
         r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None
@@ -75,7 +82,8 @@ def detection_lines(rows: list[dict]) -> list[str]:
              f"FMNIST-Det canvases ({DET_SIZE['counts']['train']} train, {DET_SIZE['counts']['test']} test; the quick "
              f"mode fewer), the R50-FPN teacher for {DET_SIZE['teacher_steps']} steps, each row's R18-FPN student for "
              f"{DET_SIZE['student_steps']} steps, batch 8, `train.precision=auto`. Seconds per step: the epoch's time "
-             "over its steps, data loading included. AP: a sanity check of the path, not an accuracy.", "",
+             "over its steps, data loading included. AP: a sanity check of the path, not an accuracy. The last row is "
+             "WKD-L+WKD-F's with `train.channels_last=true`.", "",
              "| row | s / step | step vs vanilla | AP | wall s |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a separate venv holding torchvision + timm + pycocotools, then run only the modules that need them
 # (tests/test_timm_torchvision.py, tests/test_detection_data_models.py, tests/test_detection_engine.py,
-# tests/test_bench_detection.py) in it.
+# tests/test_detection_formats.py, tests/test_bench_detection.py) in it.
 #
 # Why a separate venv: the project venv has the CPU torch 2.13.0, whose only matching torchvision
 # wheel is a CUDA build that fails to import there. torch 2.14.1 + torchvision 0.29.1 (CUDA builds,
@@ -43,4 +43,4 @@ fi
 PYTHONPATH=$PWD OMP_NUM_THREADS=1 WDISTILL_REQUIRE_TV=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   -n auto --maxprocesses 4 \
   tests/test_timm_torchvision.py tests/test_detection_data_models.py tests/test_detection_engine.py \
-  tests/test_bench_detection.py "$@"
+  tests/test_detection_formats.py tests/test_bench_detection.py "$@"

@@ -92,11 +92,17 @@ def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_pa
 
     monkeypatch.chdir(tmp_path)
     rows = detection_on_device(GpuSetup(device="cpu", quick=True))
-    assert [r["row"] for r in rows] == ["teacher", "vanilla", "wkd_lf"] and all("error" not in r for r in rows)
+    assert [r["row"] for r in rows] == ["teacher", "vanilla", "wkd_lf", "wkd_lf channels_last"]
+    assert all("error" not in r for r in rows)
     assert rows[1]["vs_vanilla"] == 1.0
     assert rows[2]["vs_vanilla"] == pytest.approx(rows[2]["step_s"] / rows[1]["step_s"])
     cfg = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0/config.yaml").read_text())
     assert cfg["run"]["device"] == "cpu" and cfg["train"]["precision"] == "auto" and cfg["train"]["max_steps"] == 2
+    assert not cfg["train"].get("channels_last")
+    cl = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0-channels_last/config.yaml")
+                        .read_text())
+    assert cl["train"]["channels_last"] and {k: v for k, v in cl.items() if k not in ("run", "train")} == {
+        k: v for k, v in cfg.items() if k not in ("run", "train")}
     assert any(line.startswith("| wkd_lf | ") for line in detection_lines(rows))
 
     ddp = detection_torchrun(GpuSetup(device="cpu", quick=True))

@@ -31,7 +31,6 @@ def _cfg(**changes):
     ({"loss": [{"name": "ce"}]}, "terms for detection: det, dkd, fitnet, kd, wkd_f, wkd_l"),
     ({"data": {"name": "fashion_mnist"}}, "data.name=fashion_mnist with task=detection"),
     ({"student": {"model": "resnet8"}}, "student.model=resnet8 with task=detection"),
-    ({"train": {"channels_last": True}}, "train.channels_last is not supported for detection"),
     ({"data": {"name": "coco", "root": "/x", "crop_padding": 4}}, "data.crop_padding is not used by detection"),
     ({"teachers": [{"model": "detection:resnet50"}, {"model": "detection:resnet50"}]}, "from one teacher"),
 ])
@@ -39,6 +38,11 @@ def test_what_detection_cannot_honour_is_refused_when_the_config_is_read(changes
     with pytest.raises(ConfigError) as e:
         load_config(_cfg(**changes))
     assert needle in str(e.value)
+
+
+def test_the_gpu_speed_settings_are_accepted_for_detection():
+    cfg = load_config(_cfg(train={"channels_last": True, "compile": True, "sync_bn": True}))
+    assert cfg.train.channels_last and cfg.train.compile and cfg.train.sync_bn
 
 
 def test_a_detection_term_or_model_in_a_classification_run_is_refused():

@@ -39,18 +39,21 @@ SMALL = dict(min_size=64, max_size=64, anchor_sizes=[[8], [16], [32], [64], [128
              rpn_post_nms_top_n_test=50)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """FMNIST-Det canvases of 64 px: 32 train (every class at least twice), 4 val, 4 test."""
+def make_tiny(out: Path) -> Path:
+    """FMNIST-Det canvases of 64 px in ``out``: 32 train (every class at least twice), 4 val, 4 test."""
     root = os.environ.get("WDISTILL_FMNIST", FMNIST_DIR)
     if not os.path.isdir(root):
         pytest.fail(f"Fashion-MNIST is not at {root}: apt-get install dataset-fashion-mnist", pytrace=False)
     spec = importlib.util.spec_from_file_location("gen", Path(__file__).parents[1] / "scripts" / "make_fmnist_det.py")
     spec.loader.exec_module(gen := importlib.util.module_from_spec(spec))
-    out = tmp_path_factory.mktemp("fmnist_det")
     assert gen.main(["--out", str(out), "--size", "64", "--train", "32", "--val", "4", "--test", "4", "--quiet",
                      "--fmnist-root", root]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("fmnist_det"))
 
 
 def _split(root, split, train=True, transforms=None):

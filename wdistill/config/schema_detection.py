@@ -60,7 +60,7 @@ def task_problems(cfg) -> list[str]:
 
 def _detection_settings(cfg) -> list[str]:
     """The classification-only settings a detection run cannot honour."""
-    d, tr, out = cfg.data, cfg.train, []
+    d, out = cfg.data, []
     unsupported = {"data.crop_padding": d.crop_padding, "data.random_resized_crop": d.random_resized_crop,
                    "data.holdout": d.holdout, "data.factory": d.factory, "student.view": cfg.student.view,
                    "teacher.view": cfg.teacher.view if cfg.teacher else None, "student.taps": cfg.student.taps}
@@ -69,8 +69,4 @@ def _detection_settings(cfg) -> list[str]:
             if v not in (None, 0)]
     if cfg.teachers and len(cfg.teachers) > 1:
         out.append("teachers: detection distils from one teacher; give a single 'teacher:' section")
-    for key, value in (("train.channels_last", tr.channels_last), ("train.compile", tr.compile),
-                       ("train.sync_bn", tr.sync_bn)):
-        if value:
-            out.append(f"{key} is not supported for detection yet: remove it")
     return out

@@ -70,9 +70,12 @@ class TrainSection(Strict):
                        "(Ampere and later). Off: float32 stays float32, so the OT solvers' products (Sinkhorn, "
                        "CKA, covariances), which run in float32 inside autocast, keep their 23-bit mantissa and a "
                        "precision=fp32 run matches the CPU; under bf16/fp16 autocast it changes little else.")
-    channels_last: bool = Field(False, description="channels_last memory format (usually faster on CPU and GPU).")
-    compile: bool = Field(False, description="torch.compile the student.")
-    sync_bn: bool = Field(False, description="SyncBatchNorm over all processes (GPU runs under torchrun).")
+    channels_last: bool = Field(False, description="channels_last memory format (usually faster on CPU and GPU). "
+                                "Detection: the detectors' weights, so their convolutions' outputs.")
+    compile: bool = Field(False, description="torch.compile the student. Detection: the student's backbone (body "
+                          "and FPN) in place; the RPN and the RoI heads stay eager.")
+    sync_bn: bool = Field(False, description="SyncBatchNorm over all processes (GPU runs under torchrun). Detection: "
+                          "the student's BatchNorm layers (a detector trained from scratch); FrozenBatchNorm stays.")
     tensorboard: bool = Field(False, description="Also log to run_dir/tb (needs the tensorboard extra).")
     progress: bool = Field(True, description="Progress bars (shown on a terminal only).")
     eval_every: int = Field(1, gt=0, description="Evaluate on the test split every N epochs (and after the last).")

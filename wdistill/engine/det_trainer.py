@@ -8,7 +8,9 @@ student file. What differs: COCO-format data streamed in lists (``wdistill.data.
 ``detection:<backbone>`` models built for the data's categories, :class:`DetectionDistiller` as the
 step, a linear learning-rate warm-up counted in optimiser steps (``detection.warmup_steps``), and
 COCOeval (AP, AP50, AP75, APs, APm, APl) in the metrics (``test_AP``...) and the summary
-(``final_AP``..., ``best_AP``, ``teacher_AP``...).
+(``final_AP``..., ``best_AP``, ``teacher_AP``...). ``train.channels_last`` and ``train.sync_bn`` act as
+for classification; ``train.compile`` compiles the student's backbone only (its heads' shapes change
+every step).
 
 Under torchrun it is the classification Trainer's scale-out: ``data.batch_size`` is the global
 batch, each rank trains on its slice through DistributedDataParallel, and each rank detects on its
@@ -33,7 +35,7 @@ from wdistill.engine.build import build_model, build_terms, check_teacher_needs
 from wdistill.engine.det_distiller import DetectionDistiller, detect
 from wdistill.engine.trainer import Trainer
 from wdistill.errors import ConfigError
-from wdistill.models.detection import require_torchvision
+from wdistill.models.detection import compile_backbone, require_torchvision
 
 
 def warmup_factor(step: int, steps: int, factor: float) -> float:
@@ -70,10 +72,17 @@ class DetectionTrainer(Trainer):
             self._assemble(lambda: DetectionDistiller(self.student, self.teachers, build_terms(cfg)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if cfg.train.compile:
+            compile_backbone(self.student)
         self.train_loader, self.test_loader = self.data.train_loader, self.data.test_loader
         self.progress = cfg.train.progress and self.rank == 0
         self.scaler = self.precision.scaler()
         self._fresh_progress()
+
+    def _prepare(self, batch: dict) -> dict:
+        """Detection batches are lists of images, which the detector batches itself: under
+        ``train.channels_last`` its weights are in that format, so its convolutions' outputs are."""
+        return batch
 
     def setup_terms(self) -> None:
         """Probe one training batch and let every term build its parts; ``num_classes`` counts the

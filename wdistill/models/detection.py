@@ -182,6 +182,14 @@ def create_detector(name: str, num_classes: int, in_channels: int, pretrained, k
     return build_faster_rcnn(name, num_classes, **kwargs)
 
 
+def compile_backbone(detector: nn.Module) -> None:
+    """``train.compile`` for a detector: its backbone (body and FPN, where nearly all of a step's
+    arithmetic is) compiled in place by ``nn.Module.compile``, so the state dict keeps its keys. The
+    transform, the RPN, the proposal sampling and the RoI heads, whose shapes change every step, stay
+    eager."""
+    detector.backbone.compile()
+
+
 def _check_targets(targets: list[dict]) -> None:
     """What torchvision would assert on deep inside its forward, said up front with the fix."""
     for i, t in enumerate(targets):
