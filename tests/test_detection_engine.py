@@ -73,6 +73,15 @@ def _pair(seed=0):
     return build_faster_rcnn("resnet18", 10, **SMALL), _randomize_bn(build_faster_rcnn("resnet18", 10, **SMALL)).eval()
 
 
+def every_term():
+    """(id, weight, term) of every term that acts on a detector, at settings the checks below recompute."""
+    make = losses.create
+    return [("det", 1.0, make("det")), ("kd", 0.7, make("kd", T=2.0)),
+            ("dkd", 1.3, make("dkd", alpha=1.0, beta=0.25, T=1.0, warmup=0)), ("fitnet", 0.5, make("fitnet")),
+            ("wkd_l", 1.0, make("wkd_l", lambda_l=30.0, tau=2.0, cost="cosine_classifier", decay_start_frac=None)),
+            ("wkd_f", 2.0, make("wkd_f", lambda_f=0.02, gamma=2.0, projector="conv", decay_start_frac=None))]
+
+
 def _ctx(train_set):
     plain = with_transforms(train_set, detection_transforms(False))
     return dict(num_classes=11, num_samples=len(train_set), train_targets=None, device=torch.device("cpu"),
@@ -130,12 +139,7 @@ def test_each_term_on_detection_outputs_equals_an_independent_computation(tiny):
     train = _split(tiny, "train")
     images, targets = collate_detection([train[i] for i in range(4)])
     batch = {"images": images, "targets": targets, "epoch": 0, "num_epochs": 4, "step": 0}
-    make = losses.create
-    terms = [("det", 1.0, make("det")), ("kd", 0.7, make("kd", T=2.0)),
-             ("dkd", 1.3, make("dkd", alpha=1.0, beta=0.25, T=1.0, warmup=0)), ("fitnet", 0.5, make("fitnet")),
-             ("wkd_l", 1.0, make("wkd_l", lambda_l=30.0, tau=2.0, cost="cosine_classifier", decay_start_frac=None)),
-             ("wkd_f", 2.0, make("wkd_f", lambda_f=0.02, gamma=2.0, projector="conv", decay_start_frac=None))]
-    d = DetectionDistiller(student, [teacher], terms)
+    d = DetectionDistiller(student, [teacher], every_term())
     buffers = {k: v.clone() for k, v in student.named_buffers()}
     d.setup(_ctx(train), batch)
     for k, v in student.named_buffers():  # the probe step leaves the student's BatchNorm statistics alone

@@ -20,11 +20,11 @@ from test_detection_engine import (  # noqa: E402
     _randomize_bn,
     _split,
     _two_image_folder,
+    every_term,
     make_tiny,
 )
 from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
-from wdistill import losses  # noqa: E402
 from wdistill.data.coco import collate_detection  # noqa: E402
 from wdistill.engine import make_trainer  # noqa: E402
 from wdistill.engine.ddp import sync_batchnorm  # noqa: E402
@@ -43,12 +43,7 @@ def tiny(tmp_path_factory):
 
 def _distiller(train, batch):
     student, teacher = _pair()
-    make = losses.create
-    terms = [("det", 1.0, make("det")), ("kd", 0.7, make("kd", T=2.0)),
-             ("dkd", 1.3, make("dkd", alpha=1.0, beta=0.25, T=1.0, warmup=0)), ("fitnet", 0.5, make("fitnet")),
-             ("wkd_l", 1.0, make("wkd_l", lambda_l=30.0, tau=2.0, cost="cosine_classifier", decay_start_frac=None)),
-             ("wkd_f", 2.0, make("wkd_f", lambda_f=0.02, gamma=2.0, projector="conv", decay_start_frac=None))]
-    d = DetectionDistiller(student, [teacher], terms)
+    d = DetectionDistiller(student, [teacher], every_term())
     d.setup(_ctx(train), batch)
     return d.train()
 
