@@ -275,7 +275,9 @@ def _add_gpu(bs) -> None:
     g.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--warmup", type=int, default=10)
-    g.add_argument("--compile", action="store_true", help="also time the torch.compile'd WKD-L kernel")
+    g.add_argument("--compile", action="store_true",
+                   help="also time the torch.compile'd WKD-L kernel, and KD's step with the student compiled as "
+                   "train.compile does")
     g.add_argument("--ddp", action="store_true", help="also a one-process torchrun through DDP (NCCL on a GPU)")
     g.add_argument("--e2e", action="store_true", help="also the FMNIST-KD v1 teacher and 4 students on the device")
     g.add_argument("--official", metavar="PATH", default=None,

@@ -160,14 +160,18 @@ def _timer(device: torch.device):
     return cuda if device.type == "cuda" else cpu
 
 
-def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = False) -> dict:
+def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = False, compiled: bool = False) -> dict:
     """Median step seconds of ``method`` and of its bound (student CE step + teacher forward), bfloat16
     autocast and channels_last on a GPU; with ``sync_check`` the steps run under
-    ``torch.cuda.set_sync_debug_mode("error")`` and a host sync is reported, not raised."""
+    ``torch.cuda.set_sync_debug_mode("error")`` and a host sync is reported, not raised. ``compiled``: the
+    student torch.compile'd as ``train.compile`` does (its compilation falls in the warm-up; the bound stays
+    eager)."""
     device = torch.device(setup.device)
     task = SyntheticTask(replace(setup.shapes(), batch=batch_size))
     torch.manual_seed(0)
     d = task.distiller(method, device)
+    if compiled:
+        d.student_tap.model = torch.compile(d.student)  # as the Trainer does: the hooks stay on the student
     cuda = device.type == "cuda"
     if cuda:
         d.to(memory_format=torch.channels_last)
@@ -198,7 +202,7 @@ def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = 
         timer = _timer(device)
         for _ in range(setup.warmup):
             step(), bound()
-        row = {"method": method, "batch": batch_size, "sync_free": None}
+        row = {"method": method, "batch": batch_size, "sync_free": None, "compiled": compiled}
         if sync_check and cuda:
             row["sync_free"], row["sync_error"] = _sync_free(step)
         times = [(timer(step), timer(bound)) for _ in range(setup.steps)]

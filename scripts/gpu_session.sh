@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 26's device check, prepared for a session lent a GPU: one command there, about 6-7 minutes (results are
-# written after each section, so a run cut short keeps what it measured).
+# Issue 26's device check, prepared for a session lent a GPU: one command there, about 7 minutes by estimate (it has
+# never run on a GPU). Results are written after each section, so a run cut short keeps what it measured.
 #
 #   here, once:  bash scripts/gpu_session.sh prepare [WKD_CHECKOUT]
 #                -> .whl/ (the wheels the GPU image lacks: pydantic and its parts, yacs, pycocotools),
