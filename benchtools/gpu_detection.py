@@ -26,10 +26,10 @@ def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
     (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
     row's R18-FPN student, and WKD-L+WKD-F's again with ``train.channels_last``, every one an ordinary run
-    directory. Per row: its seconds per training step (its epoch's
-    time over its steps, data loading included) against vanilla's, and its AP. A check that the detection path
-    runs and stays finite on the device, not an accuracy: the teacher is barely trained. A student row that fails
-    (a non-finite loss, say) is a finding: it goes into ``res["errors"]`` and the other rows still run."""
+    directory. Per row: its seconds per training step (its epoch's time over its steps, data loading included)
+    against vanilla's, and its AP. A check that the detection path runs and stays finite on the device, not an
+    accuracy: the teacher is barely trained. A student row that fails (a non-finite loss, say) is a finding: it
+    goes into ``res["errors"]`` and the other rows still run."""
     res = {"errors": []} if res is None else res
     size = DET_QUICK if setup.quick else DET_SIZE
     runs_root = _det_root(setup)
