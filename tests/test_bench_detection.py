@@ -89,6 +89,7 @@ def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_pa
     through DDP on a process group (gloo here, NCCL on a GPU)."""
     from benchtools.gpu import GpuSetup
     from benchtools.gpu_detection import detection_lines, detection_on_device, detection_torchrun, torchrun_lines
+    from wdistill.engine.rundir import read_history
 
     monkeypatch.chdir(tmp_path)
     rows = detection_on_device(GpuSetup(device="cpu", quick=True))
@@ -98,6 +99,11 @@ def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_pa
     assert rows[2]["vs_vanilla"] == pytest.approx(rows[2]["step_s"] / rows[1]["step_s"])
     cfg = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0/config.yaml").read_text())
     assert cfg["run"]["device"] == "cpu" and cfg["train"]["precision"] == "auto" and cfg["train"]["max_steps"] == 2
+    # three epochs, only the last evaluated, no gradient-share pass: the second epoch's time is the step time
+    assert (cfg["optim"]["epochs"], cfg["train"]["eval_every"], cfg["train"]["grad_share"]) == (3, 3, False)
+    history = read_history(tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0")
+    assert [("test_AP" in r) for r in history] == [False, False, True]
+    assert rows[2]["step_s"] == pytest.approx(history[1]["seconds"] / 2)
     assert not cfg["train"].get("channels_last")
     cl = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0-channels_last/config.yaml")
                         .read_text())
