@@ -418,15 +418,20 @@ def test_accumulated_micro_batches_take_the_step_of_the_whole_batch(tiny, tmp_pa
     assert (end2 - end1).norm() <= 1e-3 * (end1 - start1).norm(), ((end2 - end1).norm(), (end1 - start1).norm())
 
 
-def _ddp_worker(rank: int, world: int, port: int, root: str, out_dir: str, teacher: dict) -> None:
+def _ddp_worker(rank: int, world: int, port: int, root: str, out_dir: str, teacher: dict, train: dict | None = None,
+                backend: str | None = None) -> None:
     """One rank of a torchrun-like job (gloo): record the images it trains on in epoch 1, train, then
-    score an oracle that "detects" each evaluation image's ground truth."""
+    score an oracle that "detects" each evaluation image's ground truth. ``train``: settings of the train section;
+    ``backend``: the torch.compile backend of ``train.compile``."""
     import torch.distributed as dist
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    if backend:
+        compile_ = torch.nn.Module.compile
+        torch.nn.Module.compile = lambda self, **kw: compile_(self, backend=backend)
     cfg = _config(root, out_dir, "ddp", teacher=teacher, loss=[{"name": "det"}, {"name": "kd", "T": 1.0}],
-                  optim={"epochs": 2, "milestones": [2], "lr": 0.002})
+                  optim={"epochs": 2, "milestones": [2], "lr": 0.002}, train=train or {})
     trainer = make_trainer(cfg, log=lambda *_: None)
     trainer.train_loader.set_epoch(0)
     seen = [int(t["image_id"]) for b in trainer.train_loader for t in b["targets"]]
@@ -449,25 +454,31 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out_dir: str, teach
     dist.destroy_process_group()
 
 
-def test_two_ranks_train_one_detector_on_the_global_batch_and_score_every_evaluation_image(tiny, tmp_path):
-    """torchrun semantics for detectors (gloo, 2 ranks): the global batch of 2 is one image per rank,
-    disjoint and together the whole split; DDP keeps the students bit-identical (and they trained);
-    each rank detects on its own evaluation images and rank 0 scores them all: an oracle scores AP 1
-    on both ranks (half of the images would miss, each image twice would add false positives);
-    rank 0 alone writes the run directory."""
+def two_rank_run(tiny, tmp_path, train: dict | None = None, backend: str | None = None) -> tuple[dict, dict]:
+    """Two gloo ranks (:func:`_ddp_worker`) on 8 training entries and 2 evaluation images, with a KD teacher;
+    what each rank recorded."""
     import socket
 
     import torch.multiprocessing as mp
-    root = _two_image_folder(tiny, tmp_path / "two", copies=4)  # 8 training entries, 2 evaluation images
+    root = _two_image_folder(tiny, tmp_path / "two", copies=4)
     torch.manual_seed(5)
     torch.save({"model": _randomize_bn(build_faster_rcnn("resnet18", 10, **SMALL)).state_dict()}, tmp_path / "t.pt")
     teacher = {"model": "detection:resnet18", "checkpoint": str(tmp_path / "t.pt"), "kwargs": dict(SMALL)}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(2, port, str(root), str(tmp_path / "runs"), teacher), nprocs=2,
-                       join=True, start_method="spawn")
-    r0, r1 = (torch.load(tmp_path / "runs" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    mp.start_processes(_ddp_worker, args=(2, port, str(root), str(tmp_path / "runs"), teacher, train, backend),
+                       nprocs=2, join=True, start_method="spawn")
+    return tuple(torch.load(tmp_path / "runs" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+
+def test_two_ranks_train_one_detector_on_the_global_batch_and_score_every_evaluation_image(tiny, tmp_path):
+    """torchrun semantics for detectors (gloo, 2 ranks): the global batch of 2 is one image per rank,
+    disjoint and together the whole split; DDP keeps the students bit-identical (and they trained);
+    each rank detects on its own evaluation images and rank 0 scores them all: an oracle scores AP 1
+    on both ranks (half of the images would miss, each image twice would add false positives);
+    rank 0 alone writes the run directory."""
+    r0, r1 = two_rank_run(tiny, tmp_path)
     assert r0["steps"] == r1["steps"] == 4 and len(r0["seen"]) == len(r1["seen"]) == 4
     assert not set(r0["seen"]) & set(r1["seen"]) and set(r0["seen"]) | set(r1["seen"]) == {
         1, 2, 11, 12, 21, 22, 31, 32}

@@ -22,6 +22,7 @@ from test_detection_engine import (  # noqa: E402
     _two_image_folder,
     every_term,
     make_tiny,
+    two_rank_run,
 )
 from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
@@ -134,6 +135,19 @@ def test_channels_last_and_compile_train_the_same_detector_through_the_engine(ti
     fresh = build_faster_rcnn("resnet18", 10, **SMALL)
     assert list(record["model"]) == list(fresh.state_dict())  # no compile wrapper in the keys
     fresh.load_state_dict(record["model"])
+
+
+def test_two_ranks_keep_one_compiled_channels_last_detector(tiny, tmp_path):
+    """DDP over a student whose backbone is compiled in place and in channels_last (AOTAutograd's eager backend,
+    so the backward is the compiled graph's): the two ranks train on different images, so only gradients that DDP
+    averaged, the compiled backbone's included, keep their students bit-identical."""
+    r0, r1 = two_rank_run(tiny, tmp_path, train={"channels_last": True, "compile": True}, backend="aot_eager")
+    assert not set(r0["seen"]) & set(r1["seen"])
+    backbone = [k for k in r0["student"] if k.startswith("backbone.") and "running" not in k and "num_batches" not in k]
+    assert backbone and any(not torch.equal(r0["student"][k], r0["start"][k]) for k in backbone)  # it trained
+    for k, v in r0["student"].items():
+        assert torch.equal(v, r1["student"][k]), k
+    assert r0["summary"]["world_size"] == 2 and r0["oracle_AP"] == r1["oracle_AP"] == pytest.approx(1.0)
 
 
 def test_sync_bn_on_a_detector_converts_its_batchnorm_and_leaves_frozen_statistics(tmp_path):
