@@ -26,6 +26,27 @@ def pytest_configure(config):
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
+@pytest.fixture
+def dynamo_graphs(monkeypatch) -> list:
+    """torch.compile and nn.Module.compile with a backend that records the FX graphs dynamo hands it and runs them
+    as traced: what can go wrong in our use of compile (a hook's output lost, a wrapped module saved) happens before
+    code generation, which inductor takes minutes for on a 2-core CPU. The list of graphs, filled as they come."""
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    compile_fn, compile_method = torch.compile, torch.nn.Module.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_fn(model, backend=recording))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_method(self, backend=recording))
+    return graphs
+
+
+def convolves(gm) -> bool:
+    """Whether the FX graph ``gm`` holds a 2-d convolution (a model's body was traced, not a stray helper)."""
+    return any("conv2d" in str(n.target) for n in gm.graph.nodes)
+
+
 def require_importable(name: str):
     """Import ``name`` for a module of tests that needs it (torchvision, timm, pycocotools): skip the
     module where it is not importable, except under WDISTILL_REQUIRE_TV=1 (the venv of

@@ -2,13 +2,13 @@
 still see every step (their hooks are traced into the graph), the run trains as the eager one does, and the
 student file keeps its keys.
 
-torch.compile's backend is swapped for one that records the graphs dynamo hands it and runs them as traced:
-inductor's code generation takes minutes on a 2-core CPU, and what can go wrong in wdistill's use of compile (a
-hook's output lost, a wrapped module saved) happens before it. The GPU benchmark compiles with inductor.
+torch.compile's backend is swapped for one that records the graphs dynamo hands it (conftest's ``dynamo_graphs``);
+the GPU benchmark compiles with inductor.
 """
 import pytest
 import torch
 from builders import random_teacher, small_run
+from conftest import convolves
 
 from wdistill.config import load_config
 from wdistill.engine import Trainer
@@ -19,14 +19,7 @@ def teacher_ckpt(tmp_path):
     return random_teacher(tmp_path / "teacher.pt", "resnet14")
 
 
-def test_a_compiled_student_trains_as_the_eager_one_with_its_feature_terms(tmp_path, teacher_ckpt, monkeypatch):
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=recording))
+def test_a_compiled_student_trains_as_the_eager_one_with_its_feature_terms(tmp_path, teacher_ckpt, dynamo_graphs):
     teacher = {"model": "resnet14", "checkpoint": teacher_ckpt}
     # KD on the logits, WKD-F and FitNet on tapped feature maps
     loss = [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 0.9}, {"name": "wkd_f", "weight": 1.0},
@@ -37,8 +30,7 @@ def test_a_compiled_student_trains_as_the_eager_one_with_its_feature_terms(tmp_p
                                     extra_train={"compile": compiled, "grad_share": False}))
         runs[name] = Trainer(cfg, log=lambda *_: None)
         runs[name].fit()
-    ops = [{str(n.target) for n in gm.graph.nodes} for gm in graphs]
-    assert graphs and all(any("conv2d" in op for op in g) for g in ops), ops
+    assert dynamo_graphs and all(convolves(gm) for gm in dynamo_graphs)
     eager, compiled = runs["eager"].history, runs["compiled"].history
     assert len(eager) == len(compiled) == 2
     for a, b in zip(eager, compiled):

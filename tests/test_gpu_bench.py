@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import convolves
 
 from benchtools.gpu import GpuSetup, _rel, no_tf32, parity
 
@@ -92,23 +93,16 @@ def test_a_failed_torchrun_is_an_error_not_a_quiet_row(tmp_path, monkeypatch):
         G.torchrun_one_process(torch.device("cpu"))
 
 
-def test_the_compiled_step_runs_the_student_through_dynamo_as_train_compile_does(monkeypatch):
+def test_the_compiled_step_runs_the_student_through_dynamo_as_train_compile_does(dynamo_graphs):
     """`--compile`'s KD row: the student compiled as the Trainer's train.compile does it (a recording backend here;
     inductor on the GPU), timed against the same eager bound, and marked in the table."""
     from benchtools.gpu import step_time
     from benchtools.gpu_report import _step_lines
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=recording))
     row = step_time("kd", 8, GpuSetup(device="cpu", quick=True, steps=2, warmup=1), compiled=True)
-    assert graphs and all(any("conv2d" in str(n.target) for n in gm.graph.nodes) for gm in graphs)
+    assert dynamo_graphs and all(convolves(gm) for gm in dynamo_graphs)
     assert row["compiled"] and row["step_s"] > 0 and row["bound_s"] > 0
-    traced = len(graphs)
+    traced = len(dynamo_graphs)
     eager = step_time("kd", 8, GpuSetup(device="cpu", quick=True, steps=2, warmup=1))
-    assert not eager["compiled"] and len(graphs) == traced  # the eager row compiles nothing
+    assert not eager["compiled"] and len(dynamo_graphs) == traced  # the eager row compiles nothing
     lines = _step_lines({"steps": [eager | {"target": 1.1}, row | {"target": 1.1}]})
     assert lines[-2].startswith("| kd | 8 | ") and lines[-1].startswith("| kd, train.compile | 8 | ")
