@@ -26,19 +26,31 @@ def pytest_configure(config):
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
+class Graphs(list):
+    """The FX graphs dynamo handed the backend, in order; ``modules``: those nn.Module.compile was called on."""
+
+    def __init__(self):
+        super().__init__()
+        self.modules = []
+
+
 @pytest.fixture
-def dynamo_graphs(monkeypatch) -> list:
+def dynamo_graphs(monkeypatch) -> Graphs:
     """torch.compile and nn.Module.compile with a backend that records the FX graphs dynamo hands it and runs them
     as traced: what can go wrong in our use of compile (a hook's output lost, a wrapped module saved) happens before
-    code generation, which inductor takes minutes for on a 2-core CPU. The list of graphs, filled as they come."""
-    graphs = []
+    code generation, which inductor takes minutes for on a 2-core CPU. The graphs, filled as they come."""
+    graphs = Graphs()
 
     def recording(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
+
+    def compile_in_place(module, **kw):
+        graphs.modules.append(module)
+        return compile_method(module, backend=recording)
     compile_fn, compile_method = torch.compile, torch.nn.Module.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_fn(model, backend=recording))
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_method(self, backend=recording))
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_in_place)
     return graphs
 
 
