@@ -19,12 +19,15 @@ def dkd_parts(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tens
     ``log_softmax`` over the C-1 non-target logits, so no probability is ever logged.
     """
     b, c = s_logits.shape
-    gt = F.one_hot(target, c).bool()
+    # the C-1 non-target classes of each row in ascending order: j, or j + 1 from the target on (a gather,
+    # where a boolean mask would make the GPU wait for the host)
+    j = torch.arange(c - 1, device=target.device)
+    others = j[None, :] + (j[None, :] >= target[:, None])
 
     def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = z / T
-        z_gt = z[gt].view(b, 1)
-        z_other = z[~gt].view(b, c - 1)
+        z_gt = z.gather(1, target[:, None])
+        z_other = z.gather(1, others)
         binary = torch.cat([z_gt, torch.logsumexp(z_other, dim=1, keepdim=True)], dim=1)
         return F.log_softmax(binary, dim=1), F.log_softmax(z_other, dim=1)
 

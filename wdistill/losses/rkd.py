@@ -19,9 +19,10 @@ def _pairwise_distance(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def _distance_potential(e: torch.Tensor) -> torch.Tensor:
-    """Pairwise distances divided by their mean over the non-zero entries (distance potential)."""
+    """Pairwise distances divided by their mean over the non-zero entries (distance potential). The
+    zeros add nothing to the sum, so the mean is ``sum / count``: no boolean mask (a host sync on a GPU)."""
     d = _pairwise_distance(e)
-    return d / d[d > 0].mean()
+    return d / (d.sum() / (d > 0).sum())
 
 
 def _angle_potential(e: torch.Tensor) -> torch.Tensor:
