@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from wdistill import losses, ot
 from wdistill.losses import SetupContext
+from wdistill.losses.wcord.critic import SQUARINGS, spectral_upper
 
 N, C, B, DS, DT = 30, 3, 6, 5, 7
 
@@ -284,3 +285,22 @@ def test_memory_banks_and_lckt_see_the_global_batch_under_ddp(tmp_path):
     cost = ot.cosine_cost(r0["h_s"], r0["h_t"])
     expected = float((ot.ipot(w, w, cost, 0.5, 50) * cost).sum())
     assert abs(r0["lckt"] - expected) < 1e-6 and abs(r1["lckt"] - expected) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(128, 256), (256, 128), (10, 10), (1, 5)])
+def test_spectral_upper_is_the_largest_singular_value_from_above(shape):
+    """The bounded critic's sigma_max without an SVD: never below the SVD's (so the Lipschitz bound holds), above
+    it by at most n^(1/2k), which equal singular values reach; its gradient is the SVD's u v^T."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    q = torch.linalg.qr(torch.randn(max(shape), min(shape), generator=g, dtype=torch.float64)).Q
+    equal = 3 * (q if shape[0] >= shape[1] else q.T)  # every singular value 3
+    slack = min(shape) ** (1 / 2 ** (SQUARINGS + 1))
+    assert 1 - 1e-12 <= float(spectral_upper(w.detach()) / torch.linalg.svdvals(w.detach())[0]) <= slack
+    assert float(spectral_upper(equal) / 3) == pytest.approx(slack, rel=1e-9)
+    grad = torch.autograd.grad(spectral_upper(w), w)[0]
+    exact = torch.autograd.grad(torch.linalg.matrix_norm(w, ord=2), w)[0]
+    assert float((grad - exact).norm() / exact.norm()) < 1e-6
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inside any autocast
+        low = spectral_upper(w.detach().float())
+    assert low.dtype == torch.float32 and float(low / torch.linalg.svdvals(w)[0]) == pytest.approx(1, abs=1e-6)
