@@ -172,7 +172,7 @@ class Stepper:
                     for w in self.watchers:
                         w.before_backward(step, mb, parts)
                 self.scaler.scale(total / self.accumulate).backward()
-            b = torch.tensor(float(len(mb["target"])), device=total.device)
+            b = torch.full((), float(len(mb["target"])), device=total.device)  # a fill: torch.tensor would copy, a sync
             self.meter.add("n", b)
             self.meter.add("loss", total * b)
             for k, v in parts.items():
