@@ -203,8 +203,10 @@ def _parity_lines(res: dict) -> list[str]:
 def _step_lines(res: dict) -> list[str]:
     lines = ["", "## Training step against its bound", "",
              "Median of the timed steps after warm-up; the bound is the student's CE step plus the teacher's "
-             "forward under the same settings (bfloat16 autocast and channels_last on a GPU). Host syncs: "
-             "`torch.cuda.set_sync_debug_mode(\"error\")` around three steps at the first batch size. A row "
+             "forward under the same settings (bfloat16 autocast and channels_last on a GPU). Host syncs: three "
+             "steps of the Trainer's own Stepper (autocast, meter, non-finite guard, gradient clipping) at the first "
+             "batch size under `torch.cuda.set_sync_debug_mode(\"error\")` on a GPU, under "
+             "`benchtools/host_sync.py`'s record of syncing operations on the CPU. A row "
              "marked `train.compile` has the student compiled as that setting does (against the same eager bound).",
              "",
              "| method | batch | step ms | bound ms | ratio | target | host-sync free |",
