@@ -231,3 +231,36 @@ def test_a_restarted_attempt_never_reads_the_dead_attempts_keys(tmp_path):
     assert written[0], "attempt 0 wrote nothing: the workers did not use the test's store"
     assert written[1] and written[2], f"a restarted attempt wrote no key of its own: it reused the dead one's {written}"
     assert not written[1] & written[0] and not written[2] & (written[0] | written[1]), written
+
+
+def _wrap_worker(rank: int, world: int, port: int, out_dir: str, new_ddp: bool) -> None:
+    from wdistill.engine import ddp
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ddp._FORWARD_SYNC_BUFFERS = new_ddp  # False: the path of torch < 2.13 (DDP's broadcast_buffers)
+    net = nn.BatchNorm1d(3)
+    net.running_mean.fill_(float(rank))  # each rank's own statistics
+    torch.manual_seed(rank)
+    nn.init.normal_(net.weight)
+    wrapped = ddp.wrap(net, torch.device("cpu"), find_unused=False)
+    at_start = (net.running_mean.clone(), net.weight.detach().clone())
+    wrapped(torch.randn(4, 3) + rank)  # a forward must not broadcast again: the statistics stay per rank
+    torch.save({"start": at_start, "after": net.running_mean.clone()}, os.path.join(out_dir, f"wrap{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("new_ddp", [True, False])
+def test_ddp_broadcasts_rank_0s_buffers_once_at_the_start_on_either_torch(tmp_path, new_ddp):
+    """torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers, with another meaning at the start: the
+    wrap gives both the same behaviour. Rank 0's parameters and buffers reach every rank when wrapped; a forward
+    broadcasts nothing more (BatchNorm statistics stay per rank until the epoch's end)."""
+    from wdistill.engine import ddp
+    if new_ddp and not ddp._FORWARD_SYNC_BUFFERS:
+        pytest.skip(f"torch {torch.__version__}'s DDP has no forward_sync_buffers")
+    mp.start_processes(_wrap_worker, args=(2, _free_port(), str(tmp_path), new_ddp), nprocs=2, join=True,
+                       start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"wrap{r}.pt", weights_only=True) for r in (0, 1))
+    for a, b in zip(r0["start"], r1["start"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (r0["start"][0] == 0).all()
+    assert not torch.allclose(r0["after"], r1["after"])

@@ -8,6 +8,7 @@ BatchNorm, whose statistics are per rank unless ``train.sync_bn``).
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -80,6 +81,11 @@ def per_rank_batch(global_batch: int, world_size: int, accumulate: int = 1) -> i
     return global_batch // parts
 
 
+# torch 2.13 replaced DDP's broadcast_buffers by forward_sync_buffers: both, set False, stop the broadcast of
+# buffers before every forward, but broadcast_buffers=False also skipped their broadcast at the start.
+_FORWARD_SYNC_BUFFERS = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+
+
 def wrap(module: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
     """``module`` under DistributedDataParallel when this process is in a process group, else itself
     (buckets of gradients are all-reduced while the backward pass runs).
@@ -90,8 +96,13 @@ def wrap(module: nn.Module, device: torch.device, find_unused: bool) -> nn.Modul
     if backend() is None:
         return module
     ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False,
-                                   find_unused_parameters=find_unused)
+    if _FORWARD_SYNC_BUFFERS:
+        return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False,
+                                       find_unused_parameters=find_unused)
+    wrapped = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                      find_unused_parameters=find_unused)
+    broadcast_buffers(module, dist.get_world_size())  # what broadcast_buffers=False leaves out before torch 2.13
+    return wrapped
 
 
 def all_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
