@@ -15,11 +15,14 @@ tensor methods that copy to the host, so a sync added to any method's step fails
 - a tensor made from host data in the step (``torch.tensor(...)``, ``torch.as_tensor(list)``): on a GPU
   a blocking host-to-device copy, which the debug mode reports.
 
-What it cannot see: a host-to-device copy of an existing tensor (``.to("cuda")``) and CUDA's own
-synchronising calls. The GPU run's debug mode sees those.
+What it cannot see in a step: a host-to-device copy of an existing tensor (``.to("cuda")``), since
+on the CPU a host tensor and a device tensor look alike, and CUDA's own synchronising calls. The GPU
+run's debug mode sees those. Where every tensor is host data (a loader's batch on its way to the
+device), :func:`blocking_copies` records each copy to a device that is not ``non_blocking=True``.
 """
 from __future__ import annotations
 
+import traceback
 from contextlib import contextmanager
 from typing import Callable
 
@@ -95,3 +98,26 @@ def host_syncs(fn: Callable[[], object], repeats: int = 1) -> list[str]:
         for _ in range(repeats):
             fn()
     return list(dict.fromkeys(found))
+
+
+def _names_a_device(args, kwargs) -> bool:
+    return "device" in kwargs or any(isinstance(a, (torch.device, str)) or torch.is_tensor(a) for a in args)
+
+
+@contextmanager
+def blocking_copies():
+    """Yields a list that fills with ``"file:line"`` of each ``Tensor.to(device ...)`` call inside the block
+    without ``non_blocking=True``: from host memory, each is a copy that makes the host wait on a GPU."""
+    found: list[str] = []
+    original = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if _names_a_device(args, kwargs) and not kwargs.get("non_blocking", False):
+            frame = traceback.extract_stack(limit=2)[0]
+            found.append(f"{frame.filename}:{frame.lineno}")
+        return original(self, *args, **kwargs)
+    torch.Tensor.to = to
+    try:
+        yield found
+    finally:
+        torch.Tensor.to = original

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from builders import random_teacher, small_run
 
 from benchtools.gpu import GpuSetup, _fixed_batch, sync_free, trainer_step
-from benchtools.host_sync import host_syncs
+from benchtools.host_sync import blocking_copies, host_syncs
 from benchtools.speed import SyntheticTask
 from wdistill.config import load_config
 from wdistill.engine import Trainer
@@ -93,3 +93,29 @@ def test_a_real_runs_steps_have_no_host_sync(tmp_path, monkeypatch):
     cfg = load_config(small_run(tmp_path, seed=0, epochs=1, loss=loss, teacher=teacher), ["train.log_every=100"])
     Trainer(cfg, log=lambda m: None).fit()
     assert calls[0] == 4 and found == []
+
+
+def _loaders():
+    from wdistill.data import bundled_sample
+    from wdistill.data.loader import BatchLoader
+    from wdistill.data.stream import StreamLoader
+    ds = bundled_sample("train").subset(slice(0, 32))
+    yield "crop + flip", BatchLoader(ds, 8, True, crop_padding=2, flip=True)
+    yield "resized crop + flip", BatchLoader(ds, 8, True, flip=True, resized_crop=20)
+    yield "evaluation", BatchLoader(ds, 8, False, resized_crop=20)
+    yield "streamed", StreamLoader(ds, 8, True, mean=ds.mean, std=ds.std)
+
+
+def test_the_loaders_copy_batches_to_the_device_without_waiting():
+    """Every copy of a batch (images, targets, indices, augmentation draws) to the device is non_blocking, and the
+    normalisation constants are moved once: a blocking copy from host memory made the GPU drain every step. The
+    record sees a blocking copy (the check of the check), then none in two passes of each loader."""
+    with blocking_copies() as found:
+        torch.ones(2).to("cpu")
+        torch.ones(2).to(torch.device("cpu"), non_blocking=True)
+    assert len(found) == 1 and "test_host_sync.py" in found[0]
+    for name, loader in _loaders():
+        next(iter(loader))  # the first batch may move the constants once
+        with blocking_copies() as found:
+            batches = [b for _ in range(2) for b in loader]
+        assert batches and found == [], (name, found)

@@ -64,9 +64,9 @@ def crop_flip(x: torch.Tensor, padding: int, offsets: torch.Tensor | None, flips
     rows = torch.arange(h, device=dev).view(1, h, 1)
     cols = torch.arange(w, device=dev).view(1, 1, w)
     if flips is not None:
-        cols = torch.where(flips.to(dev).view(n, 1, 1), w - 1 - cols, cols)
+        cols = torch.where(flips.to(dev, non_blocking=True).view(n, 1, 1), w - 1 - cols, cols)
     if offsets is not None:
-        offsets = offsets.to(dev)
+        offsets = offsets.to(dev, non_blocking=True)
         rows = rows + offsets[0].view(n, 1, 1)
         cols = cols + offsets[1].view(n, 1, 1)
     flat = (rows * wp + cols).view(n, 1, h * w).expand(n, c, h * w)
@@ -130,11 +130,12 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, size: int, flips: to
     theta[:, 0, 2] = (2 * b[:, 1] + b[:, 3]) / width - 1
     theta[:, 1, 1] = sy
     theta[:, 1, 2] = (2 * b[:, 0] + b[:, 2]) / height - 1
-    grid = F.affine_grid(theta.to(x.dtype).to(x.device), [n, 1, size, size], align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype, non_blocking=True), [n, 1, size, size], align_corners=False)
     # Sample only inside the box, as resizing the cropped image would: clamp to its edge pixel centres.
     lo = torch.stack([(2 * b[:, 1] + 1) / width, (2 * b[:, 0] + 1) / height], 1) - 1
     hi = torch.stack([(2 * (b[:, 1] + b[:, 3]) - 1) / width, (2 * (b[:, 0] + b[:, 2]) - 1) / height], 1) - 1
-    grid = torch.clamp(grid, lo.to(grid).view(n, 1, 1, 2), hi.to(grid).view(n, 1, 1, 2))
+    lo, hi = (v.to(grid, non_blocking=True).view(n, 1, 1, 2) for v in (lo, hi))
+    grid = torch.clamp(grid, lo, hi)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -171,17 +172,8 @@ class Augment:
     a seeded generator reproduces the batch exactly.
     """
 
-    def __init__(
-        self,
-        mean,
-        std,
-        crop_padding: int = 0,
-        flip: bool = False,
-        resized_crop: int | None = None,
-        scale=(0.08, 1.0),
-        ratio=(3 / 4, 4 / 3),
-        center_crop: int | None = None,
-    ):
+    def __init__(self, mean, std, crop_padding: int = 0, flip: bool = False, resized_crop: int | None = None,
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), center_crop: int | None = None):
         mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
         std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
         if (std <= 0).any():
@@ -201,23 +193,28 @@ class Augment:
         self.resized_crop, self.center_crop = resized_crop, center_crop
         self.scale, self.ratio = tuple(scale), tuple(ratio)
 
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``x * norm_mul + norm_add`` in place; the two are moved to ``x``'s device once, not every batch."""
+        if self.norm_mul.device != x.device:
+            self.norm_mul, self.norm_add = self.norm_mul.to(x.device), self.norm_add.to(x.device)
+        return x.mul_(self.norm_mul).add_(self.norm_add)
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != self.norm_mul.shape[1]:
             raise ValueError(f"expected a (N, {self.norm_mul.shape[1]}, H, W) batch, got {tuple(images.shape)}")
         n = images.shape[0]
-        dev = images.device
         if self.resized_crop is not None:
             boxes = draw_resized_crop_boxes(n, images.shape[2], images.shape[3], self.scale, self.ratio, generator)
             flips = _draw_flips(n, generator) if self.flip else None
             x = resized_crop_flip(images.to(torch.float32), boxes, self.resized_crop, flips)
-            return x.mul_(self.norm_mul.to(dev)).add_(self.norm_add.to(dev))
+            return self._normalise(x)
         offsets = _draw_offsets(n, self.crop_padding, generator) if self.crop_padding else None
         flips = _draw_flips(n, generator) if self.flip else None
         x = crop_flip(images, self.crop_padding, offsets, flips)
         if self.center_crop is not None:
             x = center_crop(x, self.center_crop)
         # copy=True: a float input must not be scaled in place under the caller.
-        return x.to(torch.float32, copy=True).mul_(self.norm_mul.to(dev)).add_(self.norm_add.to(dev))
+        return self._normalise(x.to(torch.float32, copy=True))
 
 
 # ---- the augmentation recipe each data set declares ------------------------------------------------

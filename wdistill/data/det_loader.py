@@ -152,8 +152,8 @@ class DetectionLoader:
         for b, (images, targets) in enumerate(batches, first):
             self._before = {"batch": b}
             images = [x.to(self.device, non_blocking=True) for x in images]
-            targets = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                       for t in targets]
+            targets = [{k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                        for k, v in t.items()} for t in targets]
             yield {"images": images, "targets": targets, "target": targets}
 
 

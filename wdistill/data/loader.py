@@ -89,5 +89,5 @@ class BatchLoader:
             yield {
                 "image": self.augment(images, aug_g),
                 "target": self.dataset.targets[idx].to(self.device, non_blocking=True),
-                "index": idx.to(self.device),
+                "index": idx.to(self.device, non_blocking=True),
             }

@@ -287,4 +287,4 @@ class StreamLoader:
             elif x.dtype != torch.float32:
                 x = x.float()
             yield {"image": x, "target": targets.to(self.device, non_blocking=True),
-                   "index": index.to(self.device)}
+                   "index": index.to(self.device, non_blocking=True)}
