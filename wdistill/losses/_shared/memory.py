@@ -155,7 +155,10 @@ class ClassSampler(nn.Module):
         window = perm[(offset + stride * torch.arange(k + self.max_count, device=dev)) % n]  # (B, k + max count)
         other = self.targets[window] != y[:, None]
         keep = other & (torch.cumsum(other, 1) <= k)  # the first k of them
-        return window[keep].view(b, k)
+        # window[keep].view(b, k) without a boolean mask (a host sync on a GPU): each kept entry to its slot
+        # 0..k-1 of the row, the others to a spare slot k, dropped
+        slot = torch.where(keep, torch.cumsum(keep, 1) - 1, k)
+        return window.new_empty(b, k + 1).scatter_(1, slot, window)[:, :k]
 
     def same_class(self, y: torch.Tensor) -> torch.Tensor:
         """(B,) one random row of each label y[b]."""
