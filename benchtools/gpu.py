@@ -9,21 +9,17 @@ GPU session runs in one go cannot rot.
 """
 from __future__ import annotations
 
-import itertools
 import statistics
 import time
-from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from benchtools.host_sync import host_syncs
+from benchtools.gpu_syncs import sync_free, trainer_step
 from benchtools.speed import SpeedSetup, SyntheticTask, speed_terms
 from wdistill import ot
-from wdistill.engine.loop import Guard, Meter, Stepper
-from wdistill.engine.precision import Precision
 from wdistill.losses.recipes import RECIPES
 from wdistill.losses.wkd.wkd_l import wkd_l_parts
 
@@ -217,45 +213,6 @@ def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = 
         return row
     finally:
         d.close()
-
-
-def trainer_step(d, batch: dict, device: torch.device, clip: float | None = 5.0,
-                 precision: str = "auto") -> Callable[[], None]:
-    """One training step of ``d`` as the Trainer takes it (``engine.loop.Stepper``): the autocast of
-    ``train.precision`` (``precision``), the loss scaler, the device-side meter and non-finite guard, the gradient's
-    norm, clipping (``train.clip_grad_norm``, on here so that its branch is checked too), the optimiser
-    step and the terms' after-step hooks. Logging, which reads the meter, is not part of it."""
-    precision = Precision(precision, device)
-    params = [p for p in d.student.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4, nesterov=True)
-
-    def forward(b):
-        total, parts, s_out = d(b)
-        return total, parts, s_out["logits"]
-    stepper = Stepper(d, forward, opt, precision.scaler(), precision.autocast, 1, params, Meter(device),
-                      Guard(list(d.terms), dict(d.weights), device), d.after_step, clip=clip)
-    count = itertools.count()
-    return lambda: stepper.step(dict(batch), next(count))
-
-
-def sync_free(step: Callable[[], None], device: torch.device, warmup: int = 2) -> tuple[bool, str | None]:
-    """(no host sync in three calls of ``step`` after ``warmup``, the first one found). On CUDA the check
-    is ``torch.cuda.set_sync_debug_mode("error")``; elsewhere :func:`benchtools.host_sync.host_syncs`."""
-    for _ in range(warmup):
-        step()
-    if device.type != "cuda":
-        found = host_syncs(step, repeats=3)
-        return not found, (found[0] if found else None)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            step()
-        return True, None
-    except RuntimeError as e:
-        return False, str(e).splitlines()[0]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def wkd_l_kernel(batch: int, classes: int, setup: GpuSetup, compiled: bool = False) -> dict:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time, wkd_l_kernel
+from benchtools.gpu_syncs import real_run_syncs
 from benchtools.targets import ratio_target
 from wdistill.config.presets import recipe
 from wdistill.io import atomic_write_text
@@ -60,6 +61,8 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
             res["steps"].append(row | {"target": ratio_target(m)})
             bar.update(2)
         write(res, out)
+    res["real_run"] = _guarded(res, "real run syncs", lambda: real_run_syncs(device, Path("runs/gpu-bench-syncs")), {})
+    write(res, out)
     if compiled:  # train.compile's path: KD's student compiled, at the largest batch
         b = max(setup.batches)
         row = _guarded(res, f"step kd B={b} compiled", lambda: step_time("kd", b, setup, compiled=True),
@@ -205,8 +208,8 @@ def _step_lines(res: dict) -> list[str]:
              "Median of the timed steps after warm-up; the bound is the student's CE step plus the teacher's "
              "forward under the same settings (bfloat16 autocast and channels_last on a GPU). Host syncs: three "
              "steps of the Trainer's own Stepper (autocast, meter, non-finite guard, gradient clipping) at the first "
-             "batch size under `torch.cuda.set_sync_debug_mode(\"error\")` on a GPU, under "
-             "`benchtools/host_sync.py`'s record of syncing operations on the CPU. A row "
+             "batch size, after two, under `torch.cuda.set_sync_debug_mode(\"warn\")` (each sync recorded) on a "
+             "GPU, under `benchtools/host_sync.py`'s record of syncing operations on the CPU. A row "
              "marked `train.compile` has the student compiled as that setting does (against the same eager bound).",
              "",
              "| method | batch | step ms | bound ms | ratio | target | host-sync free |",
@@ -223,6 +226,11 @@ def _step_lines(res: dict) -> list[str]:
         met = "" if r["target"] is None else f"<= {r['target']:.2f} ({verdict})"
         lines.append(f"| {name(r)} | {r['batch']} | {1e3 * r['step_s']:.2f} | {1e3 * r['bound_s']:.2f} | "
                      f"{r['ratio']:.2f} | {met} | {sync} |")
+    run = res.get("real_run")
+    if run and "error" not in run:
+        found = "no host sync" if not run["syncs"] else "host syncs: " + "; ".join(_cell(x) for x in run["syncs"])
+        lines += ["", f"A real run (the Trainer on the bundled sample through the in-memory loader, CE + WKD-L + DKD + "
+                      f"RKD + CRD), {run['steps']} steps after two, each with the fetch of its batch: {found}."]
     return lines
 
 
@@ -244,7 +252,7 @@ def write(res: dict, out: Path) -> None:
             continue
         peak = "n/a" if k["peak_mib"] is None else f"{k['peak_mib']:.1f}"
         lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | {k['us']:.0f} | {peak} |")
-    failed = [k for k in ("ddp", "e2e", "official", "detection", "detection_ddp")
+    failed = [k for k in ("real_run", "ddp", "e2e", "official", "detection", "detection_ddp")
               if isinstance(res.get(k), dict) and "error" in res[k]]
     lines += [line for k in failed for line in ("", f"Section `{k}` failed: {_cell(res[k]['error'])}.")]
     if "ddp" in res and "ddp" not in failed:

@@ -44,6 +44,15 @@ SYNCING = {
 _HOST_METHODS = ("tolist", "numpy", "cpu", "item")
 
 
+def _caller() -> str:
+    """``file:line`` of the innermost frame outside torch and this module (the backward's call site for an
+    operation of the backward pass)."""
+    for frame in reversed(traceback.extract_stack()):
+        if "/torch/" not in frame.filename and not frame.filename.endswith("host_sync.py"):
+            return f"{frame.filename}:{frame.lineno}"
+    return "?"
+
+
 def _bool_index(indices) -> bool:
     return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices)
 
@@ -63,7 +72,7 @@ class HostSyncs(TorchDispatchMode):
         elif func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is None:
             why = "repeat_interleave without output_size: " + _SIZE
         if why:
-            self.found.append((str(func), why))
+            self.found.append((str(func), f"{why} ({_caller()})"))
         return func(*args, **kwargs)
 
 
@@ -76,7 +85,7 @@ def recording():
     def watched(name):
         def method(self, *args, **kwargs):
             if name != "item":  # .item() is seen as _local_scalar_dense
-                found.append(f"Tensor.{name}(): {_READ}")
+                found.append(f"Tensor.{name}(): {_READ} ({_caller()})")
             return originals[name](self, *args, **kwargs)
         return method
 

@@ -37,6 +37,7 @@ def test_quick_mode_writes_every_section(tmp_path):
     md = (tmp_path / "gpu.md").read_text()
     assert "## Parity" in md and "## Training step against its bound" in md and "| kd | 8 |" in md
     assert all(line.endswith("| yes |") for line in md.splitlines() if line.startswith("| kd | 8 |"))
+    assert res["real_run"] == {"steps": 8, "syncs": []} and "each with the fetch of its batch: no host sync." in md
     kd = res["parity"][1]
     excess = f"{kd['bfloat16_grad'] - res['parity'][0]['bfloat16_grad']:+.1e}"
     assert f"| {kd['bfloat16_grad']:.1e} | {excess} | n/a (CPU) |" in md
