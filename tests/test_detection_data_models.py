@@ -100,13 +100,28 @@ def test_student_losses_and_roi_labels_are_torchvisions():
         assert (labels > 0).sum() >= len(t["boxes"])  # the ground-truth boxes are among the proposals
 
 
+def test_a_detection_step_adds_one_host_read_to_torchvisions_own():
+    """On a GPU torchvision's Faster R-CNN syncs many times a step (value-sized proposals, NMS, sampling); ours
+    adds one: the check of the batch's boxes, read once for the whole batch (it was once per image, plus the
+    teacher's statistics copied to the device and compared there every step)."""
+    from benchtools.host_sync import recording
+    torch.manual_seed(0)
+    student, teacher = build_faster_rcnn("resnet18", 3, **SMALL).train(), build_faster_rcnn("resnet18", 3, **SMALL)
+    images, targets = _batch()
+    with recording() as found:
+        detection_step(student, images, targets, teacher)
+    ours = [f for f in found if "/wdistill/" in f]
+    assert len(ours) == 1 and "_local_scalar_dense" in ours[0] and "detection.py" in ours[0], ours
+    assert any("/torchvision/" in f and "nonzero" in f for f in found)  # the record does see torchvision's
+
+
 def test_detection_step_errors_are_clear():
     student = build_faster_rcnn("resnet18", 3, **SMALL)
     images, targets = _batch()
     with pytest.raises(ConfigError, match="student.train"):
         detection_step(student.eval(), images, targets)
     targets[1]["boxes"][0, 2] = 5.0  # x2 < x1
-    with pytest.raises(ConfigError, match="no positive width"):
+    with pytest.raises(ConfigError, match=r"target 1: box \[\d.*\] has no positive width"):
         detection_step(student.train(), images, targets)
     images, targets = _batch()
     with pytest.raises(ConfigError, match="same categories"):

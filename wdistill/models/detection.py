@@ -199,10 +199,11 @@ def _check_targets(targets: list[dict]) -> None:
             raise ConfigError(f"target {i}: 'boxes' must be a float tensor (N, 4) of x1, y1, x2, y2")
         if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != boxes.shape[:1]:
             raise ConfigError(f"target {i}: 'labels' must be an int64 tensor with one label per box")
-        bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
-        if bad.any():
-            raise ConfigError(f"target {i}: box {boxes[bad][0].tolist()} has no positive width and height; drop "
-                              "empty boxes (wdistill.data.coco does) before training")
+    bad = [(t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1) for t in targets]
+    if bad and bool(torch.cat(bad).any()):  # one host read for the batch, not one per image
+        i = next(i for i, b in enumerate(bad) if b.any())
+        raise ConfigError(f"target {i}: box {targets[i]['boxes'][bad[i]][0].tolist()} has no positive width and "
+                          "height; drop empty boxes (wdistill.data.coco does) before training")
 
 
 def teacher_input(images, student_transform, teacher_transform) -> torch.Tensor:
@@ -214,11 +215,11 @@ def teacher_input(images, student_transform, teacher_transform) -> torch.Tensor:
     teacher's statistics and resizing it. The padding stays 0, as the teacher's transform pads.
     The teacher's size divisibility is honoured by padding further if it differs."""
     x = images.tensors
-    s_mean, s_std = (torch.as_tensor(v, dtype=x.dtype, device=x.device)[:, None, None]
-                     for v in (student_transform.image_mean, student_transform.image_std))
-    t_mean, t_std = (torch.as_tensor(v, dtype=x.dtype, device=x.device)[:, None, None]
-                     for v in (teacher_transform.image_mean, teacher_transform.image_std))
-    if not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std)):
+    stats = [list(map(float, v)) for v in (student_transform.image_mean, student_transform.image_std,
+                                           teacher_transform.image_mean, teacher_transform.image_std)]
+    if stats[:2] != stats[2:]:  # compared on the host: no copy to the device, no sync, when they agree
+        s_mean, s_std, t_mean, t_std = (torch.tensor(v, dtype=x.dtype, device=x.device)[:, None, None]
+                                        for v in stats)
         valid = torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
         for i, (h, w) in enumerate(images.image_sizes):
             valid[i, :, :h, :w] = 1
