@@ -24,7 +24,7 @@ def evaluate(model: nn.Module, loader, amp_ctx=nullcontext) -> dict:
             logits = model(batch["image"]).float()
         target = batch["target"]
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        meter.add("n", torch.tensor(float(len(target)), device=logits.device))
+        meter.add("n", torch.full((), float(len(target)), device=logits.device))  # a fill, not a host copy
         meter.add("loss", nn.functional.cross_entropy(logits, target, reduction="sum"))
         meter.add("top1", (top[:, 0] == target).sum())
         meter.add("top5", (top == target[:, None]).any(1).sum())
