@@ -303,4 +303,4 @@ def test_spectral_upper_is_the_largest_singular_value_from_above(shape):
     assert float((grad - exact).norm() / exact.norm()) < 1e-6
     with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inside any autocast
         low = spectral_upper(w.detach().float())
-    assert low.dtype == torch.float32 and float(low / torch.linalg.svdvals(w)[0]) == pytest.approx(1, abs=1e-6)
+    assert low.dtype == torch.float32 and float(low / torch.linalg.svdvals(w.detach())[0]) == pytest.approx(1, abs=1e-6)
