@@ -41,14 +41,14 @@ SYNCING = {
     aten.linalg_eig: _LINALG, aten.linalg_lstsq: _LINALG,
     aten.lift_fresh: "a tensor made from host data (torch.tensor): a blocking copy on a GPU",
 }
-_HOST_METHODS = ("tolist", "numpy", "cpu", "item")
+_HOST_METHODS = ("tolist", "numpy", "cpu")  # .item() is seen as _local_scalar_dense
 
 
 def _caller() -> str:
     """``file:line`` of the innermost frame outside torch and this module (the backward's call site for an
     operation of the backward pass)."""
     for frame in reversed(traceback.extract_stack()):
-        if "/torch/" not in frame.filename and not frame.filename.endswith("host_sync.py"):
+        if "/torch/" not in frame.filename and frame.filename != __file__:
             return f"{frame.filename}:{frame.lineno}"
     return "?"
 
@@ -84,8 +84,7 @@ def recording():
 
     def watched(name):
         def method(self, *args, **kwargs):
-            if name != "item":  # .item() is seen as _local_scalar_dense
-                found.append(f"Tensor.{name}(): {_READ} ({_caller()})")
+            found.append(f"Tensor.{name}(): {_READ} ({_caller()})")
             return originals[name](self, *args, **kwargs)
         return method
 
@@ -115,15 +114,15 @@ def _names_a_device(args, kwargs) -> bool:
 
 @contextmanager
 def blocking_copies():
-    """Yields a list that fills with ``"file:line"`` of each ``Tensor.to(device ...)`` call inside the block
-    without ``non_blocking=True``: from host memory, each is a copy that makes the host wait on a GPU."""
+    """Yields a list that fills with ``"file:line"`` (:func:`_caller`) of each ``Tensor.to(device ...)`` call
+    inside the block without ``non_blocking=True``: from host memory, each is a copy that makes the host wait on
+    a GPU."""
     found: list[str] = []
     original = torch.Tensor.to
 
     def to(self, *args, **kwargs):
         if _names_a_device(args, kwargs) and not kwargs.get("non_blocking", False):
-            frame = traceback.extract_stack(limit=2)[0]
-            found.append(f"{frame.filename}:{frame.lineno}")
+            found.append(_caller())
         return original(self, *args, **kwargs)
     torch.Tensor.to = to
     try:

@@ -96,12 +96,10 @@ def wrap(module: nn.Module, device: torch.device, find_unused: bool) -> nn.Modul
     if backend() is None:
         return module
     ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
-    if _FORWARD_SYNC_BUFFERS:
-        return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False,
-                                       find_unused_parameters=find_unused)
-    wrapped = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                      find_unused_parameters=find_unused)
-    broadcast_buffers(module, dist.get_world_size())  # what broadcast_buffers=False leaves out before torch 2.13
+    no_forward_sync = {"forward_sync_buffers" if _FORWARD_SYNC_BUFFERS else "broadcast_buffers": False}
+    wrapped = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused, **no_forward_sync)
+    if not _FORWARD_SYNC_BUFFERS:
+        broadcast_buffers(module, dist.get_world_size())  # what broadcast_buffers=False leaves out before torch 2.13
     return wrapped
 
 
