@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from benchtools.gpu_args import add_gpu_parser
 from wdistill.errors import ConfigError, FileLoadError
 
 # Each command imports its benchmark (and torch) when it runs, not here: `--help` and argument
@@ -147,15 +148,23 @@ def _cmd_gpu(args) -> int:
     from benchtools.gpu_report import run_gpu
 
     _threads(args.threads)
+    if args.official:  # a wrong path or a missing yacs is said now, not after minutes of measuring
+        from benchtools.official import check_official
+        check_official(args.official)
     setup = GpuSetup(args.device, args.quick, tuple(args.batches), args.steps, args.warmup)
     if args.quick:
         setup = GpuSetup(args.device, True, (8,), min(args.steps, 3), min(args.warmup, 1))
     res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, _command(),
-                  official=args.official, official_workers=args.official_workers, detection=args.detection)
+                  official=args.official, official_workers=args.official_workers, detection=args.detection,
+                  resume=args.resume, budget_s=args.budget_s)
     bad = [r["method"] for r in res["parity"] if not r["ok"]]
     print(f"wrote {args.out}/gpu.md; parity misses: {', '.join(bad) or 'none'}")
     for e in res["errors"]:
         print(f"error: {e['error']}", file=sys.stderr)
+    if res.get("pending"):
+        print(f"stopped at the time budget with {len(res['pending'])} items left: the same command with "
+              f"--resume {args.out} goes on", file=sys.stderr)
+        return 3
     return 1 if res["errors"] else 0
 
 
@@ -168,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diagnostics(bs)
     _add_auto(bs)
     _add_detection(bs)
-    _add_gpu(bs)
+    add_gpu_parser(bs, _cmd_gpu)
     return p
 
 
@@ -265,31 +274,6 @@ def _add_detection(bs) -> None:
                                                               "whole at half weight) beside the vanilla and WKD-L rows")
     _add_run_dirs(s)
     s.set_defaults(func=_cmd_detection)
-
-
-def _add_gpu(bs) -> None:
-    g = bs.add_parser("gpu", help="issue 26: parity of every method on the device, host syncs, step times against "
-                                  "their bound, the WKD-L kernel; benchmarks/gpu.md (--device cpu --quick: the test)")
-    g.add_argument("--device", default="cuda")
-    g.add_argument("--quick", action="store_true", help="small shapes and three methods (the CPU test)")
-    g.add_argument("--batches", type=int, nargs="+", default=[64, 256])
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--warmup", type=int, default=10)
-    g.add_argument("--compile", action="store_true",
-                   help="also time the torch.compile'd WKD-L kernel, and KD's step with the student compiled as "
-                   "train.compile does")
-    g.add_argument("--ddp", action="store_true", help="also a one-process torchrun through DDP (NCCL on a GPU)")
-    g.add_argument("--e2e", action="store_true", help="also the FMNIST-KD v1 teacher and 4 students on the device")
-    g.add_argument("--official", metavar="PATH", default=None,
-                   help="a checkout of the official WKD repository: also its step (KD, DKD, WKD-L, WKD-F) and a "
-                        "CIFAR-100 WKD-L epoch side by side with ours (the epoch needs torchvision)")
-    g.add_argument("--official-workers", type=int, default=8, help="DataLoader workers of the official epoch")
-    g.add_argument("--detection", action="store_true", help="also protocol D's detectors, small, on the device: every "
-                                                            "row's step time and a finite run (needs torchvision, "
-                                                            "pycocotools and Fashion-MNIST)")
-    g.add_argument("--out", default="benchmarks")
-    g.add_argument("--threads", type=int, default=None)
-    g.set_defaults(func=_cmd_gpu)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import torch
 
 from benchtools import det_protocol as P
 from benchtools.gpu import GpuSetup
-from benchtools.gpu_report import _cell, _guarded, torchrun_one_process
+from benchtools.gpu_items import guarded
+from benchtools.gpu_report import _cell, torchrun_one_process
 from wdistill.engine.rundir import read_history
 from wdistill.workflows.reuse import run_or_load
 
@@ -52,12 +53,12 @@ def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     timed = over(size["student_steps"], timed=True)
     for m in size["rows"] or P.ROWS:
         cfg = P.student_config(m, 0, runs_root, overrides=timed)
-        rows.append(_guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
+        rows.append(guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
     # train.channels_last on the detectors: the same row in the GPU-friendly layout (compile is left out: its
     # first steps compile, which an epoch's time over its steps would count).
     cfg = P.student_config("wkd_lf", 0, runs_root, overrides=timed + ["train.channels_last=true"])
     cfg["run"]["name"] += "-channels_last"
-    rows.append(_guarded(res, "detection wkd_lf channels_last", lambda: run(cfg, CL_ROW), {"row": CL_ROW}))
+    rows.append(guarded(res, "detection wkd_lf channels_last", lambda: run(cfg, CL_ROW), {"row": CL_ROW}))
     base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
     for r in rows[1:]:
         r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None

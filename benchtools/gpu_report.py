@@ -15,15 +15,15 @@ import shlex
 import subprocess
 import sys
 import time
-import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time, wkd_l_kernel
+from benchtools.gpu_items import Item, resume_from, run_items
 from benchtools.gpu_syncs import real_run_syncs
 from benchtools.targets import ratio_target
 from wdistill.config.presets import recipe
@@ -35,57 +35,55 @@ KERNEL_SHAPES = ((64, 100), (256, 1000))
 
 def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = False, ddp: bool = False,
             e2e: bool = False, command: list[str] | None = None, official: str | None = None,
-            official_workers: int = 8, detection: bool = False) -> dict:
-    """Every section; returns the results, written as gpu.json and gpu.md after each section, so that a device
+            official_workers: int = 8, detection: bool = False, resume: str | Path | None = None,
+            budget_s: float | None = None) -> dict:
+    """Every section; returns the results, written as gpu.json and gpu.md after each item, so that a device
     session cut short keeps what it measured. A section or a method that raises is recorded with its error
-    (``errors`` lists them) and the rest still runs."""
+    (``errors`` lists them) and the rest still runs. ``budget_s``: no item starts after that many seconds (the
+    rest is ``pending``); ``resume``: a folder holding an earlier run's gpu.json, whose items are kept."""
     device, out = torch.device(setup.device), Path(out)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
-    methods = methods_of(setup.quick)
-    bar = tqdm(total=2 * (1 + len(methods) * (1 + len(setup.batches))), desc="gpu benchmark", unit="item")
     res = {"environment": environment(device), "setup": setup.__dict__, "parity": [], "steps": [], "kernels": [],
            "errors": [], "command": shlex.join(command or ["python", "-m", "benchtools", "gpu"]),
            "date": report.stamp()["date"]}
-    for m in ["vanilla", *methods]:  # vanilla: what bfloat16 does to the student's CE step alone, the reference
-        bar.set_postfix_str(f"parity {m}")
-        res["parity"].append(_guarded(res, f"parity {m}", lambda m=m: parity(m, setup),
-                                      {"method": m, "ok": False}))
-        bar.update(2)
-    write(res, out)
+    if resume is not None:
+        res = resume_from(resume, res)
+    run_items(res, _items(res, setup, device, compiled, ddp, e2e, official, official_workers, detection),
+              lambda r: write(r, out), budget_s)
+    return res
+
+
+def _items(res: dict, setup: GpuSetup, device: torch.device, compiled: bool, ddp: bool, e2e: bool,
+           official: str | None, official_workers: int, detection: bool) -> list[Item]:
+    """What the run measures, in order: the core (parity, steps, the real run, kernels), then the sections asked
+    for."""
+    methods = methods_of(setup.quick)
+    # vanilla: what bfloat16 does to the student's CE step alone, the reference
+    items = [Item(f"parity {m}", "parity", partial(parity, m, setup), {"method": m, "ok": False})
+             for m in ["vanilla", *methods]]
     for b in setup.batches:
-        for m in methods:
-            bar.set_postfix_str(f"step {m} B={b}")
-            row = _guarded(res, f"step {m} B={b}", lambda m=m, b=b: step_time(m, b, setup, b == setup.batches[0]),
-                           {"method": m, "batch": b})
-            res["steps"].append(row | {"target": ratio_target(m)})
-            bar.update(2)
-        write(res, out)
-    res["real_run"] = _guarded(res, "real run syncs", lambda: real_run_syncs(device, Path("runs/gpu-bench-syncs")), {})
-    write(res, out)
+        items += [Item(f"step {m} B={b}", "steps", _with_target(m, partial(step_time, m, b, setup,
+                                                                             b == setup.batches[0])),
+                       {"method": m, "batch": b, "target": ratio_target(m)}) for m in methods]
+    items.append(Item("real run syncs", "real_run", lambda: real_run_syncs(device, Path("runs/gpu-bench-syncs")), {}))
     if compiled:  # train.compile's path: KD's student compiled, at the largest batch
         b = max(setup.batches)
-        row = _guarded(res, f"step kd B={b} compiled", lambda: step_time("kd", b, setup, compiled=True),
-                       {"method": "kd", "batch": b, "compiled": True})
-        res["steps"].append(row | {"target": ratio_target("kd")})
-        write(res, out)
-    bar.close()
-    shapes = ((8, 10),) if setup.quick else KERNEL_SHAPES
-    for B, C in shapes:
-        for c in (False, True) if compiled else (False,):
-            res["kernels"].append(_guarded(res, f"WKD-L kernel B={B} C={C} compiled={c}",
-                                           lambda B=B, C=C, c=c: wkd_l_kernel(B, C, setup, c),
-                                           {"B": B, "C": C, "compiled": c}))
-    write(res, out)
+        items.append(Item(f"step kd B={b} compiled", "steps",
+                          _with_target("kd", lambda: step_time("kd", b, setup, compiled=True)),
+                          {"method": "kd", "batch": b, "compiled": True, "target": ratio_target("kd")}))
+    for B, C in ((8, 10),) if setup.quick else KERNEL_SHAPES:
+        items += [Item(f"WKD-L kernel B={B} C={C} compiled={c}", "kernels", partial(wkd_l_kernel, B, C, setup, c),
+                       {"B": B, "C": C, "compiled": c}) for c in ((False, True) if compiled else (False,))]
     sections = {"ddp": (ddp, lambda: torchrun_one_process(device)), "e2e": (e2e, lambda: end_to_end(setup)),
                 "official": (official, lambda: side_by_side(official, setup, official_workers)),
                 "detection": (detection, lambda: gpu_detection().detection_on_device(setup, res)),
                 "detection_ddp": (detection and ddp, lambda: gpu_detection().detection_torchrun(setup))}
-    for key, (wanted, fn) in sections.items():
-        if wanted:
-            res[key] = _guarded(res, key, fn, {})
-            write(res, out)
-    return res
+    return items + [Item(key, key, fn, {}) for key, (wanted, fn) in sections.items() if wanted]
+
+
+def _with_target(method: str, fn):
+    return lambda: fn() | {"target": ratio_target(method)}
 
 
 def gpu_detection():
@@ -93,18 +91,6 @@ def gpu_detection():
     from benchtools import gpu_detection as module
 
     return module
-
-
-def _guarded(res: dict, what: str, fn, failed):
-    """``fn()``; if it raises, the error is appended to ``res["errors"]`` and ``failed`` (with the error, when
-    it is a dict) is returned in its place: one broken method must not cost a device session the rest."""
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001 - recorded in the results and in the report, not hidden
-        error = f"{what}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        res["errors"].append({"what": what, "error": error, "traceback": traceback.format_exc()[-3000:]})
-        tqdm.write(f"FAILED {error}")
-        return failed | {"error": error} if isinstance(failed, dict) else failed
 
 
 def torchrun_one_process(device: torch.device, cfg: dict | None = None) -> dict:
@@ -243,7 +229,13 @@ def write(res: dict, out: Path) -> None:
     env = res["environment"]
     head = ", ".join(f"{k} {v}" for k, v in env.items())
     lines = ["# The CUDA path: parity, host syncs, step times", "", f"{res['date']}; {head}.", "",
-             f"Command: `{res['command']}`", ""] + _parity_lines(res) + _step_lines(res)
+             f"Command: `{res['command']}`", ""]
+    lines += [f"Resumed ({r['date']}) by `{r['command']}`, which kept what the run before had measured." for r in
+              res.get("resumed", [])]
+    if res.get("pending"):
+        lines += ["", f"**Stopped at its time budget; not measured yet:** {', '.join(res['pending'])}. The same "
+                      "command with `--resume` on this folder goes on from here."]
+    lines += [""] + _parity_lines(res) + _step_lines(res)
     lines += ["", "## WKD-L loss forward + backward", "", "| B | C | compiled | microseconds | peak MiB |",
               "|---:|---:|:-:|---:|---:|"]
     for k in res["kernels"]:

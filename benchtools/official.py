@@ -39,6 +39,7 @@ from benchtools.speed import SpeedSetup, SyntheticTask
 from wdistill import models
 from wdistill.config.presets import PRESETS_DIR
 from wdistill.engine.rundir import read_history
+from wdistill.errors import ConfigError
 from wdistill.workflows.reuse import run_or_load
 
 ROWS = ("kd", "dkd", "wkd_l", "wkd_f")
@@ -56,16 +57,23 @@ class Official:
     cfg: object  # the official yacs CFG, cloned per use
 
 
-def load_official(path: str | Path) -> Official:
-    """Import the official package from the checkout at ``path`` (clear error when it is not one)."""
+def check_official(path: str | Path) -> Path:
+    """The checkout's root, if ``path`` is one and yacs is importable; else a ConfigError saying what to do (the GPU
+    benchmark asks before it measures anything)."""
     root = Path(path).expanduser().resolve()
     if not (root / "mdistiller" / "distillers" / "WKD.py").is_file():
-        raise SystemExit(f"--official {path}: not a checkout of the WKD repository (no mdistiller/distillers/WKD.py "
-                         "there); clone github.com/JiamingLv/WKD and pass its folder")
+        raise ConfigError(f"--official {path}: not a checkout of the WKD repository (no mdistiller/distillers/WKD.py "
+                          "there); clone github.com/JiamingLv/WKD and pass its folder")
     try:
         import yacs  # noqa: F401 - the official configs are yacs CfgNodes
     except ImportError:
-        raise SystemExit("the official code needs yacs: pip install yacs") from None
+        raise ConfigError("--official: the official code needs yacs: pip install yacs") from None
+    return root
+
+
+def load_official(path: str | Path) -> Official:
+    """Import the official package from the checkout at ``path`` (clear error when it is not one)."""
+    root = check_official(path)
     for name in ("wandb", "tensorboardX"):
         try:
             __import__(name)

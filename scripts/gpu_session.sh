@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Issue 26's device check, prepared for a session lent a GPU: one command there, about 7 minutes by estimate (it has
-# never run on a GPU). Results are written after each section, so a run cut short keeps what it measured.
+# Issue 26's device check, prepared for a session lent a GPU (15 minutes of device time, the machine's start
+# included). Each call of `run` starts nothing new after GPU_BUDGET_S seconds (default 210: a call of about 6
+# minutes at most), and what it leaves is finished by the next call, given the first one's files: the benchmark
+# resumes (--resume), keeping every figure measured and retrying what failed. Results are written after each item,
+# so a call cut short keeps what it measured.
 #
 #   here, once:  bash scripts/gpu_session.sh prepare [WKD_CHECKOUT]
 #                -> .whl/ (the wheels the GPU image lacks: pydantic and its parts, yacs, pycocotools),
 #                   .fmnist/ (Fashion-MNIST's IDX files, for --e2e), .official/ (the official WKD
 #                   code, for --official, when a checkout is given); all three git-ignored.
-#   there:       the device tool's run, carry [".whl", ".fmnist", ".official"],
-#                command "bash scripts/gpu_session.sh run" (writes under $OUT)
+#   there:       the device tool's run, carry [".whl", ".fmnist", ".official", ".gpu-prev"], timeout_s 420,
+#                command "bash scripts/gpu_session.sh run" (writes under $OUT; exit status 3: items left)
+#   here, after: bash scripts/gpu_session.sh keep FILES_AT
+#                -> the call's files into benchmarks/ and into .gpu-prev/ (git-ignored), which the next call's
+#                   run resumes from; after the last call, `rm -rf .gpu-prev`.
 #
 # The image's python3 holds torch, torchvision, timm and tqdm (the device library's KINDS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 prepare)
-    for d in .whl .fmnist .official; do grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude; done
+    for d in .whl .fmnist .official .gpu-prev; do grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude; done
     rm -rf .whl && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
         pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 yacs==0.1.8 \
@@ -30,15 +36,31 @@ run)
     official=()
     [ -d .official/mdistiller ] && official=(--official .official)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/nvidia-smi.csv"
-    # A failing section is recorded in gpu.md/gpu.json and the rest still runs; the exit status says so at the end.
+    # A failing item is recorded in gpu.md/gpu.json and the rest still runs; the exit status says so at the end.
     status=0
-    python3 -m benchtools gpu --compile --ddp --e2e "${official[@]}" --detection --out "$out" || status=$?
-    python3 -m benchtools.stream_loader --device cuda --workers 8 --repeats 2 --out "$out/stream_loader_cuda.md" \
-        || status=$?
+    prev=()
+    [ -f .gpu-prev/gpu.json ] && prev=(--resume .gpu-prev)
+    python3 -m benchtools gpu --compile --ddp --e2e "${official[@]}" --detection --out "$out" \
+        --budget-s "${GPU_BUDGET_S:-210}" "${prev[@]}" || status=$?
+    if [ -f .gpu-prev/stream_loader_cuda.md ]; then
+        cp .gpu-prev/stream_loader_cuda.md "$out/"
+    elif [ "$status" -ne 3 ]; then  # the streaming loader once the benchmark is through
+        python3 -m benchtools.stream_loader --device cuda --workers 8 --repeats 2 --out "$out/stream_loader_cuda.md" \
+            || status=$?
+    fi
     exit "$status"
     ;;
+keep)
+    [ -f "${2:-}/gpu.json" ] || { echo "keep: give the folder a run's files came back to (its files_at)" >&2; exit 2; }
+    rm -rf .gpu-prev && mkdir .gpu-prev && cp "$2"/* .gpu-prev/
+    cp "$2"/gpu.md "$2"/gpu.json benchmarks/
+    [ -f "$2/stream_loader_cuda.md" ] && cp "$2/stream_loader_cuda.md" benchmarks/
+    python3 -c "import json, sys; r = json.load(open(sys.argv[1])); p = r.get('pending', []); \
+print(f'{len(p)} items left' + (': run again (it resumes from .gpu-prev)' if p else '; errors: ' + str(len(r['errors']))))" \
+        .gpu-prev/gpu.json
+    ;;
 *)
-    echo "usage: bash scripts/gpu_session.sh prepare [WKD_CHECKOUT] | run" >&2
+    echo "usage: bash scripts/gpu_session.sh prepare [WKD_CHECKOUT] | run | keep FILES_AT" >&2
     exit 2
     ;;
 esac

@@ -110,3 +110,83 @@ def test_the_compiled_step_runs_the_student_through_dynamo_as_train_compile_does
     assert not eager["compiled"] and len(dynamo_graphs) == traced  # the eager row compiles nothing
     lines = _step_lines({"steps": [eager | {"target": 1.1}, row | {"target": 1.1}]})
     assert lines[-2].startswith("| kd | 8 | ") and lines[-1].startswith("| kd, train.compile | 8 | ")
+
+
+def _main(monkeypatch):
+    """``python -m benchtools ARGV``, in this process (the results record sys.argv as the command)."""
+    from benchtools.__main__ import main
+
+    def run(argv):
+        monkeypatch.setattr(sys, "argv", ["benchtools", *argv])
+        return main(argv)
+    return run
+
+
+def _fake_core(G, monkeypatch, calls, fail_once=()):
+    """The benchmark's measuring functions replaced by instant ones that count their calls; the parity of each
+    method in ``fail_once`` raises on its first call."""
+    def parity(m, setup):
+        calls.append(m)
+        if m in fail_once and calls.count(m) == 1:
+            raise RuntimeError(f"{m} broke")
+        return {"method": m, "float32_loss": 0.0, "float32_grad": 0.0, "float16_scaler": None, "ok": True}
+    monkeypatch.setattr(G, "parity", parity)
+    monkeypatch.setattr(G, "step_time", lambda m, b, setup, sync: {"method": m, "batch": b, "sync_free": None,
+                                                                   "step_s": 0.002, "bound_s": 0.001, "ratio": 2.0})
+    monkeypatch.setattr(G, "real_run_syncs", lambda device, work: {"steps": 8, "syncs": []})
+    monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, c: {"B": B, "C": C, "compiled": c, "us": 1.0,
+                                                                    "peak_mib": None})
+
+
+def test_a_run_stops_at_its_budget_and_a_resumed_run_measures_only_what_is_missing_or_failed(tmp_path, monkeypatch):
+    """A device session is 15 minutes: the run starts nothing after its budget, says what is left, and the same
+    command with --resume (on a fresh machine, given the gpu.json) keeps the figures in and reruns the rest."""
+    from benchtools import gpu_items
+    from benchtools import gpu_report as G
+
+    main = _main(monkeypatch)
+    calls = []
+    _fake_core(G, monkeypatch, calls, fail_once=("kd",))
+    clock = iter(range(1000))  # each reading of the clock one second later
+    monkeypatch.setattr(gpu_items.time, "monotonic", lambda: next(clock))
+    out = tmp_path / "first"
+    code = main(["gpu", "--device", "cpu", "--quick", "--out", str(out), "--budget-s", "2.5"])
+    res = json.loads((out / "gpu.json").read_text())
+    assert code == 3 and calls == ["vanilla", "kd"]  # read at 1 s and 2 s: two items; at 3 s none starts
+    assert res["pending"][0] == "parity wkd_lf" and res["pending"][-1] == "WKD-L kernel B=8 C=10 compiled=False"
+    assert [e["what"] for e in res["errors"]] == ["parity kd"]
+    assert "Stopped at its time budget; not measured yet:** parity wkd_lf, parity crd_kd, step kd B=8" in \
+        (out / "gpu.md").read_text()
+
+    second = tmp_path / "second"
+    code = main(["gpu", "--device", "cpu", "--quick", "--out", str(second), "--resume", str(out)])
+    res = json.loads((second / "gpu.json").read_text())
+    assert code == 0 and calls[2:] == ["kd", "wkd_lf", "crd_kd"]  # vanilla kept, kd retried, the rest new
+    assert [r["method"] for r in res["parity"]] == ["vanilla", "kd", "wkd_lf", "crd_kd"]  # kd's row in its place
+    assert all(r["ok"] for r in res["parity"]) and res["errors"] == [] and "pending" not in res
+    assert len(res["steps"]) == 3 and res["real_run"]["syncs"] == [] and len(res["kernels"]) == 1
+    assert res["command"].endswith("--budget-s 2.5") and res["resumed"][0]["command"].endswith(f"--resume {out}")
+    md = (second / "gpu.md").read_text()
+    assert "Resumed (" in md and "Stopped at its time budget" not in md
+
+    code = main(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path / "third"), "--resume", str(second)])
+    assert code == 0 and len(calls) == 5  # nothing left to measure
+
+
+def test_resume_refuses_results_from_another_setup_or_machine(tmp_path, monkeypatch, capsys):
+    from benchtools import gpu_report as G
+
+    main = _main(monkeypatch)
+    _fake_core(G, monkeypatch, [])
+    assert main(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["gpu", "--device", "cpu", "--quick", "--steps", "2", "--out", str(tmp_path / "b"), "--resume",
+                 str(tmp_path)]) == 2
+    assert "was measured with another setup" in capsys.readouterr().err
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    res["environment"]["torch"] = "2.11.0+cu128"
+    (tmp_path / "gpu.json").write_text(json.dumps(res))
+    assert main(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path / "b"), "--resume", str(tmp_path)]) == 2
+    assert "measured elsewhere (torch 2.11.0+cu128 there" in capsys.readouterr().err
+    assert main(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path / "b"), "--resume",
+                 str(tmp_path / "nothing")]) == 2
+    assert "no gpu.json there" in capsys.readouterr().err

@@ -15,9 +15,16 @@ CHECKOUT = os.environ.get("WDISTILL_OFFICIAL_WKD")
 needs_checkout = pytest.mark.skipif(not CHECKOUT, reason="WDISTILL_OFFICIAL_WKD names no WKD checkout")
 
 
-def test_a_folder_that_is_not_the_checkout_is_named(tmp_path):
-    with pytest.raises(SystemExit, match="not a checkout of the WKD repository.*mdistiller/distillers/WKD.py"):
+def test_a_folder_that_is_not_the_checkout_is_named_before_anything_is_measured(tmp_path, monkeypatch, capsys):
+    from benchtools import gpu_report
+    from benchtools.__main__ import main
+    from wdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a checkout of the WKD repository.*mdistiller/distillers/WKD.py"):
         official.load_official(tmp_path)
+    monkeypatch.setattr(gpu_report, "parity", lambda *a: pytest.fail("measured before checking --official"))
+    code = main(["gpu", "--device", "cpu", "--quick", "--official", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2 and "not a checkout of the WKD repository" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
