@@ -264,3 +264,33 @@ def test_ddp_broadcasts_rank_0s_buffers_once_at_the_start_on_either_torch(tmp_pa
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (r0["start"][0] == 0).all()
     assert not torch.allclose(r0["after"], r1["after"])
+
+
+def _counts_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from wdistill.losses._shared import distributed as ddist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    rows = 4 + 3 * rank
+    # A tensor without data: the counts must come from its shape alone (on a GPU, reading a device value is a sync).
+    out = {"meta": ddist.row_counts(torch.empty(rows, 5, device="meta")), "default": ddist.host_group()}
+    dist.get_backend = lambda *a: "nccl"  # as under NCCL: a gloo group of its own, made once
+    first, second = ddist.host_group(), ddist.host_group()
+    out.update(twin=first is not None and first is second, nccl_counts=ddist.row_counts(torch.empty(rows, 2)))
+    mine = torch.arange(rows * 2.0).view(rows, 2) + 100 * rank
+    out["gathered"] = ddist.gather_rows(mine, sizes=out["nccl_counts"])[0]
+    torch.save(out, os.path.join(out_dir, f"counts{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_row_counts_come_from_the_hosts_shapes_on_a_gloo_group(tmp_path):
+    """CRD's and WCoRD's banks under DDP exchange each rank's row count every step: as host integers on gloo (a
+    group of its own when the default is NCCL), never as a device tensor read back, which would make the host wait
+    for the GPU once per step."""
+    mp.start_processes(_counts_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for r in (0, 1):
+        out = torch.load(tmp_path / f"counts{r}.pt", weights_only=True)
+        assert out["meta"] == [4, 7] and out["nccl_counts"] == [4, 7]
+        assert out["default"] is None and out["twin"]
+        expected = torch.cat([torch.arange(8.0).view(4, 2), torch.arange(14.0).view(7, 2) + 100])
+        torch.testing.assert_close(out["gathered"], expected, rtol=0, atol=0)

@@ -132,7 +132,7 @@ class CRD(Term):
         how the global batch is split over processes."""
         if self.sync_bank and ddist.distributed():
             sizes = ddist.row_counts(index)
-            (everyone,) = ddist.gather_rows(index)
+            (everyone,) = ddist.gather_rows(index, sizes=sizes)
             start = sum(sizes[:ddist.rank()])
             return self._sample(everyone)[start:start + sizes[ddist.rank()]]
         return self._sample(index)

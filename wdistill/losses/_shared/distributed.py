@@ -21,22 +21,39 @@ def distributed() -> bool:
     return world_size() > 1
 
 
+_HOST: list = []  # [(the default group, its gloo twin)]
+
+
+def host_group():
+    """A gloo group of every rank, for values the host holds: None (the default group) when that is gloo already.
+
+    A collective of an NCCL group runs on the GPU, so reading its result makes the host wait for every kernel
+    queued before it; the same exchange of CPU tensors on gloo leaves the GPU's queue alone. Made on first use
+    (every rank must reach that point, as every rank runs the same loss), once per default group."""
+    if dist.get_backend() == "gloo":
+        return None
+    world = dist.group.WORLD
+    if not (_HOST and _HOST[0][0] is world):
+        _HOST[:] = [(world, dist.new_group(backend="gloo"))]
+    return _HOST[0][1]
+
+
 def row_counts(t: torch.Tensor) -> list[int]:
-    """Every rank's row count of ``t``."""
+    """Every rank's row count of ``t``, from the host's shapes: no device value is read."""
     if not distributed():
         return [t.shape[0]]
-    n = torch.tensor([t.shape[0]], device=t.device)
+    n = torch.tensor([t.shape[0]])  # on the CPU, whatever device t is on
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
-    dist.all_gather(sizes, n)
+    dist.all_gather(sizes, n, group=host_group())
     return [int(s) for s in sizes]
 
 
-def gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+def gather_rows(*tensors: torch.Tensor, sizes: list[int] | None = None) -> list[torch.Tensor]:
     """Every rank's rows of each tensor, concatenated in rank order (ranks may hold different row
-    counts; no gradient)."""
+    counts, ``sizes`` if the caller has them from :func:`row_counts`; no gradient)."""
     if not distributed():
         return list(tensors)
-    sizes = row_counts(tensors[0])
+    sizes = sizes or row_counts(tensors[0])
     out = []
     for t in tensors:
         padded = t.new_zeros((max(sizes),) + tuple(t.shape[1:]))
