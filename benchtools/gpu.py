@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from benchtools.gpu_syncs import sync_free, trainer_step
 from benchtools.speed import SpeedSetup, SyntheticTask, speed_terms
 from wdistill import ot
+from wdistill.engine.precision import Precision
 from wdistill.losses.recipes import RECIPES
 from wdistill.losses.wkd.wkd_l import wkd_l_parts
 
@@ -128,11 +129,12 @@ def _fp16_step_is_finite(method: str, shapes: SpeedSetup, device: torch.device) 
     task = SyntheticTask(shapes)
     d = task.distiller(method, device)
     try:
-        opt = torch.optim.SGD(d.trainable_parameters(), lr=0.01, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type)
+        precision = Precision("fp16", device)  # the Trainer's: its scaler, its fused optimiser step
+        opt = torch.optim.SGD(d.trainable_parameters(), lr=0.01, momentum=0.9, fused=precision.fused_optimizer)
+        scaler = precision.scaler()
         batch = _fixed_batch(task, method, device)
         for _ in range(3):
-            with torch.autocast(device.type, dtype=torch.float16):
+            with precision.autocast():
                 total, _, _ = d(batch)
             scaler.scale(total).backward()
             scaler.step(opt)

@@ -52,7 +52,8 @@ def trainer_step(d, batch: dict, device: torch.device, clip: float | None = 5.0,
     step and the terms' after-step hooks. Logging, which reads the meter, is not part of it."""
     precision = Precision(precision, device)
     params = [p for p in d.student.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                          fused=precision.fused_optimizer)  # as the Trainer's
 
     def forward(b):
         total, parts, s_out = d(b)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import convolves
 
-from benchtools.gpu import GpuSetup, _rel, no_tf32, parity
+from benchtools.gpu import GpuSetup, _fp16_step_is_finite, _rel, no_tf32, parity
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +50,8 @@ def test_relative_difference_and_tf32_guard():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     row = parity("dkd", GpuSetup(device="cpu", quick=True))
     assert row["float32_loss"] == 0.0 and row["float16_scaler"] is None
+    # The GPU's float16 column, here on the CPU: the Trainer's scaler and fused step, three finite steps.
+    assert _fp16_step_is_finite("dkd", GpuSetup(device="cpu", quick=True).shapes(), torch.device("cpu"))
 
 
 def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_path, monkeypatch):

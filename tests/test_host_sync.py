@@ -55,7 +55,7 @@ def test_the_record_finds_nothing_in_device_only_work(name):
     assert host_syncs(CLEAN[name]) == []
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("method", list(RECIPES))
 def test_every_method_steps_without_a_host_sync(method, precision):
     """The Trainer's Stepper (autocast, meter, non-finite guard, gradient clipping, after-step hooks) on

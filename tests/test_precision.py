@@ -87,3 +87,48 @@ def test_config_names_the_choices_and_maps_the_old_amp_key():
         load_config(base, ["train.precision=half"])
     with pytest.raises(ConfigError, match="keep precision"):
         load_config(base | {"train": {"amp": True, "precision": "fp16"}})
+
+
+def _step_with_overflow(fused: bool | None) -> tuple[list[torch.Tensor], float]:
+    """Six float16 steps with loss scaling through the Stepper's calls (scale, unscale_, step, update); the fourth
+    overflows. Returns the parameters and momentum buffers after, and the scale."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=fused)
+    precision = Precision("fp16", torch.device("cpu"))
+    scaler = precision.scaler()
+    for i in range(6):
+        with precision.autocast():
+            loss = torch.nn.functional.cross_entropy(net(x), y) * (float("inf") if i == 3 else 1.0)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    return [p.detach() for p in net.parameters()] + [opt.state[p]["momentum_buffer"] for p in net.parameters()], \
+        scaler.get_scale()
+
+
+def test_fp16_steps_fused_with_the_unfused_update_and_skips_an_overflow_the_same(tmp_path):
+    """Under float16 loss scaling the optimiser is fused: its step reads the scaler's overflow flag on the device
+    (an unfused one makes the scaler read it on the host every step: tests/test_host_sync.py). The update, and the
+    step skipped at an overflow, equal the unfused ones; the Trainer builds it so, and only for float16."""
+    fused, unfused = _step_with_overflow(True), _step_with_overflow(None)
+    assert fused[1] == unfused[1] == 2.0 ** 15  # halved once, at the overflow
+    for a, b in zip(fused[0], unfused[0]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert Precision("fp16", torch.device("cpu")).fused_optimizer is True
+    assert Precision("bf16", torch.device("cpu")).fused_optimizer is None
+
+    from wdistill.data import bundled_sample
+    from wdistill.engine import Trainer
+    for precision, expected in (("fp16", True), ("fp32", None)):
+        cfg = load_config({"run": {"name": precision, "out_dir": str(tmp_path), "device": "cpu"},
+                           "data": {"name": "fmnist_sample", "batch_size": 32}, "student": {"model": "resnet8"},
+                           "loss": [{"name": "ce"}], "optim": {"epochs": 1},
+                           "train": {"precision": precision, "progress": False}})
+        data = (bundled_sample("train").subset(slice(0, 64)), bundled_sample("test").subset(slice(0, 32)))
+        trainer = Trainer(cfg, data=data, log=lambda m: None)
+        summary = trainer.fit()
+        assert trainer.optimizer.param_groups[0]["fused"] is expected and summary["final_top1"] >= 0

@@ -52,6 +52,13 @@ class Precision:
         """Loss scaling, enabled for float16 only (bfloat16 has float32's exponent range)."""
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
+    @property
+    def fused_optimizer(self) -> bool | None:
+        """The optimiser's ``fused``: True with loss scaling, whose overflow flag a fused step reads on the device
+        (skipping its update there), where an unfused step makes the scaler read it on the host, a sync every
+        step; the same update either way. None (torch's choice) otherwise."""
+        return True if self.name == "fp16" else None
+
 
 def configure_backends(device: torch.device, tf32: bool) -> None:
     """cuDNN autotuning on, TF32 on or off for float32 matrix products and convolutions (CUDA only)."""

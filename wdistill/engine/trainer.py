@@ -60,9 +60,8 @@ class Trainer:
             raise
 
     def _claim_run_dir(self) -> None:
-        """Rank 0 locks and checks the directory; every rank learns the verdict (so a refused
-        distributed run stops on all ranks at once instead of hanging in a collective) and, for
-        ``resume="auto"``, whether there is a run to continue."""
+        """Rank 0 locks and checks the directory; every rank learns the verdict (so a refused distributed run stops
+        on all ranks at once instead of hanging in a collective) and, for ``resume="auto"``, whether to continue."""
         error, resume = None, self.resume
         if self.rank == 0:
             try:
@@ -155,8 +154,9 @@ class Trainer:
         self._terms_ready = True
 
     def make_optimizer(self, params, lr) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        o = self.cfg.optim  # fused under float16 loss scaling (Precision.fused_optimizer): no host sync
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+                               fused=self.precision.fused_optimizer)
 
     def close(self) -> None:
         """Remove the feature hooks this trainer put on the models and unlock the run directory."""
