@@ -18,10 +18,11 @@ from wdistill.workflows.reuse import run_or_load
 
 # The detection check's size: canvases per split, the teacher's steps, the steps of each of a student's epochs, the
 # rows (None: all).
-DET_SIZE = {"counts": {"train": 400, "val": 50, "test": 200}, "teacher_steps": 200, "student_steps": 50, "rows": None}
-DET_QUICK = {"counts": {"train": 16, "val": 4, "test": 4}, "teacher_steps": 2, "student_steps": 2,
+DET_SIZE = {"counts": {"train": 400, "val": 50, "test": 200}, "teacher_steps": 198, "student_steps": 50, "rows": None}
+DET_QUICK = {"counts": {"train": 16, "val": 4, "test": 4}, "teacher_steps": 3, "student_steps": 2,
              "rows": ("vanilla", "wkd_lf")}
-# A student trains 3 epochs and only the last is evaluated: the second, warm and with no evaluation in it, is timed.
+# A detector (the teacher too) trains 3 epochs and only the last is evaluated: the second, warm and with no
+# evaluation in it, is timed.
 TIMED_EPOCHS, TIMED = 3, 1
 CL_ROW = "wkd_lf channels_last"
 
@@ -30,11 +31,11 @@ def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
     (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
     row's R18-FPN student, and WKD-L+WKD-F's again with ``train.channels_last``, every one an ordinary run
-    directory. Per row: its seconds per training step (its second epoch's time over its steps: warm, with no
-    evaluation and no gradient-share pass in it; data loading included) against vanilla's, and its AP. A check
-    that the detection path runs and stays finite on the device, not an accuracy: the teacher is barely trained.
-    A student row that fails (a non-finite loss, say) is a finding: it goes into ``res["errors"]`` and the other
-    rows still run."""
+    directory. Per row (the teacher's too): its seconds per training step (its second epoch's time over its
+    steps: warm, with no evaluation and no gradient-share pass in it; data loading included) against vanilla's,
+    and its AP. A check that the detection path runs and stays finite on the device, not an accuracy: the teacher
+    is barely trained. A student row that fails (a non-finite loss, say) is a finding: it goes into
+    ``res["errors"]`` and the other rows still run."""
     res = {"errors": []} if res is None else res
     size = DET_QUICK if setup.quick else DET_SIZE
     runs_root = _det_root(setup)
@@ -49,7 +50,7 @@ def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
         per_step = history[TIMED if len(history) > TIMED else 0]["seconds"] / cfg["train"]["max_steps"]
         return {"row": name, "AP": 100 * summary["final_AP"], "step_s": per_step, "seconds": time.time() - t0}
 
-    rows = [run(P.teacher_config(runs_root, over(size["teacher_steps"])), "teacher")]
+    rows = [run(P.teacher_config(runs_root, over(size["teacher_steps"] // TIMED_EPOCHS, timed=True)), "teacher")]
     timed = over(size["student_steps"], timed=True)
     for m in size["rows"] or P.ROWS:
         cfg = P.student_config(m, 0, runs_root, overrides=timed)
@@ -91,8 +92,9 @@ def detection_torchrun(setup: GpuSetup) -> dict:
 def detection_lines(rows: list[dict]) -> list[str]:
     lines = ["", "## Detection on the device (protocol D's detectors, small)", "",
              f"FMNIST-Det canvases ({DET_SIZE['counts']['train']} train, {DET_SIZE['counts']['test']} test; the quick "
-             f"mode fewer), the R50-FPN teacher for {DET_SIZE['teacher_steps']} steps, each row's R18-FPN student for "
-             f"{TIMED_EPOCHS} epochs of {DET_SIZE['student_steps']} steps, batch 8, `train.precision=auto`. Seconds "
+             f"mode fewer), the R50-FPN teacher for {TIMED_EPOCHS} epochs of "
+             f"{DET_SIZE['teacher_steps'] // TIMED_EPOCHS} steps, each row's R18-FPN student for {TIMED_EPOCHS} epochs "
+             f"of {DET_SIZE['student_steps']} steps, batch 8, `train.precision=auto`. Seconds "
              "per step: the second epoch's time over its steps (warm; no evaluation and no gradient-share pass in it), "
              "data loading included. AP: after the last epoch, a sanity check of the path, not an accuracy. The last "
              "row is WKD-L+WKD-F's with `train.channels_last=true`.", "",

@@ -104,6 +104,9 @@ def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_pa
     history = read_history(tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0")
     assert [("test_AP" in r) for r in history] == [False, False, True]
     assert rows[2]["step_s"] == pytest.approx(history[1]["seconds"] / 2)
+    teacher = read_history(tmp_path / "runs/gpu-bench-det/cpu" / P.NAME / "teacher")
+    assert [("test_AP" in r) for r in teacher] == [False, False, True]  # its timed epoch has no evaluation either
+    assert rows[0]["step_s"] == pytest.approx(teacher[1]["seconds"] / 1)
     assert not cfg["train"].get("channels_last")
     cl = yaml.safe_load((tmp_path / "runs/gpu-bench-det/cpu" / P.REPORT / "wkd_lf/seed0-channels_last/config.yaml")
                         .read_text())
