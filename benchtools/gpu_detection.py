@@ -27,6 +27,14 @@ TIMED_EPOCHS, TIMED = 3, 1
 CL_ROW = "wkd_lf channels_last"
 
 
+def variants(quick: bool) -> dict[str, str]:
+    """WKD-L+WKD-F's row again with one setting on: ``train.channels_last``, and on the device ``train.compile``
+    (the backbone compiled: its compilation falls in the first, untimed epoch; left out of the CPU quick mode,
+    where inductor's C++ build of a ResNet-18 would take minutes)."""
+    rows = {CL_ROW: "train.channels_last"}
+    return rows if quick else rows | {"wkd_lf train.compile": "train.compile"}
+
+
 def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
     (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
@@ -55,11 +63,10 @@ def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
     for m in size["rows"] or P.ROWS:
         cfg = P.student_config(m, 0, runs_root, overrides=timed)
         rows.append(guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
-    # train.channels_last on the detectors: the same row in the GPU-friendly layout (compile is left out: its
-    # first steps compile, which an epoch's time over its steps would count).
-    cfg = P.student_config("wkd_lf", 0, runs_root, overrides=timed + ["train.channels_last=true"])
-    cfg["run"]["name"] += "-channels_last"
-    rows.append(guarded(res, "detection wkd_lf channels_last", lambda: run(cfg, CL_ROW), {"row": CL_ROW}))
+    for name, setting in variants(setup.quick).items():  # WKD-L+WKD-F's row again, one GPU setting on
+        cfg = P.student_config("wkd_lf", 0, runs_root, overrides=timed + [f"{setting}=true"])
+        cfg["run"]["name"] += "-" + setting.split(".")[-1]
+        rows.append(guarded(res, f"detection {name}", lambda cfg=cfg, name=name: run(cfg, name), {"row": name}))
     base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
     for r in rows[1:]:
         r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None
@@ -96,8 +103,9 @@ def detection_lines(rows: list[dict]) -> list[str]:
              f"{DET_SIZE['teacher_steps'] // TIMED_EPOCHS} steps, each row's R18-FPN student for {TIMED_EPOCHS} epochs "
              f"of {DET_SIZE['student_steps']} steps, batch 8, `train.precision=auto`. Seconds "
              "per step: the second epoch's time over its steps (warm; no evaluation and no gradient-share pass in it), "
-             "data loading included. AP: after the last epoch, a sanity check of the path, not an accuracy. The last "
-             "row is WKD-L+WKD-F's with `train.channels_last=true`.", "",
+             "data loading included. AP: after the last epoch, a sanity check of the path, not an accuracy. The "
+             "last two rows are WKD-L+WKD-F's with `train.channels_last=true` and with `train.compile=true` (the "
+             "backbone compiled in the first, untimed epoch).", "",
              "| row | s / step | step vs vanilla | AP | wall s |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:

@@ -113,6 +113,13 @@ def test_the_gpu_benchmarks_detection_section_runs_each_row_on_the_device(tmp_pa
     assert cl["train"]["channels_last"] and {k: v for k, v in cl.items() if k not in ("run", "train")} == {
         k: v for k, v in cfg.items() if k not in ("run", "train")}
     assert any(line.startswith("| wkd_lf | ") for line in detection_lines(rows))
+    # On the device, also the compiled row: the same config with train.compile on (a valid one).
+    from benchtools.gpu_detection import variants
+    from wdistill.config import load_config
+    assert variants(quick=False) == {"wkd_lf channels_last": "train.channels_last",
+                                     "wkd_lf train.compile": "train.compile"}
+    compiled = P.student_config("wkd_lf", 0, "runs/gpu-bench-det/cpu", overrides=["train.compile=true"])
+    assert load_config(compiled).train.compile
 
     ddp = detection_torchrun(GpuSetup(device="cpu", quick=True))
     assert ddp["backend"] == "gloo" and ddp["summary"]["world_size"] == 1 and ddp["summary"]["task"] == "detection"
