@@ -192,3 +192,18 @@ def test_resume_refuses_results_from_another_setup_or_machine(tmp_path, monkeypa
     assert main(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path / "b"), "--resume",
                  str(tmp_path / "nothing")]) == 2
     assert "no gpu.json there" in capsys.readouterr().err
+
+
+def test_the_device_students_are_held_to_the_cpu_tables_seed_spread():
+    """--e2e's students against benchmarks/fmnist-kd-v1.csv: KD there is 88.9533 +- 0.4594 over 3 seeds, so within
+    2 std is [88.0345, 89.8721]; the teacher is one run, compared but given no verdict."""
+    from benchtools.gpu_report import _e2e_lines, cpu_reference
+    assert cpu_reference("kd", 88.1) == {"cpu_mean": 88.9533, "cpu_std": 0.4594, "cpu_runs": 3, "within": True}
+    assert cpu_reference("kd", 88.0)["within"] is False and cpu_reference("kd", 89.85)["within"] is True
+    assert cpu_reference("kd", 89.9)["within"] is False
+    teacher = cpu_reference("teacher", 90.0)
+    assert teacher["cpu_runs"] == 1 and teacher["within"] is None
+    lines = _e2e_lines([{"row": "teacher", "top1": 90.0, "seconds": 9} | teacher,
+                        {"row": "kd", "top1": 88.0, "seconds": 5} | cpu_reference("kd", 88.0)])
+    assert lines[-2] == "| teacher | 90.00 | 91.37 (1 run) |  | 9 |"
+    assert lines[-1] == "| kd | 88.00 | 88.95 ± 0.46 | NO | 5 |"
