@@ -354,6 +354,21 @@ def test_wkd_f_zero_for_identical_features_and_teacher_detached():
     assert fs.grad is not None and ft.grad is None
 
 
+@pytest.mark.parametrize("cov", ["diag", "full"])
+def test_wkd_f_statistics_stay_float32_under_bfloat16_autocast(cov):
+    """The Gaussians are the W2's input: under autocast they are computed in float32 from the (bfloat16) map, the
+    same numbers as float32 arithmetic on that map gives (a bfloat16 covariance moved the full form's gradient by
+    8% at resnet32x4's shapes: benchtools/gpu_solvers.py)."""
+    from wdistill.losses.wkd.wkd_f import channel_gaussians
+    f = torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(0)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, second = channel_gaussians(f, 2, 1e-5, cov)
+    ref_mu, ref_second = channel_gaussians(f.float(), 2, 1e-5, cov)
+    assert mu.dtype == second.dtype == torch.float32
+    assert torch.equal(mu, ref_mu) and torch.equal(second, ref_second)
+    assert channel_gaussians(f.double(), 2, 1e-5, cov)[1].dtype == torch.float64  # float64 kept (the oracles')
+
+
 def test_wkd_f_full_covariance_matches_pot():
     g = torch.Generator().manual_seed(3)
     fs, ft = torch.randn(2, 3, 4, 4, generator=g, dtype=D64), torch.randn(2, 3, 4, 4, generator=g, dtype=D64)

@@ -66,7 +66,7 @@ class TrainSection(Strict):
         "auto", description="Arithmetic of the forward pass. auto: bfloat16 autocast on a CUDA GPU that has it "
         "(Ampere and later), float16 autocast with loss scaling on older CUDA GPUs, float32 on CPU and MPS. "
         "fp16 always scales the loss, and its optimiser step is fused (the overflow check stays on the GPU). The OT "
-        "solvers run in float32 inside any of them.")
+        "solvers and WKD-F's Gaussian statistics run in float32 inside any of them.")
     tf32: bool = Field(False, description="TensorFloat-32 for float32 matrix products and convolutions on CUDA "
                        "(Ampere and later). Off: float32 stays float32, so the OT solvers' products (Sinkhorn, "
                        "CKA, covariances), which run in float32 inside autocast, keep their 23-bit mantissa and a "
