@@ -157,7 +157,7 @@ def _cmd_gpu(args) -> int:
     res = run_gpu(setup, args.out, args.compile, args.ddp, args.e2e, _command(),
                   official=args.official, official_workers=args.official_workers, detection=args.detection,
                   resume=args.resume, budget_s=args.budget_s)
-    bad = [r["method"] for r in res["parity"] if not r["ok"]]
+    bad = [r["method"] for r in res["parity"] if not r["ok"]] + [r["solver"] for r in res["solvers"] if not r["ok"]]
     print(f"wrote {args.out}/gpu.md; parity misses: {', '.join(bad) or 'none'}")
     for e in res["errors"]:
         print(f"error: {e['error']}", file=sys.stderr)

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from wdistill.errors import ConfigError
 
-ROWS = ("parity", "steps", "kernels")  # the slots that hold one row per item; any other slot holds one section
+# The slots that hold one row per item; any other slot holds one section.
+ROWS = ("parity", "solvers", "steps", "kernels")
 # What must match for a resumed run's figures to sit beside the earlier ones.
 SAME = ("device", "gpu", "torch", "cuda")
 
@@ -48,7 +49,7 @@ def _failed(value) -> bool:
 def done(res: dict, item: Item) -> bool:
     """Measured already, without an error."""
     if item.slot in ROWS:
-        return any(r.get("key") == item.key and not _failed(r) for r in res[item.slot])
+        return any(r.get("key") == item.key and not _failed(r) for r in res.setdefault(item.slot, []))
     return item.slot in res and not _failed(res[item.slot])
 
 

@@ -24,6 +24,8 @@ import yaml
 from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time, wkd_l_kernel
 from benchtools.gpu_items import Item, resume_from, run_items
+from benchtools.gpu_solvers import cases as solver_cases
+from benchtools.gpu_solvers import solver_lines, solver_parity
 from benchtools.gpu_syncs import real_run_syncs
 from benchtools.targets import ratio_target
 from wdistill.config.presets import recipe
@@ -45,7 +47,8 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
     device, out = torch.device(setup.device), Path(out)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
-    res = {"environment": environment(device), "setup": setup.__dict__, "parity": [], "steps": [], "kernels": [],
+    res = {"environment": environment(device), "setup": setup.__dict__, "parity": [], "solvers": [], "steps": [],
+           "kernels": [],
            "errors": [], "command": shlex.join(command or ["python", "-m", "benchtools", "gpu"]),
            "date": report.stamp()["date"]}
     if resume is not None:
@@ -63,6 +66,8 @@ def _items(res: dict, setup: GpuSetup, device: torch.device, compiled: bool, ddp
     # vanilla: what bfloat16 does to the student's CE step alone, the reference
     items = [Item(f"parity {m}", "parity", partial(parity, m, setup), {"method": m, "ok": False})
              for m in ["vanilla", *methods]]
+    items += [Item(f"solver {label}", "solvers", partial(solver_parity, kind, label, shape, setup),
+                   {"solver": label, "ok": False}) for kind, label, shape in solver_cases(setup.quick)]
     for b in setup.batches:
         items += [Item(f"step {m} B={b}", "steps", _with_target(m, partial(step_time, m, b, setup,
                                                                              b == setup.batches[0])),
@@ -259,7 +264,7 @@ def write(res: dict, out: Path) -> None:
     if res.get("pending"):
         lines += ["", f"**Stopped at its time budget; not measured yet:** {', '.join(res['pending'])}. The same "
                       "command with `--resume` on this folder goes on from here."]
-    lines += [""] + _parity_lines(res) + _step_lines(res)
+    lines += [""] + _parity_lines(res) + solver_lines(res.get("solvers", [])) + _step_lines(res)
     lines += ["", "## WKD-L loss forward + backward", "", "| B | C | compiled | microseconds | peak MiB |",
               "|---:|---:|:-:|---:|---:|"]
     for k in res["kernels"]:

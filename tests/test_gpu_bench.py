@@ -28,6 +28,11 @@ def test_quick_mode_writes_every_section(tmp_path):
     for r in res["parity"]:
         assert r["float32_loss"] == 0.0 and r["float32_grad"] == 0.0  # the same arithmetic on both sides
         assert 0.0 < r["bfloat16_grad"] < 1.0  # autocast engaged, and the gradient still points the same way
+    # the OT solvers at small shapes: float32 is the same arithmetic on the CPU, bfloat16 inputs move them a little
+    assert len(res["solvers"]) == 5 and all(r["ok"] for r in res["solvers"]), res["solvers"]
+    assert all(r["float32_value"] == r["float32_grad"] == 0.0 for r in res["solvers"])
+    assert all(0.0 < r["bfloat16_grad"] < 3e-2 for r in res["solvers"]) and "## OT solvers" in \
+        (tmp_path / "gpu.md").read_text()
     # checked for host syncs (on the CPU by host_sync's record; the quick mode has one batch size)
     assert [r["sync_free"] for r in res["steps"] if not r["compiled"]] == [True] * 3, res["steps"]
     assert all(r["ratio"] > 0 for r in res["steps"])
@@ -136,6 +141,9 @@ def _fake_core(G, monkeypatch, calls, fail_once=()):
     monkeypatch.setattr(G, "step_time", lambda m, b, setup, sync: {"method": m, "batch": b, "sync_free": None,
                                                                    "step_s": 0.002, "bound_s": 0.001, "ratio": 2.0})
     monkeypatch.setattr(G, "real_run_syncs", lambda device, work: {"steps": 8, "syncs": []})
+    monkeypatch.setattr(G, "solver_parity", lambda kind, label, shape, setup: {"solver": label, "ok": True,
+                                                                               "float32_value": 0.0,
+                                                                               "float32_grad": 0.0})
     monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, c: {"B": B, "C": C, "compiled": c, "us": 1.0,
                                                                     "peak_mib": None})
 
@@ -157,7 +165,7 @@ def test_a_run_stops_at_its_budget_and_a_resumed_run_measures_only_what_is_missi
     assert code == 3 and calls == ["vanilla", "kd"]  # read at 1 s and 2 s: two items; at 3 s none starts
     assert res["pending"][0] == "parity wkd_lf" and res["pending"][-1] == "WKD-L kernel B=8 C=10 compiled=False"
     assert [e["what"] for e in res["errors"]] == ["parity kd"]
-    assert "Stopped at its time budget; not measured yet:** parity wkd_lf, parity crd_kd, step kd B=8" in \
+    assert "Stopped at its time budget; not measured yet:** parity wkd_lf, parity crd_kd, solver WKD-L, B=8" in \
         (out / "gpu.md").read_text()
 
     second = tmp_path / "second"
