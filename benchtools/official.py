@@ -108,8 +108,9 @@ def official_cfg(off: Official, method: str, device: torch.device):
 class OfficialStep:
     """One official training step (its ``train_iter``) of ``method`` on a fixed batch."""
 
-    def __init__(self, off: Official, method: str, batch: dict, device: torch.device):
+    def __init__(self, off: Official, method: str, batch: dict, device: torch.device, readouts: bool = True):
         cfg = official_cfg(off, method, device)
+        self.readouts = readouts  # False: the step without its per-step readouts (where its time goes)
         teacher = off.cifar_models["resnet32x4"][0](num_classes=100).requires_grad_(False)
         student = off.cifar_models["resnet8x4"][0](num_classes=100)
         self.distiller = off.distillers[cfg.DISTILLER.TYPE](student, teacher, cfg).to(device).train()
@@ -128,6 +129,8 @@ class OfficialStep:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
+        if not self.readouts:
+            return
         # the official readouts: top-1/top-5 and three .cpu() copies every step (host syncs)
         top = preds.topk(5, 1).indices.eq(target[:, None])
         float(top[:, :1].sum()), float(top.sum())
@@ -163,15 +166,17 @@ def step_side_by_side(off: Official, setup: GpuSetup, batch_size: int = 64) -> l
     for method in ROWS:
         ours, batch, d = _ours(method, batch_size, device)
         theirs = OfficialStep(off, method, batch, device)
+        bare = OfficialStep(off, method, batch, device, readouts=False)
         try:
             for _ in range(setup.warmup):
-                ours(), theirs()
-            times = [(timer(ours), timer(theirs)) for _ in range(setup.steps)]
+                ours(), theirs(), bare()
+            times = [(timer(ours), timer(theirs), timer(bare)) for _ in range(setup.steps)]
         finally:
             d.close()
-        t_ours, t_theirs = statistics.median(a for a, _ in times), statistics.median(b for _, b in times)
+        t_ours, t_theirs, t_bare = (statistics.median(t[i] for t in times) for i in range(3))
         rows.append({"method": method, "batch": batch_size, "ours_img_s": batch_size / t_ours,
                      "official_img_s": batch_size / t_theirs, "ratio": t_theirs / t_ours,
+                     "official_bare_img_s": batch_size / t_bare,
                      "params_ours": sum(p.numel() for p in d.student.parameters()), "params_official": theirs.params})
     return rows
 
@@ -197,8 +202,9 @@ def _official_data(off: Official, root: Path):
         data.get_data_folder, cifar.check_integrity = folder, check
 
 
-def official_epoch(off: Official, root: Path, device: torch.device, workers: int) -> float:
-    """Seconds of one official WKD-L training epoch over the files under ``root``."""
+def official_epoch(off: Official, root: Path, device: torch.device, workers: int) -> dict:
+    """Seconds of one official WKD-L training epoch over the files under ``root``, and of them the seconds its
+    host waited for the next batch (the rest is its steps: each ends reading values back, so its GPU work is done)."""
     before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # tools/train.py's set_seed
     try:
@@ -208,11 +214,14 @@ def official_epoch(off: Official, root: Path, device: torch.device, workers: int
             step = OfficialStep(off, "wkd_l", {"image": first[0].to(device), "target": first[1].to(device)}, device)
             sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
             sync()
-            t0 = time.perf_counter()
+            t0 = waited = time.perf_counter()
+            data_s = 0.0
             for image, target in train_loader:
+                data_s += time.perf_counter() - waited  # the host waiting for the loader's workers
                 step(image.to(device, non_blocking=True), target.to(device, non_blocking=True))
+                waited = time.perf_counter()  # the step's readouts have waited for the GPU: its work is done
             sync()
-            return time.perf_counter() - t0
+            return {"seconds": time.perf_counter() - t0, "data_wait_s": data_s}
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
 
@@ -244,4 +253,5 @@ def epoch_side_by_side(off: Official, setup: GpuSetup, workers: int, work: Path 
     root = generated_cifar100(work / f"cifar100-generated-{n_train}", n_train, n_test)
     theirs = official_epoch(off, root, device, workers)
     ours = our_epoch(root, device, work / "official-epoch")
-    return {"images": n_train, "workers": workers, "ours_s": ours, "official_s": theirs, "ratio": theirs / ours}
+    return {"images": n_train, "workers": workers, "ours_s": ours, "official_s": theirs["seconds"],
+            "official_data_wait_s": theirs["data_wait_s"], "ratio": theirs["seconds"] / ours}

@@ -61,4 +61,12 @@ def test_step_side_by_side_quick(off):
     assert [r["method"] for r in rows] == list(official.ROWS)
     for r in rows:
         assert r["params_ours"] == r["params_official"] == 1_233_540  # resnet8x4 on both sides
-        assert r["ours_img_s"] > 0 and r["official_img_s"] > 0
+        assert r["ours_img_s"] > 0 and r["official_img_s"] > 0 and r["official_bare_img_s"] > 0
+
+
+@needs_checkout
+def test_epoch_side_by_side_quick_says_where_the_official_epoch_waits(off, tmp_path):
+    pytest.importorskip("torchvision")  # the official data pipeline's
+    e = official.epoch_side_by_side(off, GpuSetup(device="cpu", quick=True), workers=2, work=tmp_path)
+    assert e["images"] == 256 and e["ours_s"] > 0 and e["ratio"] == pytest.approx(e["official_s"] / e["ours_s"])
+    assert 0 < e["official_data_wait_s"] < e["official_s"]
