@@ -19,10 +19,8 @@ import torch.nn.functional as F
 
 from benchtools.gpu_syncs import sync_free, trainer_step
 from benchtools.speed import SpeedSetup, SyntheticTask, speed_terms
-from wdistill import ot
 from wdistill.engine.precision import Precision
 from wdistill.losses.recipes import RECIPES
-from wdistill.losses.wkd.wkd_l import wkd_l_parts
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}  # relative, on the loss and on the student's gradient
 
@@ -215,32 +213,6 @@ def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = 
         return row
     finally:
         d.close()
-
-
-def wkd_l_kernel(batch: int, classes: int, setup: GpuSetup, compiled: bool = False) -> dict:
-    """WKD-L loss forward+backward at (B, C): median seconds and peak memory on the device."""
-    device = torch.device(setup.device)
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(batch, classes, generator=g).to(device).requires_grad_(True)
-    t = torch.randn(batch, classes, generator=g).to(device)
-    y = torch.randint(0, classes, (batch,), generator=g).to(device)
-    m = torch.rand(classes, classes, generator=g)
-    cost = ot.cka_cost(((m + m.T) / 2).fill_diagonal_(1.0)).to(device)
-    fn = torch.compile(wkd_l_parts) if compiled else wkd_l_parts
-
-    def run():
-        s.grad = None
-        lt, wd = fn(s, t, y, cost, 8.0)
-        (lt + wd).backward()
-
-    timer = _timer(device)
-    for _ in range(setup.warmup):
-        run()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [timer(run) for _ in range(setup.steps)]
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-    return {"B": batch, "C": classes, "compiled": compiled, "us": 1e6 * statistics.median(times), "peak_mib": peak}
 
 
 def methods_of(quick: bool) -> list[str]:

@@ -1,12 +1,12 @@
 """Runs the GPU benchmark and writes ``benchmarks/gpu.md`` and ``benchmarks/gpu.json`` (issue 26).
 
-Sections: the stamp; parity of every method (CPU float32 against the device in float32, bfloat16
-and float16 + GradScaler); the training step without host syncs; step times at each batch size
-against each method's own bound, with the targets (1.10 for logit methods, 1.25 for feature
-methods), with (``--compile``) KD's step with its student compiled as ``train.compile`` does; the WKD-L
-kernel, eager and (``--compile``) compiled; optionally the FMNIST-KD v1 teacher
-and students trained on the device (``--e2e``), a one-process torchrun through NCCL (``--ddp``) and protocol D's
-detectors, small (``--detection``).
+Sections: the stamp; parity of every method (CPU float32 against the device in float32, bfloat16 and float16 +
+GradScaler) and of the OT solvers; the training step without host syncs; step times at each batch size against
+each method's own bound, with the targets (1.10 for logit methods, 1.25 for feature methods), with
+(``--compile``) KD's step with its student compiled as ``train.compile`` does; the WKD-L kernel, eager,
+(``--compile``) compiled, as a CUDA graph and the official one (``--official``); optionally the FMNIST-KD v1
+teacher and students trained on the device (``--e2e``), a one-process torchrun through NCCL (``--ddp``) and
+protocol D's detectors, small (``--detection``).
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ import torch
 import yaml
 
 from benchtools import protocol, report
-from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time, wkd_l_kernel
+from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time
 from benchtools.gpu_items import Item, resume_from, run_items
+from benchtools.gpu_kernel import kernel_lines, wkd_l_kernel
+from benchtools.gpu_kernel import variants as kernel_variants
 from benchtools.gpu_solvers import cases as solver_cases
 from benchtools.gpu_solvers import solver_lines, solver_parity
 from benchtools.gpu_syncs import real_run_syncs
@@ -79,8 +81,8 @@ def _items(res: dict, setup: GpuSetup, device: torch.device, compiled: bool, ddp
                           _with_target("kd", lambda: step_time("kd", b, setup, compiled=True)),
                           {"method": "kd", "batch": b, "compiled": True, "target": ratio_target("kd")}))
     for B, C in ((8, 10),) if setup.quick else KERNEL_SHAPES:
-        items += [Item(f"WKD-L kernel B={B} C={C} compiled={c}", "kernels", partial(wkd_l_kernel, B, C, setup, c),
-                       {"B": B, "C": C, "compiled": c}) for c in ((False, True) if compiled else (False,))]
+        items += [Item(f"WKD-L kernel B={B} C={C} {v}", "kernels", partial(wkd_l_kernel, B, C, setup, v, official),
+                       {"B": B, "C": C, "variant": v}) for v in kernel_variants(device, compiled, official)]
     sections = {"ddp": (ddp, lambda: torchrun_one_process(device)), "e2e": (e2e, lambda: end_to_end(setup)),
                 "official": (official, lambda: side_by_side(official, setup, official_workers)),
                 "detection": (detection, lambda: gpu_detection().detection_on_device(setup, res)),
@@ -269,14 +271,7 @@ def write(res: dict, out: Path) -> None:
         lines += ["", f"**Stopped at its time budget; not measured yet:** {', '.join(res['pending'])}. The same "
                       "command with `--resume` on this folder goes on from here."]
     lines += [""] + _parity_lines(res) + solver_lines(res.get("solvers", [])) + _step_lines(res)
-    lines += ["", "## WKD-L loss forward + backward", "", "| B | C | compiled | microseconds | peak MiB |",
-              "|---:|---:|:-:|---:|---:|"]
-    for k in res["kernels"]:
-        if "error" in k:
-            lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | failed: {_cell(k['error'])} | |")
-            continue
-        peak = "n/a" if k["peak_mib"] is None else f"{k['peak_mib']:.1f}"
-        lines.append(f"| {k['B']} | {k['C']} | {k['compiled']} | {k['us']:.0f} | {peak} |")
+    lines += kernel_lines(res["kernels"])
     failed = [k for k in ("real_run", "ddp", "e2e", "official", "detection", "detection_ddp")
               if isinstance(res.get(k), dict) and "error" in res[k]]
     lines += [line for k in failed for line in ("", f"Section `{k}` failed: {_cell(res[k]['error'])}.")]

@@ -76,7 +76,7 @@ def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_pat
     monkeypatch.setattr(G, "parity", parity)
     monkeypatch.setattr(G, "step_time", lambda m, b, setup, sync: {"method": m, "batch": b, "sync_free": None,
                                                                    "step_s": 0.002, "bound_s": 0.001, "ratio": 2.0})
-    monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, c: (_ for _ in ()).throw(ValueError("no kernel")))
+    monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, v, off: (_ for _ in ()).throw(ValueError("no kernel")))
     monkeypatch.setattr(G, "torchrun_one_process", lambda device: 1 / 0)
     monkeypatch.setattr(G, "end_to_end", end_to_end)
     with pytest.raises(KeyboardInterrupt):
@@ -85,7 +85,7 @@ def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_pat
     assert [r["method"] for r in res["parity"]] == ["vanilla", "kd", "wkd_lf", "crd_kd"]
     assert res["parity"][2]["ok"] is False and "illegal memory access" in res["parity"][2]["error"]
     assert [r["ratio"] for r in res["steps"]] == [2.0, 2.0, 2.0]
-    assert [e["what"] for e in res["errors"]] == ["parity wkd_lf", "WKD-L kernel B=8 C=10 compiled=False", "ddp"]
+    assert [e["what"] for e in res["errors"]] == ["parity wkd_lf", "WKD-L kernel B=8 C=10 eager", "ddp"]
     assert "ZeroDivisionError" in res["ddp"]["error"] and "Traceback" in res["errors"][2]["traceback"]
     md = (tmp_path / "gpu.md").read_text()
     assert "| wkd_lf | failed: parity wkd_lf: RuntimeError: CUDA error: an illegal memory access was encountered |" \
@@ -144,7 +144,7 @@ def _fake_core(G, monkeypatch, calls, fail_once=()):
     monkeypatch.setattr(G, "solver_parity", lambda kind, label, shape, setup: {"solver": label, "ok": True,
                                                                                "float32_value": 0.0,
                                                                                "float32_grad": 0.0})
-    monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, c: {"B": B, "C": C, "compiled": c, "us": 1.0,
+    monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, v, off: {"B": B, "C": C, "variant": v, "us": 1.0,
                                                                     "peak_mib": None})
 
 
@@ -163,7 +163,7 @@ def test_a_run_stops_at_its_budget_and_a_resumed_run_measures_only_what_is_missi
     code = main(["gpu", "--device", "cpu", "--quick", "--out", str(out), "--budget-s", "2.5"])
     res = json.loads((out / "gpu.json").read_text())
     assert code == 3 and calls == ["vanilla", "kd"]  # read at 1 s and 2 s: two items; at 3 s none starts
-    assert res["pending"][0] == "parity wkd_lf" and res["pending"][-1] == "WKD-L kernel B=8 C=10 compiled=False"
+    assert res["pending"][0] == "parity wkd_lf" and res["pending"][-1] == "WKD-L kernel B=8 C=10 eager"
     assert [e["what"] for e in res["errors"]] == ["parity kd"]
     assert "Stopped at its time budget; not measured yet:** parity wkd_lf, parity crd_kd, solver WKD-L, B=8" in \
         (out / "gpu.md").read_text()

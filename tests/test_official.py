@@ -70,3 +70,13 @@ def test_epoch_side_by_side_quick_says_where_the_official_epoch_waits(off, tmp_p
     e = official.epoch_side_by_side(off, GpuSetup(device="cpu", quick=True), workers=2, work=tmp_path)
     assert e["images"] == 256 and e["ours_s"] > 0 and e["ratio"] == pytest.approx(e["official_s"] / e["ours_s"])
     assert 0 < e["official_data_wait_s"] < e["official_s"]
+
+
+@needs_checkout
+def test_the_kernel_section_times_the_official_wkd_l_kernel_beside_ours():
+    from benchtools.gpu_kernel import variants, wkd_l_kernel
+    assert variants(torch.device("cuda"), True, CHECKOUT) == ["eager", "torch.compile", "CUDA graph", "official"]
+    assert variants(torch.device("cpu"), False, None) == ["eager"]
+    setup = GpuSetup(device="cpu", quick=True, steps=2, warmup=1)
+    rows = [wkd_l_kernel(8, 10, setup, v, CHECKOUT) for v in ("eager", "official")]
+    assert [r["variant"] for r in rows] == ["eager", "official"] and all(r["us"] > 0 for r in rows)
