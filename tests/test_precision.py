@@ -132,3 +132,29 @@ def test_fp16_steps_fused_with_the_unfused_update_and_skips_an_overflow_the_same
         trainer = Trainer(cfg, data=data, log=lambda m: None)
         summary = trainer.fit()
         assert trainer.optimizer.param_groups[0]["fused"] is expected and summary["final_top1"] >= 0
+
+
+def test_a_checkpoint_of_another_precision_resumes_with_this_runs_optimiser_step(tmp_path):
+    """`precision: auto` follows the device: a run saved in bfloat16 or float32 (unfused optimiser) may resume on an
+    older GPU in float16 (fused). The checkpoint's optimiser state must not bring its `fused` flag along: a fused
+    optimiser's GradScaler hands an unfused step the overflow flag, which it refuses (an AssertionError)."""
+    from types import SimpleNamespace
+
+    from wdistill.engine.state import restore
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    saved = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(3, 4)).sum().backward()
+    saved.step()
+    precision = Precision("fp16", torch.device("cpu"))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, fused=precision.fused_optimizer)
+    trainer = SimpleNamespace(run_dir=tmp_path, distiller=torch.nn.Module(), optimizer=opt, scaler=precision.scaler())
+    restore(trainer, {"distiller": {}, "optimizer": saved.state_dict(), "best_top1": 0.0, "history": [],
+                      "stages_done": [], "epoch": 1})
+    assert opt.param_groups[0]["fused"] is True
+    torch.testing.assert_close(opt.state[net.weight]["momentum_buffer"], saved.state[net.weight]["momentum_buffer"])
+    with precision.autocast():
+        loss = net(torch.randn(3, 4)).float().sum()
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(opt)  # raised AssertionError("Expected grad_scale and found_inf to be None") before
+    trainer.scaler.update()

@@ -55,7 +55,10 @@ def restore(trainer, state: dict) -> None:
             raise ConfigError(f"{last} does not match this configuration (missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}): resume with the run's own config "
                               f"({trainer.run_dir / rundir.CONFIG})")
+        fused = [g.get("fused") for g in trainer.optimizer.param_groups]
         trainer.optimizer.load_state_dict(state["optimizer"])
+        for group, f in zip(trainer.optimizer.param_groups, fused):  # how to step is this run's, not the checkpoint's:
+            group["fused"] = f  # auto's precision follows the device (a bf16 run resumed on an older GPU is fp16)
         trainer.best_top1 = float(state["best_top1"])
         trainer.history = list(state["history"])
         trainer.stages_done = list(state["stages_done"])
