@@ -83,8 +83,10 @@ def _items(res: dict, setup: GpuSetup, device: torch.device, compiled: bool, ddp
     for B, C in ((8, 10),) if setup.quick else KERNEL_SHAPES:
         items += [Item(f"WKD-L kernel B={B} C={C} {v}", "kernels", partial(wkd_l_kernel, B, C, setup, v, official),
                        {"B": B, "C": C, "variant": v}) for v in kernel_variants(device, compiled, official)]
-    sections = {"ddp": (ddp, lambda: torchrun_one_process(device)), "e2e": (e2e, lambda: end_to_end(setup)),
+    # In the order a short device session needs them: NCCL (quick), the official side by side, end to end, detection.
+    sections = {"ddp": (ddp, lambda: torchrun_one_process(device)),
                 "official": (official, lambda: side_by_side(official, setup, official_workers)),
+                "e2e": (e2e, lambda: end_to_end(setup)),
                 "detection": (detection, lambda: gpu_detection().detection_on_device(setup, res)),
                 "detection_ddp": (detection and ddp, lambda: gpu_detection().detection_torchrun(setup))}
     return items + [Item(key, key, fn, {}) for key, (wanted, fn) in sections.items() if wanted]

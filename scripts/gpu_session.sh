@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 26's device check, prepared for a session lent a GPU (15 minutes of device time, the machine's start
-# included). Each call of `run` starts nothing new after GPU_BUDGET_S seconds (default 210: a call of about 6
-# minutes at most), and what it leaves is finished by the next call, given the first one's files: the benchmark
+# included). Each call of `run` starts nothing new after GPU_BUDGET_S seconds (default 210: about 5 minutes, more
+# when the item then running is a whole section such as e2e or detection, hence timeout_s 560), and what it leaves
+# is finished by the next call, given the first one's files: the benchmark
 # resumes (--resume), keeping every figure measured and retrying what failed. Results are written after each item,
 # so a call cut short keeps what it measured.
 #
@@ -9,7 +10,7 @@
 #                -> .whl/ (the wheels the GPU image lacks: pydantic and its parts, yacs, pycocotools),
 #                   .fmnist/ (Fashion-MNIST's IDX files, for --e2e), .official/ (the official WKD
 #                   code, for --official, when a checkout is given); all three git-ignored.
-#   there:       the device tool's run, carry [".whl", ".fmnist", ".official", ".gpu-prev"], timeout_s 420,
+#   there:       the device tool's run, carry [".whl", ".fmnist", ".official", ".gpu-prev"], timeout_s 560,
 #                command "bash scripts/gpu_session.sh run" (writes under $OUT; exit status 3: items left)
 #   here, after: bash scripts/gpu_session.sh keep FILES_AT
 #                -> the call's files into benchmarks/ and into .gpu-prev/ (git-ignored), which the next call's
