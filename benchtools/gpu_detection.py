@@ -11,8 +11,8 @@ import torch
 
 from benchtools import det_protocol as P
 from benchtools.gpu import GpuSetup
-from benchtools.gpu_items import guarded
-from benchtools.gpu_report import _cell, torchrun_one_process
+from benchtools.gpu_items import cell, guarded
+from benchtools.gpu_report import torchrun_one_process
 from wdistill.engine.rundir import read_history
 from wdistill.workflows.reuse import run_or_load
 
@@ -109,7 +109,7 @@ def detection_lines(rows: list[dict]) -> list[str]:
              "| row | s / step | step vs vanilla | AP | wall s |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['row']} | failed: {_cell(r['error'])} | | | |")
+            lines.append(f"| {r['row']} | failed: {cell(r['error'])} | | | |")
             continue
         ratio = "" if r.get("vs_vanilla") is None else f"x{r['vs_vanilla']:.2f}"
         lines.append(f"| {r['row']} | {r['step_s']:.4f} | {ratio} | {r['AP']:.2f} | {r['seconds']:.0f} |")

@@ -30,6 +30,11 @@ class Item:
     failed: Any = None  # what stands in for the result when fn raises (a dict gets the error added)
 
 
+def cell(text) -> str:
+    """One line of text that a markdown table cell can hold."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def guarded(res: dict, what: str, fn, failed):
     """``fn()``; if it raises, the error is appended to ``res["errors"]`` and ``failed`` (with the error, when
     it is a dict) is returned in its place: one broken method must not cost a device session the rest."""

@@ -8,6 +8,7 @@ import statistics
 import torch
 
 from benchtools.gpu import GpuSetup, _timer
+from benchtools.gpu_items import cell
 from wdistill import ot
 from wdistill.losses.wkd.wkd_l import wkd_l_parts
 
@@ -74,7 +75,7 @@ def kernel_lines(rows: list[dict]) -> list[str]:
              "| B | C | form | microseconds | peak MiB |", "|---:|---:|---|---:|---:|"]
     for k in rows:
         if "error" in k:
-            lines.append(f"| {k['B']} | {k['C']} | {k['variant']} | failed: {' '.join(str(k['error']).split())} | |")
+            lines.append(f"| {k['B']} | {k['C']} | {k['variant']} | failed: {cell(k['error'])} | |")
             continue
         peak = "n/a" if k["peak_mib"] is None else f"{k['peak_mib']:.1f}"
         lines.append(f"| {k['B']} | {k['C']} | {k['variant']} | {k['us']:.0f} | {peak} |")

@@ -23,7 +23,7 @@ import yaml
 
 from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time
-from benchtools.gpu_items import Item, resume_from, run_items
+from benchtools.gpu_items import Item, cell, resume_from, run_items
 from benchtools.gpu_kernel import kernel_lines, wkd_l_kernel
 from benchtools.gpu_kernel import variants as kernel_variants
 from benchtools.gpu_solvers import cases as solver_cases
@@ -216,7 +216,7 @@ def _parity_lines(res: dict) -> list[str]:
     ref = next((r for r in res["parity"] if r["method"] == "vanilla" and "bfloat16_grad" in r), None)
     for r in res["parity"]:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {_cell(r['error'])} | | | | | | NO |")
+            lines.append(f"| {r['method']} | failed: {cell(r['error'])} | | | | | | NO |")
             continue
         f16 = {True: "finite", False: "NOT finite", None: "n/a (CPU)"}[r["float16_scaler"]]
         excess = f"{r['bfloat16_grad'] - ref['bfloat16_grad']:+.1e}" if ref and "bfloat16_grad" in r else ""
@@ -242,7 +242,7 @@ def _step_lines(res: dict) -> list[str]:
         return f"{r['method']}, train.compile" if r.get("compiled") else r["method"]
     for r in res["steps"]:
         if "error" in r:
-            lines.append(f"| {name(r)} | {r['batch']} | failed: {_cell(r['error'])} | | | | |")
+            lines.append(f"| {name(r)} | {r['batch']} | failed: {cell(r['error'])} | | | | |")
             continue
         sync = {True: "yes", False: f"NO ({r.get('sync_error')})", None: "n/a"}[r["sync_free"]]
         verdict = "met" if r["target"] is not None and r["ratio"] <= r["target"] else "missed"
@@ -251,15 +251,10 @@ def _step_lines(res: dict) -> list[str]:
                      f"{r['ratio']:.2f} | {met} | {sync} |")
     run = res.get("real_run")
     if run and "error" not in run:
-        found = "no host sync" if not run["syncs"] else "host syncs: " + "; ".join(_cell(x) for x in run["syncs"])
+        found = "no host sync" if not run["syncs"] else "host syncs: " + "; ".join(cell(x) for x in run["syncs"])
         lines += ["", f"A real run (the Trainer on the bundled sample through the in-memory loader, CE + WKD-L + DKD + "
                       f"RKD + CRD), {run['steps']} steps after two, each with the fetch of its batch: {found}."]
     return lines
-
-
-def _cell(text: str) -> str:
-    """One line of text that a markdown table cell can hold."""
-    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def write(res: dict, out: Path) -> None:
@@ -276,7 +271,7 @@ def write(res: dict, out: Path) -> None:
     lines += kernel_lines(res["kernels"])
     failed = [k for k in ("real_run", "ddp", "e2e", "official", "detection", "detection_ddp")
               if isinstance(res.get(k), dict) and "error" in res[k]]
-    lines += [line for k in failed for line in ("", f"Section `{k}` failed: {_cell(res[k]['error'])}.")]
+    lines += [line for k in failed for line in ("", f"Section `{k}` failed: {cell(res[k]['error'])}.")]
     if "ddp" in res and "ddp" not in failed:
         d = res["ddp"]
         lines += ["", f"torchrun --nproc_per_node=1 through DDP ({d['backend']}): exit {d['returncode']} in "
@@ -290,7 +285,7 @@ def write(res: dict, out: Path) -> None:
     if "detection_ddp" in res and "detection_ddp" not in failed:
         lines += gpu_detection().torchrun_lines(res["detection_ddp"])
     if res.get("errors"):
-        lines += ["", "## Errors", "", *[f"- {_cell(e['error'])}" for e in res["errors"]],
+        lines += ["", "## Errors", "", *[f"- {cell(e['error'])}" for e in res["errors"]],
                   "", "Tracebacks: `errors` in gpu.json."]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text("\n".join(lines) + "\n", out / "gpu.md")

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from benchtools.gpu import TOLERANCE, GpuSetup, _rel, no_tf32
+from benchtools.gpu_items import cell
 from wdistill import ot
 from wdistill.losses.wcord.critic import batch_ot_loss
 from wdistill.losses.wkd.wkd_f import wkd_f_parts
@@ -86,7 +87,7 @@ def solver_lines(rows: list[dict]) -> list[str]:
              "|---|---:|---:|---:|---:|:-:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['solver']} | failed: {' '.join(str(r['error']).split())} | | | | NO |")
+            lines.append(f"| {r['solver']} | failed: {cell(r['error'])} | | | | NO |")
             continue
         low = [f"{r[k]:.1e}" if k in r else "n/a" for k in ("bfloat16_value", "bfloat16_grad")]
         lines.append(f"| {r['solver']} | {r['float32_value']:.1e} | {r['float32_grad']:.1e} | {low[0]} | {low[1]} | "
