@@ -25,7 +25,7 @@ prepare)
     rm -rf .whl && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
         pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 yacs==0.1.8 \
-        pycocotools==2.0.11
+        pycocotools==2.0.11 typing-extensions==4.16.0  # pydantic 2.14 needs typing-extensions >= 4.16
     mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .fmnist/
     if [ -n "${2:-}" ]; then rm -rf .official && mkdir .official && git -C "$2" archive HEAD | tar -x -C .official; fi
     du -sh .whl .fmnist .official 2>/dev/null
@@ -53,9 +53,10 @@ run)
     ;;
 keep)
     [ -f "${2:-}/gpu.json" ] || { echo "keep: give the folder a run's files came back to (its files_at)" >&2; exit 2; }
-    rm -rf .gpu-prev && mkdir .gpu-prev && cp "$2"/* .gpu-prev/
-    cp "$2"/gpu.md "$2"/gpu.json benchmarks/
-    [ -f "$2/stream_loader_cuda.md" ] && cp "$2/stream_loader_cuda.md" benchmarks/
+    # The tool hands the files over read-only: the copies are made writable (the next keep replaces them).
+    rm -rf .gpu-prev && mkdir .gpu-prev && cp --no-preserve=mode "$2"/* .gpu-prev/
+    cp --no-preserve=mode "$2"/gpu.md "$2"/gpu.json benchmarks/
+    [ -f "$2/stream_loader_cuda.md" ] && cp --no-preserve=mode "$2/stream_loader_cuda.md" benchmarks/
     python3 -c "import json, sys; r = json.load(open(sys.argv[1])); p = r.get('pending', []); \
 print(f'{len(p)} items left' + (': run again (it resumes from .gpu-prev)' if p else '; errors: ' + str(len(r['errors']))))" \
         .gpu-prev/gpu.json
