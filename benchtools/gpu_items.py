@@ -54,7 +54,7 @@ def _failed(value) -> bool:
 def done(res: dict, item: Item) -> bool:
     """Measured already, without an error."""
     if item.slot in ROWS:
-        return any(r.get("key") == item.key and not _failed(r) for r in res.setdefault(item.slot, []))
+        return any(r.get("key") == item.key and not _failed(r) for r in res[item.slot])
     return item.slot in res and not _failed(res[item.slot])
 
 
@@ -76,6 +76,7 @@ def run_items(res: dict, items: list[Item], write: Callable[[dict], None], budge
     """Each item not yet done, in order, its result written as soon as it is in; once ``budget_s`` seconds have
     passed no new item starts. Returns the keys left (also ``res["pending"]``; empty when all are done)."""
     start = time.monotonic()
+    res.pop("pending", None)  # a resumed run's list: this run makes its own
     todo = [item for item in items if not done(res, item)]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="gpu benchmark", unit="item")
     for i, item in enumerate(todo):
@@ -87,11 +88,8 @@ def run_items(res: dict, items: list[Item], write: Callable[[dict], None], budge
         # A retry: its old errors go (a section's own rows file theirs under "KEY row").
         res["errors"] = [e for e in res["errors"] if e["what"] != item.key and not e["what"].startswith(item.key + " ")]
         _record(res, item, guarded(res, item.key, item.fn, item.failed))
-        res.pop("pending", None)
         write(res)
         bar.update()
-    else:
-        res.pop("pending", None)
     bar.close()
     write(res)
     return res.get("pending", [])
@@ -119,4 +117,6 @@ def resume_from(folder: str | Path, res: dict) -> dict:
         raise ConfigError(f"--resume: {path} was measured elsewhere ({what}); its figures would not compare with "
                           "this machine's: start afresh without --resume")
     old["resumed"] = old.get("resumed", []) + [{"command": res["command"], "date": res["date"]}]
+    for slot in ROWS:  # results from before a slot existed
+        old.setdefault(slot, [])
     return old

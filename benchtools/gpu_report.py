@@ -23,7 +23,7 @@ import yaml
 
 from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time
-from benchtools.gpu_items import Item, cell, resume_from, run_items
+from benchtools.gpu_items import ROWS, Item, cell, resume_from, run_items
 from benchtools.gpu_kernel import kernel_lines, wkd_l_kernel
 from benchtools.gpu_kernel import variants as kernel_variants
 from benchtools.gpu_solvers import cases as solver_cases
@@ -49,8 +49,7 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
     device, out = torch.device(setup.device), Path(out)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
-    res = {"environment": environment(device), "setup": setup.__dict__, "parity": [], "solvers": [], "steps": [],
-           "kernels": [],
+    res = {"environment": environment(device), "setup": setup.__dict__, **{slot: [] for slot in ROWS},
            "errors": [], "command": shlex.join(command or ["python", "-m", "benchtools", "gpu"]),
            "date": report.stamp()["date"]}
     if resume is not None:

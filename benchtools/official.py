@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 import types
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from benchtools.gpu import GpuSetup, _timer
 from benchtools.speed import SpeedSetup, SyntheticTask
 from wdistill import models
 from wdistill.config.presets import PRESETS_DIR
+from wdistill.engine.precision import Precision
 from wdistill.engine.rundir import read_history
 from wdistill.errors import ConfigError
 from wdistill.workflows.reuse import run_or_load
@@ -139,17 +140,19 @@ class OfficialStep:
 
 
 def _ours(method: str, batch_size: int, device: torch.device):
-    """Our step of ``method`` on the same pair, batch size and precision."""
+    """Our step of ``method`` on the same pair, batch size and precision (float16 on a GPU, as the official forward
+    hard-codes), with the Trainer's scaler and optimiser step for that precision."""
     task = SyntheticTask(SpeedSetup(batch=batch_size))
     torch.manual_seed(0)
     d = task.distiller(method, device)
-    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    cuda = device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=cuda)
+    precision = Precision("fp16" if device.type == "cuda" else "fp32", device)
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                          fused=precision.fused_optimizer)
+    scaler = precision.scaler()
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in task.batch.items()}
 
     def step():
-        with torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext():
+        with precision.autocast():
             total, _, _ = d(batch)
         opt.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
