@@ -1,6 +1,8 @@
 """WKD-L: logit distillation by discrete Wasserstein distance (Lv, Yang, Li, NeurIPS 2024)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +16,17 @@ from wdistill.losses.wkd.cost import classifier_weight, load_or_build_cka
 from wdistill.losses.wkd.decay import DEFAULT_DECAY_FRAC, check_decay_args, cosine_decayed, decay_start_epoch  # noqa: F401
 from wdistill.losses.wkd.official import CIFAR as OFFICIAL_CIFAR
 from wdistill.losses.wkd.official import l_params
+
+# ``kernel``: how WKD-L's loss runs; a torch.compile mode for the compiled forms ("reduce-overhead" replays CUDA graphs
+# on a GPU and is plain inductor on the CPU).
+KERNELS = {"eager": None, "compiled": "default", "cuda_graph": "reduce-overhead"}
+
+
+@functools.cache
+def compiled_parts(mode: str):
+    """:func:`wkd_l_parts` through ``torch.compile`` in ``mode``, one wrapper per mode for the process: a wrapper per
+    term would compile again for every distiller built (and reach dynamo's recompile limit)."""
+    return torch.compile(wkd_l_parts, mode=mode)
 
 
 def _labels(target: torch.Tensor) -> torch.Tensor:
@@ -84,6 +97,12 @@ class WKDLogits(Term):
     cross-entropy (a detector's RoI classification) it adds a second pull towards confidence; 0 keeps
     only the Wasserstein part.
 
+    ``kernel`` (named option, the same arithmetic): "eager" (default), "compiled" (``torch.compile``: on a GPU the
+    Sinkhorn loop's elementwise operations fuse, fewer launches) or "cuda_graph" (``torch.compile`` in
+    "reduce-overhead" mode: the loss's forward and backward replayed as CUDA graphs; on the CPU the same as
+    "compiled"). Both need ``solver="plain"`` (the log solver stops on a host-side check). The first step pays
+    the compilation; ``benchtools gpu`` times each form inside the training step.
+
     cost: "cka" (teacher class features, built in setup and cached by the teacher's checksum;
     ``cka_mode`` "features" = last-stage map rows, "logits" = one logit row per image; the official
     generator's choice per teacher is ``wkd_official.CKA_SOURCE``), "cosine_classifier" (1 - cosine of the
@@ -132,8 +151,13 @@ class WKDLogits(Term):
                  num_iters: int = 10, solver: str = "plain", tol: float = 1e-5, max_iters: int = 1000,
                  decay_start: float | None = None, decay_start_frac: float | None = DEFAULT_DECAY_FRAC,
                  cost: str | torch.Tensor = "cka", cka_mode: str = "features", max_per_class: int | None = None,
-                 target_weight: float = 1.0):
+                 target_weight: float = 1.0, kernel: str = "eager"):
         super().__init__()
+        if kernel not in KERNELS:
+            raise ConfigError(f"unknown kernel {kernel!r}; use one of {list(KERNELS)}")
+        if kernel != "eager" and solver != "plain":
+            raise ConfigError(f"kernel {kernel!r} needs solver 'plain': the 'log' solver stops on a host-side "
+                              "convergence check, which a compiled graph cannot hold; use kernel 'eager' with it")
         if target_weight < 0:
             raise ConfigError(f"target_weight must be >= 0 (1 is published, 0 leaves the Wasserstein part alone), "
                               f"got {target_weight}")
@@ -148,7 +172,7 @@ class WKDLogits(Term):
         self.solver, self.tol, self.max_iters = solver, tol, max_iters
         self.decay_start, self.decay_start_frac = decay_start, decay_start_frac
         self.cost_spec, self.cka_mode, self.max_per_class = cost, cka_mode, max_per_class
-        self.target_weight = target_weight
+        self.target_weight, self.kernel = target_weight, kernel
         self.register_buffer("cost", torch.as_tensor(cost).float() if isinstance(cost, torch.Tensor) else None)
 
     def setup(self, ctx: SetupContext) -> None:
@@ -195,7 +219,8 @@ class WKDLogits(Term):
             t_nt = None
             if members:  # an ensemble: the mean distribution at tau for the non-target part
                 t_nt = mean_distribution_logits([m["logits"].detach().to(dtype) for m in members], self.tau)
-            loss_t, wd = wkd_l_parts(
+            parts = wkd_l_parts if self.kernel == "eager" else compiled_parts(KERNELS[self.kernel])
+            loss_t, wd = parts(
                 s.to(dtype), teacher["logits"].detach().to(dtype), batch["target"], self.cost, self.tau,
                 self.reg, self.num_iters, self.solver, t_logits_nt=t_nt,
                 **({"tol": self.tol, "max_iters": self.max_iters} if self.solver == "log" else {}))
