@@ -161,17 +161,18 @@ def _timer(device: torch.device):
     return cuda if device.type == "cuda" else cpu
 
 
-def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = False, compiled: bool = False) -> dict:
+def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = False, compiled: bool = False,
+              kernel: str | None = None) -> dict:
     """Median step seconds of ``method`` and of its bound (student CE step + teacher forward), bfloat16
     autocast and channels_last on a GPU; with ``sync_check`` three steps of the Trainer's own Stepper on the same
     distiller run under ``torch.cuda.set_sync_debug_mode("error")`` (on the CPU: ``host_sync``'s record) and a
     host sync is reported, not raised. ``compiled``: the
     student torch.compile'd as ``train.compile`` does (its compilation falls in the warm-up; the bound stays
-    eager)."""
+    eager). ``kernel``: WKD-L's ``kernel`` option for the method's WKD-L term (its compilation in the warm-up)."""
     device = torch.device(setup.device)
     task = SyntheticTask(replace(setup.shapes(), batch=batch_size))
     torch.manual_seed(0)
-    d = task.distiller(method, device)
+    d = task.distiller(method, device, {"wkd_l": {"kernel": kernel}} if kernel else None)
     if compiled:
         d.student_tap.model = torch.compile(d.student)  # as the Trainer does: the hooks stay on the student
     cuda = device.type == "cuda"
@@ -204,7 +205,7 @@ def step_time(method: str, batch_size: int, setup: GpuSetup, sync_check: bool = 
         timer = _timer(device)
         for _ in range(setup.warmup):
             step(), bound()
-        row = {"method": method, "batch": batch_size, "sync_free": None, "compiled": compiled}
+        row = {"method": method, "batch": batch_size, "sync_free": None, "compiled": compiled, "kernel": kernel}
         if sync_check:
             row["sync_free"], row["sync_error"] = sync_free(trainer_step(d, batch, device), device)
         times = [(timer(step), timer(bound)) for _ in range(setup.steps)]

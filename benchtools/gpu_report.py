@@ -35,6 +35,7 @@ from wdistill.io import atomic_write_text
 from wdistill.workflows.reuse import run_or_load
 
 KERNEL_SHAPES = ((64, 100), (256, 1000))
+STEP_KERNELS = ("compiled", "cuda_graph")  # WKD-L's kernel option, timed in its step with --compile
 CPU_TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / f"{protocol.FULL.name}.csv"  # the e2e reference
 
 
@@ -79,6 +80,11 @@ def _items(res: dict, setup: GpuSetup, device: torch.device, compiled: bool, ddp
         items.append(Item(f"step kd B={b} compiled", "steps",
                           _with_target("kd", lambda: step_time("kd", b, setup, compiled=True)),
                           {"method": "kd", "batch": b, "compiled": True, "target": ratio_target("kd")}))
+        # WKD-L's compiled kernels inside its step, at every batch size: which form its default should be
+        items += [Item(f"step wkd_l B={b} kernel={k}", "steps",
+                       _with_target("wkd_l", partial(step_time, "wkd_l", b, setup, kernel=k)),
+                       {"method": "wkd_l", "batch": b, "kernel": k, "target": ratio_target("wkd_l")})
+                  for b in setup.batches for k in STEP_KERNELS]
     for B, C in ((8, 10),) if setup.quick else KERNEL_SHAPES:
         items += [Item(f"WKD-L kernel B={B} C={C} {v}", "kernels", partial(wkd_l_kernel, B, C, setup, v, official),
                        {"B": B, "C": C, "variant": v}) for v in kernel_variants(device, compiled, official)]
@@ -231,14 +237,16 @@ def _step_lines(res: dict) -> list[str]:
              "forward under the same settings (bfloat16 autocast and channels_last on a GPU). Host syncs: three "
              "steps of the Trainer's own Stepper (autocast, meter, non-finite guard, gradient clipping) at the first "
              "batch size, after two, under `torch.cuda.set_sync_debug_mode(\"warn\")` (each sync recorded) on a "
-             "GPU, under `benchtools/host_sync.py`'s record of syncing operations on the CPU. A row "
-             "marked `train.compile` has the student compiled as that setting does (against the same eager bound).",
+             "GPU, under `benchtools/host_sync.py`'s record of syncing operations on the CPU. A row marked "
+             "`train.compile` has the student compiled as that setting does, one marked `kernel` WKD-L's loss in "
+             "that form of its `kernel` option (each against the same eager bound).",
              "",
              "| method | batch | step ms | bound ms | ratio | target | host-sync free |",
              "|---|---:|---:|---:|---:|---:|:-:|"]
 
     def name(r):
-        return f"{r['method']}, train.compile" if r.get("compiled") else r["method"]
+        return r["method"] + (", train.compile" if r.get("compiled") else "") + \
+            (f", kernel {r['kernel']}" if r.get("kernel") else "")
     for r in res["steps"]:
         if "error" in r:
             lines.append(f"| {name(r)} | {r['batch']} | failed: {cell(r['error'])} | | | | |")

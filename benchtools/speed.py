@@ -68,11 +68,13 @@ class SyntheticTask:
         st.load_state_dict(self.student_state)
         return st
 
-    def distiller(self, method: str, device: torch.device | str = "cpu") -> Distiller:
-        """Teacher + fresh student + the method's terms on ``device``, set up exactly as the Trainer does."""
+    def distiller(self, method: str, device: torch.device | str = "cpu", options: dict | None = None) -> Distiller:
+        """Teacher + fresh student + the method's terms on ``device``, set up exactly as the Trainer does;
+        ``options``: parameters added to the terms of those names (``{"wkd_l": {"kernel": "compiled"}}``)."""
         device = torch.device(device)
         terms = [(t["name"], t.get("weight", 1.0),
-                  losses.create(t["name"], **{k: v for k, v in t.items() if k not in ("name", "weight")}))
+                  losses.create(t["name"], **{k: v for k, v in t.items() if k not in ("name", "weight")},
+                                **(options or {}).get(t["name"], {})))
                  for t in speed_terms(method)]
         d = Distiller(self.new_student(), [self.teacher], terms).to(device)
         on = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self._setup_batch.items()}

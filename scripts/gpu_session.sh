@@ -10,7 +10,8 @@
 #                -> .whl/ (the wheels the GPU image lacks: pydantic and its parts, yacs, pycocotools),
 #                   .fmnist/ (Fashion-MNIST's IDX files, for --e2e), .official/ (the official WKD
 #                   code, for --official, when a checkout is given); all three git-ignored.
-#   there:       the device tool's run, carry [".whl", ".fmnist", ".official", ".gpu-prev"], timeout_s 560,
+#   there:       the device tool's run, kind "nvidia-h200" (issue 26 asks for an H200 run, and a resume refuses
+#                figures from another GPU), carry [".whl", ".fmnist", ".official", ".gpu-prev"], timeout_s 560,
 #                command "bash scripts/gpu_session.sh run" (writes under $OUT; exit status 3: items left)
 #   here, after: bash scripts/gpu_session.sh keep FILES_AT
 #                -> the call's files into benchmarks/ and into .gpu-prev/ (git-ignored), which the next call's

@@ -119,6 +119,36 @@ def test_the_compiled_step_runs_the_student_through_dynamo_as_train_compile_does
     assert lines[-2].startswith("| kd | 8 | ") and lines[-1].startswith("| kd, train.compile | 8 | ")
 
 
+def test_wkd_l_kernel_rows_time_its_compiled_forms_inside_its_step(dynamo_graphs):
+    """`--compile`'s WKD-L rows: the step with the term's ``kernel`` option on (the loss compiled, the student eager),
+    at every batch size in both forms, named in the table; the kernel table says which of the term's forms was
+    fastest (the official kernel is no form of the term's)."""
+    from benchtools.gpu import step_time
+    from benchtools.gpu_kernel import kernel_lines
+    from benchtools.gpu_report import _items, _step_lines
+    from wdistill.losses.wkd.wkd_l import compiled_parts
+
+    compiled_parts.cache_clear()  # a wrapper made before the recording backend was swapped in would not record
+    try:
+        row = step_time("wkd_l", 8, GpuSetup(device="cpu", quick=True, steps=2, warmup=1), kernel="compiled")
+    finally:
+        compiled_parts.cache_clear()
+    code = [gm.print_readable(print_output=False) for gm in dynamo_graphs]
+    assert code and any("addmm" in c for c in code) and not any("conv2d" in c for c in code)
+    assert row["kernel"] == "compiled" and not row["compiled"] and row["step_s"] > 0
+    assert _step_lines({"steps": [row | {"target": 1.1}]})[-1].startswith("| wkd_l, kernel compiled | 8 | ")
+    setup = GpuSetup(device="cpu", quick=True, batches=(8, 16))
+    keys = [it.key for it in _items({}, setup, torch.device("cpu"), True, False, False, None, 2, False)]
+    assert [k for k in keys if "kernel=" in k] == [f"step wkd_l B={b} kernel={k}" for b in (8, 16)
+                                                  for k in ("compiled", "cuda_graph")]
+    assert not any("kernel=" in it.key for it in _items({}, setup, torch.device("cpu"), False, False, False, None,
+                                                        2, False))
+    timed = [{"B": 8, "C": 10, "variant": v, "us": us, "peak_mib": None}
+             for v, us in (("eager", 10.0), ("compiled", 5.0), ("official", 3.0))]
+    assert kernel_lines(timed)[-1] == ("Fastest of the term's `kernel` forms at B=8, C=10: compiled (eager 10 us, "
+                                       "compiled 5 us).")
+
+
 def _main(monkeypatch):
     """``python -m benchtools ARGV``, in this process (the results record sys.argv as the command)."""
     from benchtools.__main__ import main

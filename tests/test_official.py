@@ -75,7 +75,9 @@ def test_epoch_side_by_side_quick_says_where_the_official_epoch_waits(off, tmp_p
 @needs_checkout
 def test_the_kernel_section_times_the_official_wkd_l_kernel_beside_ours():
     from benchtools.gpu_kernel import variants, wkd_l_kernel
-    assert variants(torch.device("cuda"), True, CHECKOUT) == ["eager", "torch.compile", "CUDA graph", "official"]
+    assert variants(torch.device("cuda"), True, CHECKOUT) == ["eager", "compiled", "cuda_graph", "CUDA graph, captured",
+                                                              "official"]
+    assert variants(torch.device("cpu"), True, None) == ["eager", "compiled"]
     assert variants(torch.device("cpu"), False, None) == ["eager"]
     setup = GpuSetup(device="cpu", quick=True, steps=2, warmup=1)
     rows = [wkd_l_kernel(8, 10, setup, v, CHECKOUT) for v in ("eager", "official")]
