@@ -26,6 +26,7 @@ from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time
 from benchtools.gpu_items import ROWS, Item, cell, resume_from, run_items
 from benchtools.gpu_kernel import kernel_lines, wkd_l_kernel
 from benchtools.gpu_kernel import variants as kernel_variants
+from benchtools.gpu_limits import limit_lines
 from benchtools.gpu_solvers import cases as solver_cases
 from benchtools.gpu_solvers import solver_lines, solver_parity
 from benchtools.gpu_syncs import real_run_syncs
@@ -275,7 +276,7 @@ def write(res: dict, out: Path) -> None:
         lines += ["", f"**Stopped at its time budget; not measured yet:** {', '.join(res['pending'])}. The same "
                       "command with `--resume` on this folder goes on from here."]
     lines += [""] + _parity_lines(res) + solver_lines(res.get("solvers", [])) + _step_lines(res)
-    lines += kernel_lines(res["kernels"])
+    lines += limit_lines(res["steps"]) + kernel_lines(res["kernels"])
     failed = [k for k in ("real_run", "ddp", "e2e", "official", "detection", "detection_ddp")
               if isinstance(res.get(k), dict) and "error" in res[k]]
     lines += [line for k in failed for line in ("", f"Section `{k}` failed: {cell(res[k]['error'])}.")]

@@ -41,7 +41,8 @@ def test_quick_mode_writes_every_section(tmp_path):
     assert ddp["returncode"] == 0 and ddp["backend"] == "gloo" and ddp["summary"]["world_size"] == 1
     md = (tmp_path / "gpu.md").read_text()
     assert "## Parity" in md and "## Training step against its bound" in md and "| kd | 8 |" in md
-    assert all(line.endswith("| yes |") for line in md.splitlines() if line.startswith("| kd | 8 |"))
+    steps = md.split("## Training step against its bound")[1].split("\n## ")[0].split("### What limits")[0]
+    assert [line.endswith("| yes |") for line in steps.splitlines() if line.startswith("| kd | 8 |")] == [True]
     assert res["real_run"] == {"steps": 8, "syncs": []} and "each with the fetch of its batch: no host sync." in md
     kd = res["parity"][1]
     excess = f"{kd['bfloat16_grad'] - res['parity'][0]['bfloat16_grad']:+.1e}"
@@ -147,6 +148,44 @@ def test_wkd_l_kernel_rows_time_its_compiled_forms_inside_its_step(dynamo_graphs
              for v, us in (("eager", 10.0), ("compiled", 5.0), ("official", 3.0))]
     assert kernel_lines(timed)[-1] == ("Fastest of the term's `kernel` forms at B=8, C=10: compiled (eager 10 us, "
                                        "compiled 5 us).")
+
+
+def test_a_step_over_its_target_is_profiled_against_its_bound(monkeypatch):
+    """What limits a step (issue 26: name what limits any row above its target): its operations and busy time
+    against its bound's, host-bound when its device idles, and where the added time goes."""
+    import benchtools.gpu as gpu
+    from benchtools.gpu_limits import limit_lines, limits
+
+    x, y = torch.randn(8, 8), torch.randn(96, 96)  # the bound: one larger product; the step adds 50 small sums
+
+    def bound():
+        y @ y
+
+    def step():
+        y @ y
+        for _ in range(50):
+            x.add(1.0)
+    fast = limits(step, bound, 1e-9, torch.device("cpu"))  # a wall time under the busy time: nothing idles
+    assert fast["ops"] == fast["ops_bound"] + 50 and fast["busy_ms"] > fast["busy_bound_ms"]
+    assert fast["added"][0][0] == "aten::add" and fast["verdict"].startswith("device-bound: +")
+    slow = limits(step, bound, 10.0, torch.device("cpu"))  # ten seconds of wall time: the device idles
+    assert slow["idle"] > 0.99 and slow["verdict"].startswith("host-bound: the device is idle 100% of the step, "
+                                                              "which launches +50 operations over its bound")
+    # the added time is the step's less the bound's, name by name (fixed profiles: the discarded pass, step, bound)
+    from collections import Counter
+
+    import benchtools.gpu_limits as L
+    profiles = iter([None, (3, 9.0, Counter(mm=5.0, add=4.0)), (1, 5.0, Counter(mm=5.0))])
+    monkeypatch.setattr(L, "_profile", lambda fn, device: next(profiles))
+    assert limits(step, bound, 9e-3, torch.device("cpu"))["added"] == [("add", 4.0)]
+    monkeypatch.undo()
+    # in the benchmark: every row over its target (all of them, with the targets at 0) carries its profile
+    monkeypatch.setattr(gpu, "ratio_target", lambda method: 0.0)
+    row = gpu.step_time("wkd_lf", 8, GpuSetup(device="cpu", quick=True, steps=2, warmup=1))
+    assert row["limits"]["ops"] > row["limits"]["ops_bound"]  # the loss terms' operators on top of the bound's
+    lines = limit_lines([row, {"method": "kd", "batch": 8}, {"method": "dkd", "batch": 8, "limits": {"error": "x"}}])
+    assert lines[-2].startswith("| wkd_lf | 8 | ") and lines[-1] == "| dkd | 8 | | | | not profiled: x |"
+    assert limit_lines([{"method": "kd", "batch": 8}]) == []  # no row missed: no section
 
 
 def _main(monkeypatch):
