@@ -35,6 +35,12 @@ def cell(text) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def step_label(row: dict) -> str:
+    """A step row's name in the report: its method, and what it runs in another form."""
+    return row["method"] + (", train.compile" if row.get("compiled") else "") + \
+        (f", kernel {row['kernel']}" if row.get("kernel") else "")
+
+
 def guarded(res: dict, what: str, fn, failed):
     """``fn()``; if it raises, the error is appended to ``res["errors"]`` and ``failed`` (with the error, when
     it is a dict) is returned in its place: one broken method must not cost a device session the rest."""

@@ -14,7 +14,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchtools.gpu_items import cell
+from benchtools.gpu_items import cell, step_label
 
 REPEATS = 3
 IDLE = 0.2  # a step whose device is idle for more than this share of its wall time is host-bound
@@ -78,11 +78,9 @@ def limit_lines(steps: list[dict]) -> list[str]:
              "|---|---:|---:|---:|---:|---|"]
     for r in missed:
         x = r["limits"]
-        name = r["method"] + (f", kernel {r['kernel']}" if r.get("kernel") else "") + \
-            (", train.compile" if r.get("compiled") else "")
         if "error" in x:
-            lines.append(f"| {name} | {r['batch']} | | | | not profiled: {cell(x['error'])} |")
+            lines.append(f"| {step_label(r)} | {r['batch']} | | | | not profiled: {cell(x['error'])} |")
             continue
-        lines.append(f"| {name} | {r['batch']} | {x['ops']:.0f} ({x['ops_bound']:.0f}) | {x['busy_ms']:.2f} "
+        lines.append(f"| {step_label(r)} | {r['batch']} | {x['ops']:.0f} ({x['ops_bound']:.0f}) | {x['busy_ms']:.2f} "
                      f"({x['busy_bound_ms']:.2f}) | {1e3 * r['step_s']:.2f} | {cell(x['verdict'])} |")
     return lines

@@ -23,7 +23,7 @@ import yaml
 
 from benchtools import protocol, report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time
-from benchtools.gpu_items import ROWS, Item, cell, resume_from, run_items
+from benchtools.gpu_items import ROWS, Item, cell, resume_from, run_items, step_label
 from benchtools.gpu_kernel import kernel_lines, wkd_l_kernel
 from benchtools.gpu_kernel import variants as kernel_variants
 from benchtools.gpu_limits import limit_lines
@@ -244,18 +244,14 @@ def _step_lines(res: dict) -> list[str]:
              "",
              "| method | batch | step ms | bound ms | ratio | target | host-sync free |",
              "|---|---:|---:|---:|---:|---:|:-:|"]
-
-    def name(r):
-        return r["method"] + (", train.compile" if r.get("compiled") else "") + \
-            (f", kernel {r['kernel']}" if r.get("kernel") else "")
     for r in res["steps"]:
         if "error" in r:
-            lines.append(f"| {name(r)} | {r['batch']} | failed: {cell(r['error'])} | | | | |")
+            lines.append(f"| {step_label(r)} | {r['batch']} | failed: {cell(r['error'])} | | | | |")
             continue
         sync = {True: "yes", False: f"NO ({r.get('sync_error')})", None: "n/a"}[r["sync_free"]]
         verdict = "met" if r["target"] is not None and r["ratio"] <= r["target"] else "missed"
         met = "" if r["target"] is None else f"<= {r['target']:.2f} ({verdict})"
-        lines.append(f"| {name(r)} | {r['batch']} | {1e3 * r['step_s']:.2f} | {1e3 * r['bound_s']:.2f} | "
+        lines.append(f"| {step_label(r)} | {r['batch']} | {1e3 * r['step_s']:.2f} | {1e3 * r['bound_s']:.2f} | "
                      f"{r['ratio']:.2f} | {met} | {sync} |")
     run = res.get("real_run")
     if run and "error" not in run:
