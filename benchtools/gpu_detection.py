@@ -3,15 +3,13 @@ torchrun): protocol D's detectors, small, on the device. Needs torchvision and p
 from __future__ import annotations
 
 import os
-import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from benchtools import det_protocol as P
 from benchtools.gpu import GpuSetup
-from benchtools.gpu_items import cell, guarded
+from benchtools.gpu_items import cell
 from benchtools.gpu_report import torchrun_one_process
 from wdistill.engine.rundir import read_history
 from wdistill.workflows.reuse import run_or_load
@@ -35,42 +33,42 @@ def variants(quick: bool) -> dict[str, str]:
     return rows if quick else rows | {"wkd_lf train.compile": "train.compile"}
 
 
-def detection_on_device(setup: GpuSetup, res: dict | None = None) -> list[dict]:
-    """Protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
-    (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, then each
-    row's R18-FPN student, and WKD-L+WKD-F's again with ``train.channels_last``, every one an ordinary run
-    directory. Per row (the teacher's too): its seconds per training step (its second epoch's time over its
-    steps: warm, with no evaluation and no gradient-share pass in it; data loading included) against vanilla's,
-    and its AP. A check that the detection path runs and stays finite on the device, not an accuracy: the teacher
-    is barely trained. A student row that fails (a non-finite loss, say) is a finding: it goes into
-    ``res["errors"]`` and the other rows still run."""
-    res = {"errors": []} if res is None else res
+def row_names(quick: bool) -> list[str]:
+    """The detection section's rows, in order: the teacher, each protocol D row, then WKD-L+WKD-F's variants."""
+    size = DET_QUICK if quick else DET_SIZE
+    return ["teacher", *(size["rows"] or P.ROWS), *variants(quick)]
+
+
+def detection_row(setup: GpuSetup, name: str) -> dict:
+    """One row of protocol D's detectors (benchtools.det_protocol) on the device in the engine's automatic precision
+    (bfloat16 autocast on a recent GPU): small FMNIST-Det canvases, the R50-FPN teacher for a few steps, a row's
+    R18-FPN student (or WKD-L+WKD-F's again with one GPU setting on, ``variants``), every one an ordinary run
+    directory; the canvases and the teacher are made first when this machine lacks them. Its seconds per training
+    step (its second epoch's time over its steps: warm, with no evaluation and no gradient-share pass in it; data
+    loading included) and its AP: a check that the detection path runs and stays finite on the device, not an
+    accuracy (the teacher is barely trained). A student that fails (a non-finite loss, say) raises: a finding, which
+    the benchmark records as an error while the other rows still run."""
     size = DET_QUICK if setup.quick else DET_SIZE
     runs_root = _det_root(setup)
     P.make_data(runs_root, os.environ.get("WDISTILL_FMNIST"), log=lambda *_: None, counts=size["counts"])
-    over = partial(_det_overrides, setup)
+    teacher = P.teacher_config(runs_root, _det_overrides(setup, size["teacher_steps"] // TIMED_EPOCHS, timed=True))
+    if name == "teacher":
+        return _timed_run(teacher, name)
+    run_or_load(teacher, log=lambda m: None)
+    timed = _det_overrides(setup, size["student_steps"], timed=True)
+    setting = variants(setup.quick).get(name)
+    if setting is None:
+        return _timed_run(P.student_config(name, 0, runs_root, overrides=timed), name)
+    cfg = P.student_config("wkd_lf", 0, runs_root, overrides=timed + [f"{setting}=true"])  # one GPU setting on
+    cfg["run"]["name"] += "-" + setting.split(".")[-1]
+    return _timed_run(cfg, name)
 
-    def run(cfg: dict, name: str) -> dict:
-        t0 = time.time()
-        summary = run_or_load(cfg, log=lambda m: None)
-        run_dir = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
-        history = read_history(run_dir)
-        per_step = history[TIMED if len(history) > TIMED else 0]["seconds"] / cfg["train"]["max_steps"]
-        return {"row": name, "AP": 100 * summary["final_AP"], "step_s": per_step, "seconds": time.time() - t0}
 
-    rows = [run(P.teacher_config(runs_root, over(size["teacher_steps"] // TIMED_EPOCHS, timed=True)), "teacher")]
-    timed = over(size["student_steps"], timed=True)
-    for m in size["rows"] or P.ROWS:
-        cfg = P.student_config(m, 0, runs_root, overrides=timed)
-        rows.append(guarded(res, f"detection {m}", lambda cfg=cfg, m=m: run(cfg, m), {"row": m}))
-    for name, setting in variants(setup.quick).items():  # WKD-L+WKD-F's row again, one GPU setting on
-        cfg = P.student_config("wkd_lf", 0, runs_root, overrides=timed + [f"{setting}=true"])
-        cfg["run"]["name"] += "-" + setting.split(".")[-1]
-        rows.append(guarded(res, f"detection {name}", lambda cfg=cfg, name=name: run(cfg, name), {"row": name}))
-    base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
-    for r in rows[1:]:
-        r["vs_vanilla"] = r["step_s"] / base["step_s"] if base and "step_s" in r else None
-    return rows
+def _timed_run(cfg: dict, name: str) -> dict:
+    summary = run_or_load(cfg, log=lambda m: None)
+    history = read_history(Path(cfg["run"]["out_dir"]) / cfg["run"]["name"])
+    per_step = history[TIMED if len(history) > TIMED else 0]["seconds"] / cfg["train"]["max_steps"]
+    return {"row": name, "AP": 100 * summary["final_AP"], "step_s": per_step, "seconds": summary["wall_seconds"]}
 
 
 def _det_root(setup: GpuSetup) -> str:
@@ -87,8 +85,9 @@ def _det_overrides(setup: GpuSetup, steps: int, timed: bool = False) -> list[str
 
 
 def detection_torchrun(setup: GpuSetup) -> dict:
-    """WKD-L+WKD-F's detector (after ``detection_on_device``, which made the canvases and the teacher) under
-    `torchrun --nproc_per_node=1`: the detection trainer's DDP wrap, and on a GPU its NCCL process group."""
+    """WKD-L+WKD-F's detector under `torchrun --nproc_per_node=1`: the detection trainer's DDP wrap, and on a GPU its
+    NCCL process group (the canvases and the teacher first, as for the rows, where this machine lacks them)."""
+    detection_row(setup, "teacher")
     size = DET_QUICK if setup.quick else DET_SIZE
     cfg = P.student_config("wkd_lf", 0, _det_root(setup), overrides=_det_overrides(setup, size["student_steps"]))
     cfg["run"]["name"] += "-torchrun"
@@ -107,11 +106,12 @@ def detection_lines(rows: list[dict]) -> list[str]:
              "last two rows are WKD-L+WKD-F's with `train.channels_last=true` and with `train.compile=true` (the "
              "backbone compiled in the first, untimed epoch).", "",
              "| row | s / step | step vs vanilla | AP | wall s |", "|---|---:|---:|---:|---:|"]
+    base = next((r for r in rows if r["row"] == "vanilla" and "step_s" in r), None)
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['row']} | failed: {cell(r['error'])} | | | |")
             continue
-        ratio = "" if r.get("vs_vanilla") is None else f"x{r['vs_vanilla']:.2f}"
+        ratio = "" if base is None or r["row"] == "teacher" else f"x{r['step_s'] / base['step_s']:.2f}"
         lines.append(f"| {r['row']} | {r['step_s']:.4f} | {ratio} | {r['AP']:.2f} | {r['seconds']:.0f} |")
     return lines
 

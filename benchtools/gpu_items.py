@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from wdistill.errors import ConfigError
 
 # The slots that hold one row per item; any other slot holds one section.
-ROWS = ("parity", "solvers", "steps", "kernels")
+ROWS = ("parity", "solvers", "steps", "kernels", "e2e", "detection")
 # What must match for a resumed run's figures to sit beside the earlier ones.
 SAME = ("device", "gpu", "torch", "cuda")
 

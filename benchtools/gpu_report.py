@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchtools import protocol, report
+from benchtools import report
 from benchtools.gpu import GpuSetup, environment, methods_of, parity, step_time
+from benchtools.gpu_e2e import ROWS as E2E_ROWS
+from benchtools.gpu_e2e import e2e_lines, e2e_row
 from benchtools.gpu_items import ROWS, Item, cell, resume_from, run_items, step_label
 from benchtools.gpu_kernel import kernel_lines, wkd_l_kernel
 from benchtools.gpu_kernel import variants as kernel_variants
@@ -31,13 +33,10 @@ from benchtools.gpu_solvers import cases as solver_cases
 from benchtools.gpu_solvers import solver_lines, solver_parity
 from benchtools.gpu_syncs import real_run_syncs
 from benchtools.targets import ratio_target
-from wdistill.config.presets import recipe
 from wdistill.io import atomic_write_text
-from wdistill.workflows.reuse import run_or_load
 
 KERNEL_SHAPES = ((64, 100), (256, 1000))
 STEP_KERNELS = ("compiled", "cuda_graph")  # WKD-L's kernel option, timed in its step with --compile
-CPU_TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / f"{protocol.FULL.name}.csv"  # the e2e reference
 
 
 def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = False, ddp: bool = False,
@@ -56,12 +55,12 @@ def run_gpu(setup: GpuSetup, out: str | Path = "benchmarks", compiled: bool = Fa
            "date": report.stamp()["date"]}
     if resume is not None:
         res = resume_from(resume, res)
-    run_items(res, _items(res, setup, device, compiled, ddp, e2e, official, official_workers, detection),
+    run_items(res, _items(setup, device, compiled, ddp, e2e, official, official_workers, detection),
               lambda r: write(r, out), budget_s)
     return res
 
 
-def _items(res: dict, setup: GpuSetup, device: torch.device, compiled: bool, ddp: bool, e2e: bool,
+def _items(setup: GpuSetup, device: torch.device, compiled: bool, ddp: bool, e2e: bool,
            official: str | None, official_workers: int, detection: bool) -> list[Item]:
     """What the run measures, in order: the core (parity, steps, the real run, kernels), then the sections asked
     for."""
@@ -89,13 +88,21 @@ def _items(res: dict, setup: GpuSetup, device: torch.device, compiled: bool, ddp
     for B, C in ((8, 10),) if setup.quick else KERNEL_SHAPES:
         items += [Item(f"WKD-L kernel B={B} C={C} {v}", "kernels", partial(wkd_l_kernel, B, C, setup, v, official),
                        {"B": B, "C": C, "variant": v}) for v in kernel_variants(device, compiled, official)]
-    # In the order a short device session needs them: NCCL (quick), the official side by side, end to end, detection.
-    sections = {"ddp": (ddp, lambda: torchrun_one_process(device)),
-                "official": (official, lambda: side_by_side(official, setup, official_workers)),
-                "e2e": (e2e, lambda: end_to_end(setup)),
-                "detection": (detection, lambda: gpu_detection().detection_on_device(setup, res)),
-                "detection_ddp": (detection and ddp, lambda: gpu_detection().detection_torchrun(setup))}
-    return items + [Item(key, key, fn, {}) for key, (wanted, fn) in sections.items() if wanted]
+    # In the order a short device session needs them: NCCL (quick), the official side by side, end to end, then
+    # detection; end to end and detection a row at a time, so that a session cut short keeps the rows it finished.
+    if ddp:
+        items.append(Item("ddp", "ddp", lambda: torchrun_one_process(device), {}))
+    if official:
+        items.append(Item("official", "official", lambda: side_by_side(official, setup, official_workers), {}))
+    if e2e:
+        items += [Item(f"e2e {r}", "e2e", partial(e2e_row, setup, r), {"row": r}) for r in E2E_ROWS]
+    if detection:
+        det = gpu_detection()
+        items += [Item(f"detection {r}", "detection", partial(det.detection_row, setup, r), {"row": r})
+                  for r in det.row_names(setup.quick)]
+        if ddp:
+            items.append(Item("detection_ddp", "detection_ddp", lambda: det.detection_torchrun(setup), {}))
+    return items
 
 
 def _with_target(method: str, fn):
@@ -132,35 +139,6 @@ def torchrun_one_process(device: torch.device, cfg: dict | None = None) -> dict:
             "summary": summary}
 
 
-def end_to_end(setup: GpuSetup) -> list[dict]:
-    """The FMNIST-KD v1 teacher and the vanilla, KD, WKD-L and WKD-L+WKD-F students on the device
-    (seed 0; protocol A's configs), or in quick mode one epoch of each on the bundled sample."""
-    device, rows = setup.device, []
-    tiny = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=512", "data.test_subset=256",
-            "optim.epochs=1"] if setup.quick else []
-    over = [f"run.device={device}"] + tiny  # train.precision auto: bfloat16 on a recent GPU
-    runs_root = f"runs/gpu-bench/{device.replace(':', '')}"
-    t0 = time.time()
-    teacher = run_or_load(protocol.teacher_config(runs_root, overrides=over), log=lambda m: None)
-    rows.append({"row": "teacher", "top1": teacher["final_top1"], "seconds": time.time() - t0})
-    for m in ("vanilla", "kd", "wkd_l", "wkd_lf"):
-        cfg = protocol.student_config(m, recipe(m), protocol.FULL, 0, runs_root, overrides=over)
-        t0 = time.time()
-        s = run_or_load(cfg, log=lambda msg: None)
-        rows.append({"row": m, "top1": s["final_top1"], "seconds": time.time() - t0})
-    return rows if setup.quick else [r | cpu_reference(r["row"], r["top1"]) for r in rows]
-
-
-def cpu_reference(row: str, top1: float, table: Path = CPU_TABLE) -> dict:
-    """The CPU table's figure for ``row`` (benchmarks/fmnist-kd-v1.csv: 3 seeds' mean and sample std; the teacher
-    one run) and whether ``top1`` lies within its seed spread, mean +- 2 std (None for a single run)."""
-    _, rows = report.read_stamped_csv(table)
-    r = next(r for r in rows if r["method"] == row)
-    mean, std = float(r["final_top1_mean"]), float(r["final_top1_std"]) if r["final_top1_std"] else None
-    return {"cpu_mean": mean, "cpu_std": std, "cpu_runs": int(r["runs"]),
-            "within": None if std is None else abs(top1 - mean) <= 2 * std}
-
-
 def side_by_side(path: str, setup: GpuSetup, workers: int) -> dict:
     """The official WKD trainer's step and CIFAR-100 epoch against ours (``benchtools.official``)."""
     from benchtools import official  # imports the official checkout: only when asked for
@@ -172,19 +150,6 @@ def side_by_side(path: str, setup: GpuSetup, workers: int) -> dict:
     except ImportError as e:  # the official data pipeline is torchvision's
         out["epoch_skipped"] = f"{e} (the official data pipeline needs torchvision)"
     return out
-
-
-def _e2e_lines(rows: list[dict]) -> list[str]:
-    lines = ["", "## FMNIST-KD v1 on the device (seed 0)", "", "Protocol A's configs in `train.precision=auto`, the "
-             "students distilled from the teacher trained here. Against the CPU table (benchmarks/fmnist-kd-v1.md, "
-             "float32, 3 seeds): within its seed spread means within 2 sample std of its mean.", "",
-             "| row | test top-1 | CPU table | within the seed spread | wall s |", "|---|---:|---:|:-:|---:|"]
-    for r in rows:
-        cpu = "" if "cpu_mean" not in r else (f"{r['cpu_mean']:.2f} (1 run)" if r["cpu_std"] is None else
-                                              f"{r['cpu_mean']:.2f} ± {r['cpu_std']:.2f}")
-        within = {True: "yes", False: "NO", None: ""}[r.get("within")]
-        lines.append(f"| {r['row']} | {r['top1']:.2f} | {cpu} | {within} | {r['seconds']:.0f} |")
-    return lines
 
 
 def _official_lines(res: dict) -> list[str]:
@@ -273,18 +238,17 @@ def write(res: dict, out: Path) -> None:
                       "command with `--resume` on this folder goes on from here."]
     lines += [""] + _parity_lines(res) + solver_lines(res.get("solvers", [])) + _step_lines(res)
     lines += limit_lines(res["steps"]) + kernel_lines(res["kernels"])
-    failed = [k for k in ("real_run", "ddp", "e2e", "official", "detection", "detection_ddp")
+    failed = [k for k in ("real_run", "ddp", "official", "detection_ddp")
               if isinstance(res.get(k), dict) and "error" in res[k]]
     lines += [line for k in failed for line in ("", f"Section `{k}` failed: {cell(res[k]['error'])}.")]
     if "ddp" in res and "ddp" not in failed:
         d = res["ddp"]
         lines += ["", f"torchrun --nproc_per_node=1 through DDP ({d['backend']}): exit {d['returncode']} in "
                       f"{d['seconds']:.0f} s."]
-    if "e2e" in res and "e2e" not in failed:
-        lines += _e2e_lines(res["e2e"])
+    lines += e2e_lines(res["e2e"])
     if "official" in res and "official" not in failed:
         lines += _official_lines(res)
-    if "detection" in res and "detection" not in failed:
+    if res["detection"]:
         lines += gpu_detection().detection_lines(res["detection"])
     if "detection_ddp" in res and "detection_ddp" not in failed:
         lines += gpu_detection().torchrun_lines(res["detection_ddp"])

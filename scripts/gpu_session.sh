@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 26's device check, prepared for a session lent a GPU (15 minutes of device time, the machine's start
 # included). Each call of `run` starts nothing new after GPU_BUDGET_S seconds (default 210: about 5 minutes, more
-# when the item then running is a whole section such as e2e or detection, hence timeout_s 560), and what it leaves
+# when the item then running is long, a compilation or a teacher's training, hence timeout_s 560), and what it leaves
 # is finished by the next call, given the first one's files: the benchmark
 # resumes (--resume), keeping every figure measured and retrying what failed. Results are written after each item,
 # so a call cut short keeps what it measured.

@@ -64,22 +64,26 @@ def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_pat
     """A device session is one short try: a method that raises must not cost the other methods' figures,
     and what was measured is on disk after each section, even if a later one kills the process."""
     from benchtools import gpu_report as G
+    from benchtools.gpu_e2e import ROWS as E2E_ROWS
 
     def parity(m, setup):
         if m == "wkd_lf":
             raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
         return {"method": m, "float32_loss": 0.0, "float32_grad": 0.0, "float16_scaler": None, "ok": True}
 
-    def end_to_end(setup):
+    def e2e_row(setup, row):
         so_far = json.loads((tmp_path / "gpu.json").read_text())
         assert so_far["kernels"] and "ddp" in so_far, "every section before e2e is on disk when it starts"
-        raise KeyboardInterrupt  # not an Exception: stops the run, as a killed session would
+        if row == "kd":
+            raise KeyboardInterrupt  # not an Exception: stops the run, as a killed session would
+        assert [r["row"] for r in so_far["e2e"]] == list(E2E_ROWS[:E2E_ROWS.index(row)])  # each on disk once done
+        return {"row": row, "top1": 90.0, "seconds": 1.0}
     monkeypatch.setattr(G, "parity", parity)
     monkeypatch.setattr(G, "step_time", lambda m, b, setup, sync: {"method": m, "batch": b, "sync_free": None,
                                                                    "step_s": 0.002, "bound_s": 0.001, "ratio": 2.0})
     monkeypatch.setattr(G, "wkd_l_kernel", lambda B, C, setup, v, off: (_ for _ in ()).throw(ValueError("no kernel")))
     monkeypatch.setattr(G, "torchrun_one_process", lambda device: 1 / 0)
-    monkeypatch.setattr(G, "end_to_end", end_to_end)
+    monkeypatch.setattr(G, "e2e_row", e2e_row)
     with pytest.raises(KeyboardInterrupt):
         G.run_gpu(GpuSetup(device="cpu", quick=True, batches=(8,)), tmp_path, ddp=True, e2e=True)
     res = json.loads((tmp_path / "gpu.json").read_text())
@@ -92,6 +96,8 @@ def test_a_failing_method_or_section_is_recorded_and_the_rest_still_runs(tmp_pat
     assert "| wkd_lf | failed: parity wkd_lf: RuntimeError: CUDA error: an illegal memory access was encountered |" \
         in md
     assert "Section `ddp` failed: ddp: ZeroDivisionError" in md and "## Errors" in md
+    # end to end a row at a time: the rows finished before the session was killed are kept
+    assert [r["row"] for r in res["e2e"]] == ["teacher", "vanilla"] and "| vanilla | 90.00 |" in md
 
 
 def test_a_failed_torchrun_is_an_error_not_a_quiet_row(tmp_path, monkeypatch):
@@ -139,10 +145,10 @@ def test_wkd_l_kernel_rows_time_its_compiled_forms_inside_its_step(dynamo_graphs
     assert row["kernel"] == "compiled" and not row["compiled"] and row["step_s"] > 0
     assert _step_lines({"steps": [row | {"target": 1.1}]})[-1].startswith("| wkd_l, kernel compiled | 8 | ")
     setup = GpuSetup(device="cpu", quick=True, batches=(8, 16))
-    keys = [it.key for it in _items({}, setup, torch.device("cpu"), True, False, False, None, 2, False)]
+    keys = [it.key for it in _items(setup, torch.device("cpu"), True, False, False, None, 2, False)]
     assert [k for k in keys if "kernel=" in k] == [f"step wkd_l B={b} kernel={k}" for b in (8, 16)
                                                   for k in ("compiled", "cuda_graph")]
-    assert not any("kernel=" in it.key for it in _items({}, setup, torch.device("cpu"), False, False, False, None,
+    assert not any("kernel=" in it.key for it in _items(setup, torch.device("cpu"), False, False, False, None,
                                                         2, False))
     timed = [{"B": 8, "C": 10, "variant": v, "us": us, "peak_mib": None}
              for v, us in (("eager", 10.0), ("compiled", 5.0), ("official", 3.0))]
@@ -274,13 +280,39 @@ def test_resume_refuses_results_from_another_setup_or_machine(tmp_path, monkeypa
 def test_the_device_students_are_held_to_the_cpu_tables_seed_spread():
     """--e2e's students against benchmarks/fmnist-kd-v1.csv: KD there is 88.9533 +- 0.4594 over 3 seeds, so within
     2 std is [88.0345, 89.8721]; the teacher is one run, compared but given no verdict."""
-    from benchtools.gpu_report import _e2e_lines, cpu_reference
+    from benchtools.gpu_e2e import cpu_reference, e2e_lines
     assert cpu_reference("kd", 88.1) == {"cpu_mean": 88.9533, "cpu_std": 0.4594, "cpu_runs": 3, "within": True}
     assert cpu_reference("kd", 88.0)["within"] is False and cpu_reference("kd", 89.85)["within"] is True
     assert cpu_reference("kd", 89.9)["within"] is False
     teacher = cpu_reference("teacher", 90.0)
     assert teacher["cpu_runs"] == 1 and teacher["within"] is None
-    lines = _e2e_lines([{"row": "teacher", "top1": 90.0, "seconds": 9} | teacher,
-                        {"row": "kd", "top1": 88.0, "seconds": 5} | cpu_reference("kd", 88.0)])
-    assert lines[-2] == "| teacher | 90.00 | 91.37 (1 run) |  | 9 |"
-    assert lines[-1] == "| kd | 88.00 | 88.95 ± 0.46 | NO | 5 |"
+    lines = e2e_lines([{"row": "teacher", "top1": 90.0, "seconds": 9} | teacher,
+                       {"row": "kd", "top1": 88.0, "seconds": 5} | cpu_reference("kd", 88.0),
+                       {"row": "wkd_l", "error": "e2e wkd_l: NonFiniteLoss: loss is nan"}])
+    assert lines[-3] == "| teacher | 90.00 | 91.37 (1 run) |  | 9 |"
+    assert lines[-2] == "| kd | 88.00 | 88.95 ± 0.46 | NO | 5 |"
+    assert lines[-1] == "| wkd_l | failed: e2e wkd_l: NonFiniteLoss: loss is nan | | | |"
+    assert e2e_lines([]) == []
+
+
+def test_an_e2e_student_row_on_a_fresh_machine_trains_its_teacher_first(tmp_path, monkeypatch):
+    """--e2e a row at a time: a resumed session on a fresh machine may start at a student, whose teacher is then
+    trained first; the teacher's own row afterwards loads that run (nothing trained twice), and each row's seconds
+    are its own run's, not the item's."""
+    import yaml
+
+    from benchtools.gpu_e2e import e2e_row
+    monkeypatch.chdir(tmp_path)
+    setup = GpuSetup(device="cpu", quick=True)
+    kd = e2e_row(setup, "kd")
+    root = tmp_path / "runs/gpu-bench/cpu/fmnist-kd-v1"
+    assert (root / "teacher/seed0/student.pt").is_file()
+    cfg = yaml.safe_load((root / "kd/seed0/config.yaml").read_text())
+    assert cfg["teacher"]["checkpoint"] == "runs/gpu-bench/cpu/fmnist-kd-v1/teacher/seed0/student.pt"
+    assert (cfg["run"]["device"], cfg["optim"]["epochs"], cfg["data"]["name"]) == ("cpu", 1, "fmnist_sample")
+    walls = {r: json.loads((root / f"{r}/seed0/wall.json").read_text())["wall_seconds"] for r in ("teacher", "kd")}
+    teacher = e2e_row(setup, "teacher")
+    assert teacher["row"] == "teacher" and 0 <= teacher["top1"] <= 100 and 0 <= kd["top1"] <= 100
+    # each row's own run: the kd item also trained the teacher, which its seconds leave out; the teacher's row
+    # loaded the finished run (its seconds are that run's, no new session added to them)
+    assert kd["seconds"] == pytest.approx(walls["kd"]) and teacher["seconds"] == pytest.approx(walls["teacher"])
