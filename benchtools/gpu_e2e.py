@@ -19,7 +19,7 @@ def e2e_row(setup: GpuSetup, row: str) -> dict:
     """One row trained on the device (seed 0; protocol A's configs in ``train.precision=auto``, bfloat16 on a recent
     GPU), or in quick mode one epoch on the bundled sample. A student's teacher is the one trained here: its run is
     loaded when finished, trained first when not (a fresh machine). ``seconds``: the row's own run, all its sessions
-    (``wall_seconds``), whatever else the item waited for."""
+    (``wall_seconds``), not the teacher's training that a student's item may also have waited for."""
     tiny = ["data.name=fmnist_sample", "data.options={}", "data.train_subset=512", "data.test_subset=256",
             "optim.epochs=1"] if setup.quick else []
     over = [f"run.device={setup.device}"] + tiny
