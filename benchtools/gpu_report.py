@@ -128,8 +128,9 @@ def torchrun_one_process(device: torch.device, cfg: dict | None = None) -> dict:
     config = work / f"{cfg['run']['name']}.yaml"
     config.write_text(yaml.safe_dump(cfg))
     t0 = time.time()
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "wdistill.cli",
-                          "train", str(config), "--overwrite"], capture_output=True, text=True)
+    # --standalone: a rendezvous on a free local port, not the fixed 29500 that another torchrun may hold
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
+                          "wdistill.cli", "train", str(config), "--overwrite"], capture_output=True, text=True)
     tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
     if run.returncode:  # an error, counted as one (the report's Errors, the exit status), not a quiet row
         raise RuntimeError(f"torchrun exited {run.returncode}: {' / '.join(tail)}")

@@ -31,6 +31,15 @@ def random_teacher(path, arch: str = "resnet8", seed: int = 0) -> str:
     return str(path)
 
 
+def free_port() -> int:
+    """A local TCP port free now, for a process group or a torchrun of this test: not torchrun's fixed 29500, which
+    another test process may hold at the same moment."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def hold_lock(lock_path):
     """A child process holding an exclusive flock on ``lock_path`` (its PID written inside), as a
     running job would; kill it to let go. Returns the Popen."""

@@ -2,13 +2,13 @@
 memory banks that equal a single process's, rank 0 alone writing the run directory."""
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from builders import free_port
 
 TAPS = {"feats": ["conv1", "conv2"], "embed": "fc:in"}
 
@@ -25,12 +25,6 @@ class TinyNet(nn.Module):
     def forward(self, x):
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.fc(x.mean((2, 3)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(out_dir: str, name: str, world: int, rank: int, batch: int = 32) -> dict:
@@ -69,7 +63,7 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
     """Same global batch (32) on 1 and 2 processes: same steps per epoch, the same student up to
     float rounding, CRD memory banks identical on both ranks and equal to the single process's."""
     single = _train(str(tmp_path), "single", 1, 0)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["steps"] == r1["steps"] == single["steps"] == 256 // 32
     for k, v in r0["student"].items():
@@ -201,7 +195,7 @@ def test_a_restarted_attempt_never_reads_the_dead_attempts_keys(tmp_path):
     import sys
     from datetime import timedelta
 
-    port = _free_port()
+    port = free_port()
     store = dist.TCPStore("127.0.0.1", port, 3, is_master=True, timeout=timedelta(seconds=60),
                           wait_for_workers=False)
     written: list[set[str]] = []
@@ -257,7 +251,7 @@ def test_ddp_broadcasts_rank_0s_buffers_once_at_the_start_on_either_torch(tmp_pa
     from wdistill.engine import ddp
     if new_ddp and not ddp._FORWARD_SYNC_BUFFERS:
         pytest.skip(f"torch {torch.__version__}'s DDP has no forward_sync_buffers")
-    mp.start_processes(_wrap_worker, args=(2, _free_port(), str(tmp_path), new_ddp), nprocs=2, join=True,
+    mp.start_processes(_wrap_worker, args=(2, free_port(), str(tmp_path), new_ddp), nprocs=2, join=True,
                        start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"wrap{r}.pt", weights_only=True) for r in (0, 1))
     for a, b in zip(r0["start"], r1["start"]):
@@ -286,7 +280,7 @@ def test_row_counts_come_from_the_hosts_shapes_on_a_gloo_group(tmp_path):
     """CRD's and WCoRD's banks under DDP exchange each rank's row count every step: as host integers on gloo (a
     group of its own when the default is NCCL), never as a device tensor read back, which would make the host wait
     for the GPU once per step."""
-    mp.start_processes(_counts_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+    mp.start_processes(_counts_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
     for r in (0, 1):
         out = torch.load(tmp_path / f"counts{r}.pt", weights_only=True)

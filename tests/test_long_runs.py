@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from builders import small_run
+from builders import free_port, small_run
 
 from wdistill.config import load_config
 from wdistill.config.training import checkpoint_interval
@@ -325,8 +325,9 @@ def _torchrun(tmp_path, name: str, *extra: str, restarts: int = 1) -> subprocess
     path = _yaml(tmp_path / f"{name}.yaml", cfg)
     log = open(tmp_path / f"{name}.log", "a")
     return subprocess.Popen([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2",
-                             f"--max-restarts={restarts}", "--monitor-interval=0.2", "-m", "wdistill.cli", "train",
-                             path, *extra], env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
+                             f"--master-port={free_port()}", f"--max-restarts={restarts}", "--monitor-interval=0.2",
+                             "-m", "wdistill.cli", "train", path, *extra], env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _workers(agent: subprocess.Popen) -> dict[int, int]:
