@@ -8,6 +8,7 @@ BatchNorm, whose statistics are per rank unless ``train.sync_bn``).
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 
@@ -48,8 +49,14 @@ def backend() -> str | None:
 def leave() -> None:
     """Leave the process group, if this process joined one, before the interpreter exits. Left to
     interpreter shutdown, the group's destructor can abort the process ("terminate called without an
-    active exception") after a finished job, which torchrun then counts as a failed worker."""
+    active exception") after a finished job, which torchrun then counts as a failed worker. The same abort
+    follows a group that outlives the destroy, so the references go first: wdistill's own (the host group
+    of CRD's and WCoRD's banks under NCCL), and a finished Trainer's (its DDP wrap and its vote group),
+    which a reference cycle would otherwise keep until the next garbage collection. Release your own
+    Trainer (``del trainer``) before calling this."""
     if dist.is_available() and dist.is_initialized():
+        helpers.forget_groups()
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -38,6 +38,13 @@ def host_group():
     return _HOST[0][1]
 
 
+def forget_groups() -> None:
+    """Drop the gloo twin that :func:`host_group` keeps, before the process groups are destroyed. A group still
+    referenced after ``destroy_process_group`` is torn down later, at interpreter shutdown, where gloo can abort the
+    process ("terminate called without an active exception") after its work is done."""
+    _HOST.clear()
+
+
 def row_counts(t: torch.Tensor) -> list[int]:
     """Every rank's row count of ``t``, from the host's shapes: no device value is read."""
     if not distributed():
