@@ -6,6 +6,8 @@
 #   exit   the worker joins, reduces on the default group and on a second one (as the stop-signal vote does), exits
 #   leave  the same, then ddp.leave()
 #   cli    the same, then the command line's own exit (wdistill.cli.main, which leaves)
+#   twin   the same, then a gloo twin of the default group made as CRD's and WCoRD's banks make it under NCCL
+#          (kept by wdistill for the whole job), then ddp.leave(), which must drop it before the destroy
 # and two ways with a peer lost, counting the jobs whose surviving rank 0 aborted instead of exiting with its own
 # code 1. These start the two ranks by hand (torchrun's environment, without its agent): torchrun would SIGTERM the
 # survivor as soon as it saw rank 1 die, and that race would decide what is measured.
@@ -17,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-40}
 shift || true
-ways=${*:-exit leave cli lost-exit lost-leave}
+ways=${*:-exit leave cli twin lost-exit lost-leave}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/worker.py" <<'EOF'
@@ -45,7 +47,13 @@ if sys.argv[1].startswith("lost-"):
             ddp.leave()
         sys.exit(1)
     sys.exit("the reduce with the killed peer succeeded")
-if sys.argv[1] == "leave":
+if sys.argv[1] == "twin":
+    from wdistill.losses._shared import distributed as ddist
+    backend, dist.get_backend = dist.get_backend, lambda *a: "nccl"  # the banks' path under NCCL, on gloo
+    ddist.gather_rows(x.repeat(int(os.environ["RANK"]) + 1, 3))  # row counts, then the rows, on the twin
+    dist.get_backend = backend
+    ddp.leave()
+elif sys.argv[1] == "leave":
     ddp.leave()
 elif sys.argv[1] == "cli":
     sys.exit(cli.main(["list"]))

@@ -28,7 +28,7 @@ from wdistill.config import load_config  # noqa: E402
 from wdistill.data.coco import CocoDetection, collate_detection  # noqa: E402
 from wdistill.data.det_loader import DetectionLoader, head, split_paths, with_transforms  # noqa: E402
 from wdistill.data.det_transforms import detection_transforms  # noqa: E402
-from wdistill.engine import make_trainer  # noqa: E402
+from wdistill.engine import ddp, make_trainer  # noqa: E402
 from wdistill.engine.det_distiller import DetectionDistiller, evaluate_detection  # noqa: E402
 from wdistill.errors import ConfigError  # noqa: E402
 from wdistill.models.det_features import class_box_features  # noqa: E402
@@ -423,7 +423,6 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out_dir: str, teach
     """One rank of a torchrun-like job (gloo): record the images it trains on in epoch 1, train, then
     score an oracle that "detects" each evaluation image's ground truth. ``train``: settings of the train section;
     ``backend``: the torch.compile backend of ``train.compile``."""
-    import torch.distributed as dist
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -451,7 +450,8 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out_dir: str, teach
     torch.save({"seen": seen, "steps": len(trainer.train_loader), "summary": summary, "oracle_AP": oracle["AP"],
                 "asked": [int(i) for i in asked], "start": start, "student": trainer.student.state_dict()},
                os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    del trainer  # its DDP wrap and vote group hold process groups: released after the destroy, gloo can abort
+    ddp.leave()
 
 
 def two_rank_run(tiny, tmp_path, train: dict | None = None, backend: str | None = None) -> tuple[dict, dict]:
