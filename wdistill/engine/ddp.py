@@ -51,9 +51,10 @@ def leave() -> None:
     interpreter shutdown, the group's destructor can abort the process ("terminate called without an
     active exception") after a finished job, which torchrun then counts as a failed worker. The same abort
     follows a group that outlives the destroy, so the references go first: wdistill's own (the host group
-    of CRD's and WCoRD's banks under NCCL), and a finished Trainer's (its DDP wrap and its vote group),
-    which a reference cycle would otherwise keep until the next garbage collection. Release your own
-    Trainer (``del trainer``) before calling this."""
+    of CRD's and WCoRD's banks under NCCL), and cyclic garbage's, by a collection. A finished Trainer can
+    be such garbage (its DDP wrap and vote group): the first optimiser of a process imports torch._dynamo,
+    whose import stack, the trainer's frames included, stays in a cycle. Release your own Trainer
+    (``del trainer``) before calling this."""
     if dist.is_available() and dist.is_initialized():
         helpers.forget_groups()
         gc.collect()
