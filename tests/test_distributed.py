@@ -315,7 +315,7 @@ def _counts_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_row_counts_come_from_the_hosts_shapes_on_a_gloo_group(tmp_path):
     """CRD's and WCoRD's banks under DDP exchange each rank's row count every step: as host integers on gloo (a
     group of its own when the default is NCCL), never as a device tensor read back, which would make the host wait
-    for the GPU once per step."""
+    for the GPU once per step. ``ddp.leave`` releases that twin: kept past the destroy, gloo can abort the process."""
     mp.start_processes(_counts_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
     for r in (0, 1):
