@@ -55,7 +55,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     result = _train(out_dir, "ddp", world, rank)
     from torch.nn.parallel import DistributedDataParallel  # noqa: F401  (the trainer used it)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    from wdistill.engine import ddp
+    ddp.leave()
 
 
 @pytest.mark.slow
@@ -191,6 +192,56 @@ def test_leaving_collects_the_garbage_that_still_holds_a_group_first(tmp_path, m
         gc.enable()
         if dist.is_initialized():
             destroy()
+
+
+_KEPT: list = []  # what a Python caller's script keeps to its end
+
+
+def _kept_trainer_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import atexit
+    import weakref
+
+    from wdistill.config import load_config
+    from wdistill.engine import Trainer, ddp
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    wraps, wrap, found = [], ddp.wrap, {}
+    ddp.wrap = lambda *a, **k: (wraps.append(wrap(*a, **k)), wraps[-1])[1]
+
+    def at_exit():  # registered before wdistill's: runs after it
+        vote = _KEPT[0].vote
+        try:
+            vote.now([0, 0, 0])
+            after = "the vote still ran"
+        except RuntimeError as e:
+            after = str(e)
+        torch.save({"left": not dist.is_initialized(), "wrap_alive": found["wrap"]() is not None,
+                    "vote_group_alive": found["vote"]() is not None, "after": after},
+                   os.path.join(out_dir, f"exit{rank}.pt"))
+
+    atexit.register(at_exit)
+    cfg = load_config({"run": {"out_dir": out_dir, "name": "kept", "device": "cpu"},
+                       "data": {"name": "fmnist_sample", "train_subset": 64, "test_subset": 32, "batch_size": 32},
+                       "student": {"model": "TinyNet"}, "optim": {"epochs": 1}, "train": {"progress": False}})
+    _KEPT.append(Trainer(cfg, student=TinyNet(), log=lambda m: None))
+    _KEPT[0].fit()
+    assert type(wraps[0]).__name__ == "DistributedDataParallel"
+    found.update(wrap=weakref.ref(wraps.pop()), vote=_KEPT[0].vote._group)
+    # the script ends here, its trainer kept and no ddp.leave() of its own
+
+
+def test_a_python_script_under_torchrun_leaves_at_exit_with_its_trainer_kept(tmp_path):
+    """A Python caller under torchrun: wdistill joined the group, so it leaves it at the interpreter's exit (else
+    gloo's destructor at shutdown can abort a finished worker). The trainer the script keeps to its end must then
+    hold no group: fit() drops its DDP wrap and the vote's group is held by wdistill's registry, which the leave
+    drops. A trainer used after the leave says why it cannot vote."""
+    mp.start_processes(_kept_trainer_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for r in (0, 1):
+        seen = torch.load(tmp_path / f"exit{r}.pt", weights_only=True)
+        assert seen["left"] and not seen["wrap_alive"] and not seen["vote_group_alive"], seen
+        assert "ended by wdistill.engine.ddp.leave()" in seen["after"], seen
 
 
 RESTARTED_WORKER = """

@@ -8,6 +8,7 @@ BatchNorm, whose statistics are per rank unless ``train.sync_bn``).
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import inspect
 import os
@@ -28,7 +29,10 @@ def init_distributed() -> tuple[int, int]:
 
     torchrun keeps one key-value store for all the attempts of a job, so after an elastic restart
     (``--max-restarts``) the new workers would find the dead attempt's addresses under the same keys
-    and fail to connect. Each attempt therefore keys its process groups under its own prefix."""
+    and fail to connect. Each attempt therefore keys its process groups under its own prefix.
+
+    A group joined here is left at the interpreter's exit (:func:`leave`, registered with atexit), so a Python
+    script under torchrun needs no call of its own; a group its caller made is the caller's to destroy."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if launched and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -38,6 +42,8 @@ def init_distributed() -> tuple[int, int]:
             dist.init_process_group(backend, store=store, rank=rank, world_size=world)
         else:
             dist.init_process_group(backend)
+        atexit.unregister(leave)  # once, however often this process joins
+        atexit.register(leave)
     return helpers.rank(), helpers.world_size()
 
 
@@ -47,14 +53,13 @@ def backend() -> str | None:
 
 
 def leave() -> None:
-    """Leave the process group, if this process joined one, before the interpreter exits. Left to
-    interpreter shutdown, the group's destructor can abort the process ("terminate called without an
-    active exception") after a finished job, which torchrun then counts as a failed worker. The same abort
-    follows a group that outlives the destroy, so the references go first: wdistill's own (the host group
-    of CRD's and WCoRD's banks under NCCL), and cyclic garbage's, by a collection. A finished Trainer can
-    be such garbage (its DDP wrap and vote group): the first optimiser of a process imports torch._dynamo,
-    whose import stack, the trainer's frames included, stays in a cycle. Release your own Trainer
-    (``del trainer``) before calling this."""
+    """Leave the process group, if this process is in one: at the interpreter's exit when wdistill joined it
+    (:func:`init_distributed`), and on every way out of the command line. Left to interpreter shutdown, the
+    group's destructor can abort the process ("terminate called without an active exception") after a finished
+    job, which torchrun then counts as a failed worker. The same abort follows a group that outlives the destroy,
+    so the references go first: wdistill's own gloo groups (the banks' twin under NCCL, the trainers' votes), and
+    cyclic garbage's, by a collection (a DDP wrap in a cycle lives until one). A Trainer its caller keeps holds
+    none of them once ``fit()`` has returned."""
     if dist.is_available() and dist.is_initialized():
         helpers.forget_groups()
         gc.collect()

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from wdistill.data.samples import bad_message
 from wdistill.errors import BadImages, Preempted
+from wdistill.losses._shared import distributed as helpers
 
 REPEAT_WINDOW = 1.0  # seconds: a repeat of the stop signal within this counts as the same request
 STOP, DUE, BAD = range(3)
@@ -88,9 +89,21 @@ class Vote:
 
     def __init__(self, world_size: int):
         self.world_size = world_size
-        # Every rank creates the group at the same point (the Trainer's constructor).
-        self.group = dist.new_group(backend="gloo") if world_size > 1 else None
+        # Every rank creates the group at the same point (the Trainer's constructor). helpers holds it, until
+        # ddp.leave() drops it: a trainer that its caller keeps must not keep the group past the destroy.
+        self._group = helpers.held_gloo_group() if world_size > 1 else None
         self._pending = None
+
+    @property
+    def group(self):
+        """The vote's gloo group; None on one process."""
+        if self._group is None:
+            return None
+        group = self._group()
+        if group is None:
+            raise RuntimeError("this trainer's process group was ended by wdistill.engine.ddp.leave(); use the "
+                               "trainer of a multi-process job before leaving the group")
+        return group
 
     def send(self, flags: list[int]) -> None:
         if self.group is None:  # one process: plain integers, no tensor at all

@@ -1,8 +1,7 @@
 """The training loop: stages, epochs, evaluation, metrics, atomic checkpoints, exact resume.
 
-Building (``build.py``), the run directory (``rundir/``), one optimisation step (``loop.py``),
-pre-training stages (``stages.py``) and scale-out (``ddp.py``) live beside this file; the Trainer
-puts them in order.
+Building (``build.py``), the run directory (``rundir/``), one optimisation step (``loop.py``), pre-training stages
+(``stages.py``) and scale-out (``ddp.py``) live beside this file; the Trainer puts them in order.
 """
 from __future__ import annotations
 
@@ -193,6 +192,7 @@ class Trainer:
                                "job, which continues from its last checkpoint by itself") from e
             raise
         finally:
+            self.train_module = None  # the DDP wrap holds the process group: dropped, or ddp.leave() could not end it
             self._release()
 
     def _start(self) -> None:

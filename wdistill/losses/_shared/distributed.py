@@ -4,6 +4,8 @@ Each is the identity on one process, so callers need no ``if distributed`` branc
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.distributed as dist
 
@@ -38,11 +40,24 @@ def host_group():
     return _HOST[0][1]
 
 
+_HELD: list = []  # gloo groups lent as weak references (the trainers' stop-signal votes)
+
+
+def held_gloo_group() -> weakref.ref:
+    """A new gloo group of every rank (every rank must call this at the same point), held here and lent as a weak
+    reference, so that :func:`forget_groups` can drop it while its user lives on."""
+    group = dist.new_group(backend="gloo")
+    _HELD.append(group)
+    return weakref.ref(group)
+
+
 def forget_groups() -> None:
-    """Drop the gloo twin that :func:`host_group` keeps, before the process groups are destroyed. A group still
-    referenced after ``destroy_process_group`` is torn down later, at interpreter shutdown, where gloo can abort the
-    process ("terminate called without an active exception") after its work is done."""
+    """Drop the gloo groups kept here (:func:`host_group`'s twin, :func:`held_gloo_group`'s), before the process
+    groups are destroyed. A group still referenced after ``destroy_process_group`` is torn down later, at
+    interpreter shutdown, where gloo can abort the process ("terminate called without an active exception") after
+    its work is done."""
     _HOST.clear()
+    _HELD.clear()
 
 
 def row_counts(t: torch.Tensor) -> list[int]:
