@@ -8,6 +8,9 @@
 #   cli    the same, then the command line's own exit (wdistill.cli.main, which leaves)
 #   twin   the same, then a gloo twin of the default group made as CRD's and WCoRD's banks make it under NCCL
 #          (kept by wdistill for the whole job), then ddp.leave(), which must drop it before the destroy
+#   api        a Python caller's script: a Trainer (wdistill joins the group), fit(), the script ends with the
+#              trainer alive and without ddp.leave() (wdistill leaves at the interpreter's exit)
+#   api-leave  the same, ending with ddp.leave() while the trainer is alive
 # and two ways with a peer lost, counting the jobs whose surviving rank 0 aborted instead of exiting with its own
 # code 1. These start the two ranks by hand (torchrun's environment, without its agent): torchrun would SIGTERM the
 # survivor as soon as it saw rank 1 die, and that race would decide what is measured.
@@ -19,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-40}
 shift || true
-ways=${*:-exit leave cli twin lost-exit lost-leave}
+ways=${*:-exit leave cli twin api api-leave lost-exit lost-leave}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/worker.py" <<'EOF'
@@ -33,6 +36,17 @@ import torch.distributed as dist
 from wdistill import cli
 from wdistill.engine import ddp
 
+if sys.argv[1].startswith("api"):
+    from wdistill.config import load_config
+    from wdistill.engine import Trainer
+    trainer = Trainer(load_config({
+        "run": {"out_dir": os.environ["API_RUNS"], "name": "api", "device": "cpu"},
+        "data": {"name": "fmnist_sample", "train_subset": 64, "test_subset": 32, "batch_size": 32},
+        "student": {"model": "resnet8"}, "optim": {"epochs": 1}, "train": {"progress": False}}), overwrite=True)
+    trainer.fit()
+    if sys.argv[1] == "api-leave":
+        ddp.leave()
+    sys.exit(0)
 ddp.init_distributed()
 x = torch.tensor([float(os.environ["RANK"]) + 1.0])
 dist.all_reduce(x)
@@ -75,10 +89,11 @@ for way in $ways; do
     [[ $way == lost-* ]] && continue
     failed=0
     for i in $(seq "$runs"); do
-        if ! OMP_NUM_THREADS=1 PYTHONPATH="$PWD" .venv/bin/torchrun --nproc_per_node=2 \
+        if ! OMP_NUM_THREADS=1 PYTHONPATH="$PWD" API_RUNS="$work/runs" .venv/bin/torchrun --nproc_per_node=2 \
                 --master_port=$((29500 + RANDOM % 1000)) "$work/worker.py" "$way" > "$work/log" 2>&1 \
                 || grep -q "terminate called" "$work/log"; then
             failed=$((failed + 1))
+            grep -q "terminate called" "$work/log" || { echo "$way: a job failed without an abort:"; tail -5 "$work/log"; }
         fi
     done
     echo "$way: torchrun failed $failed of $runs jobs"
