@@ -241,7 +241,37 @@ def test_a_python_script_under_torchrun_leaves_at_exit_with_its_trainer_kept(tmp
     for r in (0, 1):
         seen = torch.load(tmp_path / f"exit{r}.pt", weights_only=True)
         assert seen["left"] and not seen["wrap_alive"] and not seen["vote_group_alive"], seen
-        assert "ended by wdistill.engine.ddp.leave()" in seen["after"], seen
+        assert "process group was ended (Trainer.close() or wdistill.engine.ddp.leave())" in seen["after"], seen
+
+
+def _sweep_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from torch.distributed.distributed_c10d import _world
+
+    from wdistill import distill
+    from wdistill.data import bundled_sample
+    from wdistill.engine import ddp
+    from wdistill.losses._shared import distributed as ddist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train, test = bundled_sample("train").subset(slice(0, 64)), bundled_sample("test").subset(slice(0, 32))
+    groups = []
+    for name in ("first", "second", "third"):
+        distill(TinyNet(), None, train, test, epochs=1, lr=0.05, out_dir=out_dir, name=name,
+                data={"batch_size": 32}, train={"progress": False})
+        groups.append((len(_world.pg_map), len(ddist._HELD)))
+    torch.save({"groups": groups}, os.path.join(out_dir, f"sweep{rank}.pt"))
+    ddp.leave()
+
+
+def test_a_sweep_of_runs_in_one_process_keeps_no_group_of_a_finished_run(tmp_path):
+    """Each trainer of a multi-process job votes on a gloo group of its own (threads and file descriptors: 3 and 5 per
+    process on two ranks). ``distill`` closes its trainer, which destroys that group, so a script that runs many
+    jobs in one process (a sweep) holds only the default group between them, not one more per run."""
+    mp.start_processes(_sweep_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for r in (0, 1):
+        assert torch.load(tmp_path / f"sweep{r}.pt", weights_only=True)["groups"] == [(1, 0)] * 3
 
 
 RESTARTED_WORKER = """

@@ -101,9 +101,14 @@ class Vote:
             return None
         group = self._group()
         if group is None:
-            raise RuntimeError("this trainer's process group was ended by wdistill.engine.ddp.leave(); use the "
-                               "trainer of a multi-process job before leaving the group")
+            raise RuntimeError("this trainer's process group was ended (Trainer.close() or "
+                               "wdistill.engine.ddp.leave()); use the trainer of a multi-process job before that")
         return group
+
+    def close(self) -> None:
+        """Destroy the vote's group (the trainer is done with it)."""
+        if self._group is not None:
+            helpers.release_gloo_group(self._group)
 
     def send(self, flags: list[int]) -> None:
         if self.group is None:  # one process: plain integers, no tensor at all

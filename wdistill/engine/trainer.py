@@ -158,8 +158,9 @@ class Trainer:
                                fused=self.precision.fused_optimizer)
 
     def close(self) -> None:
-        """Remove the feature hooks this trainer put on the models and unlock the run directory."""
+        """Take this trainer's feature hooks off the models, end its vote's process group, unlock the run directory."""
         self.distiller.close()
+        self.vote.close()
         self._release()
 
     # ---- checkpoints ---------------------------------------------------------------------
@@ -248,8 +249,7 @@ class Trainer:
         return train_epoch(self, epoch)
 
     def _stop_if_signalled(self, epoch: int) -> None:
-        """A stop signal that came during evaluation (or on another rank) ends the run here, with
-        the epoch's checkpoint written."""
+        """A stop signal that came during evaluation (or on another rank) ends the run here, its checkpoint written."""
         if self.vote.now([int(self.signals.requested), 0, 0])[preempt.STOP]:
             raise Preempted(f"{self.signals.received or 'a stop signal (on another rank)'}: stopped after epoch "
                             f"{epoch + 1}, whose checkpoint is written. Run the same command with --resume")

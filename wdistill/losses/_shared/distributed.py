@@ -51,6 +51,15 @@ def held_gloo_group() -> weakref.ref:
     return weakref.ref(group)
 
 
+def release_gloo_group(ref: weakref.ref) -> None:
+    """Destroy a group of :func:`held_gloo_group` now (each rank on its own, no collective): its threads and sockets
+    go with it, which a process that makes many (a sweep of trainers) would otherwise keep to the end."""
+    group = ref()
+    if group is not None and any(g is group for g in _HELD):
+        _HELD[:] = [g for g in _HELD if g is not group]
+        dist.destroy_process_group(group)
+
+
 def forget_groups() -> None:
     """Drop the gloo groups kept here (:func:`host_group`'s twin, :func:`held_gloo_group`'s), before the process
     groups are destroyed. A group still referenced after ``destroy_process_group`` is torn down later, at
