@@ -48,9 +48,14 @@ def _train(out_dir: str, name: str, world: int, rank: int, batch: int = 32) -> d
             "summary": summary, "steps": len(trainer.train_loader)}
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _torchrun_env(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives rank ``rank`` of ``world``: wdistill joins the group itself."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _torchrun_env(rank, world, port)
     torch.set_num_threads(1)
     result = _train(out_dir, "ddp", world, rank)
     from torch.nn.parallel import DistributedDataParallel  # noqa: F401  (the trainer used it)
@@ -203,8 +208,7 @@ def _kept_trainer_worker(rank: int, world: int, port: int, out_dir: str) -> None
 
     from wdistill.config import load_config
     from wdistill.engine import Trainer, ddp
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    _torchrun_env(rank, world, port)
     torch.set_num_threads(1)
     wraps, wrap, found = [], ddp.wrap, {}
     ddp.wrap = lambda *a, **k: (wraps.append(wrap(*a, **k)), wraps[-1])[1]
@@ -251,8 +255,7 @@ def _sweep_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from wdistill.data import bundled_sample
     from wdistill.engine import ddp
     from wdistill.losses._shared import distributed as ddist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    _torchrun_env(rank, world, port)
     torch.set_num_threads(1)
     train, test = bundled_sample("train").subset(slice(0, 64)), bundled_sample("test").subset(slice(0, 32))
     groups = []

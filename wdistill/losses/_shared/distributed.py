@@ -40,14 +40,14 @@ def host_group():
     return _HOST[0][1]
 
 
-_HELD: list = []  # gloo groups lent as weak references (the trainers' stop-signal votes)
+_HELD: set = set()  # gloo groups lent as weak references (the trainers' stop-signal votes)
 
 
 def held_gloo_group() -> weakref.ref:
     """A new gloo group of every rank (every rank must call this at the same point), held here and lent as a weak
     reference, so that :func:`forget_groups` can drop it while its user lives on."""
     group = dist.new_group(backend="gloo")
-    _HELD.append(group)
+    _HELD.add(group)
     return weakref.ref(group)
 
 
@@ -55,8 +55,8 @@ def release_gloo_group(ref: weakref.ref) -> None:
     """Destroy a group of :func:`held_gloo_group` now (each rank on its own, no collective): its threads and sockets
     go with it, which a process that makes many (a sweep of trainers) would otherwise keep to the end."""
     group = ref()
-    if group is not None and any(g is group for g in _HELD):
-        _HELD[:] = [g for g in _HELD if g is not group]
+    if group in _HELD:
+        _HELD.discard(group)
         dist.destroy_process_group(group)
 
 
