@@ -254,6 +254,7 @@ def _sweep_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from wdistill import distill
     from wdistill.data import bundled_sample
     from wdistill.engine import ddp
+    from wdistill.errors import ConfigError
     from wdistill.losses._shared import distributed as ddist
     _torchrun_env(rank, world, port)
     torch.set_num_threads(1)
@@ -263,18 +264,29 @@ def _sweep_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         distill(TinyNet(), None, train, test, epochs=1, lr=0.05, out_dir=out_dir, name=name,
                 data={"batch_size": 32}, train={"progress": False})
         groups.append((len(_world.pg_map), len(ddist._HELD)))
-    torch.save({"groups": groups}, os.path.join(out_dir, f"sweep{rank}.pt"))
+    refused = []
+    for name, loss in (("first", None), ("fourth", [{"name": "kd"}])):  # refused at the claim; in the build
+        try:
+            distill(TinyNet(), None, train, test, loss, epochs=1, out_dir=out_dir, name=name, train={"progress": False})
+        except ConfigError as e:
+            refused.append(str(e).split(":")[0])
+        groups.append((len(_world.pg_map), len(ddist._HELD)))
+    torch.save({"groups": groups, "refused": refused}, os.path.join(out_dir, f"sweep{rank}.pt"))
     ddp.leave()
 
 
 def test_a_sweep_of_runs_in_one_process_keeps_no_group_of_a_finished_run(tmp_path):
     """Each trainer of a multi-process job votes on a gloo group of its own (threads and file descriptors: 3 and 5 per
     process on two ranks). ``distill`` closes its trainer, which destroys that group, so a script that runs many
-    jobs in one process (a sweep) holds only the default group between them, not one more per run."""
+    jobs in one process (a sweep) holds only the default group between them, not one more per run. Nor does a
+    trainer that was refused: at the claim (no group is made) or while it was built (its group ends with it)."""
     mp.start_processes(_sweep_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
     for r in (0, 1):
-        assert torch.load(tmp_path / f"sweep{r}.pt", weights_only=True)["groups"] == [(1, 0)] * 3
+        seen = torch.load(tmp_path / f"sweep{r}.pt", weights_only=True)
+        assert seen["groups"] == [(1, 0)] * 5, seen
+        assert seen["refused"] == [f"run directory {tmp_path / 'first'} already holds a run",
+                                   "loss terms ['kd'] need a teacher"], seen
 
 
 RESTARTED_WORKER = """

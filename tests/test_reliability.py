@@ -17,7 +17,7 @@ from builders import hold_lock, random_teacher, small_run
 
 from wdistill import cli, losses, models
 from wdistill.config import load_config
-from wdistill.engine import Trainer
+from wdistill.engine import Trainer, rundir
 from wdistill.errors import ConfigError, NonFiniteLoss
 
 
@@ -107,6 +107,22 @@ def test_second_process_on_a_run_directory_is_refused_and_stale_lock_is_taken(tm
     summary = Trainer(load_config(_cfg(tmp_path, optim={"epochs": 1, "lr": 0.05}))).fit()
     assert summary["final_top1"] is not None
     assert (tmp_path / "runs" / "r" / ".lock").read_text() == ""  # released at the end
+
+
+def test_a_refused_trainer_leaves_its_callers_lock_held(tmp_path):
+    """A caller that locked the run directory itself (the benchmarks' reuse of finished runs) passes it as ``held``.
+    A start the Trainer refuses must leave that lock held: it is the caller's, and the directory stays theirs."""
+    cfg = load_config(_cfg(tmp_path))
+    run = rundir.RunDir(cfg)
+    run.lock()
+    try:
+        with pytest.raises(ConfigError, match="nothing to resume"):
+            Trainer(cfg, resume=True, held=run)
+        assert run.locked
+        other, holder = rundir.try_lock(run.path / rundir.LOCK)  # another open of the file: flock refuses it
+        assert other is None and holder == str(os.getpid())
+    finally:
+        run.release()
 
 
 def test_two_concurrent_cli_runs_one_is_refused(tmp_path):

@@ -41,7 +41,6 @@ class Trainer:
                  data: tuple[ImageDataset, ImageDataset] | None = None, resume: bool = False,
                  overwrite: bool = False, log=print, held: rundir.RunDir | None = None):
         self.rank, self.world_size = ddp.init_distributed()
-        self.vote = preempt.Vote(self.world_size)  # every rank creates its group here, in step
         if ddp.restart_count() and not resume:  # torchrun restarted the workers: continue, never start over
             resume, overwrite = "auto", False
         self.cfg, self.log, self.resume, self.overwrite, self.watchers = cfg, log, resume, overwrite, []
@@ -52,9 +51,11 @@ class Trainer:
         self._owns_lock = not self.rundir.locked
         self.run_dir = self.rundir.path
         self._claim_run_dir()
+        self.vote = preempt.Vote(self.world_size)  # every rank creates its group here, in step after the claim
         try:
             self._build(student, teachers, data)
-        except BaseException:
+        except BaseException:  # nothing of a trainer that was never made is kept: its group ends, its lock goes
+            self.vote.close()
             self._release()
             raise
 
@@ -118,8 +119,7 @@ class Trainer:
         self.start_epoch, self.start_step, self.resume_ranks = 0, 0, []
         self.signals = preempt.StopSignals([])  # fit() installs the configured ones
         self.clock = {"saved": time.monotonic()}  # when last.pt was last written (train.checkpoint_every)
-        self.stages_done: list[str] = []
-        self._terms_ready = False
+        self.stages_done, self._terms_ready = [], False  # the pre-training stages run; the loss terms not built
 
     # ---- helpers -------------------------------------------------------------------------
     def viewed_student(self) -> nn.Module:

@@ -131,7 +131,8 @@ class RunDir:
         if any, else starts it. Returns whether the run resumes."""
         if resume and overwrite:
             raise ConfigError("--resume continues a run and --overwrite starts it again: pass one of them")
-        if not self.locked:
+        took = not self.locked
+        if took:
             try:
                 self.lock(wait=False)
             except RunBusy as busy:
@@ -143,7 +144,8 @@ class RunDir:
         try:
             self._check_start(bool(resume), overwrite)
         except BaseException:
-            self.release()
+            if took:  # a lock the caller held stays theirs
+                self.release()
             raise
         return bool(resume)
 
