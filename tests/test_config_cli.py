@@ -69,7 +69,8 @@ def test_config_check_accepts_a_valid_config_and_names_each_problem(tmp_path, ca
     bad = [
         ({"optim": {"lr": -1}}, "optim.lr"),
         ({"optim": {"lrate": 0.1}}, "unknown key"),
-        ({"student": {"model": "resnet9"}}, "not a zoo model"),
+        ({"student": {"model": "resnet9"}}, "student.model: unknown model 'resnet9'. Did you mean resnet8"),
+        ({"teacher": {"model": "resnet8"}}, "teacher 'resnet8' has no checkpoint"),
         ({"loss": [{"name": "kd", "tau": 2}]}, "no parameter"),
         ({"loss": [{"name": "kdd"}]}, "unknown method"),
         ({"teacher": {"model": "resnet8", "checkpoint": str(tmp_path / "none.pt")}}, "does not exist"),

@@ -308,6 +308,20 @@ def _config(root, out_dir, name, **extra):
     return load_config(cfg)
 
 
+def test_a_detectors_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data loaded before the config's models were checked")
+
+    monkeypatch.setattr("wdistill.engine.det_trainer.build_detection_data", no_data)
+    kd = [{"name": "det"}, {"name": "kd"}]
+    cases = [({"student": {"model": "detection:resnet19"}}, "student.model 'detection:resnet19': detectors are"),
+             ({"teacher": {"model": "detection:resnet18", "checkpoint": str(tmp_path / "none.pt")}, "loss": kd},
+              "teacher.checkpoint .*none.pt.* does not exist")]
+    for over, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            make_trainer(_config(tmp_path / "coco", tmp_path / "runs", "refused", **over), log=lambda *_: None)
+
+
 def test_a_two_image_run_through_the_engine_learns(tiny, tmp_path):
     # 32 entries: 16 steps of 2 per epoch. Three epochs, not two: after 32 steps the AP was still 0.0 in one
     # environment (a Pillow/numpy rebuild moved it from just above 0), after 48 it is ~0.2.

@@ -57,6 +57,25 @@ def test_unknown_model_method_and_parameter(tmp_path, teacher_ckpt):
         Trainer(load_config(_base(tmp_path, teacher={"model": "resnet14"}, loss=[{"name": "kd"}])))
 
 
+def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkeypatch):
+    """A typo in a model name or a teacher's checkpoint is refused before the data loads (on a large image folder
+    in memory, minutes of decoding would come first)."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data loaded before the config's models were checked")
+
+    monkeypatch.setattr("wdistill.engine.trainer.build_loaders", no_data)
+    kd = [{"name": "kd"}]
+    cases = [({"student": {"model": "resnet9"}}, "student.model: unknown model 'resnet9'. Did you mean resnet8"),
+             ({"teacher": {"model": "resnet41", "checkpoint": "t.pt"}, "loss": kd}, "teacher.model: unknown model"),
+             ({"teacher": {"model": "resnet14", "checkpoint": str(tmp_path / "none.pt")}, "loss": kd},
+              "teacher.checkpoint .*none.pt.* does not exist"),
+             ({"teacher": {"model": "resnet14"}, "loss": kd}, "teacher 'resnet14' has no checkpoint"),
+             ({"loss": kd}, "need a teacher")]
+    for over, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            Trainer(load_config(_base(tmp_path, **over)))
+
+
 def test_teacher_checkpoint_for_another_architecture(tmp_path, teacher_ckpt):
     cfg = load_config(_base(tmp_path, teacher={"model": "resnet20", "checkpoint": teacher_ckpt},
                             loss=[{"name": "kd"}]))

@@ -65,6 +65,10 @@ def missing_checkpoint(section, role: str) -> str | None:
     return f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: {hint}"
 
 
+NO_TEACHER_CHECKPOINT = ("teacher {model!r} has no checkpoint: train one first (`wdistill train CONFIG`) and set "
+                         "teacher.checkpoint=RUN_DIR/student.pt")
+
+
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
     ``wdistill.models.create``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
@@ -82,8 +86,7 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
         except ValueError as e:
             raise ConfigError(f"{role}.checkpoint: {e}") from None
     elif role == "teacher":
-        raise ConfigError(f"teacher {section.model!r} has no checkpoint: train one first "
-                          "(`wdistill train CONFIG`) and set teacher.checkpoint=RUN_DIR/student.pt")
+        raise ConfigError(NO_TEACHER_CHECKPOINT.format(model=section.model))
     return model
 
 
@@ -144,21 +147,34 @@ def build_distiller(cfg: RunConfig, student: nn.Module, teachers: list[nn.Module
                           "(e.g. 'fc:in'); `wdistill list` names the zoo models, which need none") from None
 
 
-def check_config(cfg: RunConfig) -> list[str]:
-    """Checks beyond the schema that need no training: model names, loss terms and their parameters,
-    teacher checkpoints. Returns what was checked; raises ConfigError naming the problem and fix."""
-    for role, section in [("student", cfg.student)] + [("teacher", s) for s in cfg.teacher_sections()]:
-        if ":" not in section.model and section.model not in models.available():  # timm:/torchvision:/factory
-            raise ConfigError(f"{role}.model {section.model!r} is not a zoo model; `wdistill list` names them")
+def check_models(cfg: RunConfig, student: bool = True, teachers: bool = True) -> None:
+    """Before the data loads, of the models built from the config (``student``/``teachers`` False: the caller
+    passes them): zoo names, detector backbones, teacher checkpoints; and a teacher for the terms that need one."""
+    sections = ([("student", cfg.student)] if student else []) + [("teacher", s) for s in cfg.teacher_sections()
+                                                                  if teachers]
+    for role, section in sections:
+        if ":" not in section.model:  # timm:/torchvision:/factory names are checked when they are built
+            try:
+                models.check_zoo_name(section.model)
+            except ValueError as e:
+                raise ConfigError(f"{role}.model: {e}") from None
         backbone = section.model.removeprefix(DETECTOR_PREFIX)
         if section.model.startswith(DETECTOR_PREFIX) and backbone not in DETECTOR_BACKBONES:
             raise ConfigError(f"{role}.model {section.model!r}: detectors are detection:<backbone> with backbone "
                               f"one of {', '.join(DETECTOR_BACKBONES)}")
-        if section.checkpoint:
-            problem = missing_checkpoint(section, role)
-            if problem:
-                raise ConfigError(problem)
-    check_teacher_needs(cfg)
+        problem = missing_checkpoint(section, role) if section.checkpoint else None
+        if problem:
+            raise ConfigError(problem)
+        if role == "teacher" and not section.checkpoint:
+            raise ConfigError(NO_TEACHER_CHECKPOINT.format(model=section.model))
+    if teachers:
+        check_teacher_needs(cfg)
+
+
+def check_config(cfg: RunConfig) -> list[str]:
+    """Checks beyond the schema that need no training: model names, loss terms and their parameters,
+    teacher checkpoints. Returns what was checked; raises ConfigError naming the problem and fix."""
+    check_models(cfg)
     for i, t in enumerate(cfg.loss):
         try:
             losses.create(t.name, **t.params)

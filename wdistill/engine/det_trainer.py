@@ -31,7 +31,7 @@ import torch
 from wdistill.data.coco import STAT_NAMES, coco_evaluate, require_pycocotools
 from wdistill.data.det_loader import build_detection_data
 from wdistill.engine import ddp
-from wdistill.engine.build import build_model, build_terms, check_teacher_needs
+from wdistill.engine.build import build_model, build_terms, check_models
 from wdistill.engine.det_distiller import DetectionDistiller, detect
 from wdistill.engine.trainer import Trainer
 from wdistill.errors import ConfigError
@@ -56,8 +56,7 @@ class DetectionTrainer(Trainer):
         cfg = self.cfg
         require_torchvision()
         require_pycocotools()
-        if not teachers:
-            check_teacher_needs(cfg)  # before the data loads
+        check_models(cfg, student=student is None, teachers=not teachers)  # before the data loads
         self.micro_batch, share = ddp.loader_share(cfg.data, cfg.train.accumulate, self.rank, self.world_size, self.log)
         torch.manual_seed(cfg.run.seed)
         self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, datasets=data,

@@ -19,7 +19,7 @@ from wdistill.data import ImageDataset
 from wdistill.data.build import build_loaders
 from wdistill.data.views import Viewed
 from wdistill.engine import ddp, preempt, rundir
-from wdistill.engine.build import build_distiller, build_model, check_teacher_needs, resolve_device, tensorboard_writer
+from wdistill.engine.build import build_distiller, build_model, check_models, resolve_device, tensorboard_writer
 from wdistill.engine.epochs import train_epoch
 from wdistill.engine.evaluate import Ensemble, evaluate
 from wdistill.engine.helping import helping_warnings
@@ -82,8 +82,7 @@ class Trainer:
 
     def _build(self, student, teachers, data) -> None:
         cfg = self.cfg
-        if not teachers:
-            check_teacher_needs(cfg)  # before the data loads
+        check_models(cfg, student=student is None, teachers=not teachers)  # before the data loads
         self.micro_batch, share = ddp.loader_share(cfg.data, cfg.train.accumulate, self.rank, self.world_size, self.log)
         torch.manual_seed(cfg.run.seed)
         self.data = build_loaders(cfg.data, data=data, seed=cfg.run.seed, device=self.device,

@@ -54,13 +54,18 @@ def available() -> list[str]:
     return sorted(_MODELS)
 
 
-def _zoo(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+def check_zoo_name(name: str) -> None:
+    """ValueError, naming the closest zoo models, unless ``name`` is one."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown model {name!r}.{hint} Available: {', '.join(available())}. "
             "To use your own nn.Module, pass it directly and describe its stages with a TapSpec.")
+
+
+def _zoo(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    check_zoo_name(name)
     return _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
