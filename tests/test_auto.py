@@ -300,3 +300,15 @@ def test_auto_cli_end_to_end_writes_the_report_and_a_recommended_config(tmp_path
     assert load_config(rec).data.holdout is None and (tmp_path / "a" / "report.png").stat().st_size > 10_000
     md = (tmp_path / "a" / "report.md").read_text()
     assert "never the test split" in md and "| vanilla |" in md
+
+
+def test_auto_refuses_a_missing_teacher_checkpoint_before_the_search_starts(tmp_path, capsys):
+    from wdistill.cli import main
+
+    cfg = {**_base(tmp_path), "run": {"out_dir": str(tmp_path), "name": "a"},
+           "teacher": {"model": "resnet20", "checkpoint": str(tmp_path / "missing.pt")}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["auto", str(tmp_path / "a.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"teacher.checkpoint '{tmp_path / 'missing.pt'}'" in err and "does not exist" in err, err
+    assert "auto: student epochs" not in err and not (tmp_path / "a").exists(), err  # no search, no trial directory

@@ -143,8 +143,8 @@ class Search:
         self.epochs = int(base.get("optim", {}).get("epochs", 240))
         self.auto, self.cands, self.notes = fit_budget(auto, list(auto.methods), self.epochs)
         self.results: dict[str, dict] = {c.key: {"values": {}, "status": "running"} for c in self.cands}
-        self.bar = tqdm(total=plan_cost(len(self.cands) - 1, self.epochs, self.auto), desc="auto: student epochs",
-                        unit="epoch")
+        self.bar = tqdm(total=round(plan_cost(len(self.cands) - 1, self.epochs, self.auto)),
+                        desc="auto: student epochs", unit="epoch")
         self.start = time.time()
 
     # ---- trials ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from wdistill.config.schema import AutoSection, RunConfig
+from wdistill.engine.build import check_models
 from wdistill.errors import ConfigError, NonFiniteLoss
 from wdistill.io import atomic_write_text
 from wdistill.workflows.auto import Search, fresh_student
@@ -191,6 +192,7 @@ def auto_from_config(cfg: RunConfig, train_seeds: int = 0, command: str | None =
     if not cfg.teacher_sections():
         raise ConfigError("`wdistill auto` compares distillers: the config needs a 'teacher:' section (model + "
                           "checkpoint)")
+    check_models(cfg)  # before the search starts
     base = cfg.model_dump(mode="json")
     base.pop("loss")
     return run_auto(base, cfg.auto, Path(cfg.run.out_dir) / cfg.run.name, train_seeds=train_seeds,
