@@ -20,13 +20,13 @@ class Block(nn.Module):
 class TinyNet(nn.Module):
     """A user's own network: no tap_spec, names of its own choosing."""
 
-    def __init__(self, width):
+    def __init__(self, width, classes=10, channels=1):
         super().__init__()
-        self.stem = Block(1, width, 1)
+        self.stem = Block(channels, width, 1)
         self.stage1 = Block(width, width, 1)
         self.stage2 = Block(width, 2 * width, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(2 * width, 10)
+        self.head = nn.Linear(2 * width, classes)
 
     def forward(self, x):
         return self.head(self.pool(self.stage2(self.stage1(self.stem(x)))).flatten(1))
@@ -85,3 +85,47 @@ def test_distill_with_views_feeds_each_model_its_view_of_one_crop(tmp_path):
     with pytest.raises(ConfigError, match=r"teacher_view: 2 given for 1 teacher\(s\)"):
         wdistill.distill(student, teacher, train, test, out_dir=str(tmp_path), name="w",
                          teacher_view=[{"name": "identity"}, {"name": "identity"}])
+
+
+class Relabelled(torch.utils.data.Dataset):
+    """A user's Dataset (streamed) of the bundled images whose item ``bad`` carries ``label``."""
+
+    def __init__(self, images, bad, label):
+        self.images, self.bad, self.label = images, bad, label
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image, target = self.images[i]
+        return image, self.label if i == self.bad else target
+
+
+def test_models_and_labels_that_do_not_fit_the_data_are_refused_with_the_fix(tmp_path):
+    """Each refusal comes before the first training step, as a ConfigError that names the model or the item."""
+    import pytest
+
+    from wdistill.errors import ConfigError
+
+    train, test = bundled_sample("train").subset(slice(0, 64)), bundled_sample("test").subset(slice(0, 32))
+    run = dict(epochs=1, out_dir=str(tmp_path), student_taps=TAPS, teacher_taps=TAPS, train={"progress": False})
+    cases = [
+        (TinyNet(8), TinyNet(8, classes=5), "the teacher scores 5 classes but the data have 10: give it a classifier "
+                                            "of 10 outputs"),
+        (TinyNet(8), [TinyNet(8), TinyNet(8, classes=5)], "the teacher 1 scores 5 classes"),
+        (TinyNet(8, classes=11), TinyNet(8), "the student scores 11 classes but the data have 10"),
+        (TinyNet(8, channels=3), TinyNet(8), r"the student cannot run on the data: on a batch of shape \(64, 1, 28, "
+                                             r"28\) \(1 channel\(s\), 28x28 pixels.*expected input.*3 channels"),
+        (TinyNet(8), "resnet20", "the teacher must be a torch.nn.Module, got the str 'resnet20'"),
+    ]
+    for i, (student, teacher, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=message):
+            wdistill.distill(student, teacher, train, test, name=f"r{i}", **run)
+        assert not (tmp_path / f"r{i}" / "last.pt").exists()
+    # A label that is no class index, met by the streaming loader in the test split (read before training, when
+    # the teacher is scored): the item and its label are named, not torch's "Target 10 is out of bounds".
+    with pytest.raises(ConfigError, match=r"item 7 of the test split has the label 10, not a class index in "
+                                          r"\[0, 10\).*set data=\{'num_classes': ...\}"):
+        wdistill.distill(TinyNet(8), TinyNet(8), Relabelled(train, 0, 0), Relabelled(test, 7, 10), name="labels",
+                         batch_size=16, data={"num_classes": 10, "loader": "stream"}, **run)
+    assert not (tmp_path / "labels" / "last.pt").exists()

@@ -109,7 +109,7 @@ def _crd_distiller(momentum=0.5):
     n = 40
     g = torch.Generator().manual_seed(1)
     images, targets = torch.randn(n, 1, 12, 12, generator=g), torch.arange(n) % 4
-    d.setup(dict(num_classes=4, num_samples=n, train_targets=targets, device=torch.device("cpu")),
+    d.setup(dict(num_classes=10, num_samples=n, train_targets=targets, device=torch.device("cpu")),
             {"image": images[:8], "target": targets[:8], "index": torch.arange(8)})
     return d.train(), crd, images, targets
 

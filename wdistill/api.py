@@ -41,8 +41,15 @@ def python_spelling():
         raise ConfigError(_as_python(str(e))) from None
 
 
-def _teachers(teacher) -> list[nn.Module]:
-    return [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+def _teachers(student, teacher) -> list[nn.Module]:
+    """The teachers as a list; a student or teacher that is not an ``nn.Module`` is refused with the fix."""
+    teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    for role, model in [("student", student), *(("teacher", t) for t in teachers)]:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"the {role} must be a torch.nn.Module, got the {type(model).__name__} {model!r:.60}: "
+                              "build a zoo model with wdistill.models.create(name, num_classes, in_channels) and "
+                              "give a teacher its trained weights with wdistill.models.load_checkpoint(model, path)")
+    return teachers
 
 
 def _raw_config(student, teachers, train_data, loss, epochs, lr, batch_size, schedule, student_taps, teacher_taps,
@@ -115,7 +122,7 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module] | None, tra
     >>> sorted(k for k in summary if k.endswith("top1"))
     ['best_top1', 'final_top1', 'teacher_top1']
     """
-    teachers = _teachers(teacher)
+    teachers = _teachers(student, teacher)
     if loss is None:
         loss = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}] if teachers else [{"name": "ce"}]
     with python_spelling():
@@ -149,7 +156,7 @@ def auto(student: nn.Module, teacher: nn.Module | list[nn.Module], train_data: I
     Returns the report (``report["recommended"]``, ``report["rows"]``, ``report["trained"]``).
     Search settings: ``wdistill.config.schema.AutoSection``; the method: docs/auto.md.
     """
-    teachers = _teachers(teacher)
+    teachers = _teachers(student, teacher)
     if not teachers:
         raise ConfigError("auto compares distillers: give the teacher (a trained nn.Module)")
     if train and test_data is None:

@@ -230,7 +230,7 @@ def _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_cl
         t_eval = ImageTransform(False, resized_crop=aug.resized_crop,
                                 resize=stored if folder else None, rgb=rgb)
         common = dict(mean=mean, std=std, workers=workers, prefetch_factor=d.prefetch_factor,
-                      on_bad_image=d.on_bad_image, log=log, shield_signals=shield_signals)
+                      on_bad_image=d.on_bad_image, log=log, shield_signals=shield_signals, num_classes=num_classes)
         train_loader = StreamLoader(train, batch_size, True, device, t_train, seed=seed, **shard, **common,
                                     name="the training split")
         test_loader = StreamLoader(test, eval_batch_size, False, device, t_eval, **shard, **common,

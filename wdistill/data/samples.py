@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from wdistill.errors import BadImages
+from wdistill.errors import BadImages, ConfigError
 
 READ_TRIES, RETRY_SECONDS = 3, 0.5
 MAX_NEIGHBOURS = 16
@@ -138,6 +138,16 @@ def collate(items):
         return None, None, None, bad, True
     return (torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items]),
             torch.tensor([item[2] for item in items]), bad, False)
+
+
+def check_labels(targets: torch.Tensor, index: torch.Tensor, num_classes: int, what: str) -> None:
+    """ConfigError naming the first item of a batch (CPU tensors) whose label is not a class index."""
+    wrong = (targets < 0) | (targets >= num_classes)
+    if wrong.any():
+        at = int(wrong.nonzero()[0])
+        raise ConfigError(f"item {int(index[at])} of {what} has the label {int(targets[at])}, not a class index in "
+                          f"[0, {num_classes}): labels must count the classes from 0; if the data have more "
+                          f"classes than {num_classes}, set data.num_classes")
 
 
 def bad_message(bad, what: str, resumable: bool = False, exhausted: bool = False) -> str:

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 
 from wdistill.data.augment import center_crop, crop_flip, fallback_box, resized_crop_flip
-from wdistill.data.samples import Keyed, bad_message, collate, ignore_signals, workers_start_shielded
+from wdistill.data.samples import Keyed, bad_message, check_labels, collate, ignore_signals, workers_start_shielded
 from wdistill.errors import BadImages
 
 
@@ -195,8 +195,8 @@ class StreamLoader:
                  mean=None, std=None, seed: int = 0, drop_last: bool | None = None, rank: int = 0,
                  world_size: int = 1, workers: int = 0, prefetch_factor: int = 2, name: str = "",
                  on_bad_image: str = "error", log: Callable[[str], None] | None = None,
-                 shield_signals: tuple[str, ...] = ()):
-        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+                 shield_signals: tuple[str, ...] = (), num_classes: int | None = None):
+        self.dataset, self.batch_size, self.train, self.num_classes = dataset, batch_size, train, num_classes
         self.what, self.on_bad_image, self.log = name or "the data", on_bad_image, log or (lambda msg: None)
         # defer_errors: under on_bad_image=error a bad batch is yielded (an empty dict when a sample
         # found no replacement) with last_bad set, for the Trainer to stop the ranks together after a
@@ -277,6 +277,8 @@ class StreamLoader:
                 continue
             if bad:
                 self._met_bad(bad)
+            if self.num_classes is not None:  # on the host copy: no device sync
+                check_labels(targets, index, self.num_classes, self.what)
             x = images.to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:
                 x = x.float()

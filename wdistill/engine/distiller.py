@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from wdistill.data.views import View
+from wdistill.errors import ConfigError
 from wdistill.losses.base import SetupContext, Term, mean_distribution_logits
 from wdistill.models.taps import FeatureTap, TapOutputs, TapSpec
 
@@ -138,12 +139,13 @@ class Distiller(nn.Module):
 
     def setup(self, ctx_kwargs: dict, probe: dict) -> None:
         """Probe both models on one batch, then let every term build its parts."""
-        was_training = self.student.training
+        was_training, x, k = self.student.training, probe["image"], ctx_kwargs["num_classes"]
         self.student.eval()
         with torch.no_grad():
-            s_out = self.student_forward(probe["image"])
+            s_out = probed("student", self.student_forward, x, k)
+            outs = [probed("teacher" if len(self.teachers) == 1 else f"teacher {i}", self.member_tap(i), x, k)
+                    for i in range(len(self.teacher_taps))]
         self.student.train(was_training)
-        outs = self.teacher_outputs(probe["image"]) if self.teacher_taps else []
         members = [SetupContext(student_out=s_out, teacher_out=o, teacher=self.teachers[i],
                                 teacher_tap=self.member_tap(i), **ctx_kwargs) for i, o in enumerate(outs)]
         for key, term in self.terms.items():
@@ -201,6 +203,26 @@ class Distiller(nn.Module):
         self._last_step = None
         for name in self._after_step:
             self.terms[name].after_step(student, self.teacher_for(name, outs), batch)
+
+
+def probed(role: str, forward, x: torch.Tensor, num_classes: int) -> dict:
+    """``forward(x)`` on a batch of the data, refused with the fix when the model cannot take its images or
+    scores another number of classes than the data have."""
+    try:
+        out = forward(x)
+    except RuntimeError as e:
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        raise ConfigError(f"the {role} cannot run on the data: on a batch of shape {tuple(x.shape)} ({x.shape[1]} "
+                          f"channel(s), {x.shape[2]}x{x.shape[3]} pixels, before the {role}'s view) it failed with "
+                          f"'{e}'. Give the model an input layer for these images, or a view that makes them fit "
+                          f"({role}.view)") from e
+    width = out["logits"].shape[-1]
+    if width != num_classes:
+        raise ConfigError(f"the {role} scores {width} classes but the data have {num_classes}: give it a "
+                          f"classifier of {num_classes} outputs (a {role} trained on other classes cannot be "
+                          "distilled from as it is), or set data.num_classes if the data's count is wrong")
+    return out
 
 
 def _detached(out):
