@@ -110,3 +110,21 @@ def test_long_recipe_names_wrap_upright_and_the_axis_names_the_split():
     assert all(label.get_rotation() == 0 for label in labels)
     assert labels[0].get_text().count("\n") >= 3 and "num_n\negatives" not in labels[0].get_text()
     assert ax.get_ylabel().startswith("held-out top-1 (%)")
+
+
+def test_plot_writes_where_it_says_and_refuses_a_path_that_cannot_be_a_file(tmp_path, capsys):
+    from wdistill.cli import main
+
+    run = _fake_run(tmp_path)
+    assert main(["plot", str(run), "-o", str(tmp_path / "curves")]) == 0  # no suffix: a PNG, and said so
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'curves.png'}"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(run), "-o", str(tmp_path / "curves.svg")]) == 0
+    assert (tmp_path / "curves.svg").read_text().lstrip().startswith("<?xml")
+    (tmp_path / "file").write_text("")
+    assert main(["plot", str(run), "-o", str(tmp_path / "file" / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {tmp_path / 'file' / 'c.png'}: {tmp_path / 'file'} is a file, not a "
+                          "directory"), err
+    assert main(["plot", str(run), "-o", str(tmp_path)]) == 0  # a directory: the chart goes in it
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'curves.png'}"

@@ -34,8 +34,9 @@ RUN_FILE_NAMES = {"student.pt", "last.pt", "best.pt", "summary.json", "config.ya
 # Size limits and their listed exceptions: path (or path::function) -> reason.
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 300, 60
 SIZE_EXCEPTIONS: dict[str, str] = {}
-WRITERS = {"atomic_save", "atomic_write_text", "write_text", "write_bytes", "mkdir", "save", "save_file", "unlink",
-           "rmtree", "copy", "copyfile", "replace", "rename", "touch", "write_student", "savefig"}
+WRITERS = {"atomic_save", "atomic_write_text", "atomic_write_bytes", "write_text", "write_bytes", "mkdir", "save",
+           "save_file", "unlink", "rmtree", "copy", "copyfile", "replace", "rename", "touch", "write_student",
+           "savefig"}
 
 
 def _sources(*roots: Path):

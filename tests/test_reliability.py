@@ -304,6 +304,36 @@ def test_training_steps_do_not_sync_with_the_host(tmp_path, teacher_ckpt, monkey
 
 # ---- atomic writes ---------------------------------------------------------------------------
 
+def test_atomic_writes_leave_the_permissions_a_plain_write_leaves(tmp_path):
+    """mkstemp's temporary file is the owner's alone (0600); what it is renamed to must carry what
+    ``open(path, "w")`` gives: 0666 less the umask for a new file, the old file's mode for a replaced one."""
+    import stat
+
+    from wdistill import io as _io
+    before = os.umask(0o027)
+    try:
+        (tmp_path / "plain.txt").write_text("x")
+        _io.atomic_write_text("x", tmp_path / "atomic.txt")
+        _io.atomic_save({"w": torch.ones(1)}, tmp_path / "sub" / "atomic.pt")
+    finally:
+        os.umask(before)
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*.*")}
+    assert mode == {"plain.txt": 0o640, "atomic.txt": 0o640, "atomic.pt": 0o640}
+    (tmp_path / "atomic.txt").chmod(0o604)
+    _io.atomic_write_text("y", tmp_path / "atomic.txt")
+    assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == 0o604
+
+
+def test_a_path_that_cannot_be_a_file_is_refused_naming_it(tmp_path):
+    from wdistill import io as _io
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=f"cannot write {tmp_path / 'f' / 'x' / 'y.pt'}: {tmp_path / 'f'} is a "
+                                          "file, not a directory"):
+        _io.atomic_save({"w": torch.ones(1)}, tmp_path / "f" / "x" / "y.pt")
+    with pytest.raises(ConfigError, match=f"cannot write {tmp_path}: it is a directory"):
+        _io.atomic_write_text("x", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
 @pytest.mark.parametrize("stage", ["save", "fsync", "replace"])
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch, stage):
     from wdistill import io as _io

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from wdistill.errors import FileLoadError, StorageError
+from wdistill.errors import ConfigError, FileLoadError, StorageError
 
 
 def safe_load(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint", fix: str = ""):
@@ -119,16 +120,42 @@ def storage_errors(path: str | os.PathLike, needed: int):
         raise err from None
 
 
+def _plain_mode(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` leaves: the old file's, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        pass
+    try:  # the umask without setting it (Linux 4.7+): os.umask() would change it for every thread a moment
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def check_file_path(path: Path) -> None:
+    """ConfigError when ``path`` cannot name a file: it is a directory, or a parent of it is a file."""
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a directory; give the path of a file (in it, or beside it)")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: {parent} is a file, not a directory; choose another path")
+
+
 def _atomic_write(path: str | os.PathLike, mode: str, write, needed: int = 0) -> None:
     """``write(f)`` into a temporary file in ``path``'s directory, fsync, then rename over ``path``:
     a reader (or a crash) sees the old file or the new one, never a partial one. A failure for want
     of room raises :class:`StorageError` (``needed``: the bytes the file takes, for its message)."""
     path = Path(path)
+    check_file_path(path)
     tmp = None
     with storage_errors(path, needed):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.fchmod(fd, _plain_mode(path))  # mkstemp's file is the owner's alone (0600)
             with os.fdopen(fd, mode) as f:
                 write(f)
                 f.flush()
@@ -142,6 +169,11 @@ def _atomic_write(path: str | os.PathLike, mode: str, write, needed: int = 0) ->
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save ``obj`` to ``path`` atomically."""
     _atomic_write(path, "wb", lambda f: torch.save(obj, f), nbytes(obj))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic_write(path, "wb", lambda f: f.write(data), len(data))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:

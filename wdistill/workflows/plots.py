@@ -2,6 +2,7 @@
 chart of the demo and the benchmarks."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import textwrap
@@ -13,6 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from wdistill.engine import rundir
+from wdistill.io import atomic_write_bytes
 from wdistill.losses.wkd.decay import decay_start_epoch
 
 
@@ -63,12 +65,18 @@ def decay_spans(cfg: dict) -> list[tuple[str, float, int]]:
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Two panels: every weighted loss term (``train_<term>``) and the total per epoch (log scale),
     and train/test top-1 per epoch; titled from the run's config, with WKD's weight decay marked.
-    Written to ``output`` (default ``RUN_DIR/curves.png``)."""
-    fig = curves_figure(run_dir)
-    out = Path(output) if output else Path(run_dir) / "curves.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    Written to ``output`` (a file, or a directory to hold ``curves.png``; default ``RUN_DIR/curves.png``)."""
+    out = Path(output or run_dir)
+    return save_figure(curves_figure(run_dir), out / "curves.png" if out.is_dir() else out, dpi=110)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
+    """``fig`` written atomically to ``path`` in the format its suffix names (PNG without one, as ``.png``)."""
+    path = path if path.suffix else path.with_name(path.name + ".png")
+    data = io.BytesIO()
+    fig.savefig(data, format=path.suffix[1:].lower(), dpi=dpi)
+    atomic_write_bytes(data.getvalue(), path)
+    return path
 
 
 def curves_figure(run_dir: str | Path):
@@ -151,11 +159,7 @@ def row_kind(name: str) -> str:
 def leaderboard_chart(rows: list[dict], path: str | Path, title: str, note: str,
                       ylabel: str = "test top-1 (%)") -> Path:
     """:func:`leaderboard_figure` written to ``path`` (PNG)."""
-    fig = leaderboard_figure(rows, title, note, ylabel)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(leaderboard_figure(rows, title, note, ylabel), Path(path), dpi=120)
 
 
 def leaderboard_figure(rows: list[dict], title: str, note: str, ylabel: str = "test top-1 (%)"):
