@@ -92,3 +92,34 @@ def test_recorded_data_is_yaml_plain(run):
     state = torch.load(run / "student.pt", weights_only=True)
     assert yaml.safe_load(yaml.safe_dump(state["data"])) == state["data"]
     assert state["data"]["test_subset"] == TEST_N
+
+
+FACTORY = """import torch.nn as nn
+def make(num_classes):
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+"""
+
+
+def test_a_student_built_in_python_is_refused_with_the_fix_and_the_fix_works(tmp_path, capsys, monkeypatch):
+    """A model handed to wdistill.distill() records only its class name: eval and probe say how to score it
+    (before any data loads), and the fix they name, a factory given with --model, scores it."""
+    import wdistill
+    from wdistill.data import bundled_sample
+
+    (tmp_path / "usernet.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usernet
+
+    torch.manual_seed(0)
+    train, test = bundled_sample("train").subset(slice(0, 64)), bundled_sample("test").subset(slice(0, TEST_N))
+    summary = wdistill.distill(usernet.make(10), None, train, test, epochs=1, out_dir=str(tmp_path), name="user",
+                               train={"progress": False})
+    for command in (["eval", tmp_path / "user"], ["probe", tmp_path / "user"]):
+        capsys.readouterr()
+        assert cli.main([*map(str, command)]) == 2
+        err = capsys.readouterr().err
+        assert "records the student model 'Sequential'" in err and "--model pkg.module:factory" in err, err
+        assert f"wdistill.models.load_checkpoint(model, '{tmp_path / 'user' / 'student.pt'}')" in err, err
+    rc, scored = _eval(capsys, tmp_path / "user", "--model", "usernet:make", "--subset", TEST_N)  # the run's images
+    assert rc == 0 and scored["top1"] == pytest.approx(summary["final_top1"]), scored

@@ -171,6 +171,17 @@ def check_models(cfg: RunConfig, student: bool = True, teachers: bool = True) ->
         check_teacher_needs(cfg)
 
 
+def check_buildable(arch: str, path) -> None:
+    """ConfigError unless ``arch``, recorded by checkpoint ``path``, names a model the command line can build."""
+    if ":" in arch or arch in models.available():
+        return
+    raise ConfigError(f"{path} records the student model {arch!r}, which is not a zoo name nor a timm:, "
+                      "torchvision: or pkg.module:factory spec, so the command line cannot build it. A model handed "
+                      "to wdistill.distill() in Python records only its class name: load the weights into your "
+                      f"model in Python (wdistill.models.load_checkpoint(model, '{path}')), or give `wdistill eval` a "
+                      "function that builds it (--model pkg.module:factory). `wdistill list` names the zoo models")
+
+
 def check_config(cfg: RunConfig) -> list[str]:
     """Checks beyond the schema that need no training: model names, loss terms and their parameters,
     teacher checkpoints. Returns what was checked; raises ConfigError naming the problem and fix."""

@@ -30,7 +30,7 @@ from wdistill.config import RunConfig
 from wdistill.data.build import build_loaders
 from wdistill.data.views import View
 from wdistill.engine import Trainer, rundir
-from wdistill.engine.build import resolve_device
+from wdistill.engine.build import check_buildable, resolve_device
 from wdistill.errors import ConfigError
 from wdistill.io import atomic_write_text, load_dict
 from wdistill.models import FeatureTap
@@ -96,6 +96,7 @@ def linear_probe(run_dir: str | Path, l2: float = 1e-4, which: str | None = None
     cfg = rundir.run_config(run_dir)
     path, _ = rundir.resolve_checkpoint(run_dir, which)
     sd, _, arch, kwargs = rundir.student_weights(load_dict(path, "cpu", what="student checkpoint"))
+    check_buildable(arch or cfg.student.model, path)
     dev = resolve_device(device)
     data = build_loaders(cfg.data, seed=cfg.run.seed, device=dev, log=lambda m: None)
     model = models.create(arch or cfg.student.model, data.num_classes, data.channels,

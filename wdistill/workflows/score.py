@@ -26,7 +26,7 @@ from wdistill.data.registry import DETECTION_DATASETS
 from wdistill.data.samples import FolderImages
 from wdistill.data.views import View, Viewed
 from wdistill.engine import evaluate, rundir
-from wdistill.engine.build import resolve_device
+from wdistill.engine.build import check_buildable, resolve_device
 from wdistill.errors import ConfigError
 from wdistill.io import load_dict
 from wdistill.models.weights import read_checkpoint
@@ -123,6 +123,8 @@ def score(checkpoint: str | Path, which: str | None = None, data: str | None = N
         raise ConfigError(
             f"{path} does not record its architecture: pass --model NAME (`wdistill list` names the models)"
         )
+    if model is None:  # a name the caller gives is checked as it is built, with the closest zoo names
+        check_buildable(arch, path)
     test, data_desc, crop = _test_data(checkpoint, data, root, cfg, source)
     if subset:
         test = test.subset(slice(0, subset))
