@@ -113,7 +113,8 @@ def test_models_and_labels_that_do_not_fit_the_data_are_refused_with_the_fix(tmp
         (TinyNet(8), TinyNet(8, classes=5), "the teacher scores 5 classes but the data have 10: give it a classifier "
                                             "of 10 outputs"),
         (TinyNet(8), [TinyNet(8), TinyNet(8, classes=5)], "the teacher 1 scores 5 classes"),
-        (TinyNet(8, classes=11), TinyNet(8), "the student scores 11 classes but the data have 10"),
+        (TinyNet(8, classes=11), TinyNet(8), "the student scores 11 classes but the data have 10: give it a "
+                                             r"classifier of 10 outputs, or set data=\{'num_classes': ...\}"),
         (TinyNet(8, channels=3), TinyNet(8), r"the student cannot run on the data: on a batch of shape \(64, 1, 28, "
                                              r"28\) \(1 channel\(s\), 28x28 pixels.*expected input.*3 channels"),
         (TinyNet(8), "resnet20", "the teacher must be a torch.nn.Module, got the str 'resnet20'"),

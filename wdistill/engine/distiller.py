@@ -142,9 +142,11 @@ class Distiller(nn.Module):
         was_training, x, k = self.student.training, probe["image"], ctx_kwargs["num_classes"]
         self.student.eval()
         with torch.no_grad():
-            s_out = probed("student", self.student_forward, x, k)
-            outs = [probed("teacher" if len(self.teachers) == 1 else f"teacher {i}", self.member_tap(i), x, k)
-                    for i in range(len(self.teacher_taps))]
+            s_out = probed("student", "student", self.student_forward, x, k)
+            outs = []
+            for i in range(len(self.teachers)):
+                role, key = ("teacher", "teacher") if len(self.teachers) == 1 else (f"teacher {i}", f"teachers.{i}")
+                outs.append(probed(role, key, self.member_tap(i), x, k))
         self.student.train(was_training)
         members = [SetupContext(student_out=s_out, teacher_out=o, teacher=self.teachers[i],
                                 teacher_tap=self.member_tap(i), **ctx_kwargs) for i, o in enumerate(outs)]
@@ -205,9 +207,9 @@ class Distiller(nn.Module):
             self.terms[name].after_step(student, self.teacher_for(name, outs), batch)
 
 
-def probed(role: str, forward, x: torch.Tensor, num_classes: int) -> dict:
+def probed(role: str, key: str, forward, x: torch.Tensor, num_classes: int) -> dict:
     """``forward(x)`` on a batch of the data, refused with the fix when the model cannot take its images or
-    scores another number of classes than the data have."""
+    scores another number of classes than the data have (``key``: the model's config section)."""
     try:
         out = forward(x)
     except RuntimeError as e:
@@ -216,12 +218,13 @@ def probed(role: str, forward, x: torch.Tensor, num_classes: int) -> dict:
         raise ConfigError(f"the {role} cannot run on the data: on a batch of shape {tuple(x.shape)} ({x.shape[1]} "
                           f"channel(s), {x.shape[2]}x{x.shape[3]} pixels, before the {role}'s view) it failed with "
                           f"'{e}'. Give the model an input layer for these images, or a view that makes them fit "
-                          f"({role}.view)") from e
+                          f"({key}.view)") from e
     width = out["logits"].shape[-1]
     if width != num_classes:
+        trained = " (a teacher trained on other classes cannot be distilled from as it is)" * (key != "student")
         raise ConfigError(f"the {role} scores {width} classes but the data have {num_classes}: give it a "
-                          f"classifier of {num_classes} outputs (a {role} trained on other classes cannot be "
-                          "distilled from as it is), or set data.num_classes if the data's count is wrong")
+                          f"classifier of {num_classes} outputs{trained}, or set data.num_classes if the data's "
+                          "count is wrong")
     return out
 
 
