@@ -315,10 +315,11 @@ def test_atomic_writes_leave_the_permissions_a_plain_write_leaves(tmp_path):
         (tmp_path / "plain.txt").write_text("x")
         _io.atomic_write_text("x", tmp_path / "atomic.txt")
         _io.atomic_save({"w": torch.ones(1)}, tmp_path / "sub" / "atomic.pt")
+        models.save_student_safetensors({"w": torch.ones(1)}, tmp_path / "student.safetensors", {"arch": "x"})
     finally:
         os.umask(before)
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*.*")}
-    assert mode == {"plain.txt": 0o640, "atomic.txt": 0o640, "atomic.pt": 0o640}
+    assert mode == {"plain.txt": 0o640, "atomic.txt": 0o640, "atomic.pt": 0o640, "student.safetensors": 0o640}
     (tmp_path / "atomic.txt").chmod(0o604)
     _io.atomic_write_text("y", tmp_path / "atomic.txt")
     assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == 0o604

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
-from wdistill.io import nbytes, safe_load, storage_errors
+from wdistill.io import atomic_write_bytes, safe_load
 
 _WRAPPER_KEYS = ("model", "state_dict")
 
@@ -78,19 +77,8 @@ def save_student_safetensors(state_dict: dict[str, torch.Tensor], path: str | os
         seen.add(key)
         tensors[k] = v
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items() if v is not None}
-    path = Path(path)
-    tmp = None
-    with storage_errors(path, nbytes(tensors)):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-    return path
+    atomic_write_bytes(save(tensors, metadata=metadata), path)
+    return Path(path)
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
