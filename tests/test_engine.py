@@ -208,6 +208,9 @@ def test_cli_train_eval_export_and_errors(tmp_path, capsys):
     exported = torch.load(run / "student_last.pt", weights_only=False)
     m = models.create("resnet8", 10, 1)
     m.load_state_dict(exported["model"], strict=True)
+    (tmp_path / "out").mkdir()
+    assert cli.main(["export", str(run), "-o", str(tmp_path / "out")]) == 0  # a directory: the file goes in it
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["student_best.pt", "student_best.safetensors"]
     assert cli.main(["distill", str(cfg_path)]) == 2
     assert "needs a 'teacher:' section" in capsys.readouterr().err
 

@@ -44,5 +44,7 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_demo)
     p = sub.add_parser("plot", help="training curves of a run (loss terms, train/test top-1) as a PNG")
     p.add_argument("run_dir")
-    p.add_argument("-o", "--output", default=None, help="default RUN_DIR/curves.png")
+    p.add_argument("-o", "--output", default=None,
+                   help="a file (PNG, or the format its suffix names), or a directory to hold curves.png "
+                        "(default: RUN_DIR)")
     p.set_defaults(func=cmd_plot)

@@ -105,7 +105,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("export", help="write the student-only weights of a run (.pt and .safetensors)")
     s.add_argument("run_dir")
     s.add_argument("--which", choices=["best", "last"], default="best")
-    s.add_argument("-o", "--output", default=None, help="default RUN_DIR/student_<which>.pt")
+    s.add_argument("-o", "--output", default=None,
+                   help="a file, or a directory to hold student_<which>.pt (default: RUN_DIR)")
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("cost-matrix", help="build the WKD-L category cost from a trained teacher")
     add_config_args(s, "a run config with a teacher section and the training data")

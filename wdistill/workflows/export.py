@@ -12,8 +12,8 @@ from wdistill.io import load_dict
 
 
 def export_run(run_dir: str | Path, which: str = "best", output: str | Path | None = None) -> tuple[Path, dict]:
-    """Write the student weights of ``run_dir/<which>.pt`` to ``output`` (default
-    ``RUN_DIR/student_<which>.pt``); returns (path, record)."""
+    """Write the student weights of ``run_dir/<which>.pt`` to ``output`` (a file, or a directory to hold
+    ``student_<which>.pt``; default ``RUN_DIR``); returns (path, record)."""
     run = Path(run_dir)
     source = run / rundir.WHICH[which]
     state = load_dict(source, what="run checkpoint")
@@ -27,6 +27,7 @@ def export_run(run_dir: str | Path, which: str = "best", output: str | Path | No
         nc, ch = models.io_shape(arch or cfg.student.model, kwargs, sd)
     metrics = state["history"][-1] if state.get("history") else {}
     record = rundir.student_record(cfg, nc, ch, metrics)
-    out = Path(output) if output else run / f"student_{which}.pt"
+    out = Path(output or run)
+    out = out / f"student_{which}.pt" if out.is_dir() else out
     rundir.write_student(out, sd, record)
     return out, record
