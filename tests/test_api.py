@@ -130,3 +130,9 @@ def test_models_and_labels_that_do_not_fit_the_data_are_refused_with_the_fix(tmp
         wdistill.distill(TinyNet(8), TinyNet(8), Relabelled(train, 0, 0), Relabelled(test, 7, 10), name="labels",
                          batch_size=16, data={"num_classes": 10, "loader": "stream"}, **run)
     assert not (tmp_path / "labels" / "last.pt").exists()
+    # One-hot labels: refused as labels, on either path, before anything is read as a bad image.
+    for loader, where in (("stream", "Relabelled"), ("memory", "train")):
+        with pytest.raises(ConfigError, match=rf"{where}\[0\] label: a label must be one class index, got an array "
+                                              r"of shape \(10,\) \(one-hot"):
+            wdistill.distill(TinyNet(8), None, Relabelled(train, 0, torch.eye(10)[3]), Relabelled(test, 0, 0),
+                             name=f"onehot-{loader}", batch_size=16, data={"num_classes": 10, "loader": loader}, **run)

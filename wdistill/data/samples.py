@@ -20,6 +20,7 @@ convert to RGB with a loss.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import signal
 import threading
@@ -112,7 +113,7 @@ class Keyed(Dataset):
                 if not (isinstance(item, (tuple, list)) and len(item) >= 2):
                     raise TypeError(f"dataset item {i} is a {type(item).__name__}: a dataset must return "
                                     "(image, target)")
-                return self.transform(item[0], seed), int(item[1])
+                return self.transform(item[0], seed), label_index(item[1])
             except Exception as e:
                 if attempt + 1 == READ_TRIES or not _transient(e):
                     raise
@@ -129,6 +130,15 @@ class Keyed(Dataset):
             except Exception as e:  # noqa: BLE001 - any failure to read one sample is reported, never raised
                 bad.append((j, describe(self.dataset, j), reason_of(e)))
         return None, -1, i, tuple(bad)
+
+
+def label_index(y) -> int:
+    """A label as a class index: an int, or an array or tensor holding one."""
+    shape = tuple(getattr(y, "shape", ()))
+    if shape and math.prod(shape) != 1:
+        raise ValueError(f"a label must be one class index, got an array of shape {shape} (one-hot or soft labels "
+                         "are not class indices: return y.argmax())")
+    return int(y)
 
 
 def collate(items):

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from wdistill.data.dataset import ImageDataset
+from wdistill.data.samples import label_index
 from wdistill.data.stream import to_tensor
 from wdistill.errors import ConfigError
 
@@ -88,7 +89,7 @@ def scan_targets(ds, workers: int = 0, progress: bool = True) -> torch.Tensor:
     """Labels by reading every item once (decoding included), in parallel workers."""
 
     loader = DataLoader(
-        ds, batch_size=256, num_workers=workers, collate_fn=lambda items: [int(y) for _, y, *_ in items]
+        ds, batch_size=256, num_workers=workers, collate_fn=lambda items: [label_index(y) for _, y, *_ in items]
     )
     labels = []
     for chunk in tqdm(
@@ -108,6 +109,10 @@ def probe_channels(ds) -> int:
     item = ds[0]
     if not (isinstance(item, (tuple, list)) and len(item) >= 2):
         raise ConfigError(f"{type(ds).__name__}[0] is a {type(item).__name__}: items must be (image, target)")
+    try:
+        label_index(item[1])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{type(ds).__name__}[0] label: {e}") from None
     try:
         return to_tensor(item[0]).shape[0]
     except (ValueError, TypeError) as e:
@@ -133,7 +138,10 @@ def materialize(ds, name: str, num_classes: int, mean=None, std=None, progress: 
                 "path needs one image size; use data.loader: stream with a crop"
             )
         images.append(x)
-        labels.append(int(y))
+        try:
+            labels.append(label_index(y))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{name}[{i}] label: {e}") from None
     c = images[0].shape[0]
     classes = tuple(str(c_) for c_ in getattr(ds, "classes", ()) or ())
     if len(classes) != num_classes:
