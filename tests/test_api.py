@@ -101,6 +101,20 @@ class Relabelled(torch.utils.data.Dataset):
         return image, self.label if i == self.bad else target
 
 
+class Padded(torch.utils.data.Dataset):
+    """The bundled images, every other one cropped to 24 x 24."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image, target = self.images[i]
+        return (image if i % 2 else image[:, 2:-2, 2:-2]), target
+
+
 def test_models_and_labels_that_do_not_fit_the_data_are_refused_with_the_fix(tmp_path):
     """Each refusal comes before the first training step, as a ConfigError that names the model or the item."""
     import pytest
@@ -130,6 +144,11 @@ def test_models_and_labels_that_do_not_fit_the_data_are_refused_with_the_fix(tmp
         wdistill.distill(TinyNet(8), TinyNet(8), Relabelled(train, 0, 0), Relabelled(test, 7, 10), name="labels",
                          batch_size=16, data={"num_classes": 10, "loader": "stream"}, **run)
     assert not (tmp_path / "labels" / "last.pt").exists()
+    # Images of two sizes, streamed through two worker processes: the items are named, not torch.stack's error.
+    with pytest.raises(ConfigError, match=r"the training split holds images of different sizes: item \d+ is "
+                                          r"\(1, 2[48], 2[48]\), item \d+ \(1, 2[48], 2[48]\).*random_resized_crop"):
+        wdistill.distill(TinyNet(8), None, Padded(train), Padded(test), name="sizes", batch_size=16,
+                         data={"num_classes": 10, "loader": "stream", "workers": 2}, **run)
     # One-hot labels: refused as labels, on either path, before anything is read as a bad image.
     for loader, where in (("stream", "Relabelled"), ("memory", "train")):
         with pytest.raises(ConfigError, match=rf"{where}\[0\] label: a label must be one class index, got an array "

@@ -142,12 +142,32 @@ def label_index(y) -> int:
 
 
 def collate(items):
-    """(images, targets, indices, bad samples of the batch, whether a sample found no replacement)."""
+    """(images, targets, indices, bad samples of the batch, whether a sample found no replacement). Images of
+    different sizes stay a list, for the main process to refuse (:func:`check_sizes`)."""
     bad = [b for item in items for b in item[3]]
     if any(item[0] is None for item in items):
         return None, None, None, bad, True
-    return (torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items]),
-            torch.tensor([item[2] for item in items]), bad, False)
+    images = [item[0] for item in items]
+    if len({x.shape for x in images}) == 1:
+        images = torch.stack(images)
+    return images, torch.tensor([item[1] for item in items]), torch.tensor([item[2] for item in items]), bad, False
+
+
+def check_sizes(images, index: torch.Tensor, what: str) -> None:
+    """ConfigError naming two items of a batch whose images differ in size (``collate`` left them a list)."""
+    if isinstance(images, list):
+        j = next(j for j, x in enumerate(images) if x.shape != images[0].shape)
+        raise ConfigError(f"{what} holds images of different sizes: item {int(index[0])} is {tuple(images[0].shape)}, "
+                          f"item {int(index[j])} {tuple(images[j].shape)}, and a batch needs one size. Crop them "
+                          "(data.random_resized_crop, the side in pixels: evaluation takes the centre crop) or resize "
+                          "them in the Dataset")
+
+
+def check_batch(images, targets: torch.Tensor, index: torch.Tensor, num_classes: int | None, what: str) -> None:
+    """A batch from :func:`collate` (host tensors): its images of one size, its labels class indices."""
+    check_sizes(images, index, what)
+    if num_classes is not None:
+        check_labels(targets, index, num_classes, what)
 
 
 def check_labels(targets: torch.Tensor, index: torch.Tensor, num_classes: int, what: str) -> None:

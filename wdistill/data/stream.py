@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 
 from wdistill.data.augment import center_crop, crop_flip, fallback_box, resized_crop_flip
-from wdistill.data.samples import Keyed, bad_message, check_labels, collate, ignore_signals, workers_start_shielded
+from wdistill.data.samples import Keyed, bad_message, check_batch, collate, ignore_signals, workers_start_shielded
 from wdistill.errors import BadImages
 
 
@@ -277,8 +277,7 @@ class StreamLoader:
                 continue
             if bad:
                 self._met_bad(bad)
-            if self.num_classes is not None:  # on the host copy: no device sync
-                check_labels(targets, index, self.num_classes, self.what)
+            check_batch(images, targets, index, self.num_classes, self.what)  # on the host copies: no device sync
             x = images.to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:
                 x = x.float()
