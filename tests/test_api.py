@@ -145,8 +145,9 @@ def test_models_and_labels_that_do_not_fit_the_data_are_refused_with_the_fix(tmp
                          batch_size=16, data={"num_classes": 10, "loader": "stream"}, **run)
     assert not (tmp_path / "labels" / "last.pt").exists()
     # Images of two sizes, streamed through two worker processes: the items are named, not torch.stack's error.
-    with pytest.raises(ConfigError, match=r"the training split holds images of different sizes: item \d+ is "
-                                          r"\(1, 2[48], 2[48]\), item \d+ \(1, 2[48], 2[48]\).*random_resized_crop"):
+    with pytest.raises(ConfigError, match=r"the training split holds images of different shapes \(channels, height, "
+                                          r"width\): item \d+ is \(1, 2[48], 2[48]\), item \d+ \(1, 2[48], 2[48]\)"
+                                          r".*random_resized_crop"):
         wdistill.distill(TinyNet(8), None, Padded(train), Padded(test), name="sizes", batch_size=16,
                          data={"num_classes": 10, "loader": "stream", "workers": 2}, **run)
     # One-hot labels: refused as labels, on either path, before anything is read as a bad image.

@@ -143,7 +143,7 @@ def label_index(y) -> int:
 
 def collate(items):
     """(images, targets, indices, bad samples of the batch, whether a sample found no replacement). Images of
-    different sizes stay a list, for the main process to refuse (:func:`check_sizes`)."""
+    different shapes stay a list, for the main process to refuse (:func:`check_sizes`)."""
     bad = [b for item in items for b in item[3]]
     if any(item[0] is None for item in items):
         return None, None, None, bad, True
@@ -154,13 +154,13 @@ def collate(items):
 
 
 def check_sizes(images, index: torch.Tensor, what: str) -> None:
-    """ConfigError naming two items of a batch whose images differ in size (``collate`` left them a list)."""
+    """ConfigError naming two items of a batch whose images differ in shape (``collate`` left them a list)."""
     if isinstance(images, list):
         j = next(j for j, x in enumerate(images) if x.shape != images[0].shape)
-        raise ConfigError(f"{what} holds images of different sizes: item {int(index[0])} is {tuple(images[0].shape)}, "
-                          f"item {int(index[j])} {tuple(images[j].shape)}, and a batch needs one size. Crop them "
-                          "(data.random_resized_crop, the side in pixels: evaluation takes the centre crop) or resize "
-                          "them in the Dataset")
+        raise ConfigError(f"{what} holds images of different shapes (channels, height, width): item {int(index[0])} "
+                          f"is {tuple(images[0].shape)}, item {int(index[j])} {tuple(images[j].shape)}, and a batch "
+                          "needs one. Crop them (data.random_resized_crop, the side in pixels: evaluation takes the "
+                          "centre crop), or resize them and give them one colour mode in the Dataset")
 
 
 def check_batch(images, targets: torch.Tensor, index: torch.Tensor, num_classes: int | None, what: str) -> None:
