@@ -54,8 +54,14 @@ _CHECKPOINT_SOURCES = {  # first matching prefix wins
 }
 
 
-def missing_checkpoint(section, role: str) -> str | None:
-    """What is wrong with ``section.checkpoint`` and where the file comes from, or None if it exists."""
+def checkpoint_problem(section, role: str) -> str | None:
+    """What is wrong with ``section.checkpoint`` (a file that does not exist, and where it comes from; a teacher
+    without one), or None."""
+    if not section.checkpoint and role == "teacher":
+        return (f"teacher {section.model!r} has no checkpoint: train one first (`wdistill train CONFIG`) and set "
+                "teacher.checkpoint=RUN_DIR/student.pt")
+    if not section.checkpoint:
+        return None
     path = models.resolve_path(section.checkpoint)
     if path.is_file():
         return None
@@ -65,10 +71,6 @@ def missing_checkpoint(section, role: str) -> str | None:
     return f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: {hint}"
 
 
-NO_TEACHER_CHECKPOINT = ("teacher {model!r} has no checkpoint: train one first (`wdistill train CONFIG`) and set "
-                         "teacher.checkpoint=RUN_DIR/student.pt")
-
-
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
     """A zoo name, ``timm:<name>``, ``torchvision:<name>`` or ``pkg.module:factory`` (see
     ``wdistill.models.create``), with its checkpoint (``cache:`` paths resolve into wdistill's cache)."""
@@ -76,17 +78,14 @@ def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Mo
         model = models.create(section.model, num_classes, in_channels, section.pretrained, **section.kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{role}.model: {e}") from None
+    problem = checkpoint_problem(section, role)
+    if problem:
+        raise ConfigError(problem)
     if section.checkpoint:
-        path = models.resolve_path(section.checkpoint)
-        problem = missing_checkpoint(section, role)
-        if problem:
-            raise ConfigError(problem)
         try:
-            models.load_checkpoint(model, path)
+            models.load_checkpoint(model, models.resolve_path(section.checkpoint))
         except ValueError as e:
             raise ConfigError(f"{role}.checkpoint: {e}") from None
-    elif role == "teacher":
-        raise ConfigError(NO_TEACHER_CHECKPOINT.format(model=section.model))
     return model
 
 
@@ -162,11 +161,9 @@ def check_models(cfg: RunConfig, student: bool = True, teachers: bool = True) ->
         if section.model.startswith(DETECTOR_PREFIX) and backbone not in DETECTOR_BACKBONES:
             raise ConfigError(f"{role}.model {section.model!r}: detectors are detection:<backbone> with backbone "
                               f"one of {', '.join(DETECTOR_BACKBONES)}")
-        problem = missing_checkpoint(section, role) if section.checkpoint else None
+        problem = checkpoint_problem(section, role)
         if problem:
             raise ConfigError(problem)
-        if role == "teacher" and not section.checkpoint:
-            raise ConfigError(NO_TEACHER_CHECKPOINT.format(model=section.model))
     if teachers:
         check_teacher_needs(cfg)
 
