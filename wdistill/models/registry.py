@@ -16,8 +16,6 @@ turns them into ConfigErrors).
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
 import os
 from functools import lru_cache
 from typing import Callable
@@ -26,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from wdistill.models.detection import create_detector
+from wdistill.models.libraries import LIBRARIES, factory_model, timm_model, torchvision_model
 from wdistill.models.weights import (
     examples,
     extract_state_dict,
@@ -37,7 +36,6 @@ from wdistill.models.weights import (
     strip_module,
 )
 
-LIBRARIES = ("timm", "torchvision")
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -82,77 +80,6 @@ def kind_of(spec: str) -> str:
     return "zoo"
 
 
-def _import_library(lib: str):
-    try:
-        return importlib.import_module(lib)
-    except ImportError as e:
-        raise ValueError(
-            f"model '{lib}:...' needs the {lib} package, which is not importable here ({e}). Install torch "
-            f"first, then `pip install 'wdistill[{lib}]'` (the extra never replaces your torch; it must "
-            f"be a {lib} release built for your torch version)") from None
-    except Exception as e:  # e.g. a torchvision built for another torch: "operator torchvision::nms does not exist"
-        raise ValueError(f"importing {lib} failed ({type(e).__name__}: {e}); this usually means {lib} was "
-                         "built for another torch version: install the release that matches your torch") from None
-
-
-def _timm(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
-    timm = _import_library("timm")
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name}*")[:5]
-        raise ValueError(f"timm has no model {name!r}" + (f" (similar: {', '.join(close)})" if close else ""))
-    kwargs = dict(kwargs)
-    for key, value in (("in_chans", in_channels), ("num_classes", num_classes)):  # timm's own spelling, accepted
-        given = kwargs.pop(key, value)
-        if given != value:
-            raise ValueError(f"timm:{name} kwargs {key}={given} but the data have {value} "
-                             f"{'channels' if key == 'in_chans' else 'classes'}: drop {key} from the kwargs (wdistill "
-                             "sets it from the data) or use data that match")
-    # pretrained=False: weights come only from a local file (load_pretrained), never from the hub.
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
-
-
-def _torchvision(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
-    tv = _import_library("torchvision")
-    names = tv.models.list_models(module=tv.models)
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        raise ValueError(f"torchvision has no classification model {name!r}"
-                         + (f" (did you mean {', '.join(close)}?)" if close else ""))
-    if in_channels != 3:
-        raise ValueError(f"torchvision:{name} takes 3-channel images, the data has {in_channels}: "
-                         "use a timm model (in_chans adapts the stem) or a factory")
-    return tv.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-
-
-def _factory(spec: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        missing = getattr(e, "name", None) or module_name
-        extra = f" (`pip install 'wdistill[{missing}]'`)" if missing in LIBRARIES else ""
-        raise ValueError(f"model {spec!r}: cannot import module {module_name!r} ({e}). Install the package "
-                         f"that provides {missing!r}{extra}, or put the module on PYTHONPATH") from None
-    fn = getattr(module, attr, None) if attr else None
-    if not callable(fn):
-        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-        raise ValueError(f"model {spec!r}: module {module_name!r} has no callable {attr!r} "
-                         f"(its callables: {', '.join(public[:10]) or 'none'})")
-    # Pass num_classes / in_channels only to factories that accept them.
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    auto = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
-            if (k in params or takes_any) and k not in kwargs}
-    try:
-        model = fn(**auto, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {spec!r}: calling {attr}(**{sorted({**auto, **kwargs})}) failed: {e}; "
-                         "fix model kwargs") from None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model {spec!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
 def create(spec: str, num_classes: int = 100, in_channels: int = 3, pretrained: str | bool | None = None,
            **kwargs) -> nn.Module:
     """The model ``spec`` names, for ``num_classes`` outputs and ``in_channels`` input planes;
@@ -167,13 +94,13 @@ def create(spec: str, num_classes: int = 100, in_channels: int = 3, pretrained: 
     if kind == "zoo":
         model = _zoo(spec, num_classes, in_channels, kwargs)
     elif kind == "timm":
-        model = _timm(spec[len("timm:"):], num_classes, in_channels, kwargs)
+        model = timm_model(spec[len("timm:"):], num_classes, in_channels, kwargs)
     elif kind == "torchvision":
-        model = _torchvision(spec[len("torchvision:"):], num_classes, in_channels, kwargs)
+        model = torchvision_model(spec[len("torchvision:"):], num_classes, in_channels, kwargs)
     elif kind == DETECTION:  # its pretrained weights are the backbone's, loaded by the builder
         return create_detector(spec[len("detection:"):], num_classes, in_channels, pretrained, kwargs)
     else:
-        model = _factory(spec, num_classes, in_channels, kwargs)
+        model = factory_model(spec, num_classes, in_channels, kwargs)
     if pretrained:
         load_pretrained(model, pretrained_path(spec, pretrained, kind if kind in LIBRARIES else None))
     return model
