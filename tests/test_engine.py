@@ -58,8 +58,8 @@ def test_unknown_model_method_and_parameter(tmp_path, teacher_ckpt):
 
 
 def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkeypatch):
-    """A typo in a model name or a teacher's checkpoint is refused before the data loads (on a large image folder
-    in memory, minutes of decoding would come first)."""
+    """A typo in a model name (zoo or factory), a missing pretrained file or teacher checkpoint is refused before
+    the data loads (on a large image folder in memory, minutes of decoding would come first)."""
     def no_data(*args, **kwargs):
         raise AssertionError("the data loaded before the config's models were checked")
 
@@ -70,7 +70,11 @@ def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkey
              ({"teacher": {"model": "resnet14", "checkpoint": str(tmp_path / "none.pt")}, "loss": kd},
               "teacher.checkpoint .*none.pt.* does not exist"),
              ({"teacher": {"model": "resnet14"}, "loss": kd}, "teacher 'resnet14' has no checkpoint"),
-             ({"loss": kd}, "need a teacher")]
+             ({"loss": kd}, "need a teacher"),
+             ({"student": {"model": "no_such_pkg.nets:make"}}, "cannot import module 'no_such_pkg.nets'"),
+             ({"student": {"model": "wdistill.models:no_such_factory"}}, "has no callable 'no_such_factory'"),
+             ({"student": {"model": "resnet8", "pretrained": str(tmp_path / "none.pt")}},
+              "pretrained weights .*none.pt.* do not exist")]
     for over, message in cases:
         with pytest.raises(ConfigError, match=message):
             Trainer(load_config(_base(tmp_path, **over)))

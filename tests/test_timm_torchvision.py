@@ -95,6 +95,20 @@ def test_timm_own_in_chans_spelling_is_accepted_and_checked(tmp_path):
         Trainer(cfg)
 
 
+def test_library_model_names_are_checked_before_the_data_loads(tmp_path, monkeypatch):
+    """A timm: or torchvision: name that the library lacks is refused, with the closest names, before the
+    data loads (a large image folder in memory takes minutes to decode)."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data loaded before the config's models were checked")
+
+    monkeypatch.setattr("wdistill.engine.trainer.build_loaders", no_data)
+    for spec, message in (("timm:resnet19", "timm has no model 'resnet19'"),
+                          ("torchvision:resnet19", "torchvision has no classification model 'resnet19'.*resnet18")):
+        cfg = load_config({"run": {"out_dir": str(tmp_path)}, "student": {"model": spec}})
+        with pytest.raises(ConfigError, match=f"student.model: {message}"):
+            Trainer(cfg)
+
+
 def test_local_pretrained_file_and_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
     in1k = tv.models.resnet18(num_classes=1000)

@@ -121,7 +121,10 @@ HEADER = [
     "A run is one YAML file of the sections below; every key has a default except `student.model`. "
     "`key=value` arguments override any key (`optim.lr=0.1`, list items by index: `loss.1.T=2`). "
     "`wdistill config show CONFIG [overrides]` prints the resolved config with every default filled in; "
-    "`wdistill config check CONFIG` validates it (exit status 0, or 2 with the problem and its fix).",
+    "`wdistill config check CONFIG` validates it without reading the data (exit status 0, or 2 with the problem "
+    "and its fix). `train` and `auto` run the same checks before the data loads: the schema, every model name "
+    "(zoo names, the `timm:` and `torchvision:` names the installed library has, a factory's module and "
+    "callable), `pretrained` files, teacher checkpoints, and a teacher for the terms that need one.",
     "",
 ]
 KEYS = ("key", "type", "default", "meaning")

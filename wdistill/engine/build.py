@@ -148,15 +148,15 @@ def build_distiller(cfg: RunConfig, student: nn.Module, teachers: list[nn.Module
 
 def check_models(cfg: RunConfig, student: bool = True, teachers: bool = True) -> None:
     """Before the data loads, of the models built from the config (``student``/``teachers`` False: the caller
-    passes them): zoo names, detector backbones, teacher checkpoints; and a teacher for the terms that need one."""
+    passes them): model names (zoo, timm:, torchvision:, factories) and pretrained files, detector backbones,
+    teacher checkpoints; and a teacher for the terms that need one."""
     sections = ([("student", cfg.student)] if student else []) + [("teacher", s) for s in cfg.teacher_sections()
                                                                   if teachers]
     for role, section in sections:
-        if ":" not in section.model:  # timm:/torchvision:/factory names are checked when they are built
-            try:
-                models.check_zoo_name(section.model)
-            except ValueError as e:
-                raise ConfigError(f"{role}.model: {e}") from None
+        try:
+            models.check_spec(section.model, section.pretrained)
+        except ValueError as e:
+            raise ConfigError(f"{role}.model: {e}") from None
         backbone = section.model.removeprefix(DETECTOR_PREFIX)
         if section.model.startswith(DETECTOR_PREFIX) and backbone not in DETECTOR_BACKBONES:
             raise ConfigError(f"{role}.model {section.model!r}: detectors are detection:<backbone> with backbone "

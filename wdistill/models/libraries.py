@@ -24,11 +24,17 @@ def import_library(lib: str):
                          "built for another torch version: install the release that matches your torch") from None
 
 
-def timm_model(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+def _timm_having(name: str):
+    """The timm module, after checking it has model ``name``."""
     timm = import_library("timm")
     if name not in timm.list_models():
         close = timm.list_models(f"*{name}*")[:5]
         raise ValueError(f"timm has no model {name!r}" + (f" (similar: {', '.join(close)})" if close else ""))
+    return timm
+
+
+def timm_model(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    timm = _timm_having(name)
     kwargs = dict(kwargs)
     for key, value in (("in_chans", in_channels), ("num_classes", num_classes)):  # timm's own spelling, accepted
         given = kwargs.pop(key, value)
@@ -40,20 +46,27 @@ def timm_model(name: str, num_classes: int, in_channels: int, kwargs: dict) -> n
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
 
 
-def torchvision_model(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+def _torchvision_having(name: str):
+    """The torchvision module, after checking it has classification model ``name``."""
     tv = import_library("torchvision")
     names = tv.models.list_models(module=tv.models)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         raise ValueError(f"torchvision has no classification model {name!r}"
                          + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return tv
+
+
+def torchvision_model(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    tv = _torchvision_having(name)
     if in_channels != 3:
         raise ValueError(f"torchvision:{name} takes 3-channel images, the data has {in_channels}: "
                          "use a timm model (in_chans adapts the stem) or a factory")
     return tv.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 
-def factory_model(spec: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+def _factory_function(spec: str):
+    """The callable ``pkg.module:factory`` names, imported."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -67,6 +80,12 @@ def factory_model(spec: str, num_classes: int, in_channels: int, kwargs: dict) -
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise ValueError(f"model {spec!r}: module {module_name!r} has no callable {attr!r} "
                          f"(its callables: {', '.join(public[:10]) or 'none'})")
+    return fn
+
+
+def factory_model(spec: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    fn = _factory_function(spec)
+    attr = spec.partition(":")[2]
     # Pass num_classes / in_channels only to factories that accept them.
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
@@ -80,3 +99,15 @@ def factory_model(spec: str, num_classes: int, in_channels: int, kwargs: dict) -
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {spec!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def check_library_spec(kind: str, spec: str) -> None:
+    """ValueError, with the fix, unless ``spec`` (of ``kind`` 'timm', 'torchvision' or 'factory') names a model
+    that can be built: its library imports and has the name, or its module imports and has the callable."""
+    name = spec.partition(":")[2]
+    if kind == "timm":
+        _timm_having(name)
+    elif kind == "torchvision":
+        _torchvision_having(name)
+    else:
+        _factory_function(spec)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from wdistill.models.detection import create_detector
-from wdistill.models.libraries import LIBRARIES, factory_model, timm_model, torchvision_model
+from wdistill.models.libraries import LIBRARIES, check_library_spec, factory_model, timm_model, torchvision_model
 from wdistill.models.weights import (
     examples,
     extract_state_dict,
@@ -102,8 +102,28 @@ def create(spec: str, num_classes: int = 100, in_channels: int = 3, pretrained: 
     else:
         model = factory_model(spec, num_classes, in_channels, kwargs)
     if pretrained:
-        load_pretrained(model, pretrained_path(spec, pretrained, kind if kind in LIBRARIES else None))
+        load_pretrained(model, _pretrained_file(spec, kind, pretrained))
     return model
+
+
+def _pretrained_file(spec: str, kind: str, pretrained: str | bool):
+    return pretrained_path(spec, pretrained, kind if kind in LIBRARIES else None)
+
+
+def check_spec(spec: str, pretrained: str | bool | None = None) -> None:
+    """ValueError, with the fix, unless what ``create(spec, pretrained=pretrained)`` looks up exists: the zoo
+    name, the library and its model, the factory's module and callable, the pretrained file. Nothing is built;
+    what depends on the data (classes, channels, kwargs) is checked when the model is. ``detection:`` specs
+    are left to their builder."""
+    kind = kind_of(spec)
+    if kind == DETECTION:
+        return
+    if kind == "zoo":
+        check_zoo_name(spec)
+    else:
+        check_library_spec(kind, spec)
+    if pretrained:
+        _pretrained_file(spec, kind, pretrained)
 
 
 def io_shape(arch: str, kwargs: dict, sd: dict) -> tuple[int | None, int | None]:
