@@ -1,4 +1,6 @@
 """CLI commands beyond train/eval/export (those are in test_engine.py)."""
+import re
+
 import torch
 import yaml
 
@@ -31,6 +33,21 @@ def test_cost_matrix_without_teacher_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"student": {"model": "resnet8"}}))
     assert cli.main(["cost-matrix", str(tmp_path / "c.yaml")]) == 2
     assert "needs exactly one 'teacher:' section" in capsys.readouterr().err
+
+
+def test_cost_matrix_checks_the_teacher_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    """A missing teacher checkpoint or a typo'd teacher name is refused before the data loads."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data loaded before the teacher was checked")
+
+    monkeypatch.setattr("wdistill.workflows.cost_matrix.build_loaders", no_data)
+    for teacher, message in (({"model": "resnet8", "checkpoint": str(tmp_path / "none.pt")},
+                              "teacher.checkpoint .*none.pt.* does not exist"),
+                             ({"model": "resnet9", "checkpoint": str(tmp_path / "none.pt")},
+                              "teacher.model: unknown model 'resnet9'")):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"student": {"model": "resnet8"}, "teacher": teacher}))
+        assert cli.main(["cost-matrix", str(tmp_path / "c.yaml")]) == 2
+        assert re.search(message, capsys.readouterr().err)
 
 
 def test_bench_says_where_the_benchmarks_went(capsys):

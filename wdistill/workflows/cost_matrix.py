@@ -9,7 +9,7 @@ import torch
 
 from wdistill.config import RunConfig
 from wdistill.data.build import build_loaders
-from wdistill.engine.build import build_model, resolve_device
+from wdistill.engine.build import build_model, check_models, resolve_device
 from wdistill.errors import ConfigError
 from wdistill.io import atomic_save
 from wdistill.losses.wkd.cost import build_cost_matrix, teacher_checksum
@@ -22,6 +22,7 @@ def make_cost_matrix(cfg: RunConfig, mode: str = "features", kappa: float = 1.0,
     sections = cfg.teacher_sections()
     if len(sections) != 1:
         raise ConfigError("cost-matrix needs exactly one 'teacher:' section (model + checkpoint) in the config")
+    check_models(cfg, student=False)  # the teacher's name and checkpoint, before the data loads
     device = resolve_device(cfg.run.device)
     data = build_loaders(cfg.data, seed=cfg.run.seed, device=device)  # memory or streaming, as training
     teacher = build_model(sections[0], data.num_classes, data.channels, "teacher").to(device).eval()
