@@ -11,6 +11,7 @@ from benchtools import det_protocol as P
 from benchtools import report
 from wdistill.io import atomic_write_text
 from wdistill.losses.recipes import describe, detection_rows
+from wdistill.workflows.plots import save_figure
 
 METRICS = ("AP", "AP50", "AP75")
 SIZES = ("APs", "APm")  # the size ranges the 96-px canvases hold (no box is large: APl is undefined)
@@ -211,7 +212,7 @@ def chart(rows: list[dict], teacher: dict, path: Path, seeds) -> None:
     fig.suptitle(f"{P.REPORT} (Fashion-MNIST items on 96 px canvases): Faster R-CNN distillation, "
                  f"R50-FPN teacher -> R18-FPN students at lr {P.STUDENT_LR:g}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, Path(path), dpi=110)
     plt.close(fig)
 
 

@@ -20,6 +20,7 @@ from wdistill.io import load_dict
 from wdistill.losses.wkd.cost import build_cost_matrix
 from wdistill.models import load_checkpoint
 from wdistill.models.taps import FeatureTap
+from wdistill.workflows.plots import save_figure
 
 
 @torch.no_grad()
@@ -67,9 +68,7 @@ def heatmap(matrix: torch.Tensor, path: str | Path, title: str, labels=None, cma
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = save_figure(fig, Path(path), dpi=110)
     plt.close(fig)
     return path
 

@@ -13,6 +13,7 @@ from benchtools import report
 from benchtools import settings_spec as spec
 from wdistill.io import atomic_write_text
 from wdistill.losses.recipes import LABELS
+from wdistill.workflows.plots import save_figure
 
 COMMON_TEXT = ("FMNIST-KD v1 data and splits (10,000 training images, the 10,000 test images), resnet8 students, "
                "12 epochs, SGD 0.05 cosine; each row's loss is the method's FMNIST preset (tuned in A). Mean ± sample "
@@ -276,6 +277,4 @@ def ensemble_chart(table: list[dict], path: Path) -> Path:
     ax.grid(color="#e5e5e5")
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no line hidden
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, Path(path), dpi=120)

@@ -18,6 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from wdistill.workflows.plots import save_figure
+
 
 def _rows(path: Path, module: str) -> dict[int, dict]:
     """The watched ``module``'s figures by step; an error naming the fix if a step did not watch it."""
@@ -96,7 +98,7 @@ def plot(traces: dict[str, Path], module: str, out: Path, title: str, cap: float
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title} (values above {cap:g} left out)" if title else f"values above {cap:g} left out")
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, Path(out), dpi=120)
     plt.close(fig)
 
 
