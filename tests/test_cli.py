@@ -1,5 +1,7 @@
 """CLI commands beyond train/eval/export (those are in test_engine.py)."""
 import re
+import subprocess
+import sys
 
 import torch
 import yaml
@@ -54,3 +56,12 @@ def test_bench_says_where_the_benchmarks_went(capsys):
     assert main(["bench", "accuracy", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "python -m benchtools accuracy --quick" in err and "docs/benchmarks.md" in err
+
+
+def test_python_dash_m_wdistill_is_the_command(tmp_path):
+    """`python -m wdistill` (and so `torchrun -m wdistill`) runs the command line, as `python -m wdistill.cli`."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"student": {"model": "resnet9"}}))
+    for module in ("wdistill", "wdistill.cli"):
+        done = subprocess.run([sys.executable, "-m", module, "config", "check", str(tmp_path / "c.yaml")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "unknown model 'resnet9'" in done.stderr, (module, done.stderr)
