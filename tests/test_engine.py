@@ -57,7 +57,7 @@ def test_unknown_model_method_and_parameter(tmp_path, teacher_ckpt):
         Trainer(load_config(_base(tmp_path, teacher={"model": "resnet14"}, loss=[{"name": "kd"}])))
 
 
-def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkeypatch):
+def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkeypatch, teacher_ckpt):
     """A typo in a model name (zoo or factory), a missing pretrained file or teacher checkpoint is refused before
     the data loads (on a large image folder in memory, minutes of decoding would come first)."""
     def no_data(*args, **kwargs):
@@ -74,10 +74,19 @@ def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkey
              ({"student": {"model": "no_such_pkg.nets:make"}}, "cannot import module 'no_such_pkg.nets'"),
              ({"student": {"model": "wdistill.models:no_such_factory"}}, "has no callable 'no_such_factory'"),
              ({"student": {"model": "resnet8", "pretrained": str(tmp_path / "none.pt")}},
-              "pretrained weights .*none.pt.* do not exist")]
+              "pretrained weights .*none.pt.* do not exist"),
+             ({"teacher": {"model": "resnet20", "checkpoint": teacher_ckpt}, "loss": kd},
+              "teacher.checkpoint: checkpoint does not fit resnet20.*matches zoo model resnet14: build it with "
+              "create\\('resnet14', num_classes=10, in_channels=1\\)"),
+             ({"teacher": {"model": "resnet14", "checkpoint": str(tmp_path / "junk.pt")}, "loss": kd},
+              "teacher.checkpoint: could not load .*junk.pt")]
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for over, message in cases:
         with pytest.raises(ConfigError, match=message):
             Trainer(load_config(_base(tmp_path, **over)))
+    # the right architecture, at the class count and channels of its own weights (10, 1), passes to the data
+    with pytest.raises(AssertionError, match="the data loaded"):
+        Trainer(load_config(_base(tmp_path, teacher={"model": "resnet14", "checkpoint": teacher_ckpt}, loss=kd)))
 
 
 def test_teacher_checkpoint_for_another_architecture(tmp_path, teacher_ckpt):

@@ -149,7 +149,7 @@ def build_distiller(cfg: RunConfig, student: nn.Module, teachers: list[nn.Module
 def check_models(cfg: RunConfig, student: bool = True, teachers: bool = True) -> None:
     """Before the data loads, of the models built from the config (``student``/``teachers`` False: the caller
     passes them): model names (zoo, timm:, torchvision:, factories) and pretrained files, detector backbones,
-    teacher checkpoints; and a teacher for the terms that need one."""
+    checkpoints (that they exist, and for zoo models that they fit); and a teacher for the terms that need one."""
     sections = ([("student", cfg.student)] if student else []) + [("teacher", s) for s in cfg.teacher_sections()
                                                                   if teachers]
     for role, section in sections:
@@ -164,6 +164,11 @@ def check_models(cfg: RunConfig, student: bool = True, teachers: bool = True) ->
         problem = checkpoint_problem(section, role)
         if problem:
             raise ConfigError(problem)
+        if section.checkpoint:
+            try:
+                models.check_checkpoint(section.model, models.resolve_path(section.checkpoint), section.kwargs)
+            except ValueError as e:
+                raise ConfigError(f"{role}.checkpoint: {e}") from None
     if teachers:
         check_teacher_needs(cfg)
 

@@ -6,6 +6,7 @@ The zoo (``wdistill.models.zoo``) is imported here, so every architecture file r
 from wdistill.models import zoo  # noqa: F401  (registers the zoo architectures)
 from wdistill.models.registry import (
                                       available,
+                                      check_checkpoint,
                                       check_spec,
                                       check_zoo_name,
                                       create,
@@ -18,6 +19,6 @@ from wdistill.models.registry import (
 from wdistill.models.taps import FeatureTap, TapSpec, spec_for
 from wdistill.models.weights import cache_dir, read_checkpoint, resolve_path, save_student_safetensors
 
-__all__ = ["available", "check_spec", "check_zoo_name", "create", "register", "io_shape", "output_classes",
-           "load_checkpoint", "matching_zoo_models", "cache_dir", "resolve_path", "read_checkpoint",
-           "save_student_safetensors", "FeatureTap", "TapSpec", "spec_for"]
+__all__ = ["available", "check_checkpoint", "check_spec", "check_zoo_name", "create", "register", "io_shape",
+           "output_classes", "load_checkpoint", "matching_zoo_models", "cache_dir", "resolve_path",
+           "read_checkpoint", "save_student_safetensors", "FeatureTap", "TapSpec", "spec_for"]

@@ -183,18 +183,8 @@ def matching_zoo_models(state_dict: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, _, _ in _zoo_matches(state_dict)]
 
 
-def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
-                    trusted: bool = False) -> nn.Module:
-    """Load weights into ``model`` with strict=True and return it.
-
-    ``path_or_dict``: a file written by ``torch.save`` or an in-memory dict: a bare state_dict,
-    or a dict holding one under ``'model'`` (RepDistiller, mdistiller) or ``'state_dict'``.
-    A ``'module.'`` prefix (DataParallel) is removed. ``name`` is the model's zoo name, used in
-    messages. ``trusted=True`` allows pickled non-tensor objects in the file (only for files you
-    trust: unpickling can run code).
-    Raises ValueError listing missing, unexpected and wrongly-shaped keys, and naming the zoo
-    models whose layout the checkpoint does match.
-    """
+def _read_state_dict(path_or_dict, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict a checkpoint file (or in-memory dict) holds, without a ``module.`` prefix."""
     if isinstance(path_or_dict, (str, os.PathLike)) and str(path_or_dict).endswith(".safetensors"):
         obj = read_safetensors(path_or_dict)[0]
     elif isinstance(path_or_dict, (str, os.PathLike)):
@@ -210,34 +200,70 @@ def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
                 "trust this file, call load_checkpoint(..., trusted=True).") from e
     else:
         obj = path_or_dict
-    sd = strip_module(extract_state_dict(obj))
+    return strip_module(extract_state_dict(obj))
 
+
+def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], name: str | None) -> None:
+    """ValueError listing the missing, unexpected and wrongly-shaped keys of ``sd`` for ``model``, naming the
+    zoo models the weights do fit."""
     own = model.state_dict()
     missing = [k for k in key_set(own) if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                    if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        name = name or "/".join(matching_zoo_models(own)) or None
-        arch = f"{name} ({type(model).__name__})" if name else type(model).__name__
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {examples(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {examples(unexpected)})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} keys with another shape, checkpoint vs model "
-                         f"(e.g. {examples(wrong_shape, 3)})")
-        matches = _zoo_matches(sd)
-        if matches:
-            calls = " or ".join(f"create({n!r}, num_classes={c}, in_channels={i})" for n, c, i in matches)
-            parts.append(f"the checkpoint matches zoo model {'/'.join(n for n, _, _ in matches)}: "
-                         f"build it with {calls}")
-        else:
-            parts.append("no zoo model matches it either; check which architecture produced it")
-        raise ValueError(f"checkpoint does not fit {arch}: " + "; ".join(parts))
+    if not (missing or unexpected or wrong_shape):
+        return
+    name = name or "/".join(matching_zoo_models(own)) or None
+    arch = f"{name} ({type(model).__name__})" if name else type(model).__name__
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {examples(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {examples(unexpected)})")
+    if wrong_shape:
+        parts.append(f"{len(wrong_shape)} keys with another shape, checkpoint vs model "
+                     f"(e.g. {examples(wrong_shape, 3)})")
+    matches = _zoo_matches(sd)
+    if matches:
+        calls = " or ".join(f"create({n!r}, num_classes={c}, in_channels={i})" for n, c, i in matches)
+        parts.append(f"the checkpoint matches zoo model {'/'.join(n for n, _, _ in matches)}: "
+                     f"build it with {calls}")
+    else:
+        parts.append("no zoo model matches it either; check which architecture produced it")
+    raise ValueError(f"checkpoint does not fit {arch}: " + "; ".join(parts))
+
+
+def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
+                    trusted: bool = False) -> nn.Module:
+    """Load weights into ``model`` with strict=True and return it.
+
+    ``path_or_dict``: a file written by ``torch.save`` or an in-memory dict: a bare state_dict,
+    or a dict holding one under ``'model'`` (RepDistiller, mdistiller) or ``'state_dict'``.
+    A ``'module.'`` prefix (DataParallel) is removed. ``name`` is the model's zoo name, used in
+    messages. ``trusted=True`` allows pickled non-tensor objects in the file (only for files you
+    trust: unpickling can run code).
+    Raises ValueError listing missing, unexpected and wrongly-shaped keys, and naming the zoo
+    models whose layout the checkpoint does match.
+    """
+    sd = _read_state_dict(path_or_dict, trusted)
+    _check_fit(model, sd, name)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ValueError(f"loading into {name or type(model).__name__} failed: {e}") from e
     return model
+
+
+def check_checkpoint(spec: str, path, kwargs: dict | None = None) -> None:
+    """ValueError, as :func:`load_checkpoint` raises it, when the weights in ``path`` cannot fit zoo model
+    ``spec`` whatever the data: a file that does not load, other parameter names, or other shapes than the
+    model has at the class count and input channels the weights themselves imply. Nothing is built but on
+    the meta device; other specs are checked when they are built, once the data are known."""
+    if kind_of(spec) != "zoo":
+        return
+    kwargs = kwargs or {}
+    sd = _read_state_dict(path)
+    classes, channels = io_shape(spec, kwargs, sd)
+    with torch.device("meta"):
+        model = _zoo(spec, classes or 100, channels or 3, kwargs)
+    _check_fit(model, sd, spec)
