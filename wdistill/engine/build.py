@@ -193,7 +193,7 @@ def check_config(cfg: RunConfig) -> list[str]:
             losses.create(t.name, **t.params)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"loss.{i} ({t.name}): {e}") from None
-    return ["schema", "task", "data set and options", "models", "loss terms", "checkpoints exist"]
+    return ["schema", "task", "data set and options", "models", "loss terms", "checkpoints (exist, load, fit)"]
 
 
 def tensorboard_writer(cfg: RunConfig, run_dir):
