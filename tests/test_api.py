@@ -156,3 +156,20 @@ def test_models_and_labels_that_do_not_fit_the_data_are_refused_with_the_fix(tmp
                                               r"of shape \(10,\) \(one-hot"):
             wdistill.distill(TinyNet(8), None, Relabelled(train, 0, torch.eye(10)[3]), Relabelled(test, 0, 0),
                              name=f"onehot-{loader}", batch_size=16, data={"num_classes": 10, "loader": loader}, **run)
+
+
+def test_a_dataloader_or_a_pair_of_tensors_is_refused_with_the_dataset_to_pass(tmp_path):
+    """Two common ways of handing over data that are not a Dataset: each refusal says what to pass instead."""
+    import pytest
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from wdistill.errors import ConfigError
+
+    x, y = torch.randn(32, 1, 28, 28), torch.arange(32) % 10
+    run = dict(epochs=1, out_dir=str(tmp_path), student_taps=TAPS, train={"progress": False})
+    for train, message in ((DataLoader(TensorDataset(x, y), batch_size=8), r"train_data is a DataLoader: pass its "
+                            r"Dataset \(`loader.dataset`\) instead.*batch_size="),
+                           ((x, y), r"train_data is a tuple of two tensors: wrap the images and labels in a Dataset, "
+                            r"torch.utils.data.TensorDataset\(images, labels\)")):
+        with pytest.raises(ConfigError, match=message):
+            wdistill.distill(TinyNet(8), None, train, TensorDataset(x, y), **run)

@@ -241,7 +241,8 @@ def _loaders(d, train, test, path, why, aug, mean, std, workers, targets, num_cl
                                      name="the training split"))
         detail = (f"torch DataLoader, {workers} worker{'s' * (workers != 1)}, prefetch {d.prefetch_factor}, "
                   f"pin_memory={torch.device(device).type == 'cuda'}"
-                  + ("" if mean is not None else "; uint8 images scaled to [0, 1], no mean/std (set data.mean/std)"))
+                  + ("" if mean is not None else "; uint8 images scaled to [0, 1], float images as given; no mean/std "
+                                                 "(set data.mean/std)"))
     log(f"data: {recipe_name} -- {len(train):,} train / {len(test):,} test images, {num_classes} classes, "
         f"{channels} channel{'s' * (channels != 1)}; {path} path ({why}): {detail}")
     log(f"augmentation: {aug.describe}")

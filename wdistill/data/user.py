@@ -50,6 +50,12 @@ def load_factory(spec: str | None, kwargs: dict) -> tuple:
 def check_dataset(ds, what: str) -> None:
     if isinstance(ds, ImageDataset):
         return
+    if isinstance(ds, DataLoader):
+        raise ConfigError(f"{what} is a DataLoader: pass its Dataset (`loader.dataset`) instead; wdistill builds "
+                          "its own loader (batch size: batch_size= in wdistill.distill, data.batch_size in YAML)")
+    if isinstance(ds, (tuple, list)) and len(ds) == 2 and all(isinstance(t, torch.Tensor) for t in ds):
+        raise ConfigError(f"{what} is a {type(ds).__name__} of two tensors: wrap the images and labels in a "
+                          "Dataset, torch.utils.data.TensorDataset(images, labels)")
     if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
         raise ConfigError(f"{what} is a {type(ds).__name__}: it must be a map-style torch.utils.data.Dataset "
                           "(with __len__ and __getitem__ returning (image, target))")
