@@ -144,7 +144,8 @@ def _source(layout: _Layout, root, download: bool) -> Path:
         return fetch(layout.key, root)[0]
     raise FileNotFoundError(
         f"{layout.title} not found in {root}: put {layout.archive} there (no need to extract it) or its "
-        f"extracted folder {layout.folder}/, or pass download=True to fetch it: {describe(RESOURCES[layout.key])}.")
+        f"extracted folder {layout.folder}/, or let wdistill fetch it (data.options.download=true; download=True "
+        f"in Python): {describe(RESOURCES[layout.key])}.")
 
 
 def _load(layout: _Layout, splits: tuple[str, ...], root, download: bool, labels: str) -> list[ImageDataset]:

@@ -69,7 +69,8 @@ def _missing(title: str, key: str, root: Path, hint: str = "") -> FileNotFoundEr
     return FileNotFoundError(
         f"{title} not found in {root}: it needs {', '.join(r.filename for r in RESOURCES[key])} (or the same "
         f"files without .gz). {hint}Put the four files in {root} (or another directory passed as "
-        f"data.root), or pass download=True to fetch them: {describe(RESOURCES[key])}.")
+        f"data.root), or let wdistill fetch them (data.options.download=true; download=True in Python): "
+        f"{describe(RESOURCES[key])}.")
 
 
 def fashion_mnist_root(root: str | os.PathLike | None = None, download: bool = False) -> Path:
