@@ -122,7 +122,7 @@ def test_missing_cifar_names_files_and_fix(tmp_path):
     for part in (
         "cifar-10-python.tar.gz",
         "cifar-10-batches-py/",
-        "download=True",
+        "data.options.download=true; download=True in Python",  # the fix in YAML and in Python
         "https://www.cs.toronto.edu/",
         str(tmp_path / "nowhere"),
     ):
@@ -141,7 +141,7 @@ def test_missing_fmnist_names_files_and_fix(tmp_path):
         "t10k-images-idx3-ubyte.gz",
         "t10k-labels-idx1-ubyte.gz",
         "apt-get install dataset-fashion-mnist",
-        "download=True",
+        "data.options.download=true; download=True in Python",  # the fix in YAML and in Python
         str(tmp_path),
     ):
         assert part in msg
