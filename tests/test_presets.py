@@ -325,3 +325,16 @@ def test_a_built_wheel_ships_every_preset(tmp_path):
     wanted = {p.resolve().relative_to(package.parent).as_posix() for p in PRESETS}
     assert wanted and any("/fmnist/" in w for w in wanted)
     assert wanted <= shipped, f"missing from the wheel: {sorted(wanted - shipped)[:5]}"
+
+
+def test_a_missing_teacher_that_a_preset_trains_names_that_preset(tmp_path, monkeypatch, capsys):
+    """The COCO presets' teachers are trained by coco/models/<backbone>: a missing one names that command."""
+    from wdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "check", "coco/resnet101-resnet18/wkd_l"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.checkpoint 'runs/coco/models/resnet101/student.pt'" in err
+    assert "`wdistill train coco/models/resnet101` (a shipped preset) trains it and writes student.pt there" in err
+    assert main(["config", "check", "coco/resnet101-resnet18/wkd_l", "teacher.checkpoint=runs/no/such/student.pt"]) == 2
+    assert "wdistill train no/such" not in capsys.readouterr().err  # only a shipped preset is named

@@ -11,6 +11,7 @@ import torch.nn as nn
 import yaml
 
 from wdistill import losses, models
+from wdistill.config.presets import list_presets
 from wdistill.config.schema import RunConfig
 from wdistill.config.schema_detection import DETECTOR_PREFIX
 from wdistill.data.views import View
@@ -67,8 +68,17 @@ def checkpoint_problem(section, role: str) -> str | None:
         return None
     given = section.checkpoint.replace("\\", "/")
     hint = next((h for prefix, h in _CHECKPOINT_SOURCES.items() if given.startswith(prefix)),
-                None) or missing_checkpoint_hint(section.model, path)
+                None) or _preset_hint(given) or missing_checkpoint_hint(section.model, path)
     return f"{role}.checkpoint {section.checkpoint!r} ({path}) does not exist: {hint}"
+
+
+def _preset_hint(given: str) -> str | None:
+    """For ``runs/NAME/<file>`` where NAME is a shipped preset (a teacher the presets name): the command that
+    trains it there."""
+    run, _, file = given.removeprefix("./").removeprefix("runs/").rpartition("/")
+    if given.removeprefix("./").startswith("runs/") and run in list_presets():
+        return f"`wdistill train {run}` (a shipped preset) trains it and writes {file} there"
+    return None
 
 
 def build_model(section, num_classes: int, in_channels: int, role: str) -> nn.Module:
