@@ -314,12 +314,20 @@ def test_a_detectors_model_and_checkpoint_errors_come_before_the_data_loads(tmp_
 
     monkeypatch.setattr("wdistill.engine.det_trainer.build_detection_data", no_data)
     kd = [{"name": "det"}, {"name": "kd"}]
+    torch.save({"model": build_faster_rcnn("resnet18", 10, **SMALL).state_dict()}, tmp_path / "r18.pt")
+    r18 = str(tmp_path / "r18.pt")
     cases = [({"student": {"model": "detection:resnet19"}}, "student.model 'detection:resnet19': detectors are"),
              ({"teacher": {"model": "detection:resnet18", "checkpoint": str(tmp_path / "none.pt")}, "loss": kd},
-              "teacher.checkpoint .*none.pt.* does not exist")]
+              "teacher.checkpoint .*none.pt.* does not exist"),
+             ({"teacher": {"model": "detection:resnet50", "checkpoint": r18, "kwargs": dict(SMALL)}, "loss": kd},
+              r"teacher.checkpoint: checkpoint does not fit detection:resnet50 \(FasterRCNN\): .*missing keys")]
     for over, message in cases:
         with pytest.raises(ConfigError, match=message):
             make_trainer(_config(tmp_path / "coco", tmp_path / "runs", "refused", **over), log=lambda *_: None)
+    # the right backbone, at the class count of its own box predictor (10 categories), passes to the data
+    right = {"teacher": {"model": "detection:resnet18", "checkpoint": r18, "kwargs": dict(SMALL)}, "loss": kd}
+    with pytest.raises(AssertionError, match="the data loaded"):
+        make_trainer(_config(tmp_path / "coco", tmp_path / "runs", "right", **right), log=lambda *_: None)
 
 
 def test_a_two_image_run_through_the_engine_learns(tiny, tmp_path):

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from wdistill.models.detection import create_detector
+from wdistill.models.detection import create_detector, torchvision_works
 from wdistill.models.libraries import LIBRARIES, check_library_spec, factory_model, timm_model, torchvision_model
 from wdistill.models.weights import (
     examples,
@@ -255,15 +255,22 @@ def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
 
 
 def check_checkpoint(spec: str, path, kwargs: dict | None = None) -> None:
-    """ValueError, as :func:`load_checkpoint` raises it, when the weights in ``path`` cannot fit zoo model
-    ``spec`` whatever the data: a file that does not load, other parameter names, or other shapes than the
-    model has at the class count and input channels the weights themselves imply. Nothing is built but on
-    the meta device; other specs are checked when they are built, once the data are known."""
-    if kind_of(spec) != "zoo":
+    """ValueError, as :func:`load_checkpoint` raises it, when the weights in ``path`` cannot fit the zoo model
+    or detector ``spec`` whatever the data: a file that does not load, other parameter names, or other shapes
+    than the model has at the class count and input channels the weights themselves imply. Nothing is built
+    but on the meta device; timm:, torchvision: and factory models are checked when they are built, once the
+    data are known (and detectors then too where torchvision is missing)."""
+    kind, kwargs = kind_of(spec), kwargs or {}
+    if kind not in ("zoo", DETECTION) or (kind == DETECTION and not torchvision_works()):
         return
-    kwargs = kwargs or {}
     sd = _read_state_dict(path)
-    classes, channels = io_shape(spec, kwargs, sd)
     with torch.device("meta"):
-        model = _zoo(spec, classes or 100, channels or 3, kwargs)
+        if kind == DETECTION:  # the box predictor scores the categories and the background
+            scores = sd.get("roi_heads.box_predictor.cls_score.weight")
+            built = {k: v for k, v in kwargs.items() if k not in ("backbone_weights", "weights")}  # not read here
+            model = create_detector(spec.partition(":")[2], 1 if scores is None else scores.shape[0] - 1, 3, None,
+                                    built)
+        else:
+            classes, channels = io_shape(spec, kwargs, sd)
+            model = _zoo(spec, classes or 100, channels or 3, kwargs)
     _check_fit(model, sd, spec)
