@@ -324,6 +324,7 @@ def test_a_detectors_model_and_checkpoint_errors_come_before_the_data_loads(tmp_
     for over, message in cases:
         with pytest.raises(ConfigError, match=message):
             make_trainer(_config(tmp_path / "coco", tmp_path / "runs", "refused", **over), log=lambda *_: None)
+        assert not (tmp_path / "runs").exists()  # refused before its run directory was made
     # the right backbone, at the class count of its own box predictor (10 categories), passes to the data
     right = {"teacher": {"model": "detection:resnet18", "checkpoint": r18, "kwargs": dict(SMALL)}, "loss": kd}
     with pytest.raises(AssertionError, match="the data loaded"):

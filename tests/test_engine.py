@@ -84,6 +84,7 @@ def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkey
     for over, message in cases:
         with pytest.raises(ConfigError, match=message):
             Trainer(load_config(_base(tmp_path, **over)))
+        assert not (tmp_path / "runs").exists()  # refused before its run directory was made
     # the right architecture, at the class count and channels of its own weights (10, 1), passes to the data
     with pytest.raises(AssertionError, match="the data loaded"):
         Trainer(load_config(_base(tmp_path, teacher={"model": "resnet14", "checkpoint": teacher_ckpt}, loss=kd)))

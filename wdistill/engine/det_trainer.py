@@ -31,7 +31,7 @@ import torch
 from wdistill.data.coco import STAT_NAMES, coco_evaluate, require_pycocotools
 from wdistill.data.det_loader import build_detection_data
 from wdistill.engine import ddp
-from wdistill.engine.build import build_model, build_terms, check_models
+from wdistill.engine.build import build_model, build_terms
 from wdistill.engine.det_distiller import DetectionDistiller, detect
 from wdistill.engine.trainer import Trainer
 from wdistill.errors import ConfigError
@@ -52,11 +52,13 @@ class DetectionTrainer(Trainer):
 
     best_metric = "test_AP"
 
-    def _build(self, student, teachers, data) -> None:
-        cfg = self.cfg
+    def _check(self, student, teachers) -> None:
         require_torchvision()
         require_pycocotools()
-        check_models(cfg, student=student is None, teachers=not teachers)  # before the data loads
+        super()._check(student, teachers)
+
+    def _build(self, student, teachers, data) -> None:
+        cfg = self.cfg
         self.micro_batch, share = ddp.loader_share(cfg.data, cfg.train.accumulate, self.rank, self.world_size, self.log)
         torch.manual_seed(cfg.run.seed)
         self.data = build_detection_data(cfg.data, cfg.run.seed, self.device, datasets=data,

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from wdistill import losses, models
@@ -47,10 +46,11 @@ class Trainer:
         self.device = resolve_device(cfg.run.device)
         self.precision = Precision(cfg.train.precision, self.device)  # refused before any long work
         configure_backends(self.device, cfg.train.tf32)
+        self._check(student, teachers)  # before the run directory is made and the data loads
         self.rundir = held or rundir.RunDir(cfg)
         self._owns_lock = not self.rundir.locked
         self.run_dir = self.rundir.path
-        self._claim_run_dir()
+        self.resume = self.rundir.claim_on_every_rank(self.resume, self.overwrite, self.rank, self.world_size)
         self.vote = preempt.Vote(self.world_size)  # every rank creates its group here, in step after the claim
         try:
             self._build(student, teachers, data)
@@ -59,30 +59,15 @@ class Trainer:
             self._release()
             raise
 
-    def _claim_run_dir(self) -> None:
-        """Rank 0 locks and checks the directory; every rank learns the verdict (so a refused distributed run stops
-        on all ranks at once instead of hanging in a collective) and, for ``resume="auto"``, whether to continue."""
-        error, resume = None, self.resume
-        if self.rank == 0:
-            try:
-                resume = self.rundir.claim(self.resume, self.overwrite)
-            except ConfigError as e:
-                error = str(e)
-        if self.world_size > 1:
-            box = [error, resume]
-            dist.broadcast_object_list(box, 0)
-            error, resume = box
-        if error:
-            raise ConfigError(error)
-        self.resume = bool(resume)
-
     def _release(self) -> None:
         if self._owns_lock:
             self.rundir.release()
 
+    def _check(self, student, teachers) -> None:
+        check_models(self.cfg, student=student is None, teachers=not teachers)
+
     def _build(self, student, teachers, data) -> None:
         cfg = self.cfg
-        check_models(cfg, student=student is None, teachers=not teachers)  # before the data loads
         self.micro_batch, share = ddp.loader_share(cfg.data, cfg.train.accumulate, self.rank, self.world_size, self.log)
         torch.manual_seed(cfg.run.seed)
         self.data = build_loaders(cfg.data, data=data, seed=cfg.run.seed, device=self.device,

@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch.distributed as dist
 import yaml
 
 from wdistill.config.load import dump_config, load_config
@@ -147,6 +148,24 @@ class RunDir:
             if took:  # a lock the caller held stays theirs
                 self.release()
             raise
+        return bool(resume)
+
+    def claim_on_every_rank(self, resume: bool | str, overwrite: bool, rank: int, world_size: int) -> bool:
+        """Rank 0 claims the directory (:meth:`claim`); every rank learns the verdict (so a refused distributed run
+        stops on all ranks at once instead of hanging in a collective) and, for ``resume="auto"``, whether to
+        continue."""
+        error = None
+        if rank == 0:
+            try:
+                resume = self.claim(resume, overwrite)
+            except ConfigError as e:
+                error = str(e)
+        if world_size > 1:
+            box = [error, resume]
+            dist.broadcast_object_list(box, 0)
+            error, resume = box
+        if error:
+            raise ConfigError(error)
         return bool(resume)
 
     def _check_start(self, resume: bool, overwrite: bool) -> None:
