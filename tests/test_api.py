@@ -1,4 +1,6 @@
 """The Python API on models that are not in the zoo (described by module paths)."""
+import json
+
 import torch
 import torch.nn as nn
 
@@ -173,3 +175,25 @@ def test_a_dataloader_or_a_pair_of_tensors_is_refused_with_the_dataset_to_pass(t
                             r"torch.utils.data.TensorDataset\(images, labels\)")):
         with pytest.raises(ConfigError, match=message):
             wdistill.distill(TinyNet(8), None, train, TensorDataset(x, y), **run)
+
+
+def test_a_bad_label_met_inside_an_epoch_stops_after_a_checkpoint_and_the_fixed_data_resume(tmp_path):
+    """A streamed label out of range met mid-epoch (item 40 is not in the batch the terms are set up on): the
+    steps before it are kept (last.pt written at that batch, as for a bad image file), the error names the item
+    and the way on, and the run resumes on the fixed data."""
+    import pytest
+
+    from wdistill.errors import ConfigError
+
+    train, test = bundled_sample("train").subset(slice(0, 64)), bundled_sample("test").subset(slice(0, 32))
+    run = dict(epochs=2, out_dir=str(tmp_path), student_taps=TAPS, batch_size=16, name="r", train={"progress": False},
+               data={"num_classes": 10, "loader": "stream", "workers": 0})
+    with pytest.raises(ConfigError, match=r"item 40 of the training split has the label 10, not a class index.*the "
+                                          r"run stopped after writing last.pt: once the data are fixed, run the same "
+                                          r"command with --resume"):
+        wdistill.distill(TinyNet(8), None, Relabelled(train, 40, 10), test, **run)
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and state["step"] > 0  # inside the first epoch, the steps before the batch kept
+    wdistill.distill(TinyNet(8), None, Relabelled(train, 40, 3), test, resume=True, **run)
+    rows = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(row)["epoch"] for row in rows] == [1, 2]

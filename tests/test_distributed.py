@@ -420,3 +420,51 @@ def test_row_counts_come_from_the_hosts_shapes_on_a_gloo_group(tmp_path):
         assert out["default"] is None and out["twin"]
         expected = torch.cat([torch.arange(8.0).view(4, 2), torch.arange(14.0).view(7, 2) + 100])
         torch.testing.assert_close(out["gathered"], expected, rtol=0, atol=0)
+
+
+class _OneBadLabel(torch.utils.data.Dataset):
+    """A user's streamed Dataset of the bundled images whose item ``bad`` carries the label 10 of 10 classes."""
+
+    def __init__(self, images, bad: int):
+        self.images, self.bad = images, bad
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image, target = self.images[i]
+        return image, 10 if i == self.bad else target
+
+
+def _bad_label_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _torchrun_env(rank, world, port)
+    torch.set_num_threads(1)
+    from wdistill.config import load_config
+    from wdistill.data import bundled_sample
+    from wdistill.engine import Trainer, ddp
+    from wdistill.errors import ConfigError
+    cfg = load_config({"run": {"name": "bad", "out_dir": out_dir, "seed": 0, "device": "cpu"},
+                       "data": {"batch_size": 16, "loader": "stream", "workers": 0, "num_classes": 10},
+                       "student": {"model": "TinyNet", "taps": TAPS}, "optim": {"epochs": 2},
+                       "train": {"progress": False}})
+    train, test = bundled_sample("train").subset(slice(0, 128)), bundled_sample("test").subset(slice(0, 32))
+    try:
+        Trainer(cfg, student=TinyNet(), data=(_OneBadLabel(train, 100), test), log=lambda m: None).fit()
+        said = "finished"
+    except ConfigError as e:
+        said = str(e)
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(said)
+    ddp.leave()
+
+
+def test_a_bad_label_on_one_rank_stops_every_rank_after_one_checkpoint(tmp_path):
+    """Item 100's label is met by one rank inside the first epoch: both ranks stop at the same step with the item
+    named (no rank left waiting in a collective), after rank 0 wrote last.pt with every rank's part."""
+    mp.start_processes(_bad_label_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for rank in (0, 1):
+        said = (tmp_path / f"rank{rank}.txt").read_text()
+        assert said.startswith("item 100 of the training split has the label 10") and "--resume" in said, said
+    state = torch.load(tmp_path / "bad" / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["step"] < 128 // 16 and len(state["ranks"]) == 2

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from wdistill.data.augment import center_crop, crop_flip, fallback_box, resized_crop_flip
 from wdistill.data.samples import Keyed, bad_message, check_batch, collate, ignore_signals, workers_start_shielded
-from wdistill.errors import BadImages
+from wdistill.errors import BadImages, ConfigError
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -199,9 +199,10 @@ class StreamLoader:
         self.dataset, self.batch_size, self.train, self.num_classes = dataset, batch_size, train, num_classes
         self.what, self.on_bad_image, self.log = name or "the data", on_bad_image, log or (lambda msg: None)
         # defer_errors: under on_bad_image=error a bad batch is yielded (an empty dict when a sample
-        # found no replacement) with last_bad set, for the Trainer to stop the ranks together after a
-        # checkpoint; otherwise the loader raises BadImages itself.
-        self.defer_errors, self.last_bad, self.last_failed = False, [], False
+        # found no replacement) with last_bad set, and a batch with a label out of range or images of two
+        # sizes as an empty dict with last_problem set, for the Trainer to stop the ranks together after a
+        # checkpoint; otherwise the loader raises BadImages or the ConfigError itself.
+        self.defer_errors, self.last_bad, self.last_failed, self.last_problem = False, [], False, None
         self.bad_seen: dict[str, str] = {}  # every bad file met so far -> its reason (logged once)
         self.skipped, self._before = 0, {"batch": 0, "skipped": 0}
         self.device = torch.device(device)
@@ -269,7 +270,7 @@ class StreamLoader:
             batches = iter(self.loader)
         for b, (images, targets, index, bad, failed) in enumerate(batches, first):
             self._before = {"batch": b, "skipped": self.skipped}
-            self.last_bad, self.last_failed = bad, failed
+            self.last_bad, self.last_failed, self.last_problem = bad, failed, None
             if failed:
                 if not self.defer_errors:
                     raise BadImages(bad_message(bad, self.what, exhausted=True))
@@ -277,7 +278,14 @@ class StreamLoader:
                 continue
             if bad:
                 self._met_bad(bad)
-            check_batch(images, targets, index, self.num_classes, self.what)  # on the host copies: no device sync
+            try:
+                check_batch(images, targets, index, self.num_classes, self.what)  # on the host copies: no sync
+            except ConfigError as e:
+                if not self.defer_errors:
+                    raise
+                self.last_problem = str(e)
+                yield {}
+                continue
             x = images.to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:
                 x = x.float()

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from wdistill.data.samples import bad_message
-from wdistill.errors import BadImages, Preempted
+from wdistill.errors import BadImages, ConfigError, Preempted
 from wdistill.losses._shared import distributed as helpers
 
 REPEAT_WINDOW = 1.0  # seconds: a repeat of the stop signal within this counts as the same request
@@ -163,11 +163,12 @@ class StepControl:
         self.start = None
 
     def _bad_here(self) -> bool:
-        """The batch just fetched stops the run: a bad file under data.on_bad_image=error, or a
-        sample with no readable replacement (under skip too)."""
+        """The batch just fetched stops the run: a bad file under data.on_bad_image=error, a sample with no
+        readable replacement (under skip too), or a label out of range or images of two sizes."""
         if not getattr(self.loader, "defer_errors", False):
             return False
-        return bool(self.loader.last_failed or (self.loader.on_bad_image == "error" and self.loader.last_bad))
+        loader = self.loader
+        return bool(loader.last_failed or loader.last_problem or (loader.on_bad_image == "error" and loader.last_bad))
 
     def send(self) -> None:
         due = (self.every_seconds is not None and self.rank == 0
@@ -193,11 +194,17 @@ class StepControl:
             self.clock["saved"] = time.monotonic()
 
     def _stop_for_bad(self, position: int) -> None:
-        mine = (list(self.loader.last_bad), bool(self.loader.last_failed)) if self._bad_here() else ([], False)
+        loader = self.loader
+        mine = (list(loader.last_bad), bool(loader.last_failed), loader.last_problem) if self._bad_here() else \
+            ([], False, None)
         found = self.vote.all_gather(mine)  # every rank names every bad file, whichever rank met it
-        every, exhausted = [b for bad, _ in found for b in bad], any(failed for _, failed in found)
+        every, exhausted = [b for bad, _, _ in found for b in bad], any(failed for _, failed, _ in found)
+        problem = next((p for _, _, p in found if p), None)  # a label or an image size, on any rank
         if self.save is not None:
             self.save(position)
+        if problem:
+            raise ConfigError(problem + ("; the run stopped after writing last.pt: once the data are fixed, run the "
+                                         "same command with --resume" if self.save is not None else ""))
         raise BadImages(bad_message(every, getattr(self.loader, "what", "the data"), resumable=self.save is not None,
                                     exhausted=exhausted))
 
