@@ -109,6 +109,29 @@ def test_library_model_names_are_checked_before_the_data_loads(tmp_path, monkeyp
             Trainer(cfg)
 
 
+def test_a_library_checkpoint_of_another_architecture_is_refused_before_the_data_loads(tmp_path, monkeypatch):
+    """A timm: or torchvision: teacher given another architecture's weights (other parameter names) is refused
+    before the data loads; the right weights, trained for 4 classes, pass on to the data."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data loaded before the config's models were checked")
+
+    monkeypatch.setattr("wdistill.engine.trainer.build_loaders", no_data)
+    torch.save({"model": tv.models.resnet34(num_classes=4).state_dict()}, tmp_path / "tv34.pt")
+    torch.save(timm.create_model("resnet34", num_classes=4).state_dict(), tmp_path / "timm34.pt")
+    for spec, file in (("torchvision:resnet18", "tv34.pt"), ("timm:resnet18", "timm34.pt")):
+        teacher = {"model": spec, "checkpoint": str(tmp_path / file)}
+        cfg = load_config({"run": {"out_dir": str(tmp_path / "runs")}, "student": {"model": "resnet8"},
+                           "teacher": teacher, "loss": [{"name": "kd"}]})
+        with pytest.raises(ConfigError, match=rf"teacher.checkpoint: checkpoint does not fit {spec} .*unexpected "
+                                              r"keys \(e.g. layer1.2"):
+            Trainer(cfg)
+    for spec, model in (("torchvision:resnet34", "tv34.pt"), ("timm:resnet34", "timm34.pt")):
+        cfg = load_config({"run": {"out_dir": str(tmp_path / "runs")}, "student": {"model": "resnet8"},
+                           "teacher": {"model": spec, "checkpoint": str(tmp_path / model)}, "loss": [{"name": "kd"}]})
+        with pytest.raises(AssertionError, match="the data loaded"):
+            Trainer(cfg)
+
+
 def test_local_pretrained_file_and_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
     in1k = tv.models.resnet18(num_classes=1000)

@@ -124,8 +124,9 @@ HEADER = [
     "`wdistill config check CONFIG` validates it without reading the data (exit status 0, or 2 with the problem "
     "and its fix). `train` and `auto` run the same checks before the data loads: the schema, every model name "
     "(zoo names, the `timm:` and `torchvision:` names the installed library has, a factory's module and "
-    "callable), `pretrained` files, checkpoints (that they exist and load, and for zoo models and detectors that "
-    "they fit the architecture), and a teacher for the terms that need one.",
+    "callable), `pretrained` files, checkpoints (that they exist and load, and fit the architecture: the "
+    "parameter names of a `timm:` or `torchvision:` model, names and shapes of a zoo model or detector; a "
+    "factory's after the data), and a teacher for the terms that need one.",
     "",
 ]
 KEYS = ("key", "type", "default", "meaning")

@@ -203,14 +203,14 @@ def _read_state_dict(path_or_dict, trusted: bool = False) -> dict[str, torch.Ten
     return strip_module(extract_state_dict(obj))
 
 
-def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], name: str | None) -> None:
-    """ValueError listing the missing, unexpected and wrongly-shaped keys of ``sd`` for ``model``, naming the
-    zoo models the weights do fit."""
+def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], name: str | None, shapes: bool = True) -> None:
+    """ValueError listing the missing, unexpected and (``shapes``) wrongly-shaped keys of ``sd`` for ``model``,
+    naming the zoo models the weights do fit."""
     own = model.state_dict()
     missing = [k for k in key_set(own) if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                   if k in sd and sd[k].shape != v.shape]
+                   if shapes and k in sd and sd[k].shape != v.shape]
     if not (missing or unexpected or wrong_shape):
         return
     name = name or "/".join(matching_zoo_models(own)) or None
@@ -255,21 +255,29 @@ def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
 
 
 def check_checkpoint(spec: str, path, kwargs: dict | None = None) -> None:
-    """ValueError, as :func:`load_checkpoint` raises it, when the weights in ``path`` cannot fit the zoo model
-    or detector ``spec`` whatever the data: a file that does not load, other parameter names, or other shapes
-    than the model has at the class count and input channels the weights themselves imply. Nothing is built
-    but on the meta device; timm:, torchvision: and factory models are checked when they are built, once the
-    data are known (and detectors then too where torchvision is missing)."""
+    """ValueError, as :func:`load_checkpoint` raises it, when the weights in ``path`` cannot fit ``spec`` whatever
+    the data: a file that does not load; for a zoo model or a detector, other parameter names or other shapes than
+    the model has at the class count and input channels the weights themselves imply; for a timm: or
+    torchvision: model, other parameter names. Nothing is built but on the meta device; factories (and
+    detectors where torchvision is missing) are checked when they are built, once the data are known."""
     kind, kwargs = kind_of(spec), kwargs or {}
-    if kind not in ("zoo", DETECTION) or (kind == DETECTION and not torchvision_works()):
+    if kind == "factory" or (kind == DETECTION and not torchvision_works()):
         return
-    sd = _read_state_dict(path)
+    sd, name = _read_state_dict(path), spec.partition(":")[2]
+    if kind in LIBRARIES:  # which layer a class count or a channel count shapes is not known: names only
+        try:
+            with torch.device("meta"):
+                model = (timm_model if kind == "timm" else torchvision_model)(name, 100, 3, kwargs)
+        except Exception:  # noqa: BLE001 - a model that cannot be made on the meta device is checked when built
+            return
+        if key_set(model.state_dict()) != key_set(sd):
+            _check_fit(model, sd, spec, shapes=False)
+        return
     with torch.device("meta"):
         if kind == DETECTION:  # the box predictor scores the categories and the background
             scores = sd.get("roi_heads.box_predictor.cls_score.weight")
             built = {k: v for k, v in kwargs.items() if k not in ("backbone_weights", "weights")}  # not read here
-            model = create_detector(spec.partition(":")[2], 1 if scores is None else scores.shape[0] - 1, 3, None,
-                                    built)
+            model = create_detector(name, 1 if scores is None else scores.shape[0] - 1, 3, None, built)
         else:
             classes, channels = io_shape(spec, kwargs, sd)
             model = _zoo(spec, classes or 100, channels or 3, kwargs)
