@@ -76,8 +76,8 @@ def test_model_and_checkpoint_errors_come_before_the_data_loads(tmp_path, monkey
              ({"student": {"model": "resnet8", "pretrained": str(tmp_path / "none.pt")}},
               "pretrained weights .*none.pt.* do not exist"),
              ({"teacher": {"model": "resnet20", "checkpoint": teacher_ckpt}, "loss": kd},
-              "teacher.checkpoint: checkpoint does not fit resnet20.*matches zoo model resnet14: build it with "
-              "create\\('resnet14', num_classes=10, in_channels=1\\)"),
+              "teacher.checkpoint: checkpoint does not fit resnet20.*matches zoo model resnet14: in a config, model: "
+              "resnet14; in Python, build it with create\\('resnet14', num_classes=10, in_channels=1\\)"),
              ({"teacher": {"model": "resnet14", "checkpoint": str(tmp_path / "junk.pt")}, "loss": kd},
               "teacher.checkpoint: could not load .*junk.pt")]
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

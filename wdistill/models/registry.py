@@ -226,7 +226,8 @@ def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], name: str | None, 
     matches = _zoo_matches(sd)
     if matches:
         calls = " or ".join(f"create({n!r}, num_classes={c}, in_channels={i})" for n, c, i in matches)
-        parts.append(f"the checkpoint matches zoo model {'/'.join(n for n, _, _ in matches)}: "
+        names = "/".join(n for n, _, _ in matches)
+        parts.append(f"the checkpoint matches zoo model {names}: in a config, model: {names}; in Python, "
                      f"build it with {calls}")
     else:
         parts.append("no zoo model matches it either; check which architecture produced it")
