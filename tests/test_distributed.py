@@ -265,9 +265,10 @@ def _sweep_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 data={"batch_size": 32}, train={"progress": False})
         groups.append((len(_world.pg_map), len(ddist._HELD)))
     refused = []
-    for name, loss in (("first", None), ("fourth", [{"name": "kd"}])):  # refused at the claim; in the build
+    loader = torch.utils.data.DataLoader(train, batch_size=8)
+    for name, data in (("first", train), ("fourth", loader)):  # refused at the claim; in the build (by its data)
         try:
-            distill(TinyNet(), None, train, test, loss, epochs=1, out_dir=out_dir, name=name, train={"progress": False})
+            distill(TinyNet(), None, data, test, epochs=1, out_dir=out_dir, name=name, train={"progress": False})
         except ConfigError as e:
             refused.append(str(e).split(":")[0])
         groups.append((len(_world.pg_map), len(ddist._HELD)))
@@ -286,7 +287,7 @@ def test_a_sweep_of_runs_in_one_process_keeps_no_group_of_a_finished_run(tmp_pat
         seen = torch.load(tmp_path / f"sweep{r}.pt", weights_only=True)
         assert seen["groups"] == [(1, 0)] * 5, seen
         assert seen["refused"] == [f"run directory {tmp_path / 'first'} already holds a run",
-                                   "loss terms ['kd'] need a teacher"], seen
+                                   "train_data is a DataLoader"], seen
 
 
 RESTARTED_WORKER = """
