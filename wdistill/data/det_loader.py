@@ -42,11 +42,18 @@ def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     if not ann.is_file():
         raise ConfigError(f"data.root {root}: no annotation file {ann} for split {split!r}. A COCO-format folder "
                           "holds annotations/instances_<split>.json and images/<split>/ (or <split>/, as COCO's "
-                          "train2017/): fix data.root, or name the splits with data.options.train_split / eval_split")
+                          "train2017/): fix data.root, or name the splits with data.options.train_split / eval_split"
+                          + _splits_there(root))
     if not images.is_dir():
         raise ConfigError(f"data.root {root}: no image directory for split {split!r} (looked for "
                           f"{root / 'images' / split} and {root / split})")
     return images, ann
+
+
+def _splits_there(root: Path) -> str:
+    """The splits ``root/annotations`` does hold, as a sentence (empty when none)."""
+    found = sorted(p.name[len("instances_"):-len(".json")] for p in (root / "annotations").glob("instances_*.json"))
+    return f". Its annotations name the splits {', '.join(found)}" if found else ""
 
 
 def coco_splits(root, train_split: str = "train", eval_split: str = "val", size: int | None = None,
