@@ -75,8 +75,9 @@ def checkpoint_problem(section, role: str) -> str | None:
 def _preset_hint(given: str) -> str | None:
     """For ``runs/NAME/<file>`` where NAME is a shipped preset (a teacher the presets name): the command that
     trains it there."""
-    run, _, file = given.removeprefix("./").removeprefix("runs/").rpartition("/")
-    if given.removeprefix("./").startswith("runs/") and run in list_presets():
+    relative = given.removeprefix("./")
+    run, _, file = relative.removeprefix("runs/").rpartition("/")
+    if relative.startswith("runs/") and run in list_presets():
         return f"`wdistill train {run}` (a shipped preset) trains it and writes {file} there"
     return None
 

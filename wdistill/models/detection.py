@@ -73,15 +73,6 @@ def _default_anchors(family: str, n_levels: int) -> tuple:
     return ((32, 64, 128, 256, 512),) * n_levels
 
 
-def torchvision_works() -> bool:
-    """Whether torchvision imports here (it may be missing, or built for another torch)."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # ImportError, or a torchvision built for another torch
-        return False
-    return True
-
-
 def require_torchvision() -> None:
     """A ConfigError naming the extra to install when torchvision cannot be imported."""
     try:

@@ -23,7 +23,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from wdistill.models.detection import create_detector, torchvision_works
+from wdistill.errors import ConfigError
+from wdistill.models.detection import create_detector, require_torchvision
 from wdistill.models.libraries import LIBRARIES, check_library_spec, factory_model, timm_model, torchvision_model
 from wdistill.models.weights import (
     examples,
@@ -255,6 +256,14 @@ def load_checkpoint(model: nn.Module, path_or_dict, name: str | None = None,
     return model
 
 
+def _has_torchvision() -> bool:
+    try:
+        require_torchvision()
+    except ConfigError:
+        return False
+    return True
+
+
 def check_checkpoint(spec: str, path, kwargs: dict | None = None) -> None:
     """ValueError, as :func:`load_checkpoint` raises it, when the weights in ``path`` cannot fit ``spec`` whatever
     the data: a file that does not load; for a zoo model or a detector, other parameter names or other shapes than
@@ -262,7 +271,7 @@ def check_checkpoint(spec: str, path, kwargs: dict | None = None) -> None:
     torchvision: model, other parameter names. Nothing is built but on the meta device; factories (and
     detectors where torchvision is missing) are checked when they are built, once the data are known."""
     kind, kwargs = kind_of(spec), kwargs or {}
-    if kind == "factory" or (kind == DETECTION and not torchvision_works()):
+    if kind == "factory" or (kind == DETECTION and not _has_torchvision()):
         return
     sd, name = _read_state_dict(path), spec.partition(":")[2]
     if kind in LIBRARIES:  # which layer a class count or a channel count shapes is not known: names only
